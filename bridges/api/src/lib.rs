@@ -1,0 +1,265 @@
+//! The contract between the coi-bridge core and its bridge modules: ids, events, errors, the `Bridge` and `Hub` traits.
+//!
+//! A bridge sees only this crate. It never touches IMAP, SMTP or SQL. Remote ids are
+//! opaque strings to the core; a bridge chooses their shape and the core only stores and
+//! compares them.
+//!
+//! Rules every bridge follows:
+//! - `new(config)` does no network I/O; [`Bridge::run`] connects and reconnects by itself
+//!   until [`BridgeContext::shutdown`] is cancelled.
+//! - A bridge advances its own cursor (sync token, update offset) only after
+//!   [`Hub::submit`] returned `Ok`: `Ok` means the event is durably queued.
+//! - Delivery is at least once. The core dedupes by ids, so the effect is exactly once.
+
+pub mod testing;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+macro_rules! opaque_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The id as the string the store keeps.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s)
+            }
+        }
+    };
+}
+
+opaque_id!(
+    /// A configured bridge instance (`[[bridge]] id`); scopes every row the bridge owns.
+    BridgeId
+);
+opaque_id!(
+    /// A chat or room on the remote network (Matrix room id, Telegram chat id, ...).
+    RemoteChatId
+);
+opaque_id!(
+    /// A message on the remote network (Matrix event id, Telegram message id, ...).
+    RemoteMsgId
+);
+opaque_id!(
+    /// A person on the remote network (MXID, Telegram user id, ...).
+    RemoteUserId
+);
+
+/// What a bridge can carry natively. The core degrades what a side cannot do: a reaction
+/// becomes a short text, an edit a correction message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub edits: bool,
+    pub deletes: bool,
+    pub reactions: bool,
+    pub replies: bool,
+    pub media: bool,
+    /// Each COI person appears as their own remote user (puppet), not through a relay bot.
+    pub ghosts: bool,
+    /// The largest file the remote side accepts, in bytes; `None` means no known limit.
+    pub max_file_size: Option<u64>,
+}
+
+/// A person as the other side should show them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub id: RemoteUserId,
+    pub display_name: String,
+}
+
+/// A file carried with a message.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub name: String,
+    pub mime: String,
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attachment")
+            .field("name", &self.name)
+            .field("mime", &self.mime)
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+/// Something that happened on a remote network, handed to the core with [`Hub::submit`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteEvent {
+    Message {
+        chat: RemoteChatId,
+        id: RemoteMsgId,
+        sender: Person,
+        text: String,
+        attachments: Vec<Attachment>,
+        reply_to: Option<RemoteMsgId>,
+    },
+    Edit {
+        chat: RemoteChatId,
+        target: RemoteMsgId,
+        sender: Person,
+        new_text: String,
+    },
+    Delete {
+        chat: RemoteChatId,
+        target: RemoteMsgId,
+        sender: Person,
+    },
+    Reaction {
+        chat: RemoteChatId,
+        target: RemoteMsgId,
+        sender: Person,
+        /// The emoji; empty retracts the sender's reaction.
+        emoji: String,
+    },
+    ReadReceipt {
+        chat: RemoteChatId,
+        up_to: RemoteMsgId,
+        reader: Person,
+    },
+}
+
+impl RemoteEvent {
+    /// The remote chat the event belongs to.
+    pub fn chat(&self) -> &RemoteChatId {
+        match self {
+            Self::Message { chat, .. }
+            | Self::Edit { chat, .. }
+            | Self::Delete { chat, .. }
+            | Self::Reaction { chat, .. }
+            | Self::ReadReceipt { chat, .. } => chat,
+        }
+    }
+}
+
+/// What the core asks a bridge to post. Reply targets are already translated to the
+/// bridge's own ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outgoing {
+    Message {
+        /// Who wrote it on the COI side, for ghosts or relay prefixes.
+        sender: Person,
+        text: String,
+        attachments: Vec<Attachment>,
+        reply_to: Option<RemoteMsgId>,
+    },
+    Edit {
+        sender: Person,
+        target: RemoteMsgId,
+        new_text: String,
+    },
+    Delete {
+        sender: Person,
+        target: RemoteMsgId,
+    },
+    Reaction {
+        sender: Person,
+        target: RemoteMsgId,
+        emoji: String,
+    },
+    /// A notice from the bridge itself (delivery failures, command answers).
+    Notice { text: String },
+}
+
+/// Why [`Bridge::deliver`] failed; decides what the core does next.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// Try again later (network error, 5xx, rate limit). `after` is the server's hint.
+    #[error("temporary failure: {reason}")]
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Will never succeed (room gone, message too large): log, notify the origin, drop.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+    /// The bridge cannot carry this kind of event; the core degrades it.
+    #[error("not supported by this bridge")]
+    Unsupported,
+}
+
+/// Why [`Bridge::run`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The supervisor restarts the bridge with backoff.
+    #[error("bridge failed, will restart: {0}")]
+    Retry(String),
+    /// Configuration or credentials are wrong; restarting cannot help.
+    #[error("bridge cannot run: {0}")]
+    Fatal(String),
+}
+
+/// Why [`Hub::submit`] refused an event.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The core could not queue it now (store busy, shutting down). Keep the cursor and
+    /// submit again.
+    #[error("not queued, submit again: {0}")]
+    Retry(String),
+    /// The event can never be accepted (unknown chat, too large). Advance past it.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// The core as a bridge sees it.
+#[async_trait]
+pub trait Hub: Send + Sync + 'static {
+    /// Queues an event durably; `Ok` only once it is in the store.
+    async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError>;
+}
+
+/// Per-bridge persistent key/value state (cursors, tokens), scoped by bridge id.
+#[async_trait]
+pub trait BridgeState: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<String>, SubmitError>;
+    async fn set(&self, key: &str, value: &str) -> Result<(), SubmitError>;
+}
+
+/// Everything a running bridge is handed by the core.
+#[derive(Clone)]
+pub struct BridgeContext {
+    pub id: BridgeId,
+    pub hub: Arc<dyn Hub>,
+    pub state: Arc<dyn BridgeState>,
+    /// Cancelled once, on shutdown. `run` returns soon after.
+    pub shutdown: CancellationToken,
+}
+
+/// A remote network, seen from the core.
+#[async_trait]
+pub trait Bridge: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+    /// Connects, listens and submits events until `cx.shutdown` is cancelled.
+    async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError>;
+    /// Posts one item to a remote chat and returns its remote id.
+    async fn deliver(&self, to: &RemoteChatId, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError>;
+}

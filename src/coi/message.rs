@@ -1,0 +1,141 @@
+//! The typed chat message the codec parses into and renders from.
+
+use coi_bridge_api::Attachment;
+
+/// A mailbox: an address and the display name shown with it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Mailbox {
+    /// Lower-cased `local@domain`.
+    pub addr: String,
+    pub name: Option<String>,
+}
+
+impl Mailbox {
+    pub fn new(addr: &str, name: Option<&str>) -> Self {
+        Self {
+            addr: addr.trim().to_lowercase(),
+            name: name.map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned),
+        }
+    }
+
+    /// The name to show, falling back to the address.
+    pub fn display(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.addr)
+    }
+}
+
+/// A change to a group's membership or name, announced by one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupChange {
+    MemberAdded(String),
+    MemberRemoved(String),
+    NameChanged { old: String },
+}
+
+/// The group headers of a group message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// `Chat-Group-ID`: 11 to 32 base64url characters.
+    pub id: String,
+    /// `Chat-Group-Name`.
+    pub name: String,
+    pub change: Option<GroupChange>,
+}
+
+/// What a message does.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// A normal message: text and attachments.
+    #[default]
+    Text,
+    /// RFC 9078 reaction to `in_reply_to`; an empty emoji retracts.
+    Reaction { emoji: String },
+    /// `Chat-Edit`: `text` replaces the target's text.
+    Edit { target: String },
+    /// `Chat-Delete`: the targets are deleted.
+    Delete { targets: Vec<String> },
+    /// A read receipt (MDN) for `original`, and maybe more.
+    ReadReceipt {
+        original: String,
+        additional: Vec<String>,
+    },
+}
+
+/// One chat message, without transport or encryption details.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ChatMessage {
+    /// Without angle brackets.
+    pub message_id: String,
+    /// The mail carried `Chat-Version` (it came from a chat app).
+    pub is_chat: bool,
+    pub from: Mailbox,
+    /// `Sender:`, set when `From` carries a relayed person's name.
+    pub sender: Option<Mailbox>,
+    pub to: Vec<Mailbox>,
+    pub cc: Vec<Mailbox>,
+    /// Unix seconds from `Date`.
+    pub date: Option<i64>,
+    pub subject: Option<String>,
+    /// Without angle brackets.
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+    pub group: Option<Group>,
+    pub kind: Kind,
+    /// The message's own text, without the quote and the `-- ` footer.
+    pub text: String,
+    /// The quoted text (`> ` lines at the top), without the `> ` markers.
+    pub quote: Option<String>,
+    pub attachments: Vec<Attachment>,
+    /// `Chat-Disposition-Notification-To`: the sender asks for read receipts.
+    pub disposition_notification_to: Option<String>,
+    /// The text came from an HTML part (there was no text/plain).
+    pub from_html: bool,
+}
+
+impl ChatMessage {
+    /// The message this one reacts to, edits or answers, if any.
+    pub fn target(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Edit { target } => Some(target),
+            Kind::Delete { targets } => targets.first().map(String::as_str),
+            Kind::ReadReceipt { original, .. } => Some(original),
+            Kind::Text | Kind::Reaction { .. } => self.in_reply_to.as_deref(),
+        }
+    }
+
+    /// A short name for the kind, as stored and used in metric labels.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Text => "text",
+            Kind::Reaction { .. } => "reaction",
+            Kind::Edit { .. } => "edit",
+            Kind::Delete { .. } => "delete",
+            Kind::ReadReceipt { .. } => "receipt",
+        }
+    }
+}
+
+/// Something wrong with a message that was still parsed; logged and counted by the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A part's transfer encoding could not be decoded cleanly.
+    BadEncoding { part: String },
+    /// A `Chat-Group-ID` that is not 11 to 32 base64url characters; ignored.
+    BadGroupId(String),
+    /// The message had no Message-ID; one was derived from its content.
+    MissingMessageId,
+    /// A part was dropped because the message holds too many parts.
+    TooManyParts,
+}
+
+impl Problem {
+    /// A stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Problem::BadEncoding { .. } => "bad_encoding",
+            Problem::BadGroupId(_) => "bad_group_id",
+            Problem::MissingMessageId => "missing_message_id",
+            Problem::TooManyParts => "too_many_parts",
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Parses one RFC 5322 chat mail into a [`ChatMessage`], tolerant of messy real-world mail.
+
+use mail_parser::{Address, HeaderValue, MessageParser, MessagePart, MimeHeaders, PartType};
+
+use super::message::{ChatMessage, Group, GroupChange, Kind, Mailbox, Problem};
+use super::text::{html_to_text, split_quote, strip_footer, unflow};
+use coi_bridge_api::Attachment;
+
+/// Limits that keep hostile mail from costing unbounded memory or time.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The header section of the message, in bytes.
+    pub max_header_bytes: usize,
+    /// Parts kept per message; more are dropped with [`Problem::TooManyParts`].
+    pub max_parts: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_header_bytes: 256 * 1024, max_parts: 64 }
+    }
+}
+
+/// Why a message could not be turned into a chat message at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("header section is {0} bytes, over the limit")]
+    HeaderTooLarge(usize),
+    #[error("not a MIME message")]
+    NotMime,
+    #[error("no From address")]
+    MissingFrom,
+    #[error("From is not an address: {0:?}")]
+    BadFrom(String),
+}
+
+impl ParseError {
+    /// A stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ParseError::HeaderTooLarge(_) => "header_too_large",
+            ParseError::NotMime => "not_mime",
+            ParseError::MissingFrom => "missing_from",
+            ParseError::BadFrom(_) => "bad_from",
+        }
+    }
+}
+
+/// A parsed message and what was wrong with it but tolerated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub message: ChatMessage,
+    pub problems: Vec<Problem>,
+}
+
+/// Length of the header section (up to the first empty line), or the whole input.
+fn header_len(raw: &[u8]) -> usize {
+    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = raw.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (None, None) => raw.len(),
+    }
+}
+
+/// Parses one message.
+pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
+    let hlen = header_len(raw);
+    if hlen > limits.max_header_bytes {
+        return Err(ParseError::HeaderTooLarge(hlen));
+    }
+    let mail = MessageParser::default().parse(raw).ok_or(ParseError::NotMime)?;
+    if mail.headers().is_empty() {
+        return Err(ParseError::NotMime);
+    }
+    let mut problems = Vec::new();
+
+    let from = first_mailbox(mail.from()).ok_or(ParseError::MissingFrom)?;
+    if !is_address(&from.addr) {
+        return Err(ParseError::BadFrom(from.addr));
+    }
+
+    let message_id = match mail.message_id().map(clean_id).filter(|s| !s.is_empty()) {
+        Some(id) => id,
+        None => {
+            problems.push(Problem::MissingMessageId);
+            derived_message_id(raw)
+        }
+    };
+
+    let header_text = |name: &str| -> Option<String> {
+        let v = mail.header(name)?;
+        match v {
+            HeaderValue::Text(t) => Some(t.trim().to_owned()),
+            HeaderValue::TextList(l) => Some(l.join(", ")),
+            _ => mail.header_raw(name).map(|s| s.trim().to_owned()),
+        }
+        .filter(|s| !s.is_empty())
+    };
+
+    let mut msg = ChatMessage {
+        message_id,
+        is_chat: mail.header_raw("Chat-Version").is_some(),
+        from,
+        sender: first_mailbox(mail.sender()),
+        to: mailboxes(mail.to()),
+        cc: mailboxes(mail.cc()),
+        date: mail.date().map(|d| d.to_timestamp()),
+        subject: mail.subject().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+        in_reply_to: ids(mail.in_reply_to()).into_iter().next(),
+        references: ids(mail.references()),
+        disposition_notification_to: header_text("Chat-Disposition-Notification-To")
+            .map(|s| clean_id(&s).to_lowercase()),
+        ..ChatMessage::default()
+    };
+
+    if let Some(id) = header_text("Chat-Group-ID") {
+        if is_group_id(&id) {
+            let change = if let Some(a) = header_text("Chat-Group-Member-Added") {
+                Some(GroupChange::MemberAdded(clean_id(&a).to_lowercase()))
+            } else if let Some(r) = header_text("Chat-Group-Member-Removed") {
+                Some(GroupChange::MemberRemoved(clean_id(&r).to_lowercase()))
+            } else {
+                header_text("Chat-Group-Name-Changed").map(|old| GroupChange::NameChanged { old })
+            };
+            msg.group = Some(Group {
+                id,
+                name: header_text("Chat-Group-Name").unwrap_or_default(),
+                change,
+            });
+        } else {
+            problems.push(Problem::BadGroupId(id));
+        }
+    }
+
+    let mut body = Body::default();
+    walk(&mail, 0, &mut body, &mut problems, limits, 0);
+
+    let text = match (body.plain, body.html) {
+        (Some(t), _) => t,
+        (None, Some(h)) => {
+            msg.from_html = true;
+            html_to_text(&h)
+        }
+        (None, None) => String::new(),
+    };
+    let text = strip_footer(&text.replace("\r\n", "\n")).to_owned();
+    msg.attachments = body.attachments;
+
+    if let Some(report) = body.mdn {
+        let original = report_field(&report, "Original-Message-ID").map(|s| clean_id(&s));
+        if let Some(original) = original.filter(|s| !s.is_empty()) {
+            let additional = report_field(&report, "Additional-Message-IDs")
+                .map(|s| s.split_whitespace().map(clean_id).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default();
+            msg.kind = Kind::ReadReceipt { original, additional };
+            return Ok(Parsed { message: msg, problems });
+        }
+    }
+
+    if let Some(emoji) = body.reaction {
+        msg.kind = Kind::Reaction { emoji: emoji.trim().to_owned() };
+        return Ok(Parsed { message: msg, problems });
+    }
+
+    if let Some(target) = header_text("Chat-Edit").map(|s| clean_id(&s)) {
+        msg.kind = Kind::Edit { target };
+        let (_, rest) = split_quote(&text);
+        msg.text = rest.trim_start_matches("✏️").trim_start().to_owned();
+        return Ok(Parsed { message: msg, problems });
+    }
+    if let Some(targets) = mail.header_raw("Chat-Delete") {
+        let targets: Vec<String> = targets.split_whitespace().map(clean_id).filter(|s| !s.is_empty()).collect();
+        if !targets.is_empty() {
+            msg.kind = Kind::Delete { targets };
+            return Ok(Parsed { message: msg, problems });
+        }
+    }
+
+    let (quote, rest) = split_quote(&text);
+    msg.quote = quote;
+    msg.text = rest;
+    Ok(Parsed { message: msg, problems })
+}
+
+#[derive(Default)]
+struct Body {
+    plain: Option<String>,
+    html: Option<String>,
+    reaction: Option<String>,
+    mdn: Option<String>,
+    attachments: Vec<Attachment>,
+    parts_seen: usize,
+}
+
+/// Walks the MIME tree depth-first, collecting the first text, HTML, reaction, MDN report
+/// and every attachment.
+fn walk(
+    mail: &mail_parser::Message<'_>,
+    idx: usize,
+    body: &mut Body,
+    problems: &mut Vec<Problem>,
+    limits: &Limits,
+    depth: usize,
+) {
+    let Some(part) = mail.parts.get(idx) else { return };
+    body.parts_seen += 1;
+    if body.parts_seen > limits.max_parts || depth > 16 {
+        if !problems.contains(&Problem::TooManyParts) {
+            problems.push(Problem::TooManyParts);
+        }
+        return;
+    }
+    let ctype = part
+        .content_type()
+        .map(|c| (c.ctype().to_ascii_lowercase(), c.subtype().unwrap_or("").to_ascii_lowercase()))
+        .unwrap_or_else(|| ("text".into(), "plain".into()));
+    let disposition = part.content_disposition().map(|d| d.ctype().to_ascii_lowercase());
+    let is_attachment = disposition.as_deref() == Some("attachment");
+    if part.is_encoding_problem {
+        problems.push(Problem::BadEncoding { part: format!("{}/{}", ctype.0, ctype.1) });
+    }
+
+    match &part.body {
+        PartType::Multipart(children) => {
+            for child in children {
+                walk(mail, *child as usize, body, problems, limits, depth + 1);
+            }
+        }
+        _ if ctype.0 == "message" && ctype.1 == "disposition-notification" => {
+            body.mdn = Some(String::from_utf8_lossy(raw_body(mail, part)).into_owned());
+        }
+        PartType::Text(t) if disposition.as_deref() == Some("reaction") => {
+            body.reaction.get_or_insert_with(|| t.to_string());
+        }
+        PartType::Text(t) if !is_attachment && ctype.1 == "plain" && body.plain.is_none() => {
+            let flowed = part
+                .content_type()
+                .and_then(|c| c.attribute("format"))
+                .is_some_and(|f| f.eq_ignore_ascii_case("flowed"));
+            let delsp = part
+                .content_type()
+                .and_then(|c| c.attribute("delsp"))
+                .is_some_and(|f| f.eq_ignore_ascii_case("yes"));
+            body.plain = Some(if flowed { unflow(t, delsp) } else { t.to_string() });
+        }
+        PartType::Html(h) if !is_attachment && body.html.is_none() => {
+            body.html = Some(h.to_string());
+        }
+        _ => {
+            let data = part.contents().to_vec();
+            let mime = format!("{}/{}", ctype.0, ctype.1);
+            let name = part
+                .attachment_name()
+                .map(sanitize_filename)
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| default_name(&mime, body.attachments.len()));
+            body.attachments.push(Attachment { name, mime, data });
+        }
+    }
+}
+
+fn raw_body<'a>(mail: &'a mail_parser::Message<'_>, part: &MessagePart<'_>) -> &'a [u8] {
+    let raw = mail.raw_message();
+    let start = (part.offset_body as usize).min(raw.len());
+    let end = (part.offset_end as usize).clamp(start, raw.len());
+    &raw[start..end]
+}
+
+/// One field of a `message/disposition-notification` body.
+fn report_field(report: &str, name: &str) -> Option<String> {
+    let mut value: Option<String> = None;
+    for line in report.lines() {
+        if let Some(v) = value.as_mut() {
+            if line.starts_with([' ', '\t']) {
+                v.push(' ');
+                v.push_str(line.trim());
+                continue;
+            }
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.trim().eq_ignore_ascii_case(name)
+        {
+            value = Some(v.trim().to_owned());
+        }
+    }
+    value
+}
+
+fn first_mailbox(a: Option<&Address<'_>>) -> Option<Mailbox> {
+    mailboxes(a).into_iter().next()
+}
+
+fn mailboxes(a: Option<&Address<'_>>) -> Vec<Mailbox> {
+    let Some(a) = a else { return Vec::new() };
+    a.iter()
+        .filter_map(|addr| {
+            let email = addr.address.as_deref()?.trim();
+            if email.is_empty() {
+                return None;
+            }
+            Some(Mailbox::new(email, addr.name.as_deref()))
+        })
+        .collect()
+}
+
+fn ids(v: &HeaderValue<'_>) -> Vec<String> {
+    match v {
+        HeaderValue::Text(t) => t.split_whitespace().map(clean_id).filter(|s| !s.is_empty()).collect(),
+        HeaderValue::TextList(l) => l.iter().map(|s| clean_id(s)).filter(|s| !s.is_empty()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Strips angle brackets and white space from a Message-ID or address.
+pub fn clean_id(s: &str) -> String {
+    s.trim().trim_start_matches('<').trim_end_matches('>').trim().to_owned()
+}
+
+fn is_address(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        }
+        None => false,
+    }
+}
+
+/// A valid `Chat-Group-ID`: 11 to 32 base64url characters.
+pub fn is_group_id(s: &str) -> bool {
+    (11..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A stable id for mail without Message-ID, so that seeing it twice is still one message.
+fn derived_message_id(raw: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(raw);
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{hex}@derived.coi-bridge.invalid")
+}
+
+fn sanitize_filename(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    base.chars().filter(|c| !c.is_control()).take(200).collect::<String>().trim().to_owned()
+}
+
+fn default_name(mime: &str, n: usize) -> String {
+    let ext = match mime {
+        "image/jpeg" => "jpg",
+        "image/png" => "png",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        "audio/ogg" => "ogg",
+        "video/mp4" => "mp4",
+        "text/plain" => "txt",
+        "text/html" => "html",
+        "text/vcard" => "vcf",
+        _ => "bin",
+    };
+    format!("attachment-{}.{ext}", n + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_inputs_are_errors_not_panics() {
+        let limits = Limits::default();
+        assert_eq!(parse(b"", &limits).unwrap_err(), ParseError::NotMime);
+        assert!(parse(&[0xff, 0x00, 0x13, 0x37, 0x80], &limits).is_err());
+        let big = format!("X-Big: {}\r\nFrom: a@b.c\r\n\r\nhi", "a".repeat(300 * 1024));
+        assert!(matches!(parse(big.as_bytes(), &limits), Err(ParseError::HeaderTooLarge(_))));
+        assert_eq!(parse(b"Subject: x\r\n\r\nbody", &limits).unwrap_err(), ParseError::MissingFrom);
+    }
+
+    #[test]
+    fn group_ids_are_validated() {
+        assert!(is_group_id("abcdefghijk"));
+        assert!(is_group_id("Ab-_0123456789Ab-_0123456789Ab-_"));
+        assert!(!is_group_id("short"));
+        assert!(!is_group_id("has space inside!"));
+    }
+
+    #[test]
+    fn report_fields_unfold() {
+        let r = "Original-Message-ID: <a@b>\r\nAdditional-Message-IDs: <c@d>\r\n <e@f>\r\nDisposition: x";
+        assert_eq!(report_field(r, "original-message-id").as_deref(), Some("<a@b>"));
+        assert_eq!(report_field(r, "Additional-Message-IDs").as_deref(), Some("<c@d> <e@f>"));
+    }
+
+    #[test]
+    fn filenames_lose_paths() {
+        assert_eq!(sanitize_filename("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_filename("C:\\x\\y.txt"), "y.txt");
+    }
+}

@@ -1,0 +1,296 @@
+//! Renders a [`ChatMessage`] to MIME: message headers and a content tree, kept apart so the encryption layer can wrap the content.
+
+use super::message::{ChatMessage, GroupChange, Kind, Mailbox};
+use super::text::{base64_lines, crlf, encode_display_name, encode_words, filename_param, fold_header};
+
+/// One MIME part: its own headers and a body that is already transfer-encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// `(name, value)`, values already RFC 2047-encoded where needed.
+    pub headers: Vec<(String, String)>,
+    pub body: PartBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartBody {
+    /// Encoded bytes with CRLF line ends.
+    Leaf(Vec<u8>),
+    Multipart { boundary: String, parts: Vec<Part> },
+}
+
+impl Part {
+    fn leaf(headers: Vec<(String, String)>, body: Vec<u8>) -> Self {
+        Self { headers, body: PartBody::Leaf(body) }
+    }
+
+    /// Writes headers, blank line and body.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        for (name, value) in &self.headers {
+            out.extend_from_slice(fold_header(name, value).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        match &self.body {
+            PartBody::Leaf(bytes) => out.extend_from_slice(bytes),
+            PartBody::Multipart { boundary, parts } => {
+                for p in parts {
+                    out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+                    p.write_to(out);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        out
+    }
+}
+
+/// The whole message, ready for SMTP `DATA`.
+pub fn render(msg: &ChatMessage) -> Vec<u8> {
+    let mut part = content(msg);
+    let mut headers = message_headers(msg);
+    headers.push(("MIME-Version".into(), "1.0".into()));
+    headers.append(&mut part.headers);
+    part.headers = headers;
+    part.to_bytes()
+}
+
+fn mailbox(m: &Mailbox) -> String {
+    match &m.name {
+        Some(name) => format!("{} <{}>", encode_display_name(name), m.addr),
+        None => format!("<{}>", m.addr),
+    }
+}
+
+fn mailbox_list(list: &[Mailbox]) -> String {
+    list.iter().map(mailbox).collect::<Vec<_>>().join(", ")
+}
+
+/// The message headers (everything but the content headers). With encryption these are
+/// the protected headers of the inner part.
+pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = Vec::new();
+    let mut add = |n: &str, v: String| h.push((n.to_owned(), v));
+    add("From", mailbox(&msg.from));
+    if let Some(sender) = &msg.sender {
+        add("Sender", mailbox(sender));
+    }
+    if msg.to.is_empty() {
+        add("To", "\"hidden-recipients\": ;".into());
+    } else {
+        add("To", mailbox_list(&msg.to));
+    }
+    if !msg.cc.is_empty() {
+        add("Cc", mailbox_list(&msg.cc));
+    }
+    let date = chrono::DateTime::from_timestamp(msg.date.unwrap_or(0), 0).unwrap_or_default();
+    add("Date", date.to_rfc2822());
+    add("Message-ID", format!("<{}>", msg.message_id));
+    if let Some(irt) = &msg.in_reply_to {
+        add("In-Reply-To", format!("<{irt}>"));
+    }
+    if !msg.references.is_empty() {
+        add("References", msg.references.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(" "));
+    }
+    let subject = msg.subject.clone().unwrap_or_else(|| format!("Message from {}", msg.from.display()));
+    add("Subject", encode_words(&subject));
+    if msg.is_chat {
+        add("Chat-Version", "1.0".into());
+    }
+    if let Some(g) = &msg.group {
+        add("Chat-Group-ID", g.id.clone());
+        add("Chat-Group-Name", encode_words(&g.name));
+        match &g.change {
+            Some(GroupChange::MemberAdded(a)) => add("Chat-Group-Member-Added", a.clone()),
+            Some(GroupChange::MemberRemoved(a)) => add("Chat-Group-Member-Removed", a.clone()),
+            Some(GroupChange::NameChanged { old }) => add("Chat-Group-Name-Changed", encode_words(old)),
+            None => {}
+        }
+    }
+    if let Some(to) = &msg.disposition_notification_to {
+        add("Chat-Disposition-Notification-To", to.clone());
+    }
+    match &msg.kind {
+        Kind::Edit { target } => add("Chat-Edit", format!("<{target}>")),
+        Kind::Delete { targets } => {
+            add("Chat-Delete", targets.iter().map(|t| format!("<{t}>")).collect::<Vec<_>>().join(" "));
+        }
+        Kind::ReadReceipt { .. } => add("Auto-Submitted", "auto-replied".into()),
+        Kind::Text | Kind::Reaction { .. } => {}
+    }
+    h
+}
+
+/// A boundary that cannot occur in base64 or 7bit text we produce.
+fn boundary(msg: &ChatMessage, n: u32) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in msg.message_id.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("=_coi{n}_{hash:016x}")
+}
+
+fn text_part(text: &str, disposition: Option<&str>) -> Part {
+    let text = crlf(text);
+    let simple = text.is_ascii() && text.split("\r\n").all(|l| l.len() <= 998 && !l.starts_with("--"));
+    let mut headers = vec![("Content-Type".into(), "text/plain; charset=utf-8".into())];
+    let body = if simple {
+        headers.push(("Content-Transfer-Encoding".into(), "7bit".into()));
+        let mut b = text.into_bytes();
+        b.extend_from_slice(b"\r\n");
+        b
+    } else {
+        headers.push(("Content-Transfer-Encoding".into(), "base64".into()));
+        base64_lines(text.as_bytes())
+    };
+    if let Some(d) = disposition {
+        headers.push(("Content-Disposition".into(), d.into()));
+    }
+    Part::leaf(headers, body)
+}
+
+fn body_text(msg: &ChatMessage) -> String {
+    let mut out = String::new();
+    if let Some(q) = &msg.quote {
+        for line in q.split('\n') {
+            out.push_str("> ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out.push_str(&msg.text);
+    out
+}
+
+/// The content: a single part or a multipart tree, with its content headers.
+pub fn content(msg: &ChatMessage) -> Part {
+    match &msg.kind {
+        Kind::Reaction { emoji } => text_part(emoji, Some("reaction")),
+        Kind::ReadReceipt { original, additional } => {
+            let mut report = format!(
+                "Reporting-UA: coi-bridge\r\nOriginal-Recipient: rfc822;{me}\r\nFinal-Recipient: rfc822;{me}\r\n\
+                 Original-Message-ID: <{original}>\r\nDisposition: manual-action/MDN-sent-automatically; displayed\r\n",
+                me = msg.from.addr
+            );
+            if !additional.is_empty() {
+                let ids: Vec<String> = additional.iter().map(|a| format!("<{a}>")).collect();
+                report.push_str(&format!("Additional-Message-IDs: {}\r\n", ids.join(" ")));
+            }
+            let notice = text_part("This is a receipt notification.", None);
+            let report = Part::leaf(
+                vec![("Content-Type".into(), "message/disposition-notification".into())],
+                report.into_bytes(),
+            );
+            let b = boundary(msg, 0);
+            Part {
+                headers: vec![(
+                    "Content-Type".into(),
+                    format!("multipart/report; report-type=disposition-notification; boundary=\"{b}\""),
+                )],
+                body: PartBody::Multipart { boundary: b, parts: vec![notice, report] },
+            }
+        }
+        Kind::Delete { .. } if msg.text.is_empty() => text_part("🚮", None),
+        Kind::Text | Kind::Edit { .. } | Kind::Delete { .. } => {
+            let text = text_part(&body_text(msg), None);
+            if msg.attachments.is_empty() {
+                return text;
+            }
+            let mut parts = vec![text];
+            for a in &msg.attachments {
+                let mime = if a.mime.contains('/') && a.mime.is_ascii() { a.mime.as_str() } else { "application/octet-stream" };
+                parts.push(Part::leaf(
+                    vec![
+                        ("Content-Type".into(), format!("{mime}; {}", filename_param("name", &a.name))),
+                        ("Content-Disposition".into(), format!("attachment; {}", filename_param("filename", &a.name))),
+                        ("Content-Transfer-Encoding".into(), "base64".into()),
+                    ],
+                    base64_lines(&a.data),
+                ));
+            }
+            let b = boundary(msg, 0);
+            Part {
+                headers: vec![("Content-Type".into(), format!("multipart/mixed; boundary=\"{b}\""))],
+                body: PartBody::Multipart { boundary: b, parts },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coi::message::Group;
+    use crate::coi::parse::{Limits, parse};
+    use coi_bridge_api::Attachment;
+
+    fn base() -> ChatMessage {
+        ChatMessage {
+            message_id: "6f0c2a0e-1b1d-4c4e-9b7e-7a1f1b0e2c3d@localhost".into(),
+            is_chat: true,
+            from: Mailbox::new("bridge@example.org", Some("Bob (Matrix)")),
+            sender: Some(Mailbox::new("bridge@example.org", Some("COI Bridge"))),
+            to: vec![Mailbox::new("alice@example.org", Some("Alice Ünicode"))],
+            date: Some(1_790_000_000),
+            subject: Some("Grüße".into()),
+            text: "Hello 👋\nsecond line".into(),
+            ..ChatMessage::default()
+        }
+    }
+
+    fn round_trip(msg: &ChatMessage) -> ChatMessage {
+        let bytes = render(msg);
+        let parsed = parse(&bytes, &Limits::default()).expect("own output parses");
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        parsed.message
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let mut group = base();
+        group.group = Some(Group {
+            id: "AbCdEfGhIjK_-12".into(),
+            name: "Team 🚀".into(),
+            change: Some(GroupChange::MemberAdded("carol@example.org".into())),
+        });
+        group.in_reply_to = Some("parent@localhost".into());
+        group.references = vec!["root@localhost".into(), "parent@localhost".into()];
+        group.quote = Some("earlier\ntext".into());
+        group.disposition_notification_to = Some("bridge@example.org".into());
+        group.attachments = vec![
+            Attachment { name: "pic ä.png".into(), mime: "image/png".into(), data: vec![0x89, b'P', b'N', b'G', 0, 1, 2] },
+            Attachment { name: "notes.txt".into(), mime: "text/plain".into(), data: b"line\r\n".to_vec() },
+        ];
+        let mut reaction = base();
+        reaction.kind = Kind::Reaction { emoji: "👍".into() };
+        reaction.in_reply_to = Some("target@localhost".into());
+        reaction.text = String::new();
+        let mut edit = base();
+        edit.kind = Kind::Edit { target: "target@localhost".into() };
+        let mut delete = base();
+        delete.kind = Kind::Delete { targets: vec!["a@localhost".into(), "b@localhost".into()] };
+        delete.text = "🚮".into();
+        let mut receipt = base();
+        receipt.kind = Kind::ReadReceipt { original: "o@localhost".into(), additional: vec!["p@localhost".into()] };
+        receipt.text = "This is a receipt notification.".into();
+
+        for msg in [base(), group, reaction, edit, delete, receipt] {
+            assert_eq!(round_trip(&msg), msg);
+        }
+    }
+
+    #[test]
+    fn lines_starting_with_dashes_do_not_break_multipart() {
+        let mut msg = base();
+        msg.text = "--=_coi0_x\n-- \nnot a footer".into();
+        msg.attachments = vec![Attachment { name: "a".into(), mime: "application/octet-stream".into(), data: vec![1] }];
+        let back = round_trip(&msg);
+        assert_eq!(back.attachments, msg.attachments);
+        assert!(back.text.starts_with("--=_coi0_x"));
+    }
+}

@@ -1,0 +1,400 @@
+//! The daemon's configuration: a strict TOML file, `COI_BRIDGE__SECTION__KEY` env overrides, and secrets from `*_file` or env.
+//!
+//! Every error names the key, the file or the env variable, and says how to fix it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
+use serde::Deserialize;
+
+/// The env prefix; `__` separates levels: `COI_BRIDGE__IMAP__PORT=1143`.
+pub const ENV_PREFIX: &str = "COI_BRIDGE__";
+
+/// A secret string: never shown by `Debug` or `Display`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself; call only where it is handed to a server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The bridge identity: the mail account the daemon logs into.
+    pub account: AccountConfig,
+    /// The IMAP server of the account.
+    pub imap: ImapConfig,
+    /// The SMTP server of the account.
+    pub smtp: SmtpConfig,
+    /// Where the mapping store lives.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The HTTP listener for /metrics and /health.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Bridge instances (`[[bridge]]`), checked against the kinds this build has.
+    #[serde(default)]
+    pub bridge: Vec<BridgeConfig>,
+}
+
+/// `[account]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The bridge's mail address, e.g. `bridge@example.org`.
+    pub address: String,
+    /// The name COI users see for the bridge itself.
+    #[serde(default = "default_display_name")]
+    pub display_name: String,
+    /// The login name for IMAP and SMTP; defaults to `address`.
+    #[serde(default)]
+    pub login: Option<String>,
+    /// A file holding the mail password (systemd credentials, Docker secrets).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The password itself; only from env `COI_BRIDGE__ACCOUNT__PASSWORD`, never the file.
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+impl AccountConfig {
+    pub fn login(&self) -> &str {
+        self.login.as_deref().unwrap_or(&self.address)
+    }
+}
+
+fn default_display_name() -> String {
+    "COI Bridge".into()
+}
+
+/// How a mail connection is secured.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// TLS from the first byte (IMAPS 993, SMTPS 465).
+    Tls,
+    /// Plain connect, then STARTTLS before login; refused if the server does not offer it.
+    Starttls,
+    /// No encryption at all. Only for loopback test servers; must be chosen explicitly.
+    Plain,
+}
+
+/// `[imap]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    pub host: String,
+    /// Defaults to 993 for `tls`, 143 otherwise.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_security")]
+    pub security: Security,
+    /// An extra CA certificate (PEM) to trust, for self-signed servers.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The folder to watch.
+    #[serde(default = "default_folder")]
+    pub folder: String,
+    /// IDLE is refreshed after this many seconds (RFC 2177 asks for under 29 minutes).
+    #[serde(default = "default_idle_secs")]
+    pub idle_timeout_secs: u64,
+    /// Mails fetched and recorded per transaction.
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// Mails larger than this (bytes) are kept aside unparsed.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: u64,
+}
+
+impl ImapConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.security == Security::Tls { 993 } else { 143 })
+    }
+}
+
+/// `[smtp]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    /// Defaults to 465 for `tls`, 587 otherwise.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_security")]
+    pub security: Security,
+    /// An extra CA certificate (PEM) to trust, for self-signed servers.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Log in with the account's credentials (turn off only for an open loopback relay).
+    #[serde(default = "yes")]
+    pub auth: bool,
+    /// Attempts before a message counts as failed and its origin is told.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// The longest wait between two attempts, in seconds.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_delay_secs: u64,
+}
+
+impl SmtpConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.security == Security::Tls { 465 } else { 587 })
+    }
+}
+
+fn default_security() -> Security {
+    Security::Tls
+}
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_idle_secs() -> u64 {
+    300
+}
+fn default_batch() -> u32 {
+    50
+}
+fn default_max_message() -> u64 {
+    64 * 1024 * 1024
+}
+fn yes() -> bool {
+    true
+}
+fn default_attempts() -> u32 {
+    30
+}
+fn default_retry_max() -> u64 {
+    300
+}
+
+/// `[store]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (relative to the state dir) or, later, `postgres://…`.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    /// The state dir; defaults to `$STATE_DIRECTORY` (systemd) or the working directory.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { url: default_store_url(), state_dir: None }
+    }
+}
+
+impl StoreConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+fn default_store_url() -> String {
+    "sqlite://coi-bridge.db".into()
+}
+
+/// `[http]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where /metrics, /health and /ready are served; keep it on loopback or behind a proxy.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9187))
+}
+
+/// One `[[bridge]]` entry. Each kind's own keys are checked by that bridge's crate.
+#[derive(Debug, Deserialize)]
+pub struct BridgeConfig {
+    pub id: String,
+    pub kind: String,
+}
+
+/// The loaded configuration with its secrets resolved.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub password: Secret,
+    pub source: PathBuf,
+}
+
+/// Reads, merges and validates the configuration.
+pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    if !path.is_file() {
+        bail!(
+            "config file {} does not exist or is not a file; pass --config with the path of your coi-bridge.toml \
+             (config/coi-bridge.example.toml documents every option)",
+            path.display()
+        );
+    }
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).split("__"));
+    if let Some(meta) = figment.find_metadata("account.password")
+        && !meta.name.to_lowercase().contains("env")
+    {
+        bail!(
+            "{}: account.password must not be written in the config file; put it in a file named by \
+             account.password_file, or in env {ENV_PREFIX}ACCOUNT__PASSWORD",
+            path.display()
+        );
+    }
+    let config: Config = figment.extract().map_err(|e| {
+        let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!(
+            "invalid config {} (env {ENV_PREFIX}* overrides included): {}",
+            path.display(),
+            all.join("; ")
+        )
+    })?;
+    validate(&config).with_context(|| format!("invalid config {}", path.display()))?;
+    let password = resolve_password(&config.account)?;
+    Ok(Loaded { config, password, source: path.to_path_buf() })
+}
+
+fn resolve_password(account: &AccountConfig) -> anyhow::Result<Secret> {
+    match (&account.password, &account.password_file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(file)) => {
+            let raw = std::fs::read_to_string(file).with_context(|| {
+                format!(
+                    "account.password_file: cannot read {}; make it a readable file holding the mail password",
+                    file.display()
+                )
+            })?;
+            let pw = raw.trim_end_matches(['\r', '\n']);
+            if pw.is_empty() {
+                bail!("account.password_file: {} is empty; write the mail password into it", file.display());
+            }
+            Ok(Secret::new(pw))
+        }
+        (None, None) => bail!(
+            "account: no password; set account.password_file, or env {ENV_PREFIX}ACCOUNT__PASSWORD"
+        ),
+    }
+}
+
+fn validate(c: &Config) -> anyhow::Result<()> {
+    let addr = &c.account.address;
+    let ok_addr = addr.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') || d == "localhost");
+    if !ok_addr || addr.chars().any(char::is_whitespace) {
+        bail!("account.address: {addr:?} is not a mail address like bridge@example.org");
+    }
+    for (key, host, port) in [("imap", &c.imap.host, c.imap.port), ("smtp", &c.smtp.host, c.smtp.port)] {
+        if host.trim().is_empty() {
+            bail!("{key}.host: empty; set the {key} server's host name");
+        }
+        if port == Some(0) {
+            bail!("{key}.port: 0 is not a port; use 1 to 65535 or leave it out for the default");
+        }
+    }
+    if c.imap.idle_timeout_secs < 10 || c.imap.idle_timeout_secs > 29 * 60 {
+        bail!("imap.idle_timeout_secs: {} is out of range; use 10 to 1740 (default 300)", c.imap.idle_timeout_secs);
+    }
+    if c.imap.batch_size == 0 || c.imap.batch_size > 1000 {
+        bail!("imap.batch_size: {} is out of range; use 1 to 1000 (default 50)", c.imap.batch_size);
+    }
+    if c.smtp.max_attempts == 0 {
+        bail!("smtp.max_attempts: must be at least 1 (default 30)");
+    }
+    for (key, file) in [("imap.ca_file", &c.imap.ca_file), ("smtp.ca_file", &c.smtp.ca_file)] {
+        if let Some(f) = file
+            && !f.is_file()
+        {
+            bail!("{key}: {} is not a readable file; point it at a PEM CA certificate or remove the key", f.display());
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    for b in &c.bridge {
+        if !ids.insert(&b.id) {
+            bail!("bridge: the id {:?} is used twice; give every [[bridge]] its own id", b.id);
+        }
+        bail!(
+            "bridge {:?}: kind {:?} is not part of this build yet (Matrix and Telegram bridges are being built); \
+             remove the [[bridge]] entry",
+            b.id,
+            b.kind
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_in_config_dir_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let figment = Figment::new().merge(Toml::file_exact(&path));
+                let config: Config = figment.extract().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                validate(&config).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the example and the minimal config, found {n}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let a = AccountConfig {
+            address: "a@b.c".into(),
+            display_name: "x".into(),
+            login: None,
+            password_file: None,
+            password: Some(s),
+        };
+        assert!(!format!("{a:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn default_ports_follow_security() {
+        let imap: ImapConfig = toml_like(r#"host = "h"
+security = "starttls""#);
+        assert_eq!(imap.port(), 143);
+        let imap: ImapConfig = toml_like(r#"host = "h""#);
+        assert_eq!(imap.port(), 993);
+    }
+
+    fn toml_like<T: for<'de> Deserialize<'de>>(s: &str) -> T {
+        Figment::new().merge(Toml::string(s)).extract().expect("parses")
+    }
+}

@@ -1,0 +1,9 @@
+//! Routing between COI and the bridges: which chat a mail belongs to, recording inbound mail, and queueing outbound mail.
+//!
+//! - [`resolve`]: pure rules that pick a mail's chat and member changes.
+//! - [`ingest`]: fetched mail → parsed → recorded with the IMAP cursor in one transaction.
+//! - [`outbound`]: a message for COI → rendered → recorded and queued for SMTP in one transaction.
+
+pub mod ingest;
+pub mod outbound;
+pub mod resolve;

@@ -1,0 +1,250 @@
+//! The mapping store: the `Store` trait the daemon talks to, its row types, and backend selection from `store.url`.
+//!
+//! The store, not the IMAP server, is the lasting record: chatmail servers delete mail
+//! after days. Every write that acknowledges something (a fetched UID, a queued message)
+//! happens in one transaction with the data it acknowledges.
+//!
+//! SQLite ([`sqlite`]) is the embedded default. A PostgreSQL backend implements the same
+//! trait; nothing outside this module names a backend.
+
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::coi::ChatMessage;
+
+/// A store error: the caller retries the operation later, or gives up for good.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Busy, locked, I/O hiccup: the same call may succeed later.
+    #[error("store temporarily unavailable: {0}")]
+    Retry(String),
+    /// Corrupt data, schema from the future, constraint that cannot hold.
+    #[error("store error: {0}")]
+    Fatal(String),
+}
+
+impl StoreError {
+    pub fn is_retry(&self) -> bool {
+        matches!(self, StoreError::Retry(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// 1:1 or group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatKind {
+    Single,
+    Group,
+}
+
+impl ChatKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatKind::Single => "single",
+            ChatKind::Group => "group",
+        }
+    }
+}
+
+/// Which COI chat a message belongs to: a 1:1 with an address, or a group by
+/// `Chat-Group-ID`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChatRef {
+    pub kind: ChatKind,
+    /// The peer's address (1:1) or the group id (group).
+    pub key: String,
+    /// The group name, or the peer's display name.
+    pub name: String,
+}
+
+/// A chat row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chat {
+    pub id: i64,
+    pub kind: ChatKind,
+    pub key: String,
+    pub name: String,
+    /// Known member addresses, without the bridge's own (sorted).
+    pub members: Vec<String>,
+}
+
+/// Incoming (from COI) or outgoing (to COI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// A recorded message, as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub message_id: String,
+    pub chat_id: i64,
+    pub direction: Direction,
+    pub kind: String,
+    pub from_addr: String,
+    pub from_name: String,
+    pub text: String,
+    pub in_reply_to: Option<String>,
+    pub target: Option<String>,
+    pub attachments: Vec<StoredAttachment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAttachment {
+    pub name: String,
+    pub mime: String,
+    pub data: Vec<u8>,
+}
+
+/// Where the IMAP transport stands in one folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImapCursor {
+    pub uid_validity: u32,
+    pub last_uid: u32,
+}
+
+/// One fetched mail that parsed, with its chat already resolved.
+#[derive(Clone, Debug)]
+pub struct InboundMessage {
+    pub uid: u32,
+    pub chat: ChatRef,
+    pub message: ChatMessage,
+    /// Addresses this message shows to be in the chat (the bridge's own excluded).
+    pub members_added: Vec<String>,
+    /// Addresses this message removes from the chat.
+    pub members_removed: Vec<String>,
+}
+
+/// One fetched mail that could not be parsed, kept aside for the operator.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    pub uid: u32,
+    pub reason: String,
+    pub raw: Vec<u8>,
+}
+
+/// What a batch write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub recorded: usize,
+    /// Already known by Message-ID (a re-fetch, our own echo).
+    pub duplicates: usize,
+    pub rejected: usize,
+}
+
+/// A message to send to COI: recorded as sent and queued for SMTP in one transaction.
+#[derive(Clone, Debug)]
+pub struct OutboundMail {
+    pub chat: ChatRef,
+    pub message: ChatMessage,
+    /// The finished RFC 5322 bytes.
+    pub raw: Vec<u8>,
+    pub envelope: Envelope,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+/// The outbox target for mail.
+pub const SMTP_TARGET: &str = "smtp";
+
+/// One queued delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub target: String,
+    pub chat_id: i64,
+    pub message_id: String,
+    pub payload: Vec<u8>,
+    pub envelope: Option<Envelope>,
+    pub attempts: u32,
+}
+
+/// The state of one outbox row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboxState {
+    Pending { attempts: u32, last_error: Option<String> },
+    Done,
+    Failed { reason: String },
+}
+
+/// What the daemon needs from a store backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- inbound ---------------------------------------------------------------------
+    async fn imap_cursor(&self, folder: &str) -> StoreResult<Option<ImapCursor>>;
+
+    /// Records a batch of fetched mail and moves the cursor to `cursor`, all in one
+    /// transaction. Messages already known by Message-ID are counted as duplicates.
+    async fn record_inbound(
+        &self,
+        folder: &str,
+        cursor: ImapCursor,
+        messages: &[InboundMessage],
+        rejected: &[Rejected],
+    ) -> StoreResult<BatchOutcome>;
+
+    /// The chat of the first of these Message-IDs that is known.
+    async fn chat_of_any(&self, message_ids: &[String]) -> StoreResult<Option<ChatRef>>;
+
+    // --- outbound --------------------------------------------------------------------
+    /// Records an outgoing message and its SMTP outbox row in one transaction.
+    async fn queue_outbound(&self, mail: &OutboundMail) -> StoreResult<()>;
+
+    /// For each chat, its oldest pending item for `target` if it is due at `now` (unix
+    /// seconds). Later items of a chat wait behind its head, which keeps per-chat order.
+    async fn due_outbox(&self, target: &str, now: i64, limit: u32) -> StoreResult<Vec<OutboxItem>>;
+
+    /// The earliest `next_attempt_at` of any pending item for `target`.
+    async fn next_outbox_due(&self, target: &str) -> StoreResult<Option<i64>>;
+
+    async fn outbox_done(&self, id: i64) -> StoreResult<()>;
+    async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> StoreResult<()>;
+    async fn outbox_failed(&self, id: i64, reason: &str) -> StoreResult<()>;
+    async fn outbox_state(&self, target: &str, message_id: &str) -> StoreResult<Option<OutboxState>>;
+
+    // --- reading -----------------------------------------------------------------------
+    async fn message(&self, message_id: &str) -> StoreResult<Option<StoredMessage>>;
+    async fn chat(&self, id: i64) -> StoreResult<Option<Chat>>;
+    async fn chats(&self) -> StoreResult<Vec<Chat>>;
+    /// Every recorded message of a direction, oldest first.
+    async fn messages(&self, direction: Direction) -> StoreResult<Vec<StoredMessage>>;
+    /// How many mails were kept aside as unparseable.
+    async fn rejected_count(&self) -> StoreResult<u64>;
+}
+
+/// Opens the store named by `url`. A relative SQLite path is taken relative to `state_dir`.
+pub async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let path = Path::new(path);
+        let path = if path.is_absolute() { path.to_path_buf() } else { state_dir.join(path) };
+        let store = sqlite::SqliteStore::open(&path).await?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        anyhow::bail!(
+            "store.url: the PostgreSQL backend is not part of this build yet; use \"sqlite://coi-bridge.db\""
+        );
+    }
+    anyhow::bail!("store.url: {url:?} is not a store URL; use \"sqlite://PATH\" (relative to the state dir)")
+}

@@ -1,0 +1,481 @@
+//! The SQLite store backend (sqlx): WAL, STRICT tables, numbered migrations applied at open.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use sha2::Digest as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool, Transaction};
+
+use super::{
+    BatchOutcome, Chat, ChatKind, ChatRef, Direction, Envelope, ImapCursor, InboundMessage, OutboundMail,
+    OutboxItem, OutboxState, Rejected, Store, StoreError, StoreResult, StoredAttachment, StoredMessage,
+};
+use crate::coi::ChatMessage;
+
+/// Numbered migrations; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517")) => {
+            StoreError::Retry(e.to_string())
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => StoreError::Retry(e.to_string()),
+        _ => StoreError::Fatal(e.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("store: cannot create the directory {}", dir.display()))?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .context("store: sqlite options")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("store: cannot open SQLite database {}", path.display()))?;
+        let store = Self { pool };
+        store.migrate().await.with_context(|| format!("store: migrating {}", path.display()))?;
+        Ok(store)
+    }
+
+    /// The schema version applied.
+    pub async fn schema_version(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query("PRAGMA user_version").fetch_one(&self.pool).await?.try_get(0)?)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+        let current = self.schema_version().await?;
+        if current > latest {
+            anyhow::bail!(
+                "the database has schema version {current}, newer than this coi-bridge knows ({latest}); \
+                 run the newer coi-bridge or restore a backup"
+            );
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("migration {version:04}"))?;
+            // PRAGMA takes no bind parameters; the version is our own constant.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {version}")))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version, "store migration applied");
+        }
+        Ok(())
+    }
+
+    async fn ensure_chat(tx: &mut Transaction<'_, sqlx::Sqlite>, chat: &ChatRef) -> StoreResult<i64> {
+        let id: i64 = sqlx::query(
+            "INSERT INTO chat (kind, key, name, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (kind, key) DO UPDATE SET name = CASE WHEN excluded.name != '' THEN excluded.name ELSE chat.name END
+             RETURNING id",
+        )
+        .bind(chat.kind.as_str())
+        .bind(&chat.key)
+        .bind(&chat.name)
+        .bind(now())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(err)?
+        .get(0);
+        Ok(id)
+    }
+
+    /// Inserts the message row and its attachments; `false` when the Message-ID is known.
+    async fn insert_message(
+        tx: &mut Transaction<'_, sqlx::Sqlite>,
+        chat_id: i64,
+        direction: Direction,
+        m: &ChatMessage,
+    ) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, in_reply_to, target, sent_at, recorded_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (message_id) DO NOTHING RETURNING id",
+        )
+        .bind(&m.message_id)
+        .bind(chat_id)
+        .bind(direction.as_str())
+        .bind(m.kind_name())
+        .bind(&m.from.addr)
+        .bind(m.from.display())
+        .bind(&m.text)
+        .bind(&m.in_reply_to)
+        .bind(m.target())
+        .bind(m.date)
+        .bind(now())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(err)?;
+        let Some(row) = row else { return Ok(false) };
+        let row_id: i64 = row.get(0);
+        for (idx, a) in m.attachments.iter().enumerate() {
+            sqlx::query("INSERT INTO attachment (message_row, idx, name, mime, data) VALUES (?, ?, ?, ?, ?)")
+                .bind(row_id)
+                .bind(idx as i64)
+                .bind(&a.name)
+                .bind(&a.mime)
+                .bind(&a.data)
+                .execute(&mut **tx)
+                .await
+                .map_err(err)?;
+        }
+        Ok(true)
+    }
+
+    /// Adds and removes chat members.
+    async fn update_members(
+        tx: &mut Transaction<'_, sqlx::Sqlite>,
+        chat_id: i64,
+        add: &[String],
+        remove: &[String],
+    ) -> StoreResult<()> {
+        for addr in add {
+            sqlx::query("INSERT INTO chat_member (chat_id, addr) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(chat_id)
+                .bind(addr)
+                .execute(&mut **tx)
+                .await
+                .map_err(err)?;
+        }
+        for addr in remove {
+            sqlx::query("DELETE FROM chat_member WHERE chat_id = ? AND addr = ?")
+                .bind(chat_id)
+                .bind(addr)
+                .execute(&mut **tx)
+                .await
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn load_message(&self, row: sqlx::sqlite::SqliteRow) -> StoreResult<StoredMessage> {
+        let row_id: i64 = row.get("id");
+        let attachments = sqlx::query("SELECT name, mime, data FROM attachment WHERE message_row = ? ORDER BY idx")
+            .bind(row_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|a| StoredAttachment { name: a.get(0), mime: a.get(1), data: a.get(2) })
+            .collect();
+        let direction: String = row.get("direction");
+        Ok(StoredMessage {
+            message_id: row.get("message_id"),
+            chat_id: row.get("chat_id"),
+            direction: if direction == "out" { Direction::Out } else { Direction::In },
+            kind: row.get("kind"),
+            from_addr: row.get("from_addr"),
+            from_name: row.get("from_name"),
+            text: row.get("text"),
+            in_reply_to: row.get("in_reply_to"),
+            target: row.get("target"),
+            attachments,
+        })
+    }
+
+    fn chat_ref(row: &sqlx::sqlite::SqliteRow) -> ChatRef {
+        let kind: String = row.get("kind");
+        ChatRef {
+            kind: if kind == "group" { ChatKind::Group } else { ChatKind::Single },
+            key: row.get("key"),
+            name: row.get("name"),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn imap_cursor(&self, folder: &str) -> StoreResult<Option<ImapCursor>> {
+        let row = sqlx::query("SELECT uid_validity, last_uid FROM imap_cursor WHERE folder = ?")
+            .bind(folder)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.map(|r| ImapCursor {
+            uid_validity: r.get::<i64, _>(0) as u32,
+            last_uid: r.get::<i64, _>(1) as u32,
+        }))
+    }
+
+    async fn record_inbound(
+        &self,
+        folder: &str,
+        cursor: ImapCursor,
+        messages: &[InboundMessage],
+        rejected: &[Rejected],
+    ) -> StoreResult<BatchOutcome> {
+        let mut out = BatchOutcome::default();
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        for m in messages {
+            let chat_id = Self::ensure_chat(&mut tx, &m.chat).await?;
+            if Self::insert_message(&mut tx, chat_id, Direction::In, &m.message).await? {
+                out.recorded += 1;
+                Self::update_members(&mut tx, chat_id, &m.members_added, &m.members_removed).await?;
+            } else {
+                out.duplicates += 1;
+            }
+        }
+        for r in rejected {
+            let basis = if r.raw.is_empty() { r.reason.as_bytes() } else { r.raw.as_slice() };
+            let digest: String = sha2::Sha256::digest(basis).iter().map(|b| format!("{b:02x}")).collect();
+            let res = sqlx::query(
+                "INSERT INTO rejected (digest, folder, uid, reason, raw, recorded_at) VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (digest) DO NOTHING",
+            )
+            .bind(digest)
+            .bind(folder)
+            .bind(i64::from(r.uid))
+            .bind(&r.reason)
+            .bind(&r.raw)
+            .bind(now())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            out.rejected += res.rows_affected() as usize;
+        }
+        sqlx::query(
+            "INSERT INTO imap_cursor (folder, uid_validity, last_uid) VALUES (?, ?, ?)
+             ON CONFLICT (folder) DO UPDATE SET uid_validity = excluded.uid_validity, last_uid = excluded.last_uid",
+        )
+        .bind(folder)
+        .bind(i64::from(cursor.uid_validity))
+        .bind(i64::from(cursor.last_uid))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(out)
+    }
+
+    async fn chat_of_any(&self, message_ids: &[String]) -> StoreResult<Option<ChatRef>> {
+        for id in message_ids {
+            let row = sqlx::query(
+                "SELECT c.kind, c.key, c.name FROM message m JOIN chat c ON c.id = m.chat_id WHERE m.message_id = ?",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+            if let Some(row) = row {
+                return Ok(Some(Self::chat_ref(&row)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn queue_outbound(&self, mail: &OutboundMail) -> StoreResult<()> {
+        let envelope = serde_json::to_string(&mail.envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let chat_id = Self::ensure_chat(&mut tx, &mail.chat).await?;
+        if Self::insert_message(&mut tx, chat_id, Direction::Out, &mail.message).await? {
+            let ts = now();
+            sqlx::query(
+                "INSERT INTO outbox (target, chat_id, message_id, payload, envelope, next_attempt_at, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(super::SMTP_TARGET)
+            .bind(chat_id)
+            .bind(&mail.message.message_id)
+            .bind(&mail.raw)
+            .bind(envelope)
+            .bind(ts)
+            .bind(ts)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    async fn due_outbox(&self, target: &str, now: i64, limit: u32) -> StoreResult<Vec<OutboxItem>> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.target, o.chat_id, o.message_id, o.payload, o.envelope, o.attempts
+             FROM outbox o
+             WHERE o.target = ? AND o.state = 'pending' AND o.next_attempt_at <= ?
+               AND o.id = (SELECT MIN(h.id) FROM outbox h
+                           WHERE h.target = o.target AND h.chat_id = o.chat_id AND h.state = 'pending')
+             ORDER BY o.id LIMIT ?",
+        )
+        .bind(target)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        rows.into_iter()
+            .map(|r| {
+                let envelope: Option<String> = r.get("envelope");
+                let envelope = envelope
+                    .map(|e| serde_json::from_str::<Envelope>(&e))
+                    .transpose()
+                    .map_err(|e| StoreError::Fatal(format!("outbox envelope: {e}")))?;
+                Ok(OutboxItem {
+                    id: r.get("id"),
+                    target: r.get("target"),
+                    chat_id: r.get("chat_id"),
+                    message_id: r.get("message_id"),
+                    payload: r.get("payload"),
+                    envelope,
+                    attempts: r.get::<i64, _>("attempts") as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn next_outbox_due(&self, target: &str) -> StoreResult<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(next_attempt_at) FROM outbox WHERE target = ? AND state = 'pending'")
+            .bind(target)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.get(0))
+    }
+
+    async fn outbox_done(&self, id: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE outbox SET state = 'done', payload = x'', attempts = attempts + 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?")
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn outbox_failed(&self, id: i64, reason: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ? WHERE id = ?")
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn outbox_state(&self, target: &str, message_id: &str) -> StoreResult<Option<OutboxState>> {
+        let row = sqlx::query("SELECT state, attempts, last_error FROM outbox WHERE target = ? AND message_id = ?")
+            .bind(target)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.map(|r| {
+            let state: String = r.get(0);
+            let last_error: Option<String> = r.get(2);
+            match state.as_str() {
+                "done" => OutboxState::Done,
+                "failed" => OutboxState::Failed { reason: last_error.unwrap_or_default() },
+                _ => OutboxState::Pending { attempts: r.get::<i64, _>(1) as u32, last_error },
+            }
+        }))
+    }
+
+    async fn message(&self, message_id: &str) -> StoreResult<Option<StoredMessage>> {
+        let row = sqlx::query("SELECT * FROM message WHERE message_id = ?")
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        match row {
+            Some(row) => Ok(Some(self.load_message(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn chat(&self, id: i64) -> StoreResult<Option<Chat>> {
+        let Some(row) = sqlx::query("SELECT id, kind, key, name FROM chat WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?
+        else {
+            return Ok(None);
+        };
+        let members = sqlx::query("SELECT addr FROM chat_member WHERE chat_id = ? ORDER BY addr")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let r = Self::chat_ref(&row);
+        Ok(Some(Chat { id, kind: r.kind, key: r.key, name: r.name, members }))
+    }
+
+    async fn chats(&self) -> StoreResult<Vec<Chat>> {
+        let ids: Vec<i64> = sqlx::query("SELECT id FROM chat ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(c) = self.chat(id).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn messages(&self, direction: Direction) -> StoreResult<Vec<StoredMessage>> {
+        let rows = sqlx::query("SELECT * FROM message WHERE direction = ? ORDER BY id")
+            .bind(direction.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.load_message(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn rejected_count(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM rejected").fetch_one(&self.pool).await.map_err(err)?.get(0);
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests;

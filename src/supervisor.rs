@@ -1,0 +1,94 @@
+//! One cancellation token and one task tracker for the whole daemon: no detached tasks, a graceful stop on SIGTERM/SIGINT.
+//!
+//! The first signal cancels the token and waits up to the grace period for every task to
+//! finish its current item; a second signal, or the grace period running out, ends the
+//! process at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Every task finished after the signal.
+    Clean,
+    /// A task failed for good (it logged why).
+    Fatal,
+    /// A second signal, or tasks still running after the grace period.
+    Forced,
+}
+
+pub struct Supervisor {
+    token: CancellationToken,
+    tracker: TaskTracker,
+    fatal: Arc<AtomicBool>,
+}
+
+impl Supervisor {
+    pub fn new() -> Self {
+        Self { token: CancellationToken::new(), tracker: TaskTracker::new(), fatal: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// The root token; every task gets a clone.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Runs a task that ends by itself once the token is cancelled. If it fails, the
+    /// whole daemon stops: such tasks retry transient errors themselves.
+    pub fn spawn<F>(&self, name: &'static str, fut: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let token = self.token.clone();
+        let fatal = self.fatal.clone();
+        self.tracker.spawn(async move {
+            match fut.await {
+                Ok(()) => tracing::debug!(task = name, "task stopped"),
+                Err(e) => {
+                    tracing::error!(task = name, error = format!("{e:#}"), "task failed; stopping the daemon");
+                    fatal.store(true, Ordering::SeqCst);
+                    token.cancel();
+                }
+            }
+        });
+    }
+
+    /// Waits for SIGTERM/SIGINT (or a fatal task), then stops everything within `grace`.
+    pub async fn run_until_signal(self, grace: Duration) -> anyhow::Result<Stop> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            () = self.token.cancelled() => {}
+        }
+        self.token.cancel();
+        self.tracker.close();
+        let stop = tokio::select! {
+            () = self.tracker.wait() => {
+                if self.fatal.load(Ordering::SeqCst) { Stop::Fatal } else { Stop::Clean }
+            }
+            _ = term.recv() => { tracing::warn!("second signal: exiting now"); Stop::Forced }
+            _ = int.recv() => { tracing::warn!("second signal: exiting now"); Stop::Forced }
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(?grace, "tasks still running after the grace period: exiting now");
+                Stop::Forced
+            }
+        };
+        tracing::info!(?stop, "stopped");
+        Ok(stop)
+    }
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,267 @@
+//! The IMAP side of the transport: log in, fetch new UIDs in batches, IDLE, and reconnect with backoff after any error.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use futures::TryStreamExt as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::{Loaded, Secret, Security};
+use crate::hub::ingest::{Fetched, Ingest};
+use crate::metrics::Metrics;
+use crate::store::ImapCursor;
+
+/// Any byte stream async-imap can run on (plain TCP or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Debug> Io for T {}
+
+pub type Session = async_imap::Session<Box<dyn Io>>;
+
+/// How long connecting and logging in may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one command (FETCH of a batch, SEARCH) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the IMAP side needs to know, resolved from the config.
+#[derive(Clone, Debug)]
+pub struct ImapSettings {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub login: String,
+    pub password: Secret,
+    pub folder: String,
+    pub idle_timeout: Duration,
+    pub batch_size: u32,
+    pub max_message_bytes: u64,
+}
+
+impl ImapSettings {
+    pub fn from_config(loaded: &Loaded) -> anyhow::Result<Self> {
+        let c = &loaded.config.imap;
+        Ok(Self {
+            host: c.host.clone(),
+            port: c.port(),
+            security: c.security,
+            tls: super::tls::client_config(c.ca_file.as_deref()).context("imap.ca_file")?,
+            login: loaded.config.account.login().to_owned(),
+            password: loaded.password.clone(),
+            folder: c.folder.clone(),
+            idle_timeout: Duration::from_secs(c.idle_timeout_secs),
+            batch_size: c.batch_size,
+            max_message_bytes: c.max_message_bytes,
+        })
+    }
+}
+
+/// Connects, secures the connection as configured, and logs in.
+pub async fn connect(s: &ImapSettings) -> anyhow::Result<Session> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(s))
+        .await
+        .map_err(|_| anyhow!("IMAP {}:{}: no answer within {CONNECT_TIMEOUT:?}", s.host, s.port))?
+}
+
+async fn connect_inner(s: &ImapSettings) -> anyhow::Result<Session> {
+    let tcp = TcpStream::connect((s.host.as_str(), s.port))
+        .await
+        .with_context(|| format!("IMAP {}:{}: cannot connect", s.host, s.port))?;
+    tcp.set_nodelay(true).ok();
+    let stream: Box<dyn Io> = match s.security {
+        Security::Tls => Box::new(super::tls::wrap(s.tls.clone(), &s.host, tcp).await?),
+        Security::Plain => Box::new(tcp),
+        Security::Starttls => {
+            let mut client = async_imap::Client::new(tcp);
+            read_greeting(&mut client).await?;
+            client
+                .run_command_and_check_ok("STARTTLS", None)
+                .await
+                .with_context(|| format!("IMAP {}: STARTTLS refused", s.host))?;
+            Box::new(super::tls::wrap(s.tls.clone(), &s.host, client.into_inner()).await?)
+        }
+    };
+    let mut client = async_imap::Client::new(stream);
+    if s.security != Security::Starttls {
+        read_greeting(&mut client).await?;
+    }
+    let session = client
+        .login(&s.login, s.password.expose())
+        .await
+        .map_err(|(e, _)| anyhow!("IMAP {}: login as {} failed: {e}", s.host, s.login))?;
+    Ok(session)
+}
+
+async fn read_greeting<T: AsyncRead + AsyncWrite + Unpin + Send + Debug>(
+    client: &mut async_imap::Client<T>,
+) -> anyhow::Result<()> {
+    match client.read_response().await.context("IMAP greeting")? {
+        Some(_) => Ok(()),
+        None => bail!("IMAP server closed the connection before its greeting"),
+    }
+}
+
+/// Watches one folder and hands every new mail to [`Ingest`].
+pub struct ImapWorker {
+    settings: ImapSettings,
+    ingest: Arc<Ingest>,
+    metrics: Arc<Metrics>,
+}
+
+impl ImapWorker {
+    pub fn new(settings: ImapSettings, ingest: Arc<Ingest>, metrics: Arc<Metrics>) -> Self {
+        Self { settings, ingest, metrics }
+    }
+
+    /// Runs until `shutdown`; every error leads to a reconnect after a growing, jittered pause.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = self.session(&shutdown, &mut backoff) => r,
+            };
+            self.metrics.imap_connected.set(0);
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    let pause = backoff.next_delay();
+                    self.metrics.imap_reconnects.inc();
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?pause, "IMAP connection failed; reconnecting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let mut session = connect(s).await?;
+        let mailbox = timed(session.select(&s.folder)).await?.with_context(|| format!("SELECT {}", s.folder))?;
+        let uid_validity = mailbox.uid_validity.ok_or_else(|| anyhow!("server sent no UIDVALIDITY for {}", s.folder))?;
+        tracing::info!(host = %s.host, folder = %s.folder, uid_validity, exists = mailbox.exists, "IMAP connected");
+        self.metrics.imap_connected.set(1);
+        backoff.reset();
+        loop {
+            self.sync(&mut session, uid_validity).await?;
+            while session.unsolicited_responses.try_recv().is_ok() {}
+            let mut idle = session.idle();
+            timed(idle.init()).await?.context("IDLE")?;
+            {
+                let (wait, _stop) = idle.wait_with_timeout(s.idle_timeout);
+                // The outer timeout catches a connection that died without a FIN.
+                let outer = s.idle_timeout + Duration::from_secs(60);
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    r = tokio::time::timeout(outer, wait) => {
+                        let r = r.map_err(|_| anyhow!("IDLE: no answer for {outer:?}"))?.context("IDLE")?;
+                        tracing::debug!(?r, "IDLE woke");
+                    }
+                }
+            }
+            session = timed(idle.done()).await?.context("IDLE DONE")?;
+        }
+    }
+
+    /// Fetches everything above the cursor, batch by batch.
+    async fn sync(&self, session: &mut Session, uid_validity: u32) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let cursor = self.ingest.store().imap_cursor(&s.folder).await?;
+        let mut last = match cursor {
+            Some(c) if c.uid_validity == uid_validity => c.last_uid,
+            Some(c) => {
+                self.metrics.imap_uidvalidity_changes.inc();
+                tracing::warn!(
+                    folder = %s.folder, old = c.uid_validity, new = uid_validity,
+                    "UIDVALIDITY changed: the mailbox was recreated; fetching it again, known messages are skipped by Message-ID"
+                );
+                self.ingest.advance(&s.folder, ImapCursor { uid_validity, last_uid: 0 }).await?;
+                0
+            }
+            None => 0,
+        };
+        let found = timed(session.uid_search(format!("UID {}:*", last.saturating_add(1)))).await??;
+        let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > last).collect();
+        uids.sort_unstable();
+        for chunk in uids.chunks(s.batch_size as usize) {
+            let fetched = self.fetch(session, chunk).await?;
+            let new_last = chunk.iter().copied().max().unwrap_or(last);
+            let cursor = ImapCursor { uid_validity, last_uid: new_last };
+            let outcome = self.ingest.batch(&s.folder, cursor, fetched).await?;
+            tracing::debug!(?outcome, last_uid = new_last, "batch recorded");
+            last = new_last;
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self, session: &mut Session, uids: &[u32]) -> anyhow::Result<Vec<Fetched>> {
+        let set = uid_set(uids);
+        let sizes: Vec<_> = timed(async { session.uid_fetch(&set, "(UID RFC822.SIZE)").await?.try_collect::<Vec<_>>().await })
+            .await??;
+        let mut oversize = HashSet::new();
+        let mut out = Vec::with_capacity(uids.len());
+        for f in &sizes {
+            if let (Some(uid), Some(size)) = (f.uid, f.size)
+                && u64::from(size) > self.settings.max_message_bytes
+            {
+                oversize.insert(uid);
+                out.push(Fetched { uid, raw: Vec::new(), oversize: Some(u64::from(size)) });
+            }
+        }
+        let wanted: Vec<u32> = uids.iter().copied().filter(|u| !oversize.contains(u)).collect();
+        if !wanted.is_empty() {
+            let bodies: Vec<_> = timed(async {
+                session.uid_fetch(uid_set(&wanted), "(UID BODY.PEEK[])").await?.try_collect::<Vec<_>>().await
+            })
+            .await??;
+            for f in bodies {
+                if let (Some(uid), Some(body)) = (f.uid, f.body()) {
+                    out.push(Fetched { uid, raw: body.to_vec(), oversize: None });
+                }
+            }
+        }
+        // A UID the server no longer has (expunged meanwhile) is simply absent.
+        out.sort_by_key(|f| f.uid);
+        Ok(out)
+    }
+}
+
+/// `1,2,3,7` as `1:3,7`.
+fn uid_set(uids: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        parts.push(if start == end { start.to_string() } else { format!("{start}:{end}") });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+async fn timed<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    tokio::time::timeout(COMMAND_TIMEOUT, f).await.map_err(|_| anyhow!("IMAP command timed out after {COMMAND_TIMEOUT:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uid_set;
+
+    #[test]
+    fn uid_sets_compress_runs() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+    }
+}

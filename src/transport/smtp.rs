@@ -1,0 +1,202 @@
+//! The SMTP side of the transport: drains the durable outbox in order per chat, retrying 4xx and connection errors with backoff.
+//!
+//! 5xx replies are permanent: the row is marked failed with the server's reason and the
+//! failure hook tells the origin side. Nothing is removed from the outbox before the
+//! server accepted it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use lettre::address::Envelope as LettreEnvelope;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff;
+use crate::config::{Loaded, Security};
+use crate::metrics::Metrics;
+use crate::store::{OutboxItem, SMTP_TARGET, Store};
+
+/// Deliveries run at once (each for a different chat).
+const PARALLEL: usize = 4;
+
+/// A message the outbox gave up on, handed to whoever must tell the origin side.
+#[derive(Debug, Clone)]
+pub struct FailedDelivery {
+    pub message_id: String,
+    pub chat_id: i64,
+    pub reason: String,
+}
+
+/// Called once for every message that failed for good.
+pub type FailureHook = Arc<dyn Fn(FailedDelivery) + Send + Sync>;
+
+/// When to retry and when to give up.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: u32,
+}
+
+pub type Transport = AsyncSmtpTransport<Tokio1Executor>;
+
+/// Builds the lettre transport from the config (no I/O).
+pub fn transport(loaded: &Loaded) -> anyhow::Result<Transport> {
+    let c = &loaded.config.smtp;
+    let mut tls = TlsParameters::builder(c.host.clone());
+    if let Some(ca) = &c.ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("smtp.ca_file: cannot read {}", ca.display()))?;
+        let cert =
+            Certificate::from_pem(&pem).with_context(|| format!("smtp.ca_file: {} is not a PEM certificate", ca.display()))?;
+        tls = tls.add_root_certificate(cert);
+    }
+    let tls = tls.build_rustls().context("smtp: TLS setup")?;
+    let domain = loaded.config.account.address.rsplit('@').next().unwrap_or("localhost").to_owned();
+    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host)
+        .port(c.port())
+        .hello_name(ClientId::Domain(domain))
+        .timeout(Some(Duration::from_secs(60)))
+        .tls(match c.security {
+            Security::Tls => Tls::Wrapper(tls),
+            Security::Starttls => Tls::Required(tls),
+            Security::Plain => Tls::None,
+        });
+    if c.auth {
+        b = b.credentials(Credentials::new(
+            loaded.config.account.login().to_owned(),
+            loaded.password.expose().to_owned(),
+        ));
+    }
+    Ok(b.build())
+}
+
+/// Drains the `smtp` outbox.
+pub struct SmtpWorker {
+    transport: Transport,
+    store: Arc<dyn Store>,
+    policy: RetryPolicy,
+    wake: Arc<Notify>,
+    on_failure: FailureHook,
+    metrics: Arc<Metrics>,
+}
+
+enum Outcome {
+    Sent,
+    Retry,
+    Failed,
+}
+
+impl SmtpWorker {
+    pub fn new(
+        transport: Transport,
+        store: Arc<dyn Store>,
+        policy: RetryPolicy,
+        wake: Arc<Notify>,
+        on_failure: FailureHook,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { transport, store, policy, wake, on_failure, metrics }
+    }
+
+    /// Runs until `shutdown`. A delivery in flight is finished first.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut store_backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let now = chrono::Utc::now().timestamp();
+            let due = match self.store.due_outbox(SMTP_TARGET, now, 64).await {
+                Ok(d) => {
+                    store_backoff.reset();
+                    d
+                }
+                Err(e) => {
+                    let pause = store_backoff.next_delay();
+                    tracing::error!(error = %e, retry_in = ?pause, "outbox: cannot read the store");
+                    self.pause(&shutdown, pause).await;
+                    continue;
+                }
+            };
+            if due.is_empty() {
+                let next = self.store.next_outbox_due(SMTP_TARGET).await.ok().flatten();
+                let pause = match next {
+                    Some(at) => Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64),
+                    None => Duration::from_secs(3600),
+                };
+                self.pause(&shutdown, pause.max(Duration::from_millis(50))).await;
+                continue;
+            }
+            // Heads of different chats go out in parallel; each chat's next item waits for
+            // its head, so order per chat holds.
+            // Retried rows get a later next_attempt_at, so the next round does not spin.
+            let _: Vec<Outcome> = futures::stream::iter(due).map(|item| self.deliver(item)).buffer_unordered(PARALLEL).collect().await;
+        }
+    }
+
+    async fn pause(&self, shutdown: &CancellationToken, d: Duration) {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(d) => {}
+        }
+    }
+
+    async fn deliver(&self, item: OutboxItem) -> Outcome {
+        let Some(env) = item.envelope.as_ref() else {
+            return self.fail(&item, "outbox row has no envelope".into()).await;
+        };
+        let envelope = match envelope(&env.from, &env.to) {
+            Ok(e) => e,
+            Err(e) => return self.fail(&item, format!("bad envelope: {e}")).await,
+        };
+        match self.transport.send_raw(&envelope, &item.payload).await {
+            Ok(_) => {
+                if let Err(e) = self.store.outbox_done(item.id).await {
+                    // Sent but not marked: it will be sent again; receivers dedupe by Message-ID.
+                    tracing::error!(error = %e, message_id = %item.message_id, "sent, but could not mark the outbox row");
+                }
+                self.metrics.outbox.with_label_values(&[SMTP_TARGET, "sent"]).inc();
+                tracing::info!(message_id = %item.message_id, chat_id = item.chat_id, attempts = item.attempts + 1, "mail sent");
+                Outcome::Sent
+            }
+            Err(e) if e.is_permanent() => self.fail(&item, format!("rejected by the SMTP server: {e}")).await,
+            Err(e) => {
+                let attempts = item.attempts + 1;
+                if attempts >= self.policy.max_attempts {
+                    return self.fail(&item, format!("gave up after {attempts} attempts: {e}")).await;
+                }
+                let pause = backoff::delay(self.policy.base, self.policy.max_delay, item.attempts);
+                let next = chrono::Utc::now().timestamp() + pause.as_secs().max(1) as i64;
+                self.metrics.outbox.with_label_values(&[SMTP_TARGET, "retry"]).inc();
+                tracing::warn!(message_id = %item.message_id, attempts, retry_in = ?pause, error = %e, "mail not sent; will retry");
+                if let Err(se) = self.store.outbox_retry(item.id, next, &e.to_string()).await {
+                    tracing::error!(error = %se, "could not record the retry");
+                }
+                Outcome::Retry
+            }
+        }
+    }
+
+    async fn fail(&self, item: &OutboxItem, reason: String) -> Outcome {
+        self.metrics.outbox.with_label_values(&[SMTP_TARGET, "failed"]).inc();
+        tracing::error!(message_id = %item.message_id, chat_id = item.chat_id, reason = %reason, "mail failed for good; telling the origin side");
+        if let Err(e) = self.store.outbox_failed(item.id, &reason).await {
+            tracing::error!(error = %e, "could not record the failure");
+        }
+        (self.on_failure)(FailedDelivery { message_id: item.message_id.clone(), chat_id: item.chat_id, reason });
+        Outcome::Failed
+    }
+}
+
+fn envelope(from: &str, to: &[String]) -> anyhow::Result<LettreEnvelope> {
+    let from = from.parse().with_context(|| format!("sender {from:?}"))?;
+    let to = to.iter().map(|t| t.parse().with_context(|| format!("recipient {t:?}"))).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(LettreEnvelope::new(Some(from), to)?)
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the real-server tests need (idempotent; silent when all are present).
+set -euo pipefail
+
+# ---------------------------------------------------------------------------
+# Shared helpers. Later sections (appended at the end of this file) reuse them.
+# ---------------------------------------------------------------------------
+
+# deb_missing PKG... : prints the packages that are not installed, one a line.
+deb_missing() {
+    local p
+    for p in "$@"; do
+        if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
+            printf '%s\n' "$p"
+        fi
+    done
+}
+
+APT_UPDATED=0
+# ensure_debs PKG... : installs the missing packages; does nothing (and prints nothing) if none is missing.
+ensure_debs() {
+    local missing
+    missing=$(deb_missing "$@")
+    [[ -z "$missing" ]] && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install.sh: missing packages:" $missing "- run as root" >&2
+        return 1
+    fi
+    # Keep package scripts from starting daemons (no systemd here; our servers use their own dirs and ports).
+    if [[ ! -x /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+    fi
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        apt-get update -q
+        APT_UPDATED=1
+    fi
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+}
+
+# ---------------------------------------------------------------------------
+# Mail: Dovecot + Postfix (tests/servers/mail.sh)
+# ---------------------------------------------------------------------------
+MAIL_DEBS=(dovecot-imapd dovecot-lmtpd postfix openssl)
+if [[ -n "$(deb_missing "${MAIL_DEBS[@]}")" && $(id -u) -eq 0 ]]; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+fi
+ensure_debs "${MAIL_DEBS[@]}"
+
+# ---------------------------------------------------------------------------
+# Further sections go below (e.g. Matrix/Synapse); use ensure_debs for Debian packages.
+# ---------------------------------------------------------------------------

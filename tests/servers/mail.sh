@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Starts/stops a loopback Dovecot + Postfix test instance: mail.sh start DIR BASE | mail.sh stop DIR
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+POSTFIX_MASTER=/usr/lib/postfix/sbin/master
+
+die() { echo "mail.sh: $*" >&2; exit 1; }
+
+# pid_alive PID : true while PID exists and is not a zombie (this container's init reaps orphans late).
+pid_alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }           # field 3 (state) follows the ")" closing the command name
+    [[ "${stat%% *}" != Z ]]
+}
+
+# pidfile_pid FILE : prints the PID in FILE if the file exists and that PID is alive.
+pidfile_pid() {
+    local pid
+    [[ -r "$1" ]] || return 1
+    pid=$(tr -dc '0-9' < "$1")
+    [[ -n "$pid" ]] && pid_alive "$pid" && echo "$pid"
+}
+
+# stop_pidfile NAME FILE : SIGTERM the PID in FILE, wait (<=10 s, then SIGKILL) until gone or zombie, remove FILE.
+stop_pidfile() {
+    local name=$1 file=$2 pid i
+    if pid=$(pidfile_pid "$file"); then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+        if pid_alive "$pid"; then
+            echo "mail.sh: $name (PID $pid) ignored SIGTERM for 10 s, sending SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+            for ((i = 0; i < 50; i++)); do
+                pid_alive "$pid" || break
+                sleep 0.1
+            done
+        fi
+    fi
+    rm -f "$file"
+}
+
+# port_open PORT : true if 127.0.0.1:PORT accepts a TCP connection.
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+fail_start() {
+    echo "mail.sh: $*" >&2
+    local f
+    for f in "$DIR/log/start.log" "$DIR/log/dovecot.log" "$DIR/log/postfix.log"; do
+        [[ -s "$f" ]] && { echo "--- tail $f" >&2; tail -n 20 "$f" >&2; }
+    done
+    do_stop
+    exit 1
+}
+
+do_stop() {
+    stop_pidfile postfix "$DIR/spool/pid/master.pid"
+    stop_pidfile dovecot "$DIR/run/master.pid"
+}
+
+cmd=${1:-}
+case "$cmd" in
+start)
+    [[ $# -eq 3 ]] || die "usage: mail.sh start DIR BASE"
+    DIR=$2 BASE=$3
+    [[ "$BASE" =~ ^[0-9]+$ ]] || die "BASE must be a number, got '$BASE'"
+    if [[ ! -f "$DIR/dovecot.conf" ]]; then
+        "$HERE/mail-config.sh" "$DIR" "$BASE"
+    fi
+    DIR=$(cd "$DIR" && pwd -P)
+    [[ "$(cat "$DIR/base" 2>/dev/null)" == "$BASE" ]] \
+        || die "$DIR was configured for BASE $(cat "$DIR/base" 2>/dev/null || echo '?'), not $BASE"
+
+    # Stale pid files (a killed daemon, or a zombie not yet reaped) would block a start.
+    pidfile_pid "$DIR/run/master.pid" >/dev/null || rm -f "$DIR/run/master.pid"
+    pidfile_pid "$DIR/spool/pid/master.pid" >/dev/null || rm -f "$DIR/spool/pid/master.pid"
+
+    # Both daemonize; stdio must be redirected or Dovecot keeps the caller's stdout open forever.
+    if ! pidfile_pid "$DIR/run/master.pid" >/dev/null; then
+        dovecot -c "$DIR/dovecot.conf" </dev/null >>"$DIR/log/start.log" 2>&1 \
+            || fail_start "dovecot failed to start (port taken?)"
+    fi
+    if ! pidfile_pid "$DIR/spool/pid/master.pid" >/dev/null; then
+        "$POSTFIX_MASTER" -c "$DIR/postfix" -w </dev/null >>"$DIR/log/start.log" 2>&1 \
+            || fail_start "postfix master failed to start (port taken?)"
+    fi
+
+    ports=($((BASE + 143)) $((BASE + 993)) $((BASE + 25)) $((BASE + 587)))
+    for ((i = 0; ; i++)); do
+        all=1
+        for p in "${ports[@]}"; do port_open "$p" || { all=0; break; }; done
+        ((all)) && break
+        ((i < 100)) || fail_start "ports ${ports[*]} not all accepting after 10 s (first missing: $p)"
+        sleep 0.1
+    done
+
+    cat > "$DIR/env" <<EOF
+export COI_TEST_MAIL_DIR=$DIR
+export COI_TEST_IMAP=127.0.0.1:$((BASE + 143))
+export COI_TEST_IMAPS=127.0.0.1:$((BASE + 993))
+export COI_TEST_SMTP=127.0.0.1:$((BASE + 25))
+export COI_TEST_SUBMISSION=127.0.0.1:$((BASE + 587))
+export COI_TEST_CA=$DIR/tls/cert.pem
+export COI_TEST_USERS=$DIR/users
+EOF
+    echo "$DIR/env"
+    ;;
+stop)
+    [[ $# -eq 2 ]] || die "usage: mail.sh stop DIR"
+    DIR=$2
+    [[ -d "$DIR" ]] || exit 0
+    do_stop
+    ;;
+*)
+    die "usage: mail.sh start DIR BASE | mail.sh stop DIR"
+    ;;
+esac
