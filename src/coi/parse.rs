@@ -71,7 +71,17 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
     if hlen > limits.max_header_bytes {
         return Err(ParseError::HeaderTooLarge(hlen));
     }
-    let mail = MessageParser::default().parse(raw).ok_or(ParseError::NotMime)?;
+    // With a custom header map only the listed headers are parsed; the rest stay raw.
+    let mail = MessageParser::new()
+        .with_mime_headers()
+        .with_date_headers()
+        .with_address_headers()
+        .with_message_ids()
+        .header_text(mail_parser::HeaderName::Subject)
+        .header_text("Chat-Group-Name")
+        .header_text("Chat-Group-Name-Changed")
+        .parse(raw)
+        .ok_or(ParseError::NotMime)?;
     if mail.headers().is_empty() {
         return Err(ParseError::NotMime);
     }
@@ -146,7 +156,7 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
         }
         (None, None) => String::new(),
     };
-    let text = strip_footer(&text.replace("\r\n", "\n")).to_owned();
+    let text = strip_footer(&text.replace("\r\n", "\n")).trim_end().to_owned();
     msg.attachments = body.attachments;
 
     if let Some(report) = body.mdn {
@@ -156,6 +166,7 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
                 .map(|s| s.split_whitespace().map(clean_id).filter(|s| !s.is_empty()).collect())
                 .unwrap_or_default();
             msg.kind = Kind::ReadReceipt { original, additional };
+            msg.text = text.trim().to_owned();
             return Ok(Parsed { message: msg, problems });
         }
     }
@@ -168,13 +179,14 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
     if let Some(target) = header_text("Chat-Edit").map(|s| clean_id(&s)) {
         msg.kind = Kind::Edit { target };
         let (_, rest) = split_quote(&text);
-        msg.text = rest.trim_start_matches("✏️").trim_start().to_owned();
+        msg.text = rest.trim_start_matches("✏️").trim().to_owned();
         return Ok(Parsed { message: msg, problems });
     }
     if let Some(targets) = mail.header_raw("Chat-Delete") {
         let targets: Vec<String> = targets.split_whitespace().map(clean_id).filter(|s| !s.is_empty()).collect();
         if !targets.is_empty() {
             msg.kind = Kind::Delete { targets };
+            msg.text = text.trim().to_owned();
             return Ok(Parsed { message: msg, problems });
         }
     }

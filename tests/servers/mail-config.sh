@@ -52,9 +52,11 @@ user_line() { # localpart password
     printf '%s@example.org:{PLAIN}%s:8:8::%s/mail/example.org/%s::\n' "$1" "$2" "$DIR" "$1"
 }
 {
-    echo "# Dovecot passwd-file. Add a user by appending one line (takes effect immediately, no restart):"
+    echo "# Dovecot passwd-file (lines starting with # are ignored). Add a user by appending one line:"
     echo "#   NAME@example.org:{PLAIN}PASSWORD:8:8::$DIR/mail/example.org/NAME::"
-    echo "# or run: $DIR/add-user.sh NAME PASSWORD"
+    echo "# No restart needed, but Dovecot re-reads this file at most once per wall-clock second: if a"
+    echo "# login happened in the second of the append, the user is known only from the next second."
+    echo "# $DIR/add-user.sh NAME PASSWORD appends and waits for that."
     for u in bridge alice bob carol; do user_line "$u" "$u-secret"; done
 } > "$DIR/users"
 chown root:dovecot "$DIR/users"
@@ -73,6 +75,9 @@ name=\${1%@example.org}
 [[ "\$2" != *:* && "\$2" != *\$'\\n'* ]] || { echo "\$0: password must not contain ':' or newlines" >&2; exit 1; }
 grep -q "^\$name@example.org:" "$DIR/users" && { echo "\$0: user \$name@example.org exists" >&2; exit 1; }
 printf '%s@example.org:{PLAIN}%s:8:8::%s/mail/example.org/%s::\n' "\$name" "\$2" "$DIR" "\$name" >> "$DIR/users"
+# Dovecot re-reads the file at most once per second: wait for the next second so the user is known.
+s=\$(date +%s)
+while [[ \$(date +%s) == "\$s" ]]; do sleep 0.02; done
 EOF
 chmod 755 "$DIR/add-user.sh"
 
@@ -93,6 +98,10 @@ ssl_dh = </usr/share/dovecot/dh.pem
 
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# Tests use wrong passwords on purpose. Failures answer after <= 0.5 s instead of 2 s, and the
+# per-IP auth penalty (2..15 s delay on the next login from 127.0.0.1, i.e. every test) is off:
+# without the anvil-auth-penalty socket the auth process silently skips it (see service anvil).
+auth_failure_delay = 0
 first_valid_uid = 8
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 1000
@@ -150,7 +159,14 @@ service auth {
 protocol lmtp {
   postmaster_address = postmaster@example.org
 }
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
 EOF
+# A socket left from an older config would make auth retry it for 5 s and then log an error.
+rm -f "$DIR/run/anvil-auth-penalty"
 
 # --- Postfix main.cf ---
 cat > "$DIR/postfix/main.cf" <<EOF

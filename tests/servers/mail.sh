@@ -83,6 +83,7 @@ start)
 
     # Both daemonize; stdio must be redirected or Dovecot keeps the caller's stdout open forever.
     if ! pidfile_pid "$DIR/run/master.pid" >/dev/null; then
+        rm -f "$DIR/run/anvil-auth-penalty"   # must not exist (auth penalty off), see mail-config.sh
         dovecot -c "$DIR/dovecot.conf" </dev/null >>"$DIR/log/start.log" 2>&1 \
             || fail_start "dovecot failed to start (port taken?)"
     fi
