@@ -7,12 +7,32 @@ POSTFIX_MASTER=/usr/lib/postfix/sbin/master
 
 die() { echo "mail.sh: $*" >&2; exit 1; }
 
-# pid_alive PID : true while PID exists and is not a zombie (this container's init reaps orphans late).
-pid_alive() {
+# proc_stat PID : prints "STATE PPID PGRP" of PID (fails if PID does not exist).
+proc_stat() {
     local stat
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }           # field 3 (state) follows the ")" closing the command name
-    [[ "${stat%% *}" != Z ]]
+    stat=${stat##*) }           # the fields after the ")" closing the command name
+    read -r st ppid pgrp _ <<<"$stat"
+    echo "$st $ppid $pgrp"
+}
+
+# pid_alive PID : true while PID exists and is not a zombie (this container's init reaps orphans late).
+pid_alive() {
+    local st
+    st=$(proc_stat "$1") || return 1
+    [[ "${st%% *}" != Z ]]
+}
+
+# group_alive PGRP : true while some non-zombie process is in process group PGRP.
+group_alive() {
+    local f stat rest
+    for f in /proc/[0-9]*/stat; do
+        stat=$(cat "$f" 2>/dev/null) || continue
+        rest=${stat##*) }
+        read -r st _ pgrp _ <<<"$rest"
+        [[ "$pgrp" == "$1" && "$st" != Z ]] && return 0
+    done
+    return 1
 }
 
 # pidfile_pid FILE : prints the PID in FILE if the file exists and that PID is alive.
@@ -23,22 +43,30 @@ pidfile_pid() {
     [[ -n "$pid" ]] && pid_alive "$pid" && echo "$pid"
 }
 
-# stop_pidfile NAME FILE : SIGTERM the PID in FILE, wait (<=10 s, then SIGKILL) until gone or zombie, remove FILE.
+# stop_pidfile NAME FILE : SIGTERM the daemon in FILE - its whole process group when it leads one
+# (both daemons do: then Dovecot's imap processes with IDLE clients exit at once instead of ~10 s
+# after the master) - wait (<=10 s, then SIGKILL) until gone or zombie, remove FILE.
 stop_pidfile() {
-    local name=$1 file=$2 pid i
+    local name=$1 file=$2 pid target i pgrp
     if pid=$(pidfile_pid "$file"); then
-        kill -TERM "$pid" 2>/dev/null || true
+        pgrp=$(proc_stat "$pid" | cut -d' ' -f3) || pgrp=
+        target=$pid
+        [[ "$pgrp" == "$pid" ]] && target=-$pid
+        kill -TERM -- "$target" 2>/dev/null || true
         for ((i = 0; i < 100; i++)); do
             pid_alive "$pid" || break
-            sleep 0.1
+            sleep 0.05
         done
         if pid_alive "$pid"; then
-            echo "mail.sh: $name (PID $pid) ignored SIGTERM for 10 s, sending SIGKILL" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-            for ((i = 0; i < 50; i++)); do
-                pid_alive "$pid" || break
-                sleep 0.1
+            echo "mail.sh: $name (PID $pid) ignored SIGTERM for 5 s, sending SIGKILL" >&2
+            kill -KILL -- "$target" 2>/dev/null || true
+        fi
+        if [[ "$target" == -* ]]; then
+            for ((i = 0; i < 100; i++)); do
+                group_alive "$pid" || break
+                sleep 0.05
             done
+            group_alive "$pid" && echo "mail.sh: processes of $name group $pid still alive after 5 s" >&2
         fi
     fi
     rm -f "$file"
