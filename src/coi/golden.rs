@@ -29,7 +29,10 @@ fn summary(raw: &[u8]) -> Value {
         Kind::Reaction { emoji } => json!({ "reaction": emoji }),
         Kind::Edit { target } => json!({ "edit": target }),
         Kind::Delete { targets } => json!({ "delete": targets }),
-        Kind::ReadReceipt { original, additional } => json!({ "receipt": original, "additional": additional }),
+        Kind::ReadReceipt {
+            original,
+            additional,
+        } => json!({ "receipt": original, "additional": additional }),
     };
     let group = m.group.as_ref().map(|g| {
         let change = match &g.change {
@@ -44,16 +47,31 @@ fn summary(raw: &[u8]) -> Value {
         .attachments
         .iter()
         .map(|a| {
-            let digest: String = sha2::Sha256::digest(&a.data).iter().take(8).map(|b| format!("{b:02x}")).collect();
+            let digest: String = sha2::Sha256::digest(&a.data)
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect();
             json!({ "name": a.name, "mime": a.mime, "size": a.data.len(), "sha256": digest })
         })
         .collect();
     let references = if m.references.len() > 4 {
-        json!(format!("{} ids, first {}, last {}", m.references.len(), m.references[0], m.references[m.references.len() - 1]))
+        json!(format!(
+            "{} ids, first {}, last {}",
+            m.references.len(),
+            m.references[0],
+            m.references[m.references.len() - 1]
+        ))
     } else {
         json!(m.references)
     };
-    let subject = m.subject.as_ref().map(|s| if s.len() > 80 { format!("{}… ({} chars)", &s[..60], s.chars().count()) } else { s.clone() });
+    let subject = m.subject.as_ref().map(|s| {
+        if s.len() > 80 {
+            format!("{}… ({} chars)", &s[..60], s.chars().count())
+        } else {
+            s.clone()
+        }
+    });
     json!({
         "message_id": m.message_id,
         "is_chat": m.is_chat,
@@ -98,8 +116,12 @@ fn golden_fixtures_parse_as_pinned() {
             continue;
         }
         let expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(&expected_path)
-                .unwrap_or_else(|_| panic!("{} has no pinned result; run with UPDATE_GOLDEN=1", eml.display())),
+            &std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+                panic!(
+                    "{} has no pinned result; run with UPDATE_GOLDEN=1",
+                    eml.display()
+                )
+            }),
         )
         .expect("pinned json parses");
         if got != expected {
@@ -111,5 +133,10 @@ fn golden_fixtures_parse_as_pinned() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} fixtures differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixtures differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

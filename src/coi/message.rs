@@ -14,7 +14,10 @@ impl Mailbox {
     pub fn new(addr: &str, name: Option<&str>) -> Self {
         Self {
             addr: addr.trim().to_lowercase(),
-            name: name.map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned),
+            name: name
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
         }
     }
 

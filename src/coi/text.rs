@@ -92,8 +92,10 @@ pub fn html_to_text(html: &str) -> String {
             };
             continue;
         }
-        if matches!(name.as_str(), "br" | "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3" | "blockquote")
-            && !out.ends_with('\n')
+        if matches!(
+            name.as_str(),
+            "br" | "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3" | "blockquote"
+        ) && !out.ends_with('\n')
         {
             out.push('\n');
         }
@@ -253,7 +255,10 @@ mod tests {
 
     #[test]
     fn unflow_joins_soft_breaks_and_keeps_hard_ones() {
-        assert_eq!(unflow("Hello \r\nworld\r\nnext", false), "Hello world\nnext");
+        assert_eq!(
+            unflow("Hello \r\nworld\r\nnext", false),
+            "Hello world\nnext"
+        );
         assert_eq!(unflow("Hel \r\nlo", true), "Hello");
         assert_eq!(unflow(" >not a quote", false), ">not a quote");
         assert_eq!(unflow("text\r\n-- \r\nsig", false), "text\n-- \nsig");
@@ -265,7 +270,10 @@ mod tests {
             split_quote("> first\n> second\n\nmy answer"),
             (Some("first\nsecond".into()), "my answer".into())
         );
-        assert_eq!(split_quote("> only a quote"), (Some("only a quote".into()), String::new()));
+        assert_eq!(
+            split_quote("> only a quote"),
+            (Some("only a quote".into()), String::new())
+        );
         assert_eq!(split_quote(">x\ncontinues"), (None, ">x\ncontinues".into()));
         assert_eq!(split_quote("no quote"), (None, "no quote".into()));
     }
@@ -279,7 +287,9 @@ mod tests {
     #[test]
     fn html_becomes_text() {
         assert_eq!(
-            html_to_text("<html><style>p{}</style><p>Hi &amp; <b>bye</b></p><p>x&#33;&lt;</p><script>alert(1)</script>"),
+            html_to_text(
+                "<html><style>p{}</style><p>Hi &amp; <b>bye</b></p><p>x&#33;&lt;</p><script>alert(1)</script>"
+            ),
             "Hi & bye\nx!<"
         );
     }
@@ -295,8 +305,14 @@ mod tests {
 
     #[test]
     fn filename_param_encodes_non_ascii() {
-        assert_eq!(filename_param("filename", "a b.txt"), "filename=\"a b.txt\"");
-        assert_eq!(filename_param("filename", "ä.txt"), "filename*=utf-8''%C3%A4.txt");
+        assert_eq!(
+            filename_param("filename", "a b.txt"),
+            "filename=\"a b.txt\""
+        );
+        assert_eq!(
+            filename_param("filename", "ä.txt"),
+            "filename*=utf-8''%C3%A4.txt"
+        );
     }
 
     #[test]

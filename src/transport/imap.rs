@@ -65,7 +65,13 @@ impl ImapSettings {
 pub async fn connect(s: &ImapSettings) -> anyhow::Result<Session> {
     tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(s))
         .await
-        .map_err(|_| anyhow!("IMAP {}:{}: no answer within {CONNECT_TIMEOUT:?}", s.host, s.port))?
+        .map_err(|_| {
+            anyhow!(
+                "IMAP {}:{}: no answer within {CONNECT_TIMEOUT:?}",
+                s.host,
+                s.port
+            )
+        })?
 }
 
 async fn connect_inner(s: &ImapSettings) -> anyhow::Result<Session> {
@@ -115,7 +121,11 @@ pub struct ImapWorker {
 
 impl ImapWorker {
     pub fn new(settings: ImapSettings, ingest: Arc<Ingest>, metrics: Arc<Metrics>) -> Self {
-        Self { settings, ingest, metrics }
+        Self {
+            settings,
+            ingest,
+            metrics,
+        }
     }
 
     /// Runs until `shutdown`; every error leads to a reconnect after a growing, jittered pause.
@@ -142,11 +152,19 @@ impl ImapWorker {
         }
     }
 
-    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
         let s = &self.settings;
         let mut session = connect(s).await?;
-        let mailbox = timed(session.select(&s.folder)).await?.with_context(|| format!("SELECT {}", s.folder))?;
-        let uid_validity = mailbox.uid_validity.ok_or_else(|| anyhow!("server sent no UIDVALIDITY for {}", s.folder))?;
+        let mailbox = timed(session.select(&s.folder))
+            .await?
+            .with_context(|| format!("SELECT {}", s.folder))?;
+        let uid_validity = mailbox
+            .uid_validity
+            .ok_or_else(|| anyhow!("server sent no UIDVALIDITY for {}", s.folder))?;
         tracing::info!(host = %s.host, folder = %s.folder, uid_validity, exists = mailbox.exists, "IMAP connected");
         self.metrics.imap_connected.set(1);
         backoff.reset();
@@ -183,18 +201,30 @@ impl ImapWorker {
                     folder = %s.folder, old = c.uid_validity, new = uid_validity,
                     "UIDVALIDITY changed: the mailbox was recreated; fetching it again, known messages are skipped by Message-ID"
                 );
-                self.ingest.advance(&s.folder, ImapCursor { uid_validity, last_uid: 0 }).await?;
+                self.ingest
+                    .advance(
+                        &s.folder,
+                        ImapCursor {
+                            uid_validity,
+                            last_uid: 0,
+                        },
+                    )
+                    .await?;
                 0
             }
             None => 0,
         };
-        let found = timed(session.uid_search(format!("UID {}:*", last.saturating_add(1)))).await??;
+        let found =
+            timed(session.uid_search(format!("UID {}:*", last.saturating_add(1)))).await??;
         let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > last).collect();
         uids.sort_unstable();
         for chunk in uids.chunks(s.batch_size as usize) {
             let fetched = self.fetch(session, chunk).await?;
             let new_last = chunk.iter().copied().max().unwrap_or(last);
-            let cursor = ImapCursor { uid_validity, last_uid: new_last };
+            let cursor = ImapCursor {
+                uid_validity,
+                last_uid: new_last,
+            };
             let outcome = self.ingest.batch(&s.folder, cursor, fetched).await?;
             tracing::debug!(?outcome, last_uid = new_last, "batch recorded");
             last = new_last;
@@ -204,8 +234,14 @@ impl ImapWorker {
 
     async fn fetch(&self, session: &mut Session, uids: &[u32]) -> anyhow::Result<Vec<Fetched>> {
         let set = uid_set(uids);
-        let sizes: Vec<_> = timed(async { session.uid_fetch(&set, "(UID RFC822.SIZE)").await?.try_collect::<Vec<_>>().await })
-            .await??;
+        let sizes: Vec<_> = timed(async {
+            session
+                .uid_fetch(&set, "(UID RFC822.SIZE)")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await??;
         let mut oversize = HashSet::new();
         let mut out = Vec::with_capacity(uids.len());
         for f in &sizes {
@@ -213,18 +249,34 @@ impl ImapWorker {
                 && u64::from(size) > self.settings.max_message_bytes
             {
                 oversize.insert(uid);
-                out.push(Fetched { uid, raw: Vec::new(), oversize: Some(u64::from(size)) });
+                out.push(Fetched {
+                    uid,
+                    raw: Vec::new(),
+                    oversize: Some(u64::from(size)),
+                });
             }
         }
-        let wanted: Vec<u32> = uids.iter().copied().filter(|u| !oversize.contains(u)).collect();
+        let wanted: Vec<u32> = uids
+            .iter()
+            .copied()
+            .filter(|u| !oversize.contains(u))
+            .collect();
         if !wanted.is_empty() {
             let bodies: Vec<_> = timed(async {
-                session.uid_fetch(uid_set(&wanted), "(UID BODY.PEEK[])").await?.try_collect::<Vec<_>>().await
+                session
+                    .uid_fetch(uid_set(&wanted), "(UID BODY.PEEK[])")
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
             })
             .await??;
             for f in bodies {
                 if let (Some(uid), Some(body)) = (f.uid, f.body()) {
-                    out.push(Fetched { uid, raw: body.to_vec(), oversize: None });
+                    out.push(Fetched {
+                        uid,
+                        raw: body.to_vec(),
+                        oversize: None,
+                    });
                 }
             }
         }
@@ -245,14 +297,20 @@ fn uid_set(uids: &[u32]) -> String {
             i += 1;
             end = uids[i];
         }
-        parts.push(if start == end { start.to_string() } else { format!("{start}:{end}") });
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
         i += 1;
     }
     parts.join(",")
 }
 
 async fn timed<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
-    tokio::time::timeout(COMMAND_TIMEOUT, f).await.map_err(|_| anyhow!("IMAP command timed out after {COMMAND_TIMEOUT:?}"))
+    tokio::time::timeout(COMMAND_TIMEOUT, f)
+        .await
+        .map_err(|_| anyhow!("IMAP command timed out after {COMMAND_TIMEOUT:?}"))
 }
 
 #[cfg(test)]

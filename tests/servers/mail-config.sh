@@ -35,30 +35,44 @@ command -v dovecot >/dev/null || die "dovecot not installed (run tests/servers/i
 mkdir -p "$DIR"/{run,state,log,tls,mail,postfix,spool,pfdata}
 echo "$BASE" > "$DIR/base"
 
-# --- TLS: self-signed cert for localhost / 127.0.0.1 (kept if present) ---
-if [[ ! -s "$DIR/tls/cert.pem" || ! -s "$DIR/tls/key.pem" ]]; then
-    if ! out=$(openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
-            -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-            -keyout "$DIR/tls/key.pem" -out "$DIR/tls/cert.pem" 2>&1); then
+# --- TLS: a test CA (ca.pem, what clients trust) and a server cert for localhost /
+# 127.0.0.1 signed by it (rustls refuses a self-signed CA cert used as the server's).
+if [[ ! -s "$DIR/tls/ca.pem" || ! -s "$DIR/tls/cert.pem" || ! -s "$DIR/tls/key.pem" ]]; then
+    if ! out=$(
+        set -e
+        cd "$DIR/tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+            -subj "/CN=coi-bridge test CA" -keyout ca-key.pem -out ca.pem 2>&1
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+            -keyout key.pem -out server.csr 2>&1
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 3650 \
+            -extfile server.ext -out cert.pem 2>&1
+        rm -f server.csr server.ext ca.srl
+    ); then
         echo "$out" >&2
         die "openssl failed"
     fi
 fi
-chmod 644 "$DIR/tls/cert.pem"
-chmod 600 "$DIR/tls/key.pem"
+chmod 644 "$DIR/tls/cert.pem" "$DIR/tls/ca.pem"
+chmod 600 "$DIR/tls/key.pem" "$DIR/tls/ca-key.pem"
 
-# --- Users (Dovecot passwd-file; Postfix accepts every @example.org and delivers via LMTP) ---
+# --- Users (Dovecot passwd-file; Postfix accepts every @example.org and delivers via LMTP;
+#     unknown local parts are accepted at RCPT and bounce with a DSN to the sender) ---
+# Kept if present: users added at run time survive a re-run.
 user_line() { # localpart password
     printf '%s@example.org:{PLAIN}%s:8:8::%s/mail/example.org/%s::\n' "$1" "$2" "$DIR" "$1"
 }
-{
-    echo "# Dovecot passwd-file (lines starting with # are ignored). Add a user by appending one line:"
-    echo "#   NAME@example.org:{PLAIN}PASSWORD:8:8::$DIR/mail/example.org/NAME::"
-    echo "# No restart needed, but Dovecot re-reads this file at most once per wall-clock second: if a"
-    echo "# login happened in the second of the append, the user is known only from the next second."
-    echo "# $DIR/add-user.sh NAME PASSWORD appends and waits for that."
-    for u in bridge alice bob carol; do user_line "$u" "$u-secret"; done
-} > "$DIR/users"
+if [[ ! -s "$DIR/users" ]]; then
+    {
+        echo "# Dovecot passwd-file (lines starting with # are ignored). Add a user by appending one line:"
+        echo "#   NAME@example.org:{PLAIN}PASSWORD:8:8::$DIR/mail/example.org/NAME::"
+        echo "# No restart needed, but Dovecot re-reads this file at most once per wall-clock second: if a"
+        echo "# login happened in the second of the append, the user is known only from the next second."
+        echo "# $DIR/add-user.sh NAME PASSWORD appends and waits for that."
+        for u in bridge alice bob carol; do user_line "$u" "$u-secret"; done
+    } > "$DIR/users"
+fi
 chown root:dovecot "$DIR/users"
 chmod 640 "$DIR/users"
 mkdir -p "$DIR/mail/example.org"
@@ -201,9 +215,10 @@ smtpd_tls_security_level = may
 smtpd_tls_auth_only = no
 biff = no
 message_size_limit = 52428800
-queue_run_delay = 2s
-minimal_backoff_time = 2s
-maximal_backoff_time = 10s
+# Retry fast: mail accepted while Dovecot (LMTP) is down is delivered ~0.2 s after it is back.
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
 EOF
 
 # --- Postfix master.cf: Debian's service list, chroot = n everywhere, no pipe services,

@@ -9,8 +9,8 @@ die() { echo "mail.sh: $*" >&2; exit 1; }
 
 # proc_stat PID : prints "STATE PPID PGRP" of PID (fails if PID does not exist).
 proc_stat() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    local stat st ppid pgrp
+    read -r stat 2>/dev/null < "/proc/$1/stat" || return 1
     stat=${stat##*) }           # the fields after the ")" closing the command name
     read -r st ppid pgrp _ <<<"$stat"
     echo "$st $ppid $pgrp"
@@ -25,9 +25,9 @@ pid_alive() {
 
 # group_alive PGRP : true while some non-zombie process is in process group PGRP.
 group_alive() {
-    local f stat rest
+    local f stat rest st pgrp
     for f in /proc/[0-9]*/stat; do
-        stat=$(cat "$f" 2>/dev/null) || continue
+        read -r stat 2>/dev/null < "$f" || continue
         rest=${stat##*) }
         read -r st _ pgrp _ <<<"$rest"
         [[ "$pgrp" == "$1" && "$st" != Z ]] && return 0
@@ -45,7 +45,7 @@ pidfile_pid() {
 
 # stop_pidfile NAME FILE : SIGTERM the daemon in FILE - its whole process group when it leads one
 # (both daemons do: then Dovecot's imap processes with IDLE clients exit at once instead of ~10 s
-# after the master) - wait (<=10 s, then SIGKILL) until gone or zombie, remove FILE.
+# after the master) - wait (<=5 s, then SIGKILL) until gone or zombie, remove FILE.
 stop_pidfile() {
     local name=$1 file=$2 pid target i pgrp
     if pid=$(pidfile_pid "$file"); then
@@ -60,6 +60,10 @@ stop_pidfile() {
         if pid_alive "$pid"; then
             echo "mail.sh: $name (PID $pid) ignored SIGTERM for 5 s, sending SIGKILL" >&2
             kill -KILL -- "$target" 2>/dev/null || true
+            for ((i = 0; i < 40; i++)); do
+                pid_alive "$pid" || break
+                sleep 0.05
+            done
         fi
         if [[ "$target" == -* ]]; then
             for ((i = 0; i < 100; i++)); do
@@ -75,6 +79,15 @@ stop_pidfile() {
 # port_open PORT : true if 127.0.0.1:PORT accepts a TCP connection.
 port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# ports_free PORT... : fails the start if one of the ports is taken. (Postfix would die without
+# logging anything; Dovecot would log it.)
+ports_free() {
+    local p
+    for p in "$@"; do
+        ! port_open "$p" || fail_start "127.0.0.1:$p is already in use (another instance on BASE $BASE?)"
+    done
 }
 
 fail_start() {
@@ -111,11 +124,13 @@ start)
 
     # Both daemonize; stdio must be redirected or Dovecot keeps the caller's stdout open forever.
     if ! pidfile_pid "$DIR/run/master.pid" >/dev/null; then
+        ports_free $((BASE + 143)) $((BASE + 993)) $((BASE + 24)) $((BASE + 26))
         rm -f "$DIR/run/anvil-auth-penalty"   # must not exist (auth penalty off), see mail-config.sh
         dovecot -c "$DIR/dovecot.conf" </dev/null >>"$DIR/log/start.log" 2>&1 \
             || fail_start "dovecot failed to start (port taken?)"
     fi
     if ! pidfile_pid "$DIR/spool/pid/master.pid" >/dev/null; then
+        ports_free $((BASE + 25)) $((BASE + 587))
         "$POSTFIX_MASTER" -c "$DIR/postfix" -w </dev/null >>"$DIR/log/start.log" 2>&1 \
             || fail_start "postfix master failed to start (port taken?)"
     fi
@@ -135,7 +150,7 @@ export COI_TEST_IMAP=127.0.0.1:$((BASE + 143))
 export COI_TEST_IMAPS=127.0.0.1:$((BASE + 993))
 export COI_TEST_SMTP=127.0.0.1:$((BASE + 25))
 export COI_TEST_SUBMISSION=127.0.0.1:$((BASE + 587))
-export COI_TEST_CA=$DIR/tls/cert.pem
+export COI_TEST_CA=$DIR/tls/ca.pem
 export COI_TEST_USERS=$DIR/users
 EOF
     echo "$DIR/env"

@@ -187,7 +187,9 @@ pub enum Outgoing {
         emoji: String,
     },
     /// A notice from the bridge itself (delivery failures, command answers).
-    Notice { text: String },
+    Notice {
+        text: String,
+    },
 }
 
 /// Why [`Bridge::deliver`] failed; decides what the core does next.
@@ -261,5 +263,6 @@ pub trait Bridge: Send + Sync + 'static {
     /// Connects, listens and submits events until `cx.shutdown` is cancelled.
     async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError>;
     /// Posts one item to a remote chat and returns its remote id.
-    async fn deliver(&self, to: &RemoteChatId, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError>;
+    async fn deliver(&self, to: &RemoteChatId, msg: &Outgoing)
+    -> Result<RemoteMsgId, DeliverError>;
 }

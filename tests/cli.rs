@@ -1,0 +1,177 @@
+//! The command line without servers: --help, --version, and one test per kind of bad config, each naming the key or file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coi-bridge"));
+    c.env_remove("COI_BRIDGE__ACCOUNT__PASSWORD");
+    c
+}
+
+const GOOD: &str = r#"
+[account]
+address = "bridge@example.org"
+password_file = "PWFILE"
+
+[imap]
+host = "127.0.0.1"
+port = 1
+security = "plain"
+
+[smtp]
+host = "127.0.0.1"
+port = 1
+security = "plain"
+"#;
+
+/// Writes a config (with `PWFILE` replaced by a real password file) and runs `check`.
+fn check_with(dir: &Path, toml: &str, env: &[(&str, &str)]) -> Output {
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "secret\n").expect("pw");
+    let path = dir.join("c.toml");
+    std::fs::write(&path, toml.replace("PWFILE", &pw.display().to_string())).expect("config");
+    let mut c = bin();
+    c.args(["check", "--config"]).arg(&path);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run coi-bridge")
+}
+
+fn assert_config_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "config errors exit 78 (EX_CONFIG); stderr:\n{err}"
+    );
+    for n in needles {
+        assert!(
+            err.to_lowercase().contains(&n.to_lowercase()),
+            "stderr should name {n:?}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let out = bin().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("run") && text.contains("check"), "{text}");
+    let out = bin().arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = bin().arg("frobnicate").output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn missing_config_file() {
+    let out = bin()
+        .args(["check", "--config", "/nonexistent/coi-bridge.toml"])
+        .output()
+        .expect("run");
+    assert_config_error(&out, &["/nonexistent/coi-bridge.toml", "does not exist"]);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = check_with(
+        dir.path(),
+        &GOOD.replace(
+            "security = \"plain\"\n\n[smtp]",
+            "security = \"plain\"\nidle_timeout = 5\n\n[smtp]",
+        ),
+        &[],
+    );
+    assert_config_error(&out, &["idle_timeout", "imap", "c.toml"]);
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = check_with(
+        dir.path(),
+        &GOOD.replacen("port = 1", "port = \"one\"", 1),
+        &[],
+    );
+    assert_config_error(&out, &["imap.port", "c.toml"]);
+}
+
+#[test]
+fn bad_port_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = check_with(
+        dir.path(),
+        &GOOD.replacen("port = 1", "port = 70000", 1),
+        &[],
+    );
+    assert_config_error(&out, &["imap.port", "70000"]);
+    let out = check_with(dir.path(), &GOOD.replacen("port = 1", "port = 0", 1), &[]);
+    assert_config_error(&out, &["imap.port", "0 is not a port"]);
+}
+
+#[test]
+fn bad_port_from_env_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = check_with(dir.path(), GOOD, &[("COI_BRIDGE__SMTP__PORT", "smtp")]);
+    assert_config_error(&out, &["smtp.port", "COI_BRIDGE__"]);
+}
+
+#[test]
+fn unreadable_secret_file_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory cannot be read as a file, even by root.
+    let out = check_with(
+        dir.path(),
+        &GOOD.replace("PWFILE", &dir.path().display().to_string()),
+        &[],
+    );
+    assert_config_error(
+        &out,
+        &["account.password_file", &dir.path().display().to_string()],
+    );
+    let out = check_with(dir.path(), &GOOD.replace("PWFILE", "/nonexistent/pw"), &[]);
+    assert_config_error(&out, &["account.password_file", "/nonexistent/pw"]);
+}
+
+#[test]
+fn password_in_the_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = check_with(
+        dir.path(),
+        &GOOD.replace("password_file = \"PWFILE\"", "password = \"hunter2\""),
+        &[],
+    );
+    assert_config_error(&out, &["account.password", "COI_BRIDGE__ACCOUNT__PASSWORD"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("hunter2"),
+        "the secret is not echoed"
+    );
+}
+
+#[test]
+fn missing_required_key_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = check_with(
+        dir.path(),
+        &GOOD.replace("address = \"bridge@example.org\"\n", ""),
+        &[],
+    );
+    assert_config_error(&out, &["address", "account"]);
+}
+
+#[test]
+fn run_refuses_bad_config_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.toml"), "[account]\naddress = 5\n").expect("write");
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .expect("run");
+    assert_config_error(&out, &["account.address"]);
+}
