@@ -28,21 +28,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     let transport = smtp::transport(&loaded)?;
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
-        .with_context(|| {
-            format!(
-                "http.listen: cannot listen on {}; pick a free address",
-                cfg.http.listen
-            )
-        })?;
+        .with_context(|| format!("http.listen: cannot listen on {}; pick a free address", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
 
     let sup = Supervisor::new();
-    let ingest = Arc::new(Ingest::new(
-        store.clone(),
-        &cfg.account.address,
-        Limits::default(),
-        metrics.clone(),
-    ));
+    let ingest = Arc::new(Ingest::new(store.clone(), &cfg.account.address, Limits::default(), metrics.clone()));
     let imap_worker = ImapWorker::new(imap, ingest, metrics.clone());
     let token = sup.token();
     sup.spawn("imap", async move {
@@ -60,14 +50,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     let on_failure = Arc::new(|f: FailedDelivery| {
         tracing::error!(message_id = %f.message_id, chat_id = f.chat_id, reason = %f.reason, "delivery to COI failed for good");
     });
-    let smtp_worker = SmtpWorker::new(
-        transport,
-        store.clone(),
-        policy,
-        wake,
-        on_failure,
-        metrics.clone(),
-    );
+    let smtp_worker = SmtpWorker::new(transport, store.clone(), policy, wake, on_failure, metrics.clone());
     let token = sup.token();
     sup.spawn("smtp", async move {
         smtp_worker.run(token).await;

@@ -23,11 +23,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            attempt: 0,
-        }
+        Self { base, max, attempt: 0 }
     }
 
     /// The next pause; each call doubles the following one, up to `max`.

@@ -128,11 +128,7 @@ pub struct ImapConfig {
 
 impl ImapConfig {
     pub fn port(&self) -> u16 {
-        self.port.unwrap_or(if self.security == Security::Tls {
-            993
-        } else {
-            143
-        })
+        self.port.unwrap_or(if self.security == Security::Tls { 993 } else { 143 })
     }
 }
 
@@ -162,11 +158,7 @@ pub struct SmtpConfig {
 
 impl SmtpConfig {
     pub fn port(&self) -> u16 {
-        self.port.unwrap_or(if self.security == Security::Tls {
-            465
-        } else {
-            587
-        })
+        self.port.unwrap_or(if self.security == Security::Tls { 465 } else { 587 })
     }
 }
 
@@ -209,10 +201,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            url: default_store_url(),
-            state_dir: None,
-        }
+        Self { url: default_store_url(), state_dir: None }
     }
 }
 
@@ -240,9 +229,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            listen: default_listen(),
-        }
+        Self { listen: default_listen() }
     }
 }
 
@@ -274,9 +261,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             path.display()
         );
     }
-    let figment = Figment::new()
-        .merge(Toml::file_exact(path))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).split("__"));
     if let Some(meta) = figment.find_metadata("account.password")
         && !meta.name.to_lowercase().contains("env")
     {
@@ -288,19 +273,11 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     }
     let config: Config = figment.extract().map_err(|e| {
         let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-        anyhow::anyhow!(
-            "invalid config {} (env {ENV_PREFIX}* overrides included): {}",
-            path.display(),
-            all.join("; ")
-        )
+        anyhow::anyhow!("invalid config {} (env {ENV_PREFIX}* overrides included): {}", path.display(), all.join("; "))
     })?;
     validate(&config).with_context(|| format!("invalid config {}", path.display()))?;
     let password = resolve_password(&config.account)?;
-    Ok(Loaded {
-        config,
-        password,
-        source: path.to_path_buf(),
-    })
+    Ok(Loaded { config, password, source: path.to_path_buf() })
 }
 
 fn resolve_password(account: &AccountConfig) -> anyhow::Result<Secret> {
@@ -315,31 +292,21 @@ fn resolve_password(account: &AccountConfig) -> anyhow::Result<Secret> {
             })?;
             let pw = raw.trim_end_matches(['\r', '\n']);
             if pw.is_empty() {
-                bail!(
-                    "account.password_file: {} is empty; write the mail password into it",
-                    file.display()
-                );
+                bail!("account.password_file: {} is empty; write the mail password into it", file.display());
             }
             Ok(Secret::new(pw))
         }
-        (None, None) => bail!(
-            "account: no password; set account.password_file, or env {ENV_PREFIX}ACCOUNT__PASSWORD"
-        ),
+        (None, None) => bail!("account: no password; set account.password_file, or env {ENV_PREFIX}ACCOUNT__PASSWORD"),
     }
 }
 
 fn validate(c: &Config) -> anyhow::Result<()> {
     let addr = &c.account.address;
-    let ok_addr = addr
-        .split_once('@')
-        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') || d == "localhost");
+    let ok_addr = addr.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') || d == "localhost");
     if !ok_addr || addr.chars().any(char::is_whitespace) {
         bail!("account.address: {addr:?} is not a mail address like bridge@example.org");
     }
-    for (key, host, port) in [
-        ("imap", &c.imap.host, c.imap.port),
-        ("smtp", &c.smtp.host, c.smtp.port),
-    ] {
+    for (key, host, port) in [("imap", &c.imap.host, c.imap.port), ("smtp", &c.smtp.host, c.smtp.port)] {
         if host.trim().is_empty() {
             bail!("{key}.host: empty; set the {key} server's host name");
         }
@@ -348,41 +315,24 @@ fn validate(c: &Config) -> anyhow::Result<()> {
         }
     }
     if c.imap.idle_timeout_secs < 10 || c.imap.idle_timeout_secs > 29 * 60 {
-        bail!(
-            "imap.idle_timeout_secs: {} is out of range; use 10 to 1740 (default 300)",
-            c.imap.idle_timeout_secs
-        );
+        bail!("imap.idle_timeout_secs: {} is out of range; use 10 to 1740 (default 300)", c.imap.idle_timeout_secs);
     }
     if c.imap.batch_size == 0 || c.imap.batch_size > 1000 {
-        bail!(
-            "imap.batch_size: {} is out of range; use 1 to 1000 (default 50)",
-            c.imap.batch_size
-        );
+        bail!("imap.batch_size: {} is out of range; use 1 to 1000 (default 50)", c.imap.batch_size);
     }
     if c.smtp.max_attempts == 0 {
         bail!("smtp.max_attempts: must be at least 1 (default 30)");
     }
-    for (key, file) in [
-        ("imap.ca_file", &c.imap.ca_file),
-        ("smtp.ca_file", &c.smtp.ca_file),
-    ] {
+    for (key, file) in [("imap.ca_file", &c.imap.ca_file), ("smtp.ca_file", &c.smtp.ca_file)] {
         if let Some(f) = file
             && !f.is_file()
         {
-            bail!(
-                "{key}: {} is not a readable file; point it at a PEM CA certificate or remove the key",
-                f.display()
-            );
+            bail!("{key}: {} is not a readable file; point it at a PEM CA certificate or remove the key", f.display());
         }
     }
-    let mut ids = std::collections::HashSet::new();
-    for b in &c.bridge {
-        if !ids.insert(&b.id) {
-            bail!(
-                "bridge: the id {:?} is used twice; give every [[bridge]] its own id",
-                b.id
-            );
-        }
+    // The Matrix and Telegram bridge modules land with their own issues; until then a
+    // [[bridge]] section is refused rather than silently ignored.
+    if let Some(b) = c.bridge.first() {
         bail!(
             "bridge {:?}: kind {:?} is not part of this build yet (Matrix and Telegram bridges are being built); \
              remove the [[bridge]] entry",
@@ -405,17 +355,12 @@ mod tests {
             let path = entry.expect("dir entry").path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let figment = Figment::new().merge(Toml::file_exact(&path));
-                let config: Config = figment
-                    .extract()
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let config: Config = figment.extract().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 validate(&config).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
                 n += 1;
             }
         }
-        assert!(
-            n >= 2,
-            "expected the example and the minimal config, found {n}"
-        );
+        assert!(n >= 2, "expected the example and the minimal config, found {n}");
     }
 
     #[test]
@@ -444,9 +389,6 @@ security = "starttls""#,
     }
 
     fn toml_like<T: for<'de> Deserialize<'de>>(s: &str) -> T {
-        Figment::new()
-            .merge(Toml::string(s))
-            .extract()
-            .expect("parses")
+        Figment::new().merge(Toml::string(s)).extract().expect("parses")
     }
 }

@@ -21,10 +21,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
 }
 
 async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
@@ -36,13 +33,7 @@ async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 /// Serves until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

@@ -20,20 +20,10 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(
-    name = "coi-bridge",
-    version,
-    about = "Bridges chat-over-email (Delta Chat) to Matrix and Telegram"
-)]
+#[command(name = "coi-bridge", version, about = "Bridges chat-over-email (Delta Chat) to Matrix and Telegram")]
 struct Cli {
     /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "COI_BRIDGE_LOG_FORMAT"
-    )]
+    #[arg(long, global = true, value_enum, default_value = "text", env = "COI_BRIDGE_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -59,10 +49,7 @@ fn main() -> ExitCode {
     coi_bridge::init_crypto();
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -23,56 +23,28 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("coi_bridge".into()), None).expect("static prefix is valid");
+        let registry = Registry::new_custom(Some("coi_bridge".into()), None).expect("static prefix is valid");
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("static metric definition");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric registered once");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
             c
         };
         let vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)
-                .expect("static metric definition");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric registered once");
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
             c
         };
-        let imap_connected =
-            IntGauge::new("imap_connected", "1 while an IMAP session is logged in")
-                .expect("static");
-        registry
-            .register(Box::new(imap_connected.clone()))
-            .expect("metric registered once");
+        let imap_connected = IntGauge::new("imap_connected", "1 while an IMAP session is logged in").expect("static");
+        registry.register(Box::new(imap_connected.clone())).expect("metric registered once");
         Self {
             inbound_recorded: counter("inbound_recorded_total", "Chat mails recorded from IMAP"),
-            inbound_duplicates: counter(
-                "inbound_duplicates_total",
-                "Fetched mails already recorded",
-            ),
-            inbound_rejected: vec(
-                "inbound_rejected_total",
-                "Mails kept aside unparsed",
-                &["reason"],
-            ),
-            inbound_problems: vec(
-                "inbound_problems_total",
-                "Tolerated defects in recorded mails",
-                &["problem"],
-            ),
+            inbound_duplicates: counter("inbound_duplicates_total", "Fetched mails already recorded"),
+            inbound_rejected: vec("inbound_rejected_total", "Mails kept aside unparsed", &["reason"]),
+            inbound_problems: vec("inbound_problems_total", "Tolerated defects in recorded mails", &["problem"]),
             imap_reconnects: counter("imap_reconnects_total", "IMAP reconnects after an error"),
-            imap_uidvalidity_changes: counter(
-                "imap_uidvalidity_changes_total",
-                "Mailboxes found recreated",
-            ),
+            imap_uidvalidity_changes: counter("imap_uidvalidity_changes_total", "Mailboxes found recreated"),
             imap_connected,
-            outbox: vec(
-                "outbox_deliveries_total",
-                "Outbox delivery attempts",
-                &["target", "result"],
-            ),
+            outbox: vec("outbox_deliveries_total", "Outbox delivery attempts", &["target", "result"]),
             registry,
         }
     }
@@ -80,9 +52,7 @@ impl Metrics {
     /// The text exposition format for /metrics.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if let Err(e) =
-            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
-        {
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         out
@@ -102,9 +72,6 @@ mod tests {
         let m = super::Metrics::new();
         m.inbound_rejected.with_label_values(&["not_mime"]).inc();
         let text = m.render();
-        assert!(
-            text.contains("coi_bridge_inbound_rejected_total{reason=\"not_mime\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("coi_bridge_inbound_rejected_total{reason=\"not_mime\"} 1"), "{text}");
     }
 }

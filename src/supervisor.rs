@@ -32,11 +32,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new() -> Self {
-        Self {
-            token: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            fatal: Arc::new(AtomicBool::new(false)),
-        }
+        Self { token: CancellationToken::new(), tracker: TaskTracker::new(), fatal: Arc::new(AtomicBool::new(false)) }
     }
 
     /// The root token; every task gets a clone.
@@ -56,11 +52,7 @@ impl Supervisor {
             match fut.await {
                 Ok(()) => tracing::debug!(task = name, "task stopped"),
                 Err(e) => {
-                    tracing::error!(
-                        task = name,
-                        error = format!("{e:#}"),
-                        "task failed; stopping the daemon"
-                    );
+                    tracing::error!(task = name, error = format!("{e:#}"), "task failed; stopping the daemon");
                     fatal.store(true, Ordering::SeqCst);
                     token.cancel();
                 }

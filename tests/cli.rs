@@ -41,16 +41,9 @@ fn check_with(dir: &Path, toml: &str, env: &[(&str, &str)]) -> Output {
 
 fn assert_config_error(out: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(78),
-        "config errors exit 78 (EX_CONFIG); stderr:\n{err}"
-    );
+    assert_eq!(out.status.code(), Some(78), "config errors exit 78 (EX_CONFIG); stderr:\n{err}");
     for n in needles {
-        assert!(
-            err.to_lowercase().contains(&n.to_lowercase()),
-            "stderr should name {n:?}:\n{err}"
-        );
+        assert!(err.to_lowercase().contains(&n.to_lowercase()), "stderr should name {n:?}:\n{err}");
     }
 }
 
@@ -69,10 +62,7 @@ fn help_and_version() {
 
 #[test]
 fn missing_config_file() {
-    let out = bin()
-        .args(["check", "--config", "/nonexistent/coi-bridge.toml"])
-        .output()
-        .expect("run");
+    let out = bin().args(["check", "--config", "/nonexistent/coi-bridge.toml"]).output().expect("run");
     assert_config_error(&out, &["/nonexistent/coi-bridge.toml", "does not exist"]);
 }
 
@@ -81,10 +71,7 @@ fn unknown_key_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = check_with(
         dir.path(),
-        &GOOD.replace(
-            "security = \"plain\"\n\n[smtp]",
-            "security = \"plain\"\nidle_timeout = 5\n\n[smtp]",
-        ),
+        &GOOD.replace("security = \"plain\"\n\n[smtp]", "security = \"plain\"\nidle_timeout = 5\n\n[smtp]"),
         &[],
     );
     assert_config_error(&out, &["idle_timeout", "imap", "c.toml"]);
@@ -93,22 +80,14 @@ fn unknown_key_is_named() {
 #[test]
 fn wrong_type_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = check_with(
-        dir.path(),
-        &GOOD.replacen("port = 1", "port = \"one\"", 1),
-        &[],
-    );
+    let out = check_with(dir.path(), &GOOD.replacen("port = 1", "port = \"one\"", 1), &[]);
     assert_config_error(&out, &["imap.port", "c.toml"]);
 }
 
 #[test]
 fn bad_port_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = check_with(
-        dir.path(),
-        &GOOD.replacen("port = 1", "port = 70000", 1),
-        &[],
-    );
+    let out = check_with(dir.path(), &GOOD.replacen("port = 1", "port = 70000", 1), &[]);
     assert_config_error(&out, &["imap.port", "70000"]);
     let out = check_with(dir.path(), &GOOD.replacen("port = 1", "port = 0", 1), &[]);
     assert_config_error(&out, &["imap.port", "0 is not a port"]);
@@ -125,15 +104,8 @@ fn bad_port_from_env_is_named() {
 fn unreadable_secret_file_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A directory cannot be read as a file, even by root.
-    let out = check_with(
-        dir.path(),
-        &GOOD.replace("PWFILE", &dir.path().display().to_string()),
-        &[],
-    );
-    assert_config_error(
-        &out,
-        &["account.password_file", &dir.path().display().to_string()],
-    );
+    let out = check_with(dir.path(), &GOOD.replace("PWFILE", &dir.path().display().to_string()), &[]);
+    assert_config_error(&out, &["account.password_file", &dir.path().display().to_string()]);
     let out = check_with(dir.path(), &GOOD.replace("PWFILE", "/nonexistent/pw"), &[]);
     assert_config_error(&out, &["account.password_file", "/nonexistent/pw"]);
 }
@@ -141,26 +113,15 @@ fn unreadable_secret_file_is_named() {
 #[test]
 fn password_in_the_file_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = check_with(
-        dir.path(),
-        &GOOD.replace("password_file = \"PWFILE\"", "password = \"hunter2\""),
-        &[],
-    );
+    let out = check_with(dir.path(), &GOOD.replace("password_file = \"PWFILE\"", "password = \"hunter2\""), &[]);
     assert_config_error(&out, &["account.password", "COI_BRIDGE__ACCOUNT__PASSWORD"]);
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("hunter2"),
-        "the secret is not echoed"
-    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"), "the secret is not echoed");
 }
 
 #[test]
 fn missing_required_key_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = check_with(
-        dir.path(),
-        &GOOD.replace("address = \"bridge@example.org\"\n", ""),
-        &[],
-    );
+    let out = check_with(dir.path(), &GOOD.replace("address = \"bridge@example.org\"\n", ""), &[]);
     assert_config_error(&out, &["address", "account"]);
 }
 
@@ -168,10 +129,39 @@ fn missing_required_key_is_named() {
 fn run_refuses_bad_config_too() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("c.toml"), "[account]\naddress = 5\n").expect("write");
+    let out = bin().args(["run", "--config"]).arg(dir.path().join("c.toml")).output().expect("run");
+    assert_config_error(&out, &["account.address"]);
+}
+
+#[test]
+fn json_logs_and_a_clear_error_when_the_http_port_is_taken() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let toml = GOOD.replace("PWFILE", "/dev/null")
+        + &format!("\n[store]\nstate_dir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n", dir.path().display());
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).expect("config");
     let out = bin()
-        .args(["run", "--config"])
-        .arg(dir.path().join("c.toml"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .env("COI_BRIDGE__ACCOUNT__PASSWORD", "s3cret-pw")
         .output()
         .expect("run");
-    assert_config_error(&out, &["account.address"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let json_lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("each log line is JSON"))
+        .collect();
+    assert!(!json_lines.is_empty(), "{err}");
+    assert!(
+        json_lines
+            .iter()
+            .any(|v| v["level"] == "ERROR" && v["error"].as_str().is_some_and(|e| e.contains("http.listen"))),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-pw"));
+    drop(taken);
 }

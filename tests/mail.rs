@@ -19,11 +19,7 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn count_in(store: &SqliteStore) -> usize {
-    store
-        .messages(Direction::In)
-        .await
-        .expect("read messages")
-        .len()
+    store.messages(Direction::In).await.expect("read messages").len()
 }
 
 async fn wait_recorded(d: &Daemon, n: usize) -> Vec<coi_bridge::store::StoredMessage> {
@@ -44,30 +40,18 @@ async fn chat_mail_is_picked_up_by_idle_and_recorded_with_chat_text_attachments_
     d.wait_ready().await;
 
     // A 1:1 message, then a group reply with an attachment that quotes it.
-    let first = chat_mail(
-        "alice@example.org",
-        BRIDGE,
-        "first-1@localhost",
-        "Hello bridge",
-    );
+    let first = chat_mail("alice@example.org", BRIDGE, "first-1@localhost", "Hello bridge");
     server.deliver("alice@example.org", &[BRIDGE], &first).await;
     let group = ChatMessage {
         message_id: "grp-2@localhost".into(),
         is_chat: true,
         from: Mailbox::new("bob@example.org", Some("Bob")),
-        to: vec![
-            Mailbox::new("alice@example.org", None),
-            Mailbox::new(BRIDGE, None),
-        ],
+        to: vec![Mailbox::new("alice@example.org", None), Mailbox::new(BRIDGE, None)],
         date: Some(1_795_000_000),
         subject: Some("Team".into()),
         in_reply_to: Some("first-1@localhost".into()),
         references: vec!["first-1@localhost".into()],
-        group: Some(Group {
-            id: "Xk3_mQ9-pL2vR8tY".into(),
-            name: "Team".into(),
-            change: None,
-        }),
+        group: Some(Group { id: "Xk3_mQ9-pL2vR8tY".into(), name: "Team".into(), change: None }),
         text: "Answer with a file".into(),
         quote: Some("Hello bridge".into()),
         attachments: vec![Attachment {
@@ -77,31 +61,16 @@ async fn chat_mail_is_picked_up_by_idle_and_recorded_with_chat_text_attachments_
         }],
         ..ChatMessage::default()
     };
-    server
-        .deliver("bob@example.org", &[BRIDGE], &coi::render(&group))
-        .await;
+    server.deliver("bob@example.org", &[BRIDGE], &coi::render(&group)).await;
 
     let recorded = wait_recorded(&d, 2).await;
     let store = d.store().await;
-    let one = recorded
-        .iter()
-        .find(|m| m.message_id == "first-1@localhost")
-        .expect("1:1 recorded");
+    let one = recorded.iter().find(|m| m.message_id == "first-1@localhost").expect("1:1 recorded");
     assert_eq!(one.text, "Hello bridge");
-    let one_chat = store
-        .chat(one.chat_id)
-        .await
-        .expect("chat")
-        .expect("exists");
-    assert_eq!(
-        (one_chat.kind, one_chat.key.as_str()),
-        (ChatKind::Single, "alice@example.org")
-    );
+    let one_chat = store.chat(one.chat_id).await.expect("chat").expect("exists");
+    assert_eq!((one_chat.kind, one_chat.key.as_str()), (ChatKind::Single, "alice@example.org"));
 
-    let g = recorded
-        .iter()
-        .find(|m| m.message_id == "grp-2@localhost")
-        .expect("group recorded");
+    let g = recorded.iter().find(|m| m.message_id == "grp-2@localhost").expect("group recorded");
     assert_eq!(g.text, "Answer with a file");
     assert_eq!(g.in_reply_to.as_deref(), Some("first-1@localhost"));
     assert_eq!(g.from_name, "Bob");
@@ -109,27 +78,12 @@ async fn chat_mail_is_picked_up_by_idle_and_recorded_with_chat_text_attachments_
     assert_eq!(g.attachments[0].name, "data.bin");
     assert_eq!(g.attachments[0].data, group.attachments[0].data);
     let g_chat = store.chat(g.chat_id).await.expect("chat").expect("exists");
-    assert_eq!(
-        (g_chat.kind, g_chat.key.as_str(), g_chat.name.as_str()),
-        (ChatKind::Group, "Xk3_mQ9-pL2vR8tY", "Team")
-    );
-    assert_eq!(
-        g_chat.members,
-        vec![
-            "alice@example.org".to_string(),
-            "bob@example.org".to_string()
-        ]
-    );
+    assert_eq!((g_chat.kind, g_chat.key.as_str(), g_chat.name.as_str()), (ChatKind::Group, "Xk3_mQ9-pL2vR8tY", "Team"));
+    assert_eq!(g_chat.members, vec!["alice@example.org".to_string(), "bob@example.org".to_string()]);
 
-    assert_eq!(
-        d.metric("coi_bridge_inbound_recorded_total").await,
-        Some(2.0)
-    );
+    assert_eq!(d.metric("coi_bridge_inbound_recorded_total").await, Some(2.0));
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM");
-    assert!(
-        !d.log_text().contains(support::BRIDGE_PASSWORD),
-        "the password leaked into the log"
-    );
+    assert!(!d.log_text().contains(support::BRIDGE_PASSWORD), "the password leaked into the log");
 }
 
 fn smtp_worker(
@@ -143,26 +97,15 @@ fn smtp_worker(
     // SAFETY-free env use: the password is handed over as the daemon would get it.
     let figment_pw = format!("password_file = \"{}\"", state.path().join("pw").display());
     std::fs::write(state.path().join("pw"), support::BRIDGE_PASSWORD).expect("pw");
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("[account]\n", &format!("[account]\n{figment_pw}\n"));
+    let text =
+        std::fs::read_to_string(&config).expect("config").replace("[account]\n", &format!("[account]\n{figment_pw}\n"));
     std::fs::write(&config, text).expect("config");
     let loaded = coi_bridge::config::load(&config).expect("config loads");
     let transport = coi_bridge::transport::smtp::transport(&loaded).expect("transport");
-    let policy = RetryPolicy {
-        base: Duration::from_millis(500),
-        max_delay: Duration::from_secs(2),
-        max_attempts: 1000,
-    };
+    let policy =
+        RetryPolicy { base: Duration::from_millis(500), max_delay: Duration::from_secs(2), max_attempts: 1000 };
     let hook = Arc::new(move |f: FailedDelivery| failures.lock().expect("lock").push(f));
-    SmtpWorker::new(
-        transport,
-        store,
-        policy,
-        wake,
-        hook,
-        Arc::new(Metrics::new()),
-    )
+    SmtpWorker::new(transport, store, policy, wake, hook, Arc::new(Metrics::new()))
 }
 
 #[tokio::test]
@@ -170,32 +113,17 @@ async fn outbox_round_trip_reaches_another_mailbox_and_parses_back_the_same() {
     coi_bridge::init_crypto();
     let server = mail_server!();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("s.db"))
-            .await
-            .expect("store"),
-    );
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
     let wake = Arc::new(Notify::new());
     let failures = Arc::new(Mutex::new(Vec::new()));
     let worker = smtp_worker(&server, store.clone(), wake.clone(), failures.clone());
     let token = CancellationToken::new();
-    let outbound = Outbound::new(
-        store.clone(),
-        Mailbox::new(BRIDGE, Some("COI Bridge")),
-        wake,
-    );
+    let outbound = Outbound::new(store.clone(), Mailbox::new(BRIDGE, Some("COI Bridge")), wake);
 
-    let chat = ChatRef {
-        kind: ChatKind::Group,
-        key: "Grp_roundtrip_1".into(),
-        name: "Round trip".into(),
-    };
+    let chat = ChatRef { kind: ChatKind::Group, key: "Grp_roundtrip_1".into(), name: "Round trip".into() };
     let msg = ChatMessage {
         from: Mailbox::new(BRIDGE, Some("Bob (Matrix)")),
-        to: vec![
-            Mailbox::new("alice@example.org", Some("Alice")),
-            Mailbox::new("carol@example.org", None),
-        ],
+        to: vec![Mailbox::new("alice@example.org", Some("Alice")), Mailbox::new("carol@example.org", None)],
         subject: Some("Round trip".into()),
         group: Some(Group {
             id: "Grp_roundtrip_1".into(),
@@ -220,11 +148,7 @@ async fn outbox_round_trip_reaches_another_mailbox_and_parses_back_the_same() {
         ..ChatMessage::default()
     };
     let id = outbound
-        .queue(
-            chat,
-            &["alice@example.org".into(), "carol@example.org".into()],
-            msg.clone(),
-        )
+        .queue(chat, &["alice@example.org".into(), "carol@example.org".into()], msg.clone())
         .await
         .expect("queued");
 
@@ -236,26 +160,17 @@ async fn outbox_round_trip_reaches_another_mailbox_and_parses_back_the_same() {
     };
     let ((), mails) = tokio::join!(run, check);
     assert_eq!(mails.len(), 1, "one mail in alice's INBOX");
-    let back = coi::parse(&mails[0], &Limits::default())
-        .expect("parses")
-        .message;
+    let back = coi::parse(&mails[0], &Limits::default()).expect("parses").message;
     assert_eq!(back.message_id, id);
     assert_eq!(back.from, Mailbox::new(BRIDGE, Some("Bob (Matrix)")));
-    assert_eq!(
-        back.sender,
-        Some(Mailbox::new(BRIDGE, Some("COI Bridge"))),
-        "relayed name goes with Sender"
-    );
+    assert_eq!(back.sender, Some(Mailbox::new(BRIDGE, Some("COI Bridge"))), "relayed name goes with Sender");
     assert_eq!(back.text, msg.text);
     assert_eq!(back.attachments, msg.attachments);
     assert_eq!(back.group, msg.group);
     assert_eq!(back.in_reply_to, msg.in_reply_to);
     assert!(back.is_chat);
     assert_eq!(server.fetch_all("carol").await.len(), 1);
-    assert_eq!(
-        store.outbox_state(SMTP_TARGET, &id).await.expect("state"),
-        Some(OutboxState::Done)
-    );
+    assert_eq!(store.outbox_state(SMTP_TARGET, &id).await.expect("state"), Some(OutboxState::Done));
     assert!(failures.lock().expect("lock").is_empty());
 }
 
@@ -264,11 +179,7 @@ async fn postfix_outage_keeps_the_outbox_and_delivers_in_order_when_it_returns()
     coi_bridge::init_crypto();
     let mut server = mail_server!();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("s.db"))
-            .await
-            .expect("store"),
-    );
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
     let wake = Arc::new(Notify::new());
     let failures = Arc::new(Mutex::new(Vec::new()));
     let worker = smtp_worker(&server, store.clone(), wake.clone(), failures.clone());
@@ -276,23 +187,11 @@ async fn postfix_outage_keeps_the_outbox_and_delivers_in_order_when_it_returns()
     let token = CancellationToken::new();
 
     server.stop_postfix();
-    let chat = ChatRef {
-        kind: ChatKind::Single,
-        key: "alice@example.org".into(),
-        name: "Alice".into(),
-    };
+    let chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
     let mut ids = Vec::new();
     for i in 0..6 {
-        let m = ChatMessage {
-            text: format!("in order {i}"),
-            ..ChatMessage::default()
-        };
-        ids.push(
-            outbound
-                .queue(chat.clone(), &["alice@example.org".into()], m)
-                .await
-                .expect("queued"),
-        );
+        let m = ChatMessage { text: format!("in order {i}"), ..ChatMessage::default() };
+        ids.push(outbound.queue(chat.clone(), &["alice@example.org".into()], m).await.expect("queued"));
     }
     let run = worker.run(token.clone());
     let check = async {
@@ -303,11 +202,7 @@ async fn postfix_outage_keeps_the_outbox_and_delivers_in_order_when_it_returns()
             let store = store.clone();
             let first = first.clone();
             async move {
-                match store
-                    .outbox_state(SMTP_TARGET, &first)
-                    .await
-                    .expect("state")
-                {
+                match store.outbox_state(SMTP_TARGET, &first).await.expect("state") {
                     Some(OutboxState::Pending { attempts, .. }) if attempts >= 2 => Some(()),
                     _ => None,
                 }
@@ -317,10 +212,7 @@ async fn postfix_outage_keeps_the_outbox_and_delivers_in_order_when_it_returns()
         for id in &ids[1..] {
             assert_eq!(
                 store.outbox_state(SMTP_TARGET, id).await.expect("state"),
-                Some(OutboxState::Pending {
-                    attempts: 0,
-                    last_error: None
-                }),
+                Some(OutboxState::Pending { attempts: 0, last_error: None }),
                 "later messages of the chat wait behind the head"
             );
         }
@@ -330,20 +222,9 @@ async fn postfix_outage_keeps_the_outbox_and_delivers_in_order_when_it_returns()
         mails
     };
     let ((), mails) = tokio::join!(run, check);
-    let texts: Vec<String> = mails
-        .iter()
-        .map(|m| {
-            coi::parse(m, &Limits::default())
-                .expect("parses")
-                .message
-                .text
-        })
-        .collect();
-    assert_eq!(
-        texts,
-        (0..6).map(|i| format!("in order {i}")).collect::<Vec<_>>(),
-        "delivered once each, in order"
-    );
+    let texts: Vec<String> =
+        mails.iter().map(|m| coi::parse(m, &Limits::default()).expect("parses").message.text).collect();
+    assert_eq!(texts, (0..6).map(|i| format!("in order {i}")).collect::<Vec<_>>(), "delivered once each, in order");
     assert!(failures.lock().expect("lock").is_empty());
 }
 
@@ -352,47 +233,25 @@ async fn a_5xx_is_a_permanent_failure_recorded_with_its_reason_and_reported() {
     coi_bridge::init_crypto();
     let server = mail_server!();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("s.db"))
-            .await
-            .expect("store"),
-    );
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
     let wake = Arc::new(Notify::new());
     let failures = Arc::new(Mutex::new(Vec::new()));
     let worker = smtp_worker(&server, store.clone(), wake.clone(), failures.clone());
     let outbound = Outbound::new(store.clone(), Mailbox::new(BRIDGE, None), wake);
     let token = CancellationToken::new();
     // The test Postfix refuses other domains with 550 at RCPT.
-    let bad = ChatRef {
-        kind: ChatKind::Single,
-        key: "nobody@elsewhere.invalid".into(),
-        name: "x".into(),
-    };
+    let bad = ChatRef { kind: ChatKind::Single, key: "nobody@elsewhere.invalid".into(), name: "x".into() };
     let bad_id = outbound
         .queue(
             bad,
             &["nobody@elsewhere.invalid".into()],
-            ChatMessage {
-                text: "lost?".into(),
-                ..ChatMessage::default()
-            },
+            ChatMessage { text: "lost?".into(), ..ChatMessage::default() },
         )
         .await
         .expect("queued");
-    let good = ChatRef {
-        kind: ChatKind::Single,
-        key: "alice@example.org".into(),
-        name: "A".into(),
-    };
+    let good = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "A".into() };
     outbound
-        .queue(
-            good,
-            &["alice@example.org".into()],
-            ChatMessage {
-                text: "fine".into(),
-                ..ChatMessage::default()
-            },
-        )
+        .queue(good, &["alice@example.org".into()], ChatMessage { text: "fine".into(), ..ChatMessage::default() })
         .await
         .expect("queued");
     let run = worker.run(token.clone());
@@ -408,11 +267,7 @@ async fn a_5xx_is_a_permanent_failure_recorded_with_its_reason_and_reported() {
         mails
     };
     let ((), mails) = tokio::join!(run, check);
-    assert_eq!(
-        mails.len(),
-        1,
-        "the good message is not blocked by the bad one"
-    );
+    assert_eq!(mails.len(), 1, "the good message is not blocked by the bad one");
     let reported = failures.lock().expect("lock").clone();
     assert_eq!(reported.len(), 1);
     assert_eq!(reported[0].message_id, bad_id);
@@ -421,11 +276,7 @@ async fn a_5xx_is_a_permanent_failure_recorded_with_its_reason_and_reported() {
         "{:?}",
         reported[0]
     );
-    match store
-        .outbox_state(SMTP_TARGET, &bad_id)
-        .await
-        .expect("state")
-    {
+    match store.outbox_state(SMTP_TARGET, &bad_id).await.expect("state") {
         Some(OutboxState::Failed { reason }) => assert!(reason.contains("rejected"), "{reason}"),
         other => panic!("expected failed, got {other:?}"),
     }
@@ -445,12 +296,7 @@ async fn restart_records_mail_delivered_while_down_exactly_once() {
             .deliver(
                 "alice@example.org",
                 &[BRIDGE],
-                &chat_mail(
-                    "alice@example.org",
-                    BRIDGE,
-                    &format!("down-{i}@localhost"),
-                    &format!("while down {i}"),
-                ),
+                &chat_mail("alice@example.org", BRIDGE, &format!("down-{i}@localhost"), &format!("while down {i}")),
             )
             .await;
     }
@@ -464,19 +310,11 @@ async fn restart_records_mail_delivered_while_down_exactly_once() {
     d.restart();
     d.wait_ready().await;
     server
-        .deliver(
-            "alice@example.org",
-            &[BRIDGE],
-            &chat_mail("alice@example.org", BRIDGE, "marker@localhost", "after"),
-        )
+        .deliver("alice@example.org", &[BRIDGE], &chat_mail("alice@example.org", BRIDGE, "marker@localhost", "after"))
         .await;
     let all = wait_recorded(&d, 51).await;
     assert_eq!(all.len(), 51);
-    assert_eq!(
-        d.metric("coi_bridge_inbound_duplicates_total").await,
-        Some(0.0),
-        "nothing was fetched twice"
-    );
+    assert_eq!(d.metric("coi_bridge_inbound_duplicates_total").await, Some(0.0), "nothing was fetched twice");
     let mut ids: Vec<_> = all.iter().map(|m| m.message_id.clone()).collect();
     ids.sort();
     ids.dedup();
@@ -506,9 +344,7 @@ async fn sigkill_in_the_middle_of_a_batch_loses_and_duplicates_nothing() {
             }],
             ..ChatMessage::default()
         };
-        server
-            .deliver("alice@example.org", &[BRIDGE], &coi::render(&m))
-            .await;
+        server.deliver("alice@example.org", &[BRIDGE], &coi::render(&m)).await;
     }
     server.wait_for_mails("bridge", 200, WAIT).await;
     let state = tempfile::tempdir().expect("tempdir");
@@ -520,29 +356,15 @@ async fn sigkill_in_the_middle_of_a_batch_loses_and_duplicates_nothing() {
         if n > 0 {
             break n;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing recorded; log:\n{}",
-            d.log_text()
-        );
+        assert!(std::time::Instant::now() < deadline, "nothing recorded; log:\n{}", d.log_text());
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     d.kill();
     let after_kill = count_in(&store).await;
-    assert!(
-        after_kill < 200,
-        "the crash should land mid-way (got {after_kill}, first seen {first_seen})"
-    );
+    assert!(after_kill < 200, "the crash should land mid-way (got {after_kill}, first seen {first_seen})");
     assert_eq!(after_kill % 10, 0, "only whole batches are committed");
-    let cursor = store
-        .imap_cursor("INBOX")
-        .await
-        .expect("cursor")
-        .expect("set");
-    assert_eq!(
-        cursor.last_uid as usize, after_kill,
-        "the cursor moved exactly with the recorded batches"
-    );
+    let cursor = store.imap_cursor("INBOX").await.expect("cursor").expect("set");
+    assert_eq!(cursor.last_uid as usize, after_kill, "the cursor moved exactly with the recorded batches");
 
     d.restart();
     let all = wait_recorded(&d, 200).await;
@@ -551,10 +373,7 @@ async fn sigkill_in_the_middle_of_a_batch_loses_and_duplicates_nothing() {
     ids.dedup();
     assert_eq!(ids.len(), 200);
     assert_eq!(all.len(), 200);
-    assert!(
-        all.iter()
-            .all(|m| m.attachments.len() == 1 && m.attachments[0].data == payload)
-    );
+    assert!(all.iter().all(|m| m.attachments.len() == 1 && m.attachments[0].data == payload));
     d.stop();
 }
 
@@ -566,22 +385,14 @@ async fn dovecot_outage_reconnects_and_picks_up_mail_delivered_meanwhile() {
     let mut d = Daemon::start(&server, state.path(), Link::Plain, "");
     d.wait_ready().await;
     server
-        .deliver(
-            "alice@example.org",
-            &[BRIDGE],
-            &chat_mail("alice@example.org", BRIDGE, "before@localhost", "before"),
-        )
+        .deliver("alice@example.org", &[BRIDGE], &chat_mail("alice@example.org", BRIDGE, "before@localhost", "before"))
         .await;
     wait_recorded(&d, 1).await;
 
     server.stop_dovecot();
     // Postfix queues the mail while Dovecot's LMTP is down.
     server
-        .deliver(
-            "alice@example.org",
-            &[BRIDGE],
-            &chat_mail("alice@example.org", BRIDGE, "during@localhost", "during"),
-        )
+        .deliver("alice@example.org", &[BRIDGE], &chat_mail("alice@example.org", BRIDGE, "during@localhost", "during"))
         .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(d.is_running(), "the daemon survives the outage");
@@ -589,10 +400,7 @@ async fn dovecot_outage_reconnects_and_picks_up_mail_delivered_meanwhile() {
 
     let all = wait_recorded(&d, 2).await;
     assert!(all.iter().any(|m| m.message_id == "during@localhost"));
-    let reconnects = d
-        .metric("coi_bridge_imap_reconnects_total")
-        .await
-        .unwrap_or(0.0);
+    let reconnects = d.metric("coi_bridge_imap_reconnects_total").await.unwrap_or(0.0);
     assert!(reconnects >= 1.0, "reconnects counted: {reconnects}");
     d.stop();
 }
@@ -609,12 +417,7 @@ async fn uidvalidity_change_loses_and_duplicates_nothing() {
             .deliver(
                 "alice@example.org",
                 &[BRIDGE],
-                &chat_mail(
-                    "alice@example.org",
-                    BRIDGE,
-                    &format!("old-{i}@localhost"),
-                    "old",
-                ),
+                &chat_mail("alice@example.org", BRIDGE, &format!("old-{i}@localhost"), "old"),
             )
             .await;
     }
@@ -626,13 +429,7 @@ async fn uidvalidity_change_loses_and_duplicates_nothing() {
     std::fs::remove_dir_all(server.maildir("bridge")).expect("remove maildir");
     tokio::time::sleep(Duration::from_millis(1100)).await; // UIDVALIDITY is the creation second.
     for id in ["old-0@localhost", "new-0@localhost", "new-1@localhost"] {
-        server
-            .deliver(
-                "alice@example.org",
-                &[BRIDGE],
-                &chat_mail("alice@example.org", BRIDGE, id, "again"),
-            )
-            .await;
+        server.deliver("alice@example.org", &[BRIDGE], &chat_mail("alice@example.org", BRIDGE, id, "again")).await;
     }
     server.wait_for_mails("bridge", 3, WAIT).await;
     d.restart();
@@ -641,22 +438,10 @@ async fn uidvalidity_change_loses_and_duplicates_nothing() {
     ids.sort();
     assert_eq!(
         ids,
-        vec![
-            "new-0@localhost",
-            "new-1@localhost",
-            "old-0@localhost",
-            "old-1@localhost",
-            "old-2@localhost"
-        ]
+        vec!["new-0@localhost", "new-1@localhost", "old-0@localhost", "old-1@localhost", "old-2@localhost"]
     );
-    assert_eq!(
-        d.metric("coi_bridge_imap_uidvalidity_changes_total").await,
-        Some(1.0)
-    );
-    assert_eq!(
-        d.metric("coi_bridge_inbound_duplicates_total").await,
-        Some(1.0)
-    );
+    assert_eq!(d.metric("coi_bridge_imap_uidvalidity_changes_total").await, Some(1.0));
+    assert_eq!(d.metric("coi_bridge_inbound_duplicates_total").await, Some(1.0));
     d.stop();
 }
 
@@ -671,90 +456,49 @@ async fn hostile_mail_is_logged_counted_and_never_blocks_the_mail_behind_it() {
         m.extend_from_slice(b"\r\n\r\nbody\r\n");
         m
     };
-    let junk: Vec<u8> = (0..4096u32)
-        .map(|i| ((i * 7919 + 13) % 255 + 1) as u8)
-        .collect();
+    let oversize = {
+        let mut m = chat_mail("alice@example.org", BRIDGE, "oversize@localhost", "big");
+        m.extend(
+            std::iter::repeat_n(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n", 200_000)
+                .flatten(),
+        );
+        m
+    };
+    let junk: Vec<u8> = (0..4096u32).map(|i| ((i * 7919 + 13) % 255 + 1) as u8).collect();
     let inputs: Vec<Vec<u8>> = vec![
         std::fs::read(fixtures.join("truncated-multipart.eml")).expect("fixture"),
         std::fs::read(fixtures.join("bad-base64.eml")).expect("fixture"),
         huge_header,
         std::fs::read(fixtures.join("missing-from.eml")).expect("fixture"),
         junk,
-        chat_mail(
-            "alice@example.org",
-            BRIDGE,
-            "after-the-junk@localhost",
-            "still flowing",
-        ),
+        oversize,
+        chat_mail("alice@example.org", BRIDGE, "after-the-junk@localhost", "still flowing"),
     ];
     for raw in &inputs {
         server.append("bridge", raw).await;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let mut d = Daemon::start(&server, state.path(), Link::Plain, "batch_size = 2");
+    let mut d = Daemon::start(&server, state.path(), Link::Plain, "batch_size = 2\nmax_message_bytes = 12000000");
     let store = d.store().await;
     eventually(WAIT, "the good mail behind the bad ones", || async {
-        store
-            .message("after-the-junk@localhost")
-            .await
-            .expect("read")
+        store.message("after-the-junk@localhost").await.expect("read")
     })
     .await;
     assert!(d.is_running(), "no crash");
     // Truncated and bad-base64 mail is still a message, recorded with its defects counted.
-    assert!(
-        store
-            .message("truncated@example.org")
-            .await
-            .expect("read")
-            .is_some()
-    );
-    assert!(
-        store
-            .message("badb64@example.org")
-            .await
-            .expect("read")
-            .is_some()
-    );
-    assert_eq!(
-        store.rejected_count().await.expect("count"),
-        3,
-        "huge header, missing From, junk kept aside"
-    );
-    assert_eq!(
-        d.metric("coi_bridge_inbound_rejected_total{reason=\"header_too_large\"}")
-            .await,
-        Some(1.0)
-    );
-    let missing_from = d
-        .metric("coi_bridge_inbound_rejected_total{reason=\"missing_from\"}")
-        .await
-        .unwrap_or(0.0);
-    let not_mime = d
-        .metric("coi_bridge_inbound_rejected_total{reason=\"not_mime\"}")
-        .await
-        .unwrap_or(0.0);
+    assert!(store.message("truncated@example.org").await.expect("read").is_some());
+    assert!(store.message("badb64@example.org").await.expect("read").is_some());
+    assert_eq!(store.rejected_count().await.expect("count"), 4, "huge header, missing From, junk, oversize kept aside");
+    assert_eq!(d.metric("coi_bridge_inbound_rejected_total{reason=\"too_large\"}").await, Some(1.0));
+    assert_eq!(d.metric("coi_bridge_inbound_rejected_total{reason=\"header_too_large\"}").await, Some(1.0));
+    let missing_from = d.metric("coi_bridge_inbound_rejected_total{reason=\"missing_from\"}").await.unwrap_or(0.0);
+    let not_mime = d.metric("coi_bridge_inbound_rejected_total{reason=\"not_mime\"}").await.unwrap_or(0.0);
     assert!(missing_from >= 1.0, "missing From counted");
-    assert_eq!(
-        missing_from + not_mime,
-        2.0,
-        "missing From and junk counted"
-    );
-    assert!(
-        d.metric("coi_bridge_inbound_problems_total{problem=\"bad_encoding\"}")
-            .await
-            .unwrap_or(0.0)
-            >= 2.0
-    );
+    assert_eq!(missing_from + not_mime, 2.0, "missing From and junk counted");
+    assert!(d.metric("coi_bridge_inbound_problems_total{problem=\"bad_encoding\"}").await.unwrap_or(0.0) >= 2.0);
     let log = d.log_text();
-    assert!(
-        log.contains("mail kept aside"),
-        "a clear log line per rejected mail"
-    );
-    assert!(
-        log.contains("header section is"),
-        "the reason is in the log"
-    );
+    assert!(log.contains("mail kept aside"), "a clear log line per rejected mail");
+    assert!(log.contains("header section is"), "the reason is in the log");
     d.stop();
 }
 
@@ -771,15 +515,23 @@ async fn check_reports_each_server_and_fails_with_a_remedy() {
         .output()
         .expect("run check");
     let out = String::from_utf8_lossy(&ok.stdout);
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{out}\n{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_eq!(ok.status.code(), Some(0), "{out}\n{}", String::from_utf8_lossy(&ok.stderr));
     for item in ["ok    config", "ok    store", "ok    imap", "ok    smtp"] {
         assert!(out.contains(item), "missing {item:?} in:\n{out}");
     }
+
+    // IMAP with STARTTLS on the plain port works too.
+    let starttls = std::process::Command::new(Daemon::bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("COI_BRIDGE__ACCOUNT__PASSWORD", support::BRIDGE_PASSWORD)
+        .env("COI_BRIDGE__IMAP__SECURITY", "starttls")
+        .env("COI_BRIDGE__IMAP__PORT", server.imap_port().to_string())
+        .output()
+        .expect("run check");
+    let out = String::from_utf8_lossy(&starttls.stdout);
+    assert_eq!(starttls.status.code(), Some(0), "{out}\n{}", String::from_utf8_lossy(&starttls.stderr));
+    assert!(out.contains("ok    imap") && out.contains("Starttls"), "{out}");
 
     let bad = std::process::Command::new(Daemon::bin())
         .args(["check", "--config"])
@@ -790,16 +542,7 @@ async fn check_reports_each_server_and_fails_with_a_remedy() {
         .expect("run check");
     let out = String::from_utf8_lossy(&bad.stdout);
     assert_eq!(bad.status.code(), Some(69), "{out}");
-    assert!(
-        out.contains("FAIL  imap") && out.contains("refused the login"),
-        "{out}"
-    );
-    assert!(
-        out.contains("FAIL  smtp") && out.contains("nothing listens there"),
-        "{out}"
-    );
-    assert!(
-        !out.contains("wrong") || !out.contains("password wrong"),
-        "no secret in output"
-    );
+    assert!(out.contains("FAIL  imap") && out.contains("refused the login"), "{out}");
+    assert!(out.contains("FAIL  smtp") && out.contains("nothing listens there"), "{out}");
+    assert!(!out.contains("wrong") || !out.contains("password wrong"), "no secret in output");
 }

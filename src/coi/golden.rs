@@ -29,10 +29,7 @@ fn summary(raw: &[u8]) -> Value {
         Kind::Reaction { emoji } => json!({ "reaction": emoji }),
         Kind::Edit { target } => json!({ "edit": target }),
         Kind::Delete { targets } => json!({ "delete": targets }),
-        Kind::ReadReceipt {
-            original,
-            additional,
-        } => json!({ "receipt": original, "additional": additional }),
+        Kind::ReadReceipt { original, additional } => json!({ "receipt": original, "additional": additional }),
     };
     let group = m.group.as_ref().map(|g| {
         let change = match &g.change {
@@ -47,11 +44,7 @@ fn summary(raw: &[u8]) -> Value {
         .attachments
         .iter()
         .map(|a| {
-            let digest: String = sha2::Sha256::digest(&a.data)
-                .iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let digest: String = sha2::Sha256::digest(&a.data).iter().take(8).map(|b| format!("{b:02x}")).collect();
             json!({ "name": a.name, "mime": a.mime, "size": a.data.len(), "sha256": digest })
         })
         .collect();
@@ -65,13 +58,10 @@ fn summary(raw: &[u8]) -> Value {
     } else {
         json!(m.references)
     };
-    let subject = m.subject.as_ref().map(|s| {
-        if s.len() > 80 {
-            format!("{}… ({} chars)", &s[..60], s.chars().count())
-        } else {
-            s.clone()
-        }
-    });
+    let subject = m
+        .subject
+        .as_ref()
+        .map(|s| if s.len() > 80 { format!("{}… ({} chars)", &s[..60], s.chars().count()) } else { s.clone() });
     json!({
         "message_id": m.message_id,
         "is_chat": m.is_chat,
@@ -116,12 +106,8 @@ fn golden_fixtures_parse_as_pinned() {
             continue;
         }
         let expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
-                panic!(
-                    "{} has no pinned result; run with UPDATE_GOLDEN=1",
-                    eml.display()
-                )
-            }),
+            &std::fs::read_to_string(&expected_path)
+                .unwrap_or_else(|_| panic!("{} has no pinned result; run with UPDATE_GOLDEN=1", eml.display())),
         )
         .expect("pinned json parses");
         if got != expected {
@@ -133,10 +119,5 @@ fn golden_fixtures_parse_as_pinned() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} fixtures differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} fixtures differ:\n{}", failures.len(), failures.join("\n"));
 }

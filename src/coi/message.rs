@@ -14,10 +14,7 @@ impl Mailbox {
     pub fn new(addr: &str, name: Option<&str>) -> Self {
         Self {
             addr: addr.trim().to_lowercase(),
-            name: name
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned),
+            name: name.map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned),
         }
     }
 
@@ -58,10 +55,7 @@ pub enum Kind {
     /// `Chat-Delete`: the targets are deleted.
     Delete { targets: Vec<String> },
     /// A read receipt (MDN) for `original`, and maybe more.
-    ReadReceipt {
-        original: String,
-        additional: Vec<String>,
-    },
+    ReadReceipt { original: String, additional: Vec<String> },
 }
 
 /// One chat message, without transport or encryption details.

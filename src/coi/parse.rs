@@ -17,10 +17,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_header_bytes: 256 * 1024,
-            max_parts: 64,
-        }
+        Self { max_header_bytes: 256 * 1024, max_parts: 64 }
     }
 }
 
@@ -121,10 +118,7 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
         to: mailboxes(mail.to()),
         cc: mailboxes(mail.cc()),
         date: mail.date().map(|d| d.to_timestamp()),
-        subject: mail
-            .subject()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty()),
+        subject: mail.subject().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
         in_reply_to: ids(mail.in_reply_to()).into_iter().next(),
         references: ids(mail.references()),
         disposition_notification_to: header_text("Chat-Disposition-Notification-To")
@@ -141,11 +135,7 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             } else {
                 header_text("Chat-Group-Name-Changed").map(|old| GroupChange::NameChanged { old })
             };
-            msg.group = Some(Group {
-                id,
-                name: header_text("Chat-Group-Name").unwrap_or_default(),
-                change,
-            });
+            msg.group = Some(Group { id, name: header_text("Chat-Group-Name").unwrap_or_default(), change });
         } else {
             problems.push(Problem::BadGroupId(id));
         }
@@ -162,76 +152,45 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
         }
         (None, None) => String::new(),
     };
-    let text = strip_footer(&text.replace("\r\n", "\n"))
-        .trim_end()
-        .to_owned();
+    let text = strip_footer(&text.replace("\r\n", "\n")).trim_end().to_owned();
     msg.attachments = body.attachments;
 
     if let Some(report) = body.mdn {
         let original = report_field(&report, "Original-Message-ID").map(|s| clean_id(&s));
         if let Some(original) = original.filter(|s| !s.is_empty()) {
             let additional = report_field(&report, "Additional-Message-IDs")
-                .map(|s| {
-                    s.split_whitespace()
-                        .map(clean_id)
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
+                .map(|s| s.split_whitespace().map(clean_id).filter(|s| !s.is_empty()).collect())
                 .unwrap_or_default();
-            msg.kind = Kind::ReadReceipt {
-                original,
-                additional,
-            };
+            msg.kind = Kind::ReadReceipt { original, additional };
             msg.text = text.trim().to_owned();
-            return Ok(Parsed {
-                message: msg,
-                problems,
-            });
+            return Ok(Parsed { message: msg, problems });
         }
     }
 
     if let Some(emoji) = body.reaction {
-        msg.kind = Kind::Reaction {
-            emoji: emoji.trim().to_owned(),
-        };
-        return Ok(Parsed {
-            message: msg,
-            problems,
-        });
+        msg.kind = Kind::Reaction { emoji: emoji.trim().to_owned() };
+        return Ok(Parsed { message: msg, problems });
     }
 
     if let Some(target) = header_text("Chat-Edit").map(|s| clean_id(&s)) {
         msg.kind = Kind::Edit { target };
         let (_, rest) = split_quote(&text);
         msg.text = rest.trim_start_matches("✏️").trim().to_owned();
-        return Ok(Parsed {
-            message: msg,
-            problems,
-        });
+        return Ok(Parsed { message: msg, problems });
     }
     if let Some(targets) = mail.header_raw("Chat-Delete") {
-        let targets: Vec<String> = targets
-            .split_whitespace()
-            .map(clean_id)
-            .filter(|s| !s.is_empty())
-            .collect();
+        let targets: Vec<String> = targets.split_whitespace().map(clean_id).filter(|s| !s.is_empty()).collect();
         if !targets.is_empty() {
             msg.kind = Kind::Delete { targets };
             msg.text = text.trim().to_owned();
-            return Ok(Parsed {
-                message: msg,
-                problems,
-            });
+            return Ok(Parsed { message: msg, problems });
         }
     }
 
     let (quote, rest) = split_quote(&text);
     msg.quote = quote;
     msg.text = rest;
-    Ok(Parsed {
-        message: msg,
-        problems,
-    })
+    Ok(Parsed { message: msg, problems })
 }
 
 #[derive(Default)]
@@ -266,21 +225,12 @@ fn walk(
     }
     let ctype = part
         .content_type()
-        .map(|c| {
-            (
-                c.ctype().to_ascii_lowercase(),
-                c.subtype().unwrap_or("").to_ascii_lowercase(),
-            )
-        })
+        .map(|c| (c.ctype().to_ascii_lowercase(), c.subtype().unwrap_or("").to_ascii_lowercase()))
         .unwrap_or_else(|| ("text".into(), "plain".into()));
-    let disposition = part
-        .content_disposition()
-        .map(|d| d.ctype().to_ascii_lowercase());
+    let disposition = part.content_disposition().map(|d| d.ctype().to_ascii_lowercase());
     let is_attachment = disposition.as_deref() == Some("attachment");
     if part.is_encoding_problem {
-        problems.push(Problem::BadEncoding {
-            part: format!("{}/{}", ctype.0, ctype.1),
-        });
+        problems.push(Problem::BadEncoding { part: format!("{}/{}", ctype.0, ctype.1) });
     }
 
     match &part.body {
@@ -300,15 +250,9 @@ fn walk(
                 .content_type()
                 .and_then(|c| c.attribute("format"))
                 .is_some_and(|f| f.eq_ignore_ascii_case("flowed"));
-            let delsp = part
-                .content_type()
-                .and_then(|c| c.attribute("delsp"))
-                .is_some_and(|f| f.eq_ignore_ascii_case("yes"));
-            body.plain = Some(if flowed {
-                unflow(t, delsp)
-            } else {
-                t.to_string()
-            });
+            let delsp =
+                part.content_type().and_then(|c| c.attribute("delsp")).is_some_and(|f| f.eq_ignore_ascii_case("yes"));
+            body.plain = Some(if flowed { unflow(t, delsp) } else { t.to_string() });
         }
         PartType::Html(h) if !is_attachment && body.html.is_none() => {
             body.html = Some(h.to_string());
@@ -373,27 +317,15 @@ fn mailboxes(a: Option<&Address<'_>>) -> Vec<Mailbox> {
 
 fn ids(v: &HeaderValue<'_>) -> Vec<String> {
     match v {
-        HeaderValue::Text(t) => t
-            .split_whitespace()
-            .map(clean_id)
-            .filter(|s| !s.is_empty())
-            .collect(),
-        HeaderValue::TextList(l) => l
-            .iter()
-            .map(|s| clean_id(s))
-            .filter(|s| !s.is_empty())
-            .collect(),
+        HeaderValue::Text(t) => t.split_whitespace().map(clean_id).filter(|s| !s.is_empty()).collect(),
+        HeaderValue::TextList(l) => l.iter().map(|s| clean_id(s)).filter(|s| !s.is_empty()).collect(),
         _ => Vec::new(),
     }
 }
 
 /// Strips angle brackets and white space from a Message-ID or address.
 pub fn clean_id(s: &str) -> String {
-    s.trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .trim()
-        .to_owned()
+    s.trim().trim_start_matches('<').trim_end_matches('>').trim().to_owned()
 }
 
 fn is_address(s: &str) -> bool {
@@ -401,9 +333,7 @@ fn is_address(s: &str) -> bool {
         Some((local, domain)) => {
             !local.is_empty()
                 && !domain.is_empty()
-                && !s
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
         }
         None => false,
     }
@@ -411,9 +341,7 @@ fn is_address(s: &str) -> bool {
 
 /// A valid `Chat-Group-ID`: 11 to 32 base64url characters.
 pub fn is_group_id(s: &str) -> bool {
-    (11..=32).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (11..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A stable id for mail without Message-ID, so that seeing it twice is still one message.
@@ -426,12 +354,7 @@ fn derived_message_id(raw: &[u8]) -> String {
 
 fn sanitize_filename(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    base.chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    base.chars().filter(|c| !c.is_control()).take(200).collect::<String>().trim().to_owned()
 }
 
 fn default_name(mime: &str, n: usize) -> String {
@@ -460,14 +383,8 @@ mod tests {
         assert_eq!(parse(b"", &limits).unwrap_err(), ParseError::NotMime);
         assert!(parse(&[0xff, 0x00, 0x13, 0x37, 0x80], &limits).is_err());
         let big = format!("X-Big: {}\r\nFrom: a@b.c\r\n\r\nhi", "a".repeat(300 * 1024));
-        assert!(matches!(
-            parse(big.as_bytes(), &limits),
-            Err(ParseError::HeaderTooLarge(_))
-        ));
-        assert_eq!(
-            parse(b"Subject: x\r\n\r\nbody", &limits).unwrap_err(),
-            ParseError::MissingFrom
-        );
+        assert!(matches!(parse(big.as_bytes(), &limits), Err(ParseError::HeaderTooLarge(_))));
+        assert_eq!(parse(b"Subject: x\r\n\r\nbody", &limits).unwrap_err(), ParseError::MissingFrom);
     }
 
     #[test]
@@ -481,14 +398,8 @@ mod tests {
     #[test]
     fn report_fields_unfold() {
         let r = "Original-Message-ID: <a@b>\r\nAdditional-Message-IDs: <c@d>\r\n <e@f>\r\nDisposition: x";
-        assert_eq!(
-            report_field(r, "original-message-id").as_deref(),
-            Some("<a@b>")
-        );
-        assert_eq!(
-            report_field(r, "Additional-Message-IDs").as_deref(),
-            Some("<c@d> <e@f>")
-        );
+        assert_eq!(report_field(r, "original-message-id").as_deref(), Some("<a@b>"));
+        assert_eq!(report_field(r, "Additional-Message-IDs").as_deref(), Some("<c@d> <e@f>"));
     }
 
     #[test]

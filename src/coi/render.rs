@@ -1,9 +1,7 @@
 //! Renders a [`ChatMessage`] to MIME: message headers and a content tree, kept apart so the encryption layer can wrap the content.
 
 use super::message::{ChatMessage, GroupChange, Kind, Mailbox};
-use super::text::{
-    base64_lines, crlf, encode_display_name, encode_words, filename_param, fold_header,
-};
+use super::text::{base64_lines, crlf, encode_display_name, encode_words, filename_param, fold_header};
 
 /// One MIME part: its own headers and a body that is already transfer-encoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,10 +23,7 @@ pub enum PartBody {
 
 impl Part {
     fn leaf(headers: Vec<(String, String)>, body: Vec<u8>) -> Self {
-        Self {
-            headers,
-            body: PartBody::Leaf(body),
-        }
+        Self { headers, body: PartBody::Leaf(body) }
     }
 
     /// Writes headers, blank line and body.
@@ -102,19 +97,9 @@ pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
         add("In-Reply-To", format!("<{irt}>"));
     }
     if !msg.references.is_empty() {
-        add(
-            "References",
-            msg.references
-                .iter()
-                .map(|r| format!("<{r}>"))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        add("References", msg.references.iter().map(|r| format!("<{r}>")).collect::<Vec<_>>().join(" "));
     }
-    let subject = msg
-        .subject
-        .clone()
-        .unwrap_or_else(|| format!("Message from {}", msg.from.display()));
+    let subject = msg.subject.clone().unwrap_or_else(|| format!("Message from {}", msg.from.display()));
     add("Subject", encode_words(&subject));
     if msg.is_chat {
         add("Chat-Version", "1.0".into());
@@ -125,9 +110,7 @@ pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
         match &g.change {
             Some(GroupChange::MemberAdded(a)) => add("Chat-Group-Member-Added", a.clone()),
             Some(GroupChange::MemberRemoved(a)) => add("Chat-Group-Member-Removed", a.clone()),
-            Some(GroupChange::NameChanged { old }) => {
-                add("Chat-Group-Name-Changed", encode_words(old))
-            }
+            Some(GroupChange::NameChanged { old }) => add("Chat-Group-Name-Changed", encode_words(old)),
             None => {}
         }
     }
@@ -137,14 +120,7 @@ pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
     match &msg.kind {
         Kind::Edit { target } => add("Chat-Edit", format!("<{target}>")),
         Kind::Delete { targets } => {
-            add(
-                "Chat-Delete",
-                targets
-                    .iter()
-                    .map(|t| format!("<{t}>"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
+            add("Chat-Delete", targets.iter().map(|t| format!("<{t}>")).collect::<Vec<_>>().join(" "));
         }
         Kind::ReadReceipt { .. } => add("Auto-Submitted", "auto-replied".into()),
         Kind::Text | Kind::Reaction { .. } => {}
@@ -163,10 +139,7 @@ fn boundary(msg: &ChatMessage, n: u32) -> String {
 
 fn text_part(text: &str, disposition: Option<&str>) -> Part {
     let text = crlf(text);
-    let simple = text.is_ascii()
-        && text
-            .split("\r\n")
-            .all(|l| l.len() <= 998 && !l.starts_with("--"));
+    let simple = text.is_ascii() && text.split("\r\n").all(|l| l.len() <= 998 && !l.starts_with("--"));
     let mut headers = vec![("Content-Type".into(), "text/plain; charset=utf-8".into())];
     let body = if simple {
         headers.push(("Content-Transfer-Encoding".into(), "7bit".into()));
@@ -201,10 +174,7 @@ fn body_text(msg: &ChatMessage) -> String {
 pub fn content(msg: &ChatMessage) -> Part {
     match &msg.kind {
         Kind::Reaction { emoji } => text_part(emoji, Some("reaction")),
-        Kind::ReadReceipt {
-            original,
-            additional,
-        } => {
+        Kind::ReadReceipt { original, additional } => {
             let mut report = format!(
                 "Reporting-UA: coi-bridge\r\nOriginal-Recipient: rfc822;{me}\r\nFinal-Recipient: rfc822;{me}\r\n\
                  Original-Message-ID: <{original}>\r\nDisposition: manual-action/MDN-sent-automatically; displayed\r\n",
@@ -216,24 +186,16 @@ pub fn content(msg: &ChatMessage) -> Part {
             }
             let notice = text_part("This is a receipt notification.", None);
             let report = Part::leaf(
-                vec![(
-                    "Content-Type".into(),
-                    "message/disposition-notification".into(),
-                )],
+                vec![("Content-Type".into(), "message/disposition-notification".into())],
                 report.into_bytes(),
             );
             let b = boundary(msg, 0);
             Part {
                 headers: vec![(
                     "Content-Type".into(),
-                    format!(
-                        "multipart/report; report-type=disposition-notification; boundary=\"{b}\""
-                    ),
+                    format!("multipart/report; report-type=disposition-notification; boundary=\"{b}\""),
                 )],
-                body: PartBody::Multipart {
-                    boundary: b,
-                    parts: vec![notice, report],
-                },
+                body: PartBody::Multipart { boundary: b, parts: vec![notice, report] },
             }
         }
         Kind::Delete { .. } if msg.text.is_empty() => text_part("🚮", None),
@@ -251,14 +213,8 @@ pub fn content(msg: &ChatMessage) -> Part {
                 };
                 parts.push(Part::leaf(
                     vec![
-                        (
-                            "Content-Type".into(),
-                            format!("{mime}; {}", filename_param("name", &a.name)),
-                        ),
-                        (
-                            "Content-Disposition".into(),
-                            format!("attachment; {}", filename_param("filename", &a.name)),
-                        ),
+                        ("Content-Type".into(), format!("{mime}; {}", filename_param("name", &a.name))),
+                        ("Content-Disposition".into(), format!("attachment; {}", filename_param("filename", &a.name))),
                         ("Content-Transfer-Encoding".into(), "base64".into()),
                     ],
                     base64_lines(&a.data),
@@ -266,10 +222,7 @@ pub fn content(msg: &ChatMessage) -> Part {
             }
             let b = boundary(msg, 0);
             Part {
-                headers: vec![(
-                    "Content-Type".into(),
-                    format!("multipart/mixed; boundary=\"{b}\""),
-                )],
+                headers: vec![("Content-Type".into(), format!("multipart/mixed; boundary=\"{b}\""))],
                 body: PartBody::Multipart { boundary: b, parts },
             }
         }
@@ -322,32 +275,19 @@ mod tests {
                 mime: "image/png".into(),
                 data: vec![0x89, b'P', b'N', b'G', 0, 1, 2],
             },
-            Attachment {
-                name: "notes.txt".into(),
-                mime: "text/plain".into(),
-                data: b"line\r\n".to_vec(),
-            },
+            Attachment { name: "notes.txt".into(), mime: "text/plain".into(), data: b"line\r\n".to_vec() },
         ];
         let mut reaction = base();
-        reaction.kind = Kind::Reaction {
-            emoji: "👍".into()
-        };
+        reaction.kind = Kind::Reaction { emoji: "👍".into() };
         reaction.in_reply_to = Some("target@localhost".into());
         reaction.text = String::new();
         let mut edit = base();
-        edit.kind = Kind::Edit {
-            target: "target@localhost".into(),
-        };
+        edit.kind = Kind::Edit { target: "target@localhost".into() };
         let mut delete = base();
-        delete.kind = Kind::Delete {
-            targets: vec!["a@localhost".into(), "b@localhost".into()],
-        };
+        delete.kind = Kind::Delete { targets: vec!["a@localhost".into(), "b@localhost".into()] };
         delete.text = "🚮".into();
         let mut receipt = base();
-        receipt.kind = Kind::ReadReceipt {
-            original: "o@localhost".into(),
-            additional: vec!["p@localhost".into()],
-        };
+        receipt.kind = Kind::ReadReceipt { original: "o@localhost".into(), additional: vec!["p@localhost".into()] };
         receipt.text = "This is a receipt notification.".into();
 
         for msg in [base(), group, reaction, edit, delete, receipt] {
@@ -359,11 +299,7 @@ mod tests {
     fn lines_starting_with_dashes_do_not_break_multipart() {
         let mut msg = base();
         msg.text = "--=_coi0_x\n-- \nnot a footer".into();
-        msg.attachments = vec![Attachment {
-            name: "a".into(),
-            mime: "application/octet-stream".into(),
-            data: vec![1],
-        }];
+        msg.attachments = vec![Attachment { name: "a".into(), mime: "application/octet-stream".into(), data: vec![1] }];
         let back = round_trip(&msg);
         assert_eq!(back.attachments, msg.attachments);
         assert!(back.text.starts_with("--=_coi0_x"));

@@ -78,11 +78,7 @@ pub fn html_to_text(html: &str) -> String {
             break;
         };
         let tag = after[..gt].trim().to_ascii_lowercase();
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
+        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
         rest = &after[gt + 1..];
         if !tag.starts_with('/') && (name == "script" || name == "style") {
             let close = format!("</{name}");
@@ -92,10 +88,8 @@ pub fn html_to_text(html: &str) -> String {
             };
             continue;
         }
-        if matches!(
-            name.as_str(),
-            "br" | "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3" | "blockquote"
-        ) && !out.ends_with('\n')
+        if matches!(name.as_str(), "br" | "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3" | "blockquote")
+            && !out.ends_with('\n')
         {
             out.push('\n');
         }
@@ -255,10 +249,7 @@ mod tests {
 
     #[test]
     fn unflow_joins_soft_breaks_and_keeps_hard_ones() {
-        assert_eq!(
-            unflow("Hello \r\nworld\r\nnext", false),
-            "Hello world\nnext"
-        );
+        assert_eq!(unflow("Hello \r\nworld\r\nnext", false), "Hello world\nnext");
         assert_eq!(unflow("Hel \r\nlo", true), "Hello");
         assert_eq!(unflow(" >not a quote", false), ">not a quote");
         assert_eq!(unflow("text\r\n-- \r\nsig", false), "text\n-- \nsig");
@@ -266,14 +257,8 @@ mod tests {
 
     #[test]
     fn quote_is_split_only_when_followed_by_blank_line() {
-        assert_eq!(
-            split_quote("> first\n> second\n\nmy answer"),
-            (Some("first\nsecond".into()), "my answer".into())
-        );
-        assert_eq!(
-            split_quote("> only a quote"),
-            (Some("only a quote".into()), String::new())
-        );
+        assert_eq!(split_quote("> first\n> second\n\nmy answer"), (Some("first\nsecond".into()), "my answer".into()));
+        assert_eq!(split_quote("> only a quote"), (Some("only a quote".into()), String::new()));
         assert_eq!(split_quote(">x\ncontinues"), (None, ">x\ncontinues".into()));
         assert_eq!(split_quote("no quote"), (None, "no quote".into()));
     }
@@ -305,14 +290,8 @@ mod tests {
 
     #[test]
     fn filename_param_encodes_non_ascii() {
-        assert_eq!(
-            filename_param("filename", "a b.txt"),
-            "filename=\"a b.txt\""
-        );
-        assert_eq!(
-            filename_param("filename", "ä.txt"),
-            "filename*=utf-8''%C3%A4.txt"
-        );
+        assert_eq!(filename_param("filename", "a b.txt"), "filename=\"a b.txt\"");
+        assert_eq!(filename_param("filename", "ä.txt"), "filename*=utf-8''%C3%A4.txt");
     }
 
     #[test]

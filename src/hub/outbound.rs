@@ -24,53 +24,27 @@ impl Outbound {
     ///
     /// `From` is always the bridge's address. A different display name in `msg.from`
     /// (a relayed person) is kept, with `Sender:` set to the bridge.
-    pub async fn queue(
-        &self,
-        chat: ChatRef,
-        recipients: &[String],
-        mut msg: ChatMessage,
-    ) -> StoreResult<String> {
+    pub async fn queue(&self, chat: ChatRef, recipients: &[String], mut msg: ChatMessage) -> StoreResult<String> {
         if recipients.is_empty() {
-            return Err(StoreError::Fatal(format!(
-                "message for chat {} has no recipients",
-                chat.key
-            )));
+            return Err(StoreError::Fatal(format!("message for chat {} has no recipients", chat.key)));
         }
         if msg.message_id.is_empty() {
             msg.message_id = new_message_id();
         }
-        let relayed_name = msg
-            .from
-            .name
-            .take()
-            .filter(|n| Some(n) != self.me.name.as_ref());
-        msg.from = Mailbox {
-            addr: self.me.addr.clone(),
-            name: relayed_name.clone().or_else(|| self.me.name.clone()),
-        };
+        let relayed_name = msg.from.name.take().filter(|n| Some(n) != self.me.name.as_ref());
+        msg.from = Mailbox { addr: self.me.addr.clone(), name: relayed_name.clone().or_else(|| self.me.name.clone()) };
         if relayed_name.is_some() {
             msg.sender = Some(self.me.clone());
         }
         msg.is_chat = true;
-        msg.date
-            .get_or_insert_with(|| chrono::Utc::now().timestamp());
+        msg.date.get_or_insert_with(|| chrono::Utc::now().timestamp());
         if msg.to.is_empty() {
             msg.to = recipients.iter().map(|a| Mailbox::new(a, None)).collect();
         }
         let raw = render(&msg);
-        let envelope = Envelope {
-            from: self.me.addr.clone(),
-            to: recipients.to_vec(),
-        };
+        let envelope = Envelope { from: self.me.addr.clone(), to: recipients.to_vec() };
         let id = msg.message_id.clone();
-        self.store
-            .queue_outbound(&OutboundMail {
-                chat,
-                message: msg,
-                raw,
-                envelope,
-            })
-            .await?;
+        self.store.queue_outbound(&OutboundMail { chat, message: msg, raw, envelope }).await?;
         self.wake.notify_one();
         Ok(id)
     }

@@ -7,34 +7,17 @@ use crate::store::{ChatKind, ChatRef};
 /// (In-Reply-To/References); else the 1:1 chat with the other person.
 pub fn chat_for(msg: &ChatMessage, me: &str, parent: Option<ChatRef>) -> ChatRef {
     if let Some(g) = &msg.group {
-        return ChatRef {
-            kind: ChatKind::Group,
-            key: g.id.clone(),
-            name: g.name.clone(),
-        };
+        return ChatRef { kind: ChatKind::Group, key: g.id.clone(), name: g.name.clone() };
     }
     if let Some(parent) = parent {
         return parent;
     }
     if msg.from.addr == me {
         // Our own mail seen again (another device, or sent to ourselves).
-        let peer = msg
-            .to
-            .iter()
-            .chain(&msg.cc)
-            .find(|m| m.addr != me)
-            .unwrap_or(&msg.from);
-        return ChatRef {
-            kind: ChatKind::Single,
-            key: peer.addr.clone(),
-            name: peer.display().to_owned(),
-        };
+        let peer = msg.to.iter().chain(&msg.cc).find(|m| m.addr != me).unwrap_or(&msg.from);
+        return ChatRef { kind: ChatKind::Single, key: peer.addr.clone(), name: peer.display().to_owned() };
     }
-    ChatRef {
-        kind: ChatKind::Single,
-        key: msg.from.addr.clone(),
-        name: msg.from.display().to_owned(),
-    }
+    ChatRef { kind: ChatKind::Single, key: msg.from.addr.clone(), name: msg.from.display().to_owned() }
 }
 
 /// The Message-IDs to look up for the parent's chat, nearest first.
@@ -54,11 +37,8 @@ pub fn member_changes(msg: &ChatMessage, me: &str) -> (Vec<String>, Vec<String>)
         Some(GroupChange::MemberRemoved(a)) => vec![a.clone()],
         _ => Vec::new(),
     };
-    let mut added: Vec<String> = std::iter::once(&msg.from)
-        .chain(msg.to.iter())
-        .chain(msg.cc.iter())
-        .map(|m| m.addr.clone())
-        .collect();
+    let mut added: Vec<String> =
+        std::iter::once(&msg.from).chain(msg.to.iter()).chain(msg.cc.iter()).map(|m| m.addr.clone()).collect();
     if let Some(GroupChange::MemberAdded(a)) = msg.group.as_ref().and_then(|g| g.change.as_ref()) {
         added.push(a.clone());
     }
@@ -85,33 +65,18 @@ mod tests {
     #[test]
     fn group_id_wins_over_parent() {
         let mut m = msg("alice@x.org", &["me@x.org"]);
-        m.group = Some(Group {
-            id: "abcdefghijkl".into(),
-            name: "G".into(),
-            change: None,
-        });
-        let parent = ChatRef {
-            kind: ChatKind::Single,
-            key: "bob@x.org".into(),
-            name: "Bob".into(),
-        };
+        m.group = Some(Group { id: "abcdefghijkl".into(), name: "G".into(), change: None });
+        let parent = ChatRef { kind: ChatKind::Single, key: "bob@x.org".into(), name: "Bob".into() };
         assert_eq!(chat_for(&m, "me@x.org", Some(parent)).key, "abcdefghijkl");
     }
 
     #[test]
     fn parent_then_sender() {
         let m = msg("alice@x.org", &["me@x.org"]);
-        let parent = ChatRef {
-            kind: ChatKind::Group,
-            key: "grp".into(),
-            name: "G".into(),
-        };
+        let parent = ChatRef { kind: ChatKind::Group, key: "grp".into(), name: "G".into() };
         assert_eq!(chat_for(&m, "me@x.org", Some(parent.clone())), parent);
         let one = chat_for(&m, "me@x.org", None);
-        assert_eq!(
-            (one.kind, one.key.as_str(), one.name.as_str()),
-            (ChatKind::Single, "alice@x.org", "Alice")
-        );
+        assert_eq!((one.kind, one.key.as_str(), one.name.as_str()), (ChatKind::Single, "alice@x.org", "Alice"));
     }
 
     #[test]
@@ -129,10 +94,7 @@ mod tests {
             change: Some(GroupChange::MemberRemoved("carol@x.org".into())),
         });
         let (added, removed) = member_changes(&m, "me@x.org");
-        assert_eq!(
-            added,
-            vec!["alice@x.org".to_string(), "bob@x.org".to_string()]
-        );
+        assert_eq!(added, vec!["alice@x.org".to_string(), "bob@x.org".to_string()]);
         assert_eq!(removed, vec!["carol@x.org".to_string()]);
     }
 }

@@ -183,14 +183,9 @@ pub struct OutboxItem {
 /// The state of one outbox row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutboxState {
-    Pending {
-        attempts: u32,
-        last_error: Option<String>,
-    },
+    Pending { attempts: u32, last_error: Option<String> },
     Done,
-    Failed {
-        reason: String,
-    },
+    Failed { reason: String },
 }
 
 /// What the daemon needs from a store backend.
@@ -226,11 +221,7 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_done(&self, id: i64) -> StoreResult<()>;
     async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> StoreResult<()>;
     async fn outbox_failed(&self, id: i64, reason: &str) -> StoreResult<()>;
-    async fn outbox_state(
-        &self,
-        target: &str,
-        message_id: &str,
-    ) -> StoreResult<Option<OutboxState>>;
+    async fn outbox_state(&self, target: &str, message_id: &str) -> StoreResult<Option<OutboxState>>;
 
     // --- reading -----------------------------------------------------------------------
     async fn message(&self, message_id: &str) -> StoreResult<Option<StoredMessage>>;
@@ -244,16 +235,9 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store named by `url`. A relative SQLite path is taken relative to `state_dir`.
 pub async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         let path = Path::new(path);
-        let path = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            state_dir.join(path)
-        };
+        let path = if path.is_absolute() { path.to_path_buf() } else { state_dir.join(path) };
         let store = sqlite::SqliteStore::open(&path).await?;
         return Ok(Arc::new(store));
     }
@@ -262,7 +246,5 @@ pub async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dyn Store>>
             "store.url: the PostgreSQL backend is not part of this build yet; use \"sqlite://coi-bridge.db\""
         );
     }
-    anyhow::bail!(
-        "store.url: {url:?} is not a store URL; use \"sqlite://PATH\" (relative to the state dir)"
-    )
+    anyhow::bail!("store.url: {url:?} is not a store URL; use \"sqlite://PATH\" (relative to the state dir)")
 }

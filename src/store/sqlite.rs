@@ -11,9 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool, Transaction};
 
 use super::{
-    BatchOutcome, Chat, ChatKind, ChatRef, Direction, Envelope, ImapCursor, InboundMessage,
-    OutboundMail, OutboxItem, OutboxState, Rejected, Store, StoreError, StoreResult,
-    StoredAttachment, StoredMessage,
+    BatchOutcome, Chat, ChatKind, ChatRef, Direction, Envelope, ImapCursor, InboundMessage, OutboundMail, OutboxItem,
+    OutboxState, Rejected, Store, StoreError, StoreResult, StoredAttachment, StoredMessage,
 };
 use crate::coi::ChatMessage;
 
@@ -30,14 +29,10 @@ fn now() -> i64 {
 
 fn err(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::Database(db)
-            if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517")) =>
-        {
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517")) => {
             StoreError::Retry(e.to_string())
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Retry(e.to_string())
-        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => StoreError::Retry(e.to_string()),
         _ => StoreError::Fatal(e.to_string()),
     }
 }
@@ -63,19 +58,13 @@ impl SqliteStore {
             .await
             .with_context(|| format!("store: cannot open SQLite database {}", path.display()))?;
         let store = Self { pool };
-        store
-            .migrate()
-            .await
-            .with_context(|| format!("store: migrating {}", path.display()))?;
+        store.migrate().await.with_context(|| format!("store: migrating {}", path.display()))?;
         Ok(store)
     }
 
     /// The schema version applied.
     pub async fn schema_version(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query("PRAGMA user_version")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?)
+        Ok(sqlx::query("PRAGMA user_version").fetch_one(&self.pool).await?.try_get(0)?)
     }
 
     /// Applies pending migrations. `BEGIN IMMEDIATE` takes the write lock before the
@@ -94,10 +83,7 @@ impl SqliteStore {
                 );
             }
             for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-                sqlx::raw_sql(*sql)
-                    .execute(&mut *conn)
-                    .await
-                    .with_context(|| format!("migration {version:04}"))?;
+                sqlx::raw_sql(*sql).execute(&mut *conn).await.with_context(|| format!("migration {version:04}"))?;
                 // PRAGMA takes no bind parameters; the version is our own constant.
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {version}")))
                     .execute(&mut *conn)
@@ -119,10 +105,7 @@ impl SqliteStore {
         }
     }
 
-    async fn ensure_chat(
-        tx: &mut Transaction<'_, sqlx::Sqlite>,
-        chat: &ChatRef,
-    ) -> StoreResult<i64> {
+    async fn ensure_chat(tx: &mut Transaction<'_, sqlx::Sqlite>, chat: &ChatRef) -> StoreResult<i64> {
         let id: i64 = sqlx::query(
             "INSERT INTO chat (kind, key, name, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (kind, key) DO UPDATE SET name = CASE WHEN excluded.name != '' THEN excluded.name ELSE chat.name END
@@ -189,14 +172,12 @@ impl SqliteStore {
         remove: &[String],
     ) -> StoreResult<()> {
         for addr in add {
-            sqlx::query(
-                "INSERT INTO chat_member (chat_id, addr) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(chat_id)
-            .bind(addr)
-            .execute(&mut **tx)
-            .await
-            .map_err(err)?;
+            sqlx::query("INSERT INTO chat_member (chat_id, addr) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(chat_id)
+                .bind(addr)
+                .execute(&mut **tx)
+                .await
+                .map_err(err)?;
         }
         for addr in remove {
             sqlx::query("DELETE FROM chat_member WHERE chat_id = ? AND addr = ?")
@@ -211,29 +192,19 @@ impl SqliteStore {
 
     async fn load_message(&self, row: sqlx::sqlite::SqliteRow) -> StoreResult<StoredMessage> {
         let row_id: i64 = row.get("id");
-        let attachments = sqlx::query(
-            "SELECT name, mime, data FROM attachment WHERE message_row = ? ORDER BY idx",
-        )
-        .bind(row_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err)?
-        .into_iter()
-        .map(|a| StoredAttachment {
-            name: a.get(0),
-            mime: a.get(1),
-            data: a.get(2),
-        })
-        .collect();
+        let attachments = sqlx::query("SELECT name, mime, data FROM attachment WHERE message_row = ? ORDER BY idx")
+            .bind(row_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|a| StoredAttachment { name: a.get(0), mime: a.get(1), data: a.get(2) })
+            .collect();
         let direction: String = row.get("direction");
         Ok(StoredMessage {
             message_id: row.get("message_id"),
             chat_id: row.get("chat_id"),
-            direction: if direction == "out" {
-                Direction::Out
-            } else {
-                Direction::In
-            },
+            direction: if direction == "out" { Direction::Out } else { Direction::In },
             kind: row.get("kind"),
             from_addr: row.get("from_addr"),
             from_name: row.get("from_name"),
@@ -247,11 +218,7 @@ impl SqliteStore {
     fn chat_ref(row: &sqlx::sqlite::SqliteRow) -> ChatRef {
         let kind: String = row.get("kind");
         ChatRef {
-            kind: if kind == "group" {
-                ChatKind::Group
-            } else {
-                ChatKind::Single
-            },
+            kind: if kind == "group" { ChatKind::Group } else { ChatKind::Single },
             key: row.get("key"),
             name: row.get("name"),
         }
@@ -266,10 +233,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(err)?;
-        Ok(row.map(|r| ImapCursor {
-            uid_validity: r.get::<i64, _>(0) as u32,
-            last_uid: r.get::<i64, _>(1) as u32,
-        }))
+        Ok(row.map(|r| ImapCursor { uid_validity: r.get::<i64, _>(0) as u32, last_uid: r.get::<i64, _>(1) as u32 }))
     }
 
     async fn record_inbound(
@@ -285,22 +249,14 @@ impl Store for SqliteStore {
             let chat_id = Self::ensure_chat(&mut tx, &m.chat).await?;
             if Self::insert_message(&mut tx, chat_id, Direction::In, &m.message).await? {
                 out.recorded += 1;
-                Self::update_members(&mut tx, chat_id, &m.members_added, &m.members_removed)
-                    .await?;
+                Self::update_members(&mut tx, chat_id, &m.members_added, &m.members_removed).await?;
             } else {
                 out.duplicates += 1;
             }
         }
         for r in rejected {
-            let basis = if r.raw.is_empty() {
-                r.reason.as_bytes()
-            } else {
-                r.raw.as_slice()
-            };
-            let digest: String = sha2::Sha256::digest(basis)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let basis = if r.raw.is_empty() { r.reason.as_bytes() } else { r.raw.as_slice() };
+            let digest: String = sha2::Sha256::digest(basis).iter().map(|b| format!("{b:02x}")).collect();
             let res = sqlx::query(
                 "INSERT INTO rejected (digest, folder, uid, reason, raw, recorded_at) VALUES (?, ?, ?, ?, ?, ?)
                  ON CONFLICT (digest) DO NOTHING",
@@ -347,8 +303,7 @@ impl Store for SqliteStore {
     }
 
     async fn queue_outbound(&self, mail: &OutboundMail) -> StoreResult<()> {
-        let envelope =
-            serde_json::to_string(&mail.envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let envelope = serde_json::to_string(&mail.envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
         let mut tx = self.pool.begin().await.map_err(err)?;
         let chat_id = Self::ensure_chat(&mut tx, &mail.chat).await?;
         if Self::insert_message(&mut tx, chat_id, Direction::Out, &mail.message).await? {
@@ -407,24 +362,20 @@ impl Store for SqliteStore {
     }
 
     async fn next_outbox_due(&self, target: &str) -> StoreResult<Option<i64>> {
-        let row = sqlx::query(
-            "SELECT MIN(next_attempt_at) FROM outbox WHERE target = ? AND state = 'pending'",
-        )
-        .bind(target)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(err)?;
+        let row = sqlx::query("SELECT MIN(next_attempt_at) FROM outbox WHERE target = ? AND state = 'pending'")
+            .bind(target)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
         Ok(row.get(0))
     }
 
     async fn outbox_done(&self, id: i64) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE outbox SET state = 'done', payload = x'', attempts = attempts + 1 WHERE id = ?",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(err)?;
+        sqlx::query("UPDATE outbox SET state = 'done', payload = x'', attempts = attempts + 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
         Ok(())
     }
 
@@ -449,31 +400,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn outbox_state(
-        &self,
-        target: &str,
-        message_id: &str,
-    ) -> StoreResult<Option<OutboxState>> {
-        let row = sqlx::query(
-            "SELECT state, attempts, last_error FROM outbox WHERE target = ? AND message_id = ?",
-        )
-        .bind(target)
-        .bind(message_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(err)?;
+    async fn outbox_state(&self, target: &str, message_id: &str) -> StoreResult<Option<OutboxState>> {
+        let row = sqlx::query("SELECT state, attempts, last_error FROM outbox WHERE target = ? AND message_id = ?")
+            .bind(target)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
         Ok(row.map(|r| {
             let state: String = r.get(0);
             let last_error: Option<String> = r.get(2);
             match state.as_str() {
                 "done" => OutboxState::Done,
-                "failed" => OutboxState::Failed {
-                    reason: last_error.unwrap_or_default(),
-                },
-                _ => OutboxState::Pending {
-                    attempts: r.get::<i64, _>(1) as u32,
-                    last_error,
-                },
+                "failed" => OutboxState::Failed { reason: last_error.unwrap_or_default() },
+                _ => OutboxState::Pending { attempts: r.get::<i64, _>(1) as u32, last_error },
             }
         }))
     }
@@ -508,13 +448,7 @@ impl Store for SqliteStore {
             .map(|r| r.get(0))
             .collect();
         let r = Self::chat_ref(&row);
-        Ok(Some(Chat {
-            id,
-            kind: r.kind,
-            key: r.key,
-            name: r.name,
-            members,
-        }))
+        Ok(Some(Chat { id, kind: r.kind, key: r.key, name: r.name, members }))
     }
 
     async fn chats(&self) -> StoreResult<Vec<Chat>> {
@@ -548,11 +482,7 @@ impl Store for SqliteStore {
     }
 
     async fn rejected_count(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM rejected")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err)?
-            .get(0);
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM rejected").fetch_one(&self.pool).await.map_err(err)?.get(0);
         Ok(n as u64)
     }
 }

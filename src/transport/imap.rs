@@ -1,6 +1,5 @@
 //! The IMAP side of the transport: log in, fetch new UIDs in batches, IDLE, and reconnect with backoff after any error.
 
-use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,8 @@ pub type Session = async_imap::Session<Box<dyn Io>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one command (FETCH of a batch, SEARCH) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes downloaded per batch at most (one larger mail still gets its own batch).
+const MAX_BATCH_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What the IMAP side needs to know, resolved from the config.
 #[derive(Clone, Debug)]
@@ -65,13 +66,7 @@ impl ImapSettings {
 pub async fn connect(s: &ImapSettings) -> anyhow::Result<Session> {
     tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(s))
         .await
-        .map_err(|_| {
-            anyhow!(
-                "IMAP {}:{}: no answer within {CONNECT_TIMEOUT:?}",
-                s.host,
-                s.port
-            )
-        })?
+        .map_err(|_| anyhow!("IMAP {}:{}: no answer within {CONNECT_TIMEOUT:?}", s.host, s.port))?
 }
 
 async fn connect_inner(s: &ImapSettings) -> anyhow::Result<Session> {
@@ -121,11 +116,7 @@ pub struct ImapWorker {
 
 impl ImapWorker {
     pub fn new(settings: ImapSettings, ingest: Arc<Ingest>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            settings,
-            ingest,
-            metrics,
-        }
+        Self { settings, ingest, metrics }
     }
 
     /// Runs until `shutdown`; every error leads to a reconnect after a growing, jittered pause.
@@ -152,19 +143,12 @@ impl ImapWorker {
         }
     }
 
-    async fn session(
-        &self,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> anyhow::Result<()> {
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
         let s = &self.settings;
         let mut session = connect(s).await?;
-        let mailbox = timed(session.select(&s.folder))
-            .await?
-            .with_context(|| format!("SELECT {}", s.folder))?;
-        let uid_validity = mailbox
-            .uid_validity
-            .ok_or_else(|| anyhow!("server sent no UIDVALIDITY for {}", s.folder))?;
+        let mailbox = timed(session.select(&s.folder)).await?.with_context(|| format!("SELECT {}", s.folder))?;
+        let uid_validity =
+            mailbox.uid_validity.ok_or_else(|| anyhow!("server sent no UIDVALIDITY for {}", s.folder))?;
         tracing::info!(host = %s.host, folder = %s.folder, uid_validity, exists = mailbox.exists, "IMAP connected");
         self.metrics.imap_connected.set(1);
         backoff.reset();
@@ -201,30 +185,27 @@ impl ImapWorker {
                     folder = %s.folder, old = c.uid_validity, new = uid_validity,
                     "UIDVALIDITY changed: the mailbox was recreated; fetching it again, known messages are skipped by Message-ID"
                 );
-                self.ingest
-                    .advance(
-                        &s.folder,
-                        ImapCursor {
-                            uid_validity,
-                            last_uid: 0,
-                        },
-                    )
-                    .await?;
+                self.ingest.advance(&s.folder, ImapCursor { uid_validity, last_uid: 0 }).await?;
                 0
             }
             None => 0,
         };
-        let found =
-            timed(session.uid_search(format!("UID {}:*", last.saturating_add(1)))).await??;
-        let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > last).collect();
-        uids.sort_unstable();
-        for chunk in uids.chunks(s.batch_size as usize) {
-            let fetched = self.fetch(session, chunk).await?;
-            let new_last = chunk.iter().copied().max().unwrap_or(last);
-            let cursor = ImapCursor {
-                uid_validity,
-                last_uid: new_last,
-            };
+        let set = format!("{}:*", last.saturating_add(1));
+        let sizes: Vec<_> =
+            timed(async { session.uid_fetch(&set, "(UID RFC822.SIZE)").await?.try_collect::<Vec<_>>().await })
+                .await??;
+        let mut new: Vec<(u32, u64)> = sizes
+            .iter()
+            .filter_map(|f| Some((f.uid?, u64::from(f.size.unwrap_or(0)))))
+            .filter(|(uid, _)| *uid > last)
+            .collect();
+        drop(sizes);
+        new.sort_unstable();
+        new.dedup_by_key(|(uid, _)| *uid);
+        for batch in plan_batches(&new, s.batch_size as usize, MAX_BATCH_BYTES, s.max_message_bytes) {
+            let fetched = self.fetch(session, &batch).await?;
+            let new_last = batch.last().map_or(last, |(uid, _)| *uid);
+            let cursor = ImapCursor { uid_validity, last_uid: new_last };
             let outcome = self.ingest.batch(&s.folder, cursor, fetched).await?;
             tracing::debug!(?outcome, last_uid = new_last, "batch recorded");
             last = new_last;
@@ -232,51 +213,23 @@ impl ImapWorker {
         Ok(())
     }
 
-    async fn fetch(&self, session: &mut Session, uids: &[u32]) -> anyhow::Result<Vec<Fetched>> {
-        let set = uid_set(uids);
-        let sizes: Vec<_> = timed(async {
-            session
-                .uid_fetch(&set, "(UID RFC822.SIZE)")
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .await??;
-        let mut oversize = HashSet::new();
-        let mut out = Vec::with_capacity(uids.len());
-        for f in &sizes {
-            if let (Some(uid), Some(size)) = (f.uid, f.size)
-                && u64::from(size) > self.settings.max_message_bytes
-            {
-                oversize.insert(uid);
-                out.push(Fetched {
-                    uid,
-                    raw: Vec::new(),
-                    oversize: Some(u64::from(size)),
-                });
-            }
-        }
-        let wanted: Vec<u32> = uids
+    /// Downloads one planned batch; mails over the size limit are passed on without body.
+    async fn fetch(&self, session: &mut Session, batch: &[(u32, u64)]) -> anyhow::Result<Vec<Fetched>> {
+        let max = self.settings.max_message_bytes;
+        let mut out: Vec<Fetched> = batch
             .iter()
-            .copied()
-            .filter(|u| !oversize.contains(u))
+            .filter(|(_, size)| *size > max)
+            .map(|&(uid, size)| Fetched { uid, raw: Vec::new(), oversize: Some(size) })
             .collect();
+        let wanted: Vec<u32> = batch.iter().filter(|(_, size)| *size <= max).map(|(uid, _)| *uid).collect();
         if !wanted.is_empty() {
             let bodies: Vec<_> = timed(async {
-                session
-                    .uid_fetch(uid_set(&wanted), "(UID BODY.PEEK[])")
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await
+                session.uid_fetch(uid_set(&wanted), "(UID BODY.PEEK[])").await?.try_collect::<Vec<_>>().await
             })
             .await??;
             for f in bodies {
                 if let (Some(uid), Some(body)) = (f.uid, f.body()) {
-                    out.push(Fetched {
-                        uid,
-                        raw: body.to_vec(),
-                        oversize: None,
-                    });
+                    out.push(Fetched { uid, raw: body.to_vec(), oversize: None });
                 }
             }
         }
@@ -284,6 +237,28 @@ impl ImapWorker {
         out.sort_by_key(|f| f.uid);
         Ok(out)
     }
+}
+
+/// Splits new mail (uid, size) into batches of at most `max_count` mails and about
+/// `max_bytes` (a single larger mail gets a batch of its own). Mails over `max_message`
+/// are not downloaded and cost nothing.
+fn plan_batches(mails: &[(u32, u64)], max_count: usize, max_bytes: u64, max_message: u64) -> Vec<Vec<(u32, u64)>> {
+    let mut out: Vec<Vec<(u32, u64)>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0u64;
+    for &(uid, size) in mails {
+        let cost = if size > max_message { 0 } else { size };
+        if !current.is_empty() && (current.len() >= max_count.max(1) || bytes + cost > max_bytes) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        current.push((uid, size));
+        bytes += cost;
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 /// `1,2,3,7` as `1:3,7`.
@@ -297,11 +272,7 @@ fn uid_set(uids: &[u32]) -> String {
             i += 1;
             end = uids[i];
         }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}:{end}")
-        });
+        parts.push(if start == end { start.to_string() } else { format!("{start}:{end}") });
         i += 1;
     }
     parts.join(",")
@@ -315,7 +286,15 @@ async fn timed<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use super::uid_set;
+    use super::{plan_batches, uid_set};
+
+    #[test]
+    fn batches_respect_count_bytes_and_oversize() {
+        let mails = [(1, 10), (2, 10), (3, 10), (4, 100), (5, 5), (6, 1_000)];
+        let b = plan_batches(&mails, 2, 25, 500);
+        assert_eq!(b, vec![vec![(1, 10), (2, 10)], vec![(3, 10)], vec![(4, 100)], vec![(5, 5), (6, 1_000)]]);
+        assert!(plan_batches(&[], 5, 5, 5).is_empty());
+    }
 
     #[test]
     fn uid_sets_compress_runs() {

@@ -51,21 +51,13 @@ pub fn transport(loaded: &Loaded) -> anyhow::Result<Transport> {
     let c = &loaded.config.smtp;
     let mut tls = TlsParameters::builder(c.host.clone());
     if let Some(ca) = &c.ca_file {
-        let pem = std::fs::read(ca)
-            .with_context(|| format!("smtp.ca_file: cannot read {}", ca.display()))?;
+        let pem = std::fs::read(ca).with_context(|| format!("smtp.ca_file: cannot read {}", ca.display()))?;
         let cert = Certificate::from_pem(&pem)
             .with_context(|| format!("smtp.ca_file: {} is not a PEM certificate", ca.display()))?;
         tls = tls.add_root_certificate(cert);
     }
     let tls = tls.build_rustls().context("smtp: TLS setup")?;
-    let domain = loaded
-        .config
-        .account
-        .address
-        .rsplit('@')
-        .next()
-        .unwrap_or("localhost")
-        .to_owned();
+    let domain = loaded.config.account.address.rsplit('@').next().unwrap_or("localhost").to_owned();
     let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host)
         .port(c.port())
         .hello_name(ClientId::Domain(domain))
@@ -109,20 +101,12 @@ impl SmtpWorker {
         on_failure: FailureHook,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self {
-            transport,
-            store,
-            policy,
-            wake,
-            on_failure,
-            metrics,
-        }
+        Self { transport, store, policy, wake, on_failure, metrics }
     }
 
     /// Runs until `shutdown`. A delivery in flight is finished first.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut store_backoff =
-            backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let mut store_backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -146,18 +130,14 @@ impl SmtpWorker {
                     Some(at) => Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64),
                     None => Duration::from_secs(3600),
                 };
-                self.pause(&shutdown, pause.max(Duration::from_millis(50)))
-                    .await;
+                self.pause(&shutdown, pause.max(Duration::from_millis(50))).await;
                 continue;
             }
             // Heads of different chats go out in parallel; each chat's next item waits for
             // its head, so order per chat holds.
             // Retried rows get a later next_attempt_at, so the next round does not spin.
-            let _: Vec<Outcome> = futures::stream::iter(due)
-                .map(|item| self.deliver(item))
-                .buffer_unordered(PARALLEL)
-                .collect()
-                .await;
+            let _: Vec<Outcome> =
+                futures::stream::iter(due).map(|item| self.deliver(item)).buffer_unordered(PARALLEL).collect().await;
         }
     }
 
@@ -183,30 +163,19 @@ impl SmtpWorker {
                     // Sent but not marked: it will be sent again; receivers dedupe by Message-ID.
                     tracing::error!(error = %e, message_id = %item.message_id, "sent, but could not mark the outbox row");
                 }
-                self.metrics
-                    .outbox
-                    .with_label_values(&[SMTP_TARGET, "sent"])
-                    .inc();
+                self.metrics.outbox.with_label_values(&[SMTP_TARGET, "sent"]).inc();
                 tracing::info!(message_id = %item.message_id, chat_id = item.chat_id, attempts = item.attempts + 1, "mail sent");
                 Outcome::Sent
             }
-            Err(e) if e.is_permanent() => {
-                self.fail(&item, format!("rejected by the SMTP server: {e}"))
-                    .await
-            }
+            Err(e) if e.is_permanent() => self.fail(&item, format!("rejected by the SMTP server: {e}")).await,
             Err(e) => {
                 let attempts = item.attempts + 1;
                 if attempts >= self.policy.max_attempts {
-                    return self
-                        .fail(&item, format!("gave up after {attempts} attempts: {e}"))
-                        .await;
+                    return self.fail(&item, format!("gave up after {attempts} attempts: {e}")).await;
                 }
                 let pause = backoff::delay(self.policy.base, self.policy.max_delay, item.attempts);
                 let next = chrono::Utc::now().timestamp() + pause.as_secs().max(1) as i64;
-                self.metrics
-                    .outbox
-                    .with_label_values(&[SMTP_TARGET, "retry"])
-                    .inc();
+                self.metrics.outbox.with_label_values(&[SMTP_TARGET, "retry"]).inc();
                 tracing::warn!(message_id = %item.message_id, attempts, retry_in = ?pause, error = %e, "mail not sent; will retry");
                 if let Err(se) = self.store.outbox_retry(item.id, next, &e.to_string()).await {
                     tracing::error!(error = %se, "could not record the retry");
@@ -217,28 +186,19 @@ impl SmtpWorker {
     }
 
     async fn fail(&self, item: &OutboxItem, reason: String) -> Outcome {
-        self.metrics
-            .outbox
-            .with_label_values(&[SMTP_TARGET, "failed"])
-            .inc();
+        self.metrics.outbox.with_label_values(&[SMTP_TARGET, "failed"]).inc();
         tracing::error!(message_id = %item.message_id, chat_id = item.chat_id, reason = %reason, "mail failed for good; telling the origin side");
         if let Err(e) = self.store.outbox_failed(item.id, &reason).await {
             tracing::error!(error = %e, "could not record the failure");
         }
-        (self.on_failure)(FailedDelivery {
-            message_id: item.message_id.clone(),
-            chat_id: item.chat_id,
-            reason,
-        });
+        (self.on_failure)(FailedDelivery { message_id: item.message_id.clone(), chat_id: item.chat_id, reason });
         Outcome::Failed
     }
 }
 
 fn envelope(from: &str, to: &[String]) -> anyhow::Result<LettreEnvelope> {
     let from = from.parse().with_context(|| format!("sender {from:?}"))?;
-    let to = to
-        .iter()
-        .map(|t| t.parse().with_context(|| format!("recipient {t:?}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let to =
+        to.iter().map(|t| t.parse().with_context(|| format!("recipient {t:?}"))).collect::<anyhow::Result<Vec<_>>>()?;
     Ok(LettreEnvelope::new(Some(from), to)?)
 }

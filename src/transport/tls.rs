@@ -23,9 +23,7 @@ pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::Clien
             anyhow::bail!("ca_file {}: holds no certificate", path.display());
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .with_context(|| format!("ca_file {}: certificate rejected", path.display()))?;
+            roots.add(cert).with_context(|| format!("ca_file {}: certificate rejected", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -43,10 +41,7 @@ pub async fn wrap(
     host: &str,
     tcp: TcpStream,
 ) -> anyhow::Result<TlsStream<TcpStream>> {
-    let name = ServerName::try_from(host.to_owned())
-        .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
-    TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .with_context(|| format!("TLS handshake with {host} failed"))
+    let name =
+        ServerName::try_from(host.to_owned()).with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+    TlsConnector::from(config).connect(name, tcp).await.with_context(|| format!("TLS handshake with {host} failed"))
 }

@@ -42,8 +42,7 @@ pub fn servers_available() -> bool {
     if have("dovecot") && have(POSTFIX_MASTER) {
         return true;
     }
-    let msg =
-        "Dovecot/Postfix not installed: run `bash tests/servers/install.sh` (or `bash tests/run`)";
+    let msg = "Dovecot/Postfix not installed: run `bash tests/servers/install.sh` (or `bash tests/run`)";
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}");
     }
@@ -95,18 +94,12 @@ impl MailServer {
             let k = NEXT_BASE.fetch_add(1, Ordering::SeqCst);
             assert!(k < 50, "no free port range for a mail server");
             let base = 10_000 + 1_000 * k;
-            if [24, 25, 26, 143, 587, 993]
-                .iter()
-                .all(|o| port_free(base + o))
-            {
+            if [24, 25, 26, 143, 587, 993].iter().all(|o| port_free(base + o)) {
                 break base;
             }
         };
         // Under the system temp dir: the mail and postfix users must be able to traverse it.
-        let tmp = tempfile::Builder::new()
-            .prefix("coi-mail-")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
+        let tmp = tempfile::Builder::new().prefix("coi-mail-").tempdir_in("/tmp").expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let out = Command::new("bash")
             .arg(repo().join("tests/servers/mail-config.sh"))
@@ -114,18 +107,8 @@ impl MailServer {
             .arg(base.to_string())
             .output()
             .expect("run mail-config.sh");
-        assert!(
-            out.status.success(),
-            "mail-config.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut s = Self {
-            dir,
-            base,
-            dovecot: None,
-            postfix: None,
-            _tmp: tmp,
-        };
+        assert!(out.status.success(), "mail-config.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut s = Self { dir, base, dovecot: None, postfix: None, _tmp: tmp };
         s.start_dovecot();
         s.start_postfix();
         Some(s)
@@ -148,11 +131,7 @@ impl MailServer {
     }
 
     fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("log").join(name))
-            .expect("log file")
+        std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("log").join(name)).expect("log file")
     }
 
     pub fn start_dovecot(&mut self) {
@@ -218,27 +197,21 @@ impl MailServer {
 
     /// Plain SMTP (port B+25, no auth, as an MX would see it).
     pub async fn deliver(&self, from: &str, to: &[&str], raw: &[u8]) {
-        let transport =
-            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("127.0.0.1")
-                .port(self.smtp_port())
-                .tls(lettre::transport::smtp::client::Tls::None)
-                .build();
+        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(self.smtp_port())
+            .tls(lettre::transport::smtp::client::Tls::None)
+            .build();
         let env = lettre::address::Envelope::new(
             Some(from.parse().expect("from")),
             to.iter().map(|t| t.parse().expect("to")).collect(),
         )
         .expect("envelope");
-        transport
-            .send_raw(&env, raw)
-            .await
-            .expect("SMTP delivery to the test server");
+        transport.send_raw(&env, raw).await.expect("SMTP delivery to the test server");
     }
 
     /// Logs in over plain IMAP as `user@example.org` (password `user-secret`).
     pub async fn imap(&self, user: &str) -> async_imap::Session<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.imap_port()))
-            .await
-            .expect("imap connect");
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.imap_port())).await.expect("imap connect");
         let mut client = async_imap::Client::new(tcp);
         client.read_response().await.expect("greeting");
         client
@@ -271,10 +244,7 @@ impl MailServer {
             .await
             .expect("fetch stream");
         fetched.sort_by_key(|f| f.uid);
-        let out = fetched
-            .iter()
-            .filter_map(|f| f.body().map(<[u8]>::to_vec))
-            .collect();
+        let out = fetched.iter().filter_map(|f| f.body().map(<[u8]>::to_vec)).collect();
         drop(fetched);
         s.logout().await.ok();
         out
@@ -342,35 +312,18 @@ pub struct Daemon {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Writes a config for the bridge account on `server`; `extra` is appended to `[imap]`.
-pub fn write_config(
-    server: &MailServer,
-    state: &Path,
-    link: Link,
-    imap_extra: &str,
-    http_port: u16,
-) -> PathBuf {
+pub fn write_config(server: &MailServer, state: &Path, link: Link, imap_extra: &str, http_port: u16) -> PathBuf {
     let (imap, smtp) = match link {
         Link::Plain => (
             format!("port = {}\nsecurity = \"plain\"", server.imap_port()),
-            format!(
-                "port = {}\nsecurity = \"plain\"\nauth = false",
-                server.smtp_port()
-            ),
+            format!("port = {}\nsecurity = \"plain\"\nauth = false", server.smtp_port()),
         ),
         Link::Tls => (
-            format!(
-                "port = {}\nsecurity = \"tls\"\nca_file = \"{}\"",
-                server.imaps_port(),
-                server.ca_file().display()
-            ),
+            format!("port = {}\nsecurity = \"tls\"\nca_file = \"{}\"", server.imaps_port(), server.ca_file().display()),
             format!(
                 "port = {}\nsecurity = \"starttls\"\nca_file = \"{}\"",
                 server.submission_port(),
@@ -402,23 +355,13 @@ impl Daemon {
     pub fn start(server: &MailServer, state: &Path, link: Link, imap_extra: &str) -> Self {
         let http_port = free_port();
         let config = write_config(server, state, link, imap_extra, http_port);
-        let mut d = Self {
-            child: None,
-            state: state.to_path_buf(),
-            config,
-            http_port,
-            log: state.join("daemon.log"),
-        };
+        let mut d = Self { child: None, state: state.to_path_buf(), config, http_port, log: state.join("daemon.log") };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("daemon log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("daemon log");
         let child = Command::new(Self::bin())
             .args(["run", "--config"])
             .arg(&self.config)
@@ -456,10 +399,7 @@ impl Daemon {
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!(
-            "daemon did not stop within 40 s after SIGTERM; log: {}",
-            self.log_text()
-        );
+        panic!("daemon did not stop within 40 s after SIGTERM; log: {}", self.log_text());
     }
 
     /// SIGKILL: a crash.
@@ -471,9 +411,7 @@ impl Daemon {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log_text(&self) -> String {
@@ -483,23 +421,15 @@ impl Daemon {
     /// GET a path on the daemon's HTTP listener.
     pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
             .await
             .ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
         Some((status, body))
     }
 
@@ -507,11 +437,7 @@ impl Daemon {
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            assert!(
-                self.is_running(),
-                "daemon exited; log:\n{}",
-                self.log_text()
-            );
+            assert!(self.is_running(), "daemon exited; log:\n{}", self.log_text());
             if let Some((200, _)) = self.http_get("/ready").await {
                 return;
             }
@@ -553,10 +479,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

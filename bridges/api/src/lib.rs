@@ -197,10 +197,7 @@ pub enum Outgoing {
 pub enum DeliverError {
     /// Try again later (network error, 5xx, rate limit). `after` is the server's hint.
     #[error("temporary failure: {reason}")]
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
+    Retry { reason: String, after: Option<Duration> },
     /// Will never succeed (room gone, message too large): log, notify the origin, drop.
     #[error("permanent failure: {0}")]
     Permanent(String),
@@ -263,6 +260,5 @@ pub trait Bridge: Send + Sync + 'static {
     /// Connects, listens and submits events until `cx.shutdown` is cancelled.
     async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError>;
     /// Posts one item to a remote chat and returns its remote id.
-    async fn deliver(&self, to: &RemoteChatId, msg: &Outgoing)
-    -> Result<RemoteMsgId, DeliverError>;
+    async fn deliver(&self, to: &RemoteChatId, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError>;
 }

@@ -90,19 +90,11 @@ pub struct MemoryState(Mutex<HashMap<String, String>>);
 #[async_trait]
 impl BridgeState for MemoryState {
     async fn get(&self, key: &str) -> Result<Option<String>, SubmitError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned())
+        Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned())
     }
 
     async fn set(&self, key: &str, value: &str) -> Result<(), SubmitError> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_owned(), value.to_owned());
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned(), value.to_owned());
         Ok(())
     }
 }
@@ -116,10 +108,7 @@ mod tests {
         RemoteEvent::Message {
             chat: RemoteChatId::from("room"),
             id: RemoteMsgId(n.to_string()),
-            sender: Person {
-                id: "u".into(),
-                display_name: "U".into(),
-            },
+            sender: Person { id: "u".into(), display_name: "U".into() },
             text: format!("hello {n}"),
             attachments: vec![],
             reply_to: None,
@@ -131,17 +120,11 @@ mod tests {
         let hub = FakeHub::new();
         let id = BridgeId::from("b");
         hub.fail_next(1);
-        assert!(matches!(
-            hub.submit(&id, msg(1)).await,
-            Err(SubmitError::Retry(_))
-        ));
+        assert!(matches!(hub.submit(&id, msg(1)).await, Err(SubmitError::Retry(_))));
         hub.submit(&id, msg(1)).await.expect("second try accepted");
         hub.submit(&id, msg(2)).await.expect("accepted");
         let events = hub.wait_for(2).await;
-        assert_eq!(
-            events.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
-            vec![msg(1), msg(2)]
-        );
+        assert_eq!(events.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), vec![msg(1), msg(2)]);
         assert_eq!(hub.refused(), 1);
     }
 

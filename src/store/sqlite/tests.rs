@@ -7,18 +7,12 @@ use coi_bridge_api::Attachment;
 
 async fn fresh() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&dir.path().join("s.db"))
-        .await
-        .expect("open");
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.expect("open");
     (dir, store)
 }
 
 fn chat(key: &str) -> ChatRef {
-    ChatRef {
-        kind: ChatKind::Single,
-        key: key.into(),
-        name: key.into(),
-    }
+    ChatRef { kind: ChatKind::Single, key: key.into(), name: key.into() }
 }
 
 fn inbound(uid: u32, id: &str, chat_key: &str) -> InboundMessage {
@@ -51,10 +45,7 @@ fn outbound(id: &str, chat_key: &str) -> OutboundMail {
             ..ChatMessage::default()
         },
         raw: format!("raw {id}").into_bytes(),
-        envelope: Envelope {
-            from: "me@x.org".into(),
-            to: vec![chat_key.into()],
-        },
+        envelope: Envelope { from: "me@x.org".into(), to: vec![chat_key.into()] },
     }
 }
 
@@ -69,85 +60,39 @@ async fn migrations_are_applied_once_and_newer_schemas_refused() {
     // Reopening applies nothing and keeps the data.
     let s = SqliteStore::open(&path).await.expect("reopen");
     assert_eq!(s.schema_version().await.expect("version"), latest);
-    sqlx::raw_sql("PRAGMA user_version = 999")
-        .execute(&s.pool)
-        .await
-        .expect("bump");
+    sqlx::raw_sql("PRAGMA user_version = 999").execute(&s.pool).await.expect("bump");
     drop(s);
-    let err = SqliteStore::open(&path)
-        .await
-        .err()
-        .expect("newer schema refused");
-    assert!(
-        format!("{err:#}").contains("newer than this coi-bridge knows"),
-        "{err:#}"
-    );
+    let err = SqliteStore::open(&path).await.err().expect("newer schema refused");
+    assert!(format!("{err:#}").contains("newer than this coi-bridge knows"), "{err:#}");
 }
 
 #[tokio::test]
 async fn batch_and_cursor_commit_together_and_dedupe_by_message_id() {
     let (_d, s) = fresh().await;
-    let c1 = ImapCursor {
-        uid_validity: 7,
-        last_uid: 2,
-    };
+    let c1 = ImapCursor { uid_validity: 7, last_uid: 2 };
     let out = s
-        .record_inbound(
-            "INBOX",
-            c1,
-            &[inbound(1, "a@x", "p@x.org"), inbound(2, "b@x", "p@x.org")],
-            &[],
-        )
+        .record_inbound("INBOX", c1, &[inbound(1, "a@x", "p@x.org"), inbound(2, "b@x", "p@x.org")], &[])
         .await
         .expect("record");
-    assert_eq!(
-        out,
-        BatchOutcome {
-            recorded: 2,
-            duplicates: 0,
-            rejected: 0
-        }
-    );
+    assert_eq!(out, BatchOutcome { recorded: 2, duplicates: 0, rejected: 0 });
     assert_eq!(s.imap_cursor("INBOX").await.expect("cursor"), Some(c1));
 
     // The same mail again (a resync after UIDVALIDITY changed) is recognised.
-    let c2 = ImapCursor {
-        uid_validity: 8,
-        last_uid: 1,
-    };
-    let out = s
-        .record_inbound("INBOX", c2, &[inbound(1, "a@x", "p@x.org")], &[])
-        .await
-        .expect("record");
-    assert_eq!(
-        out,
-        BatchOutcome {
-            recorded: 0,
-            duplicates: 1,
-            rejected: 0
-        }
-    );
+    let c2 = ImapCursor { uid_validity: 8, last_uid: 1 };
+    let out = s.record_inbound("INBOX", c2, &[inbound(1, "a@x", "p@x.org")], &[]).await.expect("record");
+    assert_eq!(out, BatchOutcome { recorded: 0, duplicates: 1, rejected: 0 });
     assert_eq!(s.imap_cursor("INBOX").await.expect("cursor"), Some(c2));
 
     let m = s.message("a@x").await.expect("read").expect("present");
     assert_eq!(m.text, "text of a@x");
     assert_eq!(
         m.attachments,
-        vec![StoredAttachment {
-            name: "a.bin".into(),
-            mime: "application/octet-stream".into(),
-            data: vec![1, 2, 3]
-        }]
+        vec![StoredAttachment { name: "a.bin".into(), mime: "application/octet-stream".into(), data: vec![1, 2, 3] }]
     );
     let chats = s.chats().await.expect("chats");
     assert_eq!(chats.len(), 1);
     assert_eq!(chats[0].members, vec!["p@x.org".to_string()]);
-    assert_eq!(
-        s.chat_of_any(&["nope".into(), "b@x".into()])
-            .await
-            .expect("lookup"),
-        Some(chat("p@x.org"))
-    );
+    assert_eq!(s.chat_of_any(&["nope".into(), "b@x".into()]).await.expect("lookup"), Some(chat("p@x.org")));
 }
 
 #[tokio::test]
@@ -164,29 +109,15 @@ async fn a_failed_batch_leaves_nothing_behind() {
     let err = s
         .record_inbound(
             "INBOX",
-            ImapCursor {
-                uid_validity: 1,
-                last_uid: 2,
-            },
-            &[
-                inbound(1, "a@x", "p@x.org"),
-                inbound(2, "boom@x", "p@x.org"),
-            ],
+            ImapCursor { uid_validity: 1, last_uid: 2 },
+            &[inbound(1, "a@x", "p@x.org"), inbound(2, "boom@x", "p@x.org")],
             &[],
         )
         .await
         .expect_err("batch fails");
     assert!(format!("{err}").contains("injected failure"), "{err}");
-    assert_eq!(
-        s.imap_cursor("INBOX").await.expect("cursor"),
-        None,
-        "cursor must not move"
-    );
-    assert_eq!(
-        s.message("a@x").await.expect("read"),
-        None,
-        "first message must be rolled back"
-    );
+    assert_eq!(s.imap_cursor("INBOX").await.expect("cursor"), None, "cursor must not move");
+    assert_eq!(s.message("a@x").await.expect("read"), None, "first message must be rolled back");
 }
 
 #[tokio::test]
@@ -200,124 +131,61 @@ async fn store_errors_on_a_closed_pool_are_retryable() {
 #[tokio::test]
 async fn rejected_mail_is_kept_once() {
     let (_d, s) = fresh().await;
-    let r = Rejected {
-        uid: 3,
-        reason: "not_mime".into(),
-        raw: vec![0xff; 10],
-    };
-    let c = ImapCursor {
-        uid_validity: 1,
-        last_uid: 3,
-    };
-    assert_eq!(
-        s.record_inbound("INBOX", c, &[], &[r.clone()])
-            .await
-            .expect("record")
-            .rejected,
-        1
-    );
-    assert_eq!(
-        s.record_inbound("INBOX", c, &[], &[r])
-            .await
-            .expect("record")
-            .rejected,
-        0
-    );
+    let r = Rejected { uid: 3, reason: "not_mime".into(), raw: vec![0xff; 10] };
+    let c = ImapCursor { uid_validity: 1, last_uid: 3 };
+    assert_eq!(s.record_inbound("INBOX", c, &[], std::slice::from_ref(&r)).await.expect("record").rejected, 1);
+    assert_eq!(s.record_inbound("INBOX", c, &[], &[r]).await.expect("record").rejected, 0);
     assert_eq!(s.rejected_count().await.expect("count"), 1);
 }
 
 #[tokio::test]
 async fn outbox_keeps_order_per_chat_and_runs_chats_side_by_side() {
     let (_d, s) = fresh().await;
-    for (id, chat) in [
-        ("a1", "a@x.org"),
-        ("b1", "b@x.org"),
-        ("a2", "a@x.org"),
-        ("b2", "b@x.org"),
-    ] {
+    for (id, chat) in [("a1", "a@x.org"), ("b1", "b@x.org"), ("a2", "a@x.org"), ("b2", "b@x.org")] {
         s.queue_outbound(&outbound(id, chat)).await.expect("queue");
     }
     let now = chrono::Utc::now().timestamp();
-    let heads: Vec<String> = s
-        .due_outbox(SMTP_TARGET, now, 10)
-        .await
-        .expect("due")
-        .into_iter()
-        .map(|i| i.message_id)
-        .collect();
+    let heads: Vec<String> =
+        s.due_outbox(SMTP_TARGET, now, 10).await.expect("due").into_iter().map(|i| i.message_id).collect();
     assert_eq!(heads, vec!["a1", "b1"], "only the head of each chat is due");
 
     // a1 must wait: a2 stays behind it even though a2 is due.
     let a1 = s.due_outbox(SMTP_TARGET, now, 10).await.expect("due")[0].clone();
-    s.outbox_retry(a1.id, now + 100, "421 try later")
-        .await
-        .expect("retry");
-    let heads: Vec<String> = s
-        .due_outbox(SMTP_TARGET, now, 10)
-        .await
-        .expect("due")
-        .into_iter()
-        .map(|i| i.message_id)
-        .collect();
+    s.outbox_retry(a1.id, now + 100, "421 try later").await.expect("retry");
+    let heads: Vec<String> =
+        s.due_outbox(SMTP_TARGET, now, 10).await.expect("due").into_iter().map(|i| i.message_id).collect();
     assert_eq!(heads, vec!["b1"]);
-    assert_eq!(
-        s.next_outbox_due(SMTP_TARGET).await.expect("next"),
-        Some(now)
-    );
+    assert_eq!(s.next_outbox_due(SMTP_TARGET).await.expect("next"), Some(now));
     assert_eq!(
         s.outbox_state(SMTP_TARGET, "a1").await.expect("state"),
-        Some(OutboxState::Pending {
-            attempts: 1,
-            last_error: Some("421 try later".into())
-        })
+        Some(OutboxState::Pending { attempts: 1, last_error: Some("421 try later".into()) })
     );
 
     // Once a1 is sent, a2 is the head.
     s.outbox_done(a1.id).await.expect("done");
-    let heads: Vec<String> = s
-        .due_outbox(SMTP_TARGET, now, 10)
-        .await
-        .expect("due")
-        .into_iter()
-        .map(|i| i.message_id)
-        .collect();
+    let heads: Vec<String> =
+        s.due_outbox(SMTP_TARGET, now, 10).await.expect("due").into_iter().map(|i| i.message_id).collect();
     assert_eq!(heads, vec!["b1", "a2"]);
 
     // A permanent failure moves the queue on and is recorded with its reason.
     let b1 = s.due_outbox(SMTP_TARGET, now, 10).await.expect("due")[0].clone();
-    s.outbox_failed(b1.id, "550 no such user")
-        .await
-        .expect("failed");
+    s.outbox_failed(b1.id, "550 no such user").await.expect("failed");
     assert_eq!(
         s.outbox_state(SMTP_TARGET, "b1").await.expect("state"),
-        Some(OutboxState::Failed {
-            reason: "550 no such user".into()
-        })
+        Some(OutboxState::Failed { reason: "550 no such user".into() })
     );
-    let heads: Vec<String> = s
-        .due_outbox(SMTP_TARGET, now, 10)
-        .await
-        .expect("due")
-        .into_iter()
-        .map(|i| i.message_id)
-        .collect();
+    let heads: Vec<String> =
+        s.due_outbox(SMTP_TARGET, now, 10).await.expect("due").into_iter().map(|i| i.message_id).collect();
     assert_eq!(heads, vec!["a2", "b2"]);
 }
 
 #[tokio::test]
 async fn queueing_the_same_message_twice_sends_it_once() {
     let (_d, s) = fresh().await;
-    s.queue_outbound(&outbound("x1", "a@x.org"))
-        .await
-        .expect("queue");
-    s.queue_outbound(&outbound("x1", "a@x.org"))
-        .await
-        .expect("queue again");
+    s.queue_outbound(&outbound("x1", "a@x.org")).await.expect("queue");
+    s.queue_outbound(&outbound("x1", "a@x.org")).await.expect("queue again");
     let now = chrono::Utc::now().timestamp();
-    assert_eq!(
-        s.due_outbox(SMTP_TARGET, now, 10).await.expect("due").len(),
-        1
-    );
+    assert_eq!(s.due_outbox(SMTP_TARGET, now, 10).await.expect("due").len(), 1);
     let out = s.messages(Direction::Out).await.expect("messages");
     assert_eq!(out.len(), 1);
 }
@@ -326,34 +194,12 @@ async fn queueing_the_same_message_twice_sends_it_once() {
 async fn group_chats_are_keyed_by_group_id_and_renamed() {
     let (_d, s) = fresh().await;
     let mut m = inbound(1, "g1@x", "p@x.org");
-    m.chat = ChatRef {
-        kind: ChatKind::Group,
-        key: "abcdefghijkl".into(),
-        name: "Old".into(),
-    };
-    m.message.group = Some(Group {
-        id: "abcdefghijkl".into(),
-        name: "Old".into(),
-        change: None,
-    });
+    m.chat = ChatRef { kind: ChatKind::Group, key: "abcdefghijkl".into(), name: "Old".into() };
+    m.message.group = Some(Group { id: "abcdefghijkl".into(), name: "Old".into(), change: None });
     let mut m2 = inbound(2, "g2@x", "q@x.org");
-    m2.chat = ChatRef {
-        kind: ChatKind::Group,
-        key: "abcdefghijkl".into(),
-        name: "New".into(),
-    };
+    m2.chat = ChatRef { kind: ChatKind::Group, key: "abcdefghijkl".into(), name: "New".into() };
     m2.members_removed = vec!["p@x.org".into()];
-    s.record_inbound(
-        "INBOX",
-        ImapCursor {
-            uid_validity: 1,
-            last_uid: 2,
-        },
-        &[m, m2],
-        &[],
-    )
-    .await
-    .expect("record");
+    s.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: 2 }, &[m, m2], &[]).await.expect("record");
     let chats = s.chats().await.expect("chats");
     assert_eq!(chats.len(), 1);
     assert_eq!(chats[0].name, "New");
