@@ -31,7 +31,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
         .with_context(|| format!("http.listen: cannot listen on {}; pick a free address", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
 
-    let sup = Supervisor::new();
+    let sup = Supervisor::new().context("cannot take over SIGTERM/SIGINT")?;
     let ingest = Arc::new(Ingest::new(store.clone(), &cfg.account.address, Limits::default(), metrics.clone()));
     let imap_worker = ImapWorker::new(imap, ingest, metrics.clone());
     let token = sup.token();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,11 +28,21 @@ pub struct Supervisor {
     token: CancellationToken,
     tracker: TaskTracker,
     fatal: Arc<AtomicBool>,
+    term: Signal,
+    int: Signal,
 }
 
 impl Supervisor {
-    pub fn new() -> Self {
-        Self { token: CancellationToken::new(), tracker: TaskTracker::new(), fatal: Arc::new(AtomicBool::new(false)) }
+    /// Takes over SIGTERM and SIGINT at once, so a signal that arrives while the daemon
+    /// is still starting is a graceful stop too. Needs a running tokio runtime.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            token: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            fatal: Arc::new(AtomicBool::new(false)),
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 
     /// The root token; every task gets a clone.
@@ -62,18 +72,17 @@ impl Supervisor {
 
     /// Waits for SIGTERM/SIGINT (or a fatal task), then stops everything within `grace`.
     pub async fn run_until_signal(self, grace: Duration) -> anyhow::Result<Stop> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        let Self { token, tracker, fatal, mut term, mut int } = self;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
-            () = self.token.cancelled() => {}
+            () = token.cancelled() => {}
         }
-        self.token.cancel();
-        self.tracker.close();
+        token.cancel();
+        tracker.close();
         let stop = tokio::select! {
-            () = self.tracker.wait() => {
-                if self.fatal.load(Ordering::SeqCst) { Stop::Fatal } else { Stop::Clean }
+            () = tracker.wait() => {
+                if fatal.load(Ordering::SeqCst) { Stop::Fatal } else { Stop::Clean }
             }
             _ = term.recv() => { tracing::warn!("second signal: exiting now"); Stop::Forced }
             _ = int.recv() => { tracing::warn!("second signal: exiting now"); Stop::Forced }
@@ -84,11 +93,5 @@ impl Supervisor {
         };
         tracing::info!(?stop, "stopped");
         Ok(stop)
-    }
-}
-
-impl Default for Supervisor {
-    fn default() -> Self {
-        Self::new()
     }
 }

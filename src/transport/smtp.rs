@@ -125,10 +125,14 @@ impl SmtpWorker {
                 }
             };
             if due.is_empty() {
-                let next = self.store.next_outbox_due(SMTP_TARGET).await.ok().flatten();
-                let pause = match next {
-                    Some(at) => Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64),
-                    None => Duration::from_secs(3600),
+                let pause = match self.store.next_outbox_due(SMTP_TARGET).await {
+                    Ok(Some(at)) => Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64),
+                    // Nothing queued: sleep until `queue` wakes us.
+                    Ok(None) => Duration::from_secs(3600),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox: cannot read the next due time");
+                        store_backoff.next_delay()
+                    }
                 };
                 self.pause(&shutdown, pause.max(Duration::from_millis(50))).await;
                 continue;
