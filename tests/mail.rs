@@ -86,39 +86,44 @@ async fn chat_mail_is_picked_up_by_idle_and_recorded_with_chat_text_attachments_
     assert!(!d.log_text().contains(support::BRIDGE_PASSWORD), "the password leaked into the log");
 }
 
-fn smtp_worker(
-    server: &MailServer,
+/// The outbound half of the daemon in-process: a store, the SMTP worker on the test
+/// server's submission port (STARTTLS + AUTH), and the failure hook's reports.
+struct OutboxRig {
+    _dir: tempfile::TempDir,
     store: Arc<dyn Store>,
-    wake: Arc<Notify>,
+    worker: SmtpWorker,
+    outbound: Outbound,
     failures: Arc<Mutex<Vec<FailedDelivery>>>,
-) -> SmtpWorker {
-    let state = tempfile::tempdir().expect("tempdir");
-    let config = support::write_config(server, state.path(), Link::Tls, "", support::free_port());
-    // SAFETY-free env use: the password is handed over as the daemon would get it.
-    let figment_pw = format!("password_file = \"{}\"", state.path().join("pw").display());
-    std::fs::write(state.path().join("pw"), support::BRIDGE_PASSWORD).expect("pw");
+    token: CancellationToken,
+}
+
+async fn outbox_rig(server: &MailServer, display_name: Option<&str>) -> OutboxRig {
+    coi_bridge::init_crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
+    let config = support::write_config(server, dir.path(), Link::Tls, "", support::free_port());
+    std::fs::write(dir.path().join("pw"), support::BRIDGE_PASSWORD).expect("pw");
+    let pw_line = format!("password_file = \"{}\"", dir.path().join("pw").display());
     let text =
-        std::fs::read_to_string(&config).expect("config").replace("[account]\n", &format!("[account]\n{figment_pw}\n"));
+        std::fs::read_to_string(&config).expect("config").replace("[account]\n", &format!("[account]\n{pw_line}\n"));
     std::fs::write(&config, text).expect("config");
     let loaded = coi_bridge::config::load(&config).expect("config loads");
     let transport = coi_bridge::transport::smtp::transport(&loaded).expect("transport");
     let policy =
         RetryPolicy { base: Duration::from_millis(500), max_delay: Duration::from_secs(2), max_attempts: 1000 };
-    let hook = Arc::new(move |f: FailedDelivery| failures.lock().expect("lock").push(f));
-    SmtpWorker::new(transport, store, policy, wake, hook, Arc::new(Metrics::new()))
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let reports = failures.clone();
+    let hook = Arc::new(move |f: FailedDelivery| reports.lock().expect("lock").push(f));
+    let wake = Arc::new(Notify::new());
+    let worker = SmtpWorker::new(transport, store.clone(), policy, wake.clone(), hook, Arc::new(Metrics::new()));
+    let outbound = Outbound::new(store.clone(), Mailbox::new(BRIDGE, display_name), wake);
+    OutboxRig { _dir: dir, store, worker, outbound, failures, token: CancellationToken::new() }
 }
 
 #[tokio::test]
 async fn outbox_round_trip_reaches_another_mailbox_and_parses_back_the_same() {
-    coi_bridge::init_crypto();
     let server = mail_server!();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
-    let wake = Arc::new(Notify::new());
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let worker = smtp_worker(&server, store.clone(), wake.clone(), failures.clone());
-    let token = CancellationToken::new();
-    let outbound = Outbound::new(store.clone(), Mailbox::new(BRIDGE, Some("COI Bridge")), wake);
+    let OutboxRig { _dir, store, worker, outbound, failures, token } = outbox_rig(&server, Some("COI Bridge")).await;
 
     let chat = ChatRef { kind: ChatKind::Group, key: "Grp_roundtrip_1".into(), name: "Round trip".into() };
     let msg = ChatMessage {
@@ -176,15 +181,8 @@ async fn outbox_round_trip_reaches_another_mailbox_and_parses_back_the_same() {
 
 #[tokio::test]
 async fn postfix_outage_keeps_the_outbox_and_delivers_in_order_when_it_returns() {
-    coi_bridge::init_crypto();
     let mut server = mail_server!();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
-    let wake = Arc::new(Notify::new());
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let worker = smtp_worker(&server, store.clone(), wake.clone(), failures.clone());
-    let outbound = Outbound::new(store.clone(), Mailbox::new(BRIDGE, None), wake);
-    let token = CancellationToken::new();
+    let OutboxRig { _dir, store, worker, outbound, failures, token } = outbox_rig(&server, None).await;
 
     server.stop_postfix();
     let chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
@@ -230,15 +228,8 @@ async fn postfix_outage_keeps_the_outbox_and_delivers_in_order_when_it_returns()
 
 #[tokio::test]
 async fn a_5xx_is_a_permanent_failure_recorded_with_its_reason_and_reported() {
-    coi_bridge::init_crypto();
     let server = mail_server!();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
-    let wake = Arc::new(Notify::new());
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let worker = smtp_worker(&server, store.clone(), wake.clone(), failures.clone());
-    let outbound = Outbound::new(store.clone(), Mailbox::new(BRIDGE, None), wake);
-    let token = CancellationToken::new();
+    let OutboxRig { _dir, store, worker, outbound, failures, token } = outbox_rig(&server, None).await;
     // The test Postfix refuses other domains with 550 at RCPT.
     let bad = ChatRef { kind: ChatKind::Single, key: "nobody@elsewhere.invalid".into(), name: "x".into() };
     let bad_id = outbound
