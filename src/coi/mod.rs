@@ -8,10 +8,13 @@
 //!
 //! Golden tests in `tests/fixtures/eml/` pin the parse result of real-world mail.
 
+pub mod autocrypt;
 pub mod message;
 pub mod parse;
 pub mod render;
+pub mod securejoin_link;
 pub mod text;
+pub mod vcard;
 
 #[cfg(test)]
 mod golden;

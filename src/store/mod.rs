@@ -7,6 +7,7 @@
 //! SQLite ([`sqlite`]) is the embedded default. A PostgreSQL backend implements the same
 //! trait; nothing outside this module names a backend.
 
+pub mod keys;
 pub mod sqlite;
 
 use std::path::Path;
@@ -190,7 +191,7 @@ pub enum OutboxState {
 
 /// What the daemon needs from a store backend.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: keys::KeyStore + Send + Sync + 'static {
     // --- inbound ---------------------------------------------------------------------
     async fn imap_cursor(&self, folder: &str) -> StoreResult<Option<ImapCursor>>;
 

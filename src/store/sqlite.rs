@@ -17,7 +17,8 @@ use super::{
 use crate::coi::ChatMessage;
 
 /// Numbered migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_keys.sql"))];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -486,6 +487,8 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 }
+
+mod keys;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,100 @@
+//! What the store keeps of keys: the bridge's own, its contacts', key changes and SecureJoin invites.
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+
+/// The bridge identity's key, as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountKeyRow {
+    pub fingerprint: String,
+    pub public_key: Vec<u8>,
+    /// Locked with the passphrase when `protected`.
+    pub secret_key: Vec<u8>,
+    pub protected: bool,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for AccountKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountKeyRow")
+            .field("fingerprint", &self.fingerprint)
+            .field("protected", &self.protected)
+            .field("secret_key", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Where a contact's key was learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Autocrypt,
+    Gossip,
+    Vcard,
+    SecureJoin,
+}
+
+impl KeySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::Autocrypt => "autocrypt",
+            KeySource::Gossip => "gossip",
+            KeySource::Vcard => "vcard",
+            KeySource::SecureJoin => "securejoin",
+        }
+    }
+}
+
+/// A contact's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactKeyRow {
+    pub addr: String,
+    pub fingerprint: String,
+    pub public_key: Vec<u8>,
+    pub verified: bool,
+    pub source: String,
+}
+
+/// What learning a key did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyLearned {
+    /// First key for this address.
+    New,
+    /// The key already on record (maybe now verified).
+    Same,
+    /// An unverified key was replaced (or a verified one by a newer verification).
+    Replaced { old_fingerprint: String },
+    /// A verified contact sent another key: kept aside in `key_change`, not used.
+    Flagged { old_fingerprint: String },
+}
+
+/// An invite the bridge handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InviteRow {
+    pub invite_number: String,
+    pub auth: String,
+    pub group_id: Option<String>,
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn account_key(&self) -> StoreResult<Option<AccountKeyRow>>;
+    /// Stores `row` unless a key exists already; returns the key in place, so two
+    /// processes starting at once end up with one key.
+    async fn init_account_key(&self, row: &AccountKeyRow) -> StoreResult<AccountKeyRow>;
+    async fn contact_key(&self, addr: &str) -> StoreResult<Option<ContactKeyRow>>;
+    /// Records a key for `addr` under the rules of [`KeyLearned`].
+    async fn learn_contact_key(
+        &self,
+        addr: &str,
+        fingerprint: &str,
+        public_key: &[u8],
+        source: KeySource,
+        verified: bool,
+    ) -> StoreResult<KeyLearned>;
+    /// Flagged key changes of an address, newest first: (old, new) fingerprints.
+    async fn key_changes(&self, addr: &str) -> StoreResult<Vec<(String, String)>>;
+    async fn add_invite(&self, invite: &InviteRow) -> StoreResult<()>;
+    async fn invite(&self, invite_number: &str) -> StoreResult<Option<InviteRow>>;
+    async fn invite_by_auth(&self, auth: &str) -> StoreResult<Option<InviteRow>>;
+}

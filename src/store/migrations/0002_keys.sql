@@ -1,0 +1,42 @@
+-- 0002: the bridge's own key, its contacts' keys, and SecureJoin invites.
+
+-- One row: the bridge identity's OpenPGP key.
+CREATE TABLE account_key (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    fingerprint  TEXT    NOT NULL,
+    public_key   BLOB    NOT NULL,          -- binary transferable public key
+    secret_key   BLOB    NOT NULL,          -- binary secret key, locked with the passphrase if one is set
+    protected    INTEGER NOT NULL,          -- 1 when secret_key needs the passphrase
+    created_at   INTEGER NOT NULL
+) STRICT;
+
+-- The key each contact address signs and receives with.
+CREATE TABLE contact_key (
+    addr         TEXT    PRIMARY KEY,
+    fingerprint  TEXT    NOT NULL,
+    public_key   BLOB    NOT NULL,
+    verified     INTEGER NOT NULL DEFAULT 0,  -- confirmed through SecureJoin: never replaced silently
+    source       TEXT    NOT NULL,            -- autocrypt | gossip | vcard | securejoin
+    first_seen   INTEGER NOT NULL,
+    last_seen    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX contact_key_fpr ON contact_key (fingerprint);
+
+-- A verified contact showed up with another key: kept for the operator, not applied.
+CREATE TABLE key_change (
+    id               INTEGER PRIMARY KEY,
+    addr             TEXT    NOT NULL,
+    old_fingerprint  TEXT    NOT NULL,
+    new_fingerprint  TEXT    NOT NULL,
+    new_key          BLOB    NOT NULL,
+    seen_at          INTEGER NOT NULL,
+    UNIQUE (addr, new_fingerprint)
+) STRICT;
+
+-- Invites the bridge handed out (1:1 when group_id is NULL).
+CREATE TABLE securejoin_invite (
+    invite_number  TEXT    PRIMARY KEY,
+    auth           TEXT    NOT NULL,
+    group_id       TEXT,
+    created_at     INTEGER NOT NULL
+) STRICT;

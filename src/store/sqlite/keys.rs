@@ -1,0 +1,226 @@
+//! The SQLite side of [`KeyStore`].
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::{SqliteStore, err, now};
+use crate::store::StoreResult;
+use crate::store::keys::{AccountKeyRow, ContactKeyRow, InviteRow, KeyLearned, KeySource, KeyStore};
+
+fn account_row(r: &sqlx::sqlite::SqliteRow) -> AccountKeyRow {
+    AccountKeyRow {
+        fingerprint: r.get("fingerprint"),
+        public_key: r.get("public_key"),
+        secret_key: r.get("secret_key"),
+        protected: r.get::<i64, _>("protected") != 0,
+        created_at: r.get("created_at"),
+    }
+}
+
+fn invite_row(r: &sqlx::sqlite::SqliteRow) -> InviteRow {
+    InviteRow { invite_number: r.get("invite_number"), auth: r.get("auth"), group_id: r.get("group_id") }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn account_key(&self) -> StoreResult<Option<AccountKeyRow>> {
+        let row =
+            sqlx::query("SELECT * FROM account_key WHERE id = 1").fetch_optional(&self.pool).await.map_err(err)?;
+        Ok(row.as_ref().map(account_row))
+    }
+
+    async fn init_account_key(&self, k: &AccountKeyRow) -> StoreResult<AccountKeyRow> {
+        sqlx::query(
+            "INSERT INTO account_key (id, fingerprint, public_key, secret_key, protected, created_at)
+             VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&k.fingerprint)
+        .bind(&k.public_key)
+        .bind(&k.secret_key)
+        .bind(i64::from(k.protected))
+        .bind(k.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        let row = sqlx::query("SELECT * FROM account_key WHERE id = 1").fetch_one(&self.pool).await.map_err(err)?;
+        Ok(account_row(&row))
+    }
+
+    async fn contact_key(&self, addr: &str) -> StoreResult<Option<ContactKeyRow>> {
+        let row = sqlx::query("SELECT addr, fingerprint, public_key, verified, source FROM contact_key WHERE addr = ?")
+            .bind(addr.to_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.map(|r| ContactKeyRow {
+            addr: r.get(0),
+            fingerprint: r.get(1),
+            public_key: r.get(2),
+            verified: r.get::<i64, _>(3) != 0,
+            source: r.get(4),
+        }))
+    }
+
+    async fn learn_contact_key(
+        &self,
+        addr: &str,
+        fingerprint: &str,
+        public_key: &[u8],
+        source: KeySource,
+        verified: bool,
+    ) -> StoreResult<KeyLearned> {
+        let addr = addr.to_lowercase();
+        let ts = now();
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let existing = sqlx::query("SELECT fingerprint, verified FROM contact_key WHERE addr = ?")
+            .bind(&addr)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+        let outcome = match existing {
+            None => {
+                sqlx::query(
+                    "INSERT INTO contact_key (addr, fingerprint, public_key, verified, source, first_seen, last_seen)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&addr)
+                .bind(fingerprint)
+                .bind(public_key)
+                .bind(i64::from(verified))
+                .bind(source.as_str())
+                .bind(ts)
+                .bind(ts)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                KeyLearned::New
+            }
+            Some(r) => {
+                let old: String = r.get(0);
+                let was_verified = r.get::<i64, _>(1) != 0;
+                if old == fingerprint {
+                    sqlx::query("UPDATE contact_key SET last_seen = ?, verified = MAX(verified, ?) WHERE addr = ?")
+                        .bind(ts)
+                        .bind(i64::from(verified))
+                        .bind(&addr)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                    KeyLearned::Same
+                } else if was_verified && !verified {
+                    sqlx::query(
+                        "INSERT INTO key_change (addr, old_fingerprint, new_fingerprint, new_key, seen_at)
+                         VALUES (?, ?, ?, ?, ?) ON CONFLICT (addr, new_fingerprint) DO UPDATE SET seen_at = excluded.seen_at",
+                    )
+                    .bind(&addr)
+                    .bind(&old)
+                    .bind(fingerprint)
+                    .bind(public_key)
+                    .bind(ts)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                    KeyLearned::Flagged { old_fingerprint: old }
+                } else {
+                    sqlx::query(
+                        "UPDATE contact_key SET fingerprint = ?, public_key = ?, verified = ?, source = ?, last_seen = ?
+                         WHERE addr = ?",
+                    )
+                    .bind(fingerprint)
+                    .bind(public_key)
+                    .bind(i64::from(verified))
+                    .bind(source.as_str())
+                    .bind(ts)
+                    .bind(&addr)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                    KeyLearned::Replaced { old_fingerprint: old }
+                }
+            }
+        };
+        tx.commit().await.map_err(err)?;
+        Ok(outcome)
+    }
+
+    async fn key_changes(&self, addr: &str) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT old_fingerprint, new_fingerprint FROM key_change WHERE addr = ? ORDER BY seen_at DESC, id DESC",
+        )
+        .bind(addr.to_lowercase())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn add_invite(&self, i: &InviteRow) -> StoreResult<()> {
+        sqlx::query("INSERT INTO securejoin_invite (invite_number, auth, group_id, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&i.invite_number)
+            .bind(&i.auth)
+            .bind(&i.group_id)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn invite(&self, invite_number: &str) -> StoreResult<Option<InviteRow>> {
+        let row = sqlx::query("SELECT * FROM securejoin_invite WHERE invite_number = ?")
+            .bind(invite_number)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.as_ref().map(invite_row))
+    }
+
+    async fn invite_by_auth(&self, auth: &str) -> StoreResult<Option<InviteRow>> {
+        let row = sqlx::query("SELECT * FROM securejoin_invite WHERE auth = ?")
+            .bind(auth)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.as_ref().map(invite_row))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::keys::{KeyLearned, KeySource, KeyStore};
+    use crate::store::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn verified_keys_are_never_replaced_silently() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("s.db")).await.expect("open");
+        let a = "Alice@Example.org";
+        assert_eq!(
+            s.learn_contact_key(a, "AAAA", b"k1", KeySource::Autocrypt, false).await.expect("learn"),
+            KeyLearned::New
+        );
+        assert_eq!(
+            s.learn_contact_key(a, "AAAA", b"k1", KeySource::Autocrypt, false).await.expect("learn"),
+            KeyLearned::Same
+        );
+        // Unverified keys follow Autocrypt: the newer one wins.
+        assert_eq!(
+            s.learn_contact_key(a, "BBBB", b"k2", KeySource::Autocrypt, false).await.expect("learn"),
+            KeyLearned::Replaced { old_fingerprint: "AAAA".into() }
+        );
+        // SecureJoin verifies it.
+        assert_eq!(
+            s.learn_contact_key(a, "BBBB", b"k2", KeySource::SecureJoin, true).await.expect("learn"),
+            KeyLearned::Same
+        );
+        assert!(s.contact_key("alice@example.org").await.expect("read").expect("present").verified);
+        // Now an Autocrypt header with another key is flagged, not applied.
+        assert_eq!(
+            s.learn_contact_key(a, "CCCC", b"k3", KeySource::Autocrypt, false).await.expect("learn"),
+            KeyLearned::Flagged { old_fingerprint: "BBBB".into() }
+        );
+        let k = s.contact_key(a).await.expect("read").expect("present");
+        assert_eq!((k.fingerprint.as_str(), k.public_key.as_slice()), ("BBBB", b"k2".as_slice()));
+        assert_eq!(s.key_changes(a).await.expect("changes"), vec![("BBBB".to_string(), "CCCC".to_string())]);
+    }
+}
