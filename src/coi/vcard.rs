@@ -18,36 +18,42 @@ pub fn parse(text: &str) -> Vec<VcardContact> {
     let mut lines: Vec<String> = Vec::new();
     for raw in text.split('\n') {
         let line = raw.trim_end_matches('\r');
-        if let Some(cont) = line.strip_prefix([' ', '\t']) {
-            if let Some(last) = lines.last_mut() {
-                last.push_str(cont);
-                continue;
-            }
+        if let Some(cont) = line.strip_prefix([' ', '\t'])
+            && let Some(last) = lines.last_mut()
+        {
+            last.push_str(cont);
+            continue;
         }
         lines.push(line.to_owned());
     }
     let mut out = Vec::new();
-    let mut current: Option<(Option<String>, Option<String>, Option<Vec<u8>>)> = None;
+    #[derive(Default)]
+    struct Partial {
+        addr: Option<String>,
+        name: Option<String>,
+        key: Option<Vec<u8>>,
+    }
+    let mut current: Option<Partial> = None;
     for line in &lines {
         let Some((name_params, value)) = line.split_once(':') else { continue };
         let prop = name_params.split(';').next().unwrap_or("").to_ascii_uppercase();
         // Grouped properties (item1.EMAIL) count like plain ones.
         let prop = prop.rsplit('.').next().unwrap_or("").to_owned();
         match (prop.as_str(), value) {
-            ("BEGIN", v) if v.eq_ignore_ascii_case("VCARD") => current = Some((None, None, None)),
+            ("BEGIN", v) if v.eq_ignore_ascii_case("VCARD") => current = Some(Partial::default()),
             ("END", v) if v.eq_ignore_ascii_case("VCARD") => {
-                if let Some((Some(addr), name, key)) = current.take() {
+                if let Some(Partial { addr: Some(addr), name, key }) = current.take() {
                     out.push(VcardContact { addr, name, key });
                 }
             }
             ("EMAIL", v) => {
                 if let Some(c) = current.as_mut() {
-                    c.0.get_or_insert_with(|| v.trim().to_lowercase());
+                    c.addr.get_or_insert_with(|| v.trim().to_lowercase());
                 }
             }
             ("FN", v) => {
                 if let Some(c) = current.as_mut() {
-                    c.1 = Some(unescape(v.trim())).filter(|n| !n.is_empty());
+                    c.name = Some(unescape(v.trim())).filter(|n| !n.is_empty());
                 }
             }
             ("KEY", v) => {
@@ -58,7 +64,7 @@ pub fn parse(text: &str) -> Vec<VcardContact> {
                         name_params.to_ascii_uppercase().contains("ENCODING=B").then_some(data)
                     });
                     if let Some(k) = b64.and_then(|b| B64.decode(b.split_whitespace().collect::<String>()).ok()) {
-                        c.2 = Some(k);
+                        c.key = Some(k);
                     }
                 }
             }
