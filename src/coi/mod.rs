@@ -9,6 +9,7 @@
 //! Golden tests in `tests/fixtures/eml/` pin the parse result of real-world mail.
 
 pub mod autocrypt;
+pub mod crypto;
 pub mod message;
 pub mod parse;
 pub mod render;
