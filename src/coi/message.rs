@@ -2,6 +2,8 @@
 
 use coi_bridge_api::Attachment;
 
+use super::autocrypt::AutocryptHeader;
+
 /// A mailbox: an address and the display name shown with it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Mailbox {
@@ -87,6 +89,14 @@ pub struct ChatMessage {
     pub disposition_notification_to: Option<String>,
     /// The text came from an HTML part (there was no text/plain).
     pub from_html: bool,
+    /// `Autocrypt:` (inside the encrypted part): the sender's key.
+    pub autocrypt: Option<AutocryptHeader>,
+    /// `Autocrypt-Gossip:`: other members' keys, as the sender knows them.
+    pub gossip: Vec<AutocryptHeader>,
+    /// `Chat-Group-Member-Fpr`: the members' key fingerprints, in `To` order.
+    pub member_fprs: Vec<String>,
+    /// `Secure-Join*` headers in order (name as written, value).
+    pub secure_join: Vec<(String, String)>,
 }
 
 impl ChatMessage {
@@ -134,5 +144,12 @@ impl Problem {
             Problem::MissingMessageId => "missing_message_id",
             Problem::TooManyParts => "too_many_parts",
         }
+    }
+}
+
+impl ChatMessage {
+    /// The value of a `Secure-Join*` header, by case-insensitive name.
+    pub fn secure_join_header(&self, name: &str) -> Option<&str> {
+        self.secure_join.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }

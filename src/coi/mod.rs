@@ -12,6 +12,7 @@ pub mod autocrypt;
 pub mod crypto;
 pub mod message;
 pub mod parse;
+pub mod pgpmime;
 pub mod render;
 pub mod securejoin_link;
 pub mod text;

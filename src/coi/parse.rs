@@ -2,6 +2,7 @@
 
 use mail_parser::{Address, HeaderValue, MessageParser, MessagePart, MimeHeaders, PartType};
 
+use super::autocrypt::AutocryptHeader;
 use super::message::{ChatMessage, Group, GroupChange, Kind, Mailbox, Problem};
 use super::text::{html_to_text, split_quote, strip_footer, unflow};
 use coi_bridge_api::Attachment;
@@ -138,6 +139,20 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             msg.group = Some(Group { id, name: header_text("Chat-Group-Name").unwrap_or_default(), change });
         } else {
             problems.push(Problem::BadGroupId(id));
+        }
+    }
+
+    for (name, value) in mail.headers_raw() {
+        let unfolded: String = value.split(['\r', '\n']).map(str::trim).collect::<Vec<_>>().join(" ");
+        let unfolded = unfolded.trim();
+        if name.eq_ignore_ascii_case("Autocrypt") {
+            msg.autocrypt = msg.autocrypt.take().or_else(|| AutocryptHeader::parse(unfolded));
+        } else if name.eq_ignore_ascii_case("Autocrypt-Gossip") {
+            msg.gossip.extend(AutocryptHeader::parse(unfolded));
+        } else if name.eq_ignore_ascii_case("Chat-Group-Member-Fpr") {
+            msg.member_fprs = unfolded.split_whitespace().map(str::to_ascii_uppercase).collect();
+        } else if name.len() >= 11 && name[..11].eq_ignore_ascii_case("Secure-Join") {
+            msg.secure_join.push((name.to_owned(), unfolded.to_owned()));
         }
     }
 

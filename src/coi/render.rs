@@ -117,6 +117,18 @@ pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
     if let Some(to) = &msg.disposition_notification_to {
         add("Chat-Disposition-Notification-To", to.clone());
     }
+    if !msg.member_fprs.is_empty() {
+        add("Chat-Group-Member-Fpr", msg.member_fprs.join(" "));
+    }
+    for (name, value) in &msg.secure_join {
+        add(name, value.clone());
+    }
+    if let Some(ac) = &msg.autocrypt {
+        add("Autocrypt", ac.render());
+    }
+    for g in &msg.gossip {
+        add("Autocrypt-Gossip", g.render());
+    }
     match &msg.kind {
         Kind::Edit { target } => add("Chat-Edit", format!("<{target}>")),
         Kind::Delete { targets } => {
@@ -232,6 +244,7 @@ pub fn content(msg: &ChatMessage) -> Part {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coi::autocrypt::AutocryptHeader;
     use crate::coi::message::Group;
     use crate::coi::parse::{Limits, parse};
     use coi_bridge_api::Attachment;
@@ -269,6 +282,13 @@ mod tests {
         group.references = vec!["root@localhost".into(), "parent@localhost".into()];
         group.quote = Some("earlier\ntext".into());
         group.disposition_notification_to = Some("bridge@example.org".into());
+        group.autocrypt = Some(AutocryptHeader { addr: "bridge@example.org".into(), prefer_mutual: true, keydata: (0..=255).collect() });
+        group.gossip = vec![
+            AutocryptHeader { addr: "alice@example.org".into(), prefer_mutual: false, keydata: vec![1; 300] },
+            AutocryptHeader { addr: "carol@example.org".into(), prefer_mutual: false, keydata: vec![2; 300] },
+        ];
+        group.member_fprs = vec!["A".repeat(40), "B".repeat(40)];
+        group.secure_join = vec![("Secure-Join".into(), "vg-member-added".into())];
         group.attachments = vec![
             Attachment {
                 name: "pic ä.png".into(),

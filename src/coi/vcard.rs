@@ -58,7 +58,8 @@ pub fn parse(text: &str) -> Vec<VcardContact> {
             }
             ("KEY", v) => {
                 if let Some(c) = current.as_mut() {
-                    let data = v.trim();
+                    // Delta Chat escapes the comma of the data URI: `base64\,…`.
+                    let data = &v.trim().replace("\\,", ",");
                     let b64 = data.strip_prefix("data:application/pgp-keys;base64,").or_else(|| {
                         // vCard 3: KEY;TYPE=PGP;ENCODING=b:BASE64
                         name_params.to_ascii_uppercase().contains("ENCODING=B").then_some(data)
@@ -120,6 +121,12 @@ mod tests {
             })
             .collect();
         assert_eq!(parse(&folded), vec![c]);
+    }
+
+    #[test]
+    fn delta_chat_escapes_the_data_uri_comma() {
+        let c = parse("BEGIN:VCARD\r\nVERSION:4.0\r\nEMAIL:alice@example.org\r\nFN:Alice\r\nKEY:data:application/pgp-keys;base64\\,AQID\r\nEND:VCARD\r\n");
+        assert_eq!(c[0].key.as_deref(), Some(&[1u8, 2, 3][..]));
     }
 
     #[test]

@@ -51,3 +51,14 @@ ensure_debs "${MAIL_DEBS[@]}"
 # ---------------------------------------------------------------------------
 # Further sections go below (e.g. Matrix/Synapse); use ensure_debs for Debian packages.
 # ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# Delta Chat core: deltachat-rpc-server from PyPI, the real COI peer of the interop tests
+# (tests/support/deltachat.rs drives it over JSON-RPC on stdio).
+# ---------------------------------------------------------------------------
+DC_VERSION=2.65.0
+DC_VENV="${COI_TEST_DC_VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)/target/dc-venv}"
+if [[ "$("$DC_VENV/bin/deltachat-rpc-server" --version 2>/dev/null || true)" != "$DC_VERSION" ]]; then
+    python3 -m venv "$DC_VENV"
+    "$DC_VENV/bin/pip" install -q --disable-pip-version-check "deltachat-rpc-server==$DC_VERSION"
+fi

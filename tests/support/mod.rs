@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod deltachat;
+
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,180 @@
+//! A real Delta Chat core (`deltachat-rpc-server` from PyPI) driven over raw JSON-RPC on stdio, with accounts on the test mail server.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex, oneshot};
+
+use super::MailServer;
+
+type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// The server binary: `COI_TEST_DC_RPC`, else the venv `tests/servers/install.sh` makes.
+fn binary() -> Option<PathBuf> {
+    let path = std::env::var_os("COI_TEST_DC_RPC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dc-venv/bin/deltachat-rpc-server"));
+    if path.is_file() {
+        return Some(path);
+    }
+    let msg = format!("{} missing: run `bash tests/servers/install.sh`", path.display());
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// The request side, shared with the event pump.
+struct Rpc {
+    stdin: Mutex<ChildStdin>,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+impl Rpc {
+    async fn call(&self, method: &str, params: Value) -> Result<Value, Value> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("lock").insert(id, tx);
+        let req = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
+        {
+            let mut stdin = self.stdin.lock().await;
+            stdin.write_all(format!("{req}\n").as_bytes()).await.map_err(|e| json!(e.to_string()))?;
+            stdin.flush().await.map_err(|e| json!(e.to_string()))?;
+        }
+        let msg = rx.await.map_err(|_| json!("rpc server gone"))?;
+        match msg.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(msg.get("result").cloned().unwrap_or(Value::Null)),
+        }
+    }
+}
+
+/// One `deltachat-rpc-server` process with its accounts dir.
+pub struct DeltaChat {
+    child: Child,
+    rpc: Arc<Rpc>,
+    events: Arc<std::sync::Mutex<Vec<Value>>>,
+    new_event: Arc<tokio::sync::Notify>,
+    dir: tempfile::TempDir,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DeltaChat {
+    pub async fn start() -> Option<Self> {
+        let bin = binary()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(bin)
+            .env("DC_ACCOUNTS_PATH", dir.path().join("accounts"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("rpc.log")).expect("log"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn deltachat-rpc-server");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let pending: Pending = Arc::default();
+        let p = pending.clone();
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(msg) = serde_json::from_str::<Value>(&line) else { continue };
+                let Some(id) = msg.get("id").and_then(Value::as_u64) else { continue };
+                if let Some(tx) = p.lock().expect("lock").remove(&id) {
+                    let _ = tx.send(msg);
+                }
+            }
+        });
+        let rpc = Arc::new(Rpc { stdin: Mutex::new(stdin), pending, next_id: AtomicU64::new(1) });
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let new_event = Arc::new(tokio::sync::Notify::new());
+        let (r, e, n) = (rpc.clone(), events.clone(), new_event.clone());
+        let pump = tokio::spawn(async move {
+            while let Ok(ev) = r.call("get_next_event", json!([])).await {
+                e.lock().expect("lock").push(ev);
+                n.notify_waiters();
+            }
+        });
+        Some(Self { child, rpc, events, new_event, dir, tasks: vec![reader, pump] })
+    }
+
+    /// Calls a method; `Err` carries the server's error object.
+    pub async fn try_call(&self, method: &str, params: Value) -> Result<Value, Value> {
+        tokio::time::timeout(Duration::from_secs(120), self.rpc.call(method, params))
+            .await
+            .unwrap_or_else(|_| panic!("{method}: no answer in 120 s"))
+    }
+
+    pub async fn call(&self, method: &str, params: Value) -> Value {
+        self.try_call(method, params.clone()).await.unwrap_or_else(|e| panic!("{method}({params}): {e}"))
+    }
+
+    /// Waits for an event of account `acc` matching `pred`, searching from the first
+    /// event on; returns the inner event object.
+    pub async fn wait_event(&self, acc: u64, what: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let notified = self.new_event.notified();
+            if let Some(ev) = self
+                .events
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|ev| ev["contextId"].as_u64() == Some(acc) && pred(&ev["event"]))
+            {
+                return ev["event"].clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out after {within:?} waiting for {what} on account {acc}; log {}", self.log_path().display());
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("rpc.log")
+    }
+
+    /// Adds an account for `user@example.org` on `server` (plain IMAP and SMTP on
+    /// loopback), with the given display name, and starts its IO.
+    pub async fn account(&self, server: &MailServer, user: &str, name: &str) -> u64 {
+        let acc = self.call("add_account", json!([])).await.as_u64().expect("account id");
+        self.call(
+            "add_or_update_transport",
+            json!([acc, {
+                "addr": format!("{user}@example.org"),
+                "password": format!("{user}-secret"),
+                "imapServer": "127.0.0.1",
+                "imapPort": server.imap_port(),
+                "imapSecurity": "plain",
+                "smtpServer": "127.0.0.1",
+                "smtpPort": server.smtp_port(),
+                "smtpSecurity": "plain",
+            }]),
+        )
+        .await;
+        self.call("set_config", json!([acc, "displayname", name])).await;
+        self.call("start_io", json!([acc])).await;
+        acc
+    }
+}
+
+impl Drop for DeltaChat {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.child.start_kill();
+    }
+}
