@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 
 use crate::coi::Limits;
 use crate::config::Loaded;
+use crate::hub::e2ee::Identity;
 use crate::hub::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::supervisor::{Stop, Supervisor};
@@ -32,7 +33,19 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     let http_addr = listener.local_addr()?;
 
     let sup = Supervisor::new().context("cannot take over SIGTERM/SIGINT")?;
-    let ingest = Arc::new(Ingest::new(store.clone(), &cfg.account.address, Limits::default(), metrics.clone()));
+    let identity = Arc::new(
+        Identity::load_or_create(store.as_ref(), &cfg.account.address, loaded.key_passphrase.clone())
+            .await
+            .context("the bridge's OpenPGP key")?,
+    );
+    tracing::info!(fingerprint = %identity.fingerprint, "bridge key loaded");
+    let ingest = Arc::new(Ingest::new(
+        store.clone(),
+        identity.clone(),
+        cfg.account.encryption,
+        Limits::default(),
+        metrics.clone(),
+    ));
     let imap_worker = ImapWorker::new(imap, ingest, metrics.clone());
     let token = sup.token();
     sup.spawn("imap", async move {

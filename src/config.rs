@@ -75,6 +75,25 @@ pub struct AccountConfig {
     /// The password itself; only from env `COI_BRIDGE__ACCOUNT__PASSWORD`, never the file.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// `required` (default): every chat message is signed and encrypted; contacts without
+    /// a key cannot be written to. `opportunistic`: plaintext to addresses without a key.
+    #[serde(default)]
+    pub encryption: EncryptionPolicy,
+    /// A file holding the passphrase that protects the bridge's secret key in the store.
+    #[serde(default)]
+    pub key_passphrase_file: Option<PathBuf>,
+    /// The passphrase itself; only from env `COI_BRIDGE__ACCOUNT__KEY_PASSPHRASE`.
+    #[serde(default)]
+    pub key_passphrase: Option<Secret>,
+}
+
+/// `[account] encryption`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionPolicy {
+    #[default]
+    Required,
+    Opportunistic,
 }
 
 impl AccountConfig {
@@ -249,6 +268,8 @@ pub struct BridgeConfig {
 pub struct Loaded {
     pub config: Config,
     pub password: Secret,
+    /// Unlocks the bridge's secret key, if it is protected.
+    pub key_passphrase: Option<Secret>,
     pub source: PathBuf,
 }
 
@@ -262,14 +283,19 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         );
     }
     let figment = Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).split("__"));
-    if let Some(meta) = figment.find_metadata("account.password")
-        && !meta.name.to_lowercase().contains("env")
-    {
-        bail!(
-            "{}: account.password must not be written in the config file; put it in a file named by \
-             account.password_file, or in env {ENV_PREFIX}ACCOUNT__PASSWORD",
-            path.display()
-        );
+    for (key, file_key, env) in [
+        ("account.password", "account.password_file", "ACCOUNT__PASSWORD"),
+        ("account.key_passphrase", "account.key_passphrase_file", "ACCOUNT__KEY_PASSPHRASE"),
+    ] {
+        if let Some(meta) = figment.find_metadata(key)
+            && !meta.name.to_lowercase().contains("env")
+        {
+            bail!(
+                "{}: {key} must not be written in the config file; put it in a file named by {file_key}, \
+                 or in env {ENV_PREFIX}{env}",
+                path.display()
+            );
+        }
     }
     let config: Config = figment.extract().map_err(|e| {
         let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
@@ -277,27 +303,32 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     })?;
     validate(&config).with_context(|| format!("invalid config {}", path.display()))?;
     let password = resolve_password(&config.account)?;
-    Ok(Loaded { config, password, source: path.to_path_buf() })
+    let key_passphrase = match (&config.account.key_passphrase, &config.account.key_passphrase_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(file)) => Some(read_secret_file("account.key_passphrase_file", file)?),
+        (None, None) => None,
+    };
+    Ok(Loaded { config, password, key_passphrase, source: path.to_path_buf() })
 }
 
 fn resolve_password(account: &AccountConfig) -> anyhow::Result<Secret> {
     match (&account.password, &account.password_file) {
         (Some(p), _) => Ok(p.clone()),
-        (None, Some(file)) => {
-            let raw = std::fs::read_to_string(file).with_context(|| {
-                format!(
-                    "account.password_file: cannot read {}; make it a readable file holding the mail password",
-                    file.display()
-                )
-            })?;
-            let pw = raw.trim_end_matches(['\r', '\n']);
-            if pw.is_empty() {
-                bail!("account.password_file: {} is empty; write the mail password into it", file.display());
-            }
-            Ok(Secret::new(pw))
-        }
+        (None, Some(file)) => read_secret_file("account.password_file", file),
         (None, None) => bail!("account: no password; set account.password_file, or env {ENV_PREFIX}ACCOUNT__PASSWORD"),
     }
+}
+
+/// A secret from a file: one line, trailing newline dropped, never empty.
+fn read_secret_file(key: &str, file: &Path) -> anyhow::Result<Secret> {
+    let raw = std::fs::read_to_string(file).with_context(|| {
+        format!("{key}: cannot read {}; make it a readable file holding the secret", file.display())
+    })?;
+    let secret = raw.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        bail!("{key}: {} is empty; write the secret into it", file.display());
+    }
+    Ok(Secret::new(secret))
 }
 
 fn validate(c: &Config) -> anyhow::Result<()> {
@@ -373,6 +404,9 @@ mod tests {
             login: None,
             password_file: None,
             password: Some(s),
+            encryption: EncryptionPolicy::Required,
+            key_passphrase_file: None,
+            key_passphrase: None,
         };
         assert!(!format!("{a:?}").contains("hunter2"));
     }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub imap_connected: IntGauge,
     /// Outbox deliveries, by target and result (sent, retry, failed).
     pub outbox: IntCounterVec,
+    /// A verified contact presented another key (kept aside, not used).
+    pub key_changes_flagged: IntCounter,
 }
 
 impl Metrics {
@@ -45,6 +47,7 @@ impl Metrics {
             imap_uidvalidity_changes: counter("imap_uidvalidity_changes_total", "Mailboxes found recreated"),
             imap_connected,
             outbox: vec("outbox_deliveries_total", "Outbox delivery attempts", &["target", "result"]),
+            key_changes_flagged: counter("key_changes_flagged_total", "Verified contacts that presented another key"),
             registry,
         }
     }

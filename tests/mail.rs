@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coi_bridge::coi::{self, ChatMessage, Group, GroupChange, Limits, Mailbox};
+use coi_bridge::config::EncryptionPolicy;
+use coi_bridge::hub::e2ee::Identity;
 use coi_bridge::hub::outbound::Outbound;
 use coi_bridge::metrics::Metrics;
 use coi_bridge::store::sqlite::SqliteStore;
@@ -116,7 +118,15 @@ async fn outbox_rig(server: &MailServer, display_name: Option<&str>) -> OutboxRi
     let hook = Arc::new(move |f: FailedDelivery| reports.lock().expect("lock").push(f));
     let wake = Arc::new(Notify::new());
     let worker = SmtpWorker::new(transport, store.clone(), policy, wake.clone(), hook, Arc::new(Metrics::new()));
-    let outbound = Outbound::new(store.clone(), Mailbox::new(BRIDGE, display_name), wake);
+    // These tests are about the transport: the recipients have no keys, so plaintext.
+    let identity = Arc::new(Identity::load_or_create(store.as_ref(), BRIDGE, None).await.expect("identity"));
+    let outbound = Outbound::new(
+        store.clone(),
+        Mailbox::new(BRIDGE, display_name),
+        identity,
+        EncryptionPolicy::Opportunistic,
+        wake,
+    );
     OutboxRig { _dir: dir, store, worker, outbound, failures, token: CancellationToken::new() }
 }
 

@@ -30,6 +30,7 @@ fn summary(raw: &[u8]) -> Value {
         Kind::Edit { target } => json!({ "edit": target }),
         Kind::Delete { targets } => json!({ "delete": targets }),
         Kind::ReadReceipt { original, additional } => json!({ "receipt": original, "additional": additional }),
+        Kind::Report => json!("report"),
     };
     let group = m.group.as_ref().map(|g| {
         let change = match &g.change {

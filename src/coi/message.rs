@@ -56,6 +56,9 @@ pub enum Kind {
     Edit { target: String },
     /// `Chat-Delete`: the targets are deleted.
     Delete { targets: Vec<String> },
+    /// A report that is not a read receipt (Delta Chat's key updates, sync reports):
+    /// nothing to show.
+    Report,
     /// A read receipt (MDN) for `original`, and maybe more.
     ReadReceipt { original: String, additional: Vec<String> },
 }
@@ -107,6 +110,7 @@ impl ChatMessage {
             Kind::Delete { targets } => targets.first().map(String::as_str),
             Kind::ReadReceipt { original, .. } => Some(original),
             Kind::Text | Kind::Reaction { .. } => self.in_reply_to.as_deref(),
+            Kind::Report => None,
         }
     }
 
@@ -118,6 +122,7 @@ impl ChatMessage {
             Kind::Edit { .. } => "edit",
             Kind::Delete { .. } => "delete",
             Kind::ReadReceipt { .. } => "receipt",
+            Kind::Report => "report",
         }
     }
 }

@@ -180,6 +180,9 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             msg.text = text.trim().to_owned();
             return Ok(Parsed { message: msg, problems });
         }
+        msg.kind = Kind::Report;
+        msg.text = text.trim().to_owned();
+        return Ok(Parsed { message: msg, problems });
     }
 
     if let Some(emoji) = body.reaction {

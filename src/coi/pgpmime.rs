@@ -74,9 +74,10 @@ pub fn outer_mail(msg: &ChatMessage, outer_date: i64, armored: &str) -> Vec<u8> 
 pub fn encrypted_payload(raw: &[u8]) -> Option<Vec<u8>> {
     let mail = MessageParser::new().with_mime_headers().parse(raw)?;
     let ctype = |i: usize| {
-        mail.parts.get(i).and_then(|p| p.content_type()).map(|c| {
-            format!("{}/{}", c.ctype().to_ascii_lowercase(), c.subtype().unwrap_or("").to_ascii_lowercase())
-        })
+        mail.parts
+            .get(i)
+            .and_then(|p| p.content_type())
+            .map(|c| format!("{}/{}", c.ctype().to_ascii_lowercase(), c.subtype().unwrap_or("").to_ascii_lowercase()))
     };
     let children = |i: usize| match mail.parts.get(i).map(|p| &p.body) {
         Some(PartType::Multipart(ch)) => ch.iter().map(|c| *c as usize).collect::<Vec<_>>(),
@@ -85,8 +86,9 @@ pub fn encrypted_payload(raw: &[u8]) -> Option<Vec<u8>> {
     let body = |i: usize| mail.parts.get(i).map(|p| p.contents().to_vec());
     let pgp_pair = |kids: &[usize]| -> Option<Vec<u8>> {
         match kids {
-            [a, b] if ctype(*a).as_deref() == Some("application/pgp-encrypted")
-                && ctype(*b).as_deref() == Some("application/octet-stream") =>
+            [a, b]
+                if ctype(*a).as_deref() == Some("application/pgp-encrypted")
+                    && ctype(*b).as_deref() == Some("application/octet-stream") =>
             {
                 body(*b)
             }
@@ -134,13 +136,8 @@ mod tests {
             ..ChatMessage::default()
         };
         let inner = inner_part(&msg, 1_794_900_000);
-        let armored = crypto::encrypt(
-            &inner,
-            &[crypto::public(&alice), crypto::public(&bridge)],
-            &bridge,
-            None,
-        )
-        .expect("encrypt");
+        let armored = crypto::encrypt(&inner, &[crypto::public(&alice), crypto::public(&bridge)], &bridge, None)
+            .expect("encrypt");
         let mail = outer_mail(&msg, 1_794_900_000, &armored);
         let text = String::from_utf8_lossy(&mail);
         assert!(!text.contains("Secret group") && !text.contains("Bob (Matrix)") && !text.contains("abcdefghijklm"));

@@ -135,7 +135,7 @@ pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
             add("Chat-Delete", targets.iter().map(|t| format!("<{t}>")).collect::<Vec<_>>().join(" "));
         }
         Kind::ReadReceipt { .. } => add("Auto-Submitted", "auto-replied".into()),
-        Kind::Text | Kind::Reaction { .. } => {}
+        Kind::Text | Kind::Reaction { .. } | Kind::Report => {}
     }
     h
 }
@@ -211,6 +211,7 @@ pub fn content(msg: &ChatMessage) -> Part {
             }
         }
         Kind::Delete { .. } if msg.text.is_empty() => text_part("🚮", None),
+        Kind::Report => text_part(&msg.text, None),
         Kind::Text | Kind::Edit { .. } | Kind::Delete { .. } => {
             let text = text_part(&body_text(msg), None);
             if msg.attachments.is_empty() {
@@ -282,7 +283,11 @@ mod tests {
         group.references = vec!["root@localhost".into(), "parent@localhost".into()];
         group.quote = Some("earlier\ntext".into());
         group.disposition_notification_to = Some("bridge@example.org".into());
-        group.autocrypt = Some(AutocryptHeader { addr: "bridge@example.org".into(), prefer_mutual: true, keydata: (0..=255).collect() });
+        group.autocrypt = Some(AutocryptHeader {
+            addr: "bridge@example.org".into(),
+            prefer_mutual: true,
+            keydata: (0..=255).collect(),
+        });
         group.gossip = vec![
             AutocryptHeader { addr: "alice@example.org".into(), prefer_mutual: false, keydata: vec![1; 300] },
             AutocryptHeader { addr: "carol@example.org".into(), prefer_mutual: false, keydata: vec![2; 300] },

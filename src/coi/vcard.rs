@@ -125,7 +125,9 @@ mod tests {
 
     #[test]
     fn delta_chat_escapes_the_data_uri_comma() {
-        let c = parse("BEGIN:VCARD\r\nVERSION:4.0\r\nEMAIL:alice@example.org\r\nFN:Alice\r\nKEY:data:application/pgp-keys;base64\\,AQID\r\nEND:VCARD\r\n");
+        let c = parse(
+            "BEGIN:VCARD\r\nVERSION:4.0\r\nEMAIL:alice@example.org\r\nFN:Alice\r\nKEY:data:application/pgp-keys;base64\\,AQID\r\nEND:VCARD\r\n",
+        );
         assert_eq!(c[0].key.as_deref(), Some(&[1u8, 2, 3][..]));
     }
 

@@ -7,9 +7,14 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use crate::coi::{Limits, parse};
-use crate::hub::resolve::{chat_for, member_changes, parent_ids};
+use futures::FutureExt as _;
+
+use crate::coi::{Kind, Limits};
+use crate::config::EncryptionPolicy;
+use crate::hub::e2ee::{self, Identity, OpenError, Trust};
+use crate::hub::resolve::{chat_for, member_changes, parent_ids, unattributed_chat};
 use crate::metrics::Metrics;
+use crate::store::keys::KeyLearned;
 use crate::store::{BatchOutcome, ChatRef, ImapCursor, InboundMessage, Rejected, Store, StoreResult};
 
 /// One mail as fetched from IMAP.
@@ -24,15 +29,21 @@ pub struct Fetched {
 /// Records fetched mail.
 pub struct Ingest {
     store: Arc<dyn Store>,
-    me: String,
+    identity: Arc<Identity>,
+    policy: EncryptionPolicy,
     limits: Limits,
     metrics: Arc<Metrics>,
 }
 
 impl Ingest {
-    /// `me` is the bridge's own address.
-    pub fn new(store: Arc<dyn Store>, me: &str, limits: Limits, metrics: Arc<Metrics>) -> Self {
-        Self { store, me: me.to_lowercase(), limits, metrics }
+    pub fn new(
+        store: Arc<dyn Store>,
+        identity: Arc<Identity>,
+        policy: EncryptionPolicy,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { store, identity, policy, limits, metrics }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -44,9 +55,10 @@ impl Ingest {
         self.store.record_inbound(folder, cursor, &[], &[]).await.map(|_| ())
     }
 
-    /// Parses a batch and records it with the cursor. On error nothing is recorded and
-    /// the cursor stays, so the same batch is fetched again.
+    /// Opens, parses and records a batch with the cursor. On error nothing is recorded
+    /// and the cursor stays, so the same batch is fetched again.
     pub async fn batch(&self, folder: &str, cursor: ImapCursor, fetched: Vec<Fetched>) -> StoreResult<BatchOutcome> {
+        let me = self.identity.addr.as_str();
         let mut messages: Vec<InboundMessage> = Vec::with_capacity(fetched.len());
         let mut rejected = Vec::new();
         let mut batch_chats: HashMap<String, ChatRef> = HashMap::new();
@@ -59,9 +71,12 @@ impl Ingest {
                 self.reject(folder, f.uid, "too_large", reason, Vec::new(), &mut rejected);
                 continue;
             }
-            let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| parse(&f.raw, &self.limits)));
-            let parsed = match parsed {
-                Ok(Ok(p)) => p,
+            let opened = AssertUnwindSafe(e2ee::open(&f.raw, &self.identity, self.store.as_ref(), &self.limits))
+                .catch_unwind()
+                .await;
+            let opened = match opened {
+                Ok(Ok(o)) => o,
+                Ok(Err(OpenError::Store(e))) => return Err(e),
                 Ok(Err(e)) => {
                     self.reject(folder, f.uid, e.label(), e.to_string(), f.raw, &mut rejected);
                     continue;
@@ -71,22 +86,61 @@ impl Ingest {
                     continue;
                 }
             };
-            for p in &parsed.problems {
+            for p in &opened.problems {
                 self.metrics.inbound_problems.with_label_values(&[p.label()]).inc();
-                tracing::warn!(folder, uid = f.uid, message_id = %parsed.message.message_id, problem = ?p, "mail has a defect; recorded anyway");
+                tracing::warn!(folder, uid = f.uid, message_id = %opened.message.message_id, problem = ?p, "mail has a defect; recorded anyway");
             }
-            let msg = parsed.message;
-            let ids = parent_ids(&msg);
-            let parent = match ids.iter().find_map(|id| batch_chats.get(id).cloned()) {
-                Some(c) => Some(c),
-                None if ids.is_empty() => None,
-                None => self.store.chat_of_any(&ids).await?,
+            for (addr, learned) in &opened.key_events {
+                match learned {
+                    KeyLearned::Flagged { old_fingerprint } => {
+                        self.metrics.key_changes_flagged.inc();
+                        tracing::warn!(addr = %addr, old = %old_fingerprint, "a verified contact sent another key; kept aside, not used");
+                    }
+                    other => tracing::info!(addr = %addr, outcome = ?other, "contact key learned"),
+                }
+            }
+            let mut msg = opened.message;
+            if msg.kind == Kind::Report {
+                tracing::debug!(uid = f.uid, message_id = %msg.message_id, "report mail (key update, sync): nothing to record");
+                continue;
+            }
+            let sender_has_key = self.store.contact_key(&msg.from.addr).await?.is_some();
+            let attributed = match &opened.trust {
+                Trust::Verified { .. } => true,
+                Trust::Invite { signer, .. } => signer.is_some(),
+                Trust::Plain | Trust::Unverified => self.policy == EncryptionPolicy::Opportunistic && !sender_has_key,
             };
-            let chat = chat_for(&msg, &self.me, parent);
+            let security = match &opened.trust {
+                Trust::Plain => "plain",
+                Trust::Unverified => "unverified",
+                Trust::Verified { .. } => "verified",
+                Trust::Invite { .. } => "invite",
+            };
+            let chat = if attributed {
+                let ids = parent_ids(&msg);
+                let parent = match ids.iter().find_map(|id| batch_chats.get(id).cloned()) {
+                    Some(c) => Some(c),
+                    None if ids.is_empty() => None,
+                    None => self.store.chat_of_any(&ids).await?,
+                };
+                chat_for(&msg, me, parent)
+            } else {
+                // Not provably from its sender: no group state, no threading into other
+                // chats, and not the sender's own chat.
+                if msg.group.take().is_some() {
+                    self.metrics.inbound_problems.with_label_values(&["unsigned_group_ignored"]).inc();
+                }
+                tracing::warn!(
+                    folder, uid = f.uid, from = %msg.from.addr, security,
+                    "mail not signed by its sender's key: recorded apart, not attributed to the contact"
+                );
+                unattributed_chat(&msg.from.addr)
+            };
             batch_chats.insert(msg.message_id.clone(), chat.clone());
-            let (members_added, members_removed) = member_changes(&msg, &self.me);
-            tracing::debug!(folder, uid = f.uid, message_id = %msg.message_id, chat = %chat.key, kind = msg.kind_name(), "mail parsed");
-            messages.push(InboundMessage { uid: f.uid, chat, message: msg, members_added, members_removed });
+            let (members_added, members_removed) =
+                if attributed { member_changes(&msg, me) } else { (Vec::new(), Vec::new()) };
+            tracing::debug!(folder, uid = f.uid, message_id = %msg.message_id, chat = %chat.key, kind = msg.kind_name(), security, "mail opened");
+            messages.push(InboundMessage { uid: f.uid, chat, message: msg, members_added, members_removed, security });
         }
         let outcome = self.store.record_inbound(folder, cursor, &messages, &rejected).await?;
         self.metrics.inbound_recorded.inc_by(outcome.recorded as u64);

@@ -4,6 +4,7 @@
 //! - [`ingest`]: fetched mail → parsed → recorded with the IMAP cursor in one transaction.
 //! - [`outbound`]: a message for COI → rendered → recorded and queued for SMTP in one transaction.
 
+pub mod e2ee;
 pub mod ingest;
 pub mod outbound;
 pub mod resolve;

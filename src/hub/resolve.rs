@@ -20,6 +20,12 @@ pub fn chat_for(msg: &ChatMessage, me: &str, parent: Option<ChatRef>) -> ChatRef
     ChatRef { kind: ChatKind::Single, key: msg.from.addr.clone(), name: msg.from.display().to_owned() }
 }
 
+/// Where mail goes that cannot be attributed to its sender (unsigned, or signed with
+/// another key): a 1:1 chat of its own, apart from the contact's real chat.
+pub fn unattributed_chat(from: &str) -> ChatRef {
+    ChatRef { kind: ChatKind::Single, key: format!("unverified:{from}"), name: format!("{from} (unverified)") }
+}
+
 /// The Message-IDs to look up for the parent's chat, nearest first.
 pub fn parent_ids(msg: &ChatMessage) -> Vec<String> {
     let mut ids: Vec<String> = msg.in_reply_to.iter().cloned().collect();

@@ -97,4 +97,6 @@ pub trait KeyStore: Send + Sync {
     async fn add_invite(&self, invite: &InviteRow) -> StoreResult<()>;
     async fn invite(&self, invite_number: &str) -> StoreResult<Option<InviteRow>>;
     async fn invite_by_auth(&self, auth: &str) -> StoreResult<Option<InviteRow>>;
+    /// Every invite handed out, newest first.
+    async fn invites(&self) -> StoreResult<Vec<InviteRow>>;
 }

@@ -105,6 +105,8 @@ pub struct StoredMessage {
     pub in_reply_to: Option<String>,
     pub target: Option<String>,
     pub attachments: Vec<StoredAttachment>,
+    /// `plain`, `unverified`, `verified`, `invite`, or `sent` for our own.
+    pub security: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +133,8 @@ pub struct InboundMessage {
     pub members_added: Vec<String>,
     /// Addresses this message removes from the chat.
     pub members_removed: Vec<String>,
+    /// `plain`, `unverified`, `verified` or `invite` (see `hub::e2ee::Trust`).
+    pub security: &'static str,
 }
 
 /// One fetched mail that could not be parsed, kept aside for the operator.

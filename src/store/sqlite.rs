@@ -129,10 +129,11 @@ impl SqliteStore {
         chat_id: i64,
         direction: Direction,
         m: &ChatMessage,
+        security: &str,
     ) -> StoreResult<bool> {
         let row = sqlx::query(
-            "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, in_reply_to, target, sent_at, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, in_reply_to, target, sent_at, recorded_at, security)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (message_id) DO NOTHING RETURNING id",
         )
         .bind(&m.message_id)
@@ -146,6 +147,7 @@ impl SqliteStore {
         .bind(m.target())
         .bind(m.date)
         .bind(now())
+        .bind(security)
         .fetch_optional(&mut **tx)
         .await
         .map_err(err)?;
@@ -213,6 +215,7 @@ impl SqliteStore {
             in_reply_to: row.get("in_reply_to"),
             target: row.get("target"),
             attachments,
+            security: row.get("security"),
         })
     }
 
@@ -248,7 +251,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(err)?;
         for m in messages {
             let chat_id = Self::ensure_chat(&mut tx, &m.chat).await?;
-            if Self::insert_message(&mut tx, chat_id, Direction::In, &m.message).await? {
+            if Self::insert_message(&mut tx, chat_id, Direction::In, &m.message, m.security).await? {
                 out.recorded += 1;
                 Self::update_members(&mut tx, chat_id, &m.members_added, &m.members_removed).await?;
             } else {
@@ -307,7 +310,7 @@ impl Store for SqliteStore {
         let envelope = serde_json::to_string(&mail.envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
         let mut tx = self.pool.begin().await.map_err(err)?;
         let chat_id = Self::ensure_chat(&mut tx, &mail.chat).await?;
-        if Self::insert_message(&mut tx, chat_id, Direction::Out, &mail.message).await? {
+        if Self::insert_message(&mut tx, chat_id, Direction::Out, &mail.message, "sent").await? {
             let ts = now();
             sqlx::query(
                 "INSERT INTO outbox (target, chat_id, message_id, payload, envelope, next_attempt_at, created_at)

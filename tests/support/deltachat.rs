@@ -137,7 +137,11 @@ impl DeltaChat {
                 return ev["event"].clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out after {within:?} waiting for {what} on account {acc}; log {}", self.log_path().display());
+            assert!(
+                !left.is_zero(),
+                "timed out after {within:?} waiting for {what} on account {acc}; log {}",
+                self.log_path().display()
+            );
             let _ = tokio::time::timeout(left, notified).await;
         }
     }

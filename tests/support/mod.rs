@@ -319,6 +319,18 @@ pub fn free_port() -> u16 {
 
 /// Writes a config for the bridge account on `server`; `extra` is appended to `[imap]`.
 pub fn write_config(server: &MailServer, state: &Path, link: Link, imap_extra: &str, http_port: u16) -> PathBuf {
+    write_config_with(server, state, link, imap_extra, http_port, "opportunistic")
+}
+
+/// [`write_config`] with an explicit `[account] encryption` policy.
+pub fn write_config_with(
+    server: &MailServer,
+    state: &Path,
+    link: Link,
+    imap_extra: &str,
+    http_port: u16,
+    encryption: &str,
+) -> PathBuf {
     let (imap, smtp) = match link {
         Link::Plain => (
             format!("port = {}\nsecurity = \"plain\"", server.imap_port()),
@@ -338,7 +350,7 @@ pub fn write_config(server: &MailServer, state: &Path, link: Link, imap_extra: &
         Link::Tls => "localhost",
     };
     let text = format!(
-        "[account]\naddress = \"{BRIDGE}\"\n\n[imap]\nhost = \"{host}\"\n{imap}\nidle_timeout_secs = 60\n{imap_extra}\n\n\
+        "[account]\naddress = \"{BRIDGE}\"\nencryption = \"{encryption}\"\n\n[imap]\nhost = \"{host}\"\n{imap}\nidle_timeout_secs = 60\n{imap_extra}\n\n\
          [smtp]\nhost = \"{host}\"\n{smtp}\nretry_max_delay_secs = 2\n\n[store]\nurl = \"sqlite://bridge.db\"\nstate_dir = \"{}\"\n\n\
          [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
         state.display()

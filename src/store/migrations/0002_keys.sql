@@ -40,3 +40,8 @@ CREATE TABLE securejoin_invite (
     group_id       TEXT,
     created_at     INTEGER NOT NULL
 ) STRICT;
+
+-- How far each recorded message could be trusted: plain (not encrypted), unverified
+-- (encrypted, not signed by the sender's key), verified, invite (SecureJoin step).
+ALTER TABLE message ADD COLUMN security TEXT NOT NULL DEFAULT 'plain'
+    CHECK (security IN ('plain', 'unverified', 'verified', 'invite', 'sent'));

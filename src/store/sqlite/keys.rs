@@ -175,6 +175,14 @@ impl KeyStore for SqliteStore {
         Ok(row.as_ref().map(invite_row))
     }
 
+    async fn invites(&self) -> StoreResult<Vec<InviteRow>> {
+        let rows = sqlx::query("SELECT * FROM securejoin_invite ORDER BY created_at DESC, rowid DESC")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(invite_row).collect())
+    }
+
     async fn invite_by_auth(&self, auth: &str) -> StoreResult<Option<InviteRow>> {
         let row = sqlx::query("SELECT * FROM securejoin_invite WHERE auth = ?")
             .bind(auth)

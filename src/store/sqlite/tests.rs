@@ -32,6 +32,7 @@ fn inbound(uid: u32, id: &str, chat_key: &str) -> InboundMessage {
         },
         members_added: vec![chat_key.into()],
         members_removed: vec![],
+        security: "verified",
     }
 }
 
