@@ -8,7 +8,7 @@
 //! - [`hub`]: which chat a mail belongs to; recording inbound, queueing outbound.
 //! - [`store`]: the durable record: chats, messages, outbox, IMAP cursor.
 //! - [`http`], [`metrics`], [`logging`]: what the operator sees.
-//! - [`check`]: `coi-bridge check`.
+//! - [`check`]: `coi-bridge check`; [`commands`]: `key …`, `contact import`.
 //!
 //! The bridge contract lives in the `coi-bridge-api` crate (`bridges/api`).
 
@@ -16,6 +16,7 @@ pub mod app;
 pub mod backoff;
 pub mod check;
 pub mod coi;
+pub mod commands;
 pub mod config;
 pub mod http;
 pub mod hub;

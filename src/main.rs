@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use coi_bridge::logging::{self, LogFormat};
 use coi_bridge::supervisor::Stop;
-use coi_bridge::{app, check, config};
+use coi_bridge::{app, check, commands, config};
 
 /// Exit codes (sysexits.h where one fits).
 mod exit {
     pub const FAILURE: u8 = 1;
+    /// Bad command line (clap uses the same code).
+    pub const USAGE: u8 = 2;
     /// `check` could not reach or log in to a server.
     pub const UNAVAILABLE: u8 = 69;
     /// The configuration is invalid.
@@ -25,6 +27,9 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value = "text", env = "COI_BRIDGE_LOG_FORMAT")]
     log_format: LogFormat,
+    /// The config file (TOML); every command needs it.
+    #[arg(long, short, global = true, env = "COI_BRIDGE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,16 +37,37 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon until SIGTERM/SIGINT.
-    Run {
-        /// The config file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Run,
     /// Validate the config and log in to every server; one line per item.
-    Check {
-        /// The config file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+    Check,
+    /// The bridge's OpenPGP key (created on first use).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Contacts and their keys.
+    Contact {
+        #[command(subcommand)]
+        action: ContactAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Print the address and key fingerprint.
+    Show,
+    /// Print the public key, armored.
+    ExportPublic,
+    /// Print the bridge as a vCard with its key (Delta Chat can import it).
+    Vcard,
+}
+
+#[derive(Subcommand)]
+enum ContactAction {
+    /// Import contacts and their keys from a vCard file.
+    Import {
+        /// The .vcf file.
+        file: PathBuf,
     },
 }
 
@@ -57,8 +83,9 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        let path = match &cli.command {
-            Command::Run { config } | Command::Check { config } => config,
+        let Some(path) = &cli.config else {
+            eprintln!("error: --config FILE is required (or env COI_BRIDGE_CONFIG)");
+            return exit::USAGE;
         };
         let loaded = match config::load(path) {
             Ok(l) => l,
@@ -68,14 +95,25 @@ fn main() -> ExitCode {
             }
         };
         match cli.command {
-            Command::Check { .. } => {
+            Command::Check => {
                 if check::check(&loaded).await {
                     0
                 } else {
                     exit::UNAVAILABLE
                 }
             }
-            Command::Run { .. } => match app::run(loaded).await {
+            Command::Key { action, .. } => {
+                let out = match action {
+                    KeyAction::Show => commands::key_show(&loaded).await,
+                    KeyAction::ExportPublic => commands::key_export_public(&loaded).await,
+                    KeyAction::Vcard => commands::key_vcard(&loaded).await,
+                };
+                print_or_fail(out)
+            }
+            Command::Contact { action: ContactAction::Import { file }, .. } => {
+                print_or_fail(commands::contact_import(&loaded, &file).await)
+            }
+            Command::Run => match app::run(loaded).await {
                 Ok(Stop::Clean) => 0,
                 Ok(Stop::Forced) => exit::FORCED,
                 Ok(Stop::Fatal) => exit::FAILURE,
@@ -90,4 +128,17 @@ fn main() -> ExitCode {
     // A forced stop must not wait for tasks that ignore the token.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code)
+}
+
+fn print_or_fail(out: anyhow::Result<String>) -> u8 {
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::FAILURE
+        }
+    }
 }

@@ -357,6 +357,14 @@ pub fn write_config_with(
     );
     let path = state.join("coi-bridge.toml");
     std::fs::create_dir_all(state).expect("state dir");
+    // The password also sits in a file, so in-process tests can load the config without
+    // touching the environment; the daemon subprocess gets the env variable, which wins.
+    std::fs::write(state.join("mail-password"), BRIDGE_PASSWORD).expect("password file");
+    let text = text.replacen(
+        "[account]\n",
+        &format!("[account]\npassword_file = \"{}\"\n", state.join("mail-password").display()),
+        1,
+    );
     std::fs::write(&path, text).expect("write config");
     path
 }

@@ -1,0 +1,73 @@
+//! The offline commands: `key show|export-public|vcard` and `contact import`, working on the store without the daemon.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::coi::{crypto, vcard};
+use crate::config::Loaded;
+use crate::hub::e2ee::Identity;
+use crate::store::keys::{KeyLearned, KeySource};
+use crate::store::{self, Store};
+
+async fn open(loaded: &Loaded) -> anyhow::Result<(std::sync::Arc<dyn Store>, Identity)> {
+    let cfg = &loaded.config;
+    let store = store::open(&cfg.store.url, &cfg.store.state_dir()).await?;
+    let id = Identity::load_or_create(store.as_ref(), &cfg.account.address, loaded.key_passphrase.clone()).await?;
+    Ok((store, id))
+}
+
+/// `key show`: the address and fingerprint.
+pub async fn key_show(loaded: &Loaded) -> anyhow::Result<String> {
+    let (_, id) = open(loaded).await?;
+    Ok(format!("address      {}\nfingerprint  {}\n", id.addr, id.fingerprint))
+}
+
+/// `key export-public`: the armored public key.
+pub async fn key_export_public(loaded: &Loaded) -> anyhow::Result<String> {
+    let (_, id) = open(loaded).await?;
+    Ok(crypto::public_armored(&id.public))
+}
+
+/// `key vcard`: the bridge as a vCard with its key, for Delta Chat's "import contact".
+pub async fn key_vcard(loaded: &Loaded) -> anyhow::Result<String> {
+    let (_, id) = open(loaded).await?;
+    Ok(vcard::render(&vcard::VcardContact {
+        addr: id.addr.clone(),
+        name: Some(loaded.config.account.display_name.clone()),
+        key: Some(crypto::public_to_bytes(&id.public)),
+    }))
+}
+
+/// `contact import FILE.vcf`: every contact with a key; one line per contact.
+pub async fn contact_import(loaded: &Loaded, file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let contacts = vcard::parse(&text);
+    anyhow::ensure!(!contacts.is_empty(), "{}: no vCard with an EMAIL in it", file.display());
+    let (store, _) = open(loaded).await?;
+    let mut out = String::new();
+    for c in contacts {
+        let Some(keydata) = &c.key else {
+            out.push_str(&format!("skipped   {}: the card has no KEY\n", c.addr));
+            continue;
+        };
+        let key = match crypto::public_from_bytes(keydata) {
+            Ok(k) => k,
+            Err(e) => {
+                out.push_str(&format!("skipped   {}: {e}\n", c.addr));
+                continue;
+            }
+        };
+        let fpr = crypto::fingerprint(&key);
+        let line = match store.learn_contact_key(&c.addr, &fpr, keydata, KeySource::Vcard, false).await? {
+            KeyLearned::New => format!("imported  {} {fpr}\n", c.addr),
+            KeyLearned::Same => format!("unchanged {} {fpr}\n", c.addr),
+            KeyLearned::Replaced { old_fingerprint } => format!("replaced  {} {old_fingerprint} -> {fpr}\n", c.addr),
+            KeyLearned::Flagged { old_fingerprint } => {
+                format!("refused   {}: verified key {old_fingerprint} stays; {fpr} is kept aside for review\n", c.addr)
+            }
+        };
+        out.push_str(&line);
+    }
+    Ok(out)
+}
