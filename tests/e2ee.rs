@@ -129,9 +129,13 @@ async fn one_to_one_with_delta_chat_is_encrypted_both_ways_and_forgeries_are_kep
             text: "forged: bad signature".into(),
             ..ChatMessage::default()
         };
-        let armored =
-            crypto::encrypt(&pgpmime::inner_part(&forged, 0), &[core.identity.public.clone()], &mallory, None)
-                .expect("encrypt");
+        let armored = crypto::encrypt(
+            &pgpmime::inner_part(&forged, 0),
+            std::slice::from_ref(&core.identity.public),
+            &mallory,
+            None,
+        )
+        .expect("encrypt");
         server.deliver("alice@example.org", &[BRIDGE], &pgpmime::outer_mail(&forged, 0, &armored)).await;
         for (text, security) in [("forged: unsigned", "plain"), ("forged: bad signature", "unverified")] {
             let m = recorded_with_text(&core, text).await;
