@@ -11,6 +11,7 @@ use crate::config::Loaded;
 use crate::hub::e2ee::Identity;
 use crate::hub::ingest::Ingest;
 use crate::hub::outbound::Outbound;
+use crate::hub::securejoin::SecureJoin;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::supervisor::{Stop, Supervisor};
@@ -29,6 +30,8 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Where bridges hand messages for COI.
     pub outbound: Arc<Outbound>,
+    /// Invite links and the inviter's side of SecureJoin.
+    pub securejoin: Arc<SecureJoin>,
     pub imap: ImapWorker,
     pub smtp: SmtpWorker,
 }
@@ -45,14 +48,6 @@ impl Core {
                 .await
                 .context("the bridge's OpenPGP key")?,
         );
-        let ingest = Arc::new(Ingest::new(
-            store.clone(),
-            identity.clone(),
-            cfg.account.encryption,
-            Limits::default(),
-            metrics.clone(),
-        ));
-        let imap = ImapWorker::new(ImapSettings::from_config(loaded)?, ingest, metrics.clone());
         let wake = Arc::new(Notify::new());
         let policy = RetryPolicy {
             base: Duration::from_secs(1),
@@ -63,7 +58,13 @@ impl Core {
             SmtpWorker::new(smtp::transport(loaded)?, store.clone(), policy, wake.clone(), on_failure, metrics.clone());
         let me = Mailbox::new(&cfg.account.address, Some(&cfg.account.display_name));
         let outbound = Arc::new(Outbound::new(store.clone(), me, identity.clone(), cfg.account.encryption, wake));
-        Ok(Self { store, identity, metrics, outbound, imap, smtp })
+        let securejoin =
+            Arc::new(SecureJoin::new(store.clone(), identity.clone(), outbound.clone(), &cfg.account.display_name));
+        let ingest =
+            Ingest::new(store.clone(), identity.clone(), cfg.account.encryption, Limits::default(), metrics.clone())
+                .with_securejoin(securejoin.clone());
+        let imap = ImapWorker::new(ImapSettings::from_config(loaded)?, Arc::new(ingest), metrics.clone());
+        Ok(Self { store, identity, metrics, outbound, securejoin, imap, smtp })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The offline commands: `key show|export-public|vcard` and `contact import`, working on the store without the daemon.
+//! The offline commands: `key show|export-public|vcard`, `contact import` and `invite`, working on the store beside the daemon.
 
 use std::path::Path;
 
@@ -70,4 +70,17 @@ pub async fn contact_import(loaded: &Loaded, file: &Path) -> anyhow::Result<Stri
         out.push_str(&line);
     }
     Ok(out)
+}
+
+/// `invite [--group NAME] [--qr FILE]`: a SecureJoin invite link, printed (and drawn).
+/// The running daemon answers the joiner.
+pub async fn invite(loaded: &Loaded, group: Option<&str>, qr: Option<&Path>) -> anyhow::Result<String> {
+    let (store, id) = open(loaded).await?;
+    let invite =
+        crate::hub::securejoin::create_invite(store.as_ref(), &id, &loaded.config.account.display_name, group).await?;
+    let link = invite.render();
+    if let Some(path) = qr {
+        crate::qr::write_png(&link, path)?;
+    }
+    Ok(format!("{link}\n"))
 }

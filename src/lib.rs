@@ -22,6 +22,7 @@ pub mod http;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
+pub mod qr;
 pub mod store;
 pub mod supervisor;
 pub mod transport;

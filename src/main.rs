@@ -45,6 +45,16 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Print a SecureJoin invite link: Delta Chat users who open it get a verified
+    /// chat with the bridge (or join the group).
+    Invite {
+        /// Invite to this group (created if the bridge has none by that name).
+        #[arg(long)]
+        group: Option<String>,
+        /// Also write the link as a QR-code PNG.
+        #[arg(long)]
+        qr: Option<PathBuf>,
+    },
     /// Contacts and their keys.
     Contact {
         #[command(subcommand)]
@@ -109,6 +119,9 @@ fn main() -> ExitCode {
                     KeyAction::Vcard => commands::key_vcard(&loaded).await,
                 };
                 print_or_fail(out)
+            }
+            Command::Invite { group, qr } => {
+                print_or_fail(commands::invite(&loaded, group.as_deref(), qr.as_deref()).await)
             }
             Command::Contact { action: ContactAction::Import { file }, .. } => {
                 print_or_fail(commands::contact_import(&loaded, &file).await)

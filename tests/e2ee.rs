@@ -151,3 +151,129 @@ async fn one_to_one_with_delta_chat_is_encrypted_both_ways_and_forgeries_are_kep
     };
     tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
 }
+
+/// The addresses of a Delta Chat chat's members (key contacts have their own ids, so
+/// look them up rather than comparing ids).
+async fn member_addrs(dc: &DeltaChat, acc: u64, chat: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in chat["contactIds"].as_array().cloned().unwrap_or_default() {
+        let c = dc.call("get_contact", json!([acc, id])).await;
+        out.extend(c["address"].as_str().map(str::to_owned));
+    }
+    out
+}
+
+/// Waits for Delta Chat's joiner to report the end of SecureJoin.
+async fn joined(dc: &DeltaChat, acc: u64) {
+    dc.wait_event(acc, "SecurejoinJoinerProgress 1000", WAIT, |e| {
+        e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
+    coi_bridge::init_crypto();
+    let server = mail_server!();
+    let Some(dc) = DeltaChat::start().await else { return };
+    let alice = dc.account(&server, "alice", "Alice").await;
+    let bob = dc.account(&server, "bob", "Bob").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config_with(&server, state.path(), Link::Plain, "", support::free_port(), "required");
+    let qr = state.path().join("invite.png");
+    let link = cli(&config, &["invite", "--qr", qr.to_str().expect("path")]).trim().to_owned();
+    assert!(link.starts_with("https://i.delta.chat/#") && link.contains("&v=3&"), "{link}");
+    assert!(std::fs::metadata(&qr).expect("QR written").len() > 100);
+
+    let loaded = coi_bridge::config::load(&config).expect("config");
+    let core =
+        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let token = CancellationToken::new();
+    let body = async {
+        // 1:1: Alice opens the bridge's link.
+        let checked = dc.call("check_qr", json!([alice, link])).await;
+        assert_eq!(checked["kind"], json!("askVerifyContact"), "{checked}");
+        dc.call("secure_join", json!([alice, link])).await;
+        joined(&dc, alice).await;
+        let k = core.store.contact_key("alice@example.org").await.expect("read").expect("key learned");
+        assert!(k.verified, "the bridge verified Alice through SecureJoin");
+        let bridge_contact = dc.call("lookup_contact_id_by_addr", json!([alice, BRIDGE])).await;
+        let c = dc.call("get_contact", json!([alice, bridge_contact])).await;
+        assert_eq!(c["isKeyContact"], json!(true), "{c}");
+
+        // A group: both join through one link made while the daemon runs.
+        let glink = cli(&config, &["invite", "--group", "Bridge Room"]).trim().to_owned();
+        let checked = dc.call("check_qr", json!([bob, glink])).await;
+        assert_eq!(checked["kind"], json!("askVerifyGroup"), "{checked}");
+        let alice_group = dc.call("secure_join", json!([alice, glink])).await;
+        joined(&dc, alice).await;
+        let bob_group = dc.call("secure_join", json!([bob, glink])).await;
+        dc.wait_event(bob, "SecurejoinJoinerProgress 1000", WAIT, |e| {
+            e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
+        })
+        .await;
+        let group = eventually(WAIT, "both in the bridge's group", || async {
+            let chats = core.store.chats().await.expect("chats");
+            chats.into_iter().find(|c| c.name == "Bridge Room" && c.members.len() == 2)
+        })
+        .await;
+        assert_eq!(group.members, vec!["alice@example.org".to_string(), "bob@example.org".to_string()]);
+
+        // Alice's Delta Chat learns Bob as a member from the bridge's vg-member-added.
+        let alice_sees = eventually(Duration::from_secs(20), "Alice's group lists Bob", || async {
+            let c = dc.call("get_full_chat_by_id", json!([alice, alice_group])).await;
+            member_addrs(&dc, alice, &c).await.contains(&"bob@example.org".to_string()).then_some(c)
+        })
+        .await;
+        assert_eq!(alice_sees["name"], json!("Bridge Room"));
+
+        // Alice writes: the bridge records it in the group, Bob gets it too.
+        dc.call("misc_send_text_message", json!([alice, alice_group, "hello room, Alice here"])).await;
+        let got = recorded_with_text(&core, "hello room, Alice here").await;
+        assert_eq!(got.security, "verified");
+        assert_eq!(got.chat_id, group.id);
+        let at_bob = dc_message(&dc, bob, "hello room, Alice here").await;
+        assert_eq!(at_bob["chatId"], bob_group);
+
+        // The bridge relays a Matrix user into the group under their own name.
+        core.outbound
+            .queue_to_group(
+                &group,
+                ChatMessage {
+                    from: Mailbox::new(BRIDGE, Some("Carl (Matrix)")),
+                    text: "relayed from Matrix".into(),
+                    ..ChatMessage::default()
+                },
+            )
+            .await
+            .expect("queued");
+        for acc in [alice, bob] {
+            let m = dc_message(&dc, acc, "relayed from Matrix").await;
+            assert_eq!(m["overrideSenderName"], json!("Carl (Matrix)"), "{m}");
+            assert_eq!(m["showPadlock"], json!(true));
+        }
+
+        // The bridge renames the group and removes Bob.
+        coi_bridge::hub::groups::rename(core.store.as_ref(), &core.outbound, &group, "Renamed Room")
+            .await
+            .expect("rename");
+        eventually(WAIT, "Alice sees the new name", || async {
+            let c = dc.call("get_full_chat_by_id", json!([alice, alice_group])).await;
+            (c["name"] == "Renamed Room").then_some(())
+        })
+        .await;
+        let group = core.store.chat(group.id).await.expect("chat").expect("exists");
+        coi_bridge::hub::groups::remove_member(core.store.as_ref(), &core.outbound, &group, "bob@example.org")
+            .await
+            .expect("remove");
+        eventually(WAIT, "Bob is out of the group on both sides", || async {
+            let at_bob = dc.call("get_full_chat_by_id", json!([bob, bob_group])).await;
+            let at_alice = dc.call("get_full_chat_by_id", json!([alice, alice_group])).await;
+            let alice_lists_bob = member_addrs(&dc, alice, &at_alice).await.contains(&"bob@example.org".to_string());
+            (at_bob["selfInGroup"] == json!(false) && !alice_lists_bob).then_some(())
+        })
+        .await;
+        token.cancel();
+    };
+    tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
+}

@@ -104,11 +104,6 @@ async fn outbox_rig(server: &MailServer, display_name: Option<&str>) -> OutboxRi
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
     let config = support::write_config(server, dir.path(), Link::Tls, "", support::free_port());
-    std::fs::write(dir.path().join("pw"), support::BRIDGE_PASSWORD).expect("pw");
-    let pw_line = format!("password_file = \"{}\"", dir.path().join("pw").display());
-    let text =
-        std::fs::read_to_string(&config).expect("config").replace("[account]\n", &format!("[account]\n{pw_line}\n"));
-    std::fs::write(&config, text).expect("config");
     let loaded = coi_bridge::config::load(&config).expect("config loads");
     let transport = coi_bridge::transport::smtp::transport(&loaded).expect("transport");
     let policy =

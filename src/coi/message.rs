@@ -98,6 +98,15 @@ pub struct ChatMessage {
     pub gossip: Vec<AutocryptHeader>,
     /// `Chat-Group-Member-Fpr`: the members' key fingerprints, in `To` order.
     pub member_fprs: Vec<String>,
+    /// `Chat-Group-Past-Members`: members who left or were removed (their fingerprints and
+    /// timestamps follow the current members' in the lists).
+    pub past_members: Vec<String>,
+    /// `Chat-Group-Member-Timestamps`: when each member (in `To` order, then past members)
+    /// was added or removed.
+    pub member_timestamps: Vec<i64>,
+    /// `Chat-Group-Member-Added-Fpr` / `-Removed-Fpr`: the key of the member the group
+    /// change is about.
+    pub change_fpr: Option<String>,
     /// `Secure-Join*` headers in order (name as written, value).
     pub secure_join: Vec<(String, String)>,
 }

@@ -151,6 +151,14 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             msg.gossip.extend(AutocryptHeader::parse(unfolded));
         } else if name.eq_ignore_ascii_case("Chat-Group-Member-Fpr") {
             msg.member_fprs = unfolded.split_whitespace().map(str::to_ascii_uppercase).collect();
+        } else if name.eq_ignore_ascii_case("Chat-Group-Past-Members") {
+            msg.past_members = unfolded.split_whitespace().map(|a| clean_id(a).to_lowercase()).collect();
+        } else if name.eq_ignore_ascii_case("Chat-Group-Member-Timestamps") {
+            msg.member_timestamps = unfolded.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+        } else if name.eq_ignore_ascii_case("Chat-Group-Member-Added-Fpr")
+            || name.eq_ignore_ascii_case("Chat-Group-Member-Removed-Fpr")
+        {
+            msg.change_fpr = Some(unfolded.to_ascii_uppercase());
         } else if name.len() >= 11 && name[..11].eq_ignore_ascii_case("Secure-Join") {
             msg.secure_join.push((name.to_owned(), unfolded.to_owned()));
         }

@@ -108,8 +108,18 @@ pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
         add("Chat-Group-ID", g.id.clone());
         add("Chat-Group-Name", encode_words(&g.name));
         match &g.change {
-            Some(GroupChange::MemberAdded(a)) => add("Chat-Group-Member-Added", a.clone()),
-            Some(GroupChange::MemberRemoved(a)) => add("Chat-Group-Member-Removed", a.clone()),
+            Some(GroupChange::MemberAdded(a)) => {
+                add("Chat-Group-Member-Added", a.clone());
+                if let Some(f) = &msg.change_fpr {
+                    add("Chat-Group-Member-Added-Fpr", f.clone());
+                }
+            }
+            Some(GroupChange::MemberRemoved(a)) => {
+                add("Chat-Group-Member-Removed", a.clone());
+                if let Some(f) = &msg.change_fpr {
+                    add("Chat-Group-Member-Removed-Fpr", f.clone());
+                }
+            }
             Some(GroupChange::NameChanged { old }) => add("Chat-Group-Name-Changed", encode_words(old)),
             None => {}
         }
@@ -119,6 +129,13 @@ pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
     }
     if !msg.member_fprs.is_empty() {
         add("Chat-Group-Member-Fpr", msg.member_fprs.join(" "));
+    }
+    if !msg.past_members.is_empty() {
+        add("Chat-Group-Past-Members", msg.past_members.join(" "));
+    }
+    if !msg.member_timestamps.is_empty() {
+        let ts: Vec<String> = msg.member_timestamps.iter().map(i64::to_string).collect();
+        add("Chat-Group-Member-Timestamps", ts.join(" "));
     }
     for (name, value) in &msg.secure_join {
         add(name, value.clone());
@@ -293,6 +310,9 @@ mod tests {
             AutocryptHeader { addr: "carol@example.org".into(), prefer_mutual: false, keydata: vec![2; 300] },
         ];
         group.member_fprs = vec!["A".repeat(40), "B".repeat(40)];
+        group.member_timestamps = vec![1_795_000_000, 1_795_000_001, 1_795_000_002];
+        group.past_members = vec!["dave@example.org".into()];
+        group.change_fpr = Some("C".repeat(40));
         group.secure_join = vec![("Secure-Join".into(), "vg-member-added".into())];
         group.attachments = vec![
             Attachment {

@@ -12,7 +12,9 @@ use futures::FutureExt as _;
 use crate::coi::{Kind, Limits};
 use crate::config::EncryptionPolicy;
 use crate::hub::e2ee::{self, Identity, OpenError, Trust};
+use crate::hub::outbound::QueueError;
 use crate::hub::resolve::{chat_for, member_changes, parent_ids, unattributed_chat};
+use crate::hub::securejoin::{SecureJoin, Step};
 use crate::metrics::Metrics;
 use crate::store::keys::KeyLearned;
 use crate::store::{BatchOutcome, ChatRef, ImapCursor, InboundMessage, Rejected, Store, StoreResult};
@@ -33,6 +35,7 @@ pub struct Ingest {
     policy: EncryptionPolicy,
     limits: Limits,
     metrics: Arc<Metrics>,
+    securejoin: Option<Arc<SecureJoin>>,
 }
 
 impl Ingest {
@@ -43,7 +46,13 @@ impl Ingest {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, identity, policy, limits, metrics }
+        Self { store, identity, policy, limits, metrics, securejoin: None }
+    }
+
+    /// Lets SecureJoin steps be answered instead of recorded.
+    pub fn with_securejoin(mut self, sj: Arc<SecureJoin>) -> Self {
+        self.securejoin = Some(sj);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -97,6 +106,19 @@ impl Ingest {
                         tracing::warn!(addr = %addr, old = %old_fingerprint, "a verified contact sent another key; kept aside, not used");
                     }
                     other => tracing::info!(addr = %addr, outcome = ?other, "contact key learned"),
+                }
+            }
+            if let Some(sj) = &self.securejoin
+                && !opened.message.secure_join.is_empty()
+            {
+                match sj.handle(&opened).await {
+                    Ok(Step::Consumed) => continue,
+                    Ok(Step::NotSecureJoin) => {}
+                    Err(QueueError::Store(e)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(uid = f.uid, error = %e, "SecureJoin step could not be answered");
+                        continue;
+                    }
                 }
             }
             let mut msg = opened.message;

@@ -3,8 +3,12 @@
 //! - [`resolve`]: pure rules that pick a mail's chat and member changes.
 //! - [`ingest`]: fetched mail → parsed → recorded with the IMAP cursor in one transaction.
 //! - [`outbound`]: a message for COI → rendered → recorded and queued for SMTP in one transaction.
+//! - [`e2ee`]: the identity key; decrypt/verify inbound, sign/encrypt outbound.
+//! - [`securejoin`]: invite links and the inviter's side of SecureJoin.
 
 pub mod e2ee;
+pub mod groups;
 pub mod ingest;
 pub mod outbound;
 pub mod resolve;
+pub mod securejoin;

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::coi::{ChatMessage, Mailbox, crypto, render};
+use crate::coi::autocrypt::AutocryptHeader;
+use crate::coi::{ChatMessage, Group, GroupChange, Mailbox, crypto, render};
 use crate::config::EncryptionPolicy;
 use crate::hub::e2ee::{Identity, recipient_keys};
-use crate::store::{ChatKind, ChatRef, Envelope, OutboundMail, Store, StoreError};
+use crate::store::{Chat, ChatKind, ChatRef, Envelope, OutboundMail, Store, StoreError};
 
 /// Why a message could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -60,28 +61,29 @@ impl Outbound {
         if recipients.is_empty() {
             return Err(QueueError::NoRecipients);
         }
-        if msg.message_id.is_empty() {
-            msg.message_id = new_message_id();
-        }
-        let relayed_name = msg.from.name.take().filter(|n| Some(n) != self.me.name.as_ref());
-        msg.from = Mailbox { addr: self.me.addr.clone(), name: relayed_name.clone().or_else(|| self.me.name.clone()) };
-        if relayed_name.is_some() {
-            msg.sender = Some(self.me.clone());
-        }
-        msg.is_chat = true;
-        msg.date.get_or_insert_with(|| chrono::Utc::now().timestamp());
-        if msg.to.is_empty() {
-            msg.to = recipients.iter().map(|a| Mailbox::new(a, None)).collect();
-        }
-        msg.autocrypt = Some(self.identity.autocrypt());
+        self.prepare(recipients, &mut msg);
         let raw = match recipient_keys(self.store.as_ref(), recipients).await? {
             Ok(keys) => {
                 if chat.kind == ChatKind::Group && msg.member_fprs.is_empty() {
-                    msg.member_fprs = keys.iter().map(crypto::fingerprint).collect();
+                    let key_of = |addr: &str| recipients.iter().position(|r| r == addr).map(|i| &keys[i]);
+                    // Current members in To order, then past members.
+                    let listed: Vec<&str> = msg
+                        .to
+                        .iter()
+                        .map(|m| m.addr.as_str())
+                        .chain(msg.past_members.iter().map(String::as_str))
+                        .collect();
+                    msg.member_fprs = listed.iter().filter_map(|a| key_of(a)).map(crypto::fingerprint).collect();
+                    msg.member_timestamps = vec![msg.date.unwrap_or_default(); msg.member_fprs.len()];
+                    if let Some(GroupChange::MemberAdded(a) | GroupChange::MemberRemoved(a)) =
+                        msg.group.as_ref().and_then(|g| g.change.as_ref())
+                    {
+                        msg.change_fpr = key_of(a).map(crypto::fingerprint);
+                    }
                     msg.gossip = recipients
                         .iter()
                         .zip(&keys)
-                        .map(|(addr, key)| crate::coi::autocrypt::AutocryptHeader {
+                        .map(|(addr, key)| AutocryptHeader {
                             addr: addr.clone(),
                             prefer_mutual: false,
                             keydata: crypto::public_to_bytes(key),
@@ -96,6 +98,75 @@ impl Outbound {
             }
             Err(missing) => return Err(QueueError::NoKey(missing)),
         };
+        self.store_and_wake(chat, recipients, msg, raw).await
+    }
+
+    /// Queues a SecureJoin v3 step, encrypted with the invite's password instead of keys.
+    pub async fn queue_with_password(
+        &self,
+        chat: ChatRef,
+        recipient: &str,
+        mut msg: ChatMessage,
+        password: &str,
+    ) -> Result<String, QueueError> {
+        let recipients = [recipient.to_owned()];
+        self.prepare(&recipients, &mut msg);
+        let raw = self.identity.seal_with_password(&msg, password)?;
+        self.store_and_wake(chat, &recipients, msg, raw).await
+    }
+
+    /// Sends `msg` to every member of a group chat, with its group headers. A removed
+    /// member is told too.
+    pub async fn queue_to_group(&self, chat: &Chat, mut msg: ChatMessage) -> Result<String, QueueError> {
+        let group =
+            msg.group.get_or_insert_with(|| Group { id: chat.key.clone(), name: chat.name.clone(), change: None });
+        group.id.clone_from(&chat.key);
+        if group.name.is_empty() {
+            group.name.clone_from(&chat.name);
+        }
+        if msg.subject.is_none() {
+            msg.subject = Some(group.name.clone());
+        }
+        let mut recipients: Vec<String> = chat.members.clone();
+        if let Some(GroupChange::MemberRemoved(gone)) = msg.group.as_ref().and_then(|g| g.change.as_ref()) {
+            // The removed member is no longer listed, but is told.
+            let gone = gone.clone();
+            recipients.retain(|r| *r != gone);
+            msg.to = recipients.iter().map(|a| Mailbox::new(a, None)).collect();
+            msg.past_members = vec![gone.clone()];
+            recipients.push(gone);
+        }
+        let chat_ref = ChatRef { kind: ChatKind::Group, key: chat.key.clone(), name: chat.name.clone() };
+        self.queue(chat_ref, &recipients, msg).await
+    }
+
+    fn prepare(&self, recipients: &[String], msg: &mut ChatMessage) {
+        if msg.message_id.is_empty() {
+            msg.message_id = new_message_id();
+        }
+        let relayed_name = msg.from.name.take().filter(|n| Some(n) != self.me.name.as_ref());
+        msg.from = Mailbox { addr: self.me.addr.clone(), name: relayed_name.clone().or_else(|| self.me.name.clone()) };
+        if relayed_name.is_some() {
+            msg.sender = Some(self.me.clone());
+        }
+        msg.date.get_or_insert_with(|| chrono::Utc::now().timestamp());
+        // The password-encrypted SecureJoin steps are not chat messages; all else is.
+        msg.is_chat = !matches!(msg.secure_join_header("Secure-Join"), Some("vc-request-pubkey" | "vc-pubkey"));
+        if msg.to.is_empty() && !msg.is_chat {
+            // hidden recipients, as Delta Chat writes these steps
+        } else if msg.to.is_empty() {
+            msg.to = recipients.iter().map(|a| Mailbox::new(a, None)).collect();
+        }
+        msg.autocrypt = Some(self.identity.autocrypt());
+    }
+
+    async fn store_and_wake(
+        &self,
+        chat: ChatRef,
+        recipients: &[String],
+        msg: ChatMessage,
+        raw: Vec<u8>,
+    ) -> Result<String, QueueError> {
         let envelope = Envelope { from: self.me.addr.clone(), to: recipients.to_vec() };
         let id = msg.message_id.clone();
         self.store.queue_outbound(&OutboundMail { chat, message: msg, raw, envelope }).await?;

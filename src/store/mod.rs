@@ -232,6 +232,12 @@ pub trait Store: keys::KeyStore + Send + Sync + 'static {
     async fn message(&self, message_id: &str) -> StoreResult<Option<StoredMessage>>;
     async fn chat(&self, id: i64) -> StoreResult<Option<Chat>>;
     async fn chats(&self) -> StoreResult<Vec<Chat>>;
+    /// The chat with this kind and key, if it exists.
+    async fn find_chat(&self, kind: ChatKind, key: &str) -> StoreResult<Option<Chat>>;
+    /// Creates the chat if needed (renaming it if `chat.name` is set); returns its id.
+    async fn ensure_chat(&self, chat: &ChatRef) -> StoreResult<i64>;
+    /// Adds and removes members of a chat.
+    async fn update_members(&self, chat_id: i64, add: &[String], remove: &[String]) -> StoreResult<()>;
     /// Every recorded message of a direction, oldest first.
     async fn messages(&self, direction: Direction) -> StoreResult<Vec<StoredMessage>>;
     /// How many mails were kept aside as unparseable.

@@ -106,7 +106,7 @@ impl SqliteStore {
         }
     }
 
-    async fn ensure_chat(tx: &mut Transaction<'_, sqlx::Sqlite>, chat: &ChatRef) -> StoreResult<i64> {
+    async fn ensure_chat_tx(tx: &mut Transaction<'_, sqlx::Sqlite>, chat: &ChatRef) -> StoreResult<i64> {
         let id: i64 = sqlx::query(
             "INSERT INTO chat (kind, key, name, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (kind, key) DO UPDATE SET name = CASE WHEN excluded.name != '' THEN excluded.name ELSE chat.name END
@@ -168,7 +168,7 @@ impl SqliteStore {
     }
 
     /// Adds and removes chat members.
-    async fn update_members(
+    async fn update_members_tx(
         tx: &mut Transaction<'_, sqlx::Sqlite>,
         chat_id: i64,
         add: &[String],
@@ -250,10 +250,10 @@ impl Store for SqliteStore {
         let mut out = BatchOutcome::default();
         let mut tx = self.pool.begin().await.map_err(err)?;
         for m in messages {
-            let chat_id = Self::ensure_chat(&mut tx, &m.chat).await?;
+            let chat_id = Self::ensure_chat_tx(&mut tx, &m.chat).await?;
             if Self::insert_message(&mut tx, chat_id, Direction::In, &m.message, m.security).await? {
                 out.recorded += 1;
-                Self::update_members(&mut tx, chat_id, &m.members_added, &m.members_removed).await?;
+                Self::update_members_tx(&mut tx, chat_id, &m.members_added, &m.members_removed).await?;
             } else {
                 out.duplicates += 1;
             }
@@ -309,7 +309,7 @@ impl Store for SqliteStore {
     async fn queue_outbound(&self, mail: &OutboundMail) -> StoreResult<()> {
         let envelope = serde_json::to_string(&mail.envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
         let mut tx = self.pool.begin().await.map_err(err)?;
-        let chat_id = Self::ensure_chat(&mut tx, &mail.chat).await?;
+        let chat_id = Self::ensure_chat_tx(&mut tx, &mail.chat).await?;
         if Self::insert_message(&mut tx, chat_id, Direction::Out, &mail.message, "sent").await? {
             let ts = now();
             sqlx::query(
@@ -470,6 +470,33 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    async fn find_chat(&self, kind: ChatKind, key: &str) -> StoreResult<Option<Chat>> {
+        let id: Option<i64> = sqlx::query("SELECT id FROM chat WHERE kind = ? AND key = ?")
+            .bind(kind.as_str())
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?
+            .map(|r| r.get(0));
+        match id {
+            Some(id) => self.chat(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn ensure_chat(&self, chat: &ChatRef) -> StoreResult<i64> {
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let id = Self::ensure_chat_tx(&mut tx, chat).await?;
+        tx.commit().await.map_err(err)?;
+        Ok(id)
+    }
+
+    async fn update_members(&self, chat_id: i64, add: &[String], remove: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        Self::update_members_tx(&mut tx, chat_id, add, remove).await?;
+        tx.commit().await.map_err(err)
     }
 
     async fn messages(&self, direction: Direction) -> StoreResult<Vec<StoredMessage>> {

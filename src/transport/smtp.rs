@@ -24,6 +24,8 @@ use crate::store::{OutboxItem, SMTP_TARGET, Store};
 
 /// Deliveries run at once (each for a different chat).
 const PARALLEL: usize = 4;
+/// How often an idle worker looks at the outbox for rows other processes queued.
+const IDLE_POLL: Duration = Duration::from_secs(5);
 
 /// A message the outbox gave up on, handed to whoever must tell the origin side.
 #[derive(Debug, Clone)]
@@ -126,9 +128,10 @@ impl SmtpWorker {
             };
             if due.is_empty() {
                 let pause = match self.store.next_outbox_due(SMTP_TARGET).await {
-                    Ok(Some(at)) => Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64),
-                    // Nothing queued: sleep until `queue` wakes us.
-                    Ok(None) => Duration::from_secs(3600),
+                    Ok(Some(at)) => Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64).min(IDLE_POLL),
+                    // Nothing queued: `queue` wakes us in-process; other processes (the
+                    // CLI) are noticed by the next look.
+                    Ok(None) => IDLE_POLL,
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox: cannot read the next due time");
                         store_backoff.next_delay()

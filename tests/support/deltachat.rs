@@ -101,8 +101,15 @@ impl DeltaChat {
         let events = Arc::new(std::sync::Mutex::new(Vec::new()));
         let new_event = Arc::new(tokio::sync::Notify::new());
         let (r, e, n) = (rpc.clone(), events.clone(), new_event.clone());
+        // COI_TEST_DC_EVENTS=FILE keeps every event (core's own log lines arrive as Info
+        // events) for debugging an interop failure.
+        let mut dump = std::env::var_os("COI_TEST_DC_EVENTS").and_then(|p| std::fs::File::create(p).ok());
         let pump = tokio::spawn(async move {
             while let Ok(ev) = r.call("get_next_event", json!([])).await {
+                if let Some(f) = dump.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(f, "{ev}");
+                }
                 e.lock().expect("lock").push(ev);
                 n.notify_waiters();
             }

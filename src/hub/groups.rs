@@ -1,0 +1,44 @@
+//! Group administration done by the bridge: removing a member and renaming, announced to the group as Delta Chat does.
+
+use crate::coi::{ChatMessage, Group, GroupChange};
+use crate::hub::outbound::{Outbound, QueueError};
+use crate::store::{Chat, ChatKind, ChatRef, Store};
+
+/// Removes `addr` from the group and tells everyone, `addr` included.
+pub async fn remove_member(
+    store: &dyn Store,
+    outbound: &Outbound,
+    chat: &Chat,
+    addr: &str,
+) -> Result<String, QueueError> {
+    let msg = ChatMessage {
+        group: Some(Group {
+            id: chat.key.clone(),
+            name: chat.name.clone(),
+            change: Some(GroupChange::MemberRemoved(addr.to_owned())),
+        }),
+        text: format!("Member {addr} removed."),
+        ..ChatMessage::default()
+    };
+    let id = outbound.queue_to_group(chat, msg).await?;
+    store.update_members(chat.id, &[], &[addr.to_owned()]).await?;
+    Ok(id)
+}
+
+/// Renames the group and tells everyone.
+pub async fn rename(store: &dyn Store, outbound: &Outbound, chat: &Chat, new_name: &str) -> Result<String, QueueError> {
+    let msg = ChatMessage {
+        group: Some(Group {
+            id: chat.key.clone(),
+            name: new_name.to_owned(),
+            change: Some(GroupChange::NameChanged { old: chat.name.clone() }),
+        }),
+        subject: Some(new_name.to_owned()),
+        text: format!("Group name changed from \"{}\" to \"{new_name}\".", chat.name),
+        ..ChatMessage::default()
+    };
+    let renamed = Chat { name: new_name.to_owned(), ..chat.clone() };
+    let id = outbound.queue_to_group(&renamed, msg).await?;
+    store.ensure_chat(&ChatRef { kind: ChatKind::Group, key: chat.key.clone(), name: new_name.to_owned() }).await?;
+    Ok(id)
+}

@@ -1,0 +1,223 @@
+//! SecureJoin, the bridge as inviter: hands out invite links and answers the joiner's steps (v3 `vc-request-pubkey` first), verifying keys and adding joiners to groups.
+//!
+//! The steps, as Delta Chat 2.65 speaks them:
+//! 1. joiner → us: `vc-request-pubkey`, encrypted with the password
+//!    `securejoin/<our fingerprint>/<auth>`, unsigned.
+//! 2. us → joiner: `vc-pubkey`, same password, signed, with our Autocrypt header.
+//! 3. joiner → us: `vc-request-with-auth` (or `vg-…` for a group), encrypted to our key,
+//!    signed, `Secure-Join-Auth` and `Secure-Join-Fingerprint` (the joiner's key).
+//! 4. us → joiner: `vc-contact-confirm`, or `vg-member-added` to the whole group; both
+//!    gossip the joiner's own key, which Delta Chat requires.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rand::RngCore as _;
+use sha2::Digest as _;
+
+use crate::coi::autocrypt::AutocryptHeader;
+use crate::coi::securejoin_link::{Invite, InviteGroup};
+use crate::coi::{ChatMessage, Group, GroupChange, Mailbox};
+use crate::hub::e2ee::{Identity, Opened, Trust};
+use crate::hub::outbound::{Outbound, QueueError};
+use crate::store::keys::{InviteRow, KeySource};
+use crate::store::{ChatKind, ChatRef, Store};
+
+/// What became of an inbound SecureJoin step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Not a SecureJoin message: record it as usual.
+    NotSecureJoin,
+    /// Handled (answered, or ignored with a log line); not a chat message.
+    Consumed,
+}
+
+pub struct SecureJoin {
+    store: Arc<dyn Store>,
+    identity: Arc<Identity>,
+    outbound: Arc<Outbound>,
+    display_name: String,
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A reply's Message-ID derived from the request's, so that handling a request twice
+/// (after a crash) queues the same reply, which the outbox keeps only once.
+fn reply_id(request_id: &str, step: &str) -> String {
+    let d = sha2::Sha256::digest(format!("{request_id}\n{step}"));
+    let h: String = d.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}@localhost", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+impl SecureJoin {
+    pub fn new(store: Arc<dyn Store>, identity: Arc<Identity>, outbound: Arc<Outbound>, display_name: &str) -> Self {
+        Self { store, identity, outbound, display_name: display_name.to_owned() }
+    }
+
+    /// A new invite link: to a 1:1 chat with the bridge, or to a group (created here if
+    /// `group_name` names a new one).
+    pub async fn create_invite(&self, group_name: Option<&str>) -> Result<Invite, QueueError> {
+        create_invite(self.store.as_ref(), &self.identity, &self.display_name, group_name).await
+    }
+
+    /// Answers a SecureJoin step addressed to the bridge as inviter.
+    pub async fn handle(&self, opened: &Opened) -> Result<Step, QueueError> {
+        let msg = &opened.message;
+        let Some(step) = msg.secure_join_header("Secure-Join") else { return Ok(Step::NotSecureJoin) };
+        let joiner = msg.from.addr.clone();
+        match (step, &opened.trust) {
+            ("vc-request-pubkey", Trust::Invite { auth, .. }) => {
+                let password = format!("securejoin/{}/{}", self.identity.fingerprint, auth);
+                let reply = ChatMessage {
+                    message_id: reply_id(&msg.message_id, "vc-pubkey"),
+                    subject: Some("Secure-Join".into()),
+                    text: "Secure-Join".into(),
+                    secure_join: vec![
+                        ("Secure-Join".into(), "vc-pubkey".into()),
+                        ("Secure-Join-Auth".into(), auth.clone()),
+                    ],
+                    ..ChatMessage::default()
+                };
+                let chat = ChatRef { kind: ChatKind::Single, key: joiner.clone(), name: msg.from.display().to_owned() };
+                self.outbound.queue_with_password(chat, &joiner, reply, &password).await?;
+                tracing::info!(joiner = %joiner, "SecureJoin: sent our key (vc-pubkey)");
+                Ok(Step::Consumed)
+            }
+            ("vc-request-with-auth" | "vg-request-with-auth", Trust::Verified { fingerprint }) => {
+                let auth = msg.secure_join_header("Secure-Join-Auth").unwrap_or_default();
+                let Some(invite) = self.store.invite_by_auth(auth).await? else {
+                    tracing::warn!(joiner = %joiner, "SecureJoin: unknown auth secret; ignored");
+                    return Ok(Step::Consumed);
+                };
+                let claimed =
+                    msg.secure_join_header("Secure-Join-Fingerprint").unwrap_or_default().to_ascii_uppercase();
+                if claimed != *fingerprint {
+                    tracing::warn!(joiner = %joiner, %claimed, signed_by = %fingerprint, "SecureJoin: fingerprint does not match the signature; ignored");
+                    return Ok(Step::Consumed);
+                }
+                let Some(key) = self.store.contact_key(&joiner).await? else { return Ok(Step::Consumed) };
+                self.store
+                    .learn_contact_key(&joiner, fingerprint, &key.public_key, KeySource::SecureJoin, true)
+                    .await?;
+                tracing::info!(joiner = %joiner, fingerprint = %fingerprint, "SecureJoin: contact verified");
+                let joiner_gossip =
+                    AutocryptHeader { addr: joiner.clone(), prefer_mutual: false, keydata: key.public_key.clone() };
+                match (step, invite.group_id) {
+                    ("vg-request-with-auth", Some(group_id)) => self.add_to_group(msg, &group_id, &joiner).await?,
+                    _ => {
+                        let chat = ChatRef {
+                            kind: ChatKind::Single,
+                            key: joiner.clone(),
+                            name: msg.from.display().to_owned(),
+                        };
+                        self.store.ensure_chat(&chat).await?;
+                        let reply = ChatMessage {
+                            message_id: reply_id(&msg.message_id, "vc-contact-confirm"),
+                            to: vec![msg.from.clone()],
+                            subject: Some(format!("Message from {}", self.display_name)),
+                            text: "Secure-Join: vc-contact-confirm".into(),
+                            secure_join: vec![("Secure-Join".into(), "vc-contact-confirm".into())],
+                            gossip: vec![joiner_gossip],
+                            ..ChatMessage::default()
+                        };
+                        self.outbound.queue(chat, std::slice::from_ref(&joiner), reply).await?;
+                    }
+                }
+                Ok(Step::Consumed)
+            }
+            // Group membership news are group messages: recorded as such.
+            ("vg-member-added", _) => Ok(Step::NotSecureJoin),
+            (other, trust) => {
+                tracing::info!(joiner = %joiner, step = other, ?trust, "SecureJoin step not for the inviter, or not trusted; ignored");
+                Ok(Step::Consumed)
+            }
+        }
+    }
+
+    async fn add_to_group(&self, request: &ChatMessage, group_id: &str, joiner: &str) -> Result<(), QueueError> {
+        self.store
+            .ensure_chat(&ChatRef { kind: ChatKind::Group, key: group_id.to_owned(), name: String::new() })
+            .await?;
+        let Some(chat) = self.store.find_chat(ChatKind::Group, group_id).await? else { return Ok(()) };
+        self.store.update_members(chat.id, &[joiner.to_owned()], &[]).await?;
+        let Some(chat) = self.store.chat(chat.id).await? else { return Ok(()) };
+        let msg = ChatMessage {
+            message_id: reply_id(&request.message_id, "vg-member-added"),
+            to: chat.members.iter().map(|m| Mailbox::new(m, None)).collect(),
+            group: Some(Group {
+                id: chat.key.clone(),
+                name: chat.name.clone(),
+                change: Some(GroupChange::MemberAdded(joiner.to_owned())),
+            }),
+            secure_join: vec![("Secure-Join".into(), "vg-member-added".into())],
+            text: format!("Member {joiner} added."),
+            ..ChatMessage::default()
+        };
+        self.outbound.queue_to_group(&chat, msg).await?;
+        tracing::info!(joiner, group = %chat.name, members = chat.members.len(), "SecureJoin: added to the group");
+        Ok(())
+    }
+}
+
+/// Creates an invite (see [`SecureJoin::create_invite`]); needs only the store and the key.
+pub async fn create_invite(
+    store: &dyn Store,
+    identity: &Identity,
+    display_name: &str,
+    group_name: Option<&str>,
+) -> Result<Invite, QueueError> {
+    let group = match group_name {
+        Some(name) => {
+            let existing = store.chats().await?.into_iter().find(|c| c.kind == ChatKind::Group && c.name == name);
+            let id = match existing {
+                Some(c) => c.key,
+                None => {
+                    let id = random_token(12);
+                    store
+                        .ensure_chat(&ChatRef { kind: ChatKind::Group, key: id.clone(), name: name.to_owned() })
+                        .await?;
+                    id
+                }
+            };
+            Some(InviteGroup { id, name: name.to_owned() })
+        }
+        None => None,
+    };
+    let row = InviteRow {
+        invite_number: random_token(18),
+        auth: random_token(18),
+        group_id: group.as_ref().map(|g| g.id.clone()),
+    };
+    store.add_invite(&row).await?;
+    Ok(Invite {
+        fingerprint: identity.fingerprint.clone(),
+        addr: identity.addr.clone(),
+        name: display_name.to_owned(),
+        invite_number: row.invite_number,
+        auth: row.auth,
+        group,
+        version: Some(3),
+    })
+}
+
+/// Whether a key fingerprint is well formed (for links and headers).
+pub fn is_fingerprint(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_ids_are_stable_and_distinct() {
+        assert_eq!(reply_id("a@x", "vc-pubkey"), reply_id("a@x", "vc-pubkey"));
+        assert_ne!(reply_id("a@x", "vc-pubkey"), reply_id("a@x", "vc-contact-confirm"));
+        assert!(reply_id("a@x", "s").ends_with("@localhost"));
+        assert!(is_fingerprint(&"A".repeat(40)) && !is_fingerprint("xyz"));
+    }
+}
