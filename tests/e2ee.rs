@@ -147,6 +147,24 @@ async fn one_to_one_with_delta_chat_is_encrypted_both_ways_and_forgeries_are_kep
         // Alice's key was not replaced by the forger's.
         let k = core.store.contact_key("alice@example.org").await.expect("read").expect("key");
         assert_ne!(k.fingerprint, crypto::fingerprint(&crypto::public(&mallory)));
+
+        // Mail encrypted to somebody else's key is kept aside, logged and counted.
+        let other = crypto::generate("carol@example.org", None).expect("key");
+        let not_ours = ChatMessage { message_id: "not-ours@localhost".into(), text: "for carol".into(), ..forged.clone() };
+        let armored = crypto::encrypt(
+            &pgpmime::inner_part(&not_ours, 0),
+            &[crypto::public(&other)],
+            &mallory,
+            None,
+        )
+        .expect("encrypt");
+        let before = core.store.rejected_count().await.expect("count");
+        server.deliver("alice@example.org", &[BRIDGE], &pgpmime::outer_mail(&not_ours, 0, &armored)).await;
+        eventually(WAIT, "mail for another key kept aside", || async {
+            (core.store.rejected_count().await.expect("count") > before).then_some(())
+        })
+        .await;
+        assert_eq!(core.metrics.inbound_rejected.with_label_values(&["not_for_us"]).get(), 1);
         token.cancel();
     };
     tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
@@ -197,6 +215,39 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
         joined(&dc, alice).await;
         let k = core.store.contact_key("alice@example.org").await.expect("read").expect("key learned");
         assert!(k.verified, "the bridge verified Alice through SecureJoin");
+
+        // A verified contact's key change is flagged, not accepted: a mail from "Alice"
+        // with a new key in its Autocrypt header, signed with that key.
+        let new_key = crypto::generate("alice@example.org", None).expect("key");
+        let changed = ChatMessage {
+            message_id: "key-change@localhost".into(),
+            is_chat: true,
+            from: Mailbox::new("alice@example.org", Some("Alice")),
+            to: vec![Mailbox::new(BRIDGE, None)],
+            date: Some(chrono::Utc::now().timestamp()),
+            text: "new phone, new key".into(),
+            autocrypt: Some(coi_bridge::coi::autocrypt::AutocryptHeader {
+                addr: "alice@example.org".into(),
+                prefer_mutual: true,
+                keydata: crypto::public_to_bytes(&crypto::public(&new_key)),
+            }),
+            ..ChatMessage::default()
+        };
+        let armored = crypto::encrypt(
+            &pgpmime::inner_part(&changed, 0),
+            std::slice::from_ref(&core.identity.public),
+            &new_key,
+            None,
+        )
+        .expect("encrypt");
+        server.deliver("alice@example.org", &[BRIDGE], &pgpmime::outer_mail(&changed, 0, &armored)).await;
+        let m = recorded_with_text(&core, "new phone, new key").await;
+        assert_eq!(m.security, "unverified", "not attributed while the change is unconfirmed");
+        let kept = core.store.contact_key("alice@example.org").await.expect("read").expect("key");
+        assert_eq!(kept.fingerprint, k.fingerprint, "the verified key stays");
+        let changes = core.store.key_changes("alice@example.org").await.expect("changes");
+        assert_eq!(changes, vec![(k.fingerprint.clone(), crypto::fingerprint(&crypto::public(&new_key)))]);
+        assert_eq!(core.metrics.key_changes_flagged.get(), 1);
         let bridge_contact = dc.call("lookup_contact_id_by_addr", json!([alice, BRIDGE])).await;
         let c = dc.call("get_contact", json!([alice, bridge_contact])).await;
         assert_eq!(c["isKeyContact"], json!(true), "{c}");
