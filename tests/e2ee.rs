@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coi_bridge::app::Core;
-use coi_bridge::coi::{ChatMessage, Mailbox, crypto, pgpmime};
+use coi_bridge::coi::{ChatMessage, Kind, Mailbox, crypto, pgpmime};
 use coi_bridge::store::{ChatKind, ChatRef, Direction, StoredMessage};
 use coi_bridge::transport::smtp::FailedDelivery;
 use serde_json::{Value, json};
@@ -150,14 +150,10 @@ async fn one_to_one_with_delta_chat_is_encrypted_both_ways_and_forgeries_are_kep
 
         // Mail encrypted to somebody else's key is kept aside, logged and counted.
         let other = crypto::generate("carol@example.org", None).expect("key");
-        let not_ours = ChatMessage { message_id: "not-ours@localhost".into(), text: "for carol".into(), ..forged.clone() };
-        let armored = crypto::encrypt(
-            &pgpmime::inner_part(&not_ours, 0),
-            &[crypto::public(&other)],
-            &mallory,
-            None,
-        )
-        .expect("encrypt");
+        let not_ours =
+            ChatMessage { message_id: "not-ours@localhost".into(), text: "for carol".into(), ..forged.clone() };
+        let armored = crypto::encrypt(&pgpmime::inner_part(&not_ours, 0), &[crypto::public(&other)], &mallory, None)
+            .expect("encrypt");
         let before = core.store.rejected_count().await.expect("count");
         server.deliver("alice@example.org", &[BRIDGE], &pgpmime::outer_mail(&not_ours, 0, &armored)).await;
         eventually(WAIT, "mail for another key kept aside", || async {
@@ -322,6 +318,178 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
             let at_alice = dc.call("get_full_chat_by_id", json!([alice, alice_group])).await;
             let alice_lists_bob = member_addrs(&dc, alice, &at_alice).await.contains(&"bob@example.org".to_string());
             (at_bob["selfInGroup"] == json!(false) && !alice_lists_bob).then_some(())
+        })
+        .await;
+        token.cancel();
+    };
+    tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
+}
+
+/// Alice on Delta Chat and the bridge know each other's keys from vCards. Returns the
+/// bridge's config and Alice's chat with the bridge.
+async fn vcard_pair(
+    server: &support::MailServer,
+    dc: &DeltaChat,
+    alice: u64,
+    state: &std::path::Path,
+) -> (std::path::PathBuf, Value) {
+    let config = support::write_config_with(server, state, Link::Plain, "", support::free_port(), "required");
+    let alice_vcf = dc.call("make_vcard", json!([alice, [1]])).await;
+    std::fs::write(state.join("alice.vcf"), alice_vcf.as_str().expect("vcard")).expect("write vcf");
+    cli(&config, &["contact", "import", state.join("alice.vcf").to_str().expect("path")]);
+    let bridge_vcard = cli(&config, &["key", "vcard"]);
+    let ids = dc.call("import_vcard_contents", json!([alice, bridge_vcard])).await;
+    let chat = dc.call("create_chat_by_contact_id", json!([alice, ids[0]])).await;
+    (config, chat)
+}
+
+async fn recorded(core: &Core, kind: &str, target: &str) -> StoredMessage {
+    eventually(WAIT, &format!("bridge records a {kind} for {target}"), || async {
+        core.store
+            .messages(Direction::In)
+            .await
+            .expect("read")
+            .into_iter()
+            .find(|m| m.kind == kind && m.target.as_deref() == Some(target))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_edits_deletes_and_read_receipts_work_both_ways() {
+    coi_bridge::init_crypto();
+    let server = mail_server!();
+    let Some(dc) = DeltaChat::start().await else { return };
+    let alice = dc.account(&server, "alice", "Alice").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let (config, chat) = vcard_pair(&server, &dc, alice, state.path()).await;
+    let loaded = coi_bridge::config::load(&config).expect("config");
+    let core =
+        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let token = CancellationToken::new();
+    let alice_chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
+    let to_alice = ["alice@example.org".to_string()];
+    let body = async {
+        // Two bridge messages: one to react to and edit, one to delete.
+        let first = core
+            .outbound
+            .queue(
+                alice_chat.clone(),
+                &to_alice,
+                ChatMessage { text: "first from bridge".into(), ..ChatMessage::default() },
+            )
+            .await
+            .expect("queued");
+        let second = core
+            .outbound
+            .queue(
+                alice_chat.clone(),
+                &to_alice,
+                ChatMessage { text: "second from bridge".into(), ..ChatMessage::default() },
+            )
+            .await
+            .expect("queued");
+        let dc_first = dc_message(&dc, alice, "first from bridge").await;
+        let dc_second = dc_message(&dc, alice, "second from bridge").await;
+
+        // Delta Chat -> bridge: reaction, read receipt.
+        dc.call("send_reaction", json!([alice, dc_first["id"], ["❤️"]])).await;
+        let r = recorded(&core, "reaction", &first).await;
+        assert_eq!((r.text.as_str(), r.security.as_str()), ("❤️", "verified"));
+        dc.call("markseen_msgs", json!([alice, [dc_first["id"]]])).await;
+        let receipt = recorded(&core, "receipt", &first).await;
+        assert_eq!(receipt.security, "verified", "Delta Chat encrypts receipts");
+
+        // Delta Chat's own message, then edit and delete it.
+        dc.call("misc_send_text_message", json!([alice, chat, "typo in this"])).await;
+        let original = recorded_with_text(&core, "typo in this").await;
+        let dc_own = dc_message(&dc, alice, "typo in this").await;
+        dc.call("send_edit_request", json!([alice, dc_own["id"], "no typo in this"])).await;
+        let edit = recorded(&core, "edit", &original.message_id).await;
+        assert_eq!(edit.text, "no typo in this");
+        dc.call("delete_messages_for_all", json!([alice, [dc_own["id"]]])).await;
+        recorded(&core, "delete", &original.message_id).await;
+
+        // Bridge -> Delta Chat: reaction to Alice's message, edit and delete of our own,
+        // and a read receipt for Alice's message.
+        core.outbound
+            .queue(
+                alice_chat.clone(),
+                &to_alice,
+                ChatMessage {
+                    kind: Kind::Reaction { emoji: "👍".into() },
+                    in_reply_to: Some(original.message_id.clone()),
+                    ..ChatMessage::default()
+                },
+            )
+            .await
+            .expect("reaction queued");
+        core.outbound
+            .queue(
+                alice_chat.clone(),
+                &to_alice,
+                ChatMessage {
+                    kind: Kind::Edit { target: first.clone() },
+                    text: "first, edited".into(),
+                    ..ChatMessage::default()
+                },
+            )
+            .await
+            .expect("edit queued");
+        core.outbound
+            .queue(
+                alice_chat.clone(),
+                &to_alice,
+                ChatMessage { kind: Kind::Delete { targets: vec![second.clone()] }, ..ChatMessage::default() },
+            )
+            .await
+            .expect("delete queued");
+        let edited = eventually(WAIT, "Alice sees the edit", || async {
+            let m = dc.call("get_message", json!([alice, dc_first["id"]])).await;
+            (m["text"] == "first, edited").then_some(m)
+        })
+        .await;
+        assert_eq!(edited["isEdited"], json!(true));
+        eventually(WAIT, "Alice's second message is gone", || async {
+            dc.try_call("get_message", json!([alice, dc_second["id"]])).await.is_err().then_some(())
+        })
+        .await;
+        dc.call("misc_send_text_message", json!([alice, chat, "react to me"])).await;
+        let to_react = recorded_with_text(&core, "react to me").await;
+        let dc_react = dc_message(&dc, alice, "react to me").await;
+        core.outbound
+            .queue(
+                alice_chat.clone(),
+                &to_alice,
+                ChatMessage {
+                    kind: Kind::Reaction { emoji: "🎉".into() },
+                    in_reply_to: Some(to_react.message_id.clone()),
+                    ..ChatMessage::default()
+                },
+            )
+            .await
+            .expect("reaction queued");
+        eventually(WAIT, "Alice sees the bridge's reaction", || async {
+            let r = dc.call("get_message_reactions", json!([alice, dc_react["id"]])).await;
+            r.to_string().contains("🎉").then_some(())
+        })
+        .await;
+        core.outbound
+            .queue(
+                alice_chat.clone(),
+                &to_alice,
+                ChatMessage {
+                    kind: Kind::ReadReceipt { original: to_react.message_id.clone(), additional: vec![] },
+                    text: "This is a receipt notification.".into(),
+                    ..ChatMessage::default()
+                },
+            )
+            .await
+            .expect("receipt queued");
+        eventually(WAIT, "Alice sees her message read", || async {
+            let m = dc.call("get_message", json!([alice, dc_react["id"]])).await;
+            // 28 = OutMdnRcvd: read by the recipient.
+            (m["state"] == json!(28)).then_some(())
         })
         .await;
         token.cancel();

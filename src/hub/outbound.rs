@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::coi::autocrypt::AutocryptHeader;
-use crate::coi::{ChatMessage, Group, GroupChange, Mailbox, crypto, render};
+use crate::coi::{ChatMessage, Group, GroupChange, Kind, Mailbox, crypto, render};
 use crate::config::EncryptionPolicy;
 use crate::hub::e2ee::{Identity, recipient_keys};
 use crate::store::{Chat, ChatKind, ChatRef, Envelope, OutboundMail, Store, StoreError};
@@ -158,6 +158,14 @@ impl Outbound {
             msg.to = recipients.iter().map(|a| Mailbox::new(a, None)).collect();
         }
         msg.autocrypt = Some(self.identity.autocrypt());
+        // Ask for read receipts on what people write, as Delta Chat does.
+        if msg.kind == Kind::Text && msg.is_chat && msg.disposition_notification_to.is_none() {
+            msg.disposition_notification_to = Some(self.me.addr.clone());
+        }
+        if let Kind::ReadReceipt { .. } = msg.kind {
+            // Receipts carry no gossip (Delta Chat never gossips in MDNs).
+            msg.gossip.clear();
+        }
     }
 
     async fn store_and_wake(

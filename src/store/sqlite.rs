@@ -142,7 +142,11 @@ impl SqliteStore {
         .bind(m.kind_name())
         .bind(&m.from.addr)
         .bind(m.from.display())
-        .bind(&m.text)
+        // A reaction's text is its emoji.
+        .bind(match &m.kind {
+            crate::coi::Kind::Reaction { emoji } => emoji,
+            _ => &m.text,
+        })
         .bind(&m.in_reply_to)
         .bind(m.target())
         .bind(m.date)
