@@ -496,3 +496,109 @@ async fn reactions_edits_deletes_and_read_receipts_work_both_ways() {
     };
     tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
 }
+
+/// A small valid PNG (1x1).
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0d, 0x49,
+    0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xf8, 0xcf, 0xc0, 0xf0, 0x1f, 0x00, 0x05, 0x00, 0x01, 0xff, 0x89, 0x99, 0x3d,
+    0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_and_large_files_go_both_ways() {
+    coi_bridge::init_crypto();
+    let server = mail_server!();
+    let Some(dc) = DeltaChat::start().await else { return };
+    let alice = dc.account(&server, "alice", "Alice").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let (config, chat) = vcard_pair(&server, &dc, alice, state.path()).await;
+    let loaded = coi_bridge::config::load(&config).expect("config");
+    let core =
+        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let token = CancellationToken::new();
+    // Over 140 000 bytes: Delta Chat splits it into a pre- and a post-message.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let body = async {
+        // Bridge -> Delta Chat: an image and a large file.
+        let alice_chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
+        core.outbound
+            .queue(
+                alice_chat,
+                &["alice@example.org".into()],
+                ChatMessage {
+                    text: "picture and file".into(),
+                    attachments: vec![coi_bridge_api::Attachment {
+                        name: "dot.png".into(),
+                        mime: "image/png".into(),
+                        data: PNG.to_vec(),
+                    }],
+                    ..ChatMessage::default()
+                },
+            )
+            .await
+            .expect("queued");
+        let m = dc_message(&dc, alice, "picture and file").await;
+        assert_eq!(m["viewType"], json!("Image"), "{m}");
+        assert_eq!(m["fileName"], json!("dot.png"));
+        assert_eq!(m["fileBytes"], json!(PNG.len()));
+
+        let big_chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
+        core.outbound
+            .queue(
+                big_chat,
+                &["alice@example.org".into()],
+                ChatMessage {
+                    text: "a large file".into(),
+                    attachments: vec![coi_bridge_api::Attachment {
+                        name: "big.bin".into(),
+                        mime: "application/octet-stream".into(),
+                        data: big.clone(),
+                    }],
+                    ..ChatMessage::default()
+                },
+            )
+            .await
+            .expect("queued");
+        let m = dc_message(&dc, alice, "a large file").await;
+        assert_eq!(m["fileBytes"], json!(big.len()), "{m}");
+        let path = m["file"].as_str().expect("file path");
+        assert_eq!(std::fs::read(path).expect("file on disk"), big);
+
+        // Delta Chat -> bridge: the same, the large one as pre- and post-message.
+        let png_path = state.path().join("from-dc.png");
+        std::fs::write(&png_path, PNG).expect("png");
+        dc.call("send_msg", json!([alice, chat, {"text": "image from dc", "file": png_path, "filename": "from-dc.png", "viewtype": "Image"}]))
+            .await;
+        let got = recorded_with_text(&core, "image from dc").await;
+        assert_eq!(got.attachments.len(), 1, "{got:?}");
+        assert_eq!(got.attachments[0].data, PNG);
+        // Delta Chat names it image_<date>.png and sends application/octet-stream; the
+        // bridge goes by the name.
+        assert_eq!(got.attachments[0].mime, "image/png");
+        assert!(got.attachments[0].name.ends_with(".png"), "{}", got.attachments[0].name);
+
+        let big_path = state.path().join("from-dc.bin");
+        std::fs::write(&big_path, &big).expect("big");
+        dc.call(
+            "send_msg",
+            json!([alice, chat, {"text": "large from dc", "file": big_path, "filename": "from-dc.bin"}]),
+        )
+        .await;
+        let merged = eventually(WAIT, "the large file merged into its message", || async {
+            let all = core.store.messages(Direction::In).await.expect("read");
+            all.into_iter().find(|m| m.text == "large from dc" && !m.attachments.is_empty())
+        })
+        .await;
+        assert_eq!(merged.attachments.len(), 1);
+        assert_eq!(merged.attachments[0].name, "from-dc.bin");
+        assert_eq!(merged.attachments[0].data, big);
+        let all = core.store.messages(Direction::In).await.expect("read");
+        assert!(
+            all.iter().any(|m| m.kind == "merged-post" && m.attachments.is_empty()),
+            "Delta Chat split the file into a pre- and a post-message, and they were merged"
+        );
+        token.cancel();
+    };
+    tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
+}

@@ -107,6 +107,10 @@ pub struct ChatMessage {
     /// `Chat-Group-Member-Added-Fpr` / `-Removed-Fpr`: the key of the member the group
     /// change is about.
     pub change_fpr: Option<String>,
+    /// `Chat-Post-Message-ID`: this is a pre-message; its file follows in that message.
+    pub post_message_id: Option<String>,
+    /// Outer `Chat-Is-Post-Message: 1`: this carries the file of an earlier pre-message.
+    pub is_post_message: bool,
     /// `Secure-Join*` headers in order (name as written, value).
     pub secure_join: Vec<(String, String)>,
 }

@@ -151,6 +151,10 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             msg.gossip.extend(AutocryptHeader::parse(unfolded));
         } else if name.eq_ignore_ascii_case("Chat-Group-Member-Fpr") {
             msg.member_fprs = unfolded.split_whitespace().map(str::to_ascii_uppercase).collect();
+        } else if name.eq_ignore_ascii_case("Chat-Post-Message-ID") {
+            msg.post_message_id = Some(clean_id(unfolded)).filter(|s| !s.is_empty());
+        } else if name.eq_ignore_ascii_case("Chat-Is-Post-Message") {
+            msg.is_post_message = unfolded == "1";
         } else if name.eq_ignore_ascii_case("Chat-Group-Past-Members") {
             msg.past_members = unfolded.split_whitespace().map(|a| clean_id(a).to_lowercase()).collect();
         } else if name.eq_ignore_ascii_case("Chat-Group-Member-Timestamps") {
@@ -285,12 +289,19 @@ fn walk(
         }
         _ => {
             let data = part.contents().to_vec();
-            let mime = format!("{}/{}", ctype.0, ctype.1);
+            let mut mime = format!("{}/{}", ctype.0, ctype.1);
             let name = part
                 .attachment_name()
                 .map(sanitize_filename)
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| default_name(&mime, body.attachments.len()));
+            // Delta Chat sends every file as application/octet-stream and lets the name
+            // say what it is.
+            if mime == "application/octet-stream"
+                && let Some(guessed) = mime_from_name(&name)
+            {
+                mime = guessed.to_owned();
+            }
             body.attachments.push(Attachment { name, mime, data });
         }
     }
@@ -381,6 +392,29 @@ fn derived_message_id(raw: &[u8]) -> String {
 fn sanitize_filename(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
     base.chars().filter(|c| !c.is_control()).take(200).collect::<String>().trim().to_owned()
+}
+
+/// The MIME type a file name's extension suggests, for the common chat media.
+pub fn mime_from_name(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "ogg" | "opus" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "vcf" => "text/vcard",
+        "xdc" => "application/vnd.webxdc+zip",
+        "zip" => "application/zip",
+        _ => return None,
+    })
 }
 
 fn default_name(mime: &str, n: usize) -> String {

@@ -163,7 +163,8 @@ pub async fn open(raw: &[u8], id: &Identity, store: &dyn Store, limits: &Limits)
         return Ok(Opened { message, problems, trust: Trust::Plain, key_events: Vec::new() });
     };
     // The outer From names who we expect to have signed; its stored key is the candidate.
-    let outer_from = parse(raw, limits).map(|p| p.message.from.addr).ok();
+    let outer = parse(raw, limits).ok().map(|p| p.message);
+    let outer_from = outer.as_ref().map(|m| m.from.addr.clone());
     let stored = match &outer_from {
         Some(a) => store.contact_key(a).await?,
         None => None,
@@ -186,6 +187,8 @@ pub async fn open(raw: &[u8], id: &Identity, store: &dyn Store, limits: &Limits)
         }
     };
     let Parsed { mut message, problems } = parse(&decrypted.plain, limits)?;
+    // The post-message mark is only on the outside.
+    message.is_post_message |= outer.as_ref().is_some_and(|m| m.is_post_message);
     let from = message.from.addr.clone();
     let mut key_events = Vec::new();
 

@@ -132,8 +132,8 @@ impl SqliteStore {
         security: &str,
     ) -> StoreResult<bool> {
         let row = sqlx::query(
-            "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, in_reply_to, target, sent_at, recorded_at, security)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, in_reply_to, target, sent_at, recorded_at, security, post_message_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (message_id) DO NOTHING RETURNING id",
         )
         .bind(&m.message_id)
@@ -152,11 +152,15 @@ impl SqliteStore {
         .bind(m.date)
         .bind(now())
         .bind(security)
+        .bind(&m.post_message_id)
         .fetch_optional(&mut **tx)
         .await
         .map_err(err)?;
         let Some(row) = row else { return Ok(false) };
-        let row_id: i64 = row.get(0);
+        let mut row_id: i64 = row.get(0);
+        if m.post_message_id.is_some() || m.is_post_message {
+            row_id = Self::merge_pre_post(tx, row_id, m).await?;
+        }
         for (idx, a) in m.attachments.iter().enumerate() {
             sqlx::query("INSERT INTO attachment (message_row, idx, name, mime, data) VALUES (?, ?, ?, ?, ?)")
                 .bind(row_id)
@@ -169,6 +173,53 @@ impl SqliteStore {
                 .map_err(err)?;
         }
         Ok(true)
+    }
+
+    /// Joins a pre-message and its post-message: the file ends up on the pre-message's
+    /// row, and the post row is marked `merged-post`. Either may arrive first. Returns the
+    /// row the new message's attachments belong to.
+    async fn merge_pre_post(tx: &mut Transaction<'_, sqlx::Sqlite>, row_id: i64, m: &ChatMessage) -> StoreResult<i64> {
+        if let Some(post_id) = &m.post_message_id {
+            // A pre-message: take over the file of a post that came first.
+            let post_row: Option<i64> = sqlx::query("SELECT id FROM message WHERE message_id = ?")
+                .bind(post_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(err)?
+                .map(|r| r.get(0));
+            if let Some(post_row) = post_row {
+                sqlx::query("UPDATE attachment SET message_row = ? WHERE message_row = ?")
+                    .bind(row_id)
+                    .bind(post_row)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(err)?;
+                sqlx::query("UPDATE message SET kind = 'merged-post' WHERE id = ?")
+                    .bind(post_row)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(err)?;
+            }
+            return Ok(row_id);
+        }
+        // A post-message: its file goes to the pre-message, if that came first.
+        let pre_row: Option<i64> = sqlx::query("SELECT id FROM message WHERE post_message_id = ?")
+            .bind(&m.message_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(err)?
+            .map(|r| r.get(0));
+        match pre_row {
+            Some(pre_row) => {
+                sqlx::query("UPDATE message SET kind = 'merged-post' WHERE id = ?")
+                    .bind(row_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(err)?;
+                Ok(pre_row)
+            }
+            None => Ok(row_id),
+        }
     }
 
     /// Adds and removes chat members.

@@ -45,3 +45,8 @@ CREATE TABLE securejoin_invite (
 -- (encrypted, not signed by the sender's key), verified, invite (SecureJoin step).
 ALTER TABLE message ADD COLUMN security TEXT NOT NULL DEFAULT 'plain'
     CHECK (security IN ('plain', 'unverified', 'verified', 'invite', 'sent'));
+
+-- Delta Chat splits a message with a large file into a pre-message (text, names the
+-- post-message) and a post-message (the file); the bridge merges them into the pre row.
+ALTER TABLE message ADD COLUMN post_message_id TEXT;
+CREATE INDEX message_post ON message (post_message_id) WHERE post_message_id IS NOT NULL;

@@ -240,3 +240,27 @@ async fn every_older_schema_migrates_with_its_data() {
         assert_eq!(s.message("old@x").await.expect("read").map(|m| m.text), Some("from before".into()), "from v{n}");
     }
 }
+
+#[tokio::test]
+async fn pre_and_post_messages_merge_in_either_order() {
+    for post_first in [false, true] {
+        let (_d, s) = fresh().await;
+        let mut pre = inbound(1, "pre@x", "p@x.org");
+        pre.message.attachments.clear();
+        pre.message.text = "the text".into();
+        pre.message.post_message_id = Some("post@x".into());
+        let mut post = inbound(2, "post@x", "p@x.org");
+        post.message.text = String::new();
+        post.message.is_post_message = true;
+        let order = if post_first { [post.clone(), pre.clone()] } else { [pre.clone(), post.clone()] };
+        for (i, m) in order.iter().enumerate() {
+            let c = ImapCursor { uid_validity: 1, last_uid: i as u32 + 1 };
+            s.record_inbound("INBOX", c, std::slice::from_ref(m), &[]).await.expect("record");
+        }
+        let merged = s.message("pre@x").await.expect("read").expect("pre");
+        assert_eq!(merged.text, "the text");
+        assert_eq!(merged.attachments.len(), 1, "post first: {post_first}");
+        let p = s.message("post@x").await.expect("read").expect("post");
+        assert_eq!((p.kind.as_str(), p.attachments.len()), ("merged-post", 0), "post first: {post_first}");
+    }
+}
