@@ -84,3 +84,23 @@ pub async fn invite(loaded: &Loaded, group: Option<&str>, qr: Option<&Path>) -> 
     }
     Ok(format!("{link}\n"))
 }
+
+/// `join LINK`: starts joining a Delta Chat user's (or group's) invite link. The running
+/// daemon sends the request within seconds and completes the exchange.
+pub async fn join(loaded: &Loaded, link: &str) -> anyhow::Result<String> {
+    let (store, id) = open(loaded).await?;
+    let id = std::sync::Arc::new(id);
+    let me = crate::coi::Mailbox::new(&id.addr, Some(&loaded.config.account.display_name));
+    let outbound = crate::hub::outbound::Outbound::new(
+        store.clone(),
+        me,
+        id.clone(),
+        loaded.config.account.encryption,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let join = crate::hub::securejoin::start_join(store.as_ref(), &id, &outbound, link).await?;
+    Ok(match &join.group_name {
+        Some(g) => format!("joining group {g:?} of {}; the running daemon completes it\n", join.inviter_addr),
+        None => format!("joining {}; the running daemon completes it\n", join.inviter_addr),
+    })
+}

@@ -55,6 +55,12 @@ enum Command {
         #[arg(long)]
         qr: Option<PathBuf>,
     },
+    /// Join a Delta Chat user's or group's invite link (https://i.delta.chat/#…); the
+    /// running daemon completes the exchange.
+    Join {
+        /// The invite link.
+        link: String,
+    },
     /// Contacts and their keys.
     Contact {
         #[command(subcommand)]
@@ -123,6 +129,7 @@ fn main() -> ExitCode {
             Command::Invite { group, qr } => {
                 print_or_fail(commands::invite(&loaded, group.as_deref(), qr.as_deref()).await)
             }
+            Command::Join { link } => print_or_fail(commands::join(&loaded, &link).await),
             Command::Contact { action: ContactAction::Import { file }, .. } => {
                 print_or_fail(commands::contact_import(&loaded, &file).await)
             }

@@ -602,3 +602,74 @@ async fn images_and_large_files_go_both_ways() {
     };
     tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_joins_delta_chat_invite_links_and_takes_part_in_their_group() {
+    coi_bridge::init_crypto();
+    let server = mail_server!();
+    let Some(dc) = DeltaChat::start().await else { return };
+    let alice = dc.account(&server, "alice", "Alice").await;
+    let bob = dc.account(&server, "bob", "Bob").await;
+    // Alice and Bob know each other; Alice makes a group with Bob.
+    let bob_vcf = dc.call("make_vcard", json!([bob, [1]])).await;
+    let bob_at_alice = dc.call("import_vcard_contents", json!([alice, bob_vcf])).await[0].clone();
+    let alice_vcf = dc.call("make_vcard", json!([alice, [1]])).await;
+    dc.call("import_vcard_contents", json!([bob, alice_vcf])).await;
+    let group = dc.call("create_group_chat", json!([alice, "Alice's Group", false])).await;
+    dc.call("add_contact_to_chat", json!([alice, group, bob_at_alice])).await;
+    dc.call("misc_send_text_message", json!([alice, group, "the group is live"])).await;
+    let bob_group = dc_message(&dc, bob, "the group is live").await["chatId"].clone();
+    dc.call("accept_chat", json!([bob, bob_group])).await;
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config_with(&server, state.path(), Link::Plain, "", support::free_port(), "required");
+    let loaded = coi_bridge::config::load(&config).expect("config");
+    let core =
+        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let token = CancellationToken::new();
+    let body = async {
+        // 1:1: the bridge joins Alice's own link.
+        let link = dc.call("get_chat_securejoin_qr_code", json!([alice, null])).await;
+        let out = cli(&config, &["join", link.as_str().expect("link")]);
+        assert!(out.contains("joining alice@example.org"), "{out}");
+        dc.wait_event(alice, "SecurejoinInviterProgress 1000", WAIT, |e| {
+            e["kind"] == "SecurejoinInviterProgress" && e["progress"].as_u64() == Some(1000)
+        })
+        .await;
+        eventually(WAIT, "the bridge has Alice's key verified", || async {
+            core.store.contact_key("alice@example.org").await.expect("read").filter(|k| k.verified).map(|_| ())
+        })
+        .await;
+
+        // The group: the bridge joins through Alice's group link.
+        let glink = dc.call("get_chat_securejoin_qr_code", json!([alice, group])).await;
+        let out = cli(&config, &["join", glink.as_str().expect("link")]);
+        assert!(out.contains("Alice's Group"), "{out}");
+        let chat = eventually(WAIT, "the bridge is in Alice's group", || async {
+            core.store
+                .chats()
+                .await
+                .expect("chats")
+                .into_iter()
+                .find(|c| c.kind == ChatKind::Group && c.name == "Alice's Group" && c.members.len() == 2)
+        })
+        .await;
+        assert_eq!(chat.members, vec!["alice@example.org".to_string(), "bob@example.org".to_string()]);
+
+        // It takes part: Alice writes, the bridge records; the bridge writes, both see it.
+        dc.call("misc_send_text_message", json!([alice, group, "welcome, bridge"])).await;
+        let got = recorded_with_text(&core, "welcome, bridge").await;
+        assert_eq!((got.chat_id, got.security.as_str()), (chat.id, "verified"));
+        core.outbound
+            .queue_to_group(&chat, ChatMessage { text: "thanks, the bridge is here".into(), ..ChatMessage::default() })
+            .await
+            .expect("queued (Bob's key came by gossip)");
+        for (acc, chat_id) in [(alice, &group), (bob, &bob_group)] {
+            let m = dc_message(&dc, acc, "thanks, the bridge is here").await;
+            assert_eq!(&m["chatId"], chat_id, "in the group, not a new chat");
+            assert_eq!(m["showPadlock"], json!(true));
+        }
+        token.cancel();
+    };
+    tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
+}

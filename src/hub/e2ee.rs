@@ -101,12 +101,19 @@ impl Identity {
         Ok(pgpmime::outer_mail(msg, outer_date, &armored))
     }
 
-    /// Encrypts a SecureJoin v3 step with the invite's password, signed by us.
-    pub fn seal_with_password(&self, msg: &ChatMessage, password: &str) -> Result<Vec<u8>, crypto::CryptoError> {
+    /// Encrypts a SecureJoin v3 step with the invite's password; signed by us unless it is
+    /// the joiner's first step, which must not reveal our key.
+    pub fn seal_with_password(
+        &self,
+        msg: &ChatMessage,
+        password: &str,
+        sign: bool,
+    ) -> Result<Vec<u8>, crypto::CryptoError> {
         let now = chrono::Utc::now().timestamp();
         let outer_date = now - rand::rng().random_range(0..6 * 24 * 3600);
         let inner = pgpmime::inner_part(msg, outer_date);
-        let armored = crypto::encrypt_with_password(&inner, password, Some((&self.secret, self.unlock())))?;
+        let signer = sign.then(|| (&self.secret, self.unlock()));
+        let armored = crypto::encrypt_with_password(&inner, password, signer)?;
         Ok(pgpmime::outer_mail(msg, outer_date, &armored))
     }
 }
@@ -176,10 +183,14 @@ pub async fn open(raw: &[u8], id: &Identity, store: &dyn Store, limits: &Limits)
         Ok(d) => (d, None),
         Err(key_err) => {
             let mut opened = None;
-            for inv in store.invites().await? {
-                let pw = format!("securejoin/{}/{}", id.fingerprint, inv.auth);
+            // Passwords of our invites (we are the inviter), then of the invites we are
+            // joining through (we are the joiner).
+            let ours = store.invites().await?.into_iter().map(|i| (id.fingerprint.clone(), i.auth));
+            let theirs = store.open_joins().await?.into_iter().map(|j| (j.inviter_fpr, j.auth));
+            for (fpr, auth) in ours.chain(theirs) {
+                let pw = format!("securejoin/{fpr}/{auth}");
                 if let Ok(d) = crypto::decrypt(&payload, Unlock::Password(&pw), &candidates) {
-                    opened = Some((d, Some(inv.auth)));
+                    opened = Some((d, Some(pw)));
                     break;
                 }
             }
@@ -203,12 +214,8 @@ pub async fn open(raw: &[u8], id: &Identity, store: &dyn Store, limits: &Limits)
         && let Some(ac) = message.autocrypt.as_ref().filter(|ac| ac.addr == from)
         && let Ok(key) = crypto::public_from_bytes(&ac.keydata)
     {
-        let unlock = match &invite_auth {
-            Some(auth) => format!("securejoin/{}/{}", id.fingerprint, auth),
-            None => String::new(),
-        };
-        let again = if invite_auth.is_some() {
-            crypto::decrypt(&payload, Unlock::Password(&unlock), std::slice::from_ref(&key))
+        let again = if let Some(pw) = &invite_auth {
+            crypto::decrypt(&payload, Unlock::Password(pw), std::slice::from_ref(&key))
         } else {
             crypto::decrypt(&payload, Unlock::Key(&id.secret, id.unlock()), std::slice::from_ref(&key))
         };
@@ -228,7 +235,10 @@ pub async fn open(raw: &[u8], id: &Identity, store: &dyn Store, limits: &Limits)
     }
 
     let trust = match (invite_auth, signer) {
-        (Some(auth), signer) => Trust::Invite { auth, signer },
+        (Some(password), signer) => {
+            let auth = password.rsplit('/').next().unwrap_or_default().to_owned();
+            Trust::Invite { auth, signer }
+        }
         (None, Some(fingerprint)) => Trust::Verified { fingerprint },
         (None, None) => Trust::Unverified,
     };

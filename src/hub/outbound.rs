@@ -102,6 +102,7 @@ impl Outbound {
     }
 
     /// Queues a SecureJoin v3 step, encrypted with the invite's password instead of keys.
+    /// The joiner's `vc-request-pubkey` goes unsigned and without our key.
     pub async fn queue_with_password(
         &self,
         chat: ChatRef,
@@ -111,7 +112,12 @@ impl Outbound {
     ) -> Result<String, QueueError> {
         let recipients = [recipient.to_owned()];
         self.prepare(&recipients, &mut msg);
-        let raw = self.identity.seal_with_password(&msg, password)?;
+        let first_step = msg.secure_join_header("Secure-Join") == Some("vc-request-pubkey");
+        if first_step {
+            msg.autocrypt = None;
+            msg.from.name = None;
+        }
+        let raw = self.identity.seal_with_password(&msg, password, !first_step)?;
         self.store_and_wake(chat, &recipients, msg, raw).await
     }
 

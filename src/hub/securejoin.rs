@@ -1,4 +1,4 @@
-//! SecureJoin, the bridge as inviter: hands out invite links and answers the joiner's steps (v3 `vc-request-pubkey` first), verifying keys and adding joiners to groups.
+//! SecureJoin both ways: the bridge hands out invite links and answers joiners (v3 `vc-request-pubkey` first), and joins through other people's links.
 //!
 //! The steps, as Delta Chat 2.65 speaks them:
 //! 1. joiner → us: `vc-request-pubkey`, encrypted with the password
@@ -20,7 +20,7 @@ use crate::coi::securejoin_link::{Invite, InviteGroup};
 use crate::coi::{ChatMessage, Group, GroupChange, Mailbox};
 use crate::hub::e2ee::{Identity, Opened, Trust};
 use crate::hub::outbound::{Outbound, QueueError};
-use crate::store::keys::{InviteRow, KeySource};
+use crate::store::keys::{InviteRow, JoinRow, KeySource};
 use crate::store::{ChatKind, ChatRef, Store};
 
 /// What became of an inbound SecureJoin step.
@@ -129,13 +129,86 @@ impl SecureJoin {
                 }
                 Ok(Step::Consumed)
             }
-            // Group membership news are group messages: recorded as such.
-            ("vg-member-added", _) => Ok(Step::NotSecureJoin),
+            // We are the joiner: the inviter sent its key.
+            ("vc-pubkey", Trust::Invite { auth, signer: Some(fpr) }) => {
+                let joins = self.store.open_joins().await?;
+                let Some(join) = joins.into_iter().find(|j| j.auth == *auth && j.inviter_fpr == *fpr) else {
+                    tracing::warn!(inviter = %joiner, "SecureJoin: vc-pubkey from a key that is not the link's; ignored");
+                    return Ok(Step::Consumed);
+                };
+                self.request_with_auth(&join, msg).await?;
+                Ok(Step::Consumed)
+            }
+            ("vc-contact-confirm", Trust::Verified { fingerprint }) => {
+                for j in self.store.open_joins().await? {
+                    if j.inviter_addr == joiner && j.inviter_fpr == *fingerprint && j.group_id.is_none() {
+                        self.store.set_join_state(j.id, "done").await?;
+                        tracing::info!(inviter = %joiner, "SecureJoin: joined, contact verified");
+                    }
+                }
+                Ok(Step::Consumed)
+            }
+            // Group membership news are group messages: recorded as such. When it is
+            // us being added, a group join is complete.
+            ("vg-member-added", trust) => {
+                let added_me = matches!(
+                    msg.group.as_ref().and_then(|g| g.change.as_ref()),
+                    Some(GroupChange::MemberAdded(a)) if *a == self.identity.addr
+                );
+                if added_me && let Trust::Verified { fingerprint } = trust {
+                    for j in self.store.open_joins().await? {
+                        let same_group = msg.group.as_ref().is_some_and(|g| Some(&g.id) == j.group_id.as_ref());
+                        if j.inviter_fpr == *fingerprint && same_group {
+                            self.store.set_join_state(j.id, "done").await?;
+                            tracing::info!(inviter = %joiner, group = ?j.group_name, "SecureJoin: joined the group");
+                        }
+                    }
+                }
+                Ok(Step::NotSecureJoin)
+            }
             (other, trust) => {
                 tracing::info!(joiner = %joiner, step = other, ?trust, "SecureJoin step not for the inviter, or not trusted; ignored");
                 Ok(Step::Consumed)
             }
         }
+    }
+
+    /// Joiner, step 3: the inviter's key is confirmed by the link's fingerprint; prove we
+    /// scanned the link.
+    async fn request_with_auth(&self, join: &JoinRow, pubkey_msg: &ChatMessage) -> Result<(), QueueError> {
+        let Some(key) = self.store.contact_key(&join.inviter_addr).await? else { return Ok(()) };
+        self.store
+            .learn_contact_key(&join.inviter_addr, &join.inviter_fpr, &key.public_key, KeySource::SecureJoin, true)
+            .await?;
+        let step = if join.group_id.is_some() { "vg-request-with-auth" } else { "vc-request-with-auth" };
+        let mut sj = vec![
+            ("Secure-Join".to_owned(), step.to_owned()),
+            ("Secure-Join-Auth".to_owned(), join.auth.clone()),
+            ("Secure-Join-Fingerprint".to_owned(), self.identity.fingerprint.clone()),
+        ];
+        if let Some(g) = &join.group_id {
+            sj.push(("Secure-Join-Group".to_owned(), g.clone()));
+        }
+        let inviter = Mailbox::new(&join.inviter_addr, pubkey_msg.from.name.as_deref());
+        let msg = ChatMessage {
+            message_id: reply_id(&pubkey_msg.message_id, step),
+            to: vec![inviter.clone()],
+            subject: Some(format!("Message from {}", self.display_name)),
+            text: format!("Secure-Join: {step}"),
+            secure_join: sj,
+            gossip: vec![AutocryptHeader {
+                addr: join.inviter_addr.clone(),
+                prefer_mutual: false,
+                keydata: key.public_key,
+            }],
+            ..ChatMessage::default()
+        };
+        let chat =
+            ChatRef { kind: ChatKind::Single, key: join.inviter_addr.clone(), name: inviter.display().to_owned() };
+        self.outbound.queue(chat, std::slice::from_ref(&join.inviter_addr), msg).await?;
+        self.store.set_join_state(join.id, "auth-sent").await?;
+        tracing::info!(inviter = %join.inviter_addr, step, "SecureJoin: inviter's key verified, request sent");
+        Ok(())
     }
 
     async fn add_to_group(&self, request: &ChatMessage, group_id: &str, joiner: &str) -> Result<(), QueueError> {
@@ -202,6 +275,58 @@ pub async fn create_invite(
         group,
         version: Some(3),
     })
+}
+
+/// Why `join` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0}")]
+    BadLink(String),
+    #[error("that is the bridge's own invite link")]
+    OwnLink,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Joiner, step 1 (`coi-bridge join LINK`): records the join and asks the inviter for its
+/// key with `vc-request-pubkey`. The running daemon does the rest.
+pub async fn start_join(
+    store: &dyn Store,
+    identity: &Identity,
+    outbound: &Outbound,
+    link: &str,
+) -> Result<JoinRow, JoinError> {
+    let invite = Invite::parse(link).map_err(JoinError::BadLink)?;
+    if invite.fingerprint == identity.fingerprint {
+        return Err(JoinError::OwnLink);
+    }
+    let join = store
+        .add_join(&JoinRow {
+            id: 0,
+            inviter_addr: invite.addr.clone(),
+            inviter_fpr: invite.fingerprint.clone(),
+            invite_number: invite.invite_number.clone(),
+            auth: invite.auth.clone(),
+            group_id: invite.group.as_ref().map(|g| g.id.clone()),
+            group_name: invite.group.as_ref().map(|g| g.name.clone()),
+            state: "requested".into(),
+        })
+        .await
+        .map_err(QueueError::from)?;
+    let msg = ChatMessage {
+        message_id: reply_id(&format!("{}/{}", invite.fingerprint, invite.auth), "vc-request-pubkey"),
+        subject: Some("Secure-Join".into()),
+        text: "Secure-Join".into(),
+        secure_join: vec![
+            ("Secure-Join".into(), "vc-request-pubkey".into()),
+            ("Secure-Join-Auth".into(), invite.auth.clone()),
+        ],
+        ..ChatMessage::default()
+    };
+    let chat = ChatRef { kind: ChatKind::Single, key: invite.addr.clone(), name: invite.name.clone() };
+    let password = format!("securejoin/{}/{}", invite.fingerprint, invite.auth);
+    outbound.queue_with_password(chat, &invite.addr, msg, &password).await?;
+    Ok(join)
 }
 
 /// Whether a key fingerprint is well formed (for links and headers).

@@ -76,6 +76,20 @@ pub struct InviteRow {
     pub group_id: Option<String>,
 }
 
+/// An invite of someone else's that the bridge is joining through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinRow {
+    pub id: i64,
+    pub inviter_addr: String,
+    pub inviter_fpr: String,
+    pub invite_number: String,
+    pub auth: String,
+    pub group_id: Option<String>,
+    pub group_name: Option<String>,
+    /// `requested`, `auth-sent` or `done`.
+    pub state: String,
+}
+
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     async fn account_key(&self) -> StoreResult<Option<AccountKeyRow>>;
@@ -99,4 +113,9 @@ pub trait KeyStore: Send + Sync {
     async fn invite_by_auth(&self, auth: &str) -> StoreResult<Option<InviteRow>>;
     /// Every invite handed out, newest first.
     async fn invites(&self) -> StoreResult<Vec<InviteRow>>;
+    /// Records a join in progress (again: no-op); returns its row.
+    async fn add_join(&self, join: &JoinRow) -> StoreResult<JoinRow>;
+    /// Joins not yet done, newest first.
+    async fn open_joins(&self) -> StoreResult<Vec<JoinRow>>;
+    async fn set_join_state(&self, id: i64, state: &str) -> StoreResult<()>;
 }

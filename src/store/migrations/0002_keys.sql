@@ -50,3 +50,17 @@ ALTER TABLE message ADD COLUMN security TEXT NOT NULL DEFAULT 'plain'
 -- post-message) and a post-message (the file); the bridge merges them into the pre row.
 ALTER TABLE message ADD COLUMN post_message_id TEXT;
 CREATE INDEX message_post ON message (post_message_id) WHERE post_message_id IS NOT NULL;
+
+-- Invite links of others the bridge is joining through (the joiner's side of SecureJoin).
+CREATE TABLE securejoin_join (
+    id             INTEGER PRIMARY KEY,
+    inviter_addr   TEXT    NOT NULL,
+    inviter_fpr    TEXT    NOT NULL,
+    invite_number  TEXT    NOT NULL,
+    auth           TEXT    NOT NULL,
+    group_id       TEXT,
+    group_name     TEXT,
+    state          TEXT    NOT NULL CHECK (state IN ('requested', 'auth-sent', 'done')),
+    created_at     INTEGER NOT NULL,
+    UNIQUE (inviter_fpr, auth)
+) STRICT;

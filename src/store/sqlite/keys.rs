@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::{SqliteStore, err, now};
 use crate::store::StoreResult;
-use crate::store::keys::{AccountKeyRow, ContactKeyRow, InviteRow, KeyLearned, KeySource, KeyStore};
+use crate::store::keys::{AccountKeyRow, ContactKeyRow, InviteRow, JoinRow, KeyLearned, KeySource, KeyStore};
 
 fn account_row(r: &sqlx::sqlite::SqliteRow) -> AccountKeyRow {
     AccountKeyRow {
@@ -14,6 +14,19 @@ fn account_row(r: &sqlx::sqlite::SqliteRow) -> AccountKeyRow {
         secret_key: r.get("secret_key"),
         protected: r.get::<i64, _>("protected") != 0,
         created_at: r.get("created_at"),
+    }
+}
+
+fn join_row(r: &sqlx::sqlite::SqliteRow) -> JoinRow {
+    JoinRow {
+        id: r.get("id"),
+        inviter_addr: r.get("inviter_addr"),
+        inviter_fpr: r.get("inviter_fpr"),
+        invite_number: r.get("invite_number"),
+        auth: r.get("auth"),
+        group_id: r.get("group_id"),
+        group_name: r.get("group_name"),
+        state: r.get("state"),
     }
 }
 
@@ -181,6 +194,49 @@ impl KeyStore for SqliteStore {
             .await
             .map_err(err)?;
         Ok(rows.iter().map(invite_row).collect())
+    }
+
+    async fn add_join(&self, j: &JoinRow) -> StoreResult<JoinRow> {
+        sqlx::query(
+            "INSERT INTO securejoin_join (inviter_addr, inviter_fpr, invite_number, auth, group_id, group_name, state, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (inviter_fpr, auth) DO NOTHING",
+        )
+        .bind(&j.inviter_addr)
+        .bind(&j.inviter_fpr)
+        .bind(&j.invite_number)
+        .bind(&j.auth)
+        .bind(&j.group_id)
+        .bind(&j.group_name)
+        .bind(&j.state)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        let row = sqlx::query("SELECT * FROM securejoin_join WHERE inviter_fpr = ? AND auth = ?")
+            .bind(&j.inviter_fpr)
+            .bind(&j.auth)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(join_row(&row))
+    }
+
+    async fn open_joins(&self) -> StoreResult<Vec<JoinRow>> {
+        let rows = sqlx::query("SELECT * FROM securejoin_join WHERE state != 'done' ORDER BY id DESC")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(join_row).collect())
+    }
+
+    async fn set_join_state(&self, id: i64, state: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE securejoin_join SET state = ? WHERE id = ?")
+            .bind(state)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 
     async fn invite_by_auth(&self, auth: &str) -> StoreResult<Option<InviteRow>> {
