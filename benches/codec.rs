@@ -58,5 +58,31 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Sign+encrypt and decrypt+verify of the inner part of a plain chat message, 1:1 (one
+/// recipient key plus our own) and to a group of 8.
+fn bench_crypto(c: &mut Criterion) {
+    use coi_bridge::coi::crypto::{self, Unlock};
+    use coi_bridge::coi::pgpmime;
+    let me = crypto::generate("bridge@example.org", None).expect("key");
+    let peers: Vec<_> = (0..8).map(|i| crypto::generate(&format!("m{i}@example.org"), None).expect("key")).collect();
+    let inner = pgpmime::inner_part(&plain(), 1_795_000_000);
+    let mut g = c.benchmark_group("crypto");
+    for (name, n) in [("1to1", 1), ("group8", 8)] {
+        let mut keys: Vec<_> = peers[..n].iter().map(crypto::public).collect();
+        keys.push(crypto::public(&me));
+        g.bench_function(format!("sign_encrypt_{name}"), |b| {
+            b.iter(|| crypto::encrypt(black_box(&inner), &keys, &me, None).expect("encrypt"))
+        });
+        let armored = crypto::encrypt(&inner, &keys, &me, None).expect("encrypt");
+        let signer = [crypto::public(&me)];
+        g.bench_function(format!("decrypt_verify_{name}"), |b| {
+            b.iter(|| {
+                crypto::decrypt(black_box(armored.as_bytes()), Unlock::Key(&peers[0], None), &signer).expect("decrypt")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_crypto);
 criterion_main!(benches);

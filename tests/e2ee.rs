@@ -248,6 +248,13 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
         let c = dc.call("get_contact", json!([alice, bridge_contact])).await;
         assert_eq!(c["isKeyContact"], json!(true), "{c}");
 
+        // Bob's client speaks the legacy (pre-v3) protocol when the link has no v=3.
+        let legacy = cli(&config, &["invite"]).trim().replace("&v=3", "");
+        dc.call("secure_join", json!([bob, legacy])).await;
+        joined(&dc, bob).await;
+        let k = core.store.contact_key("bob@example.org").await.expect("read").expect("key learned");
+        assert!(k.verified, "the bridge verified Bob through legacy SecureJoin");
+
         // A group: both join through one link made while the daemon runs.
         let glink = cli(&config, &["invite", "--group", "Bridge Room"]).trim().to_owned();
         let checked = dc.call("check_qr", json!([bob, glink])).await;

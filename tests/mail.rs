@@ -542,3 +542,47 @@ async fn check_reports_each_server_and_fails_with_a_remedy() {
     assert!(out.contains("FAIL  smtp") && out.contains("nothing listens there"), "{out}");
     assert!(!out.contains("wrong") || !out.contains("password wrong"), "no secret in output");
 }
+
+#[tokio::test]
+async fn opportunistic_sends_plaintext_only_to_recipients_without_a_key() {
+    let server = mail_server!();
+    let OutboxRig { _dir, store, worker, outbound, failures, token } = outbox_rig(&server, None).await;
+    // Alice has a key on record, Carol (a classic e-mail user) has none.
+    let alice_key = coi_bridge::coi::crypto::generate("alice@example.org", None).expect("key");
+    let public = coi_bridge::coi::crypto::public(&alice_key);
+    store
+        .learn_contact_key(
+            "alice@example.org",
+            &coi_bridge::coi::crypto::fingerprint(&public),
+            &coi_bridge::coi::crypto::public_to_bytes(&public),
+            coi_bridge::store::keys::KeySource::Vcard,
+            false,
+        )
+        .await
+        .expect("key stored");
+    let chat = ChatRef { kind: ChatKind::Group, key: "Mixed_group_1".into(), name: "Mixed".into() };
+    let msg = ChatMessage {
+        group: Some(Group { id: "Mixed_group_1".into(), name: "Mixed".into(), change: None }),
+        text: "hello both".into(),
+        ..ChatMessage::default()
+    };
+    outbound.queue(chat, &["alice@example.org".into(), "carol@example.org".into()], msg).await.expect("queued");
+    let run = worker.run(token.clone());
+    let check = async {
+        let alice = server.wait_for_mails("alice", 1, WAIT).await;
+        let carol = server.wait_for_mails("carol", 1, WAIT).await;
+        token.cancel();
+        (alice, carol)
+    };
+    let ((), (alice, carol)) = tokio::join!(run, check);
+    assert_eq!((alice.len(), carol.len()), (1, 1), "one copy each");
+    let alice_text = String::from_utf8_lossy(&alice[0]);
+    assert!(
+        alice_text.contains("multipart/encrypted") && !alice_text.contains("hello both"),
+        "Alice's copy is encrypted"
+    );
+    let carol_msg = coi::parse(&carol[0], &Limits::default()).expect("parses").message;
+    assert_eq!(carol_msg.text, "hello both", "Carol's copy is plaintext");
+    assert!(carol_msg.autocrypt.is_some(), "with the bridge's Autocrypt header, so her client can answer encrypted");
+    assert!(failures.lock().expect("lock").is_empty());
+}

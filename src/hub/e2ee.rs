@@ -278,3 +278,33 @@ pub async fn recipient_keys(
 
 /// Shared handle.
 pub type SharedIdentity = Arc<Identity>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn protected_keys_need_the_right_passphrase() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.expect("store");
+        let id = Identity::load_or_create(&store, "B@x.org", Some(Secret::new("pw1"))).await.expect("created");
+        assert_eq!(id.addr, "b@x.org");
+        let again = Identity::load_or_create(&store, "b@x.org", Some(Secret::new("pw1"))).await.expect("loaded");
+        assert_eq!(id.fingerprint, again.fingerprint, "the key is created once and kept");
+        let err = Identity::load_or_create(&store, "b@x.org", None).await.expect_err("needs the passphrase");
+        assert!(format!("{err:#}").contains("account.key_passphrase_file"), "{err:#}");
+        let err = Identity::load_or_create(&store, "b@x.org", Some(Secret::new("nope"))).await.expect_err("wrong one");
+        assert!(format!("{err:#}").contains("does not unlock"), "{err:#}");
+        assert!(!format!("{id:?}").contains("pw1"));
+    }
+
+    #[tokio::test]
+    async fn an_unprotected_key_ignores_a_passphrase_given_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.expect("store");
+        let id = Identity::load_or_create(&store, "b@x.org", None).await.expect("created");
+        let again = Identity::load_or_create(&store, "b@x.org", Some(Secret::new("late"))).await.expect("loaded");
+        assert_eq!(id.fingerprint, again.fingerprint);
+    }
+}

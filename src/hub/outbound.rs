@@ -93,8 +93,20 @@ impl Outbound {
                 self.identity.seal(&msg, &keys)?
             }
             Err(missing) if self.policy == EncryptionPolicy::Opportunistic => {
-                tracing::info!(?missing, message_id = %msg.message_id, "sending unencrypted: recipients without a key");
-                render(&msg)
+                tracing::info!(?missing, message_id = %msg.message_id, "sending unencrypted to recipients without a key");
+                let keyed: Vec<String> = recipients.iter().filter(|r| !missing.contains(r)).cloned().collect();
+                if keyed.is_empty() {
+                    render(&msg)
+                } else {
+                    // Encrypted to those with a key, plaintext only to those without.
+                    let keys = match recipient_keys(self.store.as_ref(), &keyed).await? {
+                        Ok(k) => k,
+                        Err(gone) => return Err(QueueError::NoKey(gone)),
+                    };
+                    let sealed = self.identity.seal(&msg, &keys)?;
+                    let plain = (Envelope { from: self.me.addr.clone(), to: missing }, render(&msg));
+                    return self.store_and_wake_with(chat, &keyed, msg, sealed, Some(plain)).await;
+                }
             }
             Err(missing) => return Err(QueueError::NoKey(missing)),
         };
@@ -181,9 +193,20 @@ impl Outbound {
         msg: ChatMessage,
         raw: Vec<u8>,
     ) -> Result<String, QueueError> {
+        self.store_and_wake_with(chat, recipients, msg, raw, None).await
+    }
+
+    async fn store_and_wake_with(
+        &self,
+        chat: ChatRef,
+        recipients: &[String],
+        msg: ChatMessage,
+        raw: Vec<u8>,
+        also: Option<(Envelope, Vec<u8>)>,
+    ) -> Result<String, QueueError> {
         let envelope = Envelope { from: self.me.addr.clone(), to: recipients.to_vec() };
         let id = msg.message_id.clone();
-        self.store.queue_outbound(&OutboundMail { chat, message: msg, raw, envelope }).await?;
+        self.store.queue_outbound(&OutboundMail { chat, message: msg, raw, envelope, also }).await?;
         self.wake.notify_one();
         Ok(id)
     }

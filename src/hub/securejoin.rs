@@ -17,7 +17,7 @@ use sha2::Digest as _;
 
 use crate::coi::autocrypt::AutocryptHeader;
 use crate::coi::securejoin_link::{Invite, InviteGroup};
-use crate::coi::{ChatMessage, Group, GroupChange, Mailbox};
+use crate::coi::{ChatMessage, Group, GroupChange, Mailbox, crypto};
 use crate::hub::e2ee::{Identity, Opened, Trust};
 use crate::hub::outbound::{Outbound, QueueError};
 use crate::store::keys::{InviteRow, JoinRow, KeySource};
@@ -85,6 +85,35 @@ impl SecureJoin {
                 let chat = ChatRef { kind: ChatKind::Single, key: joiner.clone(), name: msg.from.display().to_owned() };
                 self.outbound.queue_with_password(chat, &joiner, reply, &password).await?;
                 tracing::info!(joiner = %joiner, "SecureJoin: sent our key (vc-pubkey)");
+                Ok(Step::Consumed)
+            }
+            // Legacy (pre-v3) first step: plaintext, with the joiner's key in Autocrypt.
+            ("vc-request" | "vg-request", Trust::Plain) => {
+                let number = msg.secure_join_header("Secure-Join-Invitenumber").unwrap_or_default();
+                if self.store.invite(number).await?.is_none() {
+                    tracing::warn!(joiner = %joiner, "SecureJoin: unknown invite number; ignored");
+                    return Ok(Step::Consumed);
+                }
+                let Some((keydata, fpr)) = msg.autocrypt.as_ref().filter(|ac| ac.addr == joiner).and_then(|ac| {
+                    crypto::public_from_bytes(&ac.keydata).ok().map(|k| (ac.keydata.clone(), crypto::fingerprint(&k)))
+                }) else {
+                    tracing::warn!(joiner = %joiner, "SecureJoin: legacy request without a usable Autocrypt key; ignored");
+                    return Ok(Step::Consumed);
+                };
+                self.store.learn_contact_key(&joiner, &fpr, &keydata, KeySource::Autocrypt, false).await?;
+                let answer = if step == "vg-request" { "vg-auth-required" } else { "vc-auth-required" };
+                let reply = ChatMessage {
+                    message_id: reply_id(&msg.message_id, answer),
+                    to: vec![msg.from.clone()],
+                    subject: Some(format!("Message from {}", self.display_name)),
+                    text: format!("Secure-Join: {answer}"),
+                    secure_join: vec![("Secure-Join".into(), answer.into())],
+                    gossip: vec![AutocryptHeader { addr: joiner.clone(), prefer_mutual: false, keydata }],
+                    ..ChatMessage::default()
+                };
+                let chat = ChatRef { kind: ChatKind::Single, key: joiner.clone(), name: msg.from.display().to_owned() };
+                self.outbound.queue(chat, std::slice::from_ref(&joiner), reply).await?;
+                tracing::info!(joiner = %joiner, answer, "SecureJoin (legacy): asked for the auth secret");
                 Ok(Step::Consumed)
             }
             ("vc-request-with-auth" | "vg-request-with-auth", Trust::Verified { fingerprint }) => {

@@ -162,6 +162,9 @@ pub struct OutboundMail {
     /// The finished RFC 5322 bytes.
     pub raw: Vec<u8>,
     pub envelope: Envelope,
+    /// A second copy for other recipients (the plaintext copy of an opportunistic
+    /// send), queued as its own outbox row.
+    pub also: Option<(Envelope, Vec<u8>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

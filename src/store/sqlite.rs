@@ -362,25 +362,29 @@ impl Store for SqliteStore {
     }
 
     async fn queue_outbound(&self, mail: &OutboundMail) -> StoreResult<()> {
-        let envelope = serde_json::to_string(&mail.envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
         let mut tx = self.pool.begin().await.map_err(err)?;
         let chat_id = Self::ensure_chat_tx(&mut tx, &mail.chat).await?;
         if Self::insert_message(&mut tx, chat_id, Direction::Out, &mail.message, "sent").await? {
             let ts = now();
-            sqlx::query(
-                "INSERT INTO outbox (target, chat_id, message_id, payload, envelope, next_attempt_at, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(super::SMTP_TARGET)
-            .bind(chat_id)
-            .bind(&mail.message.message_id)
-            .bind(&mail.raw)
-            .bind(envelope)
-            .bind(ts)
-            .bind(ts)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
+            let copies = std::iter::once((&mail.envelope, &mail.raw, mail.message.message_id.clone()))
+                .chain(mail.also.iter().map(|(e, r)| (e, r, format!("{}#plain", mail.message.message_id))));
+            for (envelope, raw, label) in copies {
+                let envelope = serde_json::to_string(envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO outbox (target, chat_id, message_id, payload, envelope, next_attempt_at, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(super::SMTP_TARGET)
+                .bind(chat_id)
+                .bind(label)
+                .bind(raw)
+                .bind(envelope)
+                .bind(ts)
+                .bind(ts)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
         }
         tx.commit().await.map_err(err)
     }
