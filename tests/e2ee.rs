@@ -16,6 +16,18 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The daemon's parts, in-process, for the config; a failed delivery fails the test.
+async fn core_for(config: &std::path::Path) -> Core {
+    let loaded = coi_bridge::config::load(config).expect("config");
+    Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core")
+}
+
+/// Queues `msg` from the bridge to Alice's 1:1 chat; returns its Message-ID.
+async fn to_alice(core: &Core, msg: ChatMessage) -> String {
+    let chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
+    core.outbound.queue(chat, &["alice@example.org".into()], msg).await.expect("queued to Alice")
+}
+
 /// Runs `coi-bridge` with a config and returns stdout, asserting success.
 fn cli(config: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(Daemon::bin())
@@ -71,29 +83,24 @@ async fn one_to_one_with_delta_chat_is_encrypted_both_ways_and_forgeries_are_kep
     let imported = cli(&config, &["contact", "import", state.path().join("alice.vcf").to_str().expect("path")]);
     assert!(imported.starts_with("imported  alice@example.org"), "{imported}");
     let shown = cli(&config, &["key", "show"]);
+    let exported = cli(&config, &["key", "export-public"]);
+    assert!(exported.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"), "{exported}");
+    let exported_key = crypto::public_from_bytes(exported.as_bytes()).expect("a usable public key");
     let bridge_vcard = cli(&config, &["key", "vcard"]);
     let ids = dc.call("import_vcard_contents", json!([alice, bridge_vcard])).await;
     let bridge_contact = ids[0].as_u64().expect("contact id");
     let chat = dc.call("create_chat_by_contact_id", json!([alice, bridge_contact])).await;
 
-    let loaded = coi_bridge::config::load(&config).expect("config");
-    let core =
-        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let core = core_for(&config).await;
     assert!(shown.contains(&core.identity.fingerprint), "key show prints the fingerprint: {shown}");
+    assert_eq!(crypto::fingerprint(&exported_key), core.identity.fingerprint);
     let token = CancellationToken::new();
 
     let body = async {
         // Bridge -> Delta Chat.
-        let alice_chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
-        let sent_id = core
-            .outbound
-            .queue(
-                alice_chat,
-                &["alice@example.org".into()],
-                ChatMessage { text: "Hello Alice, the bridge here".into(), ..ChatMessage::default() },
-            )
-            .await
-            .expect("queued");
+        let sent_id =
+            to_alice(&core, ChatMessage { text: "Hello Alice, the bridge here".into(), ..ChatMessage::default() })
+                .await;
         let m = dc_message(&dc, alice, "Hello Alice, the bridge here").await;
         assert_eq!(m["showPadlock"], json!(true), "shown as encrypted: {m}");
         assert_eq!(m["sender"]["address"], json!(BRIDGE));
@@ -199,9 +206,7 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
     assert!(link.starts_with("https://i.delta.chat/#") && link.contains("&v=3&"), "{link}");
     assert!(std::fs::metadata(&qr).expect("QR written").len() > 100);
 
-    let loaded = coi_bridge::config::load(&config).expect("config");
-    let core =
-        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let core = core_for(&config).await;
     let token = CancellationToken::new();
     let body = async {
         // 1:1: Alice opens the bridge's link.
@@ -248,6 +253,14 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
         let c = dc.call("get_contact", json!([alice, bridge_contact])).await;
         assert_eq!(c["isKeyContact"], json!(true), "{c}");
 
+        // The verified 1:1 chat carries messages both ways.
+        let hello = to_alice(&core, ChatMessage { text: "welcome, Alice".into(), ..ChatMessage::default() }).await;
+        let m = dc_message(&dc, alice, "welcome, Alice").await;
+        assert_eq!((m["showPadlock"].clone(), m["sender"]["address"].clone()), (json!(true), json!(BRIDGE)));
+        dc.call("send_msg", json!([alice, m["chatId"], {"text": "thanks, bridge", "quotedMessageId": m["id"]}])).await;
+        let reply = recorded_with_text(&core, "thanks, bridge").await;
+        assert_eq!((reply.security.as_str(), reply.in_reply_to.as_deref()), ("verified", Some(hello.as_str())));
+
         // Bob's client speaks the legacy (pre-v3) protocol when the link has no v=3.
         let legacy = cli(&config, &["invite"]).trim().replace("&v=3", "");
         dc.call("secure_join", json!([bob, legacy])).await;
@@ -288,6 +301,11 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
         assert_eq!(got.chat_id, group.id);
         let at_bob = dc_message(&dc, bob, "hello room, Alice here").await;
         assert_eq!(at_bob["chatId"], bob_group);
+        // And Bob writes: the bridge and Alice get it.
+        dc.call("misc_send_text_message", json!([bob, bob_group, "and Bob too"])).await;
+        let got = recorded_with_text(&core, "and Bob too").await;
+        assert_eq!((got.chat_id, got.security.as_str()), (group.id, "verified"));
+        assert_eq!(dc_message(&dc, alice, "and Bob too").await["chatId"], alice_group);
 
         // The bridge relays a Matrix user into the group under their own name.
         core.outbound
@@ -370,32 +388,12 @@ async fn reactions_edits_deletes_and_read_receipts_work_both_ways() {
     let alice = dc.account(&server, "alice", "Alice").await;
     let state = tempfile::tempdir().expect("tempdir");
     let (config, chat) = vcard_pair(&server, &dc, alice, state.path()).await;
-    let loaded = coi_bridge::config::load(&config).expect("config");
-    let core =
-        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let core = core_for(&config).await;
     let token = CancellationToken::new();
-    let alice_chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
-    let to_alice = ["alice@example.org".to_string()];
     let body = async {
         // Two bridge messages: one to react to and edit, one to delete.
-        let first = core
-            .outbound
-            .queue(
-                alice_chat.clone(),
-                &to_alice,
-                ChatMessage { text: "first from bridge".into(), ..ChatMessage::default() },
-            )
-            .await
-            .expect("queued");
-        let second = core
-            .outbound
-            .queue(
-                alice_chat.clone(),
-                &to_alice,
-                ChatMessage { text: "second from bridge".into(), ..ChatMessage::default() },
-            )
-            .await
-            .expect("queued");
+        let first = to_alice(&core, ChatMessage { text: "first from bridge".into(), ..ChatMessage::default() }).await;
+        let second = to_alice(&core, ChatMessage { text: "second from bridge".into(), ..ChatMessage::default() }).await;
         let dc_first = dc_message(&dc, alice, "first from bridge").await;
         let dc_second = dc_message(&dc, alice, "second from bridge").await;
 
@@ -419,38 +417,26 @@ async fn reactions_edits_deletes_and_read_receipts_work_both_ways() {
 
         // Bridge -> Delta Chat: reaction to Alice's message, edit and delete of our own,
         // and a read receipt for Alice's message.
-        core.outbound
-            .queue(
-                alice_chat.clone(),
-                &to_alice,
-                ChatMessage {
-                    kind: Kind::Reaction { emoji: "👍".into() },
-                    in_reply_to: Some(original.message_id.clone()),
-                    ..ChatMessage::default()
-                },
-            )
-            .await
-            .expect("reaction queued");
-        core.outbound
-            .queue(
-                alice_chat.clone(),
-                &to_alice,
-                ChatMessage {
-                    kind: Kind::Edit { target: first.clone() },
-                    text: "first, edited".into(),
-                    ..ChatMessage::default()
-                },
-            )
-            .await
-            .expect("edit queued");
-        core.outbound
-            .queue(
-                alice_chat.clone(),
-                &to_alice,
-                ChatMessage { kind: Kind::Delete { targets: vec![second.clone()] }, ..ChatMessage::default() },
-            )
-            .await
-            .expect("delete queued");
+        to_alice(
+            &core,
+            ChatMessage {
+                kind: Kind::Reaction { emoji: "👍".into() },
+                in_reply_to: Some(original.message_id.clone()),
+                ..ChatMessage::default()
+            },
+        )
+        .await;
+        to_alice(
+            &core,
+            ChatMessage {
+                kind: Kind::Edit { target: first.clone() },
+                text: "first, edited".into(),
+                ..ChatMessage::default()
+            },
+        )
+        .await;
+        to_alice(&core, ChatMessage { kind: Kind::Delete { targets: vec![second.clone()] }, ..ChatMessage::default() })
+            .await;
         let edited = eventually(WAIT, "Alice sees the edit", || async {
             let m = dc.call("get_message", json!([alice, dc_first["id"]])).await;
             (m["text"] == "first, edited").then_some(m)
@@ -464,35 +450,29 @@ async fn reactions_edits_deletes_and_read_receipts_work_both_ways() {
         dc.call("misc_send_text_message", json!([alice, chat, "react to me"])).await;
         let to_react = recorded_with_text(&core, "react to me").await;
         let dc_react = dc_message(&dc, alice, "react to me").await;
-        core.outbound
-            .queue(
-                alice_chat.clone(),
-                &to_alice,
-                ChatMessage {
-                    kind: Kind::Reaction { emoji: "🎉".into() },
-                    in_reply_to: Some(to_react.message_id.clone()),
-                    ..ChatMessage::default()
-                },
-            )
-            .await
-            .expect("reaction queued");
+        to_alice(
+            &core,
+            ChatMessage {
+                kind: Kind::Reaction { emoji: "🎉".into() },
+                in_reply_to: Some(to_react.message_id.clone()),
+                ..ChatMessage::default()
+            },
+        )
+        .await;
         eventually(WAIT, "Alice sees the bridge's reaction", || async {
             let r = dc.call("get_message_reactions", json!([alice, dc_react["id"]])).await;
             r.to_string().contains("🎉").then_some(())
         })
         .await;
-        core.outbound
-            .queue(
-                alice_chat.clone(),
-                &to_alice,
-                ChatMessage {
-                    kind: Kind::ReadReceipt { original: to_react.message_id.clone(), additional: vec![] },
-                    text: "This is a receipt notification.".into(),
-                    ..ChatMessage::default()
-                },
-            )
-            .await
-            .expect("receipt queued");
+        to_alice(
+            &core,
+            ChatMessage {
+                kind: Kind::ReadReceipt { original: to_react.message_id.clone(), additional: vec![] },
+                text: "This is a receipt notification.".into(),
+                ..ChatMessage::default()
+            },
+        )
+        .await;
         eventually(WAIT, "Alice sees her message read", || async {
             let m = dc.call("get_message", json!([alice, dc_react["id"]])).await;
             // 28 = OutMdnRcvd: read by the recipient.
@@ -520,53 +500,43 @@ async fn images_and_large_files_go_both_ways() {
     let alice = dc.account(&server, "alice", "Alice").await;
     let state = tempfile::tempdir().expect("tempdir");
     let (config, chat) = vcard_pair(&server, &dc, alice, state.path()).await;
-    let loaded = coi_bridge::config::load(&config).expect("config");
-    let core =
-        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let core = core_for(&config).await;
     let token = CancellationToken::new();
     // Over 140 000 bytes: Delta Chat splits it into a pre- and a post-message.
     let big: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
     let body = async {
         // Bridge -> Delta Chat: an image and a large file.
-        let alice_chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
-        core.outbound
-            .queue(
-                alice_chat,
-                &["alice@example.org".into()],
-                ChatMessage {
-                    text: "picture and file".into(),
-                    attachments: vec![coi_bridge_api::Attachment {
-                        name: "dot.png".into(),
-                        mime: "image/png".into(),
-                        data: PNG.to_vec(),
-                    }],
-                    ..ChatMessage::default()
-                },
-            )
-            .await
-            .expect("queued");
+        to_alice(
+            &core,
+            ChatMessage {
+                text: "picture and file".into(),
+                attachments: vec![coi_bridge_api::Attachment {
+                    name: "dot.png".into(),
+                    mime: "image/png".into(),
+                    data: PNG.to_vec(),
+                }],
+                ..ChatMessage::default()
+            },
+        )
+        .await;
         let m = dc_message(&dc, alice, "picture and file").await;
         assert_eq!(m["viewType"], json!("Image"), "{m}");
         assert_eq!(m["fileName"], json!("dot.png"));
         assert_eq!(m["fileBytes"], json!(PNG.len()));
 
-        let big_chat = ChatRef { kind: ChatKind::Single, key: "alice@example.org".into(), name: "Alice".into() };
-        core.outbound
-            .queue(
-                big_chat,
-                &["alice@example.org".into()],
-                ChatMessage {
-                    text: "a large file".into(),
-                    attachments: vec![coi_bridge_api::Attachment {
-                        name: "big.bin".into(),
-                        mime: "application/octet-stream".into(),
-                        data: big.clone(),
-                    }],
-                    ..ChatMessage::default()
-                },
-            )
-            .await
-            .expect("queued");
+        to_alice(
+            &core,
+            ChatMessage {
+                text: "a large file".into(),
+                attachments: vec![coi_bridge_api::Attachment {
+                    name: "big.bin".into(),
+                    mime: "application/octet-stream".into(),
+                    data: big.clone(),
+                }],
+                ..ChatMessage::default()
+            },
+        )
+        .await;
         let m = dc_message(&dc, alice, "a large file").await;
         assert_eq!(m["fileBytes"], json!(big.len()), "{m}");
         let path = m["file"].as_str().expect("file path");
@@ -630,9 +600,7 @@ async fn the_bridge_joins_delta_chat_invite_links_and_takes_part_in_their_group(
 
     let state = tempfile::tempdir().expect("tempdir");
     let config = support::write_config_with(&server, state.path(), Link::Plain, "", support::free_port(), "required");
-    let loaded = coi_bridge::config::load(&config).expect("config");
-    let core =
-        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
+    let core = core_for(&config).await;
     let token = CancellationToken::new();
     let body = async {
         // 1:1: the bridge joins Alice's own link.

@@ -299,6 +299,55 @@ mod tests {
         assert!(d.signed && d.signers.is_empty());
     }
 
+    /// The PKESK versions of a message: v3 goes with SEIPDv1, v6 with SEIPDv2.
+    fn pkesk_versions(armored: &str) -> Vec<String> {
+        use pgp::composed::Esk;
+        let (msg, _) = Message::from_armor(Cursor::new(armored.as_bytes())).expect("armor");
+        match msg {
+            Message::Encrypted { esk, .. } => esk
+                .iter()
+                .map(|e| match e {
+                    Esk::PublicKeyEncryptedSessionKey(p) => format!("{:?}", p.version()),
+                    Esk::SymKeyEncryptedSessionKey(_) => "skesk".into(),
+                })
+                .collect(),
+            _ => panic!("not encrypted"),
+        }
+    }
+
+    #[test]
+    fn seipd_v2_only_when_every_recipient_supports_it() {
+        let me = key("a@x.org");
+        let modern = public(&key("b@x.org"));
+        // An older client's key: Ed25519/Cv25519 without the SEIPDv2 feature flag.
+        let old_secret = SecretKeyParamsBuilder::default()
+            .key_type(KeyType::Ed25519Legacy)
+            .can_certify(true)
+            .can_sign(true)
+            .primary_user_id("<old@x.org>".into())
+            .subkey(
+                SubkeyParamsBuilder::default()
+                    .key_type(KeyType::ECDH(ECCCurve::Curve25519Legacy))
+                    .can_encrypt(EncryptionCaps::All)
+                    .build()
+                    .expect("subkey"),
+            )
+            .build()
+            .expect("params")
+            .generate(rand_08::thread_rng())
+            .expect("keygen");
+        let old = public(&old_secret);
+        assert!(!supports_seipd_v2(&old));
+        let v2 = encrypt(b"x", &[modern.clone(), public(&me)], &me, None).expect("encrypt");
+        assert!(pkesk_versions(&v2).iter().all(|v| v.contains('6')), "{:?}", pkesk_versions(&v2));
+        let v1 = encrypt(b"x", &[modern, old, public(&me)], &me, None).expect("encrypt");
+        assert!(pkesk_versions(&v1).iter().all(|v| v.contains('3')), "{:?}", pkesk_versions(&v1));
+        assert_eq!(
+            decrypt(v1.as_bytes(), Unlock::Key(&old_secret, None), &[]).expect("old client decrypts").plain,
+            b"x"
+        );
+    }
+
     #[test]
     fn passphrase_protected_keys_need_the_passphrase() {
         let k = generate("p@x.org", Some("correct horse")).expect("keygen");
