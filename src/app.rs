@@ -12,6 +12,7 @@ use crate::hub::e2ee::Identity;
 use crate::hub::ingest::Ingest;
 use crate::hub::outbound::Outbound;
 use crate::hub::securejoin::SecureJoin;
+use crate::hub::submit::CoreHub;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::supervisor::{Stop, Supervisor};
@@ -32,6 +33,8 @@ pub struct Core {
     pub outbound: Arc<Outbound>,
     /// Invite links and the inviter's side of SecureJoin.
     pub securejoin: Arc<SecureJoin>,
+    /// What bridges submit remote events to (the bridge modules arrive with #4/#5).
+    pub hub: Arc<CoreHub>,
     pub imap: ImapWorker,
     pub smtp: SmtpWorker,
 }
@@ -64,7 +67,8 @@ impl Core {
             Ingest::new(store.clone(), identity.clone(), cfg.account.encryption, Limits::default(), metrics.clone())
                 .with_securejoin(securejoin.clone());
         let imap = ImapWorker::new(ImapSettings::from_config(loaded)?, Arc::new(ingest), metrics.clone());
-        Ok(Self { store, identity, metrics, outbound, securejoin, imap, smtp })
+        let hub = Arc::new(CoreHub::new(store.clone(), outbound.clone(), &cfg.account.address, Default::default()));
+        Ok(Self { store, identity, metrics, outbound, securejoin, hub, imap, smtp })
     }
 }
 

@@ -4,11 +4,14 @@
 //! - [`ingest`]: fetched mail → parsed → recorded with the IMAP cursor in one transaction.
 //! - [`outbound`]: a message for COI → rendered → recorded and queued for SMTP in one transaction.
 //! - [`e2ee`]: the identity key; decrypt/verify inbound, sign/encrypt outbound.
-//! - [`securejoin`]: invite links and the inviter's side of SecureJoin.
+//! - [`securejoin`]: invite links and SecureJoin both ways; [`groups`]: renames, removals.
+//! - [`submit`]: remote → COI, the `Hub` bridges submit to; [`delivery`]: COI → remote, per bridge.
 
+pub mod delivery;
 pub mod e2ee;
 pub mod groups;
 pub mod ingest;
 pub mod outbound;
 pub mod resolve;
 pub mod securejoin;
+pub mod submit;

@@ -8,7 +8,7 @@ use crate::coi::autocrypt::AutocryptHeader;
 use crate::coi::{ChatMessage, Group, GroupChange, Kind, Mailbox, crypto, render};
 use crate::config::EncryptionPolicy;
 use crate::hub::e2ee::{Identity, recipient_keys};
-use crate::store::{Chat, ChatKind, ChatRef, Envelope, OutboundMail, Store, StoreError};
+use crate::store::{Chat, ChatKind, ChatRef, Envelope, Origin, OutboundMail, Store, StoreError};
 
 /// Why a message could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +52,15 @@ impl Outbound {
     /// `From` is always the bridge's address. A different display name in `msg.from`
     /// (a relayed person) is kept, with `Sender:` set to the bridge. Group messages carry
     /// the members' fingerprints and gossip their keys.
-    pub async fn queue(
+    pub async fn queue(&self, chat: ChatRef, recipients: &[String], msg: ChatMessage) -> Result<String, QueueError> {
+        self.queue_from(Origin::Local, chat, recipients, msg).await
+    }
+
+    /// [`Outbound::queue`] for a message that came from a bridge: `origin` is mapped to
+    /// the new Message-ID and that bridge gets no copy back.
+    pub async fn queue_from(
         &self,
+        origin: Origin,
         chat: ChatRef,
         recipients: &[String],
         mut msg: ChatMessage,
@@ -105,12 +112,12 @@ impl Outbound {
                     };
                     let sealed = self.identity.seal(&msg, &keys)?;
                     let plain = (Envelope { from: self.me.addr.clone(), to: missing }, render(&msg));
-                    return self.store_and_wake_with(chat, &keyed, msg, sealed, Some(plain)).await;
+                    return self.store_and_wake_with(chat, &keyed, msg, sealed, Some(plain), origin).await;
                 }
             }
             Err(missing) => return Err(QueueError::NoKey(missing)),
         };
-        self.store_and_wake(chat, recipients, msg, raw).await
+        self.store_and_wake_with(chat, recipients, msg, raw, None, origin).await
     }
 
     /// Queues a SecureJoin v3 step, encrypted with the invite's password instead of keys.
@@ -135,7 +142,16 @@ impl Outbound {
 
     /// Sends `msg` to every member of a group chat, with its group headers. A removed
     /// member is told too.
-    pub async fn queue_to_group(&self, chat: &Chat, mut msg: ChatMessage) -> Result<String, QueueError> {
+    pub async fn queue_to_group(&self, chat: &Chat, msg: ChatMessage) -> Result<String, QueueError> {
+        self.queue_to_chat(Origin::Local, chat, msg).await
+    }
+
+    /// Sends `msg` into a chat, group or 1:1, on behalf of `origin` if a bridge sent it.
+    pub async fn queue_to_chat(&self, origin: Origin, chat: &Chat, mut msg: ChatMessage) -> Result<String, QueueError> {
+        if chat.kind == ChatKind::Single {
+            let chat_ref = ChatRef { kind: ChatKind::Single, key: chat.key.clone(), name: chat.name.clone() };
+            return self.queue_from(origin, chat_ref, std::slice::from_ref(&chat.key), msg).await;
+        }
         let group =
             msg.group.get_or_insert_with(|| Group { id: chat.key.clone(), name: chat.name.clone(), change: None });
         group.id.clone_from(&chat.key);
@@ -155,7 +171,7 @@ impl Outbound {
             recipients.push(gone);
         }
         let chat_ref = ChatRef { kind: ChatKind::Group, key: chat.key.clone(), name: chat.name.clone() };
-        self.queue(chat_ref, &recipients, msg).await
+        self.queue_from(origin, chat_ref, &recipients, msg).await
     }
 
     fn prepare(&self, recipients: &[String], msg: &mut ChatMessage) {
@@ -193,7 +209,7 @@ impl Outbound {
         msg: ChatMessage,
         raw: Vec<u8>,
     ) -> Result<String, QueueError> {
-        self.store_and_wake_with(chat, recipients, msg, raw, None).await
+        self.store_and_wake_with(chat, recipients, msg, raw, None, Origin::Local).await
     }
 
     async fn store_and_wake_with(
@@ -203,10 +219,11 @@ impl Outbound {
         msg: ChatMessage,
         raw: Vec<u8>,
         also: Option<(Envelope, Vec<u8>)>,
+        origin: Origin,
     ) -> Result<String, QueueError> {
         let envelope = Envelope { from: self.me.addr.clone(), to: recipients.to_vec() };
         let id = msg.message_id.clone();
-        self.store.queue_outbound(&OutboundMail { chat, message: msg, raw, envelope, also }).await?;
+        self.store.queue_outbound(&OutboundMail { chat, message: msg, raw, envelope, also, origin }).await?;
         self.wake.notify_one();
         Ok(id)
     }

@@ -8,6 +8,7 @@
 //! trait; nothing outside this module names a backend.
 
 pub mod keys;
+pub mod portals;
 pub mod sqlite;
 
 use std::path::Path;
@@ -165,6 +166,22 @@ pub struct OutboundMail {
     /// A second copy for other recipients (the plaintext copy of an opportunistic
     /// send), queued as its own outbox row.
     pub also: Option<(Envelope, Vec<u8>)>,
+    /// Where it came from, which decides which portals get a copy.
+    pub origin: Origin,
+}
+
+/// Where an outgoing COI message came from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// The bridge itself (a command, SecureJoin): every portal of the chat gets it.
+    #[default]
+    Local,
+    /// A bridge: its remote message (if it has one) is mapped to the Message-ID, and the
+    /// chat's other portals get it (N-way), that bridge does not.
+    Bridge { bridge: String, copy: Option<portals::RemoteCopy> },
+    /// A notice for the COI side only (a delivery failure): no portal gets it, so a
+    /// failing bridge cannot cause notices about notices.
+    Notice,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,7 +215,7 @@ pub enum OutboxState {
 
 /// What the daemon needs from a store backend.
 #[async_trait]
-pub trait Store: keys::KeyStore + Send + Sync + 'static {
+pub trait Store: keys::KeyStore + portals::PortalStore + Send + Sync + 'static {
     // --- inbound ---------------------------------------------------------------------
     async fn imap_cursor(&self, folder: &str) -> StoreResult<Option<ImapCursor>>;
 

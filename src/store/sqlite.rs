@@ -17,8 +17,11 @@ use super::{
 use crate::coi::ChatMessage;
 
 /// Numbered migrations; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_keys.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_keys.sql")),
+    (3, include_str!("migrations/0003_portals.sql")),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -309,6 +312,7 @@ impl Store for SqliteStore {
             if Self::insert_message(&mut tx, chat_id, Direction::In, &m.message, m.security).await? {
                 out.recorded += 1;
                 Self::update_members_tx(&mut tx, chat_id, &m.members_added, &m.members_removed).await?;
+                Self::fan_out_tx(&mut tx, chat_id, &m.message.message_id, None).await?;
             } else {
                 out.duplicates += 1;
             }
@@ -365,6 +369,29 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(err)?;
         let chat_id = Self::ensure_chat_tx(&mut tx, &mail.chat).await?;
         if Self::insert_message(&mut tx, chat_id, Direction::Out, &mail.message, "sent").await? {
+            if let super::Origin::Bridge { bridge, copy: Some(copy) } = &mail.origin {
+                sqlx::query(
+                    "INSERT INTO message_map (message_id, bridge, remote_chat, remote_id, part) VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&mail.message.message_id)
+                .bind(bridge)
+                .bind(&copy.remote_chat)
+                .bind(&copy.remote_id)
+                .bind(copy.part)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
+            match &mail.origin {
+                super::Origin::Local => {
+                    Self::fan_out_tx(&mut tx, chat_id, &mail.message.message_id, None).await?;
+                }
+                super::Origin::Bridge { bridge, .. } => {
+                    Self::fan_out_tx(&mut tx, chat_id, &mail.message.message_id, Some(bridge)).await?;
+                }
+                super::Origin::Notice => {}
+            }
             let ts = now();
             let copies = std::iter::once((&mail.envelope, &mail.raw, mail.message.message_id.clone()))
                 .chain(mail.also.iter().map(|(e, r)| (e, r, format!("{}#plain", mail.message.message_id))));
@@ -578,6 +605,7 @@ impl Store for SqliteStore {
 }
 
 mod keys;
+mod portals;
 
 #[cfg(test)]
 mod tests;

@@ -48,6 +48,7 @@ fn outbound(id: &str, chat_key: &str) -> OutboundMail {
         raw: format!("raw {id}").into_bytes(),
         envelope: Envelope { from: "me@x.org".into(), to: vec![chat_key.into()] },
         also: None,
+        origin: crate::store::Origin::Local,
     }
 }
 

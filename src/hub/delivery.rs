@@ -1,0 +1,229 @@
+//! COI → remote: drains one bridge's outbox rows in order per chat, translates each message for the bridge, maps the remote id, and degrades what the bridge cannot carry.
+//!
+//! A delivery that still fails after its retries is not dropped silently: the row is
+//! marked failed, the COI chat gets a visible notice, and the metrics count it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coi_bridge_api::{Bridge, BridgeId, DeliverError, Outgoing, Person, RemoteChatId, RemoteMsgId};
+use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff;
+use crate::coi::ChatMessage;
+use crate::hub::outbound::Outbound;
+use crate::metrics::Metrics;
+use crate::store::portals::RemoteCopy;
+use crate::store::{Origin, OutboxItem, Store, StoredAttachment, StoredMessage};
+use crate::transport::smtp::RetryPolicy;
+
+const PARALLEL: usize = 4;
+const IDLE_POLL: Duration = Duration::from_secs(2);
+
+/// Delivers to one bridge instance.
+pub struct BridgeDelivery {
+    id: BridgeId,
+    /// The network's name, for notices ("not delivered to Matrix").
+    label: String,
+    bridge: Arc<dyn Bridge>,
+    store: Arc<dyn Store>,
+    outbound: Arc<Outbound>,
+    policy: RetryPolicy,
+    metrics: Arc<Metrics>,
+}
+
+enum Built {
+    Send(RemoteChatId, Outgoing),
+    /// Nothing to deliver (a receipt, a merged post-message, a portal gone).
+    Skip(&'static str),
+}
+
+impl BridgeDelivery {
+    pub fn new(
+        id: BridgeId,
+        label: &str,
+        bridge: Arc<dyn Bridge>,
+        store: Arc<dyn Store>,
+        outbound: Arc<Outbound>,
+        policy: RetryPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { id, label: label.to_owned(), bridge, store, outbound, policy, metrics }
+    }
+
+    /// Runs until `shutdown`; a delivery in flight is finished first.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut store_backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        while !shutdown.is_cancelled() {
+            let now = chrono::Utc::now().timestamp();
+            match self.store.due_outbox(self.id.as_str(), now, 64).await {
+                Ok(due) if due.is_empty() => {
+                    store_backoff.reset();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(IDLE_POLL) => {}
+                    }
+                }
+                Ok(due) => {
+                    store_backoff.reset();
+                    let _: Vec<()> = futures::stream::iter(due)
+                        .map(|item| self.deliver(item))
+                        .buffer_unordered(PARALLEL)
+                        .collect()
+                        .await;
+                }
+                Err(e) => {
+                    let pause = store_backoff.next_delay();
+                    tracing::error!(bridge = %self.id, error = %e, retry_in = ?pause, "bridge outbox: cannot read the store");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn remote_of(&self, message_id: &str) -> Option<RemoteMsgId> {
+        let copies = self.store.remote_copies(message_id, self.id.as_str()).await.ok()?;
+        copies.into_iter().next().map(|c| RemoteMsgId(c.remote_id))
+    }
+
+    async fn build(&self, item: &OutboxItem, msg: &StoredMessage) -> Built {
+        let portal = match self.store.portals_of_chat(item.chat_id).await {
+            Ok(p) => p.into_iter().find(|p| p.bridge == self.id.as_str()),
+            Err(_) => None,
+        };
+        let Some(portal) = portal else { return Built::Skip("the portal was removed") };
+        let to = RemoteChatId(portal.remote_chat);
+        let sender = Person { id: msg.from_addr.as_str().into(), display_name: msg.from_name.clone() };
+        let outgoing = match msg.kind.as_str() {
+            "text" => Outgoing::Message {
+                sender,
+                text: msg.text.clone(),
+                attachments: msg.attachments.iter().map(to_api).collect(),
+                reply_to: match &msg.in_reply_to {
+                    Some(p) => self.remote_of(p).await,
+                    None => None,
+                },
+            },
+            kind @ ("reaction" | "edit" | "delete") => {
+                let Some(target) = msg.target.as_deref() else { return Built::Skip("no target") };
+                let Some(target) = self.remote_of(target).await else {
+                    return Built::Skip("its target never reached this bridge");
+                };
+                match kind {
+                    "reaction" => Outgoing::Reaction { sender, target, emoji: msg.text.clone() },
+                    "edit" => Outgoing::Edit { sender, target, new_text: msg.text.clone() },
+                    _ => Outgoing::Delete { sender, target },
+                }
+            }
+            "receipt" => return Built::Skip("read receipts are not relayed to bridges yet"),
+            _ => return Built::Skip("nothing to show"),
+        };
+        Built::Send(to, outgoing)
+    }
+
+    async fn deliver(&self, item: OutboxItem) {
+        let msg = match self.store.message(&item.message_id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return self.fail(&item, None, "the message is gone from the store".into()).await,
+            Err(e) => return self.retry(&item, None, &e.to_string()).await,
+        };
+        let (to, outgoing) = match self.build(&item, &msg).await {
+            Built::Send(to, o) => (to, o),
+            Built::Skip(why) => {
+                tracing::debug!(bridge = %self.id, message_id = %item.message_id, why, "not delivered to the bridge");
+                let _ = self.store.outbox_done(item.id).await;
+                return;
+            }
+        };
+        let mut result = self.bridge.deliver(&to, &outgoing).await;
+        if matches!(result, Err(DeliverError::Unsupported))
+            && let Some(fallback) = degrade(&outgoing)
+        {
+            result = self.bridge.deliver(&to, &fallback).await;
+        }
+        match result {
+            Ok(remote) => {
+                let copy = RemoteCopy { remote_chat: to.0.clone(), remote_id: remote.0, part: 0 };
+                if let Err(e) = self.store.map_remote(&item.message_id, self.id.as_str(), &copy).await {
+                    tracing::error!(bridge = %self.id, error = %e, "delivered, but the id map was not written");
+                }
+                if let Err(e) = self.store.outbox_done(item.id).await {
+                    tracing::error!(bridge = %self.id, error = %e, "delivered, but the outbox row was not marked");
+                }
+                self.metrics.outbox.with_label_values(&[self.id.as_str(), "sent"]).inc();
+            }
+            Err(DeliverError::Retry { reason, after }) => self.retry(&item, after, &reason).await,
+            Err(DeliverError::Permanent(reason)) => self.fail(&item, Some(&msg), reason).await,
+            Err(DeliverError::Unsupported) => {
+                let _ = self.store.outbox_done(item.id).await;
+            }
+        }
+    }
+
+    async fn retry(&self, item: &OutboxItem, after: Option<Duration>, reason: &str) {
+        let attempts = item.attempts + 1;
+        if attempts >= self.policy.max_attempts {
+            return self.fail(item, None, format!("gave up after {attempts} attempts: {reason}")).await;
+        }
+        let pause = after.unwrap_or_else(|| backoff::delay(self.policy.base, self.policy.max_delay, item.attempts));
+        let next = chrono::Utc::now().timestamp() + pause.as_secs().max(1) as i64;
+        self.metrics.outbox.with_label_values(&[self.id.as_str(), "retry"]).inc();
+        tracing::warn!(bridge = %self.id, message_id = %item.message_id, attempts, retry_in = ?pause, reason, "not delivered to the bridge; will retry");
+        if let Err(e) = self.store.outbox_retry(item.id, next, reason).await {
+            tracing::error!(bridge = %self.id, error = %e, "could not record the retry");
+        }
+    }
+
+    /// Gives up: the row is marked failed and the COI chat is told.
+    async fn fail(&self, item: &OutboxItem, msg: Option<&StoredMessage>, reason: String) {
+        self.metrics.outbox.with_label_values(&[self.id.as_str(), "failed"]).inc();
+        tracing::error!(bridge = %self.id, message_id = %item.message_id, reason = %reason, "not delivered to the bridge, for good");
+        if let Err(e) = self.store.outbox_failed(item.id, &reason).await {
+            tracing::error!(bridge = %self.id, error = %e, "could not record the failure");
+        }
+        let Ok(Some(chat)) = self.store.chat(item.chat_id).await else { return };
+        let what = msg.map(|m| m.text.chars().take(60).collect::<String>()).unwrap_or_default();
+        let notice = ChatMessage {
+            text: format!("⚠️ Not delivered to {}: \"{what}\" ({reason})", self.label),
+            in_reply_to: Some(item.message_id.clone()),
+            ..ChatMessage::default()
+        };
+        if let Err(e) = self.outbound.queue_to_chat(Origin::Notice, &chat, notice).await {
+            tracing::error!(bridge = %self.id, error = %e, "could not queue the failure notice");
+        }
+    }
+}
+
+fn to_api(a: &StoredAttachment) -> coi_bridge_api::Attachment {
+    coi_bridge_api::Attachment { name: a.name.clone(), mime: a.mime.clone(), data: a.data.clone() }
+}
+
+/// What to send instead when a bridge cannot carry an event natively.
+pub fn degrade(o: &Outgoing) -> Option<Outgoing> {
+    let text = match o {
+        Outgoing::Reaction { sender, emoji, .. } => format!("{} reacted {emoji}", sender.display_name),
+        Outgoing::Edit { new_text, .. } => format!("✏️ {new_text}"),
+        Outgoing::Delete { sender, .. } => format!("{} deleted a message", sender.display_name),
+        Outgoing::Message { .. } | Outgoing::Notice { .. } => return None,
+    };
+    let sender = match o {
+        Outgoing::Reaction { sender, .. } | Outgoing::Edit { sender, .. } | Outgoing::Delete { sender, .. } => {
+            sender.clone()
+        }
+        _ => return None,
+    };
+    let reply_to = match o {
+        Outgoing::Reaction { target, .. } | Outgoing::Edit { target, .. } | Outgoing::Delete { target, .. } => {
+            Some(target.clone())
+        }
+        _ => None,
+    };
+    Some(Outgoing::Message { sender, text, attachments: Vec::new(), reply_to })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! The hub with a recording bridge: fan-out from COI, delivery order, id map, retries, degradation, failure notices, and submit.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use coi_bridge_api::{BridgeContext, BridgeError, Capabilities, Hub as _, RemoteEvent, SubmitError};
+use tokio::sync::Notify;
+
+use super::*;
+use crate::coi::{Kind, Mailbox};
+use crate::config::EncryptionPolicy;
+use crate::hub::e2ee::Identity;
+use crate::hub::submit::CoreHub;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{ChatKind, ChatRef, Direction, ImapCursor, InboundMessage, OutboxState, SMTP_TARGET};
+
+/// A remote network that records what it is given; results can be scripted.
+#[derive(Default)]
+struct RecordingBridge {
+    got: Mutex<Vec<(RemoteChatId, Outgoing)>>,
+    script: Mutex<VecDeque<Result<(), DeliverError>>>,
+    reactions: bool,
+}
+
+#[async_trait]
+impl Bridge for RecordingBridge {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { reactions: self.reactions, ..Capabilities::default() }
+    }
+    async fn run(&self, _cx: BridgeContext) -> Result<(), BridgeError> {
+        Ok(())
+    }
+    async fn deliver(&self, to: &RemoteChatId, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError> {
+        if !self.reactions && matches!(msg, Outgoing::Reaction { .. }) {
+            return Err(DeliverError::Unsupported);
+        }
+        if let Some(Err(e)) = self.script.lock().expect("lock").pop_front() {
+            return Err(e);
+        }
+        let mut got = self.got.lock().expect("lock");
+        got.push((to.clone(), msg.clone()));
+        Ok(RemoteMsgId(format!("$ev{}", got.len())))
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    outbound: Arc<Outbound>,
+    metrics: Arc<Metrics>,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
+    let identity = Arc::new(Identity::load_or_create(store.as_ref(), "bridge@x.org", None).await.expect("identity"));
+    let outbound = Arc::new(Outbound::new(
+        store.clone(),
+        Mailbox::new("bridge@x.org", Some("Bridge")),
+        identity,
+        EncryptionPolicy::Opportunistic,
+        Arc::new(Notify::new()),
+    ));
+    let chat = ChatRef { kind: ChatKind::Group, key: "grp_abcdefghij".into(), name: "Room".into() };
+    let chat_id = store.ensure_chat(&chat).await.expect("chat");
+    store.update_members(chat_id, &["alice@x.org".into()], &[]).await.expect("members");
+    store.create_portal(chat_id, "matrix", "!room:hs").await.expect("portal");
+    store.create_portal(chat_id, "telegram", "-100").await.expect("portal");
+    Rig { _dir: dir, store, outbound, metrics: Arc::new(Metrics::new()) }
+}
+
+/// A COI message from Alice, recorded as IMAP ingest would.
+async fn from_coi(r: &Rig, uid: u32, id: &str, msg: ChatMessage) {
+    let m = InboundMessage {
+        uid,
+        chat: ChatRef { kind: ChatKind::Group, key: "grp_abcdefghij".into(), name: "Room".into() },
+        message: ChatMessage { message_id: id.into(), from: Mailbox::new("alice@x.org", Some("Alice")), ..msg },
+        members_added: vec![],
+        members_removed: vec![],
+        security: "verified",
+    };
+    r.store.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: uid }, &[m], &[]).await.expect("record");
+}
+
+fn delivery(r: &Rig, bridge: Arc<RecordingBridge>) -> BridgeDelivery {
+    let policy = RetryPolicy { base: Duration::from_millis(10), max_delay: Duration::from_millis(20), max_attempts: 3 };
+    BridgeDelivery::new(
+        BridgeId::from("matrix"),
+        "Matrix",
+        bridge,
+        r.store.clone(),
+        r.outbound.clone(),
+        policy,
+        r.metrics.clone(),
+    )
+}
+
+/// Runs the worker until `done` holds (bounded by the test harness's own timeout).
+async fn drive(d: &BridgeDelivery, done: impl Fn() -> bool) {
+    let token = CancellationToken::new();
+    let stop = async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+    };
+    tokio::join!(d.run(token.clone()), stop);
+}
+
+#[tokio::test]
+async fn coi_messages_fan_out_in_order_with_replies_translated_and_ids_mapped() {
+    let r = rig().await;
+    from_coi(&r, 1, "m1@x", ChatMessage { text: "first".into(), ..ChatMessage::default() }).await;
+    from_coi(
+        &r,
+        2,
+        "m2@x",
+        ChatMessage { text: "second".into(), in_reply_to: Some("m1@x".into()), ..ChatMessage::default() },
+    )
+    .await;
+    // One row per portal: both bridges got the messages queued.
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(r.store.due_outbox("telegram", now, 10).await.expect("due").len(), 1, "head of the chat");
+    let bridge = Arc::new(RecordingBridge::default());
+    let d = delivery(&r, bridge.clone());
+    drive(&d, || bridge.got.lock().expect("lock").len() == 2).await;
+    let got = bridge.got.lock().expect("lock").clone();
+    match (&got[0].1, &got[1].1) {
+        (Outgoing::Message { text: t1, sender, .. }, Outgoing::Message { text: t2, reply_to, .. }) => {
+            assert_eq!((t1.as_str(), t2.as_str()), ("first", "second"), "in order");
+            assert_eq!(sender.display_name, "Alice");
+            assert_eq!(reply_to.as_ref().map(|r| r.0.as_str()), Some("$ev1"), "reply target translated");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(got[0].0, RemoteChatId::from("!room:hs"));
+    let copies = r.store.remote_copies("m2@x", "matrix").await.expect("map");
+    assert_eq!(copies[0].remote_id, "$ev2");
+    assert_eq!(r.store.coi_id_of_remote("matrix", "!room:hs", "$ev1").await.expect("map").as_deref(), Some("m1@x"));
+}
+
+#[tokio::test]
+async fn reactions_are_degraded_for_bridges_without_them() {
+    let r = rig().await;
+    from_coi(&r, 1, "m1@x", ChatMessage { text: "hello".into(), ..ChatMessage::default() }).await;
+    from_coi(
+        &r,
+        2,
+        "r1@x",
+        ChatMessage {
+            kind: Kind::Reaction { emoji: "👍".into() },
+            in_reply_to: Some("m1@x".into()),
+            ..ChatMessage::default()
+        },
+    )
+    .await;
+    let bridge = Arc::new(RecordingBridge::default());
+    let d = delivery(&r, bridge.clone());
+    drive(&d, || bridge.got.lock().expect("lock").len() == 2).await;
+    match &bridge.got.lock().expect("lock")[1].1 {
+        Outgoing::Message { text, reply_to, .. } => {
+            assert_eq!(text, "Alice reacted 👍");
+            assert_eq!(reply_to.as_ref().map(|r| r.0.as_str()), Some("$ev1"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn retries_then_gives_up_with_a_visible_notice_in_the_coi_chat() {
+    let r = rig().await;
+    from_coi(&r, 1, "m1@x", ChatMessage { text: "flaky".into(), ..ChatMessage::default() }).await;
+    from_coi(&r, 2, "m2@x", ChatMessage { text: "doomed".into(), ..ChatMessage::default() }).await;
+    let bridge = Arc::new(RecordingBridge::default());
+    bridge.script.lock().expect("lock").extend([
+        Err(DeliverError::Retry { reason: "429".into(), after: Some(Duration::from_secs(1)) }),
+        Ok(()),
+        Err(DeliverError::Permanent("room is gone".into())),
+    ]);
+    let d = delivery(&r, bridge.clone());
+    let store = r.store.clone();
+    drive(&d, || bridge.got.lock().expect("lock").len() == 1 && bridge.script.lock().expect("lock").is_empty()).await;
+    // Let the failed row settle.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(store.outbox_state("matrix", "m1@x").await.expect("state"), Some(OutboxState::Done)));
+    assert!(matches!(store.outbox_state("matrix", "m2@x").await.expect("state"), Some(OutboxState::Failed { .. })));
+    let out = store.messages(Direction::Out).await.expect("read");
+    let notice = out.iter().find(|m| m.text.contains("Not delivered to Matrix")).expect("a notice to the COI chat");
+    assert!(notice.text.contains("doomed") && notice.text.contains("room is gone"), "{}", notice.text);
+    assert_eq!(r.metrics.outbox.with_label_values(&["matrix", "failed"]).get(), 1);
+    assert_eq!(r.metrics.outbox.with_label_values(&["matrix", "retry"]).get(), 1);
+}
+
+#[tokio::test]
+async fn submitted_events_reach_coi_and_the_other_portals_once() {
+    let r = rig().await;
+    let hub = CoreHub::new(
+        r.store.clone(),
+        r.outbound.clone(),
+        "bridge@x.org",
+        HashMap::from([("matrix".into(), "Matrix".into())]),
+    );
+    let bob = coi_bridge_api::Person { id: "@bob:hs".into(), display_name: "Bob".into() };
+    let msg = |id: &str, reply: Option<&str>| RemoteEvent::Message {
+        chat: "!room:hs".into(),
+        id: id.into(),
+        sender: bob.clone(),
+        text: format!("text {id}"),
+        attachments: vec![],
+        reply_to: reply.map(Into::into),
+    };
+    let from = BridgeId::from("matrix");
+    hub.submit(&from, msg("$a", None)).await.expect("queued");
+    hub.submit(&from, msg("$a", None)).await.expect("a resubmit is fine");
+    hub.submit(&from, msg("$b", Some("$a"))).await.expect("queued");
+    let out = r.store.messages(Direction::Out).await.expect("read");
+    assert_eq!(out.len(), 2, "the resubmitted event was queued once");
+    let a = r.store.coi_id_of_remote("matrix", "!room:hs", "$a").await.expect("map").expect("mapped");
+    assert_eq!(out[0].message_id, a);
+    assert_eq!(out[0].from_name, "Bob (Matrix)");
+    assert_eq!(out[1].in_reply_to.as_deref(), Some(a.as_str()), "reply target translated to the Message-ID");
+    // N-way: Telegram gets them, Matrix (the origin) does not; COI gets them by SMTP.
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(r.store.due_outbox("telegram", now, 10).await.expect("due")[0].message_id, a);
+    assert!(r.store.due_outbox("matrix", now, 10).await.expect("due").is_empty());
+    assert_eq!(r.store.due_outbox(SMTP_TARGET, now, 10).await.expect("due").len(), 1, "head of the chat");
+
+    // A reaction to a bridged message, and events for unknown rooms or messages.
+    let react =
+        RemoteEvent::Reaction {
+            chat: "!room:hs".into(), target: "$a".into(), sender: bob.clone(), emoji: "🎉".into()
+        };
+    hub.submit(&from, react).await.expect("queued");
+    let out = r.store.messages(Direction::Out).await.expect("read");
+    assert!(out.iter().any(|m| m.kind == "reaction" && m.target.as_deref() == Some(a.as_str()) && m.text == "🎉"));
+    let lost =
+        RemoteEvent::Edit { chat: "!room:hs".into(), target: "$zz".into(), sender: bob.clone(), new_text: "x".into() };
+    assert!(matches!(hub.submit(&from, lost).await, Err(SubmitError::Rejected(_))));
+    let nowhere = RemoteEvent::Message {
+        chat: "!other:hs".into(),
+        id: "$c".into(),
+        sender: bob,
+        text: "x".into(),
+        attachments: vec![],
+        reply_to: None,
+    };
+    assert!(matches!(hub.submit(&from, nowhere).await, Err(SubmitError::Rejected(_))));
+}

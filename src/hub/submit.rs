@@ -1,0 +1,135 @@
+//! Remote → COI: the core's [`Hub`] for bridges. A remote event is resolved through its portal, translated (reply targets, edits, reactions) and durably queued before `submit` returns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use coi_bridge_api::{BridgeId, Hub, RemoteEvent, SubmitError};
+
+use crate::coi::{ChatMessage, Kind, Mailbox};
+use crate::hub::outbound::{Outbound, QueueError};
+use crate::store::portals::RemoteCopy;
+use crate::store::{Origin, Store, StoreError};
+
+/// The hub bridges submit to.
+pub struct CoreHub {
+    store: Arc<dyn Store>,
+    outbound: Arc<Outbound>,
+    me: String,
+    /// Bridge id → the network's name shown after relayed names ("Alice (Matrix)").
+    labels: HashMap<String, String>,
+}
+
+fn retry_or_reject(e: QueueError) -> SubmitError {
+    match e {
+        QueueError::Store(StoreError::Retry(m)) => SubmitError::Retry(m),
+        QueueError::Store(StoreError::Fatal(m)) => SubmitError::Retry(format!("store: {m}")),
+        other => SubmitError::Rejected(other.to_string()),
+    }
+}
+
+fn store_err(e: StoreError) -> SubmitError {
+    SubmitError::Retry(e.to_string())
+}
+
+impl CoreHub {
+    pub fn new(store: Arc<dyn Store>, outbound: Arc<Outbound>, me: &str, labels: HashMap<String, String>) -> Self {
+        Self { store, outbound, me: me.to_lowercase(), labels }
+    }
+
+    fn label<'a>(&'a self, bridge: &'a BridgeId) -> &'a str {
+        self.labels.get(bridge.as_str()).map_or(bridge.as_str(), String::as_str)
+    }
+
+    async fn coi_id(&self, bridge: &BridgeId, chat: &str, remote: &str) -> Result<Option<String>, SubmitError> {
+        self.store.coi_id_of_remote(bridge.as_str(), chat, remote).await.map_err(store_err)
+    }
+
+    async fn target(&self, bridge: &BridgeId, chat: &str, remote: &str) -> Result<String, SubmitError> {
+        self.coi_id(bridge, chat, remote)
+            .await?
+            .ok_or_else(|| SubmitError::Rejected(format!("message {remote} was never bridged")))
+    }
+}
+
+#[async_trait]
+impl Hub for CoreHub {
+    async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
+        let remote_chat = event.chat().as_str().to_owned();
+        let portal = self
+            .store
+            .portal_by_remote(from.as_str(), &remote_chat)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| SubmitError::Rejected(format!("no portal for {remote_chat} on {from}")))?;
+        let chat = self
+            .store
+            .chat(portal.chat_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| SubmitError::Rejected(format!("the chat of portal {} is gone", portal.id)))?;
+        let relayed = |name: &str| Mailbox::new(&self.me, Some(&format!("{name} ({})", self.label(from))));
+        let (origin, msg) = match event {
+            RemoteEvent::Message { id, sender, text, attachments, reply_to, .. } => {
+                if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() {
+                    // Submitted before (at-least-once delivery), or our own copy echoed back.
+                    return Ok(());
+                }
+                let in_reply_to = match reply_to {
+                    Some(r) => self.coi_id(from, &remote_chat, r.as_str()).await?,
+                    None => None,
+                };
+                let copy = RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 };
+                let msg = ChatMessage {
+                    from: relayed(&sender.display_name),
+                    text,
+                    attachments,
+                    in_reply_to: in_reply_to.clone(),
+                    references: in_reply_to.into_iter().collect(),
+                    ..ChatMessage::default()
+                };
+                (Some(copy), msg)
+            }
+            RemoteEvent::Edit { target, sender, new_text, .. } => {
+                let target = self.target(from, &remote_chat, target.as_str()).await?;
+                let msg = ChatMessage {
+                    from: relayed(&sender.display_name),
+                    kind: Kind::Edit { target },
+                    text: new_text,
+                    ..ChatMessage::default()
+                };
+                (None, msg)
+            }
+            RemoteEvent::Delete { target, sender, .. } => {
+                let target = self.target(from, &remote_chat, target.as_str()).await?;
+                let msg = ChatMessage {
+                    from: relayed(&sender.display_name),
+                    kind: Kind::Delete { targets: vec![target] },
+                    ..ChatMessage::default()
+                };
+                (None, msg)
+            }
+            RemoteEvent::Reaction { target, sender, emoji, .. } => {
+                let target = self.target(from, &remote_chat, target.as_str()).await?;
+                let msg = ChatMessage {
+                    from: relayed(&sender.display_name),
+                    kind: Kind::Reaction { emoji },
+                    in_reply_to: Some(target),
+                    ..ChatMessage::default()
+                };
+                (None, msg)
+            }
+            RemoteEvent::ReadReceipt { up_to, .. } => {
+                let original = self.target(from, &remote_chat, up_to.as_str()).await?;
+                let msg = ChatMessage {
+                    kind: Kind::ReadReceipt { original, additional: Vec::new() },
+                    text: "This is a receipt notification.".into(),
+                    ..ChatMessage::default()
+                };
+                (None, msg)
+            }
+        };
+        let origin = Origin::Bridge { bridge: from.as_str().to_owned(), copy: origin };
+        self.outbound.queue_to_chat(origin, &chat, msg).await.map(|_| ()).map_err(retry_or_reject)
+    }
+}

@@ -1,0 +1,40 @@
+//! What the store keeps for bridges: portals, the map between COI Message-IDs and remote ids, and bridge state.
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+
+/// A COI chat linked to a remote room on one bridge instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Portal {
+    pub id: i64,
+    pub chat_id: i64,
+    pub bridge: String,
+    pub remote_chat: String,
+}
+
+/// One copy of a COI message on a bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteCopy {
+    pub remote_chat: String,
+    pub remote_id: String,
+    pub part: i64,
+}
+
+#[async_trait]
+pub trait PortalStore: Send + Sync {
+    /// Links a chat to a remote room; linking the same pair again is a no-op.
+    async fn create_portal(&self, chat_id: i64, bridge: &str, remote_chat: &str) -> StoreResult<Portal>;
+    async fn delete_portal(&self, bridge: &str, remote_chat: &str) -> StoreResult<bool>;
+    async fn portals(&self) -> StoreResult<Vec<Portal>>;
+    async fn portals_of_chat(&self, chat_id: i64) -> StoreResult<Vec<Portal>>;
+    async fn portal_by_remote(&self, bridge: &str, remote_chat: &str) -> StoreResult<Option<Portal>>;
+    /// Records that `message_id` is `remote_id` (part `part`) on a bridge.
+    async fn map_remote(&self, message_id: &str, bridge: &str, copy: &RemoteCopy) -> StoreResult<()>;
+    /// The copies of a COI message on a bridge, by part.
+    async fn remote_copies(&self, message_id: &str, bridge: &str) -> StoreResult<Vec<RemoteCopy>>;
+    /// The COI Message-ID a remote message is a copy of.
+    async fn coi_id_of_remote(&self, bridge: &str, remote_chat: &str, remote_id: &str) -> StoreResult<Option<String>>;
+    async fn bridge_state(&self, bridge: &str, key: &str) -> StoreResult<Option<String>>;
+    async fn set_bridge_state(&self, bridge: &str, key: &str, value: &str) -> StoreResult<()>;
+}

@@ -1,0 +1,175 @@
+//! The SQLite side of [`PortalStore`], and the fan-out of a message to its chat's portals inside a write transaction.
+
+use async_trait::async_trait;
+use sqlx::{Row, Transaction};
+
+use super::{SqliteStore, err, now};
+use crate::store::StoreResult;
+use crate::store::portals::{Portal, PortalStore, RemoteCopy};
+
+fn portal_row(r: &sqlx::sqlite::SqliteRow) -> Portal {
+    Portal { id: r.get("id"), chat_id: r.get("chat_id"), bridge: r.get("bridge"), remote_chat: r.get("remote_chat") }
+}
+
+impl SqliteStore {
+    /// Queues `message_id` for every portal of `chat_id` but the one it came from: one
+    /// outbox row per bridge, in the caller's transaction.
+    pub(super) async fn fan_out_tx(
+        tx: &mut Transaction<'_, sqlx::Sqlite>,
+        chat_id: i64,
+        message_id: &str,
+        except_bridge: Option<&str>,
+    ) -> StoreResult<usize> {
+        let bridges: Vec<String> = sqlx::query("SELECT bridge FROM portal WHERE chat_id = ? ORDER BY id")
+            .bind(chat_id)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .filter(|b: &String| Some(b.as_str()) != except_bridge)
+            .collect();
+        let ts = now();
+        for bridge in &bridges {
+            sqlx::query(
+                "INSERT INTO outbox (target, chat_id, message_id, payload, next_attempt_at, created_at)
+                 VALUES (?, ?, ?, x'', ?, ?) ON CONFLICT (target, message_id) DO NOTHING",
+            )
+            .bind(bridge)
+            .bind(chat_id)
+            .bind(message_id)
+            .bind(ts)
+            .bind(ts)
+            .execute(&mut **tx)
+            .await
+            .map_err(err)?;
+        }
+        Ok(bridges.len())
+    }
+}
+
+#[async_trait]
+impl PortalStore for SqliteStore {
+    async fn create_portal(&self, chat_id: i64, bridge: &str, remote_chat: &str) -> StoreResult<Portal> {
+        sqlx::query(
+            "INSERT INTO portal (chat_id, bridge, remote_chat, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(chat_id)
+        .bind(bridge)
+        .bind(remote_chat)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        let row = sqlx::query("SELECT * FROM portal WHERE bridge = ? AND remote_chat = ?")
+            .bind(bridge)
+            .bind(remote_chat)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(portal_row(&row))
+    }
+
+    async fn delete_portal(&self, bridge: &str, remote_chat: &str) -> StoreResult<bool> {
+        let res = sqlx::query("DELETE FROM portal WHERE bridge = ? AND remote_chat = ?")
+            .bind(bridge)
+            .bind(remote_chat)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn portals(&self) -> StoreResult<Vec<Portal>> {
+        let rows = sqlx::query("SELECT * FROM portal ORDER BY id").fetch_all(&self.pool).await.map_err(err)?;
+        Ok(rows.iter().map(portal_row).collect())
+    }
+
+    async fn portals_of_chat(&self, chat_id: i64) -> StoreResult<Vec<Portal>> {
+        let rows = sqlx::query("SELECT * FROM portal WHERE chat_id = ? ORDER BY id")
+            .bind(chat_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(portal_row).collect())
+    }
+
+    async fn portal_by_remote(&self, bridge: &str, remote_chat: &str) -> StoreResult<Option<Portal>> {
+        let row = sqlx::query("SELECT * FROM portal WHERE bridge = ? AND remote_chat = ?")
+            .bind(bridge)
+            .bind(remote_chat)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.as_ref().map(portal_row))
+    }
+
+    async fn map_remote(&self, message_id: &str, bridge: &str, c: &RemoteCopy) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO message_map (message_id, bridge, remote_chat, remote_id, part) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(message_id)
+        .bind(bridge)
+        .bind(&c.remote_chat)
+        .bind(&c.remote_id)
+        .bind(c.part)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn remote_copies(&self, message_id: &str, bridge: &str) -> StoreResult<Vec<RemoteCopy>> {
+        let rows = sqlx::query(
+            "SELECT remote_chat, remote_id, part FROM message_map WHERE message_id = ? AND bridge = ? ORDER BY part",
+        )
+        .bind(message_id)
+        .bind(bridge)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RemoteCopy { remote_chat: r.get(0), remote_id: r.get(1), part: r.get(2) })
+            .collect())
+    }
+
+    async fn coi_id_of_remote(&self, bridge: &str, remote_chat: &str, remote_id: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query(
+            "SELECT message_id FROM message_map WHERE bridge = ? AND remote_chat = ? AND remote_id = ? LIMIT 1",
+        )
+        .bind(bridge)
+        .bind(remote_chat)
+        .bind(remote_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn bridge_state(&self, bridge: &str, key: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT value FROM bridge_state WHERE bridge = ? AND key = ?")
+            .bind(bridge)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn set_bridge_state(&self, bridge: &str, key: &str, value: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO bridge_state (bridge, key, value) VALUES (?, ?, ?)
+             ON CONFLICT (bridge, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(bridge)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+}
