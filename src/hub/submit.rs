@@ -133,3 +133,26 @@ impl Hub for CoreHub {
         self.outbound.queue_to_chat(origin, &chat, msg).await.map(|_| ()).map_err(retry_or_reject)
     }
 }
+
+/// A bridge's persistent key/value state (cursors, transaction ids) in the store.
+pub struct StoreState {
+    store: Arc<dyn Store>,
+    bridge: String,
+}
+
+impl StoreState {
+    pub fn new(store: Arc<dyn Store>, bridge: &BridgeId) -> Self {
+        Self { store, bridge: bridge.as_str().to_owned() }
+    }
+}
+
+#[async_trait]
+impl coi_bridge_api::BridgeState for StoreState {
+    async fn get(&self, key: &str) -> Result<Option<String>, SubmitError> {
+        self.store.bridge_state(&self.bridge, key).await.map_err(store_err)
+    }
+
+    async fn set(&self, key: &str, value: &str) -> Result<(), SubmitError> {
+        self.store.set_bridge_state(&self.bridge, key, value).await.map_err(store_err)
+    }
+}

@@ -247,3 +247,17 @@ async fn submitted_events_reach_coi_and_the_other_portals_once() {
     };
     assert!(matches!(hub.submit(&from, nowhere).await, Err(SubmitError::Rejected(_))));
 }
+
+#[tokio::test]
+async fn bridge_state_is_kept_per_bridge() {
+    use coi_bridge_api::BridgeState as _;
+    let r = rig().await;
+    let matrix = crate::hub::submit::StoreState::new(r.store.clone(), &BridgeId::from("matrix"));
+    let telegram = crate::hub::submit::StoreState::new(r.store.clone(), &BridgeId::from("telegram"));
+    matrix.set("txn:1", "done").await.expect("set");
+    telegram.set("offset", "41").await.expect("set");
+    telegram.set("offset", "42").await.expect("overwrite");
+    assert_eq!(matrix.get("txn:1").await.expect("get").as_deref(), Some("done"));
+    assert_eq!(telegram.get("txn:1").await.expect("get"), None, "scoped by bridge id");
+    assert_eq!(telegram.get("offset").await.expect("get").as_deref(), Some("42"));
+}

@@ -1,0 +1,184 @@
+//! The appservice HTTP endpoint: the homeserver pushes transactions here. `hs_token` is checked in constant time; each transaction id is processed once, across restarts.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use coi_bridge_api::BridgeState;
+use serde_json::{Value, json};
+
+/// Where the events of a transaction go. `Ok` only once every event is durably handled
+/// (submitted to the hub); an error makes the homeserver send the transaction again.
+#[async_trait]
+pub trait TransactionSink: Send + Sync + 'static {
+    async fn events(&self, txn_id: &str, events: Vec<Value>) -> Result<(), String>;
+}
+
+pub struct Appservice {
+    hs_token: String,
+    state: Arc<dyn BridgeState>,
+    sink: Arc<dyn TransactionSink>,
+}
+
+/// Compares without leaking where the first difference is.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
+    (status, axum::Json(json!({ "errcode": errcode, "error": message }))).into_response()
+}
+
+impl Appservice {
+    pub fn new(hs_token: &str, state: Arc<dyn BridgeState>, sink: Arc<dyn TransactionSink>) -> Self {
+        Self { hs_token: hs_token.to_owned(), state, sink }
+    }
+
+    /// `Authorization: Bearer <hs_token>`, or the legacy `?access_token=`.
+    fn authorized(&self, headers: &HeaderMap, query: &std::collections::HashMap<String, String>) -> bool {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| query.get("access_token").map(String::as_str));
+        presented.is_some_and(|t| constant_time_eq(t.as_bytes(), self.hs_token.as_bytes()))
+    }
+}
+
+type Q = Query<std::collections::HashMap<String, String>>;
+
+async fn transaction(
+    State(app): State<Arc<Appservice>>,
+    Path(txn_id): Path<String>,
+    headers: HeaderMap,
+    query: Q,
+    body: axum::body::Bytes,
+) -> Response {
+    if !app.authorized(&headers, &query) {
+        tracing::warn!(txn_id, "appservice transaction with a wrong or missing hs_token; refused");
+        return error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "bad hs_token");
+    }
+    let key = format!("txn:{txn_id}");
+    match app.state.get(&key).await {
+        Ok(Some(_)) => return (StatusCode::OK, axum::Json(json!({}))).into_response(),
+        Ok(None) => {}
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e.to_string()),
+    }
+    let events = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v.get("events").and_then(Value::as_array).cloned().unwrap_or_default(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", &e.to_string()),
+    };
+    if let Err(e) = app.sink.events(&txn_id, events).await {
+        tracing::warn!(txn_id, error = %e, "transaction not processed; the homeserver will retry");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e);
+    }
+    if let Err(e) = app.state.set(&key, "done").await {
+        // Processed but not remembered: a retry is deduplicated by the hub's id map.
+        tracing::warn!(txn_id, error = %e, "could not record the transaction id");
+    }
+    (StatusCode::OK, axum::Json(json!({}))).into_response()
+}
+
+async fn not_found(State(app): State<Arc<Appservice>>, headers: HeaderMap, query: Q) -> Response {
+    if !app.authorized(&headers, &query) {
+        return error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "bad hs_token");
+    }
+    // Ghosts are registered by the bridge before they are used; nothing is made on demand.
+    error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "not provided by this appservice")
+}
+
+async fn ping(State(app): State<Arc<Appservice>>, headers: HeaderMap, query: Q) -> Response {
+    if !app.authorized(&headers, &query) {
+        return error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "bad hs_token");
+    }
+    (StatusCode::OK, axum::Json(json!({}))).into_response()
+}
+
+/// The routes of the appservice API (v1), to be served on the bridge's HTTP listener.
+pub fn router(app: Arc<Appservice>) -> Router {
+    Router::new()
+        .route("/_matrix/app/v1/transactions/{txn_id}", put(transaction))
+        .route("/_matrix/app/v1/users/{user_id}", get(not_found))
+        .route("/_matrix/app/v1/rooms/{alias}", get(not_found))
+        .route("/_matrix/app/v1/ping", post(ping))
+        .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coi_bridge_api::testing::MemoryState;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<(String, usize)>>, Mutex<usize>);
+
+    #[async_trait]
+    impl TransactionSink for Sink {
+        async fn events(&self, txn_id: &str, events: Vec<Value>) -> Result<(), String> {
+            let mut fail = self.1.lock().expect("lock");
+            if *fail > 0 {
+                *fail -= 1;
+                return Err("store busy".into());
+            }
+            self.0.lock().expect("lock").push((txn_id.to_owned(), events.len()));
+            Ok(())
+        }
+    }
+
+    async fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status")
+    }
+
+    #[tokio::test]
+    async fn transactions_need_the_hs_token_and_are_processed_once() {
+        let sink = Arc::new(Sink::default());
+        let state = Arc::new(MemoryState::default());
+        let app = Arc::new(Appservice::new("secret-hs", state.clone(), sink.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
+        let body = r#"{"events":[{"type":"m.room.message"},{"type":"m.reaction"}]}"#;
+        let path = "/_matrix/app/v1/transactions/7";
+
+        assert_eq!(request(port, "PUT", path, Some("wrong"), body).await, 403);
+        assert_eq!(request(port, "PUT", path, None, body).await, 403);
+        assert_eq!(request(port, "PUT", path, Some("secret-hs-but-longer"), body).await, 403);
+        assert!(sink.0.lock().expect("lock").is_empty(), "nothing processed without the token");
+
+        *sink.1.lock().expect("lock") = 1;
+        assert_eq!(request(port, "PUT", path, Some("secret-hs"), body).await, 503, "a failing sink makes the HS retry");
+        assert_eq!(request(port, "PUT", path, Some("secret-hs"), body).await, 200);
+        assert_eq!(request(port, "PUT", path, Some("secret-hs"), body).await, 200, "a repeat is acknowledged");
+        assert_eq!(sink.0.lock().expect("lock").clone(), vec![("7".to_string(), 2)], "processed exactly once");
+        assert_eq!(request(port, "PUT", "/_matrix/app/v1/transactions/8", Some("secret-hs"), "not json").await, 400);
+        assert_eq!(request(port, "POST", "/_matrix/app/v1/ping", Some("secret-hs"), "{}").await, 200);
+        assert_eq!(request(port, "GET", "/_matrix/app/v1/users/@x:hs", Some("secret-hs"), "").await, 404);
+        assert_eq!(request(port, "GET", "/_matrix/app/v1/users/@x:hs", Some("nope"), "").await, 403);
+        server.abort();
+    }
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,8 @@
+//! The Matrix bridge module: the appservice side first (registration, transaction endpoint); ghosts, portals and bot mode follow (#4).
+//!
+//! - [`registration`]: the appservice registration file Synapse loads, and its tokens.
+//! - [`appservice`]: the HTTP endpoint the homeserver pushes transactions to, checking
+//!   `hs_token` in constant time and processing each transaction once.
+
+pub mod appservice;
+pub mod registration;
