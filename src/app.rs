@@ -75,6 +75,13 @@ impl Core {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     let cfg = &loaded.config;
+    if let Some(b) = cfg.bridge.first() {
+        anyhow::bail!(
+            "bridge {:?}: the Matrix bridge cannot run in this build yet (only `generate-registration` uses its \
+             section); remove the [[bridge]] entry to run the daemon",
+            b.id()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}; pick a free address", cfg.http.listen))?;

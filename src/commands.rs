@@ -104,3 +104,65 @@ pub async fn join(loaded: &Loaded, link: &str) -> anyhow::Result<String> {
         None => format!("joining {}; the running daemon completes it\n", join.inviter_addr),
     })
 }
+
+/// `generate-registration [--bridge ID] [--force]`: writes the Matrix appservice
+/// registration (fresh tokens) to the bridge's `registration` path, relative to the
+/// config file. Refuses to replace an existing file unless forced: new tokens cut the
+/// homeserver off until it loads the new file.
+pub fn generate_registration(loaded: &Loaded, bridge: Option<&str>, force: bool) -> anyhow::Result<String> {
+    use crate::config::BridgeConfig;
+    let matrix: Vec<_> = loaded
+        .config
+        .bridge
+        .iter()
+        .filter_map(|b| match b {
+            BridgeConfig::Matrix(m) => Some(m),
+            BridgeConfig::Telegram(_) => None,
+        })
+        .filter(|m| bridge.is_none_or(|id| m.id == id))
+        .collect();
+    let m = match matrix.as_slice() {
+        [m] => *m,
+        [] => anyhow::bail!(
+            "no [[bridge]] with kind = \"matrix\"{} in {}",
+            bridge.map(|b| format!(" and id {b:?}")).unwrap_or_default(),
+            loaded.source.display()
+        ),
+        _ => anyhow::bail!("several Matrix bridges: choose one with --bridge ID"),
+    };
+    let base = loaded.source.parent().unwrap_or(Path::new("."));
+    let path = if m.registration.is_absolute() { m.registration.clone() } else { base.join(&m.registration) };
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} exists; its tokens are what the homeserver knows. Pass --force to replace them (then reload the homeserver)",
+            path.display()
+        );
+    }
+    let url = m.appservice_url.clone().unwrap_or_else(|| format!("http://{}", loaded.config.http.listen));
+    let reg = coi_bridge_matrix::registration::Registration::generate(
+        &m.id,
+        &url,
+        &m.server_name,
+        &m.bot_localpart,
+        &m.ghost_prefix,
+    );
+    write_private(&path, reg.to_yaml().as_bytes())?;
+    Ok(format!(
+        "wrote {}\nadd it to the homeserver's app_service_config_files and restart the homeserver\n",
+        path.display()
+    ))
+}
+
+/// Writes a file readable by its owner only (it holds tokens).
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data).with_context(|| format!("cannot write {}", path.display()))
+}

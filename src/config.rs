@@ -256,11 +256,31 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9187))
 }
 
-/// One `[[bridge]]` entry. Each kind's own keys are checked by that bridge's crate.
+/// One `[[bridge]]` entry, by `kind`. Each kind's keys are defined and checked by that
+/// bridge's crate.
 #[derive(Debug, Deserialize)]
-pub struct BridgeConfig {
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BridgeConfig {
+    Matrix(coi_bridge_matrix::config::MatrixConfig),
+    /// Accepted in shape only; refused by `validate` until the module exists.
+    Telegram(PendingBridge),
+}
+
+impl BridgeConfig {
+    pub fn id(&self) -> &str {
+        match self {
+            BridgeConfig::Matrix(m) => &m.id,
+            BridgeConfig::Telegram(t) => &t.id,
+        }
+    }
+}
+
+/// A bridge kind this build does not have yet.
+#[derive(Debug, Deserialize)]
+pub struct PendingBridge {
     pub id: String,
-    pub kind: String,
+    #[serde(flatten)]
+    pub rest: std::collections::BTreeMap<String, figment::value::Value>,
 }
 
 /// The loaded configuration with its secrets resolved.
@@ -361,15 +381,21 @@ fn validate(c: &Config) -> anyhow::Result<()> {
             bail!("{key}: {} is not a readable file; point it at a PEM CA certificate or remove the key", f.display());
         }
     }
-    // The Matrix and Telegram bridge modules land with their own issues; until then a
-    // [[bridge]] section is refused rather than silently ignored.
-    if let Some(b) = c.bridge.first() {
-        bail!(
-            "bridge {:?}: kind {:?} is not part of this build yet (Matrix and Telegram bridges are being built); \
-             remove the [[bridge]] entry",
-            b.id,
-            b.kind
-        );
+    let mut ids = std::collections::HashSet::new();
+    for b in &c.bridge {
+        let id = b.id();
+        if id.is_empty() || id == crate::store::SMTP_TARGET {
+            bail!("bridge: the id {id:?} is reserved or empty; give the [[bridge]] another id");
+        }
+        if !ids.insert(id) {
+            bail!("bridge: the id {id:?} is used twice; give every [[bridge]] its own id");
+        }
+        match b {
+            BridgeConfig::Matrix(m) => m.validate().map_err(|e| anyhow::anyhow!(e))?,
+            BridgeConfig::Telegram(t) => {
+                bail!("bridge {:?}: kind \"telegram\" is not part of this build yet; remove the [[bridge]] entry", t.id)
+            }
+        }
     }
     Ok(())
 }

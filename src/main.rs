@@ -61,6 +61,15 @@ enum Command {
         /// The invite link.
         link: String,
     },
+    /// Write the Matrix appservice registration for the homeserver (fresh tokens).
+    GenerateRegistration {
+        /// The Matrix bridge's id, when several are configured.
+        #[arg(long)]
+        bridge: Option<String>,
+        /// Replace an existing registration file (the homeserver needs the new one).
+        #[arg(long)]
+        force: bool,
+    },
     /// Contacts and their keys.
     Contact {
         #[command(subcommand)]
@@ -130,6 +139,9 @@ fn main() -> ExitCode {
                 print_or_fail(commands::invite(&loaded, group.as_deref(), qr.as_deref()).await)
             }
             Command::Join { link } => print_or_fail(commands::join(&loaded, &link).await),
+            Command::GenerateRegistration { bridge, force } => {
+                print_or_fail(commands::generate_registration(&loaded, bridge.as_deref(), force))
+            }
             Command::Contact { action: ContactAction::Import { file }, .. } => {
                 print_or_fail(commands::contact_import(&loaded, &file).await)
             }

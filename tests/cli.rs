@@ -165,3 +165,59 @@ fn json_logs_and_a_clear_error_when_the_http_port_is_taken() {
     assert!(!err.contains("s3cret-pw"));
     drop(taken);
 }
+
+const MATRIX: &str = r#"
+[[bridge]]
+id = "matrix"
+kind = "matrix"
+homeserver = "http://127.0.0.1:8008"
+server_name = "localhost"
+registration = "registration.yaml"
+admins = ["@alice:localhost"]
+"#;
+
+#[test]
+fn generate_registration_writes_a_private_file_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").expect("pw");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, GOOD.replace("PWFILE", &pw.display().to_string()) + MATRIX).expect("config");
+    let run = |extra: &[&str]| {
+        let mut c = bin();
+        c.arg("generate-registration").args(extra).arg("--config").arg(&path);
+        c.output().expect("run")
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reg = dir.path().join("registration.yaml");
+    let yaml = std::fs::read_to_string(&reg).expect("written next to the config");
+    assert!(yaml.contains("sender_localpart: \"coibot\"") && yaml.contains("url: \"http://127.0.0.1:9187\""), "{yaml}");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&reg).expect("meta").permissions().mode() & 0o777, 0o600);
+    let again = run(&[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&reg).expect("kept"), yaml, "not replaced without --force");
+    assert!(run(&["--force"]).status.success());
+    assert_ne!(std::fs::read_to_string(&reg).expect("replaced"), yaml);
+    // The daemon refuses to run a bridge it cannot run yet, naming it.
+    let out = bin().args(["run", "--config"]).arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bridge \"matrix\""));
+}
+
+#[test]
+fn bad_bridge_sections_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = check_with(
+        dir.path(),
+        &(GOOD.to_owned() + &MATRIX.replace("admins = [\"@alice:localhost\"]", "admins = [\"alice\"]")),
+        &[],
+    );
+    assert_config_error(&out, &["admins", "alice"]);
+    let out = check_with(dir.path(), &(GOOD.to_owned() + &MATRIX.replace("server_name", "servername")), &[]);
+    assert_config_error(&out, &["servername"]);
+    let out = check_with(dir.path(), &(GOOD.to_owned() + "\n[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\n"), &[]);
+    assert_config_error(&out, &["telegram", "not part of this build"]);
+}

@@ -1,0 +1,130 @@
+//! The `[[bridge]] kind = "matrix"` section: strict, documented, owned by this crate.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How the bridge talks to the homeserver.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Registered appservice: ghosts for every COI person (the main mode).
+    #[default]
+    Appservice,
+    /// A plain account relaying with name prefixes, for homeservers without appservices.
+    Bot,
+}
+
+/// One Matrix bridge instance.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    /// The instance id; scopes every row this bridge owns. Not "smtp".
+    pub id: String,
+    /// The client-server API base, e.g. `https://matrix.example.org`.
+    pub homeserver: String,
+    /// The homeserver's name, the part after `:` in MXIDs.
+    pub server_name: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// The appservice registration file (`coi-bridge generate-registration` writes it).
+    #[serde(default = "default_registration")]
+    pub registration: PathBuf,
+    /// Where the homeserver reaches the bridge's appservice endpoint; defaults to the
+    /// `[http] listen` address.
+    #[serde(default)]
+    pub appservice_url: Option<String>,
+    /// Who may command the bridge: MXIDs (`@alice:example.org`) or whole servers
+    /// (`*:example.org`).
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Ghost localparts start with this: `@coi_alice=example.org:server`.
+    #[serde(default = "default_prefix")]
+    pub ghost_prefix: String,
+    /// The bot user's localpart.
+    #[serde(default = "default_bot")]
+    pub bot_localpart: String,
+    /// Files larger than this (bytes) are not bridged; the sender is told.
+    #[serde(default = "default_max_file")]
+    pub max_file_bytes: u64,
+}
+
+fn default_registration() -> PathBuf {
+    PathBuf::from("registration.yaml")
+}
+fn default_prefix() -> String {
+    "coi_".into()
+}
+fn default_bot() -> String {
+    "coibot".into()
+}
+fn default_max_file() -> u64 {
+    50 * 1024 * 1024
+}
+
+impl MatrixConfig {
+    /// Checks what serde cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.homeserver.starts_with("https://") || self.homeserver.starts_with("http://")) {
+            return Err(format!("bridge {:?}: homeserver {:?} is not an http(s) URL", self.id, self.homeserver));
+        }
+        if self.server_name.is_empty() || self.server_name.contains(['/', '@', ' ']) {
+            return Err(format!("bridge {:?}: server_name {:?} is not a homeserver name", self.id, self.server_name));
+        }
+        for a in &self.admins {
+            let ok = (a.starts_with('@') || a.starts_with("*:")) && a.contains(':');
+            if !ok {
+                return Err(format!(
+                    "bridge {:?}: admins entry {a:?} is neither an MXID (@user:server) nor \"*:server\"",
+                    self.id
+                ));
+            }
+        }
+        if self.ghost_prefix.is_empty()
+            || !self.ghost_prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(format!(
+                "bridge {:?}: ghost_prefix {:?} must be lower-case letters, digits or _",
+                self.id, self.ghost_prefix
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `mxid` may command the bridge.
+    pub fn is_admin(&self, mxid: &str) -> bool {
+        let server = mxid.split_once(':').map(|(_, s)| s);
+        self.admins.iter().any(|a| a == mxid || a.strip_prefix("*:").is_some_and(|s| Some(s) == server))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(admins: &[&str]) -> MatrixConfig {
+        MatrixConfig {
+            id: "matrix".into(),
+            homeserver: "https://matrix.example.org".into(),
+            server_name: "example.org".into(),
+            mode: Mode::Appservice,
+            registration: default_registration(),
+            appservice_url: None,
+            admins: admins.iter().map(|s| s.to_string()).collect(),
+            ghost_prefix: default_prefix(),
+            bot_localpart: default_bot(),
+            max_file_bytes: default_max_file(),
+        }
+    }
+
+    #[test]
+    fn admins_by_mxid_or_server() {
+        let c = cfg(&["@alice:example.org", "*:trusted.org"]);
+        assert!(c.is_admin("@alice:example.org"));
+        assert!(c.is_admin("@bob:trusted.org"));
+        assert!(!c.is_admin("@bob:example.org"));
+        assert!(!c.is_admin("@mallory:trusted.org.evil"));
+        assert!(c.validate().is_ok());
+        assert!(cfg(&["alice"]).validate().unwrap_err().contains("admins"));
+    }
+}
