@@ -62,3 +62,9 @@ if [[ "$("$DC_VENV/bin/deltachat-rpc-server" --version 2>/dev/null || true)" != 
     python3 -m venv "$DC_VENV"
     "$DC_VENV/bin/pip" install -q --disable-pip-version-check "deltachat-rpc-server==$DC_VERSION"
 fi
+
+# ---------------------------------------------------------------------------
+# Matrix: Synapse homeserver from PyPI into target/synapse-venv (tests/servers/synapse.sh;
+# silent when already installed).
+# ---------------------------------------------------------------------------
+bash "$(dirname "${BASH_SOURCE[0]}")/synapse.sh" install

@@ -24,6 +24,11 @@ pub struct Appservice {
     sink: Arc<dyn TransactionSink>,
 }
 
+/// FNV-1a, 64 bit: a stable digest (unlike std's hasher) for remembering transactions.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// Compares without leaking where the first difference is.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -65,10 +70,13 @@ async fn transaction(
         tracing::warn!(txn_id, "appservice transaction with a wrong or missing hs_token; refused");
         return error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "bad hs_token");
     }
+    // Synapse numbers transactions from 1 again after it restarts with none pending, so
+    // an id alone does not identify a transaction: the id and the body's digest do.
     let key = format!("txn:{txn_id}");
+    let digest = format!("{:016x}", fnv1a(&body));
     match app.state.get(&key).await {
-        Ok(Some(_)) => return (StatusCode::OK, axum::Json(json!({}))).into_response(),
-        Ok(None) => {}
+        Ok(Some(seen)) if seen == digest => return (StatusCode::OK, axum::Json(json!({}))).into_response(),
+        Ok(_) => {}
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e.to_string()),
     }
     let events = match serde_json::from_slice::<Value>(&body) {
@@ -79,7 +87,7 @@ async fn transaction(
         tracing::warn!(txn_id, error = %e, "transaction not processed; the homeserver will retry");
         return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e);
     }
-    if let Err(e) = app.state.set(&key, "done").await {
+    if let Err(e) = app.state.set(&key, &digest).await {
         // Processed but not remembered: a retry is deduplicated by the hub's id map.
         tracing::warn!(txn_id, error = %e, "could not record the transaction id");
     }
@@ -168,6 +176,10 @@ mod tests {
         assert_eq!(request(port, "PUT", path, Some("secret-hs"), body).await, 200);
         assert_eq!(request(port, "PUT", path, Some("secret-hs"), body).await, 200, "a repeat is acknowledged");
         assert_eq!(sink.0.lock().expect("lock").clone(), vec![("7".to_string(), 2)], "processed exactly once");
+        // After a homeserver restart the same id can carry a new transaction.
+        let other = r#"{"events":[{"type":"m.room.message","event_id":"$new"}]}"#;
+        assert_eq!(request(port, "PUT", path, Some("secret-hs"), other).await, 200);
+        assert_eq!(sink.0.lock().expect("lock").len(), 2, "a reused id with new events is processed");
         assert_eq!(request(port, "PUT", "/_matrix/app/v1/transactions/8", Some("secret-hs"), "not json").await, 400);
         assert_eq!(request(port, "POST", "/_matrix/app/v1/ping", Some("secret-hs"), "{}").await, 200);
         assert_eq!(request(port, "GET", "/_matrix/app/v1/users/@x:hs", Some("secret-hs"), "").await, 404);

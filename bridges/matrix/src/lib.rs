@@ -1,10 +1,12 @@
 //! The Matrix bridge module: the appservice side first (registration, transaction endpoint); ghosts, portals and bot mode follow (#4).
 //!
+//! - [`client`]: the client-server API as the appservice uses it (ghosts via `?user_id=`).
 //! - [`config`]: the `[[bridge]] kind = "matrix"` section.
 //! - [`registration`]: the appservice registration file Synapse loads, and its tokens.
 //! - [`appservice`]: the HTTP endpoint the homeserver pushes transactions to, checking
 //!   `hs_token` in constant time and processing each transaction once.
 
 pub mod appservice;
+pub mod client;
 pub mod config;
 pub mod registration;

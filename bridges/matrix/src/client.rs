@@ -1,0 +1,189 @@
+//! The client-server API as the appservice uses it: ghosts registered and masqueraded with `?user_id=`, rooms, events, redactions; errors sorted into retry and permanent.
+
+use std::time::Duration;
+
+use coi_bridge_api::DeliverError;
+use serde_json::{Value, json};
+
+/// What a call to the homeserver can end in.
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    /// Rate limited (429), server error (5xx) or no connection: try again.
+    #[error("homeserver unavailable: {reason}")]
+    Retry { reason: String, after: Option<Duration> },
+    /// The request is wrong for good (4xx): a missing room, forbidden, too large.
+    #[error("refused by the homeserver: {errcode}: {message}")]
+    Refused { status: u16, errcode: String, message: String },
+}
+
+impl From<MatrixError> for DeliverError {
+    fn from(e: MatrixError) -> Self {
+        match e {
+            MatrixError::Retry { reason, after } => DeliverError::Retry { reason, after },
+            refused @ MatrixError::Refused { .. } => DeliverError::Permanent(refused.to_string()),
+        }
+    }
+}
+
+/// Percent-encodes one path segment (room ids, event ids, MXIDs, txn ids).
+pub fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The appservice's view of the homeserver.
+#[derive(Clone)]
+pub struct AsClient {
+    http: reqwest::Client,
+    base: String,
+    as_token: String,
+    /// The bot's MXID (`@coibot:server`).
+    pub bot: String,
+}
+
+impl std::fmt::Debug for AsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsClient").field("base", &self.base).field("bot", &self.bot).finish_non_exhaustive()
+    }
+}
+
+impl AsClient {
+    /// No I/O here; calls connect on demand.
+    pub fn new(homeserver: &str, as_token: &str, bot: &str) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            base: homeserver.trim_end_matches('/').to_owned(),
+            as_token: as_token.to_owned(),
+            bot: bot.to_owned(),
+        })
+    }
+
+    /// One request as `user` (the bot when `None`).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, MatrixError> {
+        let user = user.unwrap_or(&self.bot);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{path}{sep}user_id={}", self.base, seg(user));
+        let mut req = self.http.request(method, &url).bearer_auth(&self.as_token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| MatrixError::Retry { reason: e.to_string(), after: None })?;
+        let status = resp.status().as_u16();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if status < 300 {
+            return Ok(value);
+        }
+        let errcode = value["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned();
+        let message = value["error"].as_str().unwrap_or("").to_owned();
+        if status == 429 || status >= 500 {
+            let after = value["retry_after_ms"].as_u64().map(Duration::from_millis);
+            return Err(MatrixError::Retry { reason: format!("{status} {errcode} {message}"), after });
+        }
+        Err(MatrixError::Refused { status, errcode, message })
+    }
+
+    /// Registers a user in the appservice's namespace; an existing one is fine.
+    pub async fn register(&self, localpart: &str) -> Result<(), MatrixError> {
+        let body = json!({ "type": "m.login.application_service", "username": localpart, "inhibit_login": true });
+        match self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(&body)).await {
+            Ok(_) => Ok(()),
+            Err(MatrixError::Refused { errcode, .. }) if errcode == "M_USER_IN_USE" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn set_displayname(&self, mxid: &str, name: &str) -> Result<(), MatrixError> {
+        let path = format!("/_matrix/client/v3/profile/{}/displayname", seg(mxid));
+        self.call(reqwest::Method::PUT, &path, Some(mxid), Some(&json!({ "displayname": name }))).await.map(|_| ())
+    }
+
+    /// Creates a room as the bot, inviting `invite`; returns its id.
+    pub async fn create_room(&self, name: &str, invite: &[String]) -> Result<String, MatrixError> {
+        let body = json!({ "name": name, "preset": "private_chat", "invite": invite });
+        let v = self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", None, Some(&body)).await?;
+        v["room_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| MatrixError::Retry { reason: "no room_id".into(), after: None })
+    }
+
+    pub async fn invite(&self, room: &str, mxid: &str) -> Result<(), MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/invite", seg(room));
+        match self.call(reqwest::Method::POST, &path, None, Some(&json!({ "user_id": mxid }))).await {
+            Ok(_) => Ok(()),
+            // Already in the room.
+            Err(MatrixError::Refused { status: 403, message, .. }) if message.contains("already in the room") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn join(&self, room: &str, mxid: &str) -> Result<(), MatrixError> {
+        let path = format!("/_matrix/client/v3/join/{}", seg(room));
+        self.call(reqwest::Method::POST, &path, Some(mxid), Some(&json!({}))).await.map(|_| ())
+    }
+
+    /// Sends an event as `mxid`. `txn_id` makes a retry of the same send a no-op on the
+    /// homeserver, so a crash between sending and recording cannot duplicate it.
+    pub async fn send(
+        &self,
+        room: &str,
+        mxid: &str,
+        event_type: &str,
+        txn_id: &str,
+        content: &Value,
+    ) -> Result<String, MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/{}/{}", seg(room), seg(event_type), seg(txn_id));
+        let v = self.call(reqwest::Method::PUT, &path, Some(mxid), Some(content)).await?;
+        v["event_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| MatrixError::Retry { reason: "no event_id".into(), after: None })
+    }
+
+    pub async fn redact(&self, room: &str, mxid: &str, event_id: &str, txn_id: &str) -> Result<String, MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/{}", seg(room), seg(event_id), seg(txn_id));
+        let v = self.call(reqwest::Method::PUT, &path, Some(mxid), Some(&json!({}))).await?;
+        v["event_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| MatrixError::Retry { reason: "no event_id".into(), after: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(seg("!abc:hs.org"), "%21abc%3Ahs.org");
+        assert_eq!(seg("@coi_a=b.org:hs"), "%40coi_a%3Db.org%3Ahs");
+    }
+
+    #[test]
+    fn errors_map_to_delivery_classes() {
+        let retry: DeliverError =
+            MatrixError::Retry { reason: "429".into(), after: Some(Duration::from_secs(2)) }.into();
+        assert!(matches!(retry, DeliverError::Retry { after: Some(d), .. } if d == Duration::from_secs(2)));
+        let refused: DeliverError =
+            MatrixError::Refused { status: 403, errcode: "M_FORBIDDEN".into(), message: "no".into() }.into();
+        assert!(matches!(refused, DeliverError::Permanent(m) if m.contains("M_FORBIDDEN")));
+    }
+}

@@ -1,0 +1,154 @@
+//! The appservice client against a real Synapse on loopback: ghosts, rooms, idempotent sends, redactions, error classes.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+
+use coi_bridge_matrix::client::{AsClient, MatrixError, seg};
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A Synapse of its own, stopped on drop.
+struct Synapse {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Synapse {
+    fn start() -> Option<Self> {
+        let venv = repo().join("target/synapse-venv/bin/python");
+        if !venv.exists() {
+            let msg = "Synapse not installed: run `bash tests/servers/install.sh`";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}");
+            }
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("coi-synapse-").tempdir_in("/tmp").expect("tempdir");
+        let port = free_port();
+        let out = Command::new("bash")
+            .arg(repo().join("tests/servers/synapse.sh"))
+            .args(["start"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .env("COI_TEST_AS_PORT", free_port().to_string())
+            .output()
+            .expect("run synapse.sh");
+        assert!(out.status.success(), "synapse.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+        Some(Self { dir, port })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A normal user, through Synapse's own registration tool; returns an access token.
+    async fn user(&self, name: &str) -> String {
+        let tool = repo().join("target/synapse-venv/bin/register_new_matrix_user");
+        let out = Command::new(tool)
+            .args(["-u", name, "-p", &format!("{name}-pw"), "--no-admin", "-k", "coi-test-shared-secret"])
+            .arg(self.url())
+            .output()
+            .expect("register_new_matrix_user");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": format!("{name}-pw")});
+        let v: Value = reqwest::Client::new()
+            .post(format!("{}/_matrix/client/v3/login", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        v["access_token"].as_str().expect("token").to_owned()
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ =
+            Command::new("bash").arg(repo().join("tests/servers/synapse.sh")).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn ghosts_post_into_rooms_once_per_transaction_and_errors_are_classified() {
+    let Some(hs) = Synapse::start() else { return };
+    let alice_token = hs.user("alice").await;
+    let client = AsClient::new(&hs.url(), "coi-as-token", "@coibot:localhost").expect("client");
+
+    // A ghost for a COI person, with their display name.
+    let ghost = "@coi_bob=example.org:localhost";
+    client.register("coi_bob=example.org").await.expect("ghost registered");
+    client.register("coi_bob=example.org").await.expect("registering again is fine");
+    client.set_displayname(ghost, "Bob (COI)").await.expect("display name");
+
+    // The bot makes a portal room with Alice; the ghost joins and speaks.
+    let room = client.create_room("Portal", &["@alice:localhost".into()]).await.expect("room");
+    client.invite(&room, ghost).await.expect("ghost invited");
+    client.join(&room, ghost).await.expect("ghost joined");
+    let content = json!({"msgtype": "m.text", "body": "hello from COI"});
+    let first = client.send(&room, ghost, "m.room.message", "coi-msg-1", &content).await.expect("sent");
+    let again = client.send(&room, ghost, "m.room.message", "coi-msg-1", &content).await.expect("sent again");
+    assert_eq!(first, again, "the same transaction id is one event, so a retried delivery is not a duplicate");
+    let doomed = client
+        .send(&room, ghost, "m.room.message", "coi-msg-2", &json!({"msgtype": "m.text", "body": "oops"}))
+        .await
+        .expect("sent");
+    client.redact(&room, ghost, &doomed, "coi-del-2").await.expect("redacted");
+
+    // Alice accepts the invite and sees it from the ghost, once; the other is redacted.
+    let http = reqwest::Client::new();
+    let joined = http
+        .post(format!("{}/_matrix/client/v3/join/{}", hs.url(), seg(&room)))
+        .bearer_auth(&alice_token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("join");
+    assert!(joined.status().is_success(), "{:?}", joined.text().await);
+    let msgs: Value = http
+        .get(format!("{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", hs.url(), seg(&room)))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .expect("messages")
+        .json()
+        .await
+        .expect("json");
+    let chunk = msgs["chunk"].as_array().expect("chunk");
+    let texts: Vec<&Value> = chunk.iter().filter(|e| e["type"] == "m.room.message").collect();
+    let hello: Vec<_> = texts.iter().filter(|e| e["content"]["body"] == "hello from COI").collect();
+    assert_eq!(hello.len(), 1, "{msgs}");
+    assert_eq!(hello[0]["sender"], json!(ghost));
+    let redacted = texts.iter().find(|e| e["event_id"] == json!(doomed)).expect("the redacted event is still listed");
+    assert!(redacted["content"].as_object().is_some_and(|c| c.is_empty()), "content removed: {redacted}");
+    let member: Value = http
+        .get(format!("{}/_matrix/client/v3/profile/{}/displayname", hs.url(), seg(ghost)))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .expect("profile")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(member["displayname"], json!("Bob (COI)"));
+
+    // A ghost that was never registered is refused for good, not retried.
+    let err =
+        client.send(&room, "@coi_nobody=x.org:localhost", "m.room.message", "t9", &content).await.expect_err("refused");
+    assert!(matches!(err, MatrixError::Refused { status: 403, .. }), "{err:?}");
+    // A stopped homeserver is a retry.
+    drop(hs);
+    let err = client.send(&room, ghost, "m.room.message", "t10", &content).await.expect_err("down");
+    assert!(matches!(err, MatrixError::Retry { .. }), "{err:?}");
+}
