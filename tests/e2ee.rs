@@ -184,9 +184,9 @@ async fn member_addrs(dc: &DeltaChat, acc: u64, chat: &Value) -> Vec<String> {
     out
 }
 
-/// Waits for Delta Chat's joiner to report the end of SecureJoin.
-async fn joined(dc: &DeltaChat, acc: u64) {
-    dc.wait_event(acc, "SecurejoinJoinerProgress 1000", WAIT, |e| {
+/// Waits for Delta Chat's joiner to report the end of a SecureJoin started after `since`.
+async fn joined(dc: &DeltaChat, acc: u64, since: usize) {
+    dc.wait_event_since(since, acc, "SecurejoinJoinerProgress 1000", WAIT, |e| {
         e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
     })
     .await;
@@ -212,8 +212,9 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
         // 1:1: Alice opens the bridge's link.
         let checked = dc.call("check_qr", json!([alice, link])).await;
         assert_eq!(checked["kind"], json!("askVerifyContact"), "{checked}");
+        let mark = dc.mark();
         dc.call("secure_join", json!([alice, link])).await;
-        joined(&dc, alice).await;
+        joined(&dc, alice, mark).await;
         let k = core.store.contact_key("alice@example.org").await.expect("read").expect("key learned");
         assert!(k.verified, "the bridge verified Alice through SecureJoin");
 
@@ -263,8 +264,9 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
 
         // Bob's client speaks the legacy (pre-v3) protocol when the link has no v=3.
         let legacy = cli(&config, &["invite"]).trim().replace("&v=3", "");
+        let mark = dc.mark();
         dc.call("secure_join", json!([bob, legacy])).await;
-        joined(&dc, bob).await;
+        joined(&dc, bob, mark).await;
         let k = core.store.contact_key("bob@example.org").await.expect("read").expect("key learned");
         assert!(k.verified, "the bridge verified Bob through legacy SecureJoin");
 
@@ -272,13 +274,12 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
         let glink = cli(&config, &["invite", "--group", "Bridge Room"]).trim().to_owned();
         let checked = dc.call("check_qr", json!([bob, glink])).await;
         assert_eq!(checked["kind"], json!("askVerifyGroup"), "{checked}");
+        let mark = dc.mark();
         let alice_group = dc.call("secure_join", json!([alice, glink])).await;
-        joined(&dc, alice).await;
+        joined(&dc, alice, mark).await;
+        let mark = dc.mark();
         let bob_group = dc.call("secure_join", json!([bob, glink])).await;
-        dc.wait_event(bob, "SecurejoinJoinerProgress 1000", WAIT, |e| {
-            e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
-        })
-        .await;
+        joined(&dc, bob, mark).await;
         let group = eventually(WAIT, "both in the bridge's group", || async {
             let chats = core.store.chats().await.expect("chats");
             chats.into_iter().find(|c| c.name == "Bridge Room" && c.members.len() == 2)

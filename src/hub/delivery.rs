@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coi_bridge_api::{Bridge, BridgeId, DeliverError, Outgoing, Person, RemoteChatId, RemoteMsgId};
+use coi_bridge_api::{Bridge, BridgeId, DeliverError, DeliveryKey, Outgoing, Person, RemoteChatId, RemoteMsgId};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
@@ -139,11 +139,13 @@ impl BridgeDelivery {
                 return;
             }
         };
-        let mut result = self.bridge.deliver(&to, &outgoing).await;
+        let key = DeliveryKey(format!("coi-{}", item.message_id));
+        let mut result = self.bridge.deliver(&to, &key, &outgoing).await;
         if matches!(result, Err(DeliverError::Unsupported))
             && let Some(fallback) = degrade(&outgoing)
         {
-            result = self.bridge.deliver(&to, &fallback).await;
+            let key = DeliveryKey(format!("coi-{}-fallback", item.message_id));
+            result = self.bridge.deliver(&to, &key, &fallback).await;
         }
         match result {
             Ok(remote) => {

@@ -128,9 +128,27 @@ impl DeltaChat {
         self.try_call(method, params.clone()).await.unwrap_or_else(|e| panic!("{method}({params}): {e}"))
     }
 
+    /// How many events arrived so far: pass it to [`DeltaChat::wait_event_since`] to wait
+    /// only for what happens after now.
+    pub fn mark(&self) -> usize {
+        self.events.lock().expect("lock").len()
+    }
+
     /// Waits for an event of account `acc` matching `pred`, searching from the first
     /// event on; returns the inner event object.
     pub async fn wait_event(&self, acc: u64, what: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_event_since(0, acc, what, within, pred).await
+    }
+
+    /// [`DeltaChat::wait_event`], among the events after `since` (see [`DeltaChat::mark`]).
+    pub async fn wait_event_since(
+        &self,
+        since: usize,
+        acc: u64,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let notified = self.new_event.notified();
@@ -139,6 +157,7 @@ impl DeltaChat {
                 .lock()
                 .expect("lock")
                 .iter()
+                .skip(since)
                 .find(|ev| ev["contextId"].as_u64() == Some(acc) && pred(&ev["event"]))
             {
                 return ev["event"].clone();

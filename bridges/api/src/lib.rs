@@ -71,6 +71,11 @@ opaque_id!(
     /// A person on the remote network (MXID, Telegram user id, ...).
     RemoteUserId
 );
+opaque_id!(
+    /// Identifies one delivery (one COI message to one bridge, or one fallback of it),
+    /// the same on every retry.
+    DeliveryKey
+);
 
 /// What a bridge can carry natively. The core degrades what a side cannot do: a reaction
 /// becomes a short text, an edit a correction message.
@@ -260,5 +265,9 @@ pub trait Bridge: Send + Sync + 'static {
     /// Connects, listens and submits events until `cx.shutdown` is cancelled.
     async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError>;
     /// Posts one item to a remote chat and returns its remote id.
-    async fn deliver(&self, to: &RemoteChatId, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError>;
+    ///
+    /// `key` is stable for one delivery across retries and restarts: a bridge whose
+    /// network takes an idempotency key (Matrix transaction ids) passes it on, so a
+    /// delivery repeated after a crash is not a duplicate.
+    async fn deliver(&self, to: &RemoteChatId, key: &DeliveryKey, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError>;
 }

@@ -157,6 +157,31 @@ impl AsClient {
             .ok_or_else(|| MatrixError::Retry { reason: "no event_id".into(), after: None })
     }
 
+    /// Uploads a file as `mxid`; returns its `mxc://` URI.
+    pub async fn upload(&self, mxid: &str, name: &str, mime: &str, data: Vec<u8>) -> Result<String, MatrixError> {
+        let url = format!("{}/_matrix/media/v3/upload?filename={}&user_id={}", self.base, seg(name), seg(mxid));
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.as_token)
+            .header(reqwest::header::CONTENT_TYPE, mime)
+            .body(data)
+            .send()
+            .await
+            .map_err(|e| MatrixError::Retry { reason: e.to_string(), after: None })?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        match (status, v["content_uri"].as_str()) {
+            (200..=299, Some(uri)) => Ok(uri.to_owned()),
+            (429 | 500..=599, _) => Err(MatrixError::Retry { reason: format!("upload: {status} {v}"), after: None }),
+            _ => Err(MatrixError::Refused {
+                status,
+                errcode: v["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned(),
+                message: v["error"].as_str().unwrap_or("upload refused").to_owned(),
+            }),
+        }
+    }
+
     pub async fn redact(&self, room: &str, mxid: &str, event_id: &str, txn_id: &str) -> Result<String, MatrixError> {
         let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/{}", seg(room), seg(event_id), seg(txn_id));
         let v = self.call(reqwest::Method::PUT, &path, Some(mxid), Some(&json!({}))).await?;

@@ -1,5 +1,6 @@
 //! The Matrix bridge module: the appservice side first (registration, transaction endpoint); ghosts, portals and bot mode follow (#4).
 //!
+//! - [`bridge`]: the `Bridge` contract: COI people post through ghosts in portal rooms.
 //! - [`client`]: the client-server API as the appservice uses it (ghosts via `?user_id=`).
 //! - [`config`]: the `[[bridge]] kind = "matrix"` section.
 //! - [`registration`]: the appservice registration file Synapse loads, and its tokens.
@@ -7,6 +8,7 @@
 //!   `hs_token` in constant time and processing each transaction once.
 
 pub mod appservice;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod registration;

@@ -152,3 +152,121 @@ async fn ghosts_post_into_rooms_once_per_transaction_and_errors_are_classified()
     let err = client.send(&room, ghost, "m.room.message", "t10", &content).await.expect_err("down");
     assert!(matches!(err, MatrixError::Retry { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn the_bridge_delivers_every_kind_through_ghosts() {
+    use coi_bridge_api::{Attachment, Bridge as _, DeliveryKey, Outgoing, Person, RemoteChatId};
+    use coi_bridge_matrix::bridge::MatrixBridge;
+    use coi_bridge_matrix::config::MatrixConfig;
+    use coi_bridge_matrix::registration::Registration;
+
+    let Some(hs) = Synapse::start() else { return };
+    let alice_token = hs.user("alice").await;
+    // The registration synapse.sh gave the homeserver.
+    let reg = Registration {
+        id: "coi-bridge".into(),
+        url: "http://127.0.0.1:29331".into(),
+        as_token: "coi-as-token".into(),
+        hs_token: "coi-hs-token".into(),
+        sender_localpart: "coibot".into(),
+        ghost_prefix: "coi_".into(),
+        server_name: "localhost".into(),
+    };
+    let cfg: MatrixConfig = serde_json::from_value(json!({
+        "id": "matrix", "homeserver": hs.url(), "server_name": "localhost", "admins": ["@alice:localhost"]
+    }))
+    .expect("config");
+    let bridge = MatrixBridge::new(cfg, reg, "bridge@example.org").expect("bridge");
+    let room = bridge.client().create_room("Portal", &["@alice:localhost".into()]).await.expect("room");
+    let http = reqwest::Client::new();
+    http.post(format!("{}/_matrix/client/v3/join/{}", hs.url(), seg(&room)))
+        .bearer_auth(&alice_token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("alice joins");
+
+    let to = RemoteChatId(room.clone());
+    let bob = Person { id: "bob@example.org".into(), display_name: "Bob".into() };
+    let key = |k: &str| DeliveryKey(k.into());
+    let png = vec![0x89, b'P', b'N', b'G', 13, 10, 26, 10];
+    let hello = Outgoing::Message {
+        sender: bob.clone(),
+        text: "hello Matrix".into(),
+        attachments: vec![Attachment { name: "dot.png".into(), mime: "image/png".into(), data: png.clone() }],
+        reply_to: None,
+    };
+    let e1 = bridge.deliver(&to, &key("coi-m1"), &hello).await.expect("delivered");
+    assert_eq!(
+        bridge.deliver(&to, &key("coi-m1"), &hello).await.expect("again"),
+        e1,
+        "a repeated delivery is one event"
+    );
+    let reply = Outgoing::Message {
+        sender: bob.clone(),
+        text: "a reply".into(),
+        attachments: vec![],
+        reply_to: Some(e1.clone()),
+    };
+    let e2 = bridge.deliver(&to, &key("coi-m2"), &reply).await.expect("reply");
+    bridge
+        .deliver(
+            &to,
+            &key("coi-m3"),
+            &Outgoing::Edit { sender: bob.clone(), target: e1.clone(), new_text: "hello, Matrix".into() },
+        )
+        .await
+        .expect("edit");
+    bridge
+        .deliver(
+            &to,
+            &key("coi-m4"),
+            &Outgoing::Reaction { sender: bob.clone(), target: e1.clone(), emoji: "👍".into() },
+        )
+        .await
+        .expect("reaction");
+    bridge
+        .deliver(&to, &key("coi-m5"), &Outgoing::Delete { sender: bob.clone(), target: e2.clone() })
+        .await
+        .expect("delete");
+    let relayed = Person { id: "bridge@example.org".into(), display_name: "Carol (Telegram)".into() };
+    let from_bot =
+        Outgoing::Message { sender: relayed, text: "via the bot".into(), attachments: vec![], reply_to: None };
+    bridge.deliver(&to, &key("coi-m6"), &from_bot).await.expect("bot message");
+
+    let msgs: Value = http
+        .get(format!("{}/_matrix/client/v3/rooms/{}/messages?dir=f&limit=100", hs.url(), seg(&room)))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .expect("messages")
+        .json()
+        .await
+        .expect("json");
+    let events = msgs["chunk"].as_array().expect("chunk").clone();
+    let ghost = "@coi_bob=example.org:localhost";
+    let find = |f: &dyn Fn(&Value) -> bool| events.iter().find(|e| f(e)).cloned();
+    let text = find(&|e| e["event_id"] == json!(e1.as_str())).expect("the text event");
+    assert_eq!((text["sender"].clone(), text["content"]["body"].clone()), (json!(ghost), json!("hello Matrix")));
+    let image = find(&|e| e["content"]["msgtype"] == "m.image").expect("the image");
+    assert!(image["content"]["url"].as_str().is_some_and(|u| u.starts_with("mxc://")), "{image}");
+    assert_eq!(events.iter().filter(|e| e["content"]["body"] == "hello Matrix").count(), 1, "no duplicate");
+    let edit = find(&|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace").expect("edit");
+    assert_eq!(edit["content"]["m.new_content"]["body"], json!("hello, Matrix"));
+    let reaction = find(&|e| e["type"] == "m.reaction").expect("reaction");
+    assert_eq!(reaction["content"]["m.relates_to"]["key"], json!("👍"));
+    let deleted = find(&|e| e["event_id"] == json!(e2.as_str())).expect("reply event");
+    assert!(deleted["content"].as_object().is_some_and(|c| c.is_empty()), "redacted: {deleted}");
+    let by_bot = find(&|e| e["content"]["body"] == "via the bot").expect("bot message");
+    assert_eq!(by_bot["sender"], json!("@coibot:localhost"));
+    let name: Value = http
+        .get(format!("{}/_matrix/client/v3/profile/{}/displayname", hs.url(), seg(ghost)))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .expect("profile")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(name["displayname"], json!("Bob (COI)"));
+}

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use coi_bridge_api::{BridgeContext, BridgeError, Capabilities, Hub as _, RemoteEvent, SubmitError};
+use coi_bridge_api::{BridgeContext, BridgeError, Capabilities, DeliveryKey, Hub as _, RemoteEvent, SubmitError};
 use tokio::sync::Notify;
 
 use super::*;
@@ -31,7 +31,12 @@ impl Bridge for RecordingBridge {
     async fn run(&self, _cx: BridgeContext) -> Result<(), BridgeError> {
         Ok(())
     }
-    async fn deliver(&self, to: &RemoteChatId, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError> {
+    async fn deliver(
+        &self,
+        to: &RemoteChatId,
+        _key: &DeliveryKey,
+        msg: &Outgoing,
+    ) -> Result<RemoteMsgId, DeliverError> {
         if !self.reactions && matches!(msg, Outgoing::Reaction { .. }) {
             return Err(DeliverError::Unsupported);
         }

@@ -1,0 +1,175 @@
+//! The Matrix side of the `Bridge` contract in appservice mode: COI people post through ghosts in portal rooms; replies, edits, reactions, redactions and files map to their Matrix forms.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use coi_bridge_api::{
+    Bridge, BridgeContext, BridgeError, Capabilities, DeliverError, DeliveryKey, Outgoing, Person, RemoteChatId,
+    RemoteMsgId,
+};
+use serde_json::{Value, json};
+
+use crate::client::{AsClient, MatrixError};
+use crate::config::MatrixConfig;
+use crate::registration::Registration;
+
+pub struct MatrixBridge {
+    cfg: MatrixConfig,
+    reg: Registration,
+    client: AsClient,
+    /// The bridge's own COI address: messages "from" it go out as the bot.
+    coi_address: String,
+    registered: Mutex<HashSet<String>>,
+    names: Mutex<HashMap<String, String>>,
+    joined: Mutex<HashSet<(String, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MatrixBridge {
+    /// No network I/O; `run` and `deliver` connect on demand.
+    pub fn new(cfg: MatrixConfig, reg: Registration, coi_address: &str) -> Result<Self, String> {
+        let bot = format!("@{}:{}", reg.sender_localpart, reg.server_name);
+        let client = AsClient::new(&cfg.homeserver, &reg.as_token, &bot)?;
+        Ok(Self {
+            cfg,
+            reg,
+            client,
+            coi_address: coi_address.to_lowercase(),
+            registered: Mutex::default(),
+            names: Mutex::default(),
+            joined: Mutex::default(),
+        })
+    }
+
+    pub fn client(&self) -> &AsClient {
+        &self.client
+    }
+
+    /// The MXID that speaks for `person` in `room`: registered, named and joined.
+    pub async fn ghost(&self, person: &Person, room: &str) -> Result<String, MatrixError> {
+        if person.id.as_str().eq_ignore_ascii_case(&self.coi_address) {
+            return Ok(self.client.bot.clone());
+        }
+        let mxid = self.reg.ghost_for(person.id.as_str());
+        let localpart = mxid.trim_start_matches('@').split(':').next().unwrap_or_default().to_owned();
+        if !lock(&self.registered).contains(&mxid) {
+            self.client.register(&localpart).await?;
+            lock(&self.registered).insert(mxid.clone());
+        }
+        let name = format!("{} (COI)", person.display_name);
+        if lock(&self.names).get(&mxid) != Some(&name) {
+            self.client.set_displayname(&mxid, &name).await?;
+            lock(&self.names).insert(mxid.clone(), name);
+        }
+        let member = (mxid.clone(), room.to_owned());
+        if !lock(&self.joined).contains(&member) {
+            self.client.invite(room, &mxid).await?;
+            self.client.join(room, &mxid).await?;
+            lock(&self.joined).insert(member);
+        }
+        Ok(mxid)
+    }
+}
+
+fn msgtype_for(mime: &str) -> &'static str {
+    match mime.split('/').next() {
+        Some("image") => "m.image",
+        Some("video") => "m.video",
+        Some("audio") => "m.audio",
+        _ => "m.file",
+    }
+}
+
+#[async_trait]
+impl Bridge for MatrixBridge {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            edits: true,
+            deletes: true,
+            reactions: true,
+            replies: true,
+            media: true,
+            ghosts: true,
+            max_file_size: Some(self.cfg.max_file_bytes),
+        }
+    }
+
+    async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError> {
+        // Appservice mode: the homeserver pushes transactions to the HTTP endpoint.
+        cx.shutdown.cancelled().await;
+        Ok(())
+    }
+
+    async fn deliver(&self, to: &RemoteChatId, key: &DeliveryKey, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError> {
+        let room = to.as_str();
+        let txn = key.as_str();
+        let event_id = match msg {
+            Outgoing::Message { sender, text, attachments, reply_to } => {
+                let user = self.ghost(sender, room).await?;
+                let relates = reply_to.as_ref().map(|r| json!({ "m.in_reply_to": { "event_id": r.as_str() } }));
+                let mut first_file = None;
+                for (i, a) in attachments.iter().enumerate() {
+                    if a.data.len() as u64 > self.cfg.max_file_bytes {
+                        return Err(DeliverError::Permanent(format!(
+                            "{} is {} bytes, over this bridge's max_file_bytes",
+                            a.name,
+                            a.data.len()
+                        )));
+                    }
+                    let uri = self.client.upload(&user, &a.name, &a.mime, a.data.clone()).await?;
+                    let content = json!({
+                        "msgtype": msgtype_for(&a.mime),
+                        "body": a.name,
+                        "url": uri,
+                        "info": { "mimetype": a.mime, "size": a.data.len() },
+                    });
+                    let id =
+                        self.client.send(room, &user, "m.room.message", &format!("{txn}-file{i}"), &content).await?;
+                    first_file.get_or_insert(id);
+                }
+                if text.is_empty() {
+                    match first_file {
+                        Some(id) => id,
+                        None => return Err(DeliverError::Permanent("an empty message".into())),
+                    }
+                } else {
+                    let mut content = json!({ "msgtype": "m.text", "body": text });
+                    if let Some(r) = relates {
+                        content["m.relates_to"] = r;
+                    }
+                    self.client.send(room, &user, "m.room.message", txn, &content).await?
+                }
+            }
+            Outgoing::Edit { sender, target, new_text } => {
+                let user = self.ghost(sender, room).await?;
+                let content = json!({
+                    "msgtype": "m.text",
+                    "body": format!("* {new_text}"),
+                    "m.new_content": { "msgtype": "m.text", "body": new_text },
+                    "m.relates_to": { "rel_type": "m.replace", "event_id": target.as_str() },
+                });
+                self.client.send(room, &user, "m.room.message", txn, &content).await?
+            }
+            Outgoing::Delete { sender, target } => {
+                let user = self.ghost(sender, room).await?;
+                self.client.redact(room, &user, target.as_str(), txn).await?
+            }
+            Outgoing::Reaction { sender, target, emoji } => {
+                let user = self.ghost(sender, room).await?;
+                let content = json!({
+                    "m.relates_to": { "rel_type": "m.annotation", "event_id": target.as_str(), "key": emoji },
+                });
+                self.client.send(room, &user, "m.reaction", txn, &content).await?
+            }
+            Outgoing::Notice { text } => {
+                let content: Value = json!({ "msgtype": "m.notice", "body": text });
+                self.client.send(room, &self.client.bot, "m.room.message", txn, &content).await?
+            }
+        };
+        Ok(RemoteMsgId(event_id))
+    }
+}
