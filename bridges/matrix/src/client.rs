@@ -182,6 +182,36 @@ impl AsClient {
         }
     }
 
+    /// Downloads a file through the authenticated media API (as the bot).
+    pub async fn download(&self, server: &str, media_id: &str) -> Result<Vec<u8>, MatrixError> {
+        let url = format!(
+            "{}/_matrix/client/v1/media/download/{}/{}?user_id={}",
+            self.base,
+            seg(server),
+            seg(media_id),
+            seg(&self.bot)
+        );
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.as_token)
+            .send()
+            .await
+            .map_err(|e| MatrixError::Retry { reason: e.to_string(), after: None })?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return resp
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| MatrixError::Retry { reason: e.to_string(), after: None });
+        }
+        if status == 429 || status >= 500 {
+            return Err(MatrixError::Retry { reason: format!("download: {status}"), after: None });
+        }
+        Err(MatrixError::Refused { status, errcode: "M_NOT_FOUND".into(), message: format!("download: {status}") })
+    }
+
     pub async fn redact(&self, room: &str, mxid: &str, event_id: &str, txn_id: &str) -> Result<String, MatrixError> {
         let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/{}", seg(room), seg(event_id), seg(txn_id));
         let v = self.call(reqwest::Method::PUT, &path, Some(mxid), Some(&json!({}))).await?;

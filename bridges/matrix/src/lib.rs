@@ -3,6 +3,7 @@
 //! - [`bridge`]: the `Bridge` contract: COI people post through ghosts in portal rooms.
 //! - [`client`]: the client-server API as the appservice uses it (ghosts via `?user_id=`).
 //! - [`config`]: the `[[bridge]] kind = "matrix"` section.
+//! - [`inbound`]: Matrix events of a transaction → `RemoteEvent`s submitted to the hub.
 //! - [`registration`]: the appservice registration file Synapse loads, and its tokens.
 //! - [`appservice`]: the HTTP endpoint the homeserver pushes transactions to, checking
 //!   `hs_token` in constant time and processing each transaction once.
@@ -11,4 +12,5 @@ pub mod appservice;
 pub mod bridge;
 pub mod client;
 pub mod config;
+pub mod inbound;
 pub mod registration;

@@ -23,6 +23,11 @@ struct Synapse {
 
 impl Synapse {
     fn start() -> Option<Self> {
+        Self::start_with_as_port(free_port())
+    }
+
+    /// Synapse pushes appservice transactions to 127.0.0.1:`as_port`.
+    fn start_with_as_port(as_port: u16) -> Option<Self> {
         let venv = repo().join("target/synapse-venv/bin/python");
         if !venv.exists() {
             let msg = "Synapse not installed: run `bash tests/servers/install.sh`";
@@ -39,7 +44,7 @@ impl Synapse {
             .args(["start"])
             .arg(dir.path())
             .arg(port.to_string())
-            .env("COI_TEST_AS_PORT", free_port().to_string())
+            .env("COI_TEST_AS_PORT", as_port.to_string())
             .output()
             .expect("run synapse.sh");
         assert!(out.status.success(), "synapse.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -269,4 +274,161 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
         .await
         .expect("json");
     assert_eq!(name["displayname"], json!("Bob (COI)"));
+}
+
+/// Sends an event as a normal user; returns its id.
+async fn send_as(hs: &Synapse, token: &str, room: &str, event_type: &str, txn: &str, content: Value) -> String {
+    let v: Value = reqwest::Client::new()
+        .put(format!("{}/_matrix/client/v3/rooms/{}/send/{event_type}/{txn}", hs.url(), seg(room)))
+        .bearer_auth(token)
+        .json(&content)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    v["event_id"].as_str().unwrap_or_else(|| panic!("no event id: {v}")).to_owned()
+}
+
+#[tokio::test]
+async fn synapse_transactions_become_hub_events_without_echoes() {
+    use coi_bridge_api::testing::{FakeHub, MemoryState};
+    use coi_bridge_api::{Bridge as _, DeliveryKey, Outgoing, Person, RemoteChatId, RemoteEvent};
+    use coi_bridge_matrix::appservice::{Appservice, router};
+    use coi_bridge_matrix::bridge::MatrixBridge;
+    use coi_bridge_matrix::inbound::MatrixInbound;
+    use coi_bridge_matrix::registration::Registration;
+    use std::sync::Arc;
+
+    let as_port = free_port();
+    let Some(hs) = Synapse::start_with_as_port(as_port) else { return };
+    let alice = hs.user("alice").await;
+    let hub = Arc::new(FakeHub::new());
+    let client = AsClient::new(&hs.url(), "coi-as-token", "@coibot:localhost").expect("client");
+    let inbound = Arc::new(MatrixInbound::new("matrix".into(), client.clone(), hub.clone(), "coi_", 1_000_000));
+    let app = Arc::new(Appservice::new("coi-hs-token", Arc::new(MemoryState::default()), inbound));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
+    let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
+
+    let room = client.create_room("Portal", &["@alice:localhost".into()]).await.expect("room");
+    reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/join/{}", hs.url(), seg(&room)))
+        .bearer_auth(&alice)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("join");
+    // A ghost speaks first: its message must not come back as an event (echo).
+    let reg = Registration {
+        id: "coi-bridge".into(),
+        url: format!("http://127.0.0.1:{as_port}"),
+        as_token: "coi-as-token".into(),
+        hs_token: "coi-hs-token".into(),
+        sender_localpart: "coibot".into(),
+        ghost_prefix: "coi_".into(),
+        server_name: "localhost".into(),
+    };
+    let cfg = serde_json::from_value(json!({"id": "matrix", "homeserver": hs.url(), "server_name": "localhost"}))
+        .expect("cfg");
+    let bridge = MatrixBridge::new(cfg, reg, "bridge@example.org").expect("bridge");
+    let bob = Person { id: "bob@example.org".into(), display_name: "Bob".into() };
+    bridge
+        .deliver(
+            &RemoteChatId(room.clone()),
+            &DeliveryKey("k1".into()),
+            &Outgoing::Message { sender: bob, text: "from COI".into(), attachments: vec![], reply_to: None },
+        )
+        .await
+        .expect("ghost message");
+
+    let a =
+        send_as(&hs, &alice, &room, "m.room.message", "t1", json!({"msgtype": "m.text", "body": "hi bridge"})).await;
+    let r = send_as(
+        &hs,
+        &alice,
+        &room,
+        "m.room.message",
+        "t2",
+        json!({
+            "msgtype": "m.text", "body": "> <@alice:localhost> hi bridge\n\nmy reply",
+            "m.relates_to": {"m.in_reply_to": {"event_id": a}}
+        }),
+    )
+    .await;
+    send_as(
+        &hs,
+        &alice,
+        &room,
+        "m.room.message",
+        "t3",
+        json!({
+            "msgtype": "m.text", "body": "* hi, bridge", "m.new_content": {"msgtype": "m.text", "body": "hi, bridge"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": a}
+        }),
+    )
+    .await;
+    send_as(
+        &hs,
+        &alice,
+        &room,
+        "m.reaction",
+        "t4",
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": a, "key": "🎉"}}),
+    )
+    .await;
+    reqwest::Client::new()
+        .put(format!("{}/_matrix/client/v3/rooms/{}/redact/{}/t5", hs.url(), seg(&room), seg(&r)))
+        .bearer_auth(&alice)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("redact");
+    let png = vec![0x89, b'P', b'N', b'G', 13, 10, 26, 10, 1, 2, 3];
+    let up: Value = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload?filename=pic.png", hs.url()))
+        .bearer_auth(&alice)
+        .header("Content-Type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    send_as(
+        &hs,
+        &alice,
+        &room,
+        "m.room.message",
+        "t6",
+        json!({
+            "msgtype": "m.image", "body": "pic.png", "url": up["content_uri"], "info": {"mimetype": "image/png"}
+        }),
+    )
+    .await;
+
+    let events =
+        tokio::time::timeout(std::time::Duration::from_secs(60), hub.wait_for(6)).await.expect("six events arrive");
+    let events: Vec<RemoteEvent> = events.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(events.len(), 6, "{events:#?}");
+    match &events[0] {
+        RemoteEvent::Message { text, sender, id, .. } => {
+            assert_eq!((text.as_str(), id.as_str()), ("hi bridge", a.as_str()));
+            assert_eq!(sender.id.as_str(), "@alice:localhost");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&events[1], RemoteEvent::Message { text, reply_to: Some(t), .. } if text == "my reply" && t.as_str() == a)
+    );
+    assert!(
+        matches!(&events[2], RemoteEvent::Edit { target, new_text, .. } if target.as_str() == a && new_text == "hi, bridge")
+    );
+    assert!(matches!(&events[3], RemoteEvent::Reaction { target, emoji, .. } if target.as_str() == a && emoji == "🎉"));
+    assert!(matches!(&events[4], RemoteEvent::Delete { target, .. } if target.as_str() == r));
+    assert!(
+        matches!(&events[5], RemoteEvent::Message { attachments, .. } if attachments.len() == 1 && attachments[0].data == png)
+    );
+    server.abort();
 }

@@ -1,0 +1,152 @@
+//! Matrix → hub: turns the events of an appservice transaction into `RemoteEvent`s and submits them; the bridge's own ghosts and bot are ignored (no echo loops).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use coi_bridge_api::{Attachment, BridgeId, Hub, Person, RemoteEvent, SubmitError};
+use serde_json::Value;
+
+use crate::appservice::TransactionSink;
+use crate::client::{AsClient, seg};
+
+/// Submits what people do in portal rooms.
+pub struct MatrixInbound {
+    id: BridgeId,
+    client: AsClient,
+    hub: Arc<dyn Hub>,
+    ghost_prefix: String,
+    max_file_bytes: u64,
+    names: Mutex<HashMap<String, String>>,
+}
+
+/// Drops the quoted fallback (`> <@user> text` lines and the blank line after them) that
+/// clients put in front of a reply's body.
+pub fn strip_reply_fallback(body: &str) -> &str {
+    if !body.starts_with("> ") {
+        return body;
+    }
+    match body.find("\n\n") {
+        Some(i) if body[..i].lines().all(|l| l.starts_with('>')) => &body[i + 2..],
+        _ => body,
+    }
+}
+
+impl MatrixInbound {
+    pub fn new(id: BridgeId, client: AsClient, hub: Arc<dyn Hub>, ghost_prefix: &str, max_file_bytes: u64) -> Self {
+        Self { id, client, hub, ghost_prefix: ghost_prefix.to_owned(), max_file_bytes, names: Mutex::default() }
+    }
+
+    fn ours(&self, mxid: &str) -> bool {
+        mxid == self.client.bot || mxid.strip_prefix('@').is_some_and(|l| l.starts_with(&self.ghost_prefix))
+    }
+
+    async fn person(&self, mxid: &str) -> Person {
+        if let Some(n) = self.names.lock().unwrap_or_else(|e| e.into_inner()).get(mxid) {
+            return Person { id: mxid.into(), display_name: n.clone() };
+        }
+        let path = format!("/_matrix/client/v3/profile/{}/displayname", seg(mxid));
+        let name = match self.client.call(reqwest::Method::GET, &path, None, None).await {
+            Ok(v) => v["displayname"].as_str().map(str::to_owned),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| mxid.trim_start_matches('@').split(':').next().unwrap_or(mxid).to_owned());
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).insert(mxid.to_owned(), name.clone());
+        Person { id: mxid.into(), display_name: name }
+    }
+
+    /// Downloads an `mxc://server/id` file through the authenticated media API.
+    async fn download(&self, mxc: &str, name: &str, mime: &str) -> Result<Attachment, String> {
+        let rest = mxc.strip_prefix("mxc://").ok_or_else(|| format!("{mxc:?} is not an mxc URI"))?;
+        let (server, media) = rest.split_once('/').ok_or_else(|| format!("{mxc:?} has no media id"))?;
+        let data = self.client.download(server, media).await.map_err(|e| e.to_string())?;
+        if data.len() as u64 > self.max_file_bytes {
+            return Err(format!("{name} is {} bytes, over max_file_bytes", data.len()));
+        }
+        Ok(Attachment { name: name.to_owned(), mime: mime.to_owned(), data })
+    }
+
+    /// One event as the hub sees it; `None` for what is not bridged.
+    async fn translate(&self, ev: &Value) -> Option<RemoteEvent> {
+        let sender = ev["sender"].as_str()?;
+        if self.ours(sender) {
+            return None;
+        }
+        let room = ev["room_id"].as_str()?;
+        let event_id = ev["event_id"].as_str()?;
+        let content = &ev["content"];
+        let relates = &content["m.relates_to"];
+        match ev["type"].as_str()? {
+            "m.room.message" if relates["rel_type"] == "m.replace" => Some(RemoteEvent::Edit {
+                chat: room.into(),
+                target: relates["event_id"].as_str()?.into(),
+                sender: self.person(sender).await,
+                new_text: content["m.new_content"]["body"].as_str()?.to_owned(),
+            }),
+            "m.room.message" => {
+                let body = content["body"].as_str().unwrap_or_default();
+                let reply_to = relates["m.in_reply_to"]["event_id"].as_str().map(Into::into);
+                let (text, attachments) = match content["msgtype"].as_str() {
+                    Some("m.image" | "m.file" | "m.video" | "m.audio") => {
+                        let mime = content["info"]["mimetype"].as_str().unwrap_or("application/octet-stream");
+                        match self.download(content["url"].as_str().unwrap_or_default(), body, mime).await {
+                            Ok(a) => (String::new(), vec![a]),
+                            Err(e) => (format!("[file not bridged: {e}]"), Vec::new()),
+                        }
+                    }
+                    _ => (strip_reply_fallback(body).to_owned(), Vec::new()),
+                };
+                Some(RemoteEvent::Message {
+                    chat: room.into(),
+                    id: event_id.into(),
+                    sender: self.person(sender).await,
+                    text,
+                    attachments,
+                    reply_to,
+                })
+            }
+            "m.reaction" => Some(RemoteEvent::Reaction {
+                chat: room.into(),
+                target: relates["event_id"].as_str()?.into(),
+                sender: self.person(sender).await,
+                emoji: relates["key"].as_str()?.to_owned(),
+            }),
+            "m.room.redaction" => Some(RemoteEvent::Delete {
+                chat: room.into(),
+                target: ev["redacts"].as_str().or(content["redacts"].as_str())?.into(),
+                sender: self.person(sender).await,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl TransactionSink for MatrixInbound {
+    async fn events(&self, txn_id: &str, events: Vec<Value>) -> Result<(), String> {
+        for ev in &events {
+            let Some(remote) = self.translate(ev).await else { continue };
+            match self.hub.submit(&self.id, remote).await {
+                Ok(()) => {}
+                // Not queued: the homeserver sends the whole transaction again.
+                Err(SubmitError::Retry(e)) => return Err(e),
+                Err(SubmitError::Rejected(e)) => {
+                    tracing::info!(txn_id, event_id = ev["event_id"].as_str(), reason = %e, "Matrix event not bridged");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_reply_fallback;
+
+    #[test]
+    fn reply_fallbacks_are_dropped() {
+        assert_eq!(strip_reply_fallback("> <@a:hs> original\n> more\n\nmy answer"), "my answer");
+        assert_eq!(strip_reply_fallback("plain"), "plain");
+        assert_eq!(strip_reply_fallback("> a quote without answer"), "> a quote without answer");
+    }
+}
