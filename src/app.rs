@@ -67,7 +67,13 @@ impl Core {
             Ingest::new(store.clone(), identity.clone(), cfg.account.encryption, Limits::default(), metrics.clone())
                 .with_securejoin(securejoin.clone());
         let imap = ImapWorker::new(ImapSettings::from_config(loaded)?, Arc::new(ingest), metrics.clone());
-        let hub = Arc::new(CoreHub::new(store.clone(), outbound.clone(), &cfg.account.address, Default::default()));
+        let hub = Arc::new(CoreHub::new(
+            store.clone(),
+            outbound.clone(),
+            identity.clone(),
+            &cfg.account.display_name,
+            Default::default(),
+        ));
         Ok(Self { store, identity, metrics, outbound, securejoin, hub, imap, smtp })
     }
 }

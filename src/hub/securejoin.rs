@@ -266,6 +266,7 @@ impl SecureJoin {
 }
 
 /// Creates an invite (see [`SecureJoin::create_invite`]); needs only the store and the key.
+/// A group is found by name, or created.
 pub async fn create_invite(
     store: &dyn Store,
     identity: &Identity,
@@ -277,18 +278,29 @@ pub async fn create_invite(
             let existing = store.chats().await?.into_iter().find(|c| c.kind == ChatKind::Group && c.name == name);
             let id = match existing {
                 Some(c) => c.key,
-                None => {
-                    let id = random_token(12);
-                    store
-                        .ensure_chat(&ChatRef { kind: ChatKind::Group, key: id.clone(), name: name.to_owned() })
-                        .await?;
-                    id
-                }
+                None => create_group(store, name).await?,
             };
             Some(InviteGroup { id, name: name.to_owned() })
         }
         None => None,
     };
+    invite_for(store, identity, display_name, group).await
+}
+
+/// A new, empty COI group owned by the bridge; returns its `Chat-Group-ID`.
+pub async fn create_group(store: &dyn Store, name: &str) -> Result<String, QueueError> {
+    let id = random_token(12);
+    store.ensure_chat(&ChatRef { kind: ChatKind::Group, key: id.clone(), name: name.to_owned() }).await?;
+    Ok(id)
+}
+
+/// A new invite to the bridge (1:1) or to `group`.
+pub async fn invite_for(
+    store: &dyn Store,
+    identity: &Identity,
+    display_name: &str,
+    group: Option<InviteGroup>,
+) -> Result<Invite, QueueError> {
     let row = InviteRow {
         invite_number: random_token(18),
         auth: random_token(18),

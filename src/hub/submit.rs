@@ -4,17 +4,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use coi_bridge_api::{BridgeId, Hub, RemoteEvent, SubmitError};
+use coi_bridge_api::{BridgeId, Command, CommandReply, Hub, RemoteChatId, RemoteEvent, SubmitError};
 
+use crate::coi::securejoin_link::InviteGroup;
 use crate::coi::{ChatMessage, Kind, Mailbox};
+use crate::hub::e2ee::Identity;
 use crate::hub::outbound::{Outbound, QueueError};
+use crate::hub::securejoin::{create_group, invite_for};
 use crate::store::portals::RemoteCopy;
-use crate::store::{Origin, Store, StoreError};
+use crate::store::{ChatKind, Origin, Store, StoreError};
 
 /// The hub bridges submit to.
 pub struct CoreHub {
     store: Arc<dyn Store>,
     outbound: Arc<Outbound>,
+    identity: Arc<Identity>,
+    /// The bridge's own name, shown in invite links.
+    display_name: String,
     me: String,
     /// Bridge id → the network's name shown after relayed names ("Alice (Matrix)").
     labels: HashMap<String, String>,
@@ -33,8 +39,22 @@ fn store_err(e: StoreError) -> SubmitError {
 }
 
 impl CoreHub {
-    pub fn new(store: Arc<dyn Store>, outbound: Arc<Outbound>, me: &str, labels: HashMap<String, String>) -> Self {
-        Self { store, outbound, me: me.to_lowercase(), labels }
+    pub fn new(
+        store: Arc<dyn Store>,
+        outbound: Arc<Outbound>,
+        identity: Arc<Identity>,
+        display_name: &str,
+        labels: HashMap<String, String>,
+    ) -> Self {
+        let me = identity.addr.clone();
+        Self { store, outbound, identity, display_name: display_name.to_owned(), me, labels }
+    }
+
+    /// A fresh invite to the portal's chat.
+    async fn invite(&self, chat: &crate::store::Chat) -> Result<String, QueueError> {
+        let group =
+            (chat.kind == ChatKind::Group).then(|| InviteGroup { id: chat.key.clone(), name: chat.name.clone() });
+        Ok(invite_for(self.store.as_ref(), &self.identity, &self.display_name, group).await?.render())
     }
 
     fn label<'a>(&'a self, bridge: &'a BridgeId) -> &'a str {
@@ -54,6 +74,67 @@ impl CoreHub {
 
 #[async_trait]
 impl Hub for CoreHub {
+    async fn command(
+        &self,
+        from: &BridgeId,
+        chat: &RemoteChatId,
+        title: &str,
+        command: Command,
+    ) -> Result<CommandReply, SubmitError> {
+        let portal = self.store.portal_by_remote(from.as_str(), chat.as_str()).await.map_err(store_err)?;
+        let portal_chat = match &portal {
+            Some(p) => self.store.chat(p.chat_id).await.map_err(store_err)?,
+            None => None,
+        };
+        let reply = |text: String, link: Option<String>| Ok(CommandReply { text, link });
+        match (command, portal_chat) {
+            (Command::Help, _) => reply(
+                "Commands: bridge (link this room to a new COI group and show its invite), invite (show the invite \
+                 again), status (the portal and its members), unlink (remove the portal), help."
+                    .into(),
+                None,
+            ),
+            (Command::Bridge, Some(c)) | (Command::Invite, Some(c)) => {
+                let link = self.invite(&c).await.map_err(retry_or_reject)?;
+                reply(
+                    format!(
+                        "This room is bridged to the COI group \"{}\". Delta Chat users join with:\n{link}",
+                        c.name
+                    ),
+                    Some(link),
+                )
+            }
+            (Command::Bridge, None) => {
+                let name = if title.trim().is_empty() { chat.as_str() } else { title.trim() };
+                let id = create_group(self.store.as_ref(), name).await.map_err(retry_or_reject)?;
+                let c = self
+                    .store
+                    .find_chat(ChatKind::Group, &id)
+                    .await
+                    .map_err(store_err)?
+                    .ok_or_else(|| SubmitError::Retry("the new group is not in the store".into()))?;
+                self.store.create_portal(c.id, from.as_str(), chat.as_str()).await.map_err(store_err)?;
+                let link = self.invite(&c).await.map_err(retry_or_reject)?;
+                tracing::info!(bridge = %from, chat = %chat, group = %name, "room bridged to a new COI group");
+                reply(
+                    format!("Bridged to the new COI group \"{name}\". Delta Chat users join with:\n{link}"),
+                    Some(link),
+                )
+            }
+            (Command::Invite | Command::Status | Command::Unlink, None) => {
+                reply("This room is not bridged; say bridge to link it to a COI group.".into(), None)
+            }
+            (Command::Status, Some(c)) => {
+                let members = if c.members.is_empty() { "nobody yet".to_owned() } else { c.members.join(", ") };
+                reply(format!("Bridged to the COI group \"{}\"; on COI: {members}.", c.name), None)
+            }
+            (Command::Unlink, Some(c)) => {
+                self.store.delete_portal(from.as_str(), chat.as_str()).await.map_err(store_err)?;
+                reply(format!("Unlinked from the COI group \"{}\"; nothing is bridged here any more.", c.name), None)
+            }
+        }
+    }
+
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
         let remote_chat = event.chat().as_str().to_owned();
         let portal = self

@@ -234,11 +234,56 @@ pub enum SubmitError {
     Rejected(String),
 }
 
+/// A management command given in a remote chat (`!coi …` on Matrix, `/coi_…` on
+/// Telegram). The bridge checks that the sender is an admin before passing it on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    /// Bridge this chat to a new COI group (or show the invite if it is bridged).
+    Bridge,
+    /// Show the COI group's invite link again.
+    Invite,
+    /// Show the portal and who is reachable where.
+    Status,
+    /// Remove the portal.
+    Unlink,
+}
+
+impl Command {
+    /// Parses the words after the prefix (`bridge`, `invite`, …).
+    pub fn parse(words: &str) -> Result<Self, String> {
+        match words.split_whitespace().next().unwrap_or("help") {
+            "help" => Ok(Self::Help),
+            "bridge" => Ok(Self::Bridge),
+            "invite" => Ok(Self::Invite),
+            "status" => Ok(Self::Status),
+            "unlink" => Ok(Self::Unlink),
+            other => Err(format!("unknown command {other:?}; try help")),
+        }
+    }
+}
+
+/// What a command answers: text, and an invite link the bridge may also draw as a QR code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandReply {
+    pub text: String,
+    pub link: Option<String>,
+}
+
 /// The core as a bridge sees it.
 #[async_trait]
 pub trait Hub: Send + Sync + 'static {
     /// Queues an event durably; `Ok` only once it is in the store.
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError>;
+
+    /// Runs an admin's command for the remote chat `chat` (whose title is `title`).
+    async fn command(
+        &self,
+        from: &BridgeId,
+        chat: &RemoteChatId,
+        title: &str,
+        command: Command,
+    ) -> Result<CommandReply, SubmitError>;
 }
 
 /// Per-bridge persistent key/value state (cursors, tokens), scoped by bridge id.

@@ -22,6 +22,7 @@ pub struct FakeHub {
 #[derive(Default)]
 struct FakeHubInner {
     events: Vec<(BridgeId, RemoteEvent)>,
+    commands: Vec<(crate::RemoteChatId, String, crate::Command)>,
     fail_next: usize,
     refused: usize,
 }
@@ -39,6 +40,11 @@ impl FakeHub {
     /// Every event accepted so far, in submit order.
     pub fn events(&self) -> Vec<(BridgeId, RemoteEvent)> {
         self.lock().events.clone()
+    }
+
+    /// Every command received: (chat, title, command).
+    pub fn commands(&self) -> Vec<(crate::RemoteChatId, String, crate::Command)> {
+        self.lock().commands.clone()
     }
 
     /// How many submits were refused by [`FakeHub::fail_next`].
@@ -68,6 +74,18 @@ impl FakeHub {
 
 #[async_trait]
 impl Hub for FakeHub {
+    async fn command(
+        &self,
+        _from: &BridgeId,
+        chat: &crate::RemoteChatId,
+        title: &str,
+        command: crate::Command,
+    ) -> Result<crate::CommandReply, SubmitError> {
+        self.lock().commands.push((chat.clone(), title.to_owned(), command.clone()));
+        self.changed.notify_waiters();
+        Ok(crate::CommandReply { text: format!("fake reply to {command:?}"), link: None })
+    }
+
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
         {
             let mut inner = self.lock();

@@ -4,21 +4,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use coi_bridge_api::{Attachment, BridgeId, Hub, Person, RemoteEvent, SubmitError};
+use coi_bridge_api::{Attachment, BridgeId, Command, Hub, Person, RemoteChatId, RemoteEvent, SubmitError};
 use serde_json::Value;
 
 use crate::appservice::TransactionSink;
 use crate::client::{AsClient, seg};
+use crate::config::MatrixConfig;
 
 /// Submits what people do in portal rooms.
 pub struct MatrixInbound {
     id: BridgeId,
     client: AsClient,
     hub: Arc<dyn Hub>,
-    ghost_prefix: String,
-    max_file_bytes: u64,
+    cfg: MatrixConfig,
     names: Mutex<HashMap<String, String>>,
 }
+
+/// The command prefix in Matrix rooms.
+pub const PREFIX: &str = "!coi";
 
 /// Drops the quoted fallback (`> <@user> text` lines and the blank line after them) that
 /// clients put in front of a reply's body.
@@ -33,12 +36,52 @@ pub fn strip_reply_fallback(body: &str) -> &str {
 }
 
 impl MatrixInbound {
-    pub fn new(id: BridgeId, client: AsClient, hub: Arc<dyn Hub>, ghost_prefix: &str, max_file_bytes: u64) -> Self {
-        Self { id, client, hub, ghost_prefix: ghost_prefix.to_owned(), max_file_bytes, names: Mutex::default() }
+    pub fn new(id: BridgeId, client: AsClient, hub: Arc<dyn Hub>, cfg: &MatrixConfig) -> Self {
+        Self { id, client, hub, cfg: cfg.clone(), names: Mutex::default() }
     }
 
     fn ours(&self, mxid: &str) -> bool {
-        mxid == self.client.bot || mxid.strip_prefix('@').is_some_and(|l| l.starts_with(&self.ghost_prefix))
+        mxid == self.client.bot || mxid.strip_prefix('@').is_some_and(|l| l.starts_with(&self.cfg.ghost_prefix))
+    }
+
+    /// Answers in the room as the bot, with a notice.
+    async fn notice(&self, room: &str, txn: &str, text: &str) -> Result<(), String> {
+        let content = serde_json::json!({ "msgtype": "m.notice", "body": text });
+        self.client
+            .send(room, &self.client.bot, "m.room.message", txn, &content)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// `!coi …` from a person: admins' commands go to the hub, others get a refusal.
+    async fn command(&self, ev: &Value, body: &str) -> Result<(), String> {
+        let (Some(sender), Some(room), Some(event_id)) =
+            (ev["sender"].as_str(), ev["room_id"].as_str(), ev["event_id"].as_str())
+        else {
+            return Ok(());
+        };
+        let txn = format!("cmd-{event_id}");
+        if !self.cfg.is_admin(sender) {
+            tracing::warn!(sender, room, "!coi command from a non-admin; refused");
+            return self
+                .notice(room, &txn, &format!("Sorry {sender}, only the bridge's admins can use {PREFIX} commands."))
+                .await;
+        }
+        let command = match Command::parse(body.trim_start_matches(PREFIX)) {
+            Ok(c) => c,
+            Err(e) => return self.notice(room, &txn, &e).await,
+        };
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", seg(room));
+        let title = match self.client.call(reqwest::Method::GET, &path, None, None).await {
+            Ok(v) => v["name"].as_str().unwrap_or(room).to_owned(),
+            Err(_) => room.to_owned(),
+        };
+        match self.hub.command(&self.id, &RemoteChatId(room.to_owned()), &title, command).await {
+            Ok(reply) => self.notice(room, &txn, &reply.text).await,
+            Err(SubmitError::Retry(e)) => Err(e),
+            Err(SubmitError::Rejected(e)) => self.notice(room, &txn, &format!("That did not work: {e}")).await,
+        }
     }
 
     async fn person(&self, mxid: &str) -> Person {
@@ -60,7 +103,7 @@ impl MatrixInbound {
         let rest = mxc.strip_prefix("mxc://").ok_or_else(|| format!("{mxc:?} is not an mxc URI"))?;
         let (server, media) = rest.split_once('/').ok_or_else(|| format!("{mxc:?} has no media id"))?;
         let data = self.client.download(server, media).await.map_err(|e| e.to_string())?;
-        if data.len() as u64 > self.max_file_bytes {
+        if data.len() as u64 > self.cfg.max_file_bytes {
             return Err(format!("{name} is {} bytes, over max_file_bytes", data.len()));
         }
         Ok(Attachment { name: name.to_owned(), mime: mime.to_owned(), data })
@@ -125,6 +168,12 @@ impl MatrixInbound {
 impl TransactionSink for MatrixInbound {
     async fn events(&self, txn_id: &str, events: Vec<Value>) -> Result<(), String> {
         for ev in &events {
+            let sender = ev["sender"].as_str().unwrap_or_default();
+            let body = ev["content"]["body"].as_str().unwrap_or_default();
+            if ev["type"] == "m.room.message" && !self.ours(sender) && (body == PREFIX || body.starts_with("!coi ")) {
+                self.command(ev, body).await?;
+                continue;
+            }
             let Some(remote) = self.translate(ev).await else { continue };
             match self.hub.submit(&self.id, remote).await {
                 Ok(()) => {}

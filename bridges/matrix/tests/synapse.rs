@@ -306,7 +306,11 @@ async fn synapse_transactions_become_hub_events_without_echoes() {
     let alice = hs.user("alice").await;
     let hub = Arc::new(FakeHub::new());
     let client = AsClient::new(&hs.url(), "coi-as-token", "@coibot:localhost").expect("client");
-    let inbound = Arc::new(MatrixInbound::new("matrix".into(), client.clone(), hub.clone(), "coi_", 1_000_000));
+    let cfg = serde_json::from_value(json!({
+        "id": "matrix", "homeserver": hs.url(), "server_name": "localhost", "admins": ["@alice:localhost"], "max_file_bytes": 1_000_000
+    }))
+    .expect("cfg");
+    let inbound = Arc::new(MatrixInbound::new("matrix".into(), client.clone(), hub.clone(), &cfg));
     let app = Arc::new(Appservice::new("coi-hs-token", Arc::new(MemoryState::default()), inbound));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
     let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });

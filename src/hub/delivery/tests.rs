@@ -51,6 +51,7 @@ impl Bridge for RecordingBridge {
 
 struct Rig {
     _dir: tempfile::TempDir,
+    identity: Arc<Identity>,
     store: Arc<dyn Store>,
     outbound: Arc<Outbound>,
     metrics: Arc<Metrics>,
@@ -63,7 +64,7 @@ async fn rig() -> Rig {
     let outbound = Arc::new(Outbound::new(
         store.clone(),
         Mailbox::new("bridge@x.org", Some("Bridge")),
-        identity,
+        identity.clone(),
         EncryptionPolicy::Opportunistic,
         Arc::new(Notify::new()),
     ));
@@ -72,7 +73,7 @@ async fn rig() -> Rig {
     store.update_members(chat_id, &["alice@x.org".into()], &[]).await.expect("members");
     store.create_portal(chat_id, "matrix", "!room:hs").await.expect("portal");
     store.create_portal(chat_id, "telegram", "-100").await.expect("portal");
-    Rig { _dir: dir, store, outbound, metrics: Arc::new(Metrics::new()) }
+    Rig { _dir: dir, identity, store, outbound, metrics: Arc::new(Metrics::new()) }
 }
 
 /// A COI message from Alice, recorded as IMAP ingest would.
@@ -203,7 +204,8 @@ async fn submitted_events_reach_coi_and_the_other_portals_once() {
     let hub = CoreHub::new(
         r.store.clone(),
         r.outbound.clone(),
-        "bridge@x.org",
+        r.identity.clone(),
+        "Bridge",
         HashMap::from([("matrix".into(), "Matrix".into())]),
     );
     let bob = coi_bridge_api::Person { id: "@bob:hs".into(), display_name: "Bob".into() };
@@ -265,4 +267,34 @@ async fn bridge_state_is_kept_per_bridge() {
     assert_eq!(matrix.get("txn:1").await.expect("get").as_deref(), Some("done"));
     assert_eq!(telegram.get("txn:1").await.expect("get"), None, "scoped by bridge id");
     assert_eq!(telegram.get("offset").await.expect("get").as_deref(), Some("42"));
+}
+
+#[tokio::test]
+async fn commands_bridge_a_room_and_hand_out_its_invite() {
+    use coi_bridge_api::Command;
+    let r = rig().await;
+    let hub = CoreHub::new(r.store.clone(), r.outbound.clone(), r.identity.clone(), "Bridge", HashMap::new());
+    let from = BridgeId::from("matrix");
+    let room = RemoteChatId::from("!fresh:hs");
+    let not_yet = hub.command(&from, &room, "Fresh", Command::Invite).await.expect("answer");
+    assert!(not_yet.text.contains("not bridged") && not_yet.link.is_none());
+
+    let bridged = hub.command(&from, &room, "Fresh Room", Command::Bridge).await.expect("bridged");
+    let link = bridged.link.clone().expect("an invite link");
+    let invite = crate::coi::securejoin_link::Invite::parse(&link).expect("a valid link");
+    let group = invite.group.expect("a group invite");
+    assert_eq!(group.name, "Fresh Room");
+    assert_eq!(invite.fingerprint, r.identity.fingerprint);
+    let portal = r.store.portal_by_remote("matrix", "!fresh:hs").await.expect("read").expect("portal made");
+    let chat = r.store.chat(portal.chat_id).await.expect("read").expect("chat");
+    assert_eq!((chat.key.as_str(), chat.kind), (group.id.as_str(), ChatKind::Group));
+
+    // Asking again gives a fresh invite to the same group, not a second group.
+    let again = hub.command(&from, &room, "Fresh Room", Command::Bridge).await.expect("answer");
+    let again = crate::coi::securejoin_link::Invite::parse(&again.link.expect("link")).expect("valid");
+    assert_eq!(again.group.expect("group").id, group.id);
+    assert!(hub.command(&from, &room, "", Command::Status).await.expect("status").text.contains("Fresh Room"));
+    assert!(hub.command(&from, &room, "", Command::Help).await.expect("help").text.contains("bridge"));
+    hub.command(&from, &room, "", Command::Unlink).await.expect("unlinked");
+    assert!(r.store.portal_by_remote("matrix", "!fresh:hs").await.expect("read").is_none());
 }
