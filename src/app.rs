@@ -72,7 +72,7 @@ impl Core {
             outbound.clone(),
             identity.clone(),
             &cfg.account.display_name,
-            Default::default(),
+            crate::bridges::labels(&cfg.bridge),
         ));
         Ok(Self { store, identity, metrics, outbound, securejoin, hub, imap, smtp })
     }
@@ -81,13 +81,7 @@ impl Core {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     let cfg = &loaded.config;
-    if let Some(b) = cfg.bridge.first() {
-        anyhow::bail!(
-            "bridge {:?}: the Matrix bridge cannot run in this build yet (only `generate-registration` uses its \
-             section); remove the [[bridge]] entry to run the daemon",
-            b.id()
-        );
-    }
+
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}; pick a free address", cfg.http.listen))?;
@@ -100,7 +94,22 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     });
     let core = Arc::new(Core::build(&loaded, on_failure).await?);
     tracing::info!(fingerprint = %core.identity.fingerprint, "bridge key loaded");
-
+    let crate::bridges::Bridges { running, routes } = crate::bridges::build(&loaded, &core)?;
+    for r in running {
+        let r = Arc::new(r);
+        let (rr, token) = (r.clone(), sup.token());
+        sup.spawn("bridge-delivery", async move {
+            rr.delivery.run(token).await;
+            Ok(())
+        });
+        let cx = coi_bridge_api::BridgeContext {
+            id: r.id.clone(),
+            hub: core.hub.clone(),
+            state: Arc::new(crate::hub::submit::StoreState::new(core.store.clone(), &r.id)),
+            shutdown: sup.token(),
+        };
+        sup.spawn("bridge", async move { r.bridge.run(cx).await.map_err(|e| anyhow::anyhow!("bridge {}: {e}", r.id)) });
+    }
     let (c, token) = (core.clone(), sup.token());
     sup.spawn("imap", async move {
         c.imap.run(token).await;
@@ -112,7 +121,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
         Ok(())
     });
     let (m, token) = (core.metrics.clone(), sup.token());
-    sup.spawn("http", async move { http::serve(listener, m, token).await });
+    sup.spawn("http", async move { http::serve(listener, m, routes, token).await });
 
     tracing::info!(
         address = %cfg.account.address,

@@ -1,4 +1,4 @@
-//! The operator's HTTP endpoint: /metrics (Prometheus text), /health (process up) and /ready (IMAP logged in).
+//! The daemon's HTTP endpoint: /metrics (Prometheus text), /health (process up), /ready (IMAP logged in), plus the bridges' routes.
 
 use std::sync::Arc;
 
@@ -33,7 +33,13 @@ async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 /// Serves until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+/// Serves until `shutdown`, with the bridges' `extra` routes (the appservice endpoint).
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    extra: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(metrics).merge(extra)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! Module map (data flows top to bottom on the way in, bottom to top on the way out):
 //! - [`config`]: the strict config file, env overrides, secrets.
-//! - [`app`]: wires store, transport and bridges under the [`supervisor`].
+//! - [`app`]: wires store, transport and bridges under the [`supervisor`]; [`bridges`]: the registry of bridge modules.
 //! - [`transport`]: the shared IMAP (in) and SMTP (out) connections.
 //! - [`coi`]: the wire codec, no I/O.
 //! - [`hub`]: which chat a mail belongs to; recording inbound, queueing outbound.
@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod bridges;
 pub mod check;
 pub mod coi;
 pub mod commands;

@@ -201,10 +201,19 @@ fn generate_registration_writes_a_private_file_once() {
     assert_eq!(std::fs::read_to_string(&reg).expect("kept"), yaml, "not replaced without --force");
     assert!(run(&["--force"]).status.success());
     assert_ne!(std::fs::read_to_string(&reg).expect("replaced"), yaml);
-    // The daemon refuses to run a bridge it cannot run yet, naming it.
-    let out = bin().args(["run", "--config"]).arg(&path).output().expect("run");
+    // Without its registration the daemon stops at start, saying what to do.
+    std::fs::remove_file(&reg).expect("remove");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("COI_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("COI_BRIDGE__STORE__STATE_DIR", dir.path())
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bridge \"matrix\""));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bridge \"matrix\"") && err.contains("generate-registration"), "{err}");
 }
 
 #[test]

@@ -160,6 +160,13 @@ impl Hub for CoreHub {
                     Some(r) => self.coi_id(from, &remote_chat, r.as_str()).await?,
                     None => None,
                 };
+                // Delta Chat shows a reply with the quoted text, so quote the parent.
+                let quote = match &in_reply_to {
+                    Some(id) => {
+                        self.store.message(id).await.map_err(store_err)?.map(|m| m.text).filter(|t| !t.is_empty())
+                    }
+                    None => None,
+                };
                 let copy = RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 };
                 let msg = ChatMessage {
                     from: relayed(&sender.display_name),
@@ -167,6 +174,7 @@ impl Hub for CoreHub {
                     attachments,
                     in_reply_to: in_reply_to.clone(),
                     references: in_reply_to.into_iter().collect(),
+                    quote,
                     ..ChatMessage::default()
                 };
                 (Some(copy), msg)

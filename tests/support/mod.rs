@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod deltachat;
+pub mod synapse;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;

@@ -170,6 +170,18 @@ impl TransactionSink for MatrixInbound {
         for ev in &events {
             let sender = ev["sender"].as_str().unwrap_or_default();
             let body = ev["content"]["body"].as_str().unwrap_or_default();
+            // The bot follows admins' invitations into rooms.
+            if ev["type"] == "m.room.member"
+                && ev["state_key"].as_str() == Some(&self.client.bot)
+                && ev["content"]["membership"] == "invite"
+            {
+                if let Some(room) = ev["room_id"].as_str().filter(|_| self.cfg.is_admin(sender))
+                    && let Err(e) = self.client.join(room, &self.client.bot).await
+                {
+                    tracing::warn!(room, error = %e, "could not accept the invitation");
+                }
+                continue;
+            }
             if ev["type"] == "m.room.message" && !self.ours(sender) && (body == PREFIX || body.starts_with("!coi ")) {
                 self.command(ev, body).await?;
                 continue;

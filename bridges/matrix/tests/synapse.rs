@@ -1,89 +1,11 @@
 //! The appservice client against a real Synapse on loopback: ghosts, rooms, idempotent sends, redactions, error classes.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
+#[path = "../../../tests/support/synapse.rs"]
+mod synapse;
 
 use coi_bridge_matrix::client::{AsClient, MatrixError, seg};
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// A Synapse of its own, stopped on drop.
-struct Synapse {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Synapse {
-    fn start() -> Option<Self> {
-        Self::start_with_as_port(free_port())
-    }
-
-    /// Synapse pushes appservice transactions to 127.0.0.1:`as_port`.
-    fn start_with_as_port(as_port: u16) -> Option<Self> {
-        let venv = repo().join("target/synapse-venv/bin/python");
-        if !venv.exists() {
-            let msg = "Synapse not installed: run `bash tests/servers/install.sh`";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{msg}");
-            }
-            eprintln!("SKIPPED: {msg}");
-            return None;
-        }
-        let dir = tempfile::Builder::new().prefix("coi-synapse-").tempdir_in("/tmp").expect("tempdir");
-        let port = free_port();
-        let out = Command::new("bash")
-            .arg(repo().join("tests/servers/synapse.sh"))
-            .args(["start"])
-            .arg(dir.path())
-            .arg(port.to_string())
-            .env("COI_TEST_AS_PORT", as_port.to_string())
-            .output()
-            .expect("run synapse.sh");
-        assert!(out.status.success(), "synapse.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
-        Some(Self { dir, port })
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A normal user, through Synapse's own registration tool; returns an access token.
-    async fn user(&self, name: &str) -> String {
-        let tool = repo().join("target/synapse-venv/bin/register_new_matrix_user");
-        let out = Command::new(tool)
-            .args(["-u", name, "-p", &format!("{name}-pw"), "--no-admin", "-k", "coi-test-shared-secret"])
-            .arg(self.url())
-            .output()
-            .expect("register_new_matrix_user");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": format!("{name}-pw")});
-        let v: Value = reqwest::Client::new()
-            .post(format!("{}/_matrix/client/v3/login", self.url()))
-            .json(&body)
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        v["access_token"].as_str().expect("token").to_owned()
-    }
-}
-
-impl Drop for Synapse {
-    fn drop(&mut self) {
-        let _ =
-            Command::new("bash").arg(repo().join("tests/servers/synapse.sh")).arg("stop").arg(self.dir.path()).status();
-    }
-}
+use synapse::{Synapse, free_port, send_as};
 
 #[tokio::test]
 async fn ghosts_post_into_rooms_once_per_transaction_and_errors_are_classified() {
@@ -274,21 +196,6 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
         .await
         .expect("json");
     assert_eq!(name["displayname"], json!("Bob (COI)"));
-}
-
-/// Sends an event as a normal user; returns its id.
-async fn send_as(hs: &Synapse, token: &str, room: &str, event_type: &str, txn: &str, content: Value) -> String {
-    let v: Value = reqwest::Client::new()
-        .put(format!("{}/_matrix/client/v3/rooms/{}/send/{event_type}/{txn}", hs.url(), seg(room)))
-        .bearer_auth(token)
-        .json(&content)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
-    v["event_id"].as_str().unwrap_or_else(|| panic!("no event id: {v}")).to_owned()
 }
 
 #[tokio::test]

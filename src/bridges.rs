@@ -1,0 +1,97 @@
+//! The registry of bridge modules: builds each configured `[[bridge]]` into its parts (delivery worker, HTTP routes) over the core. A new bridge kind is one arm here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use coi_bridge_api::{Bridge, BridgeId, Hub};
+use coi_bridge_matrix::appservice::{self, Appservice};
+use coi_bridge_matrix::bridge::MatrixBridge;
+use coi_bridge_matrix::config::Mode;
+use coi_bridge_matrix::inbound::MatrixInbound;
+use coi_bridge_matrix::registration::Registration;
+
+use crate::app::Core;
+use crate::config::{BridgeConfig, Loaded};
+use crate::hub::delivery::BridgeDelivery;
+use crate::hub::submit::StoreState;
+use crate::transport::smtp::RetryPolicy;
+
+/// One running bridge instance.
+pub struct Running {
+    pub id: BridgeId,
+    pub bridge: Arc<dyn Bridge>,
+    pub delivery: BridgeDelivery,
+}
+
+/// Everything the configured bridges add to the daemon.
+pub struct Bridges {
+    pub running: Vec<Running>,
+    /// Routes for the HTTP listener (the appservice endpoint).
+    pub routes: axum::Router,
+}
+
+/// The network name each bridge instance shows after relayed names ("Ann (Matrix)").
+pub fn labels(bridges: &[BridgeConfig]) -> std::collections::HashMap<String, String> {
+    bridges
+        .iter()
+        .map(|b| match b {
+            BridgeConfig::Matrix(m) => (m.id.clone(), "Matrix".to_owned()),
+            BridgeConfig::Telegram(t) => (t.id.clone(), "Telegram".to_owned()),
+        })
+        .collect()
+}
+
+/// Builds every configured bridge; no network I/O.
+pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
+    let mut running = Vec::new();
+    let mut routes = axum::Router::new();
+    let policy = RetryPolicy { base: Duration::from_secs(1), max_delay: Duration::from_secs(300), max_attempts: 30 };
+    for b in &loaded.config.bridge {
+        match b {
+            BridgeConfig::Matrix(m) => {
+                if m.mode == Mode::Bot {
+                    anyhow::bail!(
+                        "bridge {:?}: mode = \"bot\" is not part of this build yet; use mode = \"appservice\"",
+                        m.id
+                    );
+                }
+                let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
+                let path =
+                    if m.registration.is_absolute() { m.registration.clone() } else { base.join(&m.registration) };
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "bridge {:?}: registration {} cannot be read; run `coi-bridge generate-registration` and give it to \
+                         the homeserver",
+                        m.id,
+                        path.display()
+                    )
+                })?;
+                let reg = Registration::from_yaml(&text).map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?;
+                let id = BridgeId(m.id.clone());
+                let bridge = Arc::new(
+                    MatrixBridge::new(m.clone(), reg.clone(), &loaded.config.account.address)
+                        .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?,
+                );
+                let hub: Arc<dyn Hub> = core.hub.clone();
+                let inbound = Arc::new(MatrixInbound::new(id.clone(), bridge.client().clone(), hub, m));
+                let state = Arc::new(StoreState::new(core.store.clone(), &id));
+                routes = routes.merge(appservice::router(Arc::new(Appservice::new(&reg.hs_token, state, inbound))));
+                let delivery = BridgeDelivery::new(
+                    id.clone(),
+                    "Matrix",
+                    bridge.clone(),
+                    core.store.clone(),
+                    core.outbound.clone(),
+                    policy,
+                    core.metrics.clone(),
+                );
+                running.push(Running { id, bridge, delivery });
+            }
+            BridgeConfig::Telegram(t) => {
+                anyhow::bail!("bridge {:?}: kind \"telegram\" is not part of this build yet", t.id)
+            }
+        }
+    }
+    Ok(Bridges { running, routes })
+}

@@ -1,0 +1,145 @@
+//! A Synapse of its own per test, on loopback (tests/servers/synapse.sh), and the user-side requests tests need.
+//! Shared by the root integration tests and the matrix crate's (included with `#[path]`).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+/// Percent-encodes one path segment.
+pub fn seg(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The repository root: the first folder upwards that holds tests/servers/synapse.sh (the
+/// root crate's manifest dir, or two levels above a bridge crate's).
+pub fn repo() -> PathBuf {
+    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    start.ancestors().find(|d| d.join("tests/servers/synapse.sh").is_file()).unwrap_or(&start).to_path_buf()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A Synapse of its own, stopped on drop.
+pub struct Synapse {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Synapse {
+    pub fn start() -> Option<Self> {
+        Self::start_with_as_port(free_port())
+    }
+
+    /// Synapse pushes appservice transactions to 127.0.0.1:`as_port`.
+    pub fn start_with_as_port(as_port: u16) -> Option<Self> {
+        let venv = repo().join("target/synapse-venv/bin/python");
+        if !venv.exists() {
+            let msg = "Synapse not installed: run `bash tests/servers/install.sh`";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}");
+            }
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("coi-synapse-").tempdir_in("/tmp").expect("tempdir");
+        let port = free_port();
+        let out = Command::new("bash")
+            .arg(repo().join("tests/servers/synapse.sh"))
+            .args(["start"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .env("COI_TEST_AS_PORT", as_port.to_string())
+            .output()
+            .expect("run synapse.sh");
+        assert!(out.status.success(), "synapse.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+        Some(Self { dir, port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A normal user, through Synapse's own registration tool; returns an access token.
+    pub async fn user(&self, name: &str) -> String {
+        let tool = repo().join("target/synapse-venv/bin/register_new_matrix_user");
+        let out = Command::new(tool)
+            .args(["-u", name, "-p", &format!("{name}-pw"), "--no-admin", "-k", "coi-test-shared-secret"])
+            .arg(self.url())
+            .output()
+            .expect("register_new_matrix_user");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": format!("{name}-pw")});
+        let v: Value = reqwest::Client::new()
+            .post(format!("{}/_matrix/client/v3/login", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        v["access_token"].as_str().expect("token").to_owned()
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ =
+            Command::new("bash").arg(repo().join("tests/servers/synapse.sh")).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+/// Sends an event as a normal user; returns its id.
+pub async fn send_as(hs: &Synapse, token: &str, room: &str, event_type: &str, txn: &str, content: Value) -> String {
+    let v: Value = reqwest::Client::new()
+        .put(format!("{}/_matrix/client/v3/rooms/{}/send/{event_type}/{txn}", hs.url(), seg(room)))
+        .bearer_auth(token)
+        .json(&content)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    v["event_id"].as_str().unwrap_or_else(|| panic!("no event id: {v}")).to_owned()
+}
+
+/// Joins a room as a normal user.
+pub async fn join_as(hs: &Synapse, token: &str, room: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/join/{}", hs.url(), seg(room)))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("join");
+    assert!(r.status().is_success(), "join: {:?}", r.text().await);
+}
+
+/// The room's timeline as a normal user sees it, oldest first.
+pub async fn timeline(hs: &Synapse, token: &str, room: &str) -> Vec<Value> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", hs.url(), seg(room)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("messages")
+        .json()
+        .await
+        .expect("json");
+    v["chunk"].as_array().cloned().unwrap_or_default()
+}
