@@ -40,23 +40,8 @@ fn cli(config: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Waits until Delta Chat account `acc` shows a message with `text` in any chat; returns it.
 async fn dc_message(dc: &DeltaChat, acc: u64, text: &str) -> Value {
-    // Events only say "something changed"; look the text up among the new messages.
-    eventually(WAIT, &format!("Delta Chat shows {text:?}"), || async {
-        let chats = dc.call("get_chatlist_entries", json!([acc, null, null, null])).await;
-        for chat in chats.as_array().cloned().unwrap_or_default() {
-            let ids = dc.call("get_message_ids", json!([acc, chat, false, false])).await;
-            for id in ids.as_array().cloned().unwrap_or_default() {
-                let m = dc.call("get_message", json!([acc, id])).await;
-                if m["text"].as_str() == Some(text) {
-                    return Some(m);
-                }
-            }
-        }
-        None
-    })
-    .await
+    dc.message_with_text(acc, text).await
 }
 
 async fn recorded_with_text(core: &Core, text: &str) -> StoredMessage {

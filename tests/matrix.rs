@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use coi_bridge::app::Core;
 use coi_bridge::transport::smtp::FailedDelivery;
-use coi_bridge_matrix::registration::Registration;
 use serde_json::{Value, json};
 use support::deltachat::DeltaChat;
 use support::synapse::{Synapse, free_port, send_as, timeline};
@@ -15,24 +14,6 @@ use support::{Link, eventually};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Finds a message in Delta Chat account `acc` by text.
-async fn dc_find(dc: &DeltaChat, acc: u64, text: &str) -> Value {
-    eventually(WAIT, &format!("Delta Chat shows {text:?}"), || async {
-        let chats = dc.call("get_chatlist_entries", json!([acc, null, null, null])).await;
-        for chat in chats.as_array().cloned().unwrap_or_default() {
-            let ids = dc.call("get_message_ids", json!([acc, chat, false, false])).await;
-            for id in ids.as_array().cloned().unwrap_or_default() {
-                let m = dc.call("get_message", json!([acc, id])).await;
-                if m["text"].as_str() == Some(text) {
-                    return Some(m);
-                }
-            }
-        }
-        None
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridged_room_carries_messages_and_replies_both_ways() {
@@ -47,15 +28,7 @@ async fn a_bridged_room_carries_messages_and_replies_both_ways() {
     // The bridge: its HTTP listener is where Synapse pushes transactions.
     let state = tempfile::tempdir().expect("tempdir");
     let config = support::write_config_with(&mail, state.path(), Link::Plain, "", as_port, "required");
-    let reg = Registration {
-        id: "coi-bridge".into(),
-        url: format!("http://127.0.0.1:{as_port}"),
-        as_token: "coi-as-token".into(),
-        hs_token: "coi-hs-token".into(),
-        sender_localpart: "coibot".into(),
-        ghost_prefix: "coi_".into(),
-        server_name: "localhost".into(),
-    };
+    let reg = support::synapse::registration(as_port);
     std::fs::write(state.path().join("registration.yaml"), reg.to_yaml()).expect("registration");
     let section = format!(
         "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
@@ -145,7 +118,7 @@ async fn a_bridged_room_carries_messages_and_replies_both_ways() {
             }),
         )
         .await;
-        let m = dc_find(&dc, alice, "hi from Matrix").await;
+        let m = dc.message_with_text(alice, "hi from Matrix").await;
         assert_eq!(m["overrideSenderName"], json!("mara (Matrix)"), "{m}");
         assert_eq!(m["quote"]["text"], json!("hello from Delta Chat"), "a reply to Alice's message: {m}");
         assert_eq!(m["showPadlock"], json!(true));

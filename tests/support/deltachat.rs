@@ -172,6 +172,25 @@ impl DeltaChat {
         }
     }
 
+    /// Waits (bounded) until account `acc` shows a message with `text` in any chat, and
+    /// returns it. Events only say "something changed", so this looks the text up.
+    pub async fn message_with_text(&self, acc: u64, text: &str) -> Value {
+        super::eventually(Duration::from_secs(60), &format!("Delta Chat shows {text:?}"), || async {
+            let chats = self.call("get_chatlist_entries", json!([acc, null, null, null])).await;
+            for chat in chats.as_array().cloned().unwrap_or_default() {
+                let ids = self.call("get_message_ids", json!([acc, chat, false, false])).await;
+                for id in ids.as_array().cloned().unwrap_or_default() {
+                    let m = self.call("get_message", json!([acc, id])).await;
+                    if m["text"].as_str() == Some(text) {
+                        return Some(m);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("rpc.log")
     }

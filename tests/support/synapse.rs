@@ -143,3 +143,16 @@ pub async fn timeline(hs: &Synapse, token: &str, room: &str) -> Vec<Value> {
         .expect("json");
     v["chunk"].as_array().cloned().unwrap_or_default()
 }
+
+/// The appservice registration synapse.sh gives the homeserver, for the bridge's side.
+pub fn registration(as_port: u16) -> coi_bridge_matrix::registration::Registration {
+    coi_bridge_matrix::registration::Registration {
+        id: "coi-bridge".into(),
+        url: format!("http://127.0.0.1:{as_port}"),
+        as_token: "coi-as-token".into(),
+        hs_token: "coi-hs-token".into(),
+        sender_localpart: "coibot".into(),
+        ghost_prefix: "coi_".into(),
+        server_name: "localhost".into(),
+    }
+}

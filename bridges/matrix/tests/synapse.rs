@@ -85,20 +85,11 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
     use coi_bridge_api::{Attachment, Bridge as _, DeliveryKey, Outgoing, Person, RemoteChatId};
     use coi_bridge_matrix::bridge::MatrixBridge;
     use coi_bridge_matrix::config::MatrixConfig;
-    use coi_bridge_matrix::registration::Registration;
 
     let Some(hs) = Synapse::start() else { return };
     let alice_token = hs.user("alice").await;
     // The registration synapse.sh gave the homeserver.
-    let reg = Registration {
-        id: "coi-bridge".into(),
-        url: "http://127.0.0.1:29331".into(),
-        as_token: "coi-as-token".into(),
-        hs_token: "coi-hs-token".into(),
-        sender_localpart: "coibot".into(),
-        ghost_prefix: "coi_".into(),
-        server_name: "localhost".into(),
-    };
+    let reg = synapse::registration(29331);
     let cfg: MatrixConfig = serde_json::from_value(json!({
         "id": "matrix", "homeserver": hs.url(), "server_name": "localhost", "admins": ["@alice:localhost"]
     }))
@@ -205,7 +196,6 @@ async fn synapse_transactions_become_hub_events_without_echoes() {
     use coi_bridge_matrix::appservice::{Appservice, router};
     use coi_bridge_matrix::bridge::MatrixBridge;
     use coi_bridge_matrix::inbound::MatrixInbound;
-    use coi_bridge_matrix::registration::Registration;
     use std::sync::Arc;
 
     let as_port = free_port();
@@ -223,23 +213,9 @@ async fn synapse_transactions_become_hub_events_without_echoes() {
     let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
 
     let room = client.create_room("Portal", &["@alice:localhost".into()]).await.expect("room");
-    reqwest::Client::new()
-        .post(format!("{}/_matrix/client/v3/join/{}", hs.url(), seg(&room)))
-        .bearer_auth(&alice)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("join");
+    synapse::join_as(&hs, &alice, &room).await;
     // A ghost speaks first: its message must not come back as an event (echo).
-    let reg = Registration {
-        id: "coi-bridge".into(),
-        url: format!("http://127.0.0.1:{as_port}"),
-        as_token: "coi-as-token".into(),
-        hs_token: "coi-hs-token".into(),
-        sender_localpart: "coibot".into(),
-        ghost_prefix: "coi_".into(),
-        server_name: "localhost".into(),
-    };
+    let reg = synapse::registration(as_port);
     let cfg = serde_json::from_value(json!({"id": "matrix", "homeserver": hs.url(), "server_name": "localhost"}))
         .expect("cfg");
     let bridge = MatrixBridge::new(cfg, reg, "bridge@example.org").expect("bridge");
