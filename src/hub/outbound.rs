@@ -81,7 +81,9 @@ impl Outbound {
                         .chain(msg.past_members.iter().map(String::as_str))
                         .collect();
                     msg.member_fprs = listed.iter().filter_map(|a| key_of(a)).map(crypto::fingerprint).collect();
-                    msg.member_timestamps = vec![msg.date.unwrap_or_default(); msg.member_fprs.len()];
+                    if msg.member_timestamps.len() != msg.member_fprs.len() {
+                        msg.member_timestamps = vec![msg.date.unwrap_or_default(); msg.member_fprs.len()];
+                    }
                     if let Some(GroupChange::MemberAdded(a) | GroupChange::MemberRemoved(a)) =
                         msg.group.as_ref().and_then(|g| g.change.as_ref())
                     {
@@ -170,6 +172,25 @@ impl Outbound {
             msg.past_members = vec![gone.clone()];
             recipients.push(gone);
         }
+        // When each listed member joined, then when the past ones left (now): a list that
+        // said "now" for everyone could undo a removal Delta Chat has not seen yet.
+        let now = chrono::Utc::now().timestamp();
+        let listed: Vec<String> =
+            if msg.to.is_empty() { recipients.clone() } else { msg.to.iter().map(|m| m.addr.clone()).collect() };
+        let since = |addr: &String| {
+            chat.members
+                .iter()
+                .position(|m| m == addr)
+                .and_then(|i| chat.member_since.get(i))
+                .copied()
+                .filter(|t| *t > 0)
+        };
+        msg.member_timestamps = listed
+            .iter()
+            .filter(|a| !msg.past_members.contains(a))
+            .map(|a| since(a).unwrap_or(now))
+            .chain(msg.past_members.iter().map(|_| now))
+            .collect();
         let chat_ref = ChatRef { kind: ChatKind::Group, key: chat.key.clone(), name: chat.name.clone() };
         self.queue_from(origin, chat_ref, &recipients, msg).await
     }

@@ -75,6 +75,8 @@ pub struct Chat {
     pub name: String,
     /// Known member addresses, without the bridge's own (sorted).
     pub members: Vec<String>,
+    /// When each of `members` joined (unix seconds), same order.
+    pub member_since: Vec<i64>,
 }
 
 /// Incoming (from COI) or outgoing (to COI).

@@ -233,9 +233,10 @@ impl SqliteStore {
         remove: &[String],
     ) -> StoreResult<()> {
         for addr in add {
-            sqlx::query("INSERT INTO chat_member (chat_id, addr) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            sqlx::query("INSERT INTO chat_member (chat_id, addr, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
                 .bind(chat_id)
                 .bind(addr)
+                .bind(now())
                 .execute(&mut **tx)
                 .await
                 .map_err(err)?;
@@ -529,16 +530,15 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let members = sqlx::query("SELECT addr FROM chat_member WHERE chat_id = ? ORDER BY addr")
+        let rows = sqlx::query("SELECT addr, added_at FROM chat_member WHERE chat_id = ? ORDER BY addr")
             .bind(id)
             .fetch_all(&self.pool)
             .await
-            .map_err(err)?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map_err(err)?;
+        let members: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let member_since: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
         let r = Self::chat_ref(&row);
-        Ok(Some(Chat { id, kind: r.kind, key: r.key, name: r.name, members }))
+        Ok(Some(Chat { id, kind: r.kind, key: r.key, name: r.name, members, member_since }))
     }
 
     async fn chats(&self) -> StoreResult<Vec<Chat>> {
