@@ -470,6 +470,10 @@ async fn reactions_edits_deletes_and_read_receipts_work_both_ways() {
     tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
 }
 
+fn file(name: &str, mime: &str, data: Vec<u8>) -> coi_bridge_api::Attachment {
+    coi_bridge_api::Attachment { name: name.into(), mime: mime.into(), data }
+}
+
 /// A small valid PNG (1x1).
 const PNG: &[u8] = &[
     0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
@@ -496,11 +500,7 @@ async fn images_and_large_files_go_both_ways() {
             &core,
             ChatMessage {
                 text: "picture and file".into(),
-                attachments: vec![coi_bridge_api::Attachment {
-                    name: "dot.png".into(),
-                    mime: "image/png".into(),
-                    data: PNG.to_vec(),
-                }],
+                attachments: vec![file("dot.png", "image/png", PNG.to_vec())],
                 ..ChatMessage::default()
             },
         )
@@ -514,11 +514,7 @@ async fn images_and_large_files_go_both_ways() {
             &core,
             ChatMessage {
                 text: "a large file".into(),
-                attachments: vec![coi_bridge_api::Attachment {
-                    name: "big.bin".into(),
-                    mime: "application/octet-stream".into(),
-                    data: big.clone(),
-                }],
+                attachments: vec![file("big.bin", "application/octet-stream", big.clone())],
                 ..ChatMessage::default()
             },
         )

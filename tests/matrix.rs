@@ -92,16 +92,8 @@ async fn a_bridged_room_carries_messages_and_replies_both_ways() {
         })
         .await;
         assert_eq!(from_dc["sender"], json!("@coi_alice=example.org:localhost"), "sent by Alice's ghost");
-        let profile: Value = reqwest::Client::new()
-            .get(format!("{}/_matrix/client/v3/profile/%40coi_alice%3Dexample.org%3Alocalhost/displayname", hs.url()))
-            .bearer_auth(&mara)
-            .send()
-            .await
-            .expect("profile")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(profile["displayname"], json!("Alice (COI)"));
+        let name = support::synapse::displayname(&hs, &mara, "@coi_alice=example.org:localhost").await;
+        assert_eq!(name, json!("Alice (COI)"));
 
         // Mara replies on Matrix; Alice sees a reply from "mara (Matrix)".
         let event = from_dc["event_id"].as_str().expect("event id");

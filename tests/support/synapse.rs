@@ -9,18 +9,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-/// Percent-encodes one path segment.
-pub fn seg(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use coi_bridge_matrix::client::seg;
 
 /// The repository root: the first folder upwards that holds tests/servers/synapse.sh (the
 /// root crate's manifest dir, or two levels above a bridge crate's).
@@ -155,4 +144,18 @@ pub fn registration(as_port: u16) -> coi_bridge_matrix::registration::Registrati
         ghost_prefix: "coi_".into(),
         server_name: "localhost".into(),
     }
+}
+
+/// A user's display name, as another user reads it.
+pub async fn displayname(hs: &Synapse, token: &str, mxid: &str) -> Value {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v3/profile/{}/displayname", hs.url(), seg(mxid)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("profile")
+        .json()
+        .await
+        .expect("json");
+    v["displayname"].clone()
 }

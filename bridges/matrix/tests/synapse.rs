@@ -34,41 +34,15 @@ async fn ghosts_post_into_rooms_once_per_transaction_and_errors_are_classified()
     client.redact(&room, ghost, &doomed, "coi-del-2").await.expect("redacted");
 
     // Alice accepts the invite and sees it from the ghost, once; the other is redacted.
-    let http = reqwest::Client::new();
-    let joined = http
-        .post(format!("{}/_matrix/client/v3/join/{}", hs.url(), seg(&room)))
-        .bearer_auth(&alice_token)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("join");
-    assert!(joined.status().is_success(), "{:?}", joined.text().await);
-    let msgs: Value = http
-        .get(format!("{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", hs.url(), seg(&room)))
-        .bearer_auth(&alice_token)
-        .send()
-        .await
-        .expect("messages")
-        .json()
-        .await
-        .expect("json");
-    let chunk = msgs["chunk"].as_array().expect("chunk");
+    synapse::join_as(&hs, &alice_token, &room).await;
+    let chunk = synapse::timeline(&hs, &alice_token, &room).await;
     let texts: Vec<&Value> = chunk.iter().filter(|e| e["type"] == "m.room.message").collect();
     let hello: Vec<_> = texts.iter().filter(|e| e["content"]["body"] == "hello from COI").collect();
-    assert_eq!(hello.len(), 1, "{msgs}");
+    assert_eq!(hello.len(), 1, "{chunk:?}");
     assert_eq!(hello[0]["sender"], json!(ghost));
     let redacted = texts.iter().find(|e| e["event_id"] == json!(doomed)).expect("the redacted event is still listed");
     assert!(redacted["content"].as_object().is_some_and(|c| c.is_empty()), "content removed: {redacted}");
-    let member: Value = http
-        .get(format!("{}/_matrix/client/v3/profile/{}/displayname", hs.url(), seg(ghost)))
-        .bearer_auth(&alice_token)
-        .send()
-        .await
-        .expect("profile")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(member["displayname"], json!("Bob (COI)"));
+    assert_eq!(synapse::displayname(&hs, &alice_token, ghost).await, json!("Bob (COI)"));
 
     // A ghost that was never registered is refused for good, not retried.
     let err =
@@ -96,13 +70,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
     .expect("config");
     let bridge = MatrixBridge::new(cfg, reg, "bridge@example.org").expect("bridge");
     let room = bridge.client().create_room("Portal", &["@alice:localhost".into()]).await.expect("room");
-    let http = reqwest::Client::new();
-    http.post(format!("{}/_matrix/client/v3/join/{}", hs.url(), seg(&room)))
-        .bearer_auth(&alice_token)
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("alice joins");
+    synapse::join_as(&hs, &alice_token, &room).await;
 
     let to = RemoteChatId(room.clone());
     let bob = Person { id: "bob@example.org".into(), display_name: "Bob".into() };
@@ -152,16 +120,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
         Outgoing::Message { sender: relayed, text: "via the bot".into(), attachments: vec![], reply_to: None };
     bridge.deliver(&to, &key("coi-m6"), &from_bot).await.expect("bot message");
 
-    let msgs: Value = http
-        .get(format!("{}/_matrix/client/v3/rooms/{}/messages?dir=f&limit=100", hs.url(), seg(&room)))
-        .bearer_auth(&alice_token)
-        .send()
-        .await
-        .expect("messages")
-        .json()
-        .await
-        .expect("json");
-    let events = msgs["chunk"].as_array().expect("chunk").clone();
+    let events = synapse::timeline(&hs, &alice_token, &room).await;
     let ghost = "@coi_bob=example.org:localhost";
     let find = |f: &dyn Fn(&Value) -> bool| events.iter().find(|e| f(e)).cloned();
     let text = find(&|e| e["event_id"] == json!(e1.as_str())).expect("the text event");
@@ -177,16 +136,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
     assert!(deleted["content"].as_object().is_some_and(|c| c.is_empty()), "redacted: {deleted}");
     let by_bot = find(&|e| e["content"]["body"] == "via the bot").expect("bot message");
     assert_eq!(by_bot["sender"], json!("@coibot:localhost"));
-    let name: Value = http
-        .get(format!("{}/_matrix/client/v3/profile/{}/displayname", hs.url(), seg(ghost)))
-        .bearer_auth(&alice_token)
-        .send()
-        .await
-        .expect("profile")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(name["displayname"], json!("Bob (COI)"));
+    assert_eq!(synapse::displayname(&hs, &alice_token, ghost).await, json!("Bob (COI)"));
 }
 
 #[tokio::test]
