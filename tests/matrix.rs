@@ -86,6 +86,7 @@ async fn a_bridged_room_carries_messages_and_replies_both_ways() {
             e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
         })
         .await;
+        dc.wait_until_member(alice, &group).await;
         dc.call("misc_send_text_message", json!([alice, group, "hello from Delta Chat"])).await;
         let from_dc = eventually(WAIT, "Alice's message in the room", || async {
             timeline(&hs, &mara, &room).await.into_iter().find(|e| e["content"]["body"] == "hello from Delta Chat")

@@ -191,6 +191,17 @@ impl DeltaChat {
         .await
     }
 
+    /// Waits (bounded) until account `acc` is a member of `chat` and may write to it.
+    /// The joiner's "progress 1000" can arrive before the member-added message that puts
+    /// it in the group is applied, so writing right after it races.
+    pub async fn wait_until_member(&self, acc: u64, chat: &Value) {
+        super::eventually(Duration::from_secs(60), &format!("account {acc} is a member of chat {chat}"), || async {
+            let c = self.call("get_full_chat_by_id", json!([acc, chat])).await;
+            (c["selfInGroup"] == json!(true) && c["canSend"] == json!(true)).then_some(())
+        })
+        .await
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("rpc.log")
     }
