@@ -8,8 +8,14 @@ use anyhow::Context as _;
 const SCALE: usize = 8;
 const QUIET: usize = 4;
 
-/// Writes `text` as a black-on-white QR code PNG.
+/// Writes `text` as a black-on-white QR code PNG file.
 pub fn write_png(text: &str, path: &Path) -> anyhow::Result<()> {
+    let png = png(text)?;
+    std::fs::write(path, png).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `text` as a black-on-white QR code PNG.
+pub fn png(text: &str) -> anyhow::Result<Vec<u8>> {
     let code = qrcode::QrCode::new(text.as_bytes()).context("the link is too long for a QR code")?;
     let width = code.width();
     let colors = code.to_colors();
@@ -23,14 +29,14 @@ pub fn write_png(text: &str, path: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), side as u32, side as u32);
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, side as u32, side as u32);
     enc.set_color(png::ColorType::Grayscale);
     enc.set_depth(png::BitDepth::Eight);
     let mut w = enc.write_header().context("PNG header")?;
     w.write_image_data(&pixels).context("PNG data")?;
     w.finish().context("PNG end")?;
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::coi::ChatMessage;
 use crate::hub::outbound::Outbound;
 use crate::metrics::Metrics;
 use crate::store::portals::RemoteCopy;
-use crate::store::{Origin, OutboxItem, Store, StoredAttachment, StoredMessage};
+use crate::store::{Direction, Origin, OutboxItem, Store, StoredAttachment, StoredMessage};
 use crate::transport::smtp::RetryPolicy;
 
 const PARALLEL: usize = 4;
@@ -34,7 +34,8 @@ pub struct BridgeDelivery {
 }
 
 enum Built {
-    Send(RemoteChatId, Outgoing),
+    /// What to post, and for a delete the other parts to remove with it.
+    Send(RemoteChatId, Outgoing, Vec<RemoteMsgId>),
     /// Nothing to deliver (a receipt, a merged post-message, a portal gone).
     Skip(&'static str),
 }
@@ -85,9 +86,15 @@ impl BridgeDelivery {
         }
     }
 
+    /// The main part (part 0) of a COI message's copy on this bridge.
     async fn remote_of(&self, message_id: &str) -> Option<RemoteMsgId> {
-        let copies = self.store.remote_copies(message_id, self.id.as_str()).await.ok()?;
-        copies.into_iter().next().map(|c| RemoteMsgId(c.remote_id))
+        self.remote_parts(message_id).await.into_iter().next()
+    }
+
+    /// Every part of a COI message's copy on this bridge, the main part first.
+    async fn remote_parts(&self, message_id: &str) -> Vec<RemoteMsgId> {
+        let copies = self.store.remote_copies(message_id, self.id.as_str()).await.unwrap_or_default();
+        copies.into_iter().map(|c| RemoteMsgId(c.remote_id)).collect()
     }
 
     async fn build(&self, item: &OutboxItem, msg: &StoredMessage) -> Built {
@@ -110,19 +117,27 @@ impl BridgeDelivery {
             },
             kind @ ("reaction" | "edit" | "delete") => {
                 let Some(target) = msg.target.as_deref() else { return Built::Skip("no target") };
-                let Some(target) = self.remote_of(target).await else {
+                let mut parts = self.remote_parts(target).await.into_iter();
+                let Some(target) = parts.next() else {
                     return Built::Skip("its target never reached this bridge");
                 };
                 match kind {
                     "reaction" => Outgoing::Reaction { sender, target, emoji: msg.text.clone() },
                     "edit" => Outgoing::Edit { sender, target, new_text: msg.text.clone() },
-                    _ => Outgoing::Delete { sender, target },
+                    _ => return Built::Send(to, Outgoing::Delete { sender, target }, parts.collect()),
                 }
             }
-            "receipt" => return Built::Skip("read receipts are not relayed to bridges yet"),
+            "receipt" if msg.direction == Direction::In => {
+                // A COI person read a message: their ghost marks it read.
+                let Some(target) = msg.target.as_deref() else { return Built::Skip("no target") };
+                let Some(up_to) = self.remote_of(target).await else {
+                    return Built::Skip("its target never reached this bridge");
+                };
+                Outgoing::ReadReceipt { reader: sender, up_to }
+            }
             _ => return Built::Skip("nothing to show"),
         };
-        Built::Send(to, outgoing)
+        Built::Send(to, outgoing, Vec::new())
     }
 
     async fn deliver(&self, item: OutboxItem) {
@@ -131,8 +146,8 @@ impl BridgeDelivery {
             Ok(None) => return self.fail(&item, None, "the message is gone from the store".into()).await,
             Err(e) => return self.retry(&item, None, &e.to_string()).await,
         };
-        let (to, outgoing) = match self.build(&item, &msg).await {
-            Built::Send(to, o) => (to, o),
+        let (to, outgoing, more_parts) = match self.build(&item, &msg).await {
+            Built::Send(to, o, more) => (to, o, more),
             Built::Skip(why) => {
                 tracing::debug!(bridge = %self.id, message_id = %item.message_id, why, "not delivered to the bridge");
                 let _ = self.store.outbox_done(item.id).await;
@@ -147,11 +162,24 @@ impl BridgeDelivery {
             let key = DeliveryKey(format!("coi-{}-fallback", item.message_id));
             result = self.bridge.deliver(&to, &key, &fallback).await;
         }
+        // A delete removes every part of a multi-part copy (text and files).
+        if let (Ok(_), Outgoing::Delete { sender, .. }) = (&result, &outgoing) {
+            for (i, part) in more_parts.into_iter().enumerate() {
+                let key = DeliveryKey(format!("coi-{}-part{}", item.message_id, i + 1));
+                let more = Outgoing::Delete { sender: sender.clone(), target: part };
+                if let Err(e) = self.bridge.deliver(&to, &key, &more).await {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
         match result {
-            Ok(remote) => {
-                let copy = RemoteCopy { remote_chat: to.0.clone(), remote_id: remote.0, part: 0 };
-                if let Err(e) = self.store.map_remote(&item.message_id, self.id.as_str(), &copy).await {
-                    tracing::error!(bridge = %self.id, error = %e, "delivered, but the id map was not written");
+            Ok(parts) => {
+                for (part, remote) in parts.into_iter().enumerate() {
+                    let copy = RemoteCopy { remote_chat: to.0.clone(), remote_id: remote.0, part: part as i64 };
+                    if let Err(e) = self.store.map_remote(&item.message_id, self.id.as_str(), &copy).await {
+                        tracing::error!(bridge = %self.id, error = %e, "delivered, but the id map was not written");
+                    }
                 }
                 if let Err(e) = self.store.outbox_done(item.id).await {
                     tracing::error!(bridge = %self.id, error = %e, "delivered, but the outbox row was not marked");
@@ -210,7 +238,7 @@ pub fn degrade(o: &Outgoing) -> Option<Outgoing> {
         Outgoing::Reaction { sender, emoji, .. } => format!("{} reacted {emoji}", sender.display_name),
         Outgoing::Edit { new_text, .. } => format!("✏️ {new_text}"),
         Outgoing::Delete { sender, .. } => format!("{} deleted a message", sender.display_name),
-        Outgoing::Message { .. } | Outgoing::Notice { .. } => return None,
+        Outgoing::Message { .. } | Outgoing::Notice { .. } | Outgoing::ReadReceipt { .. } => return None,
     };
     let sender = match o {
         Outgoing::Reaction { sender, .. } | Outgoing::Edit { sender, .. } | Outgoing::Delete { sender, .. } => {

@@ -71,7 +71,7 @@ impl Outbound {
         self.prepare(recipients, &mut msg);
         let raw = match recipient_keys(self.store.as_ref(), recipients).await? {
             Ok(keys) => {
-                if chat.kind == ChatKind::Group && msg.member_fprs.is_empty() {
+                if chat.kind == ChatKind::Group && msg.group.is_some() && msg.member_fprs.is_empty() {
                     let key_of = |addr: &str| recipients.iter().position(|r| r == addr).map(|i| &keys[i]);
                     // Current members in To order, then past members.
                     let listed: Vec<&str> = msg

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use coi_bridge_api::{BridgeId, Command, CommandReply, Hub, RemoteChatId, RemoteEvent, SubmitError};
 
+use crate::coi::securejoin_link::Invite;
 use crate::coi::securejoin_link::InviteGroup;
 use crate::coi::{ChatMessage, Kind, Mailbox};
 use crate::hub::e2ee::Identity;
 use crate::hub::outbound::{Outbound, QueueError};
-use crate::hub::securejoin::{create_group, invite_for};
+use crate::hub::securejoin::{JoinError, create_group, invite_for, start_join};
 use crate::store::portals::RemoteCopy;
-use crate::store::{ChatKind, Origin, Store, StoreError};
+use crate::store::{ChatKind, ChatRef, Direction, Origin, Store, StoreError};
 
 /// The hub bridges submit to.
 pub struct CoreHub {
@@ -65,6 +66,13 @@ impl CoreHub {
         self.store.coi_id_of_remote(bridge.as_str(), chat, remote).await.map_err(store_err)
     }
 
+    /// The remote chat already linked to a COI chat on this bridge, if any.
+    async fn portal_of(&self, chat: &ChatRef, bridge: &BridgeId) -> Result<Option<String>, SubmitError> {
+        let Some(c) = self.store.find_chat(chat.kind, &chat.key).await.map_err(store_err)? else { return Ok(None) };
+        let portals = self.store.portals_of_chat(c.id).await.map_err(store_err)?;
+        Ok(portals.into_iter().find(|p| p.bridge == bridge.as_str()).map(|p| p.remote_chat))
+    }
+
     async fn target(&self, bridge: &BridgeId, chat: &str, remote: &str) -> Result<String, SubmitError> {
         self.coi_id(bridge, chat, remote)
             .await?
@@ -86,11 +94,22 @@ impl Hub for CoreHub {
             Some(p) => self.store.chat(p.chat_id).await.map_err(store_err)?,
             None => None,
         };
-        let reply = |text: String, link: Option<String>| Ok(CommandReply { text, link });
+        let reply = |text: String, link: Option<String>| {
+            let qr_png = link.as_deref().and_then(|l| match crate::qr::png(l) {
+                Ok(png) => Some(png),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no QR code for the invite link");
+                    None
+                }
+            });
+            Ok(CommandReply { text, link, qr_png })
+        };
         match (command, portal_chat) {
             (Command::Help, _) => reply(
-                "Commands: bridge (link this room to a new COI group and show its invite), invite (show the invite \
-                 again), status (the portal and its members), unlink (remove the portal), help."
+                "Commands: bridge (link this room to a new COI group and show its invite), link LINK (join a Delta \
+                 Chat group or contact invite link and link it here), start ADDRESS (a 1:1 portal with a COI contact \
+                 whose key the bridge has), invite (show the invite again), status (the portal and its members), \
+                 unlink (remove the portal), help."
                     .into(),
                 None,
             ),
@@ -120,6 +139,50 @@ impl Hub for CoreHub {
                     format!("Bridged to the new COI group \"{name}\". Delta Chat users join with:\n{link}"),
                     Some(link),
                 )
+            }
+            (Command::Link(_) | Command::Start(_), Some(c)) => {
+                reply(format!("This room is already linked to the COI chat \"{}\"; unlink it first.", c.name), None)
+            }
+            (Command::Link(link), None) => {
+                let invite = Invite::parse(&link).map_err(SubmitError::Rejected)?;
+                let chat_ref = match &invite.group {
+                    Some(g) => ChatRef { kind: ChatKind::Group, key: g.id.clone(), name: g.name.clone() },
+                    None => ChatRef { kind: ChatKind::Single, key: invite.addr.clone(), name: invite.name.clone() },
+                };
+                start_join(self.store.as_ref(), &self.identity, &self.outbound, &link).await.map_err(|e| match e {
+                    JoinError::Queue(q) => retry_or_reject(q),
+                    other => SubmitError::Rejected(other.to_string()),
+                })?;
+                let chat_id = self.store.ensure_chat(&chat_ref).await.map_err(store_err)?;
+                self.store.create_portal(chat_id, from.as_str(), chat.as_str()).await.map_err(store_err)?;
+                tracing::info!(bridge = %from, chat = %chat, coi_chat = %chat_ref.key, "joining an invite link for a portal");
+                reply(
+                    format!(
+                        "Joining \"{}\" (invited by {}). This room is linked to it; messages flow as soon as the \
+                         key exchange completes, usually within seconds.",
+                        chat_ref.name, invite.addr
+                    ),
+                    None,
+                )
+            }
+            (Command::Start(addr), None) => {
+                let addr = addr.to_lowercase();
+                if self.store.contact_key(&addr).await.map_err(store_err)?.is_none() {
+                    return Err(SubmitError::Rejected(format!(
+                        "the bridge has no key for {addr} yet. Send the bridge their invite link (link LINK), or \
+                         import their vCard (coi-bridge contact import FILE), then try again."
+                    )));
+                }
+                if let Some(p) = self
+                    .portal_of(&ChatRef { kind: ChatKind::Single, key: addr.clone(), name: String::new() }, from)
+                    .await?
+                {
+                    return Err(SubmitError::Rejected(format!("{addr} already has a portal: {p}")));
+                }
+                let chat_ref = ChatRef { kind: ChatKind::Single, key: addr.clone(), name: addr.clone() };
+                let chat_id = self.store.ensure_chat(&chat_ref).await.map_err(store_err)?;
+                self.store.create_portal(chat_id, from.as_str(), chat.as_str()).await.map_err(store_err)?;
+                reply(format!("This room is now a 1:1 chat with {addr} on COI."), None)
             }
             (Command::Invite | Command::Status | Command::Unlink, None) => {
                 reply("This room is not bridged; say bridge to link it to a COI group.".into(), None)
@@ -179,7 +242,10 @@ impl Hub for CoreHub {
                 };
                 (Some(copy), msg)
             }
-            RemoteEvent::Edit { target, sender, new_text, .. } => {
+            RemoteEvent::Edit { id, target, sender, new_text, .. } => {
+                if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() {
+                    return Ok(());
+                }
                 let target = self.target(from, &remote_chat, target.as_str()).await?;
                 let msg = ChatMessage {
                     from: relayed(&sender.display_name),
@@ -187,18 +253,24 @@ impl Hub for CoreHub {
                     text: new_text,
                     ..ChatMessage::default()
                 };
-                (None, msg)
+                (Some(RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 }), msg)
             }
-            RemoteEvent::Delete { target, sender, .. } => {
+            RemoteEvent::Delete { id, target, sender, .. } => {
+                if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() {
+                    return Ok(());
+                }
                 let target = self.target(from, &remote_chat, target.as_str()).await?;
                 let msg = ChatMessage {
                     from: relayed(&sender.display_name),
                     kind: Kind::Delete { targets: vec![target] },
                     ..ChatMessage::default()
                 };
-                (None, msg)
+                (Some(RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 }), msg)
             }
-            RemoteEvent::Reaction { target, sender, emoji, .. } => {
+            RemoteEvent::Reaction { id, target, sender, emoji, .. } => {
+                if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() {
+                    return Ok(());
+                }
                 let target = self.target(from, &remote_chat, target.as_str()).await?;
                 let msg = ChatMessage {
                     from: relayed(&sender.display_name),
@@ -206,16 +278,31 @@ impl Hub for CoreHub {
                     in_reply_to: Some(target),
                     ..ChatMessage::default()
                 };
-                (None, msg)
+                (Some(RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 }), msg)
             }
             RemoteEvent::ReadReceipt { up_to, .. } => {
+                // A receipt goes to whoever wrote the message, and only for what a COI
+                // person wrote and asked receipts for (as Delta Chat does).
                 let original = self.target(from, &remote_chat, up_to.as_str()).await?;
+                let Some(read) = self.store.message(&original).await.map_err(store_err)? else {
+                    return Err(SubmitError::Rejected(format!("message {original} is gone")));
+                };
+                if read.direction != Direction::In || read.from_addr.eq_ignore_ascii_case(&self.me) {
+                    return Ok(());
+                }
                 let msg = ChatMessage {
                     kind: Kind::ReadReceipt { original, additional: Vec::new() },
                     text: "This is a receipt notification.".into(),
                     ..ChatMessage::default()
                 };
-                (None, msg)
+                let chat_ref = ChatRef { kind: chat.kind, key: chat.key.clone(), name: chat.name.clone() };
+                let origin = Origin::Bridge { bridge: from.as_str().to_owned(), copy: None };
+                return self
+                    .outbound
+                    .queue_from(origin, chat_ref, std::slice::from_ref(&read.from_addr), msg)
+                    .await
+                    .map(|_| ())
+                    .map_err(retry_or_reject);
             }
         };
         let origin = Origin::Bridge { bridge: from.as_str().to_owned(), copy: origin };

@@ -137,6 +137,7 @@ as_token: $AS_TOKEN
 hs_token: $HS_TOKEN
 sender_localpart: coibot
 rate_limited: false
+receive_ephemeral: true
 namespaces:
   users:
     - exclusive: true

@@ -128,19 +128,23 @@ pub enum RemoteEvent {
         attachments: Vec<Attachment>,
         reply_to: Option<RemoteMsgId>,
     },
+    /// `id` is the edit's own remote id (dedupes a repeated submit); `target` the edited message.
     Edit {
         chat: RemoteChatId,
+        id: RemoteMsgId,
         target: RemoteMsgId,
         sender: Person,
         new_text: String,
     },
     Delete {
         chat: RemoteChatId,
+        id: RemoteMsgId,
         target: RemoteMsgId,
         sender: Person,
     },
     Reaction {
         chat: RemoteChatId,
+        id: RemoteMsgId,
         target: RemoteMsgId,
         sender: Person,
         /// The emoji; empty retracts the sender's reaction.
@@ -163,6 +167,22 @@ impl RemoteEvent {
             | Self::Reaction { chat, .. }
             | Self::ReadReceipt { chat, .. } => chat,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Command;
+
+    #[test]
+    fn commands_parse_with_their_arguments() {
+        assert_eq!(Command::parse(" bridge"), Ok(Command::Bridge));
+        assert_eq!(Command::parse(""), Ok(Command::Help));
+        assert_eq!(Command::parse("link https://i.delta.chat/#X"), Ok(Command::Link("https://i.delta.chat/#X".into())));
+        assert!(Command::parse("link").is_err());
+        assert_eq!(Command::parse("start mailto:a@b.org"), Ok(Command::Start("a@b.org".into())));
+        assert!(Command::parse("start alice").is_err());
+        assert!(Command::parse("frobnicate").unwrap_err().contains("frobnicate"));
     }
 }
 
@@ -190,6 +210,11 @@ pub enum Outgoing {
         sender: Person,
         target: RemoteMsgId,
         emoji: String,
+    },
+    /// `reader` (a COI person) has read everything up to `up_to`.
+    ReadReceipt {
+        reader: Person,
+        up_to: RemoteMsgId,
     },
     /// A notice from the bridge itself (delivery failures, command answers).
     Notice {
@@ -247,18 +272,31 @@ pub enum Command {
     Status,
     /// Remove the portal.
     Unlink,
+    /// Join a Delta Chat invite link (a group or a contact) and link that chat here.
+    Link(String),
+    /// Open a 1:1 portal with a COI address whose key the bridge already has.
+    Start(String),
 }
 
 impl Command {
     /// Parses the words after the prefix (`bridge`, `invite`, …).
     pub fn parse(words: &str) -> Result<Self, String> {
-        match words.split_whitespace().next().unwrap_or("help") {
-            "help" => Ok(Self::Help),
-            "bridge" => Ok(Self::Bridge),
-            "invite" => Ok(Self::Invite),
-            "status" => Ok(Self::Status),
-            "unlink" => Ok(Self::Unlink),
-            other => Err(format!("unknown command {other:?}; try help")),
+        let mut w = words.split_whitespace();
+        let verb = w.next().unwrap_or("help");
+        let arg = w.next();
+        match (verb, arg) {
+            ("help", _) => Ok(Self::Help),
+            ("bridge", _) => Ok(Self::Bridge),
+            ("invite", _) => Ok(Self::Invite),
+            ("status", _) => Ok(Self::Status),
+            ("unlink", _) => Ok(Self::Unlink),
+            ("link", Some(link)) => Ok(Self::Link(link.to_owned())),
+            ("link", None) => Err("link needs a Delta Chat invite link: link https://i.delta.chat/#…".into()),
+            ("start", Some(addr)) if addr.contains('@') => {
+                Ok(Self::Start(addr.trim_start_matches("mailto:").to_owned()))
+            }
+            ("start", _) => Err("start needs an e-mail address: start alice@example.org".into()),
+            (other, _) => Err(format!("unknown command {other:?}; try help")),
         }
     }
 }
@@ -268,6 +306,8 @@ impl Command {
 pub struct CommandReply {
     pub text: String,
     pub link: Option<String>,
+    /// The link as a QR-code PNG, for people who scan rather than click.
+    pub qr_png: Option<Vec<u8>>,
 }
 
 /// The core as a bridge sees it.
@@ -309,10 +349,18 @@ pub trait Bridge: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
     /// Connects, listens and submits events until `cx.shutdown` is cancelled.
     async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError>;
-    /// Posts one item to a remote chat and returns its remote id.
+    /// Posts one item to a remote chat and returns its remote ids, one per part: a
+    /// message with text and two files can be three remote messages. Part 0 is the main
+    /// one, which replies, edits and reactions point at. Items without a remote id of
+    /// their own (read receipts) return none.
     ///
     /// `key` is stable for one delivery across retries and restarts: a bridge whose
     /// network takes an idempotency key (Matrix transaction ids) passes it on, so a
     /// delivery repeated after a crash is not a duplicate.
-    async fn deliver(&self, to: &RemoteChatId, key: &DeliveryKey, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError>;
+    async fn deliver(
+        &self,
+        to: &RemoteChatId,
+        key: &DeliveryKey,
+        msg: &Outgoing,
+    ) -> Result<Vec<RemoteMsgId>, DeliverError>;
 }

@@ -83,7 +83,7 @@ impl Hub for FakeHub {
     ) -> Result<crate::CommandReply, SubmitError> {
         self.lock().commands.push((chat.clone(), title.to_owned(), command.clone()));
         self.changed.notify_waiters();
-        Ok(crate::CommandReply { text: format!("fake reply to {command:?}"), link: None })
+        Ok(crate::CommandReply { text: format!("fake reply to {command:?}"), link: None, qr_png: None })
     }
 
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {

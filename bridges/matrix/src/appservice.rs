@@ -79,8 +79,13 @@ async fn transaction(
         Ok(_) => {}
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e.to_string()),
     }
+    // Room events, then ephemeral ones (receipts) when the registration asks for them.
     let events = match serde_json::from_slice::<Value>(&body) {
-        Ok(v) => v.get("events").and_then(Value::as_array).cloned().unwrap_or_default(),
+        Ok(v) => {
+            let list = |k: &str| v.get(k).and_then(Value::as_array).cloned();
+            let ephemeral = list("ephemeral").or_else(|| list("de.sorunome.msc2409.ephemeral"));
+            list("events").into_iter().chain(ephemeral).flatten().collect::<Vec<_>>()
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", &e.to_string()),
     };
     if let Err(e) = app.sink.events(&txn_id, events).await {
@@ -163,7 +168,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
-        let body = r#"{"events":[{"type":"m.room.message"},{"type":"m.reaction"}]}"#;
+        let body = r#"{"events":[{"type":"m.room.message"}],"ephemeral":[{"type":"m.receipt"}]}"#;
         let path = "/_matrix/app/v1/transactions/7";
 
         assert_eq!(request(port, "PUT", path, Some("wrong"), body).await, 403);

@@ -104,14 +104,19 @@ impl Bridge for MatrixBridge {
         Ok(())
     }
 
-    async fn deliver(&self, to: &RemoteChatId, key: &DeliveryKey, msg: &Outgoing) -> Result<RemoteMsgId, DeliverError> {
+    async fn deliver(
+        &self,
+        to: &RemoteChatId,
+        key: &DeliveryKey,
+        msg: &Outgoing,
+    ) -> Result<Vec<RemoteMsgId>, DeliverError> {
         let room = to.as_str();
         let txn = key.as_str();
         let event_id = match msg {
             Outgoing::Message { sender, text, attachments, reply_to } => {
                 let user = self.ghost(sender, room).await?;
                 let relates = reply_to.as_ref().map(|r| json!({ "m.in_reply_to": { "event_id": r.as_str() } }));
-                let mut first_file = None;
+                let mut files = Vec::new();
                 for (i, a) in attachments.iter().enumerate() {
                     if a.data.len() as u64 > self.cfg.max_file_bytes {
                         return Err(DeliverError::Permanent(format!(
@@ -121,28 +126,32 @@ impl Bridge for MatrixBridge {
                         )));
                     }
                     let uri = self.client.upload(&user, &a.name, &a.mime, a.data.clone()).await?;
-                    let content = json!({
+                    let mut content = json!({
                         "msgtype": msgtype_for(&a.mime),
                         "body": a.name,
                         "url": uri,
                         "info": { "mimetype": a.mime, "size": a.data.len() },
                     });
+                    if let (Some(r), true) = (&relates, text.is_empty() && i == 0) {
+                        content["m.relates_to"] = r.clone();
+                    }
                     let id =
                         self.client.send(room, &user, "m.room.message", &format!("{txn}-file{i}"), &content).await?;
-                    first_file.get_or_insert(id);
+                    files.push(RemoteMsgId(id));
                 }
                 if text.is_empty() {
-                    match first_file {
-                        Some(id) => id,
-                        None => return Err(DeliverError::Permanent("an empty message".into())),
+                    if files.is_empty() {
+                        return Err(DeliverError::Permanent("an empty message".into()));
                     }
-                } else {
-                    let mut content = json!({ "msgtype": "m.text", "body": text });
-                    if let Some(r) = relates {
-                        content["m.relates_to"] = r;
-                    }
-                    self.client.send(room, &user, "m.room.message", txn, &content).await?
+                    return Ok(files);
                 }
+                let mut content = json!({ "msgtype": "m.text", "body": text });
+                if let Some(r) = relates {
+                    content["m.relates_to"] = r;
+                }
+                let id = self.client.send(room, &user, "m.room.message", txn, &content).await?;
+                // The text is the main part: edits and reactions from COI point at it.
+                return Ok(std::iter::once(RemoteMsgId(id)).chain(files).collect());
             }
             Outgoing::Edit { sender, target, new_text } => {
                 let user = self.ghost(sender, room).await?;
@@ -165,11 +174,16 @@ impl Bridge for MatrixBridge {
                 });
                 self.client.send(room, &user, "m.reaction", txn, &content).await?
             }
+            Outgoing::ReadReceipt { reader, up_to } => {
+                let user = self.ghost(reader, room).await?;
+                self.client.receipt(room, &user, up_to.as_str()).await?;
+                return Ok(Vec::new());
+            }
             Outgoing::Notice { text } => {
                 let content: Value = json!({ "msgtype": "m.notice", "body": text });
                 self.client.send(room, &self.client.bot, "m.room.message", txn, &content).await?
             }
         };
-        Ok(RemoteMsgId(event_id))
+        Ok(vec![RemoteMsgId(event_id)])
     }
 }

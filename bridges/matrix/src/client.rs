@@ -182,8 +182,9 @@ impl AsClient {
         }
     }
 
-    /// Downloads a file through the authenticated media API (as the bot).
-    pub async fn download(&self, server: &str, media_id: &str) -> Result<Vec<u8>, MatrixError> {
+    /// Downloads a file through the authenticated media API (as the bot). A file over
+    /// `max` bytes is refused without reading it all.
+    pub async fn download(&self, server: &str, media_id: &str, max: u64) -> Result<Vec<u8>, MatrixError> {
         let url = format!(
             "{}/_matrix/client/v1/media/download/{}/{}?user_id={}",
             self.base,
@@ -191,7 +192,7 @@ impl AsClient {
             seg(media_id),
             seg(&self.bot)
         );
-        let resp = self
+        let mut resp = self
             .http
             .get(&url)
             .bearer_auth(&self.as_token)
@@ -199,17 +200,40 @@ impl AsClient {
             .await
             .map_err(|e| MatrixError::Retry { reason: e.to_string(), after: None })?;
         let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return resp
-                .bytes()
-                .await
-                .map(|b| b.to_vec())
-                .map_err(|e| MatrixError::Retry { reason: e.to_string(), after: None });
-        }
         if status == 429 || status >= 500 {
             return Err(MatrixError::Retry { reason: format!("download: {status}"), after: None });
         }
-        Err(MatrixError::Refused { status, errcode: "M_NOT_FOUND".into(), message: format!("download: {status}") })
+        if !(200..300).contains(&status) {
+            return Err(MatrixError::Refused {
+                status,
+                errcode: "M_NOT_FOUND".into(),
+                message: format!("download: {status}"),
+            });
+        }
+        let too_big = |n: u64| MatrixError::Refused {
+            status: 413,
+            errcode: "M_TOO_LARGE".into(),
+            message: format!("the file is {n} bytes or more, over the limit of {max}"),
+        };
+        if let Some(n) = resp.content_length().filter(|n| *n > max) {
+            return Err(too_big(n));
+        }
+        let mut data = Vec::new();
+        while let Some(chunk) =
+            resp.chunk().await.map_err(|e| MatrixError::Retry { reason: e.to_string(), after: None })?
+        {
+            data.extend_from_slice(&chunk);
+            if data.len() as u64 > max {
+                return Err(too_big(data.len() as u64));
+            }
+        }
+        Ok(data)
+    }
+
+    /// Marks `event_id` (and all before it) read by `mxid`.
+    pub async fn receipt(&self, room: &str, mxid: &str, event_id: &str) -> Result<(), MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", seg(room), seg(event_id));
+        self.call(reqwest::Method::POST, &path, Some(mxid), Some(&json!({}))).await.map(|_| ())
     }
 
     pub async fn redact(&self, room: &str, mxid: &str, event_id: &str, txn_id: &str) -> Result<String, MatrixError> {

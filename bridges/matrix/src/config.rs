@@ -38,6 +38,10 @@ pub struct MatrixConfig {
     /// (`*:example.org`).
     #[serde(default)]
     pub admins: Vec<String>,
+    /// The Matrix users this bridge speaks for (MXIDs): their read receipts become the
+    /// bridge account's read receipts on COI. Defaults to the MXIDs among `admins`.
+    #[serde(default)]
+    pub owners: Vec<String>,
     /// Ghost localparts start with this: `@coi_alice=example.org:server`.
     #[serde(default = "default_prefix")]
     pub ghost_prefix: String,
@@ -80,6 +84,9 @@ impl MatrixConfig {
                 ));
             }
         }
+        if let Some(o) = self.owners.iter().find(|o| !(o.starts_with('@') && o.contains(':'))) {
+            return Err(format!("bridge {:?}: owners entry {o:?} is not an MXID (@user:server)", self.id));
+        }
         if self.ghost_prefix.is_empty()
             || !self.ghost_prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         {
@@ -89,6 +96,14 @@ impl MatrixConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `mxid` is one of the people this bridge speaks for.
+    pub fn is_owner(&self, mxid: &str) -> bool {
+        if self.owners.is_empty() {
+            return self.admins.iter().any(|a| a == mxid);
+        }
+        self.owners.iter().any(|o| o == mxid)
     }
 
     /// Whether `mxid` may command the bridge.
@@ -111,6 +126,7 @@ mod tests {
             registration: default_registration(),
             appservice_url: None,
             admins: admins.iter().map(|s| s.to_string()).collect(),
+            owners: Vec::new(),
             ghost_prefix: default_prefix(),
             bot_localpart: default_bot(),
             max_file_bytes: default_max_file(),
@@ -126,5 +142,16 @@ mod tests {
         assert!(!c.is_admin("@mallory:trusted.org.evil"));
         assert!(c.validate().is_ok());
         assert!(cfg(&["alice"]).validate().unwrap_err().contains("admins"));
+    }
+
+    #[test]
+    fn owners_default_to_the_admin_mxids() {
+        let mut c = cfg(&["@alice:example.org", "*:trusted.org"]);
+        assert!(c.is_owner("@alice:example.org"));
+        assert!(!c.is_owner("@bob:trusted.org"), "a whole server is not an owner");
+        c.owners = vec!["@carol:example.org".into()];
+        assert!(c.is_owner("@carol:example.org") && !c.is_owner("@alice:example.org"));
+        c.owners = vec!["carol".into()];
+        assert!(c.validate().unwrap_err().contains("owners"));
     }
 }

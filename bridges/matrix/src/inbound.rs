@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::appservice::TransactionSink;
 use crate::client::{AsClient, seg};
 use crate::config::MatrixConfig;
+use crate::html;
 
 /// Submits what people do in portal rooms.
 pub struct MatrixInbound {
@@ -33,6 +34,17 @@ pub fn strip_reply_fallback(body: &str) -> &str {
         Some(i) if body[..i].lines().all(|l| l.starts_with('>')) => &body[i + 2..],
         _ => body,
     }
+}
+
+/// The text of a message's content: the HTML body made readable when there is one, else
+/// the plain body without its reply fallback. `None` when there is neither.
+pub fn text_of(content: &Value) -> Option<String> {
+    if content["format"] == "org.matrix.custom.html"
+        && let Some(formatted) = content["formatted_body"].as_str()
+    {
+        return Some(html::to_text(formatted));
+    }
+    content["body"].as_str().map(|b| strip_reply_fallback(b).to_owned())
 }
 
 impl MatrixInbound {
@@ -78,10 +90,47 @@ impl MatrixInbound {
             Err(_) => room.to_owned(),
         };
         match self.hub.command(&self.id, &RemoteChatId(room.to_owned()), &title, command).await {
-            Ok(reply) => self.notice(room, &txn, &reply.text).await,
+            Ok(reply) => {
+                self.notice(room, &txn, &reply.text).await?;
+                match reply.qr_png {
+                    Some(png) => self.image(room, &format!("{txn}-qr"), "invite-qr.png", png).await,
+                    None => Ok(()),
+                }
+            }
             Err(SubmitError::Retry(e)) => Err(e),
             Err(SubmitError::Rejected(e)) => self.notice(room, &txn, &format!("That did not work: {e}")).await,
         }
+    }
+
+    /// Posts a PNG in the room as the bot.
+    async fn image(&self, room: &str, txn: &str, name: &str, png: Vec<u8>) -> Result<(), String> {
+        let size = png.len();
+        let bot = self.client.bot.clone();
+        let uri = self.client.upload(&bot, name, "image/png", png).await.map_err(|e| e.to_string())?;
+        let content = serde_json::json!({
+            "msgtype": "m.image",
+            "body": name,
+            "url": uri,
+            "info": { "mimetype": "image/png", "size": size },
+        });
+        self.client.send(room, &bot, "m.room.message", txn, &content).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// `m.read` receipts of the bridge's owners, one event per receipt.
+    async fn receipts(&self, ev: &Value) -> Vec<RemoteEvent> {
+        let mut out = Vec::new();
+        let (Some(room), Some(content)) = (ev["room_id"].as_str(), ev["content"].as_object()) else { return out };
+        for (event_id, kinds) in content {
+            let Some(readers) = kinds["m.read"].as_object() else { continue };
+            for reader in readers.keys().filter(|r| self.cfg.is_owner(r)) {
+                out.push(RemoteEvent::ReadReceipt {
+                    chat: room.into(),
+                    up_to: event_id.as_str().into(),
+                    reader: self.person(reader).await,
+                });
+            }
+        }
+        out
     }
 
     async fn person(&self, mxid: &str) -> Person {
@@ -102,10 +151,7 @@ impl MatrixInbound {
     async fn download(&self, mxc: &str, name: &str, mime: &str) -> Result<Attachment, String> {
         let rest = mxc.strip_prefix("mxc://").ok_or_else(|| format!("{mxc:?} is not an mxc URI"))?;
         let (server, media) = rest.split_once('/').ok_or_else(|| format!("{mxc:?} has no media id"))?;
-        let data = self.client.download(server, media).await.map_err(|e| e.to_string())?;
-        if data.len() as u64 > self.cfg.max_file_bytes {
-            return Err(format!("{name} is {} bytes, over max_file_bytes", data.len()));
-        }
+        let data = self.client.download(server, media, self.cfg.max_file_bytes).await.map_err(|e| e.to_string())?;
         Ok(Attachment { name: name.to_owned(), mime: mime.to_owned(), data })
     }
 
@@ -122,9 +168,10 @@ impl MatrixInbound {
         match ev["type"].as_str()? {
             "m.room.message" if relates["rel_type"] == "m.replace" => Some(RemoteEvent::Edit {
                 chat: room.into(),
+                id: event_id.into(),
                 target: relates["event_id"].as_str()?.into(),
                 sender: self.person(sender).await,
-                new_text: content["m.new_content"]["body"].as_str()?.to_owned(),
+                new_text: text_of(&content["m.new_content"])?,
             }),
             "m.room.message" => {
                 let body = content["body"].as_str().unwrap_or_default();
@@ -137,7 +184,7 @@ impl MatrixInbound {
                             Err(e) => (format!("[file not bridged: {e}]"), Vec::new()),
                         }
                     }
-                    _ => (strip_reply_fallback(body).to_owned(), Vec::new()),
+                    _ => (text_of(content)?, Vec::new()),
                 };
                 Some(RemoteEvent::Message {
                     chat: room.into(),
@@ -150,12 +197,14 @@ impl MatrixInbound {
             }
             "m.reaction" => Some(RemoteEvent::Reaction {
                 chat: room.into(),
+                id: event_id.into(),
                 target: relates["event_id"].as_str()?.into(),
                 sender: self.person(sender).await,
                 emoji: relates["key"].as_str()?.to_owned(),
             }),
             "m.room.redaction" => Some(RemoteEvent::Delete {
                 chat: room.into(),
+                id: event_id.into(),
                 target: ev["redacts"].as_str().or(content["redacts"].as_str())?.into(),
                 sender: self.person(sender).await,
             }),
@@ -186,13 +235,19 @@ impl TransactionSink for MatrixInbound {
                 self.command(ev, body).await?;
                 continue;
             }
-            let Some(remote) = self.translate(ev).await else { continue };
-            match self.hub.submit(&self.id, remote).await {
-                Ok(()) => {}
-                // Not queued: the homeserver sends the whole transaction again.
-                Err(SubmitError::Retry(e)) => return Err(e),
-                Err(SubmitError::Rejected(e)) => {
-                    tracing::info!(txn_id, event_id = ev["event_id"].as_str(), reason = %e, "Matrix event not bridged");
+            let remotes = if ev["type"] == "m.receipt" {
+                self.receipts(ev).await
+            } else {
+                self.translate(ev).await.into_iter().collect()
+            };
+            for remote in remotes {
+                match self.hub.submit(&self.id, remote).await {
+                    Ok(()) => {}
+                    // Not queued: the homeserver sends the whole transaction again.
+                    Err(SubmitError::Retry(e)) => return Err(e),
+                    Err(SubmitError::Rejected(e)) => {
+                        tracing::info!(txn_id, event_id = ev["event_id"].as_str(), reason = %e, "Matrix event not bridged");
+                    }
                 }
             }
         }
@@ -202,12 +257,22 @@ impl TransactionSink for MatrixInbound {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_reply_fallback;
+    use super::{strip_reply_fallback, text_of};
+    use serde_json::json;
 
     #[test]
     fn reply_fallbacks_are_dropped() {
         assert_eq!(strip_reply_fallback("> <@a:hs> original\n> more\n\nmy answer"), "my answer");
         assert_eq!(strip_reply_fallback("plain"), "plain");
         assert_eq!(strip_reply_fallback("> a quote without answer"), "> a quote without answer");
+    }
+
+    #[test]
+    fn html_bodies_win_and_are_made_plain() {
+        let c =
+            json!({"body": "**hi**", "format": "org.matrix.custom.html", "formatted_body": "<b>hi</b> <i>there</i>"});
+        assert_eq!(text_of(&c).as_deref(), Some("*hi* _there_"));
+        assert_eq!(text_of(&json!({"body": "> <@a:hs> q\n\nplain"})).as_deref(), Some("plain"));
+        assert_eq!(text_of(&json!({"msgtype": "m.text"})), None);
     }
 }

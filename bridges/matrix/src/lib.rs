@@ -1,8 +1,9 @@
-//! The Matrix bridge module: the appservice side first (registration, transaction endpoint); ghosts, portals and bot mode follow (#4).
+//! The Matrix bridge module in appservice mode: registration, the transaction endpoint, ghosts in portal rooms, both directions.
 //!
 //! - [`bridge`]: the `Bridge` contract: COI people post through ghosts in portal rooms.
 //! - [`client`]: the client-server API as the appservice uses it (ghosts via `?user_id=`).
 //! - [`config`]: the `[[bridge]] kind = "matrix"` section.
+//! - [`html`]: `formatted_body` HTML → readable plain text (nothing of the markup survives).
 //! - [`inbound`]: Matrix events of a transaction → `RemoteEvent`s submitted to the hub.
 //! - [`registration`]: the appservice registration file Synapse loads, and its tokens.
 //! - [`appservice`]: the HTTP endpoint the homeserver pushes transactions to, checking
@@ -12,5 +13,6 @@ pub mod appservice;
 pub mod bridge;
 pub mod client;
 pub mod config;
+pub mod html;
 pub mod inbound;
 pub mod registration;

@@ -82,19 +82,17 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
         attachments: vec![Attachment { name: "dot.png".into(), mime: "image/png".into(), data: png.clone() }],
         reply_to: None,
     };
-    let e1 = bridge.deliver(&to, &key("coi-m1"), &hello).await.expect("delivered");
-    assert_eq!(
-        bridge.deliver(&to, &key("coi-m1"), &hello).await.expect("again"),
-        e1,
-        "a repeated delivery is one event"
-    );
+    let parts = bridge.deliver(&to, &key("coi-m1"), &hello).await.expect("delivered");
+    assert_eq!(parts.len(), 2, "text and image are two parts: {parts:?}");
+    assert_eq!(bridge.deliver(&to, &key("coi-m1"), &hello).await.expect("again"), parts, "a repeat is the same events");
+    let e1 = parts[0].clone();
     let reply = Outgoing::Message {
         sender: bob.clone(),
         text: "a reply".into(),
         attachments: vec![],
         reply_to: Some(e1.clone()),
     };
-    let e2 = bridge.deliver(&to, &key("coi-m2"), &reply).await.expect("reply");
+    let e2 = bridge.deliver(&to, &key("coi-m2"), &reply).await.expect("reply").remove(0);
     bridge
         .deliver(
             &to,
@@ -126,6 +124,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
     let text = find(&|e| e["event_id"] == json!(e1.as_str())).expect("the text event");
     assert_eq!((text["sender"].clone(), text["content"]["body"].clone()), (json!(ghost), json!("hello Matrix")));
     let image = find(&|e| e["content"]["msgtype"] == "m.image").expect("the image");
+    assert_eq!(image["event_id"], json!(parts[1].as_str()), "part 1 is the image");
     assert!(image["content"]["url"].as_str().is_some_and(|u| u.starts_with("mxc://")), "{image}");
     assert_eq!(events.iter().filter(|e| e["content"]["body"] == "hello Matrix").count(), 1, "no duplicate");
     let edit = find(&|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace").expect("edit");

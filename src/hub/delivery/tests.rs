@@ -36,7 +36,7 @@ impl Bridge for RecordingBridge {
         to: &RemoteChatId,
         _key: &DeliveryKey,
         msg: &Outgoing,
-    ) -> Result<RemoteMsgId, DeliverError> {
+    ) -> Result<Vec<RemoteMsgId>, DeliverError> {
         if !self.reactions && matches!(msg, Outgoing::Reaction { .. }) {
             return Err(DeliverError::Unsupported);
         }
@@ -45,7 +45,15 @@ impl Bridge for RecordingBridge {
         }
         let mut got = self.got.lock().expect("lock");
         got.push((to.clone(), msg.clone()));
-        Ok(RemoteMsgId(format!("$ev{}", got.len())))
+        let id = format!("$ev{}", got.len());
+        Ok(match msg {
+            // Text first, then one part per file, as the Matrix bridge posts them.
+            Outgoing::Message { attachments, .. } => std::iter::once(RemoteMsgId(id.clone()))
+                .chain((0..attachments.len()).map(|i| RemoteMsgId(format!("{id}-f{i}"))))
+                .collect(),
+            Outgoing::ReadReceipt { .. } => Vec::new(),
+            _ => vec![RemoteMsgId(id)],
+        })
     }
 }
 
@@ -234,15 +242,41 @@ async fn submitted_events_reach_coi_and_the_other_portals_once() {
     assert_eq!(r.store.due_outbox(SMTP_TARGET, now, 10).await.expect("due").len(), 1, "head of the chat");
 
     // A reaction to a bridged message, and events for unknown rooms or messages.
-    let react =
-        RemoteEvent::Reaction {
-            chat: "!room:hs".into(), target: "$a".into(), sender: bob.clone(), emoji: "🎉".into()
-        };
-    hub.submit(&from, react).await.expect("queued");
+    let react = RemoteEvent::Reaction {
+        chat: "!room:hs".into(),
+        id: "$r".into(),
+        target: "$a".into(),
+        sender: bob.clone(),
+        emoji: "🎉".into(),
+    };
+    hub.submit(&from, react.clone()).await.expect("queued");
+    hub.submit(&from, react).await.expect("a resubmitted reaction is fine");
     let out = r.store.messages(Direction::Out).await.expect("read");
-    assert!(out.iter().any(|m| m.kind == "reaction" && m.target.as_deref() == Some(a.as_str()) && m.text == "🎉"));
-    let lost =
-        RemoteEvent::Edit { chat: "!room:hs".into(), target: "$zz".into(), sender: bob.clone(), new_text: "x".into() };
+    assert_eq!(
+        out.iter()
+            .filter(|m| m.kind == "reaction" && m.target.as_deref() == Some(a.as_str()) && m.text == "🎉")
+            .count(),
+        1,
+        "queued once"
+    );
+    let edit = RemoteEvent::Edit {
+        chat: "!room:hs".into(),
+        id: "$e".into(),
+        target: "$a".into(),
+        sender: bob.clone(),
+        new_text: "text $a, edited".into(),
+    };
+    hub.submit(&from, edit.clone()).await.expect("queued");
+    hub.submit(&from, edit).await.expect("a resubmitted edit is fine");
+    let out = r.store.messages(Direction::Out).await.expect("read");
+    assert_eq!(out.iter().filter(|m| m.kind == "edit").count(), 1, "queued once");
+    let lost = RemoteEvent::Edit {
+        chat: "!room:hs".into(),
+        id: "$e2".into(),
+        target: "$zz".into(),
+        sender: bob.clone(),
+        new_text: "x".into(),
+    };
     assert!(matches!(hub.submit(&from, lost).await, Err(SubmitError::Rejected(_))));
     let nowhere = RemoteEvent::Message {
         chat: "!other:hs".into(),
@@ -297,4 +331,148 @@ async fn commands_bridge_a_room_and_hand_out_its_invite() {
     assert!(hub.command(&from, &room, "", Command::Help).await.expect("help").text.contains("bridge"));
     hub.command(&from, &room, "", Command::Unlink).await.expect("unlinked");
     assert!(r.store.portal_by_remote("matrix", "!fresh:hs").await.expect("read").is_none());
+}
+
+#[tokio::test]
+async fn multi_part_copies_are_mapped_per_part_and_deleted_whole() {
+    let r = rig().await;
+    let file = coi_bridge_api::Attachment { name: "a.png".into(), mime: "image/png".into(), data: vec![1, 2, 3] };
+    from_coi(&r, 1, "m1@x", ChatMessage { text: "look".into(), attachments: vec![file], ..ChatMessage::default() })
+        .await;
+    from_coi(
+        &r,
+        2,
+        "d1@x",
+        ChatMessage { kind: Kind::Delete { targets: vec!["m1@x".into()] }, ..ChatMessage::default() },
+    )
+    .await;
+    let bridge = Arc::new(RecordingBridge::default());
+    let d = delivery(&r, bridge.clone());
+    drive(&d, || bridge.got.lock().expect("lock").len() == 3).await;
+    let copies = r.store.remote_copies("m1@x", "matrix").await.expect("map");
+    let parts: Vec<(i64, &str)> = copies.iter().map(|c| (c.part, c.remote_id.as_str())).collect();
+    assert_eq!(parts, vec![(0, "$ev1"), (1, "$ev1-f0")], "one row per part");
+    let of_file = r.store.coi_id_of_remote("matrix", "!room:hs", "$ev1-f0").await.expect("map");
+    assert_eq!(of_file.as_deref(), Some("m1@x"), "a reply to the image finds the message");
+    let got = bridge.got.lock().expect("lock").clone();
+    let deleted: Vec<&str> = got[1..]
+        .iter()
+        .map(|(_, o)| match o {
+            Outgoing::Delete { target, .. } => target.as_str(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(deleted, vec!["$ev1", "$ev1-f0"], "every part is removed");
+}
+
+#[tokio::test]
+async fn read_receipts_cross_both_ways_to_the_right_people() {
+    let r = rig().await;
+    // COI → bridge: Alice read what a Matrix user wrote.
+    from_coi(&r, 1, "m1@x", ChatMessage { text: "from Alice".into(), ..ChatMessage::default() }).await;
+    let bridge = Arc::new(RecordingBridge::default());
+    let d = delivery(&r, bridge.clone());
+    drive(&d, || bridge.got.lock().expect("lock").len() == 1).await;
+    let hub = CoreHub::new(r.store.clone(), r.outbound.clone(), r.identity.clone(), "Bridge", HashMap::new());
+    let from = BridgeId::from("matrix");
+    let bob = coi_bridge_api::Person { id: "@bob:hs".into(), display_name: "Bob".into() };
+    let written = RemoteEvent::Message {
+        chat: "!room:hs".into(),
+        id: "$bob1".into(),
+        sender: bob.clone(),
+        text: "from Bob".into(),
+        attachments: vec![],
+        reply_to: None,
+    };
+    hub.submit(&from, written).await.expect("queued");
+    let bobs = r.store.coi_id_of_remote("matrix", "!room:hs", "$bob1").await.expect("map").expect("mapped");
+    from_coi(
+        &r,
+        2,
+        "mdn1@x",
+        ChatMessage { kind: Kind::ReadReceipt { original: bobs, additional: vec![] }, ..ChatMessage::default() },
+    )
+    .await;
+    drive(&d, || bridge.got.lock().expect("lock").len() == 2).await;
+    match &bridge.got.lock().expect("lock")[1].1 {
+        Outgoing::ReadReceipt { reader, up_to } => {
+            assert_eq!((reader.id.as_str(), up_to.as_str()), ("alice@x.org", "$bob1"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(r.store.remote_copies("mdn1@x", "matrix").await.expect("map").is_empty(), "a receipt has no copy");
+
+    // Bridge → COI: the owner read Alice's message: one MDN, to Alice only.
+    // (SMTP sends in order per chat: clear what is ahead so the new row is due.)
+    for item in r.store.due_outbox(SMTP_TARGET, i64::MAX, 100).await.expect("due") {
+        r.store.outbox_done(item.id).await.expect("done");
+    }
+    let smtp_before = 0;
+    let read = RemoteEvent::ReadReceipt { chat: "!room:hs".into(), up_to: "$ev1".into(), reader: bob.clone() };
+    hub.submit(&from, read).await.expect("queued");
+    let due = r.store.due_outbox(SMTP_TARGET, i64::MAX, 100).await.expect("due");
+    assert_eq!(due.len(), smtp_before + 1);
+    let mdn = due.last().expect("the receipt");
+    assert_eq!(mdn.envelope.as_ref().expect("envelope").to, vec!["alice@x.org".to_string()]);
+    let stored = r.store.message(&mdn.message_id).await.expect("read").expect("stored");
+    assert_eq!((stored.kind.as_str(), stored.target.as_deref()), ("receipt", Some("m1@x")));
+    // Reading a Matrix user's own message sends nothing to COI.
+    let own = RemoteEvent::ReadReceipt { chat: "!room:hs".into(), up_to: "$bob1".into(), reader: bob };
+    hub.submit(&from, own).await.expect("accepted");
+    let receipts = r.store.messages(Direction::Out).await.expect("read");
+    assert_eq!(receipts.iter().filter(|m| m.kind == "receipt").count(), 1, "no receipt for Bob's own message");
+}
+
+#[tokio::test]
+async fn link_and_start_commands_make_portals_only_when_they_can_work() {
+    use coi_bridge_api::Command;
+    let r = rig().await;
+    let hub = CoreHub::new(r.store.clone(), r.outbound.clone(), r.identity.clone(), "Bridge", HashMap::new());
+    let from = BridgeId::from("matrix");
+    // Another COI user's group invite, made by their own identity.
+    let other = rig().await;
+    let link = crate::hub::securejoin::create_invite(other.store.as_ref(), &other.identity, "Other", Some("Book Club"))
+        .await
+        .expect("invite")
+        .render();
+    let room = RemoteChatId::from("!books:hs");
+    let bad = hub.command(&from, &room, "", Command::Link("https://i.delta.chat/#nonsense".into())).await;
+    assert!(matches!(bad, Err(SubmitError::Rejected(_))), "{bad:?}");
+    let reply = hub.command(&from, &room, "", Command::Link(link.clone())).await.expect("joining");
+    assert!(reply.text.contains("Book Club"), "{}", reply.text);
+    let portal = r.store.portal_by_remote("matrix", "!books:hs").await.expect("read").expect("portal");
+    let chat = r.store.chat(portal.chat_id).await.expect("read").expect("chat");
+    assert_eq!((chat.kind, chat.name.as_str()), (ChatKind::Group, "Book Club"));
+    let request = r.store.messages(Direction::Out).await.expect("read");
+    assert!(request.iter().any(|m| m.text == "Secure-Join"), "vc-request-pubkey queued");
+    let twice = hub.command(&from, &room, "", Command::Link(link)).await.expect("answer");
+    assert!(twice.text.contains("already linked"), "{}", twice.text);
+
+    // start: only with the contact's key.
+    let dm = RemoteChatId::from("!dm:hs");
+    let no_key = hub.command(&from, &dm, "", Command::Start("carol@x.org".into())).await;
+    assert!(matches!(&no_key, Err(SubmitError::Rejected(e)) if e.contains("no key for carol@x.org")), "{no_key:?}");
+    let key = crate::coi::crypto::generate("carol@x.org", None).expect("key");
+    let public = crate::coi::crypto::public(&key);
+    r.store
+        .learn_contact_key(
+            "carol@x.org",
+            &crate::coi::crypto::fingerprint(&public),
+            &crate::coi::crypto::public_to_bytes(&public),
+            crate::store::keys::KeySource::Vcard,
+            false,
+        )
+        .await
+        .expect("key");
+    let started = hub.command(&from, &dm, "", Command::Start("Carol@x.org".into())).await.expect("started");
+    assert!(started.text.contains("carol@x.org"), "{}", started.text);
+    let portal = r.store.portal_by_remote("matrix", "!dm:hs").await.expect("read").expect("portal");
+    let chat = r.store.chat(portal.chat_id).await.expect("read").expect("chat");
+    assert_eq!((chat.kind, chat.key.as_str()), (ChatKind::Single, "carol@x.org"));
+    let again = hub.command(&from, &RemoteChatId::from("!dm2:hs"), "", Command::Start("carol@x.org".into())).await;
+    assert!(matches!(&again, Err(SubmitError::Rejected(e)) if e.contains("already has a portal")), "{again:?}");
+
+    // bridge answers with the link drawn as a QR code too.
+    let bridged = hub.command(&from, &RemoteChatId::from("!new:hs"), "New", Command::Bridge).await.expect("bridged");
+    assert!(bridged.qr_png.expect("a QR image").starts_with(b"\x89PNG"));
 }
