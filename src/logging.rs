@@ -13,7 +13,12 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rPGP warns on every Delta Chat message about its padded PKESK packets ("packet
+    // header mismatch"); that is Delta Chat's normal output, not a problem to report.
+    if let Ok(quiet) = "pgp::packet::packet_sum=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     // Colours only for a terminal; journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);

@@ -1,57 +1,64 @@
-//! The Matrix bridge end to end: a real Synapse, a real Delta Chat core, real Dovecot + Postfix, and the daemon's own parts in-process.
+//! The Matrix bridge end to end, through the daemon: `coi-bridge run` as its own process, a real Synapse, a real Delta Chat core, real Dovecot + Postfix.
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use coi_bridge::app::Core;
-use coi_bridge::transport::smtp::FailedDelivery;
 use serde_json::{Value, json};
 use support::deltachat::DeltaChat;
-use support::synapse::{Synapse, free_port, send_as, timeline};
-use support::{Link, eventually};
-use tokio_util::sync::CancellationToken;
+use support::synapse::{
+    Synapse, download_as, free_port, invite_as, join_as, read_receipt_as, receipts, send_as, timeline, upload_as,
+};
+use support::{Daemon, Link, MailServer, PNG, eventually};
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(90);
+const BOT: &str = "@coibot:localhost";
+const ALICE_GHOST: &str = "@coi_alice=example.org:localhost";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bridged_room_carries_messages_and_replies_both_ways() {
-    coi_bridge::init_crypto();
-    let mail = mail_server!();
-    let as_port = free_port();
-    let Some(hs) = Synapse::start_with_as_port(as_port) else { return };
-    let Some(dc) = DeltaChat::start().await else { return };
-    let alice = dc.account(&mail, "alice", "Alice").await;
-    let mara = hs.user("mara").await;
+/// A bridged room: Mara (a Matrix admin and owner of the bridge) made it and said
+/// `!coi bridge`; Alice (Delta Chat) joined the COI group through the link.
+struct Stack {
+    daemon: Daemon,
+    dc: DeltaChat,
+    hs: Synapse,
+    _mail: MailServer,
+    state: tempfile::TempDir,
+    as_port: u16,
+    alice: u64,
+    /// Alice's chat id of the bridged group.
+    group: Value,
+    mara: String,
+    room: String,
+}
 
-    // The bridge: its HTTP listener is where Synapse pushes transactions.
-    let state = tempfile::tempdir().expect("tempdir");
-    let config = support::write_config_with(&mail, state.path(), Link::Plain, "", as_port, "required");
-    let reg = support::synapse::registration(as_port);
-    std::fs::write(state.path().join("registration.yaml"), reg.to_yaml()).expect("registration");
-    let section = format!(
-        "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
-         registration = \"registration.yaml\"\nadmins = [\"@mara:localhost\"]\n",
-        hs.url()
-    );
-    let text = std::fs::read_to_string(&config).expect("config") + &section;
-    std::fs::write(&config, text).expect("config");
-    let loaded = coi_bridge::config::load(&config).expect("config loads");
-    let core =
-        Core::build(&loaded, Arc::new(|f: FailedDelivery| panic!("delivery failed: {f:?}"))).await.expect("core");
-    let bridges = coi_bridge::bridges::build(&loaded, &core).expect("bridges");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind");
-    let token = CancellationToken::new();
-    let deliveries = futures::future::join_all(bridges.running.iter().map(|r| r.delivery.run(token.clone())));
-    let http = coi_bridge::http::serve(listener, core.metrics.clone(), bridges.routes, token.clone());
+impl Stack {
+    async fn new() -> Option<Self> {
+        let mail = MailServer::start()?;
+        let as_port = free_port();
+        let hs = Synapse::start_with_as_port(as_port)?;
+        let dc = DeltaChat::start().await?;
+        let alice = dc.account(&mail, "alice", "Alice").await;
+        let mara = hs.user("mara").await;
 
-    let body = async {
-        // Mara (an admin) makes a room, invites the bot and bridges it.
+        // The daemon's HTTP listener is where Synapse pushes transactions.
+        let state = tempfile::tempdir().expect("tempdir");
+        let config = support::write_config_with(&mail, state.path(), Link::Plain, "", as_port, "required");
+        let reg = support::synapse::registration(as_port);
+        std::fs::write(state.path().join("registration.yaml"), reg.to_yaml()).expect("registration");
+        let section = format!(
+            "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
+             registration = \"registration.yaml\"\nadmins = [\"@mara:localhost\"]\n",
+            hs.url()
+        );
+        let text = std::fs::read_to_string(&config).expect("config") + &section;
+        std::fs::write(&config, text).expect("config");
+        let mut daemon = Daemon::with_config(state.path(), config, as_port);
+        daemon.wait_ready().await;
+
         let room: Value = reqwest::Client::new()
             .post(format!("{}/_matrix/client/v3/createRoom", hs.url()))
             .bearer_auth(&mara)
-            .json(&json!({"name": "Garden Club", "invite": ["@coibot:localhost"]}))
+            .json(&json!({"name": "Garden Club", "invite": [BOT]}))
             .send()
             .await
             .expect("createRoom")
@@ -59,65 +66,399 @@ async fn a_bridged_room_carries_messages_and_replies_both_ways() {
             .await
             .expect("json");
         let room = room["room_id"].as_str().expect("room id").to_owned();
-        eventually(WAIT, "the bot joins", || async {
-            let ev = timeline(&hs, &mara, &room).await;
-            ev.iter()
-                .any(|e| {
-                    e["type"] == "m.room.member"
-                        && e["state_key"] == "@coibot:localhost"
-                        && e["content"]["membership"] == "join"
-                })
-                .then_some(())
+        let mut s = Self { daemon, dc, hs, _mail: mail, state, as_port, alice, group: Value::Null, mara, room };
+        s.event("the bot joins", |e| {
+            e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join"
         })
         .await;
-        send_as(&hs, &mara, &room, "m.room.message", "c1", json!({"msgtype": "m.text", "body": "!coi bridge"})).await;
-        let link = eventually(WAIT, "the invite link in the room", || async {
-            timeline(&hs, &mara, &room).await.iter().find_map(|e| {
-                let body = e["content"]["body"].as_str()?;
-                body.lines().find(|l| l.starts_with("https://i.delta.chat/#")).map(str::to_owned)
+        s.send("c1", json!({"msgtype": "m.text", "body": "!coi bridge"})).await;
+        let notice = s
+            .event("the invite link", |e| {
+                e["content"]["body"].as_str().is_some_and(|b| b.contains("https://i.delta.chat/#"))
             })
-        })
-        .await;
+            .await;
+        let link = notice["content"]["body"]
+            .as_str()
+            .and_then(|b| b.lines().find(|l| l.starts_with("https://i.delta.chat/#")))
+            .expect("a link line")
+            .to_owned();
 
-        // Alice (Delta Chat) joins through it and writes.
-        let mark = dc.mark();
-        let group = dc.call("secure_join", json!([alice, link])).await;
-        dc.wait_event_since(mark, alice, "joined", WAIT, |e| {
+        let mark = s.dc.mark();
+        s.group = s.dc.call("secure_join", json!([alice, link])).await;
+        s.dc.wait_event_since(mark, alice, "joined", WAIT, |e| {
             e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
         })
         .await;
-        dc.wait_until_member(alice, &group).await;
-        dc.call("misc_send_text_message", json!([alice, group, "hello from Delta Chat"])).await;
-        let from_dc = eventually(WAIT, "Alice's message in the room", || async {
-            timeline(&hs, &mara, &room).await.into_iter().find(|e| e["content"]["body"] == "hello from Delta Chat")
+        s.dc.wait_until_member(alice, &s.group).await;
+        Some(s)
+    }
+
+    /// Mara sends an event of type `m.room.message`.
+    async fn send(&self, txn: &str, content: Value) -> String {
+        send_as(&self.hs, &self.mara, &self.room, "m.room.message", txn, content).await
+    }
+
+    /// Waits for the first timeline event that `pred` accepts.
+    async fn event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        eventually(WAIT, what, || async {
+            timeline(&self.hs, &self.mara, &self.room).await.into_iter().find(|e| pred(e))
+        })
+        .await
+    }
+
+    /// The room event whose plain body is `body`.
+    async fn body(&self, body: &str) -> Value {
+        self.event(&format!("{body:?} in the room"), |e| e["content"]["body"] == body).await
+    }
+
+    /// Alice writes into the bridged group.
+    async fn alice_says(&self, text: &str) {
+        self.dc.call("misc_send_text_message", json!([self.alice, self.group, text])).await;
+    }
+
+    /// What Alice's Delta Chat shows for `text`.
+    async fn at_alice(&self, text: &str) -> Value {
+        self.dc.message_with_text(self.alice, text).await
+    }
+
+    /// The texts of the group's messages at Alice, oldest first.
+    async fn alice_texts(&self) -> Vec<String> {
+        s_texts(&self.dc, self.alice, &self.group).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_room_carries_messages_and_replies_both_ways() {
+    let Some(s) = Stack::new().await else { return };
+
+    // The invite also came as a QR image from the bot.
+    let qr = s.event("the QR image", |e| e["sender"] == BOT && e["content"]["msgtype"] == "m.image").await;
+    let png = download_as(&s.hs, &s.mara, qr["content"]["url"].as_str().expect("url")).await;
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+
+    // Alice writes; her ghost posts it under her Delta Chat name.
+    s.alice_says("hello from Delta Chat").await;
+    let from_dc = s.body("hello from Delta Chat").await;
+    assert_eq!(from_dc["sender"], json!(ALICE_GHOST), "sent by Alice's ghost");
+    assert_eq!(support::synapse::displayname(&s.hs, &s.mara, ALICE_GHOST).await, json!("Alice (COI)"));
+
+    // Mara replies on Matrix; Alice sees a reply from "mara (Matrix)".
+    let event = from_dc["event_id"].as_str().expect("event id");
+    s.send(
+        "r1",
+        json!({
+            "msgtype": "m.text",
+            "body": format!("> <{ALICE_GHOST}> hello from Delta Chat\n\nhi from Matrix"),
+            "format": "org.matrix.custom.html",
+            "formatted_body": format!("<mx-reply><blockquote>hello from Delta Chat</blockquote></mx-reply>hi from <b>Matrix</b>"),
+            "m.relates_to": {"m.in_reply_to": {"event_id": event}}
+        }),
+    )
+    .await;
+    let m = s.at_alice("hi from *Matrix*").await;
+    assert_eq!(m["overrideSenderName"], json!("mara (Matrix)"), "{m}");
+    assert_eq!(m["quote"]["text"], json!("hello from Delta Chat"), "a reply to Alice's message: {m}");
+    assert_eq!(m["showPadlock"], json!(true));
+
+    // Security: a transaction with a wrong hs_token is refused and not processed.
+    let forged = json!({"events": [{
+        "type": "m.room.message", "room_id": s.room, "sender": "@mara:localhost", "event_id": "$forged",
+        "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": "forged with a bad token"}
+    }]});
+    let url = format!("http://127.0.0.1:{}/_matrix/app/v1/transactions/forged-1", s.as_port);
+    for auth in [Some("not-the-hs-token"), None] {
+        let mut req = reqwest::Client::new().put(&url).json(&forged);
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("put");
+        assert_eq!(r.status().as_u16(), 403, "refused with {auth:?}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["errcode"], json!("M_FORBIDDEN"));
+    }
+
+    // A non-admin may talk in the room, but not command the bridge.
+    let nick = s.hs.user("nick").await;
+    invite_as(&s.hs, &s.mara, &s.room, "@nick:localhost").await;
+    join_as(&s.hs, &nick, &s.room).await;
+    send_as(&s.hs, &nick, &s.room, "m.room.message", "n1", json!({"msgtype": "m.text", "body": "!coi unlink"})).await;
+    let refusal = s
+        .event("the refusal", |e| {
+            e["sender"] == BOT && e["content"]["body"].as_str().is_some_and(|b| b.contains("only the bridge's admins"))
         })
         .await;
-        assert_eq!(from_dc["sender"], json!("@coi_alice=example.org:localhost"), "sent by Alice's ghost");
-        let name = support::synapse::displayname(&hs, &mara, "@coi_alice=example.org:localhost").await;
-        assert_eq!(name, json!("Alice (COI)"));
+    assert!(refusal["content"]["body"].as_str().expect("body").contains("@nick:localhost"), "{refusal}");
+    send_as(&s.hs, &nick, &s.room, "m.room.message", "n2", json!({"msgtype": "m.text", "body": "nick says hi"})).await;
+    let m = s.at_alice("nick says hi").await;
+    assert_eq!(m["overrideSenderName"], json!("nick (Matrix)"), "still bridged after the refused unlink");
+    assert!(
+        !s.alice_texts().await.iter().any(|t| t.contains("forged with a bad token")),
+        "the forged event never reached COI"
+    );
+}
 
-        // Mara replies on Matrix; Alice sees a reply from "mara (Matrix)".
-        let event = from_dc["event_id"].as_str().expect("event id");
-        send_as(
-            &hs,
-            &mara,
-            &room,
-            "m.room.message",
-            "r1",
-            json!({
-                "msgtype": "m.text",
-                "body": "> <@coi_alice=example.org:localhost> hello from Delta Chat\n\nhi from Matrix",
-                "m.relates_to": {"m.in_reply_to": {"event_id": event}}
-            }),
-        )
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mapping_crosses_in_both_directions() {
+    let Some(s) = Stack::new().await else { return };
+    let (dc, alice) = (&s.dc, s.alice);
+
+    // Images. Delta Chat → Matrix: the text and the picture are two events, one per part.
+    let png_path = s.state.path().join("dot.png");
+    std::fs::write(&png_path, PNG).expect("png");
+    dc.call(
+        "send_msg",
+        json!([alice, s.group, {"text": "a picture from Delta Chat", "file": png_path, "filename": "dot.png", "viewtype": "Image"}]),
+    )
+    .await;
+    let caption = s.body("a picture from Delta Chat").await;
+    assert_eq!(caption["sender"], json!(ALICE_GHOST));
+    let image = s.event("Alice's image", |e| e["sender"] == ALICE_GHOST && e["content"]["msgtype"] == "m.image").await;
+    assert_eq!(download_as(&s.hs, &s.mara, image["content"]["url"].as_str().expect("url")).await, PNG);
+    // Matrix → Delta Chat.
+    let mxc = upload_as(&s.hs, &s.mara, "garden.png", "image/png", PNG).await;
+    s.send(
+        "img",
+        json!({"msgtype": "m.image", "body": "garden.png", "url": mxc, "info": {"mimetype": "image/png", "size": PNG.len()}}),
+    )
+    .await;
+    let got = eventually(WAIT, "Mara's image at Alice", || async {
+        let ids = dc.call("get_message_ids", json!([alice, s.group, false, false])).await;
+        let msgs = dc.call("get_messages", json!([alice, ids])).await;
+        msgs.as_object()?.values().find(|m| m["fileName"] == "garden.png").cloned()
+    })
+    .await;
+    assert_eq!((got["viewType"].clone(), got["fileBytes"].clone()), (json!("Image"), json!(PNG.len())), "{got}");
+    assert_eq!(std::fs::read(got["file"].as_str().expect("file")).expect("file on disk"), PNG);
+    assert_eq!(got["overrideSenderName"], json!("mara (Matrix)"));
+
+    // Replies, Delta Chat → Matrix (Matrix → Delta Chat is in the first test).
+    let question = s.send("q", json!({"msgtype": "m.text", "body": "question from Matrix"})).await;
+    let at_alice = s.at_alice("question from Matrix").await;
+    dc.call("send_msg", json!([alice, s.group, {"text": "answer from Delta Chat", "quotedMessageId": at_alice["id"]}]))
         .await;
-        let m = dc.message_with_text(alice, "hi from Matrix").await;
-        assert_eq!(m["overrideSenderName"], json!("mara (Matrix)"), "{m}");
-        assert_eq!(m["quote"]["text"], json!("hello from Delta Chat"), "a reply to Alice's message: {m}");
-        assert_eq!(m["showPadlock"], json!(true));
-        token.cancel();
+    let answer = s.body("answer from Delta Chat").await;
+    assert_eq!(answer["content"]["m.relates_to"]["m.in_reply_to"]["event_id"], json!(question));
+
+    // Edits both ways.
+    s.alice_says("typo from Delta Chat").await;
+    let typo = s.body("typo from Delta Chat").await;
+    let dc_typo = s.at_alice("typo from Delta Chat").await;
+    dc.call("send_edit_request", json!([alice, dc_typo["id"], "fixed from Delta Chat"])).await;
+    let edit = s.event("Alice's edit", |e| e["content"]["m.relates_to"]["rel_type"] == "m.replace").await;
+    assert_eq!(edit["content"]["m.relates_to"]["event_id"], typo["event_id"]);
+    assert_eq!(edit["content"]["m.new_content"]["body"], json!("fixed from Delta Chat"));
+    let matrix_typo = s.send("t", json!({"msgtype": "m.text", "body": "matrix typo"})).await;
+    let dc_matrix_typo = s.at_alice("matrix typo").await;
+    s.send(
+        "t-edit",
+        json!({
+            "msgtype": "m.text", "body": "* matrix fixed",
+            "m.new_content": {"msgtype": "m.text", "body": "matrix fixed"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": matrix_typo}
+        }),
+    )
+    .await;
+    let edited = eventually(WAIT, "Mara's edit at Alice", || async {
+        let m = dc.call("get_message", json!([alice, dc_matrix_typo["id"]])).await;
+        (m["text"] == "matrix fixed").then_some(m)
+    })
+    .await;
+    assert_eq!(edited["isEdited"], json!(true));
+
+    // Reactions both ways.
+    dc.call("send_reaction", json!([alice, dc_matrix_typo["id"], ["👍"]])).await;
+    let reaction = s.event("Alice's reaction", |e| e["type"] == "m.reaction" && e["sender"] == ALICE_GHOST).await;
+    assert_eq!(reaction["content"]["m.relates_to"]["event_id"], json!(matrix_typo));
+    assert_eq!(reaction["content"]["m.relates_to"]["key"], json!("👍"));
+    send_as(
+        &s.hs,
+        &s.mara,
+        &s.room,
+        "m.reaction",
+        "react",
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": typo["event_id"], "key": "🎉"}}),
+    )
+    .await;
+    eventually(WAIT, "Mara's reaction at Alice", || async {
+        let r = dc.call("get_message_reactions", json!([alice, dc_typo["id"]])).await;
+        r.to_string().contains("🎉").then_some(())
+    })
+    .await;
+
+    // Deletes both ways.
+    s.alice_says("delete me from Delta Chat").await;
+    let doomed = s.body("delete me from Delta Chat").await;
+    let dc_doomed = s.at_alice("delete me from Delta Chat").await;
+    dc.call("delete_messages_for_all", json!([alice, [dc_doomed["id"]]])).await;
+    s.event("the redaction", |e| {
+        e["event_id"] == doomed["event_id"] && e["content"].as_object().is_some_and(|c| c.is_empty())
+    })
+    .await;
+    reqwest::Client::new()
+        .put(format!(
+            "{}/_matrix/client/v3/rooms/{}/redact/{}/del1",
+            s.hs.url(),
+            support::synapse::seg(&s.room),
+            support::synapse::seg(&question)
+        ))
+        .bearer_auth(&s.mara)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("redact");
+    eventually(WAIT, "Mara's question gone at Alice", || async {
+        dc.try_call("get_message", json!([alice, at_alice["id"]])).await.is_err().then_some(())
+    })
+    .await;
+
+    // Read receipts both ways. Mara (the owner) reads Alice's message: Delta Chat shows
+    // it read. Alice reads Mara's: her ghost's receipt is on the event.
+    s.alice_says("please read me").await;
+    let read_me = s.body("please read me").await;
+    let dc_read_me = s.at_alice("please read me").await;
+    read_receipt_as(&s.hs, &s.mara, &s.room, read_me["event_id"].as_str().expect("id")).await;
+    eventually(WAIT, "Alice sees her message read", || async {
+        let m = dc.call("get_message", json!([alice, dc_read_me["id"]])).await;
+        // 28 = OutMdnRcvd: read by the recipient.
+        (m["state"] == json!(28)).then_some(())
+    })
+    .await;
+    dc.call("markseen_msgs", json!([alice, [dc_matrix_typo["id"]]])).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = receipts(&s.hs, &s.mara, &s.room).await;
+        if r[&matrix_typo]["m.read"].get(ALICE_GHOST).is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = s.daemon.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("receipt") || l.contains("ERROR")).collect();
+            panic!("no read receipt by Alice's ghost on {matrix_typo}: receipts {r}; daemon:\n{}", lines.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_outage_queues_messages_and_delivers_them_in_order() {
+    let Some(s) = Stack::new().await else { return };
+    s.alice_says("before the outage").await;
+    s.body("before the outage").await;
+
+    // 20 s without Synapse, with Alice writing all along.
+    s.hs.stop();
+    let expected: Vec<String> = (0..10).map(|i| format!("during the outage {i}")).collect();
+    for text in &expected {
+        s.alice_says(text).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    s.hs.restart();
+
+    let got = eventually(Duration::from_secs(240), "every outage message in the room", || async {
+        let bodies: Vec<String> = timeline(&s.hs, &s.mara, &s.room)
+            .await
+            .iter()
+            .filter_map(|e| {
+                e["content"]["body"].as_str().filter(|b| b.starts_with("during the outage")).map(str::to_owned)
+            })
+            .collect();
+        (bodies.len() >= expected.len()).then_some(bodies)
+    })
+    .await;
+    assert_eq!(got, expected, "all of them, once each, in order");
+    // And Matrix reaches COI again.
+    s.send("after", json!({"msgtype": "m.text", "body": "after the outage"})).await;
+    s.at_alice("after the outage").await;
+    let log = s.daemon.log_text();
+    assert!(log.contains("will retry"), "the outage was retried, not dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_stream_loses_and_duplicates_nothing_either_way() {
+    let Some(mut s) = Stack::new().await else { return };
+    const N: usize = 100;
+    let to_coi: Vec<String> = (0..N).map(|i| format!("m2c {i:03}")).collect();
+    let to_matrix: Vec<String> = (0..N).map(|i| format!("c2m {i:03}")).collect();
+    let Stack { daemon, dc, hs, alice, group, mara, room, .. } = &mut s;
+    let (dc, hs, alice, group, mara, room) = (&*dc, &*hs, *alice, &*group, &*mara, &*room);
+    let from_matrix = async {
+        for (i, text) in to_coi.iter().enumerate() {
+            send_as(
+                hs,
+                mara,
+                room,
+                "m.room.message",
+                &format!("crash-{i}"),
+                json!({"msgtype": "m.text", "body": text}),
+            )
+            .await;
+        }
     };
-    let ((), (), _, http_result, ()) =
-        tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), deliveries, http, body);
-    http_result.expect("http listener");
+    let from_coi = async {
+        for text in &to_matrix {
+            dc.call("misc_send_text_message", json!([alice, group, text])).await;
+        }
+    };
+    let crash = async {
+        // Kill it once some of Alice's messages are through, while both streams run.
+        eventually(WAIT, "the first Delta Chat messages in the room", || async {
+            let n = timeline(hs, mara, room)
+                .await
+                .iter()
+                .filter(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("c2m ")))
+                .count();
+            (n >= 15).then_some(())
+        })
+        .await;
+        daemon.kill();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        daemon.restart();
+    };
+    tokio::join!(from_matrix, from_coi, crash);
+
+    let in_room = eventually(Duration::from_secs(300), "all Delta Chat messages in the room", || async {
+        let bodies: Vec<String> = timeline(hs, mara, room)
+            .await
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str().filter(|b| b.starts_with("c2m ")).map(str::to_owned))
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = bodies.iter().collect();
+        (distinct.len() == N).then_some(bodies)
+    })
+    .await;
+    let at_alice = eventually(Duration::from_secs(300), "all Matrix messages at Alice", || async {
+        let texts: Vec<String> =
+            s_texts(dc, alice, group).await.into_iter().filter(|t| t.starts_with("m2c ")).collect();
+        let distinct: std::collections::BTreeSet<&String> = texts.iter().collect();
+        (distinct.len() == N).then_some(texts)
+    })
+    .await;
+    // Let stragglers (a duplicate in flight) arrive before counting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut in_room = in_room;
+    in_room.sort();
+    assert_eq!(in_room, to_matrix, "each Delta Chat message once in the room");
+    let mut at_alice = at_alice;
+    at_alice.sort();
+    assert_eq!(at_alice, to_coi, "each Matrix message once at Alice");
+    let room_now: Vec<String> = timeline(hs, mara, room)
+        .await
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().filter(|b| b.starts_with("c2m ")).map(str::to_owned))
+        .collect();
+    assert_eq!(room_now.len(), N, "no late duplicate in the room");
+    let alice_now = s_texts(dc, alice, group).await.into_iter().filter(|t| t.starts_with("m2c ")).count();
+    assert_eq!(alice_now, N, "no late duplicate at Alice");
+}
+
+/// The texts of a Delta Chat chat, oldest first.
+async fn s_texts(dc: &DeltaChat, alice: u64, group: &Value) -> Vec<String> {
+    let ids = dc.call("get_message_ids", json!([alice, group, false, false])).await;
+    let msgs = dc.call("get_messages", json!([alice, ids])).await;
+    let mut out: Vec<(i64, String)> = msgs
+        .as_object()
+        .map(|m| m.values().filter_map(|v| Some((v["id"].as_i64()?, v["text"].as_str()?.to_owned()))).collect())
+        .unwrap_or_default();
+    out.sort();
+    out.into_iter().map(|(_, t)| t).collect()
 }

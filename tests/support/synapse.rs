@@ -58,6 +58,28 @@ impl Synapse {
         Some(Self { dir, port })
     }
 
+    /// Stops it (an outage); [`Synapse::restart`] brings it back with its data.
+    pub fn stop(&self) {
+        let st = Command::new("bash")
+            .arg(repo().join("tests/servers/synapse.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status()
+            .expect("synapse.sh stop");
+        assert!(st.success(), "synapse.sh stop failed");
+    }
+
+    pub fn restart(&self) {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/servers/synapse.sh"))
+            .arg("start")
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
+            .output()
+            .expect("run synapse.sh");
+        assert!(out.status.success(), "synapse.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -119,18 +141,46 @@ pub async fn join_as(hs: &Synapse, token: &str, room: &str) {
     assert!(r.status().is_success(), "join: {:?}", r.text().await);
 }
 
-/// The room's timeline as a normal user sees it, oldest first.
+/// The room's whole timeline as a normal user sees it, oldest first (paged through).
 pub async fn timeline(hs: &Synapse, token: &str, room: &str) -> Vec<Value> {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{}/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", hs.url(), seg(room)))
+    let mut out = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let mut url = format!("{}/_matrix/client/v3/rooms/{}/messages?dir=f&limit=500", hs.url(), seg(room));
+        if let Some(f) = &from {
+            url.push_str(&format!("&from={}", seg(f)));
+        }
+        let v: Value = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("messages")
+            .json()
+            .await
+            .expect("json");
+        let chunk = v["chunk"].as_array().cloned().unwrap_or_default();
+        if chunk.is_empty() {
+            return out;
+        }
+        out.extend(chunk);
+        match v["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// Invites `mxid` into a room as a normal user.
+pub async fn invite_as(hs: &Synapse, token: &str, room: &str, mxid: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/rooms/{}/invite", hs.url(), seg(room)))
         .bearer_auth(token)
+        .json(&json!({ "user_id": mxid }))
         .send()
         .await
-        .expect("messages")
-        .json()
-        .await
-        .expect("json");
-    v["chunk"].as_array().cloned().unwrap_or_default()
+        .expect("invite");
+    assert!(r.status().is_success(), "invite: {:?}", r.text().await);
 }
 
 /// The appservice registration synapse.sh gives the homeserver, for the bridge's side.
@@ -158,4 +208,67 @@ pub async fn displayname(hs: &Synapse, token: &str, mxid: &str) -> Value {
         .await
         .expect("json");
     v["displayname"].clone()
+}
+
+/// Uploads a file as a normal user; returns its `mxc://` URI.
+pub async fn upload_as(hs: &Synapse, token: &str, name: &str, mime: &str, data: &[u8]) -> String {
+    let v: Value = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload?filename={}", hs.url(), seg(name)))
+        .bearer_auth(token)
+        .header("Content-Type", mime)
+        .body(data.to_vec())
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    v["content_uri"].as_str().unwrap_or_else(|| panic!("no content_uri: {v}")).to_owned()
+}
+
+/// Downloads an `mxc://` file through the authenticated media API as a normal user.
+pub async fn download_as(hs: &Synapse, token: &str, mxc: &str) -> Vec<u8> {
+    let rest = mxc.strip_prefix("mxc://").expect("an mxc URI");
+    let r = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v1/media/download/{rest}", hs.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("download");
+    assert!(r.status().is_success(), "download {mxc}: {}", r.status());
+    r.bytes().await.expect("bytes").to_vec()
+}
+
+/// Marks `event` read as a normal user.
+pub async fn read_receipt_as(hs: &Synapse, token: &str, room: &str, event: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/rooms/{}/receipt/m.read/{}", hs.url(), seg(room), seg(event)))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("receipt");
+    assert!(r.status().is_success(), "receipt: {:?}", r.text().await);
+}
+
+/// The room's `m.receipt` content as a user's /sync shows it: event id → receipt type → user → data.
+pub async fn receipts(hs: &Synapse, token: &str, room: &str) -> Value {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v3/sync?timeout=0", hs.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sync")
+        .json()
+        .await
+        .expect("json");
+    let mut out = serde_json::Map::new();
+    for ev in v["rooms"]["join"][room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default() {
+        if ev["type"] == "m.receipt"
+            && let Some(c) = ev["content"].as_object()
+        {
+            out.extend(c.clone());
+        }
+    }
+    Value::Object(out)
 }
