@@ -400,16 +400,18 @@ async fn a_crash_mid_stream_loses_and_duplicates_nothing_either_way() {
         }
     };
     let crash = async {
-        // Kill it once some of Alice's messages are through, while both streams run.
-        eventually(WAIT, "the first Delta Chat messages in the room", || async {
+        // Kill it once some messages are through each way, while both streams still run.
+        let (in_room, at_alice) = eventually(WAIT, "the first messages through both ways", || async {
             let n = timeline(hs, mara, room)
                 .await
                 .iter()
                 .filter(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("c2m ")))
                 .count();
-            (n >= 15).then_some(())
+            let m = s_texts(dc, alice, group).await.iter().filter(|t| t.starts_with("m2c ")).count();
+            (n >= 10 && m >= 10).then_some((n, m))
         })
         .await;
+        assert!(in_room < N && at_alice < N, "killed mid-stream: {in_room} and {at_alice} of {N} were through");
         daemon.kill();
         tokio::time::sleep(Duration::from_secs(3)).await;
         daemon.restart();
