@@ -5,127 +5,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::deltachat::DeltaChat;
-use support::synapse::{
-    Synapse, download_as, free_port, invite_as, join_as, read_receipt_as, receipts, send_as, timeline, upload_as,
-};
-use support::{Daemon, Link, MailServer, PNG, eventually};
-
-const WAIT: Duration = Duration::from_secs(90);
-const BOT: &str = "@coibot:localhost";
-const ALICE_GHOST: &str = "@coi_alice=example.org:localhost";
-
-/// A bridged room: Mara (a Matrix admin and owner of the bridge) made it and said
-/// `!coi bridge`; Alice (Delta Chat) joined the COI group through the link.
-struct Stack {
-    daemon: Daemon,
-    dc: DeltaChat,
-    hs: Synapse,
-    _mail: MailServer,
-    state: tempfile::TempDir,
-    as_port: u16,
-    alice: u64,
-    /// Alice's chat id of the bridged group.
-    group: Value,
-    mara: String,
-    room: String,
-}
-
-impl Stack {
-    async fn new() -> Option<Self> {
-        let mail = MailServer::start()?;
-        let as_port = free_port();
-        let hs = Synapse::start_with_as_port(as_port)?;
-        let dc = DeltaChat::start().await?;
-        let alice = dc.account(&mail, "alice", "Alice").await;
-        let mara = hs.user("mara").await;
-
-        // The daemon's HTTP listener is where Synapse pushes transactions.
-        let state = tempfile::tempdir().expect("tempdir");
-        let config = support::write_config_with(&mail, state.path(), Link::Plain, "", as_port, "required");
-        let reg = support::synapse::registration(as_port);
-        std::fs::write(state.path().join("registration.yaml"), reg.to_yaml()).expect("registration");
-        let section = format!(
-            "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
-             registration = \"registration.yaml\"\nadmins = [\"@mara:localhost\"]\n",
-            hs.url()
-        );
-        let text = std::fs::read_to_string(&config).expect("config") + &section;
-        std::fs::write(&config, text).expect("config");
-        let mut daemon = Daemon::with_config(state.path(), config, as_port);
-        daemon.wait_ready().await;
-
-        let room: Value = reqwest::Client::new()
-            .post(format!("{}/_matrix/client/v3/createRoom", hs.url()))
-            .bearer_auth(&mara)
-            .json(&json!({"name": "Garden Club", "invite": [BOT]}))
-            .send()
-            .await
-            .expect("createRoom")
-            .json()
-            .await
-            .expect("json");
-        let room = room["room_id"].as_str().expect("room id").to_owned();
-        let mut s = Self { daemon, dc, hs, _mail: mail, state, as_port, alice, group: Value::Null, mara, room };
-        s.event("the bot joins", |e| {
-            e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join"
-        })
-        .await;
-        s.send("c1", json!({"msgtype": "m.text", "body": "!coi bridge"})).await;
-        let notice = s
-            .event("the invite link", |e| {
-                e["content"]["body"].as_str().is_some_and(|b| b.contains("https://i.delta.chat/#"))
-            })
-            .await;
-        let link = notice["content"]["body"]
-            .as_str()
-            .and_then(|b| b.lines().find(|l| l.starts_with("https://i.delta.chat/#")))
-            .expect("a link line")
-            .to_owned();
-
-        let mark = s.dc.mark();
-        s.group = s.dc.call("secure_join", json!([alice, link])).await;
-        s.dc.wait_event_since(mark, alice, "joined", WAIT, |e| {
-            e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
-        })
-        .await;
-        s.dc.wait_until_member(alice, &s.group).await;
-        Some(s)
-    }
-
-    /// Mara sends an event of type `m.room.message`.
-    async fn send(&self, txn: &str, content: Value) -> String {
-        send_as(&self.hs, &self.mara, &self.room, "m.room.message", txn, content).await
-    }
-
-    /// Waits for the first timeline event that `pred` accepts.
-    async fn event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        eventually(WAIT, what, || async {
-            timeline(&self.hs, &self.mara, &self.room).await.into_iter().find(|e| pred(e))
-        })
-        .await
-    }
-
-    /// The room event whose plain body is `body`.
-    async fn body(&self, body: &str) -> Value {
-        self.event(&format!("{body:?} in the room"), |e| e["content"]["body"] == body).await
-    }
-
-    /// Alice writes into the bridged group.
-    async fn alice_says(&self, text: &str) {
-        self.dc.call("misc_send_text_message", json!([self.alice, self.group, text])).await;
-    }
-
-    /// What Alice's Delta Chat shows for `text`.
-    async fn at_alice(&self, text: &str) -> Value {
-        self.dc.message_with_text(self.alice, text).await
-    }
-
-    /// The texts of the group's messages at Alice, oldest first.
-    async fn alice_texts(&self) -> Vec<String> {
-        s_texts(&self.dc, self.alice, &self.group).await
-    }
-}
+use support::bridged::{ALICE_GHOST, BOT, Stack, WAIT};
+use support::synapse::{download_as, invite_as, join_as, read_receipt_as, receipts, send_as, timeline, upload_as};
+use support::{PNG, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridged_room_carries_messages_and_replies_both_ways() {
@@ -407,7 +289,7 @@ async fn a_crash_mid_stream_loses_and_duplicates_nothing_either_way() {
                 .iter()
                 .filter(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("c2m ")))
                 .count();
-            let m = s_texts(dc, alice, group).await.iter().filter(|t| t.starts_with("m2c ")).count();
+            let m = dc.chat_texts(alice, group).await.iter().filter(|t| t.starts_with("m2c ")).count();
             (n >= 10 && m >= 10).then_some((n, m))
         })
         .await;
@@ -430,7 +312,7 @@ async fn a_crash_mid_stream_loses_and_duplicates_nothing_either_way() {
     .await;
     let at_alice = eventually(Duration::from_secs(300), "all Matrix messages at Alice", || async {
         let texts: Vec<String> =
-            s_texts(dc, alice, group).await.into_iter().filter(|t| t.starts_with("m2c ")).collect();
+            dc.chat_texts(alice, group).await.into_iter().filter(|t| t.starts_with("m2c ")).collect();
         let distinct: std::collections::BTreeSet<&String> = texts.iter().collect();
         (distinct.len() == N).then_some(texts)
     })
@@ -449,18 +331,6 @@ async fn a_crash_mid_stream_loses_and_duplicates_nothing_either_way() {
         .filter_map(|e| e["content"]["body"].as_str().filter(|b| b.starts_with("c2m ")).map(str::to_owned))
         .collect();
     assert_eq!(room_now.len(), N, "no late duplicate in the room");
-    let alice_now = s_texts(dc, alice, group).await.into_iter().filter(|t| t.starts_with("m2c ")).count();
+    let alice_now = dc.chat_texts(alice, group).await.into_iter().filter(|t| t.starts_with("m2c ")).count();
     assert_eq!(alice_now, N, "no late duplicate at Alice");
-}
-
-/// The texts of a Delta Chat chat, oldest first.
-async fn s_texts(dc: &DeltaChat, alice: u64, group: &Value) -> Vec<String> {
-    let ids = dc.call("get_message_ids", json!([alice, group, false, false])).await;
-    let msgs = dc.call("get_messages", json!([alice, ids])).await;
-    let mut out: Vec<(i64, String)> = msgs
-        .as_object()
-        .map(|m| m.values().filter_map(|v| Some((v["id"].as_i64()?, v["text"].as_str()?.to_owned()))).collect())
-        .unwrap_or_default();
-    out.sort();
-    out.into_iter().map(|(_, t)| t).collect()
 }

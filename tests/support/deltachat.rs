@@ -202,6 +202,18 @@ impl DeltaChat {
         .await
     }
 
+    /// The texts of a chat's messages, oldest first.
+    pub async fn chat_texts(&self, acc: u64, chat: &Value) -> Vec<String> {
+        let ids = self.call("get_message_ids", json!([acc, chat, false, false])).await;
+        let msgs = self.call("get_messages", json!([acc, ids])).await;
+        let mut out: Vec<(i64, String)> = msgs
+            .as_object()
+            .map(|m| m.values().filter_map(|v| Some((v["id"].as_i64()?, v["text"].as_str()?.to_owned()))).collect())
+            .unwrap_or_default();
+        out.sort();
+        out.into_iter().map(|(_, t)| t).collect()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("rpc.log")
     }

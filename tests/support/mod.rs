@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod bridged;
 pub mod deltachat;
 pub mod synapse;
 

@@ -1,0 +1,125 @@
+//! A bridged room for end-to-end tests and benchmarks: mail, Synapse, Delta Chat and the daemon, with a Matrix room linked to a COI group that a Delta Chat account joined.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::deltachat::DeltaChat;
+use super::synapse::{Synapse, free_port, send_as, timeline};
+use super::{Daemon, Link, MailServer, eventually};
+
+pub const WAIT: Duration = Duration::from_secs(90);
+pub const BOT: &str = "@coibot:localhost";
+pub const ALICE_GHOST: &str = "@coi_alice=example.org:localhost";
+
+/// A bridged room: Mara (a Matrix admin and owner of the bridge) made it and said
+/// `!coi bridge`; Alice (Delta Chat) joined the COI group through the link.
+pub struct Stack {
+    pub daemon: Daemon,
+    pub dc: DeltaChat,
+    pub hs: Synapse,
+    pub mail: MailServer,
+    pub state: tempfile::TempDir,
+    pub as_port: u16,
+    pub alice: u64,
+    /// Alice's chat id of the bridged group.
+    pub group: Value,
+    pub mara: String,
+    pub room: String,
+}
+
+impl Stack {
+    pub async fn new() -> Option<Self> {
+        let mail = MailServer::start()?;
+        let as_port = free_port();
+        let hs = Synapse::start_with_as_port(as_port)?;
+        let dc = DeltaChat::start().await?;
+        let alice = dc.account(&mail, "alice", "Alice").await;
+        let mara = hs.user("mara").await;
+
+        // The daemon's HTTP listener is where Synapse pushes transactions.
+        let state = tempfile::tempdir().expect("tempdir");
+        let config = super::write_config_with(&mail, state.path(), Link::Plain, "", as_port, "required");
+        let reg = super::synapse::registration(as_port);
+        std::fs::write(state.path().join("registration.yaml"), reg.to_yaml()).expect("registration");
+        let section = format!(
+            "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
+             registration = \"registration.yaml\"\nadmins = [\"@mara:localhost\"]\n",
+            hs.url()
+        );
+        let text = std::fs::read_to_string(&config).expect("config") + &section;
+        std::fs::write(&config, text).expect("config");
+        let mut daemon = Daemon::with_config(state.path(), config, as_port);
+        daemon.wait_ready().await;
+
+        let room: Value = reqwest::Client::new()
+            .post(format!("{}/_matrix/client/v3/createRoom", hs.url()))
+            .bearer_auth(&mara)
+            .json(&json!({"name": "Garden Club", "invite": [BOT]}))
+            .send()
+            .await
+            .expect("createRoom")
+            .json()
+            .await
+            .expect("json");
+        let room = room["room_id"].as_str().expect("room id").to_owned();
+        let mut s = Self { daemon, dc, hs, mail, state, as_port, alice, group: Value::Null, mara, room };
+        s.event("the bot joins", |e| {
+            e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join"
+        })
+        .await;
+        s.send("c1", json!({"msgtype": "m.text", "body": "!coi bridge"})).await;
+        let notice = s
+            .event("the invite link", |e| {
+                e["content"]["body"].as_str().is_some_and(|b| b.contains("https://i.delta.chat/#"))
+            })
+            .await;
+        let link = notice["content"]["body"]
+            .as_str()
+            .and_then(|b| b.lines().find(|l| l.starts_with("https://i.delta.chat/#")))
+            .expect("a link line")
+            .to_owned();
+
+        let mark = s.dc.mark();
+        s.group = s.dc.call("secure_join", json!([alice, link])).await;
+        s.dc.wait_event_since(mark, alice, "joined", WAIT, |e| {
+            e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
+        })
+        .await;
+        s.dc.wait_until_member(alice, &s.group).await;
+        Some(s)
+    }
+
+    /// Mara sends an event of type `m.room.message`.
+    pub async fn send(&self, txn: &str, content: Value) -> String {
+        send_as(&self.hs, &self.mara, &self.room, "m.room.message", txn, content).await
+    }
+
+    /// Waits for the first timeline event that `pred` accepts.
+    pub async fn event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        eventually(WAIT, what, || async {
+            timeline(&self.hs, &self.mara, &self.room).await.into_iter().find(|e| pred(e))
+        })
+        .await
+    }
+
+    /// The room event whose plain body is `body`.
+    pub async fn body(&self, body: &str) -> Value {
+        self.event(&format!("{body:?} in the room"), |e| e["content"]["body"] == body).await
+    }
+
+    /// Alice writes into the bridged group.
+    pub async fn alice_says(&self, text: &str) {
+        self.dc.call("misc_send_text_message", json!([self.alice, self.group, text])).await;
+    }
+
+    /// What Alice's Delta Chat shows for `text`.
+    pub async fn at_alice(&self, text: &str) -> Value {
+        self.dc.message_with_text(self.alice, text).await
+    }
+
+    /// The texts of the group's messages at Alice, oldest first.
+    pub async fn alice_texts(&self) -> Vec<String> {
+        self.dc.chat_texts(self.alice, &self.group).await
+    }
+}
