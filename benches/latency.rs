@@ -65,7 +65,7 @@ async fn sync_until_body(hs: &Synapse, token: &str, room: &str, since: &mut Stri
 
 async fn initial_since(hs: &Synapse, token: &str) -> String {
     let v: Value = reqwest::Client::new()
-        .get(format!("{}/_matrix/client/v3/sync?timeout=0", hs.url()))
+        .get(support::synapse::fresh_sync_url(hs))
         .bearer_auth(token)
         .send()
         .await
@@ -105,14 +105,7 @@ async fn synapse_floor(s: &Stack) -> Vec<Duration> {
         let body = format!("floor {i}");
         let txn = format!("floor-{i}");
         let t0 = Instant::now();
-        let send = send_as(
-            &s.hs,
-            &s.mara,
-            &s.room,
-            "m.room.message",
-            &txn,
-            json!({"msgtype": "m.text", "body": body}),
-        );
+        let send = send_as(&s.hs, &s.mara, &s.room, "m.room.message", &txn, json!({"msgtype": "m.text", "body": body}));
         tokio::join!(send, sync_until_body(&s.hs, &s.mara, &s.room, &mut since, &body));
         out.push(t0.elapsed());
     }

@@ -93,5 +93,16 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
             }
         }
     }
+    // Bridges with people to speak for open a DM portal when a COI contact writes 1:1.
+    let dm: Vec<String> = loaded
+        .config
+        .bridge
+        .iter()
+        .filter_map(|b| match b {
+            BridgeConfig::Matrix(m) if !m.owner_list().is_empty() => Some(m.id.clone()),
+            _ => None,
+        })
+        .collect();
+    core.store.set_dm_bridges(dm);
     Ok(Bridges { running, routes })
 }

@@ -334,3 +334,46 @@ async fn a_crash_mid_stream_loses_and_duplicates_nothing_either_way() {
     let alice_now = dc.chat_texts(alice, group).await.into_iter().filter(|t| t.starts_with("m2c ")).count();
     assert_eq!(alice_now, N, "no late duplicate at Alice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_writing_one_to_one_gets_a_dm_room_with_the_owner() {
+    let Some(s) = Stack::new().await else { return };
+    let (dc, alice) = (&s.dc, s.alice);
+    let bridge = dc.call("lookup_contact_id_by_addr", json!([alice, support::BRIDGE])).await;
+    let chat = dc.call("create_chat_by_contact_id", json!([alice, bridge])).await;
+    dc.call("misc_send_text_message", json!([alice, chat, "hello bridge, just us"])).await;
+
+    // The bot opens a DM room for Mara (the owner), and Alice's ghost speaks there.
+    let dm = eventually(WAIT, "Mara's invite to the DM room", || async {
+        support::synapse::invites(&s.hs, &s.mara).await.into_iter().next()
+    })
+    .await;
+    join_as(&s.hs, &s.mara, &dm).await;
+    let first = eventually(WAIT, "Alice's message in the DM room", || async {
+        timeline(&s.hs, &s.mara, &dm).await.into_iter().find(|e| e["content"]["body"] == "hello bridge, just us")
+    })
+    .await;
+    assert_eq!(first["sender"], json!(ALICE_GHOST));
+    let name = eventually(WAIT, "the room name", || async {
+        timeline(&s.hs, &s.mara, &dm)
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "m.room.name")
+            .map(|e| e["content"]["name"].clone())
+    })
+    .await;
+    assert_eq!(name, json!("Alice (COI)"));
+
+    // A second message goes to the same room; Mara's answer reaches Alice's 1:1 chat.
+    dc.call("misc_send_text_message", json!([alice, chat, "second, same room"])).await;
+    eventually(WAIT, "the second message in the DM room", || async {
+        timeline(&s.hs, &s.mara, &dm).await.into_iter().find(|e| e["content"]["body"] == "second, same room")
+    })
+    .await;
+    send_as(&s.hs, &s.mara, &dm, "m.room.message", "dm1", json!({"msgtype": "m.text", "body": "hi Alice, Mara here"}))
+        .await;
+    let m = s.at_alice("hi Alice, Mara here").await;
+    assert_eq!(m["chatId"], chat, "in Alice's 1:1 chat with the bridge");
+    assert_eq!(m["overrideSenderName"], json!("mara (Matrix)"));
+    assert!(support::synapse::invites(&s.hs, &s.mara).await.is_empty(), "one DM room, not one per message");
+}

@@ -15,7 +15,7 @@ use crate::coi::ChatMessage;
 use crate::hub::outbound::Outbound;
 use crate::metrics::Metrics;
 use crate::store::portals::RemoteCopy;
-use crate::store::{Direction, Origin, OutboxItem, Store, StoredAttachment, StoredMessage};
+use crate::store::{ChatKind, Direction, Origin, OutboxItem, Store, StoredAttachment, StoredMessage};
 use crate::transport::smtp::RetryPolicy;
 
 const PARALLEL: usize = 4;
@@ -38,6 +38,10 @@ enum Built {
     Send(RemoteChatId, Outgoing, Vec<RemoteMsgId>),
     /// Nothing to deliver (a receipt, a merged post-message, a portal gone).
     Skip(&'static str),
+    /// The store could not be read; try again later.
+    Retry(String),
+    /// Opening the portal failed.
+    Failed(DeliverError),
 }
 
 impl BridgeDelivery {
@@ -56,6 +60,8 @@ impl BridgeDelivery {
     /// Runs until `shutdown`; a delivery in flight is finished first.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut store_backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        // New rows wake the worker at once; the poll catches retries coming due.
+        let waker = self.store.outbox_waker(self.id.as_str());
         while !shutdown.is_cancelled() {
             let now = chrono::Utc::now().timestamp();
             match self.store.due_outbox(self.id.as_str(), now, 64).await {
@@ -63,6 +69,7 @@ impl BridgeDelivery {
                     store_backoff.reset();
                     tokio::select! {
                         () = shutdown.cancelled() => return,
+                        () = waker.notified() => {}
                         () = tokio::time::sleep(IDLE_POLL) => {}
                     }
                 }
@@ -97,14 +104,44 @@ impl BridgeDelivery {
         copies.into_iter().map(|c| RemoteMsgId(c.remote_id)).collect()
     }
 
+    /// A COI contact wrote 1:1 to the bridge and the chat has no portal here: the bridge
+    /// opens one with its owners. `None` if this chat does not get one.
+    async fn open_dm(&self, item: &OutboxItem, peer: &Person) -> Result<Option<RemoteChatId>, DeliverError> {
+        let chat = match self.store.chat(item.chat_id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(DeliverError::Retry { reason: e.to_string(), after: None }),
+        };
+        if chat.kind != ChatKind::Single || chat.key.starts_with("unverified:") {
+            return Ok(None);
+        }
+        let peer = Person { id: chat.key.as_str().into(), display_name: peer.display_name.clone() };
+        let remote = match self.bridge.open_dm(&peer).await {
+            Ok(r) => r,
+            Err(DeliverError::Unsupported) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.store.create_portal(chat.id, self.id.as_str(), remote.as_str()).await.map_err(|e| {
+            DeliverError::Retry { reason: format!("DM portal opened but not recorded: {e}"), after: None }
+        })?;
+        tracing::info!(bridge = %self.id, peer = %chat.key, remote = %remote, "opened a DM portal");
+        Ok(Some(remote))
+    }
+
     async fn build(&self, item: &OutboxItem, msg: &StoredMessage) -> Built {
         let portal = match self.store.portals_of_chat(item.chat_id).await {
             Ok(p) => p.into_iter().find(|p| p.bridge == self.id.as_str()),
-            Err(_) => None,
+            Err(e) => return Built::Retry(e.to_string()),
         };
-        let Some(portal) = portal else { return Built::Skip("the portal was removed") };
-        let to = RemoteChatId(portal.remote_chat);
         let sender = Person { id: msg.from_addr.as_str().into(), display_name: msg.from_name.clone() };
+        let to = match portal {
+            Some(p) => RemoteChatId(p.remote_chat),
+            None => match self.open_dm(item, &sender).await {
+                Ok(Some(to)) => to,
+                Ok(None) => return Built::Skip("the portal was removed"),
+                Err(e) => return Built::Failed(e),
+            },
+        };
         let outgoing = match msg.kind.as_str() {
             "text" => Outgoing::Message {
                 sender,
@@ -150,6 +187,13 @@ impl BridgeDelivery {
             Built::Send(to, o, more) => (to, o, more),
             Built::Skip(why) => {
                 tracing::debug!(bridge = %self.id, message_id = %item.message_id, why, "not delivered to the bridge");
+                let _ = self.store.outbox_done(item.id).await;
+                return;
+            }
+            Built::Retry(reason) => return self.retry(&item, None, &reason).await,
+            Built::Failed(DeliverError::Retry { reason, after }) => return self.retry(&item, after, &reason).await,
+            Built::Failed(DeliverError::Permanent(reason)) => return self.fail(&item, Some(&msg), reason).await,
+            Built::Failed(DeliverError::Unsupported) => {
                 let _ = self.store.outbox_done(item.id).await;
                 return;
             }

@@ -25,6 +25,12 @@ pub struct RemoteCopy {
 pub trait PortalStore: Send + Sync {
     /// Links a chat to a remote room; linking the same pair again is a no-op.
     async fn create_portal(&self, chat_id: i64, bridge: &str, remote_chat: &str) -> StoreResult<Portal>;
+    /// The bridges that open a DM portal when a COI contact writes 1:1 to the bridge and
+    /// the chat has no portal yet: such messages are queued for them too.
+    fn set_dm_bridges(&self, bridges: Vec<String>);
+    /// Notified (one permit) whenever rows for `target` are committed to the outbox, so
+    /// its worker need not poll.
+    fn outbox_waker(&self, target: &str) -> std::sync::Arc<tokio::sync::Notify>;
     async fn delete_portal(&self, bridge: &str, remote_chat: &str) -> StoreResult<bool>;
     async fn portals(&self) -> StoreResult<Vec<Portal>>;
     async fn portals_of_chat(&self, chat_id: i64) -> StoreResult<Vec<Portal>>;

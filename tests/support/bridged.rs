@@ -123,3 +123,15 @@ impl Stack {
         self.dc.chat_texts(self.alice, &self.group).await
     }
 }
+
+impl Drop for Stack {
+    /// A failing test shows the end of the daemon's log: the first thing one needs.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.daemon.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("packet header mismatch")).collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!("--- the daemon's log (last 80 lines) ---\n{tail}\n---");
+        }
+    }
+}

@@ -18,6 +18,14 @@ pub fn repo() -> PathBuf {
     start.ancestors().find(|d| d.join("tests/servers/synapse.sh").is_file()).unwrap_or(&start).to_path_buf()
 }
 
+/// Synapse caches a /sync answer for the same request for minutes, so every initial sync
+/// here asks with a different `timeout` (milliseconds; it returns at once anyway).
+pub fn fresh_sync_url(hs: &Synapse) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}/_matrix/client/v3/sync?timeout={n}", hs.url())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -254,7 +262,7 @@ pub async fn read_receipt_as(hs: &Synapse, token: &str, room: &str, event: &str)
 /// The room's `m.receipt` content as a user's /sync shows it: event id → receipt type → user → data.
 pub async fn receipts(hs: &Synapse, token: &str, room: &str) -> Value {
     let v: Value = reqwest::Client::new()
-        .get(format!("{}/_matrix/client/v3/sync?timeout=0", hs.url()))
+        .get(fresh_sync_url(hs))
         .bearer_auth(token)
         .send()
         .await
@@ -271,4 +279,18 @@ pub async fn receipts(hs: &Synapse, token: &str, room: &str) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// The rooms a user is invited to and has not joined yet.
+pub async fn invites(hs: &Synapse, token: &str) -> Vec<String> {
+    let v: Value = reqwest::Client::new()
+        .get(fresh_sync_url(hs))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sync")
+        .json()
+        .await
+        .expect("json");
+    v["rooms"]["invite"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
 }

@@ -363,4 +363,12 @@ pub trait Bridge: Send + Sync + 'static {
         key: &DeliveryKey,
         msg: &Outgoing,
     ) -> Result<Vec<RemoteMsgId>, DeliverError>;
+
+    /// Opens a new remote chat for a COI 1:1 chat with `peer` (who wrote to the bridge's
+    /// address), shared with the people this bridge speaks for. `Unsupported` when the
+    /// bridge has nobody to open it with.
+    async fn open_dm(&self, peer: &Person) -> Result<RemoteChatId, DeliverError> {
+        let _ = peer;
+        Err(DeliverError::Unsupported)
+    }
 }

@@ -98,6 +98,16 @@ impl Bridge for MatrixBridge {
         }
     }
 
+    async fn open_dm(&self, peer: &Person) -> Result<RemoteChatId, DeliverError> {
+        let owners = self.cfg.owner_list();
+        if owners.is_empty() {
+            return Err(DeliverError::Unsupported);
+        }
+        let room = self.client.create_dm(&format!("{} (COI)", peer.display_name), &owners).await?;
+        self.ghost(peer, &room).await?;
+        Ok(RemoteChatId(room))
+    }
+
     async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError> {
         // Appservice mode: the homeserver pushes transactions to the HTTP endpoint.
         cx.shutdown.cancelled().await;

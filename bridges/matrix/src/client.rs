@@ -124,6 +124,29 @@ impl AsClient {
             .ok_or_else(|| MatrixError::Retry { reason: "no room_id".into(), after: None })
     }
 
+    /// Creates a direct-message room as the bot for `invite` (the owners); returns its id.
+    pub async fn create_dm(&self, name: &str, invite: &[String]) -> Result<String, MatrixError> {
+        let body = json!({ "name": name, "preset": "trusted_private_chat", "is_direct": true, "invite": invite });
+        let v = self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", None, Some(&body)).await?;
+        v["room_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| MatrixError::Retry { reason: "no room_id".into(), after: None })
+    }
+
+    /// Sets a state event as the bot (room name, topic, avatar).
+    pub async fn set_state(&self, room: &str, event_type: &str, content: &Value) -> Result<String, MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/{}/", seg(room), seg(event_type));
+        let v = self.call(reqwest::Method::PUT, &path, None, Some(content)).await?;
+        Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Makes `mxid` leave the room.
+    pub async fn leave(&self, room: &str, mxid: &str) -> Result<(), MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/leave", seg(room));
+        self.call(reqwest::Method::POST, &path, Some(mxid), Some(&json!({}))).await.map(|_| ())
+    }
+
     pub async fn invite(&self, room: &str, mxid: &str) -> Result<(), MatrixError> {
         let path = format!("/_matrix/client/v3/rooms/{}/invite", seg(room));
         match self.call(reqwest::Method::POST, &path, None, Some(&json!({ "user_id": mxid }))).await {

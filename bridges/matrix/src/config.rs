@@ -98,6 +98,14 @@ impl MatrixConfig {
         Ok(())
     }
 
+    /// The people this bridge speaks for: `owners`, else the MXIDs among `admins`.
+    pub fn owner_list(&self) -> Vec<String> {
+        if self.owners.is_empty() {
+            return self.admins.iter().filter(|a| a.starts_with('@')).cloned().collect();
+        }
+        self.owners.clone()
+    }
+
     /// Whether `mxid` is one of the people this bridge speaks for.
     pub fn is_owner(&self, mxid: &str) -> bool {
         if self.owners.is_empty() {

@@ -4,7 +4,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use coi_bridge_api::{BridgeContext, BridgeError, Capabilities, DeliveryKey, Hub as _, RemoteEvent, SubmitError};
+use coi_bridge_api::{
+    BridgeContext, BridgeError, Capabilities, DeliveryKey, Hub as _, Person, RemoteEvent, SubmitError,
+};
 use tokio::sync::Notify;
 
 use super::*;
@@ -19,6 +21,8 @@ use crate::store::{ChatKind, ChatRef, Direction, ImapCursor, InboundMessage, Out
 #[derive(Default)]
 struct RecordingBridge {
     got: Mutex<Vec<(RemoteChatId, Outgoing)>>,
+    /// The peers it opened DM portals for.
+    dms: Mutex<Vec<Person>>,
     script: Mutex<VecDeque<Result<(), DeliverError>>>,
     reactions: bool,
 }
@@ -30,6 +34,10 @@ impl Bridge for RecordingBridge {
     }
     async fn run(&self, _cx: BridgeContext) -> Result<(), BridgeError> {
         Ok(())
+    }
+    async fn open_dm(&self, peer: &Person) -> Result<RemoteChatId, DeliverError> {
+        self.dms.lock().expect("lock").push(peer.clone());
+        Ok(RemoteChatId(format!("!dm-{}", peer.id)))
     }
     async fn deliver(
         &self,
@@ -475,4 +483,55 @@ async fn link_and_start_commands_make_portals_only_when_they_can_work() {
     // bridge answers with the link drawn as a QR code too.
     let bridged = hub.command(&from, &RemoteChatId::from("!new:hs"), "New", Command::Bridge).await.expect("bridged");
     assert!(bridged.qr_png.expect("a QR image").starts_with(b"\x89PNG"));
+}
+
+#[tokio::test]
+async fn a_contact_writing_one_to_one_gets_a_dm_portal_once() {
+    let r = rig().await;
+    r.store.set_dm_bridges(vec!["matrix".into()]);
+    let one = |uid: u32, id: &str, msg: ChatMessage| InboundMessage {
+        uid,
+        chat: ChatRef { kind: ChatKind::Single, key: "dave@x.org".into(), name: "Dave".into() },
+        message: ChatMessage {
+            message_id: id.into(),
+            from: Mailbox::new("dave@x.org", Some("Dave")),
+            is_chat: true,
+            ..msg
+        },
+        members_added: vec![],
+        members_removed: vec![],
+        security: "verified",
+    };
+    let batch = [
+        one(1, "d1@x", ChatMessage { text: "hi bridge".into(), ..ChatMessage::default() }),
+        one(2, "d2@x", ChatMessage { text: "anyone there?".into(), ..ChatMessage::default() }),
+    ];
+    r.store.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: 2 }, &batch, &[]).await.expect("record");
+    // A receipt and an unattributed mail do not open one.
+    let receipt = one(
+        3,
+        "d3@x",
+        ChatMessage {
+            kind: Kind::ReadReceipt { original: "x@x".into(), additional: vec![] },
+            ..ChatMessage::default()
+        },
+    );
+    let mut stranger = one(4, "s1@x", ChatMessage { text: "unsigned".into(), ..ChatMessage::default() });
+    stranger.chat.key = "unverified:eve@x.org".into();
+    r.store
+        .record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: 4 }, &[receipt, stranger], &[])
+        .await
+        .expect("record");
+    let bridge = Arc::new(RecordingBridge::default());
+    let d = delivery(&r, bridge.clone());
+    drive(&d, || bridge.got.lock().expect("lock").len() == 2).await;
+    let dms = bridge.dms.lock().expect("lock").clone();
+    assert_eq!(dms.len(), 1, "one portal for the contact: {dms:?}");
+    assert_eq!((dms[0].id.as_str(), dms[0].display_name.as_str()), ("dave@x.org", "Dave"));
+    let got = bridge.got.lock().expect("lock").clone();
+    assert!(got.iter().all(|(to, _)| to.as_str() == "!dm-dave@x.org"), "{got:?}");
+    let portal = r.store.portal_by_remote("matrix", "!dm-dave@x.org").await.expect("read").expect("portal");
+    assert_eq!(r.store.chat(portal.chat_id).await.expect("read").expect("chat").key, "dave@x.org");
+    let now = chrono::Utc::now().timestamp();
+    assert!(r.store.due_outbox("matrix", now, 10).await.expect("due").is_empty(), "nothing else was queued");
 }

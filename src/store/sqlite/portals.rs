@@ -19,7 +19,7 @@ impl SqliteStore {
         chat_id: i64,
         message_id: &str,
         except_bridge: Option<&str>,
-    ) -> StoreResult<usize> {
+    ) -> StoreResult<Vec<String>> {
         let bridges: Vec<String> = sqlx::query("SELECT bridge FROM portal WHERE chat_id = ? ORDER BY id")
             .bind(chat_id)
             .fetch_all(&mut **tx)
@@ -29,8 +29,19 @@ impl SqliteStore {
             .map(|r| r.get(0))
             .filter(|b: &String| Some(b.as_str()) != except_bridge)
             .collect();
+        Self::queue_for_tx(tx, chat_id, message_id, &bridges).await?;
+        Ok(bridges)
+    }
+
+    /// Queues a message for these bridges (once per bridge).
+    pub(super) async fn queue_for_tx(
+        tx: &mut Transaction<'_, sqlx::Sqlite>,
+        chat_id: i64,
+        message_id: &str,
+        bridges: &[String],
+    ) -> StoreResult<()> {
         let ts = now();
-        for bridge in &bridges {
+        for bridge in bridges {
             sqlx::query(
                 "INSERT INTO outbox (target, chat_id, message_id, payload, next_attempt_at, created_at)
                  VALUES (?, ?, ?, x'', ?, ?) ON CONFLICT (target, message_id) DO NOTHING",
@@ -44,12 +55,20 @@ impl SqliteStore {
             .await
             .map_err(err)?;
         }
-        Ok(bridges.len())
+        Ok(())
     }
 }
 
 #[async_trait]
 impl PortalStore for SqliteStore {
+    fn outbox_waker(&self, target: &str) -> std::sync::Arc<tokio::sync::Notify> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).entry(target.to_owned()).or_default().clone()
+    }
+
+    fn set_dm_bridges(&self, bridges: Vec<String>) {
+        *self.dm_bridges.write().unwrap_or_else(|e| e.into_inner()) = bridges;
+    }
+
     async fn create_portal(&self, chat_id: i64, bridge: &str, remote_chat: &str) -> StoreResult<Portal> {
         sqlx::query(
             "INSERT INTO portal (chat_id, bridge, remote_chat, created_at) VALUES (?, ?, ?, ?)
