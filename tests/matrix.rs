@@ -377,3 +377,59 @@ async fn a_contact_writing_one_to_one_gets_a_dm_room_with_the_owner() {
     assert_eq!(m["overrideSenderName"], json!("mara (Matrix)"));
     assert!(support::synapse::invites(&s.hs, &s.mara).await.is_empty(), "one DM room, not one per message");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_members_follow_each_other() {
+    let Some(s) = Stack::new().await else { return };
+    let (dc, alice) = (&s.dc, s.alice);
+    let member = |who: &'static str, membership: &'static str| {
+        move |e: &Value| {
+            e["type"] == "m.room.member" && e["state_key"] == who && e["content"]["membership"] == membership
+        }
+    };
+    // Alice's ghost joined when she joined the COI group, before she wrote anything.
+    s.event("Alice's ghost joins", member(ALICE_GHOST, "join")).await;
+
+    // Matrix renames the room: the COI group follows.
+    let r = reqwest::Client::new()
+        .put(format!("{}/_matrix/client/v3/rooms/{}/state/m.room.name/", s.hs.url(), support::synapse::seg(&s.room)))
+        .bearer_auth(&s.mara)
+        .json(&json!({"name": "Rose Garden"}))
+        .send()
+        .await
+        .expect("rename");
+    assert!(r.status().is_success());
+    eventually(WAIT, "the COI group renamed", || async {
+        let c = dc.call("get_basic_chat_info", json!([alice, s.group])).await;
+        (c["name"] == "Rose Garden").then_some(())
+    })
+    .await;
+    // Delta Chat renames the group: the room follows, named by the bot.
+    dc.call("set_chat_name", json!([alice, s.group, "Herb Garden"])).await;
+    let renamed =
+        s.event("the room renamed", |e| e["type"] == "m.room.name" && e["content"]["name"] == "Herb Garden").await;
+    assert_eq!(renamed["sender"], json!(BOT));
+
+    // Bob joins on COI and leaves again: his ghost joins and leaves the room.
+    const BOB_GHOST: &str = "@coi_bob=example.org:localhost";
+    let bob = dc.account(&s.mail, "bob", "Bob").await;
+    let bob_group = s.join(bob, &s.link).await;
+    s.event("Bob's ghost joins", member(BOB_GHOST, "join")).await;
+    dc.call("leave_group", json!([bob, bob_group])).await;
+    s.event("Bob's ghost leaves", member(BOB_GHOST, "leave")).await;
+
+    // A Matrix admin removes Alice's ghost: Alice is removed from the COI group.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/rooms/{}/kick", s.hs.url(), support::synapse::seg(&s.room)))
+        .bearer_auth(&s.mara)
+        .json(&json!({"user_id": ALICE_GHOST, "reason": "moved away"}))
+        .send()
+        .await
+        .expect("kick");
+    assert!(r.status().is_success());
+    eventually(WAIT, "Alice removed from the COI group", || async {
+        let c = dc.call("get_full_chat_by_id", json!([alice, s.group])).await;
+        (c["selfInGroup"] == json!(false)).then_some(())
+    })
+    .await;
+}

@@ -172,6 +172,23 @@ impl BridgeDelivery {
                 };
                 Outgoing::ReadReceipt { reader: sender, up_to }
             }
+            "member-added" | "member-removed" => {
+                let Some(addr) = msg.target.clone() else { return Built::Skip("no member") };
+                if addr.eq_ignore_ascii_case(&self.outbound.address()) {
+                    return Built::Skip("the bridge itself");
+                }
+                let name = addr.split('@').next().unwrap_or(&addr).to_owned();
+                let member = Person { id: addr.into(), display_name: name };
+                if msg.kind == "member-added" {
+                    Outgoing::MemberJoined { member }
+                } else {
+                    Outgoing::MemberLeft { member }
+                }
+            }
+            "renamed" => match msg.target.clone() {
+                Some(name) if !name.is_empty() => Outgoing::Rename { name },
+                _ => return Built::Skip("no name"),
+            },
             _ => return Built::Skip("nothing to show"),
         };
         Built::Send(to, outgoing, Vec::new())
@@ -282,7 +299,12 @@ pub fn degrade(o: &Outgoing) -> Option<Outgoing> {
         Outgoing::Reaction { sender, emoji, .. } => format!("{} reacted {emoji}", sender.display_name),
         Outgoing::Edit { new_text, .. } => format!("✏️ {new_text}"),
         Outgoing::Delete { sender, .. } => format!("{} deleted a message", sender.display_name),
-        Outgoing::Message { .. } | Outgoing::Notice { .. } | Outgoing::ReadReceipt { .. } => return None,
+        Outgoing::Message { .. }
+        | Outgoing::Notice { .. }
+        | Outgoing::ReadReceipt { .. }
+        | Outgoing::MemberJoined { .. }
+        | Outgoing::MemberLeft { .. }
+        | Outgoing::Rename { .. } => return None,
     };
     let sender = match o {
         Outgoing::Reaction { sender, .. } | Outgoing::Edit { sender, .. } | Outgoing::Delete { sender, .. } => {

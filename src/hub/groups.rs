@@ -2,10 +2,21 @@
 
 use crate::coi::{ChatMessage, Group, GroupChange};
 use crate::hub::outbound::{Outbound, QueueError};
-use crate::store::{Chat, ChatKind, ChatRef, Store};
+use crate::store::{Chat, ChatKind, ChatRef, Origin, Store};
 
 /// Removes `addr` from the group and tells everyone, `addr` included.
 pub async fn remove_member(
+    store: &dyn Store,
+    outbound: &Outbound,
+    chat: &Chat,
+    addr: &str,
+) -> Result<String, QueueError> {
+    remove_member_for(Origin::Local, store, outbound, chat, addr).await
+}
+
+/// [`remove_member`] on behalf of `origin` (a bridge that saw it happen remotely).
+pub async fn remove_member_for(
+    origin: Origin,
     store: &dyn Store,
     outbound: &Outbound,
     chat: &Chat,
@@ -20,13 +31,24 @@ pub async fn remove_member(
         text: format!("Member {addr} removed."),
         ..ChatMessage::default()
     };
-    let id = outbound.queue_to_group(chat, msg).await?;
+    let id = outbound.queue_to_chat(origin, chat, msg).await?;
     store.update_members(chat.id, &[], &[addr.to_owned()]).await?;
     Ok(id)
 }
 
 /// Renames the group and tells everyone.
 pub async fn rename(store: &dyn Store, outbound: &Outbound, chat: &Chat, new_name: &str) -> Result<String, QueueError> {
+    rename_for(Origin::Local, store, outbound, chat, new_name).await
+}
+
+/// [`rename`] on behalf of `origin` (a bridge that saw it happen remotely).
+pub async fn rename_for(
+    origin: Origin,
+    store: &dyn Store,
+    outbound: &Outbound,
+    chat: &Chat,
+    new_name: &str,
+) -> Result<String, QueueError> {
     let msg = ChatMessage {
         group: Some(Group {
             id: chat.key.clone(),
@@ -38,7 +60,7 @@ pub async fn rename(store: &dyn Store, outbound: &Outbound, chat: &Chat, new_nam
         ..ChatMessage::default()
     };
     let renamed = Chat { name: new_name.to_owned(), ..chat.clone() };
-    let id = outbound.queue_to_group(&renamed, msg).await?;
+    let id = outbound.queue_to_chat(origin, &renamed, msg).await?;
     store.ensure_chat(&ChatRef { kind: ChatKind::Group, key: chat.key.clone(), name: new_name.to_owned() }).await?;
     Ok(id)
 }

@@ -47,6 +47,11 @@ impl Outbound {
         Self { store, me, identity, policy, wake }
     }
 
+    /// The bridge's own address.
+    pub fn address(&self) -> String {
+        self.me.addr.clone()
+    }
+
     /// Durably queues `msg` for `recipients` in `chat`, and returns its Message-ID.
     ///
     /// `From` is always the bridge's address. A different display name in `msg.from`
@@ -207,8 +212,9 @@ impl Outbound {
         msg.date.get_or_insert_with(|| chrono::Utc::now().timestamp());
         // The password-encrypted SecureJoin steps are not chat messages; all else is.
         msg.is_chat = !matches!(msg.secure_join_header("Secure-Join"), Some("vc-request-pubkey" | "vc-pubkey"));
-        if msg.to.is_empty() && !msg.is_chat {
-            // hidden recipients, as Delta Chat writes these steps
+        if msg.to.is_empty() && (!msg.is_chat || !msg.past_members.is_empty()) {
+            // Hidden recipients, as Delta Chat writes these steps, and a removal of the
+            // last member (who is a past member now, not in To).
         } else if msg.to.is_empty() {
             msg.to = recipients.iter().map(|a| Mailbox::new(a, None)).collect();
         }

@@ -280,6 +280,46 @@ impl Hub for CoreHub {
                 };
                 (Some(RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 }), msg)
             }
+            RemoteEvent::Renamed { id, name, .. } => {
+                if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() {
+                    return Ok(());
+                }
+                let name = name.trim();
+                if chat.kind != ChatKind::Group || name.is_empty() || name == chat.name {
+                    return Ok(());
+                }
+                let origin = Origin::Bridge {
+                    bridge: from.as_str().to_owned(),
+                    copy: Some(RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 }),
+                };
+                return crate::hub::groups::rename_for(origin, self.store.as_ref(), &self.outbound, &chat, name)
+                    .await
+                    .map(|_| ())
+                    .map_err(retry_or_reject);
+            }
+            RemoteEvent::MemberRemoved { id, member, .. } => {
+                if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() {
+                    return Ok(());
+                }
+                let member = member.to_lowercase();
+                if chat.kind != ChatKind::Group || !chat.members.contains(&member) {
+                    return Err(SubmitError::Rejected(format!("{member} is not a member of the COI group")));
+                }
+                let origin = Origin::Bridge {
+                    bridge: from.as_str().to_owned(),
+                    copy: Some(RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 }),
+                };
+                return crate::hub::groups::remove_member_for(
+                    origin,
+                    self.store.as_ref(),
+                    &self.outbound,
+                    &chat,
+                    &member,
+                )
+                .await
+                .map(|_| ())
+                .map_err(retry_or_reject);
+            }
             RemoteEvent::ReadReceipt { up_to, .. } => {
                 // A receipt goes to whoever wrote the message, and only for what a COI
                 // person wrote and asked receipts for (as Delta Chat does).

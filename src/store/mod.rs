@@ -106,6 +106,9 @@ pub struct StoredMessage {
     pub from_name: String,
     pub text: String,
     pub in_reply_to: Option<String>,
+    /// What the message is about: the Message-ID a reaction, edit, delete or receipt
+    /// targets; the address of a `member-added`/`member-removed`; the new name of a
+    /// `renamed`.
     pub target: Option<String>,
     pub attachments: Vec<StoredAttachment>,
     /// `plain`, `unverified`, `verified`, `invite`, or `sent` for our own.

@@ -161,6 +161,21 @@ impl SqliteStore {
         m: &ChatMessage,
         security: &str,
     ) -> StoreResult<bool> {
+        // Group changes are kinds of their own, so bridges can mirror them: the target is
+        // the member's address, or the new name.
+        use crate::coi::GroupChange;
+        let (kind, target) = match m.group.as_ref().and_then(|g| g.change.as_ref().map(|c| (g, c))) {
+            Some((_, GroupChange::MemberAdded(a))) if m.kind == crate::coi::Kind::Text => {
+                ("member-added", Some(a.as_str()))
+            }
+            Some((_, GroupChange::MemberRemoved(a))) if m.kind == crate::coi::Kind::Text => {
+                ("member-removed", Some(a.as_str()))
+            }
+            Some((g, GroupChange::NameChanged { .. })) if m.kind == crate::coi::Kind::Text => {
+                ("renamed", Some(g.name.as_str()))
+            }
+            _ => (m.kind_name(), m.target()),
+        };
         let row = sqlx::query(
             "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, in_reply_to, target, sent_at, recorded_at, security, post_message_id)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -169,7 +184,7 @@ impl SqliteStore {
         .bind(&m.message_id)
         .bind(chat_id)
         .bind(direction.as_str())
-        .bind(m.kind_name())
+        .bind(kind)
         .bind(&m.from.addr)
         .bind(m.from.display())
         // A reaction's text is its emoji.
@@ -178,7 +193,7 @@ impl SqliteStore {
             _ => &m.text,
         })
         .bind(&m.in_reply_to)
-        .bind(m.target())
+        .bind(target)
         .bind(m.date)
         .bind(now())
         .bind(security)

@@ -26,6 +26,8 @@ pub struct Stack {
     pub group: Value,
     pub mara: String,
     pub room: String,
+    /// The group's invite link the bot posted.
+    pub link: String,
 }
 
 impl Stack {
@@ -55,15 +57,20 @@ impl Stack {
         let room: Value = reqwest::Client::new()
             .post(format!("{}/_matrix/client/v3/createRoom", hs.url()))
             .bearer_auth(&mara)
-            .json(&json!({"name": "Garden Club", "invite": [BOT]}))
+            // Mara makes the bot a moderator, so it can mirror names and members.
+            .json(&json!({
+                "name": "Garden Club", "invite": [BOT],
+                "power_level_content_override": {"users": {BOT: 50}}
+            }))
             .send()
             .await
             .expect("createRoom")
             .json()
             .await
             .expect("json");
-        let room = room["room_id"].as_str().expect("room id").to_owned();
-        let mut s = Self { daemon, dc, hs, mail, state, as_port, alice, group: Value::Null, mara, room };
+        let room = room["room_id"].as_str().unwrap_or_else(|| panic!("createRoom: {room}")).to_owned();
+        let mut s =
+            Self { daemon, dc, hs, mail, state, as_port, alice, group: Value::Null, mara, room, link: String::new() };
         s.event("the bot joins", |e| {
             e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join"
         })
@@ -80,14 +87,22 @@ impl Stack {
             .expect("a link line")
             .to_owned();
 
-        let mark = s.dc.mark();
-        s.group = s.dc.call("secure_join", json!([alice, link])).await;
-        s.dc.wait_event_since(mark, alice, "joined", WAIT, |e| {
-            e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
-        })
-        .await;
-        s.dc.wait_until_member(alice, &s.group).await;
+        s.group = s.join(alice, &link).await;
+        s.link = link;
         Some(s)
+    }
+
+    /// Account `acc` joins the group through `link`; returns its chat id once it may write.
+    pub async fn join(&self, acc: u64, link: &str) -> Value {
+        let mark = self.dc.mark();
+        let chat = self.dc.call("secure_join", json!([acc, link])).await;
+        self.dc
+            .wait_event_since(mark, acc, "joined", WAIT, |e| {
+                e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
+            })
+            .await;
+        self.dc.wait_until_member(acc, &chat).await;
+        chat
     }
 
     /// Mara sends an event of type `m.room.message`.

@@ -155,6 +155,21 @@ pub enum RemoteEvent {
         up_to: RemoteMsgId,
         reader: Person,
     },
+    /// The remote chat got a new name.
+    Renamed {
+        chat: RemoteChatId,
+        id: RemoteMsgId,
+        sender: Person,
+        name: String,
+    },
+    /// A COI member's puppet was removed from the remote chat by an admin; `member` is
+    /// the COI address the bridge mapped the puppet back to.
+    MemberRemoved {
+        chat: RemoteChatId,
+        id: RemoteMsgId,
+        sender: Person,
+        member: String,
+    },
 }
 
 impl RemoteEvent {
@@ -165,7 +180,9 @@ impl RemoteEvent {
             | Self::Edit { chat, .. }
             | Self::Delete { chat, .. }
             | Self::Reaction { chat, .. }
-            | Self::ReadReceipt { chat, .. } => chat,
+            | Self::ReadReceipt { chat, .. }
+            | Self::Renamed { chat, .. }
+            | Self::MemberRemoved { chat, .. } => chat,
         }
     }
 }
@@ -215,6 +232,18 @@ pub enum Outgoing {
     ReadReceipt {
         reader: Person,
         up_to: RemoteMsgId,
+    },
+    /// `member` joined the COI chat: their puppet joins the remote chat.
+    MemberJoined {
+        member: Person,
+    },
+    /// `member` left or was removed from the COI chat: their puppet leaves.
+    MemberLeft {
+        member: Person,
+    },
+    /// The COI group got a new name.
+    Rename {
+        name: String,
     },
     /// A notice from the bridge itself (delivery failures, command answers).
     Notice {

@@ -51,17 +51,24 @@ impl MatrixBridge {
 
     /// The MXID that speaks for `person` in `room`: registered, named and joined.
     pub async fn ghost(&self, person: &Person, room: &str) -> Result<String, MatrixError> {
+        self.puppet(person, room, true).await
+    }
+
+    /// Like [`MatrixBridge::ghost`]; `rename` false keeps the name of a ghost that has
+    /// one (a member-added only knows the address, a message knows the display name).
+    async fn puppet(&self, person: &Person, room: &str, rename: bool) -> Result<String, MatrixError> {
         if person.id.as_str().eq_ignore_ascii_case(&self.coi_address) {
             return Ok(self.client.bot.clone());
         }
         let mxid = self.reg.ghost_for(person.id.as_str());
         let localpart = mxid.trim_start_matches('@').split(':').next().unwrap_or_default().to_owned();
+        let mut fresh = false;
         if !lock(&self.registered).contains(&mxid) {
-            self.client.register(&localpart).await?;
+            fresh = self.client.register(&localpart).await?;
             lock(&self.registered).insert(mxid.clone());
         }
         let name = format!("{} (COI)", person.display_name);
-        if lock(&self.names).get(&mxid) != Some(&name) {
+        if (rename || fresh) && lock(&self.names).get(&mxid) != Some(&name) {
             self.client.set_displayname(&mxid, &name).await?;
             lock(&self.names).insert(mxid.clone(), name);
         }
@@ -188,6 +195,36 @@ impl Bridge for MatrixBridge {
                 let user = self.ghost(reader, room).await?;
                 self.client.receipt(room, &user, up_to.as_str()).await?;
                 return Ok(Vec::new());
+            }
+            Outgoing::MemberJoined { member } => {
+                self.puppet(member, room, false).await?;
+                return Ok(Vec::new());
+            }
+            Outgoing::MemberLeft { member } => {
+                let mxid = self.reg.ghost_for(member.id.as_str());
+                match self.client.leave(room, &mxid).await {
+                    // Never joined, or gone already: nothing to undo.
+                    Ok(()) | Err(MatrixError::Refused { status: 403 | 404, .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                lock(&self.joined).remove(&(mxid, room.to_owned()));
+                return Ok(Vec::new());
+            }
+            Outgoing::Rename { name } => {
+                match self.client.set_state(room, "m.room.name", &json!({ "name": name })).await {
+                    Ok(_) => return Ok(Vec::new()),
+                    // Without the power to rename the room, say it instead.
+                    Err(MatrixError::Refused { status: 403, .. }) => {
+                        let text = format!(
+                            "The COI group is now called \"{name}\". Give {} the right to change the room name to keep \
+                             the two in step.",
+                            self.client.bot
+                        );
+                        let content = json!({ "msgtype": "m.notice", "body": text });
+                        self.client.send(room, &self.client.bot, "m.room.message", txn, &content).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Outgoing::Notice { text } => {
                 let content: Value = json!({ "msgtype": "m.notice", "body": text });

@@ -99,12 +99,13 @@ impl AsClient {
         Err(MatrixError::Refused { status, errcode, message })
     }
 
-    /// Registers a user in the appservice's namespace; an existing one is fine.
-    pub async fn register(&self, localpart: &str) -> Result<(), MatrixError> {
+    /// Registers a user in the appservice's namespace; an existing one is fine. `true`
+    /// when the user is new.
+    pub async fn register(&self, localpart: &str) -> Result<bool, MatrixError> {
         let body = json!({ "type": "m.login.application_service", "username": localpart, "inhibit_login": true });
         match self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(&body)).await {
-            Ok(_) => Ok(()),
-            Err(MatrixError::Refused { errcode, .. }) if errcode == "M_USER_IN_USE" => Ok(()),
+            Ok(_) => Ok(true),
+            Err(MatrixError::Refused { errcode, .. }) if errcode == "M_USER_IN_USE" => Ok(false),
             Err(e) => Err(e),
         }
     }

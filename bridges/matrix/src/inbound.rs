@@ -195,6 +195,35 @@ impl MatrixInbound {
                     reply_to,
                 })
             }
+            "m.room.name" if ev["state_key"] == "" => Some(RemoteEvent::Renamed {
+                chat: room.into(),
+                id: event_id.into(),
+                sender: self.person(sender).await,
+                name: content["name"].as_str()?.to_owned(),
+            }),
+            "m.room.member" => {
+                // An admin removing a COI person's ghost removes them from the COI group.
+                let target = ev["state_key"].as_str()?;
+                let member = crate::registration::addr_of_ghost(&self.cfg.ghost_prefix, &self.cfg.server_name, target)?;
+                if !matches!(content["membership"].as_str(), Some("leave" | "ban")) || target == sender {
+                    return None;
+                }
+                if !self.cfg.is_admin(sender) {
+                    tracing::warn!(sender, room, member, "a non-admin removed a COI person's ghost; not mirrored");
+                    let text =
+                        format!("{member} is still in the COI group: only the bridge's admins can remove COI people.");
+                    if let Err(e) = self.notice(room, &format!("kick-{event_id}"), &text).await {
+                        tracing::warn!(room, error = %e, "could not post the notice");
+                    }
+                    return None;
+                }
+                Some(RemoteEvent::MemberRemoved {
+                    chat: room.into(),
+                    id: event_id.into(),
+                    sender: self.person(sender).await,
+                    member,
+                })
+            }
             "m.reaction" => Some(RemoteEvent::Reaction {
                 chat: room.into(),
                 id: event_id.into(),

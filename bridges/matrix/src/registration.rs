@@ -118,6 +118,22 @@ impl Registration {
             .collect();
         format!("@{}{local}:{}", self.ghost_prefix, self.server_name)
     }
+
+    /// The COI address a ghost speaks for (the inverse of [`Registration::ghost_for`]
+    /// for addresses it did not have to escape); `None` for other users.
+    pub fn addr_of_ghost(&self, mxid: &str) -> Option<String> {
+        addr_of_ghost(&self.ghost_prefix, &self.server_name, mxid)
+    }
+}
+
+/// See [`Registration::addr_of_ghost`].
+pub fn addr_of_ghost(ghost_prefix: &str, server_name: &str, mxid: &str) -> Option<String> {
+    let (local, server) = mxid.strip_prefix('@')?.split_once(':')?;
+    if server != server_name {
+        return None;
+    }
+    let (user, domain) = local.strip_prefix(ghost_prefix)?.rsplit_once('=')?;
+    (!user.is_empty() && !domain.is_empty()).then(|| format!("{user}@{domain}"))
 }
 
 #[cfg(test)]
@@ -142,5 +158,9 @@ mod tests {
         let r = Registration::generate("coi", "http://x", "hs.example", "coibot", "coi_");
         assert_eq!(r.ghost_for("Alice@Example.org"), "@coi_alice=example.org:hs.example");
         assert_eq!(r.ghost_for("a+b@x.org"), "@coi_a_b=x.org:hs.example");
+        assert_eq!(r.addr_of_ghost("@coi_alice=example.org:hs.example").as_deref(), Some("alice@example.org"));
+        assert_eq!(r.addr_of_ghost("@coi_a=b=x.org:hs.example").as_deref(), Some("a=b@x.org"));
+        assert_eq!(r.addr_of_ghost("@alice:hs.example"), None);
+        assert_eq!(r.addr_of_ghost("@coi_alice=example.org:elsewhere"), None);
     }
 }
