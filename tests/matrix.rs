@@ -379,7 +379,7 @@ async fn a_contact_writing_one_to_one_gets_a_dm_room_with_the_owner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn names_and_members_follow_each_other() {
+async fn names_members_and_avatars_follow_each_other() {
     let Some(s) = Stack::new().await else { return };
     let (dc, alice) = (&s.dc, s.alice);
     let member = |who: &'static str, membership: &'static str| {
@@ -389,6 +389,39 @@ async fn names_and_members_follow_each_other() {
     };
     // Alice's ghost joined when she joined the COI group, before she wrote anything.
     s.event("Alice's ghost joins", member(ALICE_GHOST, "join")).await;
+
+    // Alice's Delta Chat avatar becomes her ghost's.
+    let face = s.state.path().join("face.png");
+    std::fs::write(&face, PNG).expect("png");
+    dc.call("set_config", json!([alice, "selfavatar", face])).await;
+    s.alice_says("this is my face").await;
+    s.body("this is my face").await;
+    let avatar = eventually(WAIT, "the ghost's avatar", || async {
+        let p: Value = reqwest::Client::new()
+            .get(format!("{}/_matrix/client/v3/profile/{}", s.hs.url(), support::synapse::seg(ALICE_GHOST)))
+            .bearer_auth(&s.mara)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        p["avatar_url"].as_str().map(str::to_owned)
+    })
+    .await;
+    let image = download_as(&s.hs, &s.mara, &avatar).await;
+    assert!(image.len() > 50, "an image, as Delta Chat recoded it ({} bytes)", image.len());
+
+    // Status says who is on COI and who only on Matrix.
+    s.send("st", json!({"msgtype": "m.text", "body": "!coi status"})).await;
+    let status = s
+        .event("the status", |e| {
+            e["sender"] == BOT && e["content"]["body"].as_str().is_some_and(|b| b.contains("Only on Matrix"))
+        })
+        .await;
+    let text = status["content"]["body"].as_str().expect("body");
+    assert!(text.contains("alice@example.org") && text.contains("@mara:localhost"), "{text}");
+    assert!(!text.contains(ALICE_GHOST), "ghosts are not Matrix people: {text}");
 
     // Matrix renames the room: the COI group follows.
     let r = reqwest::Client::new()
@@ -432,4 +465,67 @@ async fn names_and_members_follow_each_other() {
         (c["selfInGroup"] == json!(false)).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_and_start_bring_existing_coi_chats_into_rooms() {
+    let Some(s) = Stack::new().await else { return };
+    let (dc, alice) = (&s.dc, s.alice);
+
+    // Alice has a Delta Chat group of her own; Mara links it to a new room.
+    let book = dc.call("create_group_chat", json!([alice, "Book Club", false])).await;
+    let glink = dc.call("get_chat_securejoin_qr_code", json!([alice, book])).await;
+    let books = s.new_room("Books").await;
+    let mark = dc.mark();
+    let command = format!("!coi link {}", glink.as_str().expect("link"));
+    send_as(&s.hs, &s.mara, &books, "m.room.message", "l1", json!({"msgtype": "m.text", "body": command})).await;
+    let joining = s
+        .event_in(&books, "the bot's answer", |e| {
+            e["sender"] == BOT && e["content"]["body"].as_str().is_some_and(|b| b.contains("Book Club"))
+        })
+        .await;
+    assert!(joining["content"]["body"].as_str().expect("body").starts_with("Joining"), "{joining}");
+    dc.wait_event_since(mark, alice, "the bridge joined Alice's group", WAIT, |e| {
+        e["kind"] == "SecurejoinInviterProgress" && e["progress"].as_u64() == Some(1000)
+    })
+    .await;
+    dc.call("misc_send_text_message", json!([alice, book, "hello, book lovers"])).await;
+    let first = s.event_in(&books, "Alice's message in Books", |e| e["content"]["body"] == "hello, book lovers").await;
+    assert_eq!(first["sender"], json!(ALICE_GHOST));
+    send_as(&s.hs, &s.mara, &books, "m.room.message", "l2", json!({"msgtype": "m.text", "body": "reading now"})).await;
+    let m = s.at_alice("reading now").await;
+    assert_eq!(m["chatId"], book, "in Alice's own group");
+
+    // start: a 1:1 portal with Alice, whose key the bridge has from her join.
+    let direct = s.new_room("Alice, directly").await;
+    let start = json!({"msgtype": "m.text", "body": "!coi start alice@example.org"});
+    send_as(&s.hs, &s.mara, &direct, "m.room.message", "s1", start).await;
+    s.event_in(&direct, "the bot's answer", |e| {
+        e["sender"] == BOT
+            && e["content"]["body"].as_str().is_some_and(|b| b.contains("1:1 chat with alice@example.org"))
+    })
+    .await;
+    send_as(&s.hs, &s.mara, &direct, "m.room.message", "s2", json!({"msgtype": "m.text", "body": "just between us"}))
+        .await;
+    let m = s.at_alice("just between us").await;
+    let bridge = dc.call("lookup_contact_id_by_addr", json!([alice, support::BRIDGE])).await;
+    let one_to_one = dc.call("create_chat_by_contact_id", json!([alice, bridge])).await;
+    assert_eq!(m["chatId"], one_to_one, "in Alice's 1:1 chat with the bridge");
+    dc.call("misc_send_text_message", json!([alice, one_to_one, "sure, just us"])).await;
+    let answer = s.event_in(&direct, "Alice's answer in the room", |e| e["content"]["body"] == "sure, just us").await;
+    assert_eq!(answer["sender"], json!(ALICE_GHOST));
+    assert!(support::synapse::invites(&s.hs, &s.mara).await.is_empty(), "no DM room besides the linked one");
+
+    // Refusals: a bad link, an address without a key.
+    let other = s.new_room("Nope").await;
+    for (txn, body, says) in [
+        ("n1", "!coi link https://i.delta.chat/#garbage", "That did not work"),
+        ("n2", "!coi start nobody@example.org", "no key for nobody@example.org"),
+    ] {
+        send_as(&s.hs, &s.mara, &other, "m.room.message", txn, json!({"msgtype": "m.text", "body": body})).await;
+        s.event_in(&other, says, |e| {
+            e["sender"] == BOT && e["content"]["body"].as_str().is_some_and(|b| b.contains(says))
+        })
+        .await;
+    }
 }

@@ -113,6 +113,8 @@ pub struct ChatMessage {
     pub is_post_message: bool,
     /// `Secure-Join*` headers in order (name as written, value).
     pub secure_join: Vec<(String, String)>,
+    /// `Chat-User-Avatar`: the sender's new avatar image; empty when removed (`0`).
+    pub user_avatar: Option<Vec<u8>>,
 }
 
 impl ChatMessage {

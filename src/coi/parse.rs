@@ -153,6 +153,8 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             msg.member_fprs = unfolded.split_whitespace().map(str::to_ascii_uppercase).collect();
         } else if name.eq_ignore_ascii_case("Chat-Post-Message-ID") {
             msg.post_message_id = Some(clean_id(unfolded)).filter(|s| !s.is_empty());
+        } else if name.eq_ignore_ascii_case("Chat-User-Avatar") {
+            msg.user_avatar = parse_avatar(unfolded);
         } else if name.eq_ignore_ascii_case("Chat-Is-Post-Message") {
             msg.is_post_message = unfolded == "1";
         } else if name.eq_ignore_ascii_case("Chat-Group-Past-Members") {
@@ -433,8 +435,33 @@ fn default_name(mime: &str, n: usize) -> String {
     format!("attachment-{}.{ext}", n + 1)
 }
 
+/// Avatars larger than this (decoded) are ignored; Delta Chat sends about 20 KB.
+const MAX_AVATAR: usize = 512 * 1024;
+
+/// `Chat-User-Avatar: base64:<image>` (or `0`, removed). Other forms (an attachment
+/// named by the header, as old clients did) are not taken.
+fn parse_avatar(value: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    if value == "0" {
+        return Some(Vec::new());
+    }
+    let data: String = value.strip_prefix("base64:")?.chars().filter(|c| !c.is_whitespace()).collect();
+    if data.len() > MAX_AVATAR * 4 / 3 + 4 {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD.decode(data).ok().filter(|d| !d.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn avatars_are_read_from_base64_or_removed() {
+        assert_eq!(super::parse_avatar("base64:aGVs bG8="), Some(b"hello".to_vec()), "folded base64");
+        assert_eq!(super::parse_avatar("0"), Some(Vec::new()), "removed");
+        assert_eq!(super::parse_avatar("avatar.jpg"), None, "the old attachment form is not taken");
+        assert_eq!(super::parse_avatar("base64:!!!"), None);
+        assert_eq!(super::parse_avatar(&format!("base64:{}", "A".repeat(2_000_000))), None, "too large");
+    }
     use super::*;
 
     #[test]

@@ -104,6 +104,18 @@ impl BridgeDelivery {
         copies.into_iter().map(|c| RemoteMsgId(c.remote_id)).collect()
     }
 
+    /// A contact's avatar as an attachment (its type from its first bytes).
+    async fn avatar_of(&self, addr: &str) -> Option<coi_bridge_api::Attachment> {
+        let data = self.store.contact_avatar(addr).await.ok()??;
+        let (name, mime) = match data.get(..4) {
+            Some([0x89, b'P', b'N', b'G']) => ("avatar.png", "image/png"),
+            Some([b'G', b'I', b'F', _]) => ("avatar.gif", "image/gif"),
+            Some([b'R', b'I', b'F', b'F']) => ("avatar.webp", "image/webp"),
+            _ => ("avatar.jpg", "image/jpeg"),
+        };
+        Some(coi_bridge_api::Attachment { name: name.into(), mime: mime.into(), data })
+    }
+
     /// A COI contact wrote 1:1 to the bridge and the chat has no portal here: the bridge
     /// opens one with its owners. `None` if this chat does not get one.
     async fn open_dm(&self, item: &OutboxItem, peer: &Person) -> Result<Option<RemoteChatId>, DeliverError> {
@@ -150,6 +162,10 @@ impl BridgeDelivery {
                 reply_to: match &msg.in_reply_to {
                     Some(p) => self.remote_of(p).await,
                     None => None,
+                },
+                avatar: match msg.direction {
+                    Direction::In => self.avatar_of(&msg.from_addr).await,
+                    Direction::Out => None,
                 },
             },
             kind @ ("reaction" | "edit" | "delete") => {
@@ -318,7 +334,7 @@ pub fn degrade(o: &Outgoing) -> Option<Outgoing> {
         }
         _ => None,
     };
-    Some(Outgoing::Message { sender, text, attachments: Vec::new(), reply_to })
+    Some(Outgoing::Message { sender, text, attachments: Vec::new(), reply_to, avatar: None })
 }
 
 #[cfg(test)]

@@ -138,6 +138,14 @@ impl Ingest {
                 Trust::Verified { .. } => "verified",
                 Trust::Invite { .. } => "invite",
             };
+            if let Some(avatar) = msg.user_avatar.take() {
+                // Only a signed, encrypted message may change how its sender looks.
+                if attributed && security == "verified" && msg.from.addr != me {
+                    self.store.set_contact_avatar(&msg.from.addr, &avatar).await?;
+                } else {
+                    self.metrics.inbound_problems.with_label_values(&["avatar_ignored"]).inc();
+                }
+            }
             let chat = if attributed {
                 let ids = parent_ids(&msg);
                 let parent = match ids.iter().find_map(|id| batch_chats.get(id).cloned()) {

@@ -97,6 +97,9 @@ pub trait KeyStore: Send + Sync {
     /// processes starting at once end up with one key.
     async fn init_account_key(&self, row: &AccountKeyRow) -> StoreResult<AccountKeyRow>;
     async fn contact_key(&self, addr: &str) -> StoreResult<Option<ContactKeyRow>>;
+    /// Records a contact's avatar image; empty `data` removes it.
+    async fn set_contact_avatar(&self, addr: &str, data: &[u8]) -> StoreResult<()>;
+    async fn contact_avatar(&self, addr: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Records a key for `addr` under the rules of [`KeyLearned`].
     async fn learn_contact_key(
         &self,

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_keys.sql")),
     (3, include_str!("migrations/0003_portals.sql")),
+    (4, include_str!("migrations/0004_avatars.sql")),
 ];
 
 pub struct SqliteStore {

@@ -54,27 +54,20 @@ impl Stack {
         let mut daemon = Daemon::with_config(state.path(), config, as_port);
         daemon.wait_ready().await;
 
-        let room: Value = reqwest::Client::new()
-            .post(format!("{}/_matrix/client/v3/createRoom", hs.url()))
-            .bearer_auth(&mara)
-            // Mara makes the bot a moderator, so it can mirror names and members.
-            .json(&json!({
-                "name": "Garden Club", "invite": [BOT],
-                "power_level_content_override": {"users": {BOT: 50}}
-            }))
-            .send()
-            .await
-            .expect("createRoom")
-            .json()
-            .await
-            .expect("json");
-        let room = room["room_id"].as_str().unwrap_or_else(|| panic!("createRoom: {room}")).to_owned();
-        let mut s =
-            Self { daemon, dc, hs, mail, state, as_port, alice, group: Value::Null, mara, room, link: String::new() };
-        s.event("the bot joins", |e| {
-            e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join"
-        })
-        .await;
+        let mut s = Self {
+            daemon,
+            dc,
+            hs,
+            mail,
+            state,
+            as_port,
+            alice,
+            group: Value::Null,
+            mara,
+            room: String::new(),
+            link: String::new(),
+        };
+        s.room = s.new_room("Garden Club").await;
         s.send("c1", json!({"msgtype": "m.text", "body": "!coi bridge"})).await;
         let notice = s
             .event("the invite link", |e| {
@@ -90,6 +83,36 @@ impl Stack {
         s.group = s.join(alice, &link).await;
         s.link = link;
         Some(s)
+    }
+
+    /// Mara makes a room, invites the bot as a moderator (so it can mirror names and
+    /// members), and waits until it joined.
+    pub async fn new_room(&self, name: &str) -> String {
+        let room: Value = reqwest::Client::new()
+            .post(format!("{}/_matrix/client/v3/createRoom", self.hs.url()))
+            .bearer_auth(&self.mara)
+            .json(&json!({
+                "name": name, "invite": [BOT],
+                "power_level_content_override": {"users": {BOT: 50}}
+            }))
+            .send()
+            .await
+            .expect("createRoom")
+            .json()
+            .await
+            .expect("json");
+        let room = room["room_id"].as_str().unwrap_or_else(|| panic!("createRoom: {room}")).to_owned();
+        self.event_in(&room, "the bot joins", |e| {
+            e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join"
+        })
+        .await;
+        room
+    }
+
+    /// Waits for the first event in `room` that `pred` accepts.
+    pub async fn event_in(&self, room: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        eventually(WAIT, what, || async { timeline(&self.hs, &self.mara, room).await.into_iter().find(|e| pred(e)) })
+            .await
     }
 
     /// Account `acc` joins the group through `link`; returns its chat id once it may write.
@@ -112,10 +135,7 @@ impl Stack {
 
     /// Waits for the first timeline event that `pred` accepts.
     pub async fn event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        eventually(WAIT, what, || async {
-            timeline(&self.hs, &self.mara, &self.room).await.into_iter().find(|e| pred(e))
-        })
-        .await
+        self.event_in(&self.room, what, pred).await
     }
 
     /// The room event whose plain body is `body`.

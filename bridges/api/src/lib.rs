@@ -213,6 +213,8 @@ pub enum Outgoing {
         text: String,
         attachments: Vec<Attachment>,
         reply_to: Option<RemoteMsgId>,
+        /// The sender's avatar (from `Chat-User-Avatar`), for bridges that show one.
+        avatar: Option<Attachment>,
     },
     Edit {
         sender: Person,

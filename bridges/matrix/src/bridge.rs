@@ -5,8 +5,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use coi_bridge_api::{
-    Bridge, BridgeContext, BridgeError, Capabilities, DeliverError, DeliveryKey, Outgoing, Person, RemoteChatId,
-    RemoteMsgId,
+    Attachment, Bridge, BridgeContext, BridgeError, Capabilities, DeliverError, DeliveryKey, Outgoing, Person,
+    RemoteChatId, RemoteMsgId,
 };
 use serde_json::{Value, json};
 
@@ -23,6 +23,8 @@ pub struct MatrixBridge {
     registered: Mutex<HashSet<String>>,
     names: Mutex<HashMap<String, String>>,
     joined: Mutex<HashSet<(String, String)>>,
+    /// Ghost → digest of the avatar it was given.
+    avatars: Mutex<HashMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -42,6 +44,7 @@ impl MatrixBridge {
             registered: Mutex::default(),
             names: Mutex::default(),
             joined: Mutex::default(),
+            avatars: Mutex::default(),
         })
     }
 
@@ -52,6 +55,24 @@ impl MatrixBridge {
     /// The MXID that speaks for `person` in `room`: registered, named and joined.
     pub async fn ghost(&self, person: &Person, room: &str) -> Result<String, MatrixError> {
         self.puppet(person, room, true).await
+    }
+
+    /// Gives a ghost its COI avatar, once per image.
+    async fn set_avatar(&self, mxid: &str, avatar: &Attachment) -> Result<(), MatrixError> {
+        if mxid == self.client.bot || avatar.data.len() as u64 > self.cfg.max_file_bytes {
+            return Ok(());
+        }
+        let digest = avatar
+            .data
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        if lock(&self.avatars).get(mxid) == Some(&digest) {
+            return Ok(());
+        }
+        let uri = self.client.upload(mxid, &avatar.name, &avatar.mime, avatar.data.clone()).await?;
+        self.client.set_avatar_url(mxid, &uri).await?;
+        lock(&self.avatars).insert(mxid.to_owned(), digest);
+        Ok(())
     }
 
     /// Like [`MatrixBridge::ghost`]; `rename` false keeps the name of a ghost that has
@@ -130,8 +151,11 @@ impl Bridge for MatrixBridge {
         let room = to.as_str();
         let txn = key.as_str();
         let event_id = match msg {
-            Outgoing::Message { sender, text, attachments, reply_to } => {
+            Outgoing::Message { sender, text, attachments, reply_to, avatar } => {
                 let user = self.ghost(sender, room).await?;
+                if let Some(a) = avatar {
+                    self.set_avatar(&user, a).await?;
+                }
                 let relates = reply_to.as_ref().map(|r| json!({ "m.in_reply_to": { "event_id": r.as_str() } }));
                 let mut files = Vec::new();
                 for (i, a) in attachments.iter().enumerate() {

@@ -115,6 +115,11 @@ impl AsClient {
         self.call(reqwest::Method::PUT, &path, Some(mxid), Some(&json!({ "displayname": name }))).await.map(|_| ())
     }
 
+    pub async fn set_avatar_url(&self, mxid: &str, uri: &str) -> Result<(), MatrixError> {
+        let path = format!("/_matrix/client/v3/profile/{}/avatar_url", seg(mxid));
+        self.call(reqwest::Method::PUT, &path, Some(mxid), Some(&json!({ "avatar_url": uri }))).await.map(|_| ())
+    }
+
     /// Creates a room as the bot, inviting `invite`; returns its id.
     pub async fn create_room(&self, name: &str, invite: &[String]) -> Result<String, MatrixError> {
         let body = json!({ "name": name, "preset": "private_chat", "invite": invite });

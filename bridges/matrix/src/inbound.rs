@@ -89,8 +89,12 @@ impl MatrixInbound {
             Ok(v) => v["name"].as_str().unwrap_or(room).to_owned(),
             Err(_) => room.to_owned(),
         };
+        let status = command == Command::Status;
         match self.hub.command(&self.id, &RemoteChatId(room.to_owned()), &title, command).await {
-            Ok(reply) => {
+            Ok(mut reply) => {
+                if status && let Some(only) = self.matrix_only(room).await {
+                    reply.text.push_str(&format!("\nOnly on Matrix: {only}."));
+                }
                 self.notice(room, &txn, &reply.text).await?;
                 match reply.qr_png {
                     Some(png) => self.image(room, &format!("{txn}-qr"), "invite-qr.png", png).await,
@@ -100,6 +104,23 @@ impl MatrixInbound {
             Err(SubmitError::Retry(e)) => Err(e),
             Err(SubmitError::Rejected(e)) => self.notice(room, &txn, &format!("That did not work: {e}")).await,
         }
+    }
+
+    /// The room's Matrix people (not ghosts, not the bot), for `!coi status`.
+    async fn matrix_only(&self, room: &str) -> Option<String> {
+        let path = format!("/_matrix/client/v3/rooms/{}/joined_members", seg(room));
+        let v = self.client.call(reqwest::Method::GET, &path, None, None).await.ok()?;
+        let mut names: Vec<String> = v["joined"]
+            .as_object()?
+            .iter()
+            .filter(|(mxid, _)| !self.ours(mxid))
+            .map(|(mxid, m)| match m["display_name"].as_str() {
+                Some(n) if !n.is_empty() => format!("{n} ({mxid})"),
+                _ => mxid.clone(),
+            })
+            .collect();
+        names.sort();
+        Some(if names.is_empty() { "nobody".into() } else { names.join(", ") })
     }
 
     /// Posts a PNG in the room as the bot.

@@ -81,6 +81,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
         text: "hello Matrix".into(),
         attachments: vec![Attachment { name: "dot.png".into(), mime: "image/png".into(), data: png.clone() }],
         reply_to: None,
+        avatar: Some(Attachment { name: "avatar.png".into(), mime: "image/png".into(), data: png.clone() }),
     };
     let parts = bridge.deliver(&to, &key("coi-m1"), &hello).await.expect("delivered");
     assert_eq!(parts.len(), 2, "text and image are two parts: {parts:?}");
@@ -91,6 +92,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
         text: "a reply".into(),
         attachments: vec![],
         reply_to: Some(e1.clone()),
+        avatar: None,
     };
     let e2 = bridge.deliver(&to, &key("coi-m2"), &reply).await.expect("reply").remove(0);
     bridge
@@ -114,8 +116,13 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
         .await
         .expect("delete");
     let relayed = Person { id: "bridge@example.org".into(), display_name: "Carol (Telegram)".into() };
-    let from_bot =
-        Outgoing::Message { sender: relayed, text: "via the bot".into(), attachments: vec![], reply_to: None };
+    let from_bot = Outgoing::Message {
+        sender: relayed,
+        text: "via the bot".into(),
+        attachments: vec![],
+        reply_to: None,
+        avatar: None,
+    };
     bridge.deliver(&to, &key("coi-m6"), &from_bot).await.expect("bot message");
 
     let events = synapse::timeline(&hs, &alice_token, &room).await;
@@ -136,6 +143,28 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
     let by_bot = find(&|e| e["content"]["body"] == "via the bot").expect("bot message");
     assert_eq!(by_bot["sender"], json!("@coibot:localhost"));
     assert_eq!(synapse::displayname(&hs, &alice_token, ghost).await, json!("Bob (COI)"));
+    let profile: Value = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v3/profile/{}", hs.url(), synapse::seg(ghost)))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .expect("profile")
+        .json()
+        .await
+        .expect("json");
+    let avatar = profile["avatar_url"].as_str().unwrap_or_else(|| panic!("the ghost has an avatar: {profile}"));
+    assert_eq!(synapse::download_as(&hs, &alice_token, avatar).await, png, "Bob's COI avatar");
+    let profile: Value = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v3/profile/{}", hs.url(), synapse::seg(ghost)))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .expect("profile")
+        .json()
+        .await
+        .expect("json");
+    let avatar = profile["avatar_url"].as_str().unwrap_or_else(|| panic!("the ghost has an avatar: {profile}"));
+    assert_eq!(synapse::download_as(&hs, &alice_token, avatar).await, png, "Bob's COI avatar");
 }
 
 #[tokio::test]
@@ -173,7 +202,13 @@ async fn synapse_transactions_become_hub_events_without_echoes() {
         .deliver(
             &RemoteChatId(room.clone()),
             &DeliveryKey("k1".into()),
-            &Outgoing::Message { sender: bob, text: "from COI".into(), attachments: vec![], reply_to: None },
+            &Outgoing::Message {
+                sender: bob,
+                text: "from COI".into(),
+                attachments: vec![],
+                reply_to: None,
+                avatar: None,
+            },
         )
         .await
         .expect("ghost message");

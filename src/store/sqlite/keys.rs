@@ -59,6 +59,38 @@ impl KeyStore for SqliteStore {
         Ok(account_row(&row))
     }
 
+    async fn set_contact_avatar(&self, addr: &str, data: &[u8]) -> StoreResult<()> {
+        let addr = addr.to_lowercase();
+        if data.is_empty() {
+            sqlx::query("DELETE FROM contact_avatar WHERE addr = ?")
+                .bind(addr)
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO contact_avatar (addr, data, updated_at) VALUES (?, ?, ?)
+             ON CONFLICT (addr) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(addr)
+        .bind(data)
+        .bind(chrono::Utc::now().timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn contact_avatar(&self, addr: &str) -> StoreResult<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT data FROM contact_avatar WHERE addr = ?")
+            .bind(addr.to_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     async fn contact_key(&self, addr: &str) -> StoreResult<Option<ContactKeyRow>> {
         let row = sqlx::query("SELECT addr, fingerprint, public_key, verified, source FROM contact_key WHERE addr = ?")
             .bind(addr.to_lowercase())
