@@ -50,13 +50,40 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
     for b in &loaded.config.bridge {
         match b {
             BridgeConfig::Matrix(m) => {
-                if m.mode == Mode::Bot {
-                    anyhow::bail!(
-                        "bridge {:?}: mode = \"bot\" is not part of this build yet; use mode = \"appservice\"",
-                        m.id
-                    );
-                }
                 let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
+                let id = BridgeId(m.id.clone());
+                if m.mode == Mode::Bot {
+                    let file = m.password_file.clone().unwrap_or_default();
+                    let file = if file.is_absolute() { file } else { base.join(file) };
+                    let password = std::fs::read_to_string(&file)
+                        .with_context(|| {
+                            format!(
+                                "bridge {:?}: password_file {} cannot be read; put the bot account's password there",
+                                m.id,
+                                file.display()
+                            )
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned();
+                    let store_dir = loaded.config.store.state_dir().join(format!("matrix-{}", m.id));
+                    let bridge = Arc::new(coi_bridge_matrix::bot::BotBridge::new(
+                        (**m).clone(),
+                        &loaded.config.account.address,
+                        store_dir,
+                        password,
+                    ));
+                    let delivery = BridgeDelivery::new(
+                        id.clone(),
+                        "Matrix",
+                        bridge.clone(),
+                        core.store.clone(),
+                        core.outbound.clone(),
+                        policy,
+                        core.metrics.clone(),
+                    );
+                    running.push(Running { id, bridge, delivery });
+                    continue;
+                }
                 let path =
                     if m.registration.is_absolute() { m.registration.clone() } else { base.join(&m.registration) };
                 let text = std::fs::read_to_string(&path).with_context(|| {
@@ -68,9 +95,8 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                     )
                 })?;
                 let reg = Registration::from_yaml(&text).map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?;
-                let id = BridgeId(m.id.clone());
                 let bridge = Arc::new(
-                    MatrixBridge::new(m.clone(), reg.clone(), &loaded.config.account.address)
+                    MatrixBridge::new((**m).clone(), reg.clone(), &loaded.config.account.address)
                         .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?,
                 );
                 let hub: Arc<dyn Hub> = core.hub.clone();

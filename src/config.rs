@@ -261,7 +261,7 @@ fn default_listen() -> SocketAddr {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BridgeConfig {
-    Matrix(coi_bridge_matrix::config::MatrixConfig),
+    Matrix(Box<coi_bridge_matrix::config::MatrixConfig>),
     /// Accepted in shape only; refused by `validate` until the module exists.
     Telegram(PendingBridge),
 }

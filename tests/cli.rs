@@ -229,4 +229,13 @@ fn bad_bridge_sections_are_named() {
     assert_config_error(&out, &["servername"]);
     let out = check_with(dir.path(), &(GOOD.to_owned() + "\n[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\n"), &[]);
     assert_config_error(&out, &["telegram", "not part of this build"]);
+    // Bot mode needs an account and its password file.
+    let bot = MATRIX.replace("admins =", "mode = \"bot\"\nadmins =");
+    let out = check_with(dir.path(), &(GOOD.to_owned() + &bot), &[]);
+    assert_config_error(&out, &["mode = \"bot\" needs user"]);
+    let out = check_with(dir.path(), &(GOOD.to_owned() + &bot.replace("admins =", "user = \"relay\"\nadmins =")), &[]);
+    assert_config_error(&out, &["user", "relay", "not an MXID"]);
+    let with_user = bot.replace("admins =", "user = \"@relay:localhost\"\nadmins =");
+    let out = check_with(dir.path(), &(GOOD.to_owned() + &with_user), &[]);
+    assert_config_error(&out, &["password_file"]);
 }

@@ -49,7 +49,7 @@ impl Stack {
              registration = \"registration.yaml\"\nadmins = [\"@mara:localhost\"]\n",
             hs.url()
         );
-        let text = std::fs::read_to_string(&config).expect("config") + &section;
+        let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
         std::fs::write(&config, text).expect("config");
         let mut daemon = Daemon::with_config(state.path(), config, as_port);
         daemon.wait_ready().await;

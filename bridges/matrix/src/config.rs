@@ -48,6 +48,13 @@ pub struct MatrixConfig {
     /// The bot user's localpart.
     #[serde(default = "default_bot")]
     pub bot_localpart: String,
+    /// Bot mode: the account's MXID (`@relay:example.org`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Bot mode: a file holding the account's password (used for the first login; the
+    /// session is kept in the state directory after that).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Files larger than this (bytes) are not bridged; the sender is told.
     #[serde(default = "default_max_file")]
     pub max_file_bytes: u64,
@@ -80,6 +87,21 @@ impl MatrixConfig {
             if !ok {
                 return Err(format!(
                     "bridge {:?}: admins entry {a:?} is neither an MXID (@user:server) nor \"*:server\"",
+                    self.id
+                ));
+            }
+        }
+        if self.mode == Mode::Bot {
+            match &self.user {
+                Some(u) if u.starts_with('@') && u.contains(':') => {}
+                Some(u) => {
+                    return Err(format!("bridge {:?}: user {u:?} is not an MXID (@user:server)", self.id));
+                }
+                None => return Err(format!("bridge {:?}: mode = \"bot\" needs user = \"@name:server\"", self.id)),
+            }
+            if self.password_file.is_none() {
+                return Err(format!(
+                    "bridge {:?}: mode = \"bot\" needs password_file, a file holding the account's password",
                     self.id
                 ));
             }
@@ -135,6 +157,8 @@ mod tests {
             appservice_url: None,
             admins: admins.iter().map(|s| s.to_string()).collect(),
             owners: Vec::new(),
+            user: None,
+            password_file: None,
             ghost_prefix: default_prefix(),
             bot_localpart: default_bot(),
             max_file_bytes: default_max_file(),

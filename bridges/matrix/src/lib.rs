@@ -1,5 +1,7 @@
-//! The Matrix bridge module in appservice mode: registration, the transaction endpoint, ghosts in portal rooms, both directions.
+//! The Matrix bridge module: appservice mode (registration, transaction endpoint, ghosts in portal rooms) and bot mode (one account through matrix-sdk), both directions.
 //!
+//! - [`bot`]: bot mode, one ordinary account through matrix-sdk, with name prefixes and
+//!   encrypted rooms.
 //! - [`bridge`]: the `Bridge` contract: COI people post through ghosts in portal rooms.
 //! - [`client`]: the client-server API as the appservice uses it (ghosts via `?user_id=`).
 //! - [`config`]: the `[[bridge]] kind = "matrix"` section.
@@ -10,6 +12,7 @@
 //!   `hs_token` in constant time and processing each transaction once.
 
 pub mod appservice;
+pub mod bot;
 pub mod bridge;
 pub mod client;
 pub mod config;

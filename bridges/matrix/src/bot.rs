@@ -1,0 +1,537 @@
+//! Bot mode: one ordinary Matrix account (through matrix-sdk) relays COI people with name prefixes; its session, device and crypto store persist under the state directory, so encrypted rooms work.
+//!
+//! For homeservers where registering an appservice is not possible. There are no ghosts:
+//! the bot writes "Alice (COI): …", and reactions, receipts and member changes that need
+//! a person of their own are carried as the bot or degraded by the core.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coi_bridge_api::{
+    Attachment, Bridge, BridgeContext, BridgeError, Capabilities, Command, DeliverError, DeliveryKey, Hub, Outgoing,
+    Person, RemoteChatId, RemoteEvent, RemoteMsgId, SubmitError,
+};
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::event_handler::RawEvent;
+use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+use matrix_sdk::ruma::events::AnySyncTimelineEvent;
+use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::message::{MessageType, RoomMessageEventContent};
+use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId, UserId};
+use matrix_sdk::store::RoomLoadSettings;
+use matrix_sdk::{Client, Room};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MatrixConfig;
+use crate::inbound::{PREFIX, text_of};
+
+/// How long one `/sync` long-polls.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bot account's side of the `Bridge` contract.
+pub struct BotBridge {
+    cfg: MatrixConfig,
+    /// The bridge's own COI address: its messages carry no name prefix.
+    coi_address: String,
+    /// The matrix-sdk state and crypto store, and the saved session.
+    store_dir: PathBuf,
+    password: String,
+    client: OnceCell<Client>,
+}
+
+impl std::fmt::Debug for BotBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotBridge")
+            .field("id", &self.cfg.id)
+            .field("user", &self.cfg.user)
+            .field("store_dir", &self.store_dir)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
+
+fn lowered(e: matrix_sdk::Error) -> DeliverError {
+    match e.as_client_api_error().map(|c| c.status_code.as_u16()) {
+        Some(429) | Some(500..) | None => DeliverError::Retry { reason: e.to_string(), after: None },
+        Some(_) => DeliverError::Permanent(e.to_string()),
+    }
+}
+
+fn lowered_http(e: matrix_sdk::HttpError) -> DeliverError {
+    match e.as_client_api_error().map(|c| c.status_code.as_u16()) {
+        Some(429) | Some(500..) | None => DeliverError::Retry { reason: e.to_string(), after: None },
+        Some(_) => DeliverError::Permanent(e.to_string()),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn txn(s: &str) -> OwnedTransactionId {
+    OwnedTransactionId::from(s)
+}
+
+impl BotBridge {
+    /// No network I/O; `run` logs in (or restores the saved session) and syncs.
+    pub fn new(cfg: MatrixConfig, coi_address: &str, store_dir: PathBuf, password: String) -> Self {
+        Self { cfg, coi_address: coi_address.to_lowercase(), store_dir, password, client: OnceCell::new() }
+    }
+
+    fn client(&self) -> Result<&Client, DeliverError> {
+        self.client.get().ok_or_else(|| DeliverError::Retry { reason: "not logged in yet".into(), after: None })
+    }
+
+    fn room(&self, to: &RemoteChatId) -> Result<Room, DeliverError> {
+        let id = RoomId::parse(to.as_str()).map_err(|e| DeliverError::Permanent(format!("{to}: {e}")))?;
+        self.client()?.get_room(&id).ok_or_else(|| DeliverError::Retry {
+            reason: format!("room {to} is not known to the bot yet"),
+            after: None,
+        })
+    }
+
+    /// "Alice (COI)" for people, nothing for the bridge's own messages.
+    fn prefix(&self, sender: &Person) -> Option<String> {
+        (!sender.id.as_str().eq_ignore_ascii_case(&self.coi_address)).then(|| format!("{} (COI)", sender.display_name))
+    }
+
+    fn prefixed(&self, sender: &Person, text: &str) -> Value {
+        match self.prefix(sender) {
+            Some(p) => json!({
+                "msgtype": "m.text",
+                "body": format!("{p}: {text}"),
+                "format": "org.matrix.custom.html",
+                "formatted_body": format!("<b>{}</b>: {}", escape(&p), escape(text).replace('\n', "<br>")),
+            }),
+            None => json!({ "msgtype": "m.text", "body": text }),
+        }
+    }
+
+    async fn send(
+        &self,
+        room: &Room,
+        event_type: &str,
+        key: &str,
+        content: Value,
+    ) -> Result<RemoteMsgId, DeliverError> {
+        let res = room.send_raw(event_type, content).with_transaction_id(&txn(key)).await.map_err(lowered)?;
+        Ok(RemoteMsgId(res.response.event_id.to_string()))
+    }
+
+    /// Logs in with the password once; later starts restore the saved session and device,
+    /// so the crypto store's keys stay valid.
+    async fn login(&self) -> Result<Client, BridgeError> {
+        let user = self.cfg.user.clone().ok_or_else(|| BridgeError::Fatal("mode = \"bot\" needs `user`".into()))?;
+        std::fs::create_dir_all(&self.store_dir)
+            .map_err(|e| BridgeError::Fatal(format!("cannot create {}: {e}", self.store_dir.display())))?;
+        let client = Client::builder()
+            .homeserver_url(&self.cfg.homeserver)
+            .sqlite_store(self.store_dir.join("store"), None)
+            .build()
+            .await
+            .map_err(|e| BridgeError::Retry(format!("matrix client: {e}")))?;
+        let session_file = self.store_dir.join("session.json");
+        if let Ok(text) = std::fs::read_to_string(&session_file) {
+            let session: MatrixSession = serde_json::from_str(&text).map_err(|e| {
+                BridgeError::Fatal(format!("{} is damaged ({e}); remove it to log in again", session_file.display()))
+            })?;
+            client
+                .matrix_auth()
+                .restore_session(session, RoomLoadSettings::default())
+                .await
+                .map_err(|e| BridgeError::Retry(format!("restoring the Matrix session: {e}")))?;
+            return Ok(client);
+        }
+        client
+            .matrix_auth()
+            .login_username(&user, &self.password)
+            .initial_device_display_name("coi-bridge")
+            .await
+            .map_err(|e| match e.as_client_api_error().map(|c| c.status_code.as_u16()) {
+                Some(401 | 403) => BridgeError::Fatal(format!("Matrix login as {user} refused: check password_file")),
+                _ => BridgeError::Retry(format!("Matrix login as {user}: {e}")),
+            })?;
+        let session =
+            client.matrix_auth().session().ok_or_else(|| BridgeError::Retry("no session after login".into()))?;
+        let text = serde_json::to_string(&session).map_err(|e| BridgeError::Fatal(e.to_string()))?;
+        write_private(&session_file, &text)
+            .map_err(|e| BridgeError::Fatal(format!("{}: {e}", session_file.display())))?;
+        tracing::info!(user, device = %session.meta.device_id, "logged in to Matrix as a bot; session saved");
+        Ok(client)
+    }
+}
+
+/// Writes a file only its owner may read (the session holds an access token).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// What the bot hears, turned into hub events.
+struct Listener {
+    id: coi_bridge_api::BridgeId,
+    hub: Arc<dyn Hub>,
+    cfg: MatrixConfig,
+    shutdown: CancellationToken,
+}
+
+impl Listener {
+    /// Submits, waiting out "try again" answers: the sync token only moves on once every
+    /// event of a batch is durably queued (or refused for good).
+    async fn submit(&self, event: RemoteEvent) {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.hub.submit(&self.id, event.clone()).await {
+                Ok(()) => return,
+                Err(SubmitError::Rejected(e)) => {
+                    tracing::info!(bridge = %self.id, reason = %e, "Matrix event not bridged");
+                    return;
+                }
+                Err(SubmitError::Retry(e)) => {
+                    tracing::warn!(bridge = %self.id, error = %e, retry_in = ?pause, "could not queue a Matrix event");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn notice(&self, room: &Room, key: &str, text: &str) {
+        let content = json!({ "msgtype": "m.notice", "body": text });
+        if let Err(e) = room.send_raw("m.room.message", content).with_transaction_id(&txn(key)).await {
+            tracing::warn!(room = %room.room_id(), error = %e, "could not answer in the room");
+        }
+    }
+
+    async fn command(&self, room: &Room, sender: &str, event_id: &str, body: &str) {
+        let key = format!("cmd-{event_id}");
+        if !self.cfg.is_admin(sender) {
+            tracing::warn!(sender, room = %room.room_id(), "!coi command from a non-admin; refused");
+            let text = format!("Sorry {sender}, only the bridge's admins can use {PREFIX} commands.");
+            return self.notice(room, &key, &text).await;
+        }
+        let command = match Command::parse(body.trim_start_matches(PREFIX)) {
+            Ok(c) => c,
+            Err(e) => return self.notice(room, &key, &e).await,
+        };
+        let title = room.name().unwrap_or_else(|| room.room_id().to_string());
+        let chat = RemoteChatId(room.room_id().to_string());
+        match self.hub.command(&self.id, &chat, &title, command).await {
+            Ok(reply) => {
+                self.notice(room, &key, &reply.text).await;
+                if let Some(png) = reply.qr_png {
+                    let config = matrix_sdk::attachment::AttachmentConfig::new().txn_id(txn(&format!("{key}-qr")));
+                    if let Err(e) = room.send_attachment("invite-qr.png", &mime::IMAGE_PNG, png, config).await {
+                        tracing::warn!(error = %e, "could not post the QR code");
+                    }
+                }
+            }
+            Err(e) => self.notice(room, &key, &format!("That did not work: {e}")).await,
+        }
+    }
+
+    async fn person(&self, room: &Room, mxid: &str) -> Person {
+        let name = match UserId::parse(mxid) {
+            Ok(uid) => room.get_member_no_sync(&uid).await.ok().flatten().map(|m| m.name().to_owned()),
+            Err(_) => None,
+        };
+        Person {
+            id: mxid.into(),
+            display_name: name
+                .unwrap_or_else(|| mxid.trim_start_matches('@').split(':').next().unwrap_or(mxid).to_owned()),
+        }
+    }
+
+    /// A file of a message, decrypted if the room is encrypted.
+    async fn file(&self, client: &Client, content: &Value) -> Result<Attachment, String> {
+        let parsed: RoomMessageEventContent = serde_json::from_value(content.clone()).map_err(|e| e.to_string())?;
+        let (source, name, mime) = match parsed.msgtype {
+            MessageType::Image(c) => (c.source.clone(), c.filename().to_owned(), c.info.and_then(|i| i.mimetype)),
+            MessageType::File(c) => (c.source.clone(), c.filename().to_owned(), c.info.and_then(|i| i.mimetype)),
+            MessageType::Video(c) => (c.source.clone(), c.filename().to_owned(), c.info.and_then(|i| i.mimetype)),
+            MessageType::Audio(c) => (c.source.clone(), c.filename().to_owned(), c.info.and_then(|i| i.mimetype)),
+            _ => return Err("not a file".into()),
+        };
+        let size = content["info"]["size"].as_u64().unwrap_or(0);
+        if size > self.cfg.max_file_bytes {
+            return Err(format!("{name} is {size} bytes, over max_file_bytes"));
+        }
+        let request = MediaRequestParameters { source, format: MediaFormat::File };
+        let data = client.media().get_media_content(&request, false).await.map_err(|e| e.to_string())?;
+        if data.len() as u64 > self.cfg.max_file_bytes {
+            return Err(format!("{name} is {} bytes, over max_file_bytes", data.len()));
+        }
+        Ok(Attachment { name, mime: mime.unwrap_or_else(|| "application/octet-stream".into()), data })
+    }
+
+    /// One timeline event (decrypted already), as the homeserver's JSON.
+    async fn on_event(&self, client: &Client, room: &Room, ev: Value) {
+        let (Some(sender), Some(event_id)) = (ev["sender"].as_str(), ev["event_id"].as_str()) else { return };
+        if client.user_id().is_some_and(|me| me.as_str() == sender) {
+            return; // our own relays: no echo
+        }
+        let chat = RemoteChatId(room.room_id().to_string());
+        let content = &ev["content"];
+        let relates = &content["m.relates_to"];
+        let event = match ev["type"].as_str() {
+            Some("m.room.message") => {
+                let body = content["body"].as_str().unwrap_or_default();
+                if body == PREFIX || body.starts_with("!coi ") {
+                    return self.command(room, sender, event_id, body).await;
+                }
+                if relates["rel_type"] == "m.replace" {
+                    let (Some(target), Some(new_text)) =
+                        (relates["event_id"].as_str(), text_of(&content["m.new_content"]))
+                    else {
+                        return;
+                    };
+                    RemoteEvent::Edit {
+                        chat,
+                        id: event_id.into(),
+                        target: target.into(),
+                        sender: self.person(room, sender).await,
+                        new_text,
+                    }
+                } else {
+                    let (text, attachments) = match content["msgtype"].as_str() {
+                        Some("m.image" | "m.file" | "m.video" | "m.audio") => match self.file(client, content).await {
+                            Ok(a) => (String::new(), vec![a]),
+                            Err(e) => (format!("[file not bridged: {e}]"), Vec::new()),
+                        },
+                        _ => (text_of(content).unwrap_or_default(), Vec::new()),
+                    };
+                    RemoteEvent::Message {
+                        chat,
+                        id: event_id.into(),
+                        sender: self.person(room, sender).await,
+                        text,
+                        attachments,
+                        reply_to: relates["m.in_reply_to"]["event_id"].as_str().map(Into::into),
+                    }
+                }
+            }
+            Some("m.reaction") => {
+                let (Some(target), Some(emoji)) = (relates["event_id"].as_str(), relates["key"].as_str()) else {
+                    return;
+                };
+                RemoteEvent::Reaction {
+                    chat,
+                    id: event_id.into(),
+                    target: target.into(),
+                    sender: self.person(room, sender).await,
+                    emoji: emoji.to_owned(),
+                }
+            }
+            Some("m.room.redaction") => {
+                let Some(target) = ev["redacts"].as_str().or(content["redacts"].as_str()) else { return };
+                RemoteEvent::Delete {
+                    chat,
+                    id: event_id.into(),
+                    target: target.into(),
+                    sender: self.person(room, sender).await,
+                }
+            }
+            Some("m.room.name") if ev["state_key"] == "" => {
+                let Some(name) = content["name"].as_str() else { return };
+                RemoteEvent::Renamed {
+                    chat,
+                    id: event_id.into(),
+                    sender: self.person(room, sender).await,
+                    name: name.to_owned(),
+                }
+            }
+            _ => return,
+        };
+        self.submit(event).await;
+    }
+}
+
+#[async_trait]
+impl Bridge for BotBridge {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            edits: true,
+            deletes: true,
+            reactions: true,
+            replies: true,
+            media: true,
+            ghosts: false,
+            max_file_size: Some(self.cfg.max_file_bytes),
+        }
+    }
+
+    async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError> {
+        let client = match self.client.get() {
+            Some(c) => c.clone(),
+            None => {
+                let c = tokio::select! {
+                    () = cx.shutdown.cancelled() => return Ok(()),
+                    c = self.login() => c?,
+                };
+                let _ = self.client.set(c.clone());
+                c
+            }
+        };
+        let listener = Arc::new(Listener {
+            id: cx.id.clone(),
+            hub: cx.hub.clone(),
+            cfg: self.cfg.clone(),
+            shutdown: cx.shutdown.clone(),
+        });
+        let l = listener.clone();
+        let timeline =
+            client.add_event_handler(move |_ev: AnySyncTimelineEvent, room: Room, raw: RawEvent, client: Client| {
+                let l = l.clone();
+                async move {
+                    let Ok(mut ev) = serde_json::from_str::<Value>(raw.get()) else { return };
+                    ev["room_id"] = json!(room.room_id().as_str());
+                    l.on_event(&client, &room, ev).await;
+                }
+            });
+        let cfg = self.cfg.clone();
+        let invites = client.add_event_handler(move |ev: StrippedRoomMemberEvent, room: Room, client: Client| {
+            let cfg = cfg.clone();
+            async move {
+                let invited_me = client.user_id().is_some_and(|me| me == ev.state_key);
+                if invited_me && cfg.is_admin(ev.sender.as_str()) {
+                    if let Err(e) = room.join().await {
+                        tracing::warn!(room = %room.room_id(), error = %e, "could not accept the invitation");
+                    }
+                } else if invited_me {
+                    tracing::warn!(room = %room.room_id(), sender = %ev.sender, "invitation from a non-admin ignored");
+                }
+            }
+        });
+
+        let mut token = cx.state.get("sync_token").await.ok().flatten();
+        let mut backoff = Duration::from_secs(1);
+        let result = loop {
+            let mut settings = SyncSettings::default().timeout(SYNC_TIMEOUT);
+            if let Some(t) = &token {
+                settings = settings.token(t.clone());
+            }
+            let synced = tokio::select! {
+                () = cx.shutdown.cancelled() => break Ok(()),
+                r = client.sync_once(settings) => r,
+            };
+            match synced {
+                Ok(response) => {
+                    backoff = Duration::from_secs(1);
+                    // The handlers have run (and submitted) by now: move the cursor.
+                    if let Err(e) = cx.state.set("sync_token", &response.next_batch).await {
+                        tracing::warn!(bridge = %cx.id, error = %e, "could not save the sync token");
+                    }
+                    token = Some(response.next_batch);
+                }
+                Err(e) if matches!(e.as_client_api_error().map(|c| c.status_code.as_u16()), Some(401)) => {
+                    break Err(BridgeError::Fatal(format!(
+                        "the Matrix session was logged out ({e}); remove {} to log in again",
+                        self.store_dir.join("session.json").display()
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(bridge = %cx.id, error = %e, retry_in = ?backoff, "Matrix sync failed");
+                    tokio::select! {
+                        () = cx.shutdown.cancelled() => break Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        };
+        client.remove_event_handler(timeline);
+        client.remove_event_handler(invites);
+        result
+    }
+
+    async fn deliver(
+        &self,
+        to: &RemoteChatId,
+        key: &DeliveryKey,
+        msg: &Outgoing,
+    ) -> Result<Vec<RemoteMsgId>, DeliverError> {
+        let room = self.room(to)?;
+        let key = key.as_str();
+        match msg {
+            Outgoing::Message { sender, text, attachments, reply_to, .. } => {
+                let shown = if text.is_empty() { "sent a file".to_owned() } else { text.clone() };
+                let mut content = self.prefixed(sender, &shown);
+                if let Some(r) = reply_to {
+                    content["m.relates_to"] = json!({ "m.in_reply_to": { "event_id": r.as_str() } });
+                }
+                let mut parts = vec![self.send(&room, "m.room.message", key, content).await?];
+                for (i, a) in attachments.iter().enumerate() {
+                    if a.data.len() as u64 > self.cfg.max_file_bytes {
+                        return Err(DeliverError::Permanent(format!(
+                            "{} is {} bytes, over this bridge's max_file_bytes",
+                            a.name,
+                            a.data.len()
+                        )));
+                    }
+                    let mime: mime::Mime = a.mime.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
+                    let config = matrix_sdk::attachment::AttachmentConfig::new().txn_id(txn(&format!("{key}-file{i}")));
+                    let res =
+                        room.send_attachment(a.name.clone(), &mime, a.data.clone(), config).await.map_err(lowered)?;
+                    parts.push(RemoteMsgId(res.event_id.to_string()));
+                }
+                Ok(parts)
+            }
+            Outgoing::Edit { sender, target, new_text } => {
+                let new = self.prefixed(sender, new_text);
+                let mut content = new.clone();
+                content["body"] = json!(format!("* {}", new["body"].as_str().unwrap_or_default()));
+                content["m.new_content"] = new;
+                content["m.relates_to"] = json!({ "rel_type": "m.replace", "event_id": target.as_str() });
+                Ok(vec![self.send(&room, "m.room.message", key, content).await?])
+            }
+            Outgoing::Delete { target, .. } => {
+                let event = EventId::parse(target.as_str()).map_err(|e| DeliverError::Permanent(e.to_string()))?;
+                let res = room.redact(&event, None, Some(txn(key))).await.map_err(lowered_http)?;
+                Ok(vec![RemoteMsgId(res.event_id.to_string())])
+            }
+            Outgoing::Reaction { target, emoji, .. } => {
+                let content = json!({
+                    "m.relates_to": { "rel_type": "m.annotation", "event_id": target.as_str(), "key": emoji },
+                });
+                Ok(vec![self.send(&room, "m.reaction", key, content).await?])
+            }
+            Outgoing::Rename { name } => {
+                room.set_name(name.clone()).await.map_err(lowered)?;
+                Ok(Vec::new())
+            }
+            Outgoing::Notice { text } => {
+                let content = json!({ "msgtype": "m.notice", "body": text });
+                Ok(vec![self.send(&room, "m.room.message", key, content).await?])
+            }
+            // Nobody of their own to show them with.
+            Outgoing::ReadReceipt { .. } | Outgoing::MemberJoined { .. } | Outgoing::MemberLeft { .. } => {
+                Err(DeliverError::Unsupported)
+            }
+        }
+    }
+
+    async fn open_dm(&self, peer: &Person) -> Result<RemoteChatId, DeliverError> {
+        use matrix_sdk::ruma::api::client::room::create_room::v3::{Request, RoomPreset};
+        let owners: Vec<_> = self.cfg.owner_list().iter().filter_map(|o| UserId::parse(o).ok()).collect();
+        if owners.is_empty() {
+            return Err(DeliverError::Unsupported);
+        }
+        let mut request = Request::new();
+        request.name = Some(format!("{} (COI)", peer.display_name));
+        request.is_direct = true;
+        request.invite = owners;
+        request.preset = Some(RoomPreset::TrustedPrivateChat);
+        let room = self.client()?.create_room(request).await.map_err(lowered)?;
+        Ok(RemoteChatId(room.room_id().to_string()))
+    }
+}

@@ -1,0 +1,142 @@
+//! Bot mode end to end: the daemon logs in as an ordinary Matrix account (matrix-sdk) and bridges an end-to-end encrypted room; Mara uses matrix-sdk too, so the room's traffic is encrypted both ways.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::deserialized_responses::EncryptionInfo;
+use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
+use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+use matrix_sdk::ruma::events::room::message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent};
+use matrix_sdk::ruma::events::{EmptyStateKey, InitialStateEvent};
+use matrix_sdk::ruma::{OwnedUserId, UserId};
+use matrix_sdk::{Client, Room};
+use serde_json::json;
+use support::deltachat::DeltaChat;
+use support::synapse::{Synapse, free_port};
+use support::{Daemon, Link, eventually};
+
+const WAIT: Duration = Duration::from_secs(90);
+const RELAY: &str = "@relay:localhost";
+
+/// What Mara's client decrypted: (sender, body, was it encrypted).
+type Seen = Arc<Mutex<Vec<(String, String, bool)>>>;
+
+async fn mara_client(hs: &Synapse, dir: &std::path::Path) -> (Client, Seen) {
+    let client =
+        Client::builder().homeserver_url(hs.url()).sqlite_store(dir.join("mara"), None).build().await.expect("client");
+    client.matrix_auth().login_username("mara", "mara-pw").await.expect("login");
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, info: Option<EncryptionInfo>| {
+        let s = s.clone();
+        async move {
+            s.lock().expect("lock").push((ev.sender.to_string(), ev.content.body().to_owned(), info.is_some()));
+        }
+    });
+    (client, seen)
+}
+
+async fn seen(seen: &Seen, what: &str, pred: impl Fn(&(String, String, bool)) -> bool) -> (String, String, bool) {
+    eventually(WAIT, what, || async { seen.lock().expect("lock").iter().find(|e| pred(e)).cloned() }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_account_bridges_an_encrypted_room_and_keeps_its_device() {
+    coi_bridge::init_crypto();
+    let mail = mail_server!();
+    let Some(hs) = Synapse::start() else { return };
+    let Some(dc) = DeltaChat::start().await else { return };
+    let alice = dc.account(&mail, "alice", "Alice").await;
+    hs.user("relay").await;
+    hs.user("mara").await;
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let http_port = free_port();
+    let config = support::write_config_with(&mail, state.path(), Link::Plain, "", http_port, "required");
+    std::fs::write(state.path().join("relay-password"), "relay-pw\n").expect("password file");
+    let section = format!(
+        "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nmode = \"bot\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
+         user = \"{RELAY}\"\npassword_file = \"relay-password\"\nadmins = [\"@mara:localhost\"]\n",
+        hs.url()
+    );
+    let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = Daemon::with_config(state.path(), config, http_port);
+    daemon.wait_ready().await;
+
+    let (mara, seen_by_mara) = mara_client(&hs, state.path()).await;
+    let sync = mara.clone();
+    let syncing = async move {
+        loop {
+            let _ = sync.sync_once(SyncSettings::default().timeout(Duration::from_millis(500))).await;
+        }
+    };
+    let body = async {
+        let mut request = CreateRoom::new();
+        request.name = Some("Secret Garden".into());
+        request.invite = vec![OwnedUserId::try_from(RELAY).expect("mxid")];
+        request.initial_state = vec![
+            InitialStateEvent::<RoomEncryptionEventContent>::new(
+                EmptyStateKey,
+                RoomEncryptionEventContent::with_recommended_defaults(),
+            )
+            .to_raw_any(),
+        ];
+        let room: Room = mara.create_room(request).await.expect("room");
+        let relay_id = UserId::parse(RELAY).expect("mxid");
+        eventually(WAIT, "the bot joins", || async {
+            let m = room.get_member_no_sync(&relay_id).await.ok().flatten()?;
+            (m.membership() == &matrix_sdk::ruma::events::room::member::MembershipState::Join).then_some(())
+        })
+        .await;
+        room.send(RoomMessageEventContent::text_plain("!coi bridge")).await.expect("send");
+        let (_, answer, encrypted) =
+            seen(&seen_by_mara, "the invite link", |(s, b, _)| s == RELAY && b.contains("https://i.delta.chat/#"))
+                .await;
+        assert!(encrypted, "the bot answers encrypted");
+        let link = answer.lines().find(|l| l.starts_with("https://i.delta.chat/#")).expect("link").to_owned();
+
+        // Alice joins on Delta Chat and writes; Mara decrypts it, prefixed with her name.
+        let mark = dc.mark();
+        let group = dc.call("secure_join", json!([alice, link])).await;
+        dc.wait_event_since(mark, alice, "joined", WAIT, |e| {
+            e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
+        })
+        .await;
+        dc.wait_until_member(alice, &group).await;
+        dc.call("misc_send_text_message", json!([alice, group, "hello, encrypted world"])).await;
+        let (_, _, encrypted) = seen(&seen_by_mara, "Alice's message", |(s, b, _)| {
+            s == RELAY && b == "Alice (COI): hello, encrypted world"
+        })
+        .await;
+        assert!(encrypted, "relayed into the room encrypted");
+
+        // Mara answers in the encrypted room; Alice gets it from "mara (Matrix)".
+        room.send(RoomMessageEventContent::text_plain("hi Alice, from a secret room")).await.expect("send");
+        let m = dc.message_with_text(alice, "hi Alice, from a secret room").await;
+        assert_eq!(m["overrideSenderName"], json!("mara (Matrix)"));
+        assert_eq!(m["chatId"], group);
+
+        // A restart keeps the session and the device: no new login, still decrypting.
+        assert_eq!(daemon.stop(), Some(0), "clean stop");
+        let logins = daemon.log_text().matches("logged in to Matrix as a bot").count();
+        assert_eq!(logins, 1);
+        daemon.restart();
+        daemon.wait_ready().await;
+        dc.call("misc_send_text_message", json!([alice, group, "after a restart"])).await;
+        seen(&seen_by_mara, "the message after the restart", |(s, b, e)| {
+            s == RELAY && b == "Alice (COI): after a restart" && *e
+        })
+        .await;
+        room.send(RoomMessageEventContent::text_plain("still here")).await.expect("send");
+        dc.message_with_text(alice, "still here").await;
+        assert_eq!(daemon.log_text().matches("logged in to Matrix as a bot").count(), 1, "the saved session was used");
+    };
+    tokio::select! {
+        () = syncing => unreachable!("the sync loop does not end"),
+        () = body => {}
+    }
+}
