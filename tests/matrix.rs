@@ -529,3 +529,46 @@ async fn link_and_start_bring_existing_coi_chats_into_rooms() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_and_image_follow_the_group_description_and_avatar() {
+    let Some(s) = Stack::new().await else { return };
+    let (dc, alice) = (&s.dc, s.alice);
+    let state = |event_type: &'static str, content: Value| {
+        let url =
+            format!("{}/_matrix/client/v3/rooms/{}/state/{event_type}/", s.hs.url(), support::synapse::seg(&s.room));
+        let token = s.mara.clone();
+        async move {
+            let r = reqwest::Client::new().put(url).bearer_auth(token).json(&content).send().await.expect("state");
+            assert!(r.status().is_success(), "{event_type}: {:?}", r.text().await);
+        }
+    };
+
+    // Matrix → COI: the topic becomes the group's description, the room image its avatar.
+    state("m.room.topic", json!({"topic": "Sundays at 10, by the old oak"})).await;
+    eventually(WAIT, "the group description at Alice", || async {
+        let d = dc.call("get_chat_description", json!([alice, s.group])).await;
+        (d == "Sundays at 10, by the old oak").then_some(())
+    })
+    .await;
+    let mxc = upload_as(&s.hs, &s.mara, "oak.png", "image/png", PNG).await;
+    state("m.room.avatar", json!({"url": mxc, "info": {"mimetype": "image/png", "size": PNG.len()}})).await;
+    eventually(WAIT, "the group image at Alice", || async {
+        let c = dc.call("get_full_chat_by_id", json!([alice, s.group])).await;
+        c["profileImage"].as_str().map(|_| ())
+    })
+    .await;
+
+    // COI → Matrix: Alice changes both; the bot updates the room.
+    dc.call("set_chat_description", json!([alice, s.group, "Sundays at 11 now"])).await;
+    let topic = s
+        .event("the room topic", |e| e["type"] == "m.room.topic" && e["content"]["topic"] == "Sundays at 11 now")
+        .await;
+    assert_eq!(topic["sender"], json!(BOT));
+    let face = s.state.path().join("group.png");
+    std::fs::write(&face, PNG).expect("png");
+    dc.call("set_chat_profile_image", json!([alice, s.group, face])).await;
+    let avatar = s.event("the room image", |e| e["type"] == "m.room.avatar" && e["sender"] == BOT).await;
+    let image = download_as(&s.hs, &s.mara, avatar["content"]["url"].as_str().expect("url")).await;
+    assert!(image.len() > 50, "an image ({} bytes)", image.len());
+}

@@ -38,6 +38,8 @@ fn summary(raw: &[u8]) -> Value {
             Some(GroupChange::MemberAdded(a)) => json!({ "added": a }),
             Some(GroupChange::MemberRemoved(a)) => json!({ "removed": a }),
             Some(GroupChange::NameChanged { old }) => json!({ "renamed_from": old }),
+            Some(GroupChange::DescriptionChanged { text }) => json!({ "description": text }),
+            Some(GroupChange::AvatarChanged(image)) => json!({ "avatar_bytes": image.as_ref().map(Vec::len) }),
         };
         json!({ "id": g.id, "name": g.name, "change": change })
     });

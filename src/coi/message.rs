@@ -31,7 +31,16 @@ impl Mailbox {
 pub enum GroupChange {
     MemberAdded(String),
     MemberRemoved(String),
-    NameChanged { old: String },
+    NameChanged {
+        old: String,
+    },
+    /// `Chat-Group-Description-Changed`; the new description (`Chat-Group-Description`).
+    DescriptionChanged {
+        text: String,
+    },
+    /// `Chat-Content: group-avatar-changed`; the new image (`Chat-Group-Avatar`), `None`
+    /// when it was removed.
+    AvatarChanged(Option<Vec<u8>>),
 }
 
 /// The group headers of a group message.

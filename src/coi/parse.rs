@@ -81,6 +81,7 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
         .header_text(mail_parser::HeaderName::Subject)
         .header_text("Chat-Group-Name")
         .header_text("Chat-Group-Name-Changed")
+        .header_text("Chat-Group-Description")
         .parse(raw)
         .ok_or(ParseError::NotMime)?;
     if mail.headers().is_empty() {
@@ -133,8 +134,17 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
                 Some(GroupChange::MemberAdded(clean_id(&a).to_lowercase()))
             } else if let Some(r) = header_text("Chat-Group-Member-Removed") {
                 Some(GroupChange::MemberRemoved(clean_id(&r).to_lowercase()))
+            } else if let Some(old) = header_text("Chat-Group-Name-Changed") {
+                Some(GroupChange::NameChanged { old })
+            } else if mail.header_raw("Chat-Group-Description-Changed").is_some() {
+                Some(GroupChange::DescriptionChanged {
+                    text: header_text("Chat-Group-Description").unwrap_or_default(),
+                })
+            } else if header_text("Chat-Content").as_deref() == Some("group-avatar-changed") {
+                let image = mail.header_raw("Chat-Group-Avatar").and_then(|v| parse_avatar(v.trim()));
+                Some(GroupChange::AvatarChanged(image.filter(|d| !d.is_empty())))
             } else {
-                header_text("Chat-Group-Name-Changed").map(|old| GroupChange::NameChanged { old })
+                None
             };
             msg.group = Some(Group { id, name: header_text("Chat-Group-Name").unwrap_or_default(), change });
         } else {

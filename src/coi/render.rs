@@ -121,6 +121,25 @@ pub fn message_headers(msg: &ChatMessage) -> Vec<(String, String)> {
                 }
             }
             Some(GroupChange::NameChanged { old }) => add("Chat-Group-Name-Changed", encode_words(old)),
+            Some(GroupChange::DescriptionChanged { text }) => {
+                add("Chat-Group-Description", encode_words(text));
+                add("Chat-Group-Description-Changed", String::new());
+                add("Chat-Group-Description-Timestamp", msg.date.unwrap_or_default().to_string());
+            }
+            Some(GroupChange::AvatarChanged(image)) => {
+                add("Chat-Content", "group-avatar-changed".into());
+                add(
+                    "Chat-Group-Avatar",
+                    match image {
+                        // Spaces let the header fold; readers drop them from the base64.
+                        Some(data) => {
+                            let lines = String::from_utf8_lossy(&base64_lines(data)).replace("\r\n", " ");
+                            format!("base64:{}", lines.trim_end())
+                        }
+                        None => "0".into(),
+                    },
+                );
+            }
             None => {}
         }
     }
@@ -335,7 +354,17 @@ mod tests {
         receipt.kind = Kind::ReadReceipt { original: "o@localhost".into(), additional: vec!["p@localhost".into()] };
         receipt.text = "This is a receipt notification.".into();
 
-        for msg in [base(), group, reaction, edit, delete, receipt] {
+        let described = |change: GroupChange| {
+            let mut m = base();
+            m.group = Some(Group { id: "Xk3_mQ9-pL2vR8tY".into(), name: "Team".into(), change: Some(change) });
+            m
+        };
+        let description =
+            described(GroupChange::DescriptionChanged { text: "Weekly walks, Sundays at 10 ☀️".into() });
+        let avatar = described(GroupChange::AvatarChanged(Some((0..=255u8).cycle().take(3000).collect())));
+        let no_avatar = described(GroupChange::AvatarChanged(None));
+
+        for msg in [base(), group, reaction, edit, delete, receipt, description, avatar, no_avatar] {
             assert_eq!(round_trip(&msg), msg);
         }
     }

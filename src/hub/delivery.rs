@@ -107,13 +107,8 @@ impl BridgeDelivery {
     /// A contact's avatar as an attachment (its type from its first bytes).
     async fn avatar_of(&self, addr: &str) -> Option<coi_bridge_api::Attachment> {
         let data = self.store.contact_avatar(addr).await.ok()??;
-        let (name, mime) = match data.get(..4) {
-            Some([0x89, b'P', b'N', b'G']) => ("avatar.png", "image/png"),
-            Some([b'G', b'I', b'F', _]) => ("avatar.gif", "image/gif"),
-            Some([b'R', b'I', b'F', b'F']) => ("avatar.webp", "image/webp"),
-            _ => ("avatar.jpg", "image/jpeg"),
-        };
-        Some(coi_bridge_api::Attachment { name: name.into(), mime: mime.into(), data })
+        let mime = crate::store::sqlite::image_mime(&data);
+        Some(coi_bridge_api::Attachment { name: "avatar".into(), mime: mime.into(), data })
     }
 
     /// A COI contact wrote 1:1 to the bridge and the chat has no portal here: the bridge
@@ -205,6 +200,8 @@ impl BridgeDelivery {
                 Some(name) if !name.is_empty() => Outgoing::Rename { name },
                 _ => return Built::Skip("no name"),
             },
+            "described" => Outgoing::Describe { text: msg.target.clone().unwrap_or_default() },
+            "avatar" => Outgoing::GroupAvatar { image: msg.attachments.first().map(to_api) },
             _ => return Built::Skip("nothing to show"),
         };
         Built::Send(to, outgoing, Vec::new())
@@ -320,7 +317,9 @@ pub fn degrade(o: &Outgoing) -> Option<Outgoing> {
         | Outgoing::ReadReceipt { .. }
         | Outgoing::MemberJoined { .. }
         | Outgoing::MemberLeft { .. }
-        | Outgoing::Rename { .. } => return None,
+        | Outgoing::Rename { .. }
+        | Outgoing::Describe { .. }
+        | Outgoing::GroupAvatar { .. } => return None,
     };
     let sender = match o {
         Outgoing::Reaction { sender, .. } | Outgoing::Edit { sender, .. } | Outgoing::Delete { sender, .. } => {

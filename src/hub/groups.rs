@@ -64,3 +64,36 @@ pub async fn rename_for(
     store.ensure_chat(&ChatRef { kind: ChatKind::Group, key: chat.key.clone(), name: new_name.to_owned() }).await?;
     Ok(id)
 }
+
+/// Gives the group a new description and tells everyone, on behalf of `origin`.
+pub async fn describe_for(origin: Origin, outbound: &Outbound, chat: &Chat, text: &str) -> Result<String, QueueError> {
+    let msg = ChatMessage {
+        group: Some(Group {
+            id: chat.key.clone(),
+            name: chat.name.clone(),
+            change: Some(GroupChange::DescriptionChanged { text: text.to_owned() }),
+        }),
+        text: "[Chat description changed. To see this and other new features, please update the app]".into(),
+        ..ChatMessage::default()
+    };
+    outbound.queue_to_chat(origin, chat, msg).await
+}
+
+/// Gives the group a new image (or none) and tells everyone, on behalf of `origin`.
+pub async fn set_avatar_for(
+    origin: Origin,
+    outbound: &Outbound,
+    chat: &Chat,
+    image: Option<Vec<u8>>,
+) -> Result<String, QueueError> {
+    let msg = ChatMessage {
+        group: Some(Group {
+            id: chat.key.clone(),
+            name: chat.name.clone(),
+            change: Some(GroupChange::AvatarChanged(image)),
+        }),
+        text: "Chat image changed.".into(),
+        ..ChatMessage::default()
+    };
+    outbound.queue_to_chat(origin, chat, msg).await
+}

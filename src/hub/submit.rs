@@ -297,6 +297,33 @@ impl Hub for CoreHub {
                     .map(|_| ())
                     .map_err(retry_or_reject);
             }
+            RemoteEvent::Described { id, text, .. } => {
+                if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() || chat.kind != ChatKind::Group {
+                    return Ok(());
+                }
+                let origin = Origin::Bridge {
+                    bridge: from.as_str().to_owned(),
+                    copy: Some(RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 }),
+                };
+                return crate::hub::groups::describe_for(origin, &self.outbound, &chat, text.trim())
+                    .await
+                    .map(|_| ())
+                    .map_err(retry_or_reject);
+            }
+            RemoteEvent::AvatarChanged { id, image, .. } => {
+                if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() || chat.kind != ChatKind::Group {
+                    return Ok(());
+                }
+                let origin = Origin::Bridge {
+                    bridge: from.as_str().to_owned(),
+                    copy: Some(RemoteCopy { remote_chat: remote_chat.clone(), remote_id: id.0, part: 0 }),
+                };
+                let image = image.map(|a| a.data).filter(|d| !d.is_empty());
+                return crate::hub::groups::set_avatar_for(origin, &self.outbound, &chat, image)
+                    .await
+                    .map(|_| ())
+                    .map_err(retry_or_reject);
+            }
             RemoteEvent::MemberRemoved { id, member, .. } => {
                 if self.coi_id(from, &remote_chat, id.as_str()).await?.is_some() {
                     return Ok(());

@@ -32,6 +32,16 @@ pub struct SqliteStore {
     wakers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
 }
 
+/// An image's type from its first bytes (JPEG when unknown: Delta Chat sends JPEG).
+pub fn image_mime(data: &[u8]) -> &'static str {
+    match data.get(..4) {
+        Some([0x89, b'P', b'N', b'G']) => "image/png",
+        Some([b'G', b'I', b'F', _]) => "image/gif",
+        Some([b'R', b'I', b'F', b'F']) => "image/webp",
+        _ => "image/jpeg",
+    }
+}
+
 /// Whether a COI message opens a DM portal: a person's chat message in a 1:1 chat
 /// attributed to its sender (not a receipt, edit or key-exchange step).
 fn opens_dm(m: &InboundMessage) -> bool {
@@ -175,6 +185,11 @@ impl SqliteStore {
             Some((g, GroupChange::NameChanged { .. })) if m.kind == crate::coi::Kind::Text => {
                 ("renamed", Some(g.name.as_str()))
             }
+            Some((_, GroupChange::DescriptionChanged { text })) if m.kind == crate::coi::Kind::Text => {
+                ("described", Some(text.as_str()))
+            }
+            // The image itself is kept as the message's attachment (none: removed).
+            Some((_, GroupChange::AvatarChanged(_))) if m.kind == crate::coi::Kind::Text => ("avatar", None),
             _ => (m.kind_name(), m.target()),
         };
         let row = sqlx::query(
@@ -207,7 +222,15 @@ impl SqliteStore {
         if m.post_message_id.is_some() || m.is_post_message {
             row_id = Self::merge_pre_post(tx, row_id, m).await?;
         }
-        for (idx, a) in m.attachments.iter().enumerate() {
+        let avatar = match m.group.as_ref().and_then(|g| g.change.as_ref()) {
+            Some(GroupChange::AvatarChanged(Some(data))) => Some(coi_bridge_api::Attachment {
+                name: "group-avatar".into(),
+                mime: image_mime(data).into(),
+                data: data.clone(),
+            }),
+            _ => None,
+        };
+        for (idx, a) in m.attachments.iter().chain(avatar.as_ref()).enumerate() {
             sqlx::query("INSERT INTO attachment (message_row, idx, name, mime, data) VALUES (?, ?, ?, ?, ?)")
                 .bind(row_id)
                 .bind(idx as i64)

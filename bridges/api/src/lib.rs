@@ -162,6 +162,20 @@ pub enum RemoteEvent {
         sender: Person,
         name: String,
     },
+    /// The remote chat got a new topic.
+    Described {
+        chat: RemoteChatId,
+        id: RemoteMsgId,
+        sender: Person,
+        text: String,
+    },
+    /// The remote chat got a new image (`None`: removed).
+    AvatarChanged {
+        chat: RemoteChatId,
+        id: RemoteMsgId,
+        sender: Person,
+        image: Option<Attachment>,
+    },
     /// A COI member's puppet was removed from the remote chat by an admin; `member` is
     /// the COI address the bridge mapped the puppet back to.
     MemberRemoved {
@@ -182,6 +196,8 @@ impl RemoteEvent {
             | Self::Reaction { chat, .. }
             | Self::ReadReceipt { chat, .. }
             | Self::Renamed { chat, .. }
+            | Self::Described { chat, .. }
+            | Self::AvatarChanged { chat, .. }
             | Self::MemberRemoved { chat, .. } => chat,
         }
     }
@@ -246,6 +262,14 @@ pub enum Outgoing {
     /// The COI group got a new name.
     Rename {
         name: String,
+    },
+    /// The COI group got a new description (empty: none).
+    Describe {
+        text: String,
+    },
+    /// The COI group got a new image (`None`: removed).
+    GroupAvatar {
+        image: Option<Attachment>,
     },
     /// A notice from the bridge itself (delivery failures, command answers).
     Notice {

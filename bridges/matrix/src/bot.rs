@@ -341,6 +341,12 @@ impl Listener {
                     sender: self.person(room, sender).await,
                 }
             }
+            Some("m.room.topic") if ev["state_key"] == "" => RemoteEvent::Described {
+                chat,
+                id: event_id.into(),
+                sender: self.person(room, sender).await,
+                text: content["topic"].as_str().unwrap_or_default().to_owned(),
+            },
             Some("m.room.name") if ev["state_key"] == "" => {
                 let Some(name) = content["name"].as_str() else { return };
                 RemoteEvent::Renamed {
@@ -509,14 +515,19 @@ impl Bridge for BotBridge {
                 room.set_name(name.clone()).await.map_err(lowered)?;
                 Ok(Vec::new())
             }
+            Outgoing::Describe { text } => {
+                room.set_room_topic(text).await.map_err(lowered)?;
+                Ok(Vec::new())
+            }
             Outgoing::Notice { text } => {
                 let content = json!({ "msgtype": "m.notice", "body": text });
                 Ok(vec![self.send(&room, "m.room.message", key, content).await?])
             }
             // Nobody of their own to show them with.
-            Outgoing::ReadReceipt { .. } | Outgoing::MemberJoined { .. } | Outgoing::MemberLeft { .. } => {
-                Err(DeliverError::Unsupported)
-            }
+            Outgoing::ReadReceipt { .. }
+            | Outgoing::MemberJoined { .. }
+            | Outgoing::MemberLeft { .. }
+            | Outgoing::GroupAvatar { .. } => Err(DeliverError::Unsupported),
         }
     }
 

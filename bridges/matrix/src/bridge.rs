@@ -250,6 +250,22 @@ impl Bridge for MatrixBridge {
                     Err(e) => return Err(e.into()),
                 }
             }
+            Outgoing::Describe { text } => {
+                self.client.set_state(room, "m.room.topic", &json!({ "topic": text })).await?;
+                return Ok(Vec::new());
+            }
+            Outgoing::GroupAvatar { image } => {
+                let content = match image {
+                    Some(a) => {
+                        let bot = self.client.bot.clone();
+                        let uri = self.client.upload(&bot, &a.name, &a.mime, a.data.clone()).await?;
+                        json!({ "url": uri, "info": { "mimetype": a.mime, "size": a.data.len() } })
+                    }
+                    None => json!({}),
+                };
+                self.client.set_state(room, "m.room.avatar", &content).await?;
+                return Ok(Vec::new());
+            }
             Outgoing::Notice { text } => {
                 let content: Value = json!({ "msgtype": "m.notice", "body": text });
                 self.client.send(room, &self.client.bot, "m.room.message", txn, &content).await?

@@ -222,6 +222,33 @@ impl MatrixInbound {
                 sender: self.person(sender).await,
                 name: content["name"].as_str()?.to_owned(),
             }),
+            "m.room.topic" if ev["state_key"] == "" => Some(RemoteEvent::Described {
+                chat: room.into(),
+                id: event_id.into(),
+                sender: self.person(sender).await,
+                text: content["topic"].as_str().unwrap_or_default().to_owned(),
+            }),
+            "m.room.avatar" if ev["state_key"] == "" => {
+                let image = match content["url"].as_str() {
+                    Some(url) => {
+                        let mime = content["info"]["mimetype"].as_str().unwrap_or("image/jpeg");
+                        match self.download(url, "group-avatar", mime).await {
+                            Ok(a) => Some(a),
+                            Err(e) => {
+                                tracing::warn!(room, error = %e, "the room's new image could not be fetched");
+                                return None;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                Some(RemoteEvent::AvatarChanged {
+                    chat: room.into(),
+                    id: event_id.into(),
+                    sender: self.person(sender).await,
+                    image,
+                })
+            }
             "m.room.member" => {
                 // An admin removing a COI person's ghost removes them from the COI group.
                 let target = ev["state_key"].as_str()?;
