@@ -279,6 +279,43 @@ async fn a_5xx_is_a_permanent_failure_recorded_with_its_reason_and_reported() {
 }
 
 #[tokio::test]
+async fn one_refused_recipient_does_not_sink_the_mail_for_the_others() {
+    let server = mail_server!();
+    let OutboxRig { _dir, store, worker, outbound, failures, token } = outbox_rig(&server, None).await;
+    // A group mail to a deliverable member and one the test Postfix refuses (550 at RCPT).
+    let chat = ChatRef { kind: ChatKind::Group, key: "Xk3_mQ9-pL2vR8tY".into(), name: "Team".into() };
+    let id = outbound
+        .queue(
+            chat,
+            &["alice@example.org".into(), "nobody@elsewhere.invalid".into(), "bob@example.org".into()],
+            ChatMessage { text: "to three, one refused".into(), ..ChatMessage::default() },
+        )
+        .await
+        .expect("queued");
+    let run = worker.run(token.clone());
+    let check = async {
+        let alice = server.wait_for_mails("alice", 1, WAIT).await;
+        let bob = server.wait_for_mails("bob", 1, WAIT).await;
+        let f = failures.clone();
+        eventually(WAIT, "failure hook called", || {
+            let f = f.clone();
+            async move { (!f.lock().expect("lock").is_empty()).then_some(()) }
+        })
+        .await;
+        token.cancel();
+        (alice, bob)
+    };
+    let ((), (alice, bob)) = tokio::join!(run, check);
+    assert_eq!((alice.len(), bob.len()), (1, 1), "the deliverable recipients got it once each");
+    let reported = failures.lock().expect("lock").clone();
+    assert_eq!(reported.len(), 1);
+    assert_eq!(reported[0].message_id, id);
+    assert!(reported[0].reason.contains("nobody@elsewhere.invalid"), "names the refused one: {:?}", reported[0]);
+    assert!(!reported[0].reason.contains("alice@"), "{:?}", reported[0]);
+    assert!(matches!(store.outbox_state(SMTP_TARGET, &id).await.expect("state"), Some(OutboxState::Done)));
+}
+
+#[tokio::test]
 async fn restart_records_mail_delivered_while_down_exactly_once() {
     coi_bridge::init_crypto();
     let server = mail_server!();

@@ -557,6 +557,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn outbox_set_recipients(&self, id: i64, envelope: &super::Envelope) -> StoreResult<()> {
+        let json = serde_json::to_string(envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
+        sqlx::query("UPDATE outbox SET envelope = ? WHERE id = ?")
+            .bind(json)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     async fn outbox_failed(&self, id: i64, reason: &str) -> StoreResult<()> {
         sqlx::query("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ? WHERE id = ?")
             .bind(reason)

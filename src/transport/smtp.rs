@@ -174,22 +174,79 @@ impl SmtpWorker {
                 tracing::info!(message_id = %item.message_id, chat_id = item.chat_id, attempts = item.attempts + 1, "mail sent");
                 Outcome::Sent
             }
+            // One refused recipient must not sink the mail for the others.
+            Err(e) if e.is_permanent() && env.to.len() > 1 => self.one_by_one(&item, env).await,
             Err(e) if e.is_permanent() => self.fail(&item, format!("rejected by the SMTP server: {e}")).await,
-            Err(e) => {
-                let attempts = item.attempts + 1;
-                if attempts >= self.policy.max_attempts {
-                    return self.fail(&item, format!("gave up after {attempts} attempts: {e}")).await;
+            Err(e) => self.retry(&item, &e.to_string()).await,
+        }
+    }
+
+    /// After a 5xx for a mail to several recipients: sends to each alone. Refused ones
+    /// are reported, the others delivered; recipients hit by a temporary error stay in
+    /// the row's envelope for the next attempt.
+    async fn one_by_one(&self, item: &OutboxItem, env: &crate::store::Envelope) -> Outcome {
+        let mut refused = Vec::new();
+        let mut left = Vec::new();
+        let mut last_error = String::new();
+        for rcpt in &env.to {
+            let single = match envelope(&env.from, std::slice::from_ref(rcpt)) {
+                Ok(e) => e,
+                Err(e) => {
+                    refused.push(format!("{rcpt} ({e})"));
+                    continue;
                 }
-                let pause = backoff::delay(self.policy.base, self.policy.max_delay, item.attempts);
-                let next = chrono::Utc::now().timestamp() + pause.as_secs().max(1) as i64;
-                self.metrics.outbox.with_label_values(&[SMTP_TARGET, "retry"]).inc();
-                tracing::warn!(message_id = %item.message_id, attempts, retry_in = ?pause, error = %e, "mail not sent; will retry");
-                if let Err(se) = self.store.outbox_retry(item.id, next, &e.to_string()).await {
-                    tracing::error!(error = %se, "could not record the retry");
+            };
+            match self.transport.send_raw(&single, &item.payload).await {
+                Ok(_) => {}
+                Err(e) if e.is_permanent() => refused.push(format!("{rcpt} ({e})")),
+                Err(e) => {
+                    last_error = e.to_string();
+                    left.push(rcpt.clone());
                 }
-                Outcome::Retry
             }
         }
+        if refused.len() == env.to.len() {
+            return self
+                .fail(item, format!("rejected by the SMTP server for every recipient: {}", refused.join("; ")))
+                .await;
+        }
+        if !refused.is_empty() {
+            // The message reached the others; the refused ones are reported like a failure.
+            self.metrics.outbox.with_label_values(&[SMTP_TARGET, "failed"]).inc();
+            let reason = format!("rejected by the SMTP server for {}", refused.join("; "));
+            tracing::error!(message_id = %item.message_id, reason = %reason, "mail refused for some recipients");
+            (self.on_failure)(FailedDelivery { message_id: item.message_id.clone(), chat_id: item.chat_id, reason });
+        }
+        if left.is_empty() {
+            if let Err(e) = self.store.outbox_done(item.id).await {
+                tracing::error!(error = %e, message_id = %item.message_id, "sent, but could not mark the outbox row");
+            }
+            self.metrics.outbox.with_label_values(&[SMTP_TARGET, "sent"]).inc();
+            tracing::info!(message_id = %item.message_id, chat_id = item.chat_id, "mail sent, recipient by recipient");
+            return Outcome::Sent;
+        }
+        let narrowed = crate::store::Envelope { from: env.from.clone(), to: left };
+        if let Err(e) = self.store.outbox_set_recipients(item.id, &narrowed).await {
+            // Not narrowed: the next attempt reaches everyone again; receivers dedupe by Message-ID.
+            tracing::error!(error = %e, message_id = %item.message_id, "could not narrow the recipients");
+        }
+        self.retry(item, &last_error).await
+    }
+
+    /// A temporary failure: try again later, or give up after `max_attempts`.
+    async fn retry(&self, item: &OutboxItem, error: &str) -> Outcome {
+        let attempts = item.attempts + 1;
+        if attempts >= self.policy.max_attempts {
+            return self.fail(item, format!("gave up after {attempts} attempts: {error}")).await;
+        }
+        let pause = backoff::delay(self.policy.base, self.policy.max_delay, item.attempts);
+        let next = chrono::Utc::now().timestamp() + pause.as_secs().max(1) as i64;
+        self.metrics.outbox.with_label_values(&[SMTP_TARGET, "retry"]).inc();
+        tracing::warn!(message_id = %item.message_id, attempts, retry_in = ?pause, error, "mail not sent; will retry");
+        if let Err(se) = self.store.outbox_retry(item.id, next, error).await {
+            tracing::error!(error = %se, "could not record the retry");
+        }
+        Outcome::Retry
     }
 
     async fn fail(&self, item: &OutboxItem, reason: String) -> Outcome {
