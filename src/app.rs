@@ -108,7 +108,25 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
             state: Arc::new(crate::hub::submit::StoreState::new(core.store.clone(), &r.id)),
             shutdown: sup.token(),
         };
-        sup.spawn("bridge", async move { r.bridge.run(cx).await.map_err(|e| anyhow::anyhow!("bridge {}: {e}", r.id)) });
+        sup.spawn("bridge", async move {
+            // A bridge that fails for a reason that may pass is restarted with backoff; only
+            // a fatal error (bad credentials, bad config) stops the daemon.
+            let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+            loop {
+                match r.bridge.run(cx.clone()).await {
+                    Ok(()) => return Ok(()),
+                    Err(coi_bridge_api::BridgeError::Fatal(e)) => return Err(anyhow::anyhow!("bridge {}: {e}", r.id)),
+                    Err(coi_bridge_api::BridgeError::Retry(e)) => {
+                        let pause = backoff.next_delay();
+                        tracing::warn!(bridge = %r.id, error = %e, retry_in = ?pause, "bridge stopped; restarting it");
+                        tokio::select! {
+                            () = cx.shutdown.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
+            }
+        });
     }
     let (c, token) = (core.clone(), sup.token());
     sup.spawn("imap", async move {

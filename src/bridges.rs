@@ -42,6 +42,9 @@ pub fn labels(bridges: &[BridgeConfig]) -> std::collections::HashMap<String, Str
         .collect()
 }
 
+/// Where a Telegram bot token comes from when `token_file` is not set.
+pub const TELEGRAM_TOKEN_ENV: &str = "COI_BRIDGE_TELEGRAM_TOKEN";
+
 /// Builds every configured bridge; no network I/O.
 pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
     let mut running = Vec::new();
@@ -115,7 +118,47 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                 running.push(Running { id, bridge, delivery });
             }
             BridgeConfig::Telegram(t) => {
-                anyhow::bail!("bridge {:?}: kind \"telegram\" is not part of this build yet", t.id)
+                let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
+                let token = match &t.token_file {
+                    Some(file) => {
+                        let file = if file.is_absolute() { file.clone() } else { base.join(file) };
+                        std::fs::read_to_string(&file)
+                            .with_context(|| {
+                                format!(
+                                    "bridge {:?}: token_file {} cannot be read; put the bot token from @BotFather there",
+                                    t.id,
+                                    file.display()
+                                )
+                            })?
+                            .trim()
+                            .to_owned()
+                    }
+                    None => std::env::var(TELEGRAM_TOKEN_ENV).map_err(|_| {
+                        anyhow::anyhow!(
+                            "bridge {:?}: no bot token; set token_file, or the environment variable {TELEGRAM_TOKEN_ENV}",
+                            t.id
+                        )
+                    })?,
+                };
+                let id = BridgeId(t.id.clone());
+                let bridge = Arc::new(
+                    coi_bridge_telegram::bridge::TelegramBridge::new(
+                        (**t).clone(),
+                        &token,
+                        &loaded.config.account.address,
+                    )
+                    .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", t.id))?,
+                );
+                let delivery = BridgeDelivery::new(
+                    id.clone(),
+                    "Telegram",
+                    bridge.clone(),
+                    core.store.clone(),
+                    core.outbound.clone(),
+                    policy,
+                    core.metrics.clone(),
+                );
+                running.push(Running { id, bridge, delivery });
             }
         }
     }

@@ -262,8 +262,7 @@ fn default_listen() -> SocketAddr {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BridgeConfig {
     Matrix(Box<coi_bridge_matrix::config::MatrixConfig>),
-    /// Accepted in shape only; refused by `validate` until the module exists.
-    Telegram(PendingBridge),
+    Telegram(Box<coi_bridge_telegram::config::TelegramConfig>),
 }
 
 impl BridgeConfig {
@@ -273,14 +272,6 @@ impl BridgeConfig {
             BridgeConfig::Telegram(t) => &t.id,
         }
     }
-}
-
-/// A bridge kind this build does not have yet.
-#[derive(Debug, Deserialize)]
-pub struct PendingBridge {
-    pub id: String,
-    #[serde(flatten)]
-    pub rest: std::collections::BTreeMap<String, figment::value::Value>,
 }
 
 /// The loaded configuration with its secrets resolved.
@@ -392,9 +383,7 @@ fn validate(c: &Config) -> anyhow::Result<()> {
         }
         match b {
             BridgeConfig::Matrix(m) => m.validate().map_err(|e| anyhow::anyhow!(e))?,
-            BridgeConfig::Telegram(t) => {
-                bail!("bridge {:?}: kind \"telegram\" is not part of this build yet; remove the [[bridge]] entry", t.id)
-            }
+            BridgeConfig::Telegram(t) => t.validate().map_err(|e| anyhow::anyhow!(e))?,
         }
     }
     Ok(())

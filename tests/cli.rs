@@ -227,8 +227,12 @@ fn bad_bridge_sections_are_named() {
     assert_config_error(&out, &["admins", "alice"]);
     let out = check_with(dir.path(), &(GOOD.to_owned() + &MATRIX.replace("server_name", "servername")), &[]);
     assert_config_error(&out, &["servername"]);
-    let out = check_with(dir.path(), &(GOOD.to_owned() + "\n[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\n"), &[]);
-    assert_config_error(&out, &["telegram", "not part of this build"]);
+    let tg = "\n[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\napi_url = \"ftp://api.example\"\n";
+    let out = check_with(dir.path(), &(GOOD.to_owned() + tg), &[]);
+    assert_config_error(&out, &["api_url", "ftp://api.example"]);
+    let tg = "\n[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\ntokn_file = \"t\"\n";
+    let out = check_with(dir.path(), &(GOOD.to_owned() + tg), &[]);
+    assert_config_error(&out, &["tokn_file"]);
     // Bot mode needs an account and its password file.
     let bot = MATRIX.replace("admins =", "mode = \"bot\"\nadmins =");
     let out = check_with(dir.path(), &(GOOD.to_owned() + &bot), &[]);

@@ -9,6 +9,7 @@
 pub mod bridged;
 pub mod deltachat;
 pub mod synapse;
+pub mod telegram;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;

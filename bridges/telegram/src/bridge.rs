@@ -1,0 +1,346 @@
+//! The Telegram side of the `Bridge` contract: long polling in (offset persisted only after a durable submit), bot messages out with bold name prefixes, 429 `retry_after` honoured by the core's per-chat order.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coi_bridge_api::{
+    Bridge, BridgeContext, BridgeError, Capabilities, Command, DeliverError, DeliveryKey, Outgoing, Person,
+    RemoteChatId, RemoteEvent, RemoteMsgId, SubmitError,
+};
+use teloxide::payloads::{EditMessageTextSetters as _, GetUpdatesSetters as _, SendMessageSetters as _};
+use teloxide::prelude::Requester as _;
+use teloxide::types::{
+    AllowedUpdate, ChatId, InputFile, Message, MessageId, ParseMode, ReactionType, ReplyParameters, Update, UpdateKind,
+    UserId,
+};
+use teloxide::{ApiError, Bot, RequestError};
+
+use crate::config::TelegramConfig;
+
+/// Seconds one `getUpdates` long-polls (below teloxide's HTTP timeout).
+const LONG_POLL: u32 = 10;
+
+pub struct TelegramBridge {
+    cfg: TelegramConfig,
+    bot: Bot,
+    /// The bridge's own COI address: its messages carry no name prefix.
+    coi_address: String,
+}
+
+impl std::fmt::Debug for TelegramBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelegramBridge").field("id", &self.cfg.id).field("api_url", &self.cfg.api_url).finish()
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Telegram's answers, sorted into what the core does next.
+fn lowered(e: RequestError) -> DeliverError {
+    match e {
+        RequestError::RetryAfter(s) => {
+            DeliverError::Retry { reason: "429 Too Many Requests".into(), after: Some(s.duration()) }
+        }
+        RequestError::Network(e) => DeliverError::Retry { reason: e.to_string(), after: None },
+        RequestError::Io(e) => DeliverError::Retry { reason: e.to_string(), after: None },
+        RequestError::Api(ApiError::Unknown(m)) if m.contains("Internal Server Error") || m.contains("Bad Gateway") => {
+            DeliverError::Retry { reason: m, after: None }
+        }
+        other => DeliverError::Permanent(other.to_string()),
+    }
+}
+
+fn chat_id(to: &RemoteChatId) -> Result<ChatId, DeliverError> {
+    to.as_str().parse().map(ChatId).map_err(|_| DeliverError::Permanent(format!("{to} is not a Telegram chat id")))
+}
+
+fn message_id(m: &RemoteMsgId) -> Result<MessageId, DeliverError> {
+    m.as_str().parse().map(MessageId).map_err(|_| DeliverError::Permanent(format!("{m} is not a Telegram message id")))
+}
+
+/// "Name (Telegram)" as COI shows it comes from the hub; the person is their Telegram name.
+fn person(m: &Message) -> Option<Person> {
+    let from = m.from.as_ref()?;
+    Some(Person { id: from.id.0.to_string().into(), display_name: from.full_name() })
+}
+
+impl TelegramBridge {
+    /// No network I/O; `run` connects.
+    pub fn new(cfg: TelegramConfig, token: &str, coi_address: &str) -> Result<Self, String> {
+        let url = url::Url::parse(&cfg.api_url).map_err(|e| format!("api_url {:?}: {e}", cfg.api_url))?;
+        let bot = Bot::new(token).set_api_url(url);
+        Ok(Self { cfg, bot, coi_address: coi_address.to_lowercase() })
+    }
+
+    fn prefixed(&self, sender: &Person, text: &str) -> String {
+        if sender.id.as_str().eq_ignore_ascii_case(&self.coi_address) {
+            return escape(text);
+        }
+        format!("<b>{}</b>: {}", escape(&sender.display_name), escape(text))
+    }
+
+    /// Whether `user` may command the bridge in `chat`: a configured id, or an
+    /// administrator of that chat.
+    async fn is_admin(&self, chat: ChatId, user: UserId) -> bool {
+        if self.cfg.admins.contains(&(user.0 as i64)) {
+            return true;
+        }
+        match self.bot.get_chat_administrators(chat).await {
+            Ok(admins) => admins.iter().any(|m| m.user.id == user),
+            Err(e) => {
+                tracing::warn!(chat = chat.0, error = %e, "could not read the chat's administrators");
+                false
+            }
+        }
+    }
+
+    async fn say(&self, chat: ChatId, text: &str) {
+        if let Err(e) = self.bot.send_message(chat, text).await {
+            tracing::warn!(chat = chat.0, error = %e, "could not answer in the chat");
+        }
+    }
+
+    async fn command(&self, cx: &BridgeContext, m: &Message, text: &str) -> Result<(), SubmitError> {
+        let Some(from) = m.from.as_ref() else { return Ok(()) };
+        if !self.is_admin(m.chat.id, from.id).await {
+            tracing::warn!(chat = m.chat.id.0, user = from.id.0, "/coi command from a non-admin; refused");
+            let who = from.full_name();
+            self.say(m.chat.id, &format!("Sorry {who}, only this chat's admins can use the /coi commands.")).await;
+            return Ok(());
+        }
+        // "/coi_bridge@SomeBot arg" → "bridge arg"
+        let mut words = text.trim_start_matches('/').splitn(2, char::is_whitespace);
+        let verb = words.next().unwrap_or_default().split('@').next().unwrap_or_default();
+        let verb = verb.strip_prefix("coi_").unwrap_or(verb);
+        let command = match Command::parse(&format!("{verb} {}", words.next().unwrap_or_default())) {
+            Ok(c) => c,
+            Err(e) => {
+                self.say(m.chat.id, &e).await;
+                return Ok(());
+            }
+        };
+        let title = m.chat.title().unwrap_or("Telegram chat").to_owned();
+        let chat = RemoteChatId(m.chat.id.0.to_string());
+        match cx.hub.command(&cx.id, &chat, &title, command).await {
+            Ok(reply) => {
+                self.say(m.chat.id, &reply.text).await;
+                if let Some(png) = reply.qr_png
+                    && let Err(e) =
+                        self.bot.send_photo(m.chat.id, InputFile::memory(png).file_name("invite-qr.png")).await
+                {
+                    tracing::warn!(error = %e, "could not post the QR code");
+                }
+                Ok(())
+            }
+            Err(SubmitError::Rejected(e)) => {
+                self.say(m.chat.id, &format!("That did not work: {e}")).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One update, handled durably: `Err` means "not done, keep the offset here".
+    async fn handle(&self, cx: &BridgeContext, me: UserId, update: Update) -> Result<(), SubmitError> {
+        let (m, edited) = match update.kind {
+            UpdateKind::Message(m) => (m, false),
+            UpdateKind::EditedMessage(m) => (m, true),
+            _ => return Ok(()),
+        };
+        if m.from.as_ref().is_some_and(|f| f.id == me) {
+            return Ok(()); // our own relays
+        }
+        if !m.chat.is_private() && !self.cfg.is_allowed(m.chat.id.0) {
+            tracing::warn!(chat = m.chat.id.0, "a chat not on the allowlist; leaving it");
+            self.say(m.chat.id, "This chat is not on this bridge's allowlist (allowed_chats), so I am leaving.").await;
+            if let Err(e) = self.bot.leave_chat(m.chat.id).await {
+                tracing::warn!(chat = m.chat.id.0, error = %e, "could not leave the chat");
+            }
+            return Ok(());
+        }
+        let text = m.text().or(m.caption()).unwrap_or_default().to_owned();
+        if !edited && text.starts_with("/coi") {
+            return self.command(cx, &m, &text).await;
+        }
+        let Some(sender) = person(&m) else { return Ok(()) };
+        let chat = RemoteChatId(m.chat.id.0.to_string());
+        let event = if edited {
+            let at = m.edit_date().map(|d| d.timestamp()).unwrap_or_default();
+            RemoteEvent::Edit {
+                chat,
+                id: RemoteMsgId(format!("{}-edit-{at}", m.id.0)),
+                target: RemoteMsgId(m.id.0.to_string()),
+                sender,
+                new_text: text,
+            }
+        } else {
+            RemoteEvent::Message {
+                chat,
+                id: RemoteMsgId(m.id.0.to_string()),
+                sender,
+                text,
+                attachments: Vec::new(),
+                reply_to: m.reply_to_message().map(|r| RemoteMsgId(r.id.0.to_string())),
+            }
+        };
+        match cx.hub.submit(&cx.id, event).await {
+            Ok(()) => Ok(()),
+            Err(SubmitError::Rejected(e)) => {
+                tracing::info!(bridge = %cx.id, reason = %e, "Telegram update not bridged");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Bridge for TelegramBridge {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            edits: true,
+            deletes: true,
+            reactions: true,
+            replies: true,
+            media: true,
+            ghosts: false,
+            max_file_size: Some(self.cfg.max_file_bytes),
+        }
+    }
+
+    async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError> {
+        let connect = async {
+            self.bot.delete_webhook().await?;
+            self.bot.get_me().await
+        };
+        let me = tokio::select! {
+            () = cx.shutdown.cancelled() => return Ok(()),
+            r = connect => match r {
+                Ok(me) => me,
+                Err(RequestError::Api(ApiError::InvalidToken)) => {
+                    return Err(BridgeError::Fatal("the Telegram bot token was refused; check token_file".into()));
+                }
+                // The supervisor restarts the bridge with backoff.
+                Err(e) => return Err(BridgeError::Retry(format!("Telegram getMe: {e}"))),
+            },
+        };
+        tracing::info!(bridge = %cx.id, bot = %me.user.full_name(), "Telegram bot connected");
+        let mut offset: i32 = match cx.state.get("offset").await {
+            Ok(v) => v.and_then(|v| v.parse().ok()).unwrap_or(0),
+            Err(e) => return Err(BridgeError::Retry(format!("reading the update offset: {e}"))),
+        };
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let poll = self.bot.get_updates().offset(offset).timeout(LONG_POLL).allowed_updates(vec![
+                AllowedUpdate::Message,
+                AllowedUpdate::EditedMessage,
+                AllowedUpdate::MyChatMember,
+            ]);
+            let updates = tokio::select! {
+                () = cx.shutdown.cancelled() => return Ok(()),
+                r = poll => r,
+            };
+            let updates = match updates {
+                Ok(u) => u,
+                Err(RequestError::RetryAfter(s)) => {
+                    tokio::time::sleep(s.duration()).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(bridge = %cx.id, error = %e, retry_in = ?backoff, "Telegram getUpdates failed");
+                    tokio::select! {
+                        () = cx.shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    continue;
+                }
+            };
+            backoff = Duration::from_secs(1);
+            for update in updates {
+                let id = update.id.0 as i32;
+                if let Err(e) = self.handle(&cx, me.user.id, update).await {
+                    // Not durably queued: keep the offset, ask again after a pause.
+                    tracing::warn!(bridge = %cx.id, error = %e, "Telegram update not queued; will fetch it again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+                offset = id + 1;
+                if let Err(e) = cx.state.set("offset", &offset.to_string()).await {
+                    tracing::warn!(bridge = %cx.id, error = %e, "could not save the update offset");
+                }
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        to: &RemoteChatId,
+        _key: &DeliveryKey,
+        msg: &Outgoing,
+    ) -> Result<Vec<RemoteMsgId>, DeliverError> {
+        let chat = chat_id(to)?;
+        match msg {
+            Outgoing::Message { sender, text, attachments, reply_to, .. } => {
+                let mut parts = Vec::new();
+                if !text.is_empty() || attachments.is_empty() {
+                    let mut req = self.bot.send_message(chat, self.prefixed(sender, text)).parse_mode(ParseMode::Html);
+                    if let Some(r) = reply_to {
+                        req = req.reply_parameters(ReplyParameters::new(message_id(r)?).allow_sending_without_reply());
+                    }
+                    let sent = req.await.map_err(lowered)?;
+                    parts.push(RemoteMsgId(sent.id.0.to_string()));
+                }
+                for a in attachments {
+                    if a.data.len() as u64 > self.cfg.max_file_bytes {
+                        return Err(DeliverError::Permanent(format!("{} is over max_file_bytes", a.name)));
+                    }
+                    let file = InputFile::memory(a.data.clone()).file_name(a.name.clone());
+                    let caption = self.prefixed(sender, &a.name);
+                    let sent = if a.mime.starts_with("image/") {
+                        use teloxide::payloads::SendPhotoSetters as _;
+                        self.bot.send_photo(chat, file).caption(caption).parse_mode(ParseMode::Html).await
+                    } else {
+                        use teloxide::payloads::SendDocumentSetters as _;
+                        self.bot.send_document(chat, file).caption(caption).parse_mode(ParseMode::Html).await
+                    }
+                    .map_err(lowered)?;
+                    parts.push(RemoteMsgId(sent.id.0.to_string()));
+                }
+                Ok(parts)
+            }
+            Outgoing::Edit { sender, target, new_text } => {
+                let sent = self
+                    .bot
+                    .edit_message_text(chat, message_id(target)?, self.prefixed(sender, new_text))
+                    .parse_mode(ParseMode::Html)
+                    .await
+                    .map_err(lowered)?;
+                Ok(vec![RemoteMsgId(format!("{}-edit", sent.id.0))])
+            }
+            Outgoing::Delete { target, .. } => {
+                self.bot.delete_message(chat, message_id(target)?).await.map_err(lowered)?;
+                Ok(Vec::new())
+            }
+            Outgoing::Reaction { target, emoji, .. } => {
+                use teloxide::payloads::SetMessageReactionSetters as _;
+                let reaction =
+                    if emoji.is_empty() { Vec::new() } else { vec![ReactionType::Emoji { emoji: emoji.clone() }] };
+                self.bot.set_message_reaction(chat, message_id(target)?).reaction(reaction).await.map_err(lowered)?;
+                Ok(Vec::new())
+            }
+            Outgoing::Notice { text } => {
+                let sent = self.bot.send_message(chat, text.clone()).await.map_err(lowered)?;
+                Ok(vec![RemoteMsgId(sent.id.0.to_string())])
+            }
+            Outgoing::ReadReceipt { .. }
+            | Outgoing::MemberJoined { .. }
+            | Outgoing::MemberLeft { .. }
+            | Outgoing::Rename { .. }
+            | Outgoing::Describe { .. }
+            | Outgoing::GroupAvatar { .. } => Err(DeliverError::Unsupported),
+        }
+    }
+}

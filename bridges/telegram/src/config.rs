@@ -1,0 +1,69 @@
+//! The `[[bridge]] kind = "telegram"` section: strict, documented, owned by this crate.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// One Telegram bridge instance (a bot).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The instance id; scopes every row this bridge owns. Not "smtp".
+    pub id: String,
+    /// The Bot API base URL; tests point it at the fake.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// A file holding the bot token from @BotFather (or env `COI_BRIDGE_TELEGRAM_TOKEN`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Telegram user ids who may command the bridge in any chat, besides each chat's own
+    /// administrators.
+    #[serde(default)]
+    pub admins: Vec<i64>,
+    /// The chats that may be bridged; in any other chat the bot says so and leaves.
+    /// Empty: none.
+    #[serde(default)]
+    pub allowed_chats: Vec<i64>,
+    /// Files larger than this (bytes) are not bridged; the sender is told.
+    #[serde(default = "default_max_file")]
+    pub max_file_bytes: u64,
+}
+
+fn default_api_url() -> String {
+    "https://api.telegram.org".into()
+}
+fn default_max_file() -> u64 {
+    20 * 1024 * 1024
+}
+
+impl TelegramConfig {
+    /// Checks what serde cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if url::Url::parse(&self.api_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+            return Err(format!("bridge {:?}: api_url {:?} is not an http(s) URL", self.id, self.api_url));
+        }
+        Ok(())
+    }
+
+    pub fn is_allowed(&self, chat: i64) -> bool {
+        self.allowed_chats.contains(&chat)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_checks() {
+        let c: TelegramConfig =
+            serde_json::from_value(serde_json::json!({"id": "tg", "allowed_chats": [-100]})).expect("parses");
+        assert_eq!(c.api_url, "https://api.telegram.org");
+        assert!(c.validate().is_ok());
+        assert!(c.is_allowed(-100) && !c.is_allowed(-200));
+        let bad = TelegramConfig { api_url: "ftp://x".into(), ..c };
+        assert!(bad.validate().unwrap_err().contains("api_url"));
+        let unknown = serde_json::from_value::<TelegramConfig>(serde_json::json!({"id": "tg", "tokn_file": "x"}));
+        assert!(unknown.is_err());
+    }
+}

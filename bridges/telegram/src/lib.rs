@@ -1,0 +1,9 @@
+//! The Telegram bridge module: a bot (Bot API through teloxide) that relays a Telegram group to a COI group with name prefixes.
+//!
+//! - [`config`]: the `[[bridge]] kind = "telegram"` section.
+//! - [`bridge`]: the `Bridge` contract: long polling in, bot messages out.
+//!
+//! Bots never see deletions on Telegram, so deletes only go from COI to Telegram.
+
+pub mod bridge;
+pub mod config;

@@ -1,0 +1,444 @@
+//! A fake Telegram Bot API on loopback (no Telegram server is reachable here): the real JSON shapes, long polling, `429 retry_after` and "message to edit not found", plus an in-process control API to inject updates and read what the bot sent.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+pub const BOT_ID: i64 = 7_000_001;
+pub const TOKEN: &str = "7000001:fake-token";
+
+/// What the bot asked for, in order.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub method: String,
+    pub params: Value,
+    /// Files of a multipart request: (field, file name, bytes).
+    pub files: Vec<(String, String, Vec<u8>)>,
+    /// The message id the fake answered with, if the call made a message.
+    pub message_id: Option<i64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    updates: Vec<Value>,
+    next_update: i64,
+    next_message: HashMap<i64, i64>,
+    /// (chat, message) → text, for edits and deletes.
+    messages: HashMap<(i64, i64), String>,
+    calls: Vec<Call>,
+    /// Errors to answer the next calls of a method with: (method, code, description, retry_after).
+    failures: VecDeque<(String, u16, String, Option<u64>)>,
+    admins: HashMap<i64, Vec<i64>>,
+    titles: HashMap<i64, String>,
+    files: HashMap<String, Vec<u8>>,
+}
+
+/// The fake server; stopped on drop.
+pub struct FakeTelegram {
+    pub port: u16,
+    inner: Arc<Mutex<Inner>>,
+    changed: Arc<Notify>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeTelegram {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn ok(result: Value) -> Response {
+    json_response(StatusCode::OK, &json!({"ok": true, "result": result}))
+}
+
+fn err(code: u16, description: &str, retry_after: Option<u64>) -> Response {
+    let mut body = json!({"ok": false, "error_code": code, "description": description});
+    if let Some(s) = retry_after {
+        body["parameters"] = json!({"retry_after": s});
+    }
+    json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST), &body)
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn chat_json(id: i64, title: &str) -> Value {
+    if id < 0 {
+        json!({"id": id, "type": if id < -1_000_000_000_000 { "supergroup" } else { "group" }, "title": title})
+    } else {
+        json!({"id": id, "type": "private", "first_name": title})
+    }
+}
+
+fn bot_user() -> Value {
+    json!({"id": BOT_ID, "is_bot": true, "first_name": "COI Bridge", "username": "coi_bridge_bot"})
+}
+
+/// A minimal multipart/form-data reader: (name, filename, bytes) per part.
+fn multipart(content_type: &str, body: &[u8]) -> Vec<(String, Option<String>, Vec<u8>)> {
+    let Some(boundary) = content_type.split("boundary=").nth(1).map(|b| b.trim_matches('"')) else { return Vec::new() };
+    let delim = format!("--{boundary}");
+    let mut out = Vec::new();
+    let text = body;
+    let mut pos = 0;
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay[from..].windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+    };
+    while let Some(start) = find(text, delim.as_bytes(), pos) {
+        let part_start = start + delim.len();
+        if text[part_start..].starts_with(b"--") {
+            break;
+        }
+        let Some(head_end) = find(text, b"\r\n\r\n", part_start) else { break };
+        let head = String::from_utf8_lossy(&text[part_start..head_end]).to_string();
+        let Some(next) = find(text, delim.as_bytes(), head_end) else { break };
+        let data = text[head_end + 4..next.saturating_sub(2)].to_vec();
+        let attr = |key: &str| {
+            head.split(';')
+                .find_map(|p| p.trim().strip_prefix(&format!("{key}=")).map(|v| v.trim_matches('"').to_owned()))
+        };
+        if let Some(name) = attr("name") {
+            out.push((name, attr("filename"), data));
+        }
+        pos = next;
+    }
+    out
+}
+
+impl FakeTelegram {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner { next_update: 1, ..Inner::default() }));
+        let changed = Arc::new(Notify::new());
+        let app = Router::new()
+            .route("/{bot}/{method}", axum::routing::post(handle).get(handle))
+            .route("/file/{bot}/{*path}", axum::routing::get(download))
+            .with_state((inner.clone(), changed.clone()));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { port, inner, changed, server }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("lock")
+    }
+
+    pub fn set_chat(&self, chat: i64, title: &str, admins: &[i64]) {
+        let mut i = self.lock();
+        i.titles.insert(chat, title.to_owned());
+        i.admins.insert(chat, admins.to_vec());
+    }
+
+    fn push_update(&self, kind: &str, mut message: Value) -> i64 {
+        let mut i = self.lock();
+        let id = i.next_update;
+        i.next_update += 1;
+        let chat = message["chat"]["id"].as_i64().unwrap_or_default();
+        if let (Some(mid), Some(text)) = (message["message_id"].as_i64(), message["text"].as_str()) {
+            i.messages.insert((chat, mid), text.to_owned());
+        }
+        if message.get("date").is_none() {
+            message["date"] = json!(now());
+        }
+        i.updates.push(json!({"update_id": id, kind: message}));
+        drop(i);
+        self.changed.notify_waiters();
+        id
+    }
+
+    fn new_message_id(&self, chat: i64) -> i64 {
+        let mut i = self.lock();
+        let n = i.next_message.entry(chat).or_insert(100);
+        *n += 1;
+        *n
+    }
+
+    /// A person's message in a chat; returns its message id.
+    pub fn user_says(&self, chat: i64, user: (i64, &str), text: &str, reply_to: Option<i64>) -> i64 {
+        let id = self.new_message_id(chat);
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        let mut m = json!({
+            "message_id": id, "chat": chat_json(chat, &title),
+            "from": {"id": user.0, "is_bot": false, "first_name": user.1}, "text": text,
+        });
+        if text.starts_with('/') {
+            let len = text.split_whitespace().next().unwrap_or_default().encode_utf16().count();
+            m["entities"] = json!([{"type": "bot_command", "offset": 0, "length": len}]);
+        }
+        if let Some(r) = reply_to {
+            let original = self.lock().messages.get(&(chat, r)).cloned().unwrap_or_default();
+            m["reply_to_message"] = json!({
+                "message_id": r, "date": now(), "chat": chat_json(chat, &title), "from": bot_user(), "text": original,
+            });
+        }
+        self.push_update("message", m);
+        id
+    }
+
+    /// A person edits their message.
+    pub fn user_edits(&self, chat: i64, user: (i64, &str), message_id: i64, text: &str) {
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        let m = json!({
+            "message_id": message_id, "chat": chat_json(chat, &title), "edit_date": now(),
+            "from": {"id": user.0, "is_bot": false, "first_name": user.1}, "text": text,
+        });
+        self.push_update("edited_message", m);
+    }
+
+    /// The next `n` calls of `method` fail with `code` (429 carries `retry_after`).
+    pub fn fail_next(&self, method: &str, n: usize, code: u16, description: &str, retry_after: Option<u64>) {
+        let mut i = self.lock();
+        for _ in 0..n {
+            i.failures.push_back((method.to_owned(), code, description.to_owned(), retry_after));
+        }
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Texts the bot sent to `chat` (sendMessage), in order.
+    pub fn sent_texts(&self, chat: i64) -> Vec<(i64, String)> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == "sendMessage" && c.params["chat_id"].as_i64() == Some(chat))
+            .map(|c| (c.message_id.unwrap_or_default(), c.params["text"].as_str().unwrap_or_default().to_owned()))
+            .collect()
+    }
+
+    /// Waits (bounded) until a call matches.
+    pub async fn wait_call(&self, what: &str, pred: impl Fn(&Call) -> bool) -> Call {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(c) = self.calls().into_iter().find(|c| pred(c)) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for the bot to {what}; calls: {:?}", self.calls());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+type S = State<(Arc<Mutex<Inner>>, Arc<Notify>)>;
+
+async fn handle(
+    State((inner, changed)): S,
+    Path((bot, method)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if bot != format!("bot{TOKEN}") {
+        return err(401, "Unauthorized", None);
+    }
+    // Telegram takes method names in any case (teloxide writes "SendMessage").
+    let method = [
+        "getUpdates",
+        "getMe",
+        "deleteWebhook",
+        "getWebhookInfo",
+        "getChat",
+        "getChatMemberCount",
+        "getChatAdministrators",
+        "leaveChat",
+        "setMessageReaction",
+        "sendChatAction",
+        "sendMessage",
+        "sendPhoto",
+        "sendDocument",
+        "sendVoice",
+        "sendVideo",
+        "sendAudio",
+        "sendMediaGroup",
+        "editMessageText",
+        "deleteMessage",
+        "getFile",
+    ]
+    .iter()
+    .find(|m| m.eq_ignore_ascii_case(&method))
+    .map_or(method, |m| (*m).to_owned());
+    let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let mut files = Vec::new();
+    let params: Value = if ctype.starts_with("multipart/form-data") {
+        let mut p = serde_json::Map::new();
+        for (name, filename, data) in multipart(&ctype, &body) {
+            match filename {
+                Some(f) => files.push((name, f, data)),
+                None => {
+                    let text = String::from_utf8_lossy(&data).to_string();
+                    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    p.insert(name, v);
+                }
+            }
+        }
+        Value::Object(p)
+    } else if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return err(400, &format!("Bad Request: can't parse JSON: {e}"), None),
+        }
+    };
+    // Injected failures first.
+    {
+        let mut i = inner.lock().expect("lock");
+        if let Some(pos) = i.failures.iter().position(|f| f.0 == method) {
+            let (_, code, description, retry_after) = i.failures.remove(pos).expect("present");
+            i.calls.push(Call { method: format!("{method}!failed"), params: params.clone(), files, message_id: None });
+            return err(code, &description, retry_after);
+        }
+    }
+    if method == "getUpdates" {
+        let offset = params["offset"].as_i64().unwrap_or(0);
+        let timeout = params["timeout"].as_u64().unwrap_or(0).min(50);
+        let deadline = Instant::now() + Duration::from_secs(timeout);
+        loop {
+            let notified = changed.notified();
+            {
+                let mut i = inner.lock().expect("lock");
+                // Confirmed updates are forgotten, as Telegram does.
+                i.updates.retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
+                if !i.updates.is_empty() {
+                    return ok(Value::Array(i.updates.clone()));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return ok(json!([]));
+            }
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+    let mut i = inner.lock().expect("lock");
+    let chat = params["chat_id"].as_i64().or_else(|| params["chat_id"].as_str().and_then(|s| s.parse().ok()));
+    let title = chat.and_then(|c| i.titles.get(&c).cloned()).unwrap_or_else(|| "Chat".into());
+    let new_message = |i: &mut Inner, c: i64, extra: Value| {
+        let n = i.next_message.entry(c).or_insert(100);
+        *n += 1;
+        let id = *n;
+        let mut m = json!({"message_id": id, "date": now(), "chat": chat_json(c, &title), "from": bot_user()});
+        if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        (id, m)
+    };
+    let (result, message_id) = match method.as_str() {
+        "getMe" => {
+            let mut me = bot_user();
+            me["can_join_groups"] = json!(true);
+            me["can_read_all_group_messages"] = json!(true);
+            me["supports_inline_queries"] = json!(false);
+            me["has_main_web_app"] = json!(false);
+            (me, None)
+        }
+        "deleteWebhook" => (json!(true), None),
+        "getWebhookInfo" => (json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0}), None),
+        "getChat" => (chat_json(chat.unwrap_or_default(), &title), None),
+        "getChatMemberCount" => (json!(i.admins.get(&chat.unwrap_or_default()).map_or(1, |a| a.len() + 1)), None),
+        "getChatAdministrators" => {
+            let admins = i.admins.get(&chat.unwrap_or_default()).cloned().unwrap_or_default();
+            let list: Vec<Value> = admins
+                .iter()
+                .map(|id| json!({"status": "creator", "is_anonymous": false, "user": {"id": id, "is_bot": false, "first_name": format!("admin{id}")}}))
+                .collect();
+            (Value::Array(list), None)
+        }
+        "leaveChat" | "setMessageReaction" | "sendChatAction" => (json!(true), None),
+        "sendMessage" => {
+            let Some(c) = chat else { return err(400, "Bad Request: chat_id is empty", None) };
+            let text = params["text"].as_str().unwrap_or_default().to_owned();
+            if text.is_empty() {
+                return err(400, "Bad Request: message text is empty", None);
+            }
+            let (id, m) = new_message(&mut i, c, json!({"text": text}));
+            i.messages.insert((c, id), text);
+            (m, Some(id))
+        }
+        "sendPhoto" | "sendDocument" | "sendVoice" | "sendVideo" | "sendAudio" => {
+            let Some(c) = chat else { return err(400, "Bad Request: chat_id is empty", None) };
+            if files.is_empty() {
+                return err(400, "Bad Request: there is no file in the request", None);
+            }
+            let file_id = format!("file-{}", i.files.len() + 1);
+            i.files.insert(file_id.clone(), files[0].2.clone());
+            let kind = match method.as_str() {
+                "sendPhoto" => {
+                    json!({"photo": [{"file_id": file_id, "file_unique_id": file_id, "width": 1, "height": 1}]})
+                }
+                _ => json!({"document": {"file_id": file_id, "file_unique_id": file_id, "file_name": files[0].1}}),
+            };
+            let mut extra = kind;
+            if let Some(cap) = params["caption"].as_str() {
+                extra["caption"] = json!(cap);
+            }
+            let (id, m) = new_message(&mut i, c, extra);
+            (m, Some(id))
+        }
+        "editMessageText" => {
+            let (Some(c), Some(mid)) = (chat, params["message_id"].as_i64()) else {
+                return err(400, "Bad Request: message identifier is not specified", None);
+            };
+            let text = params["text"].as_str().unwrap_or_default().to_owned();
+            if !i.messages.contains_key(&(c, mid)) {
+                i.calls.push(Call { method: format!("{method}!failed"), params, files, message_id: None });
+                return err(400, "Bad Request: message to edit not found", None);
+            }
+            i.messages.insert((c, mid), text.clone());
+            let m = json!({"message_id": mid, "date": now(), "edit_date": now(), "chat": chat_json(c, &title), "from": bot_user(), "text": text});
+            (m, Some(mid))
+        }
+        "deleteMessage" => {
+            let (Some(c), Some(mid)) = (chat, params["message_id"].as_i64()) else {
+                return err(400, "Bad Request: message identifier is not specified", None);
+            };
+            if i.messages.remove(&(c, mid)).is_none() {
+                i.calls.push(Call { method: format!("{method}!failed"), params, files, message_id: None });
+                return err(400, "Bad Request: message to delete not found", None);
+            }
+            (json!(true), Some(mid))
+        }
+        "getFile" => {
+            let id = params["file_id"].as_str().unwrap_or_default().to_owned();
+            let Some(data) = i.files.get(&id) else { return err(400, "Bad Request: invalid file_id", None) };
+            (
+                json!({"file_id": id, "file_unique_id": id, "file_size": data.len(), "file_path": format!("documents/{id}")}),
+                None,
+            )
+        }
+        other => return err(404, &format!("Not Found: method {other} is not in this fake"), None),
+    };
+    i.calls.push(Call { method, params, files, message_id });
+    ok(result)
+}
+
+async fn download(State((inner, _)): S, Path((bot, path)): Path<(String, String)>) -> Response {
+    if bot != format!("bot{TOKEN}") {
+        return err(401, "Unauthorized", None);
+    }
+    let id = path.rsplit('/').next().unwrap_or_default();
+    match inner.lock().expect("lock").files.get(id) {
+        Some(data) => (StatusCode::OK, data.clone()).into_response(),
+        None => err(404, "Not Found", None),
+    }
+}
