@@ -13,57 +13,85 @@ const WAIT: Duration = Duration::from_secs(90);
 const GROUP: i64 = -1_001_234_567_890;
 const TOM: (i64, &str) = (4242, "Tom");
 const ANNA: (i64, &str) = (4343, "Anna");
+/// The supergroup GROUP becomes when Telegram upgrades it.
+const NEW_GROUP: i64 = -1_009_999_999_999;
+
+/// A Telegram group bridged by Tom (its admin) with `/coi_bridge`, and Alice (Delta Chat)
+/// in the COI group through the link.
+struct TgStack {
+    daemon: Daemon,
+    dc: DeltaChat,
+    tg: FakeTelegram,
+    _mail: support::MailServer,
+    state: tempfile::TempDir,
+    alice: u64,
+    group: serde_json::Value,
+    link: String,
+}
+
+impl TgStack {
+    async fn new() -> Option<Self> {
+        coi_bridge::init_crypto();
+        let mail = support::MailServer::start()?;
+        let dc = DeltaChat::start().await?;
+        let alice = dc.account(&mail, "alice", "Alice").await;
+        let tg = FakeTelegram::start().await;
+        tg.set_chat(GROUP, "Book Club", &[TOM.0]);
+        let state = tempfile::tempdir().expect("tempdir");
+        let http_port = free_port();
+        let config = support::write_config_with(&mail, state.path(), Link::Plain, "", http_port, "required");
+        std::fs::write(state.path().join("tg-token"), format!("{TOKEN}\n")).expect("token");
+        let section = format!(
+            "\n[[bridge]]\nid = \"telegram\"\nkind = \"telegram\"\napi_url = \"{}\"\ntoken_file = \"tg-token\"\n\
+             allowed_chats = [{GROUP}]\n",
+            tg.url()
+        );
+        let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
+        std::fs::write(&config, text).expect("config");
+        let mut daemon = Daemon::with_config(state.path(), config, http_port);
+        daemon.wait_ready().await;
+        let mut s =
+            Self { daemon, dc, tg, _mail: mail, state, alice, group: serde_json::Value::Null, link: String::new() };
+
+        // Only the chat's admins may command the bridge.
+        s.tg.user_says(GROUP, ANNA, "/coi_bridge", None);
+        s.tg.wait_call("refuse Anna", |c| {
+            c.method == "sendMessage"
+                && c.params["text"].as_str().is_some_and(|t| t.contains("only this chat's admins"))
+        })
+        .await;
+        s.tg.user_says(GROUP, TOM, "/coi_bridge@coi_bridge_bot", None);
+        let answer =
+            s.tg.wait_call("post the invite", |c| {
+                c.method == "sendMessage"
+                    && c.params["text"].as_str().is_some_and(|t| t.contains("https://i.delta.chat/#"))
+            })
+            .await;
+        s.tg.wait_call("post the QR code", |c| c.method == "sendPhoto").await;
+        s.link = answer.params["text"]
+            .as_str()
+            .and_then(|t| t.lines().find(|l| l.starts_with("https://i.delta.chat/#")))
+            .expect("link")
+            .to_owned();
+        let mark = s.dc.mark();
+        s.group = s.dc.call("secure_join", json!([alice, s.link])).await;
+        s.dc.wait_event_since(mark, alice, "joined", WAIT, |e| {
+            e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
+        })
+        .await;
+        s.dc.wait_until_member(alice, &s.group).await;
+        Some(s)
+    }
+
+    async fn alice_says(&self, text: &str) {
+        self.dc.call("misc_send_text_message", json!([self.alice, self.group, text])).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telegram_group_is_bridged_to_coi_both_ways() {
-    coi_bridge::init_crypto();
-    let mail = mail_server!();
-    let Some(dc) = DeltaChat::start().await else { return };
-    let alice = dc.account(&mail, "alice", "Alice").await;
-    let tg = FakeTelegram::start().await;
-    tg.set_chat(GROUP, "Book Club", &[TOM.0]);
-
-    let state = tempfile::tempdir().expect("tempdir");
-    let http_port = free_port();
-    let config = support::write_config_with(&mail, state.path(), Link::Plain, "", http_port, "required");
-    std::fs::write(state.path().join("tg-token"), format!("{TOKEN}\n")).expect("token");
-    let section = format!(
-        "\n[[bridge]]\nid = \"telegram\"\nkind = \"telegram\"\napi_url = \"{}\"\ntoken_file = \"tg-token\"\n\
-         allowed_chats = [{GROUP}]\n",
-        tg.url()
-    );
-    let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
-    std::fs::write(&config, text).expect("config");
-    let mut daemon = Daemon::with_config(state.path(), config, http_port);
-    daemon.wait_ready().await;
-
-    // Only the chat's admins may command the bridge.
-    tg.user_says(GROUP, ANNA, "/coi_bridge", None);
-    tg.wait_call("refuse Anna", |c| {
-        c.method == "sendMessage" && c.params["text"].as_str().is_some_and(|t| t.contains("only this chat's admins"))
-    })
-    .await;
-    tg.user_says(GROUP, TOM, "/coi_bridge@coi_bridge_bot", None);
-    let answer = tg
-        .wait_call("post the invite", |c| {
-            c.method == "sendMessage" && c.params["text"].as_str().is_some_and(|t| t.contains("https://i.delta.chat/#"))
-        })
-        .await;
-    tg.wait_call("post the QR code", |c| c.method == "sendPhoto").await;
-    let link = answer.params["text"]
-        .as_str()
-        .and_then(|t| t.lines().find(|l| l.starts_with("https://i.delta.chat/#")))
-        .expect("link")
-        .to_owned();
-
-    // Alice joins on Delta Chat and writes; the bot posts it with her name in bold.
-    let mark = dc.mark();
-    let group = dc.call("secure_join", json!([alice, link])).await;
-    dc.wait_event_since(mark, alice, "joined", WAIT, |e| {
-        e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
-    })
-    .await;
-    dc.wait_until_member(alice, &group).await;
+    let Some(s) = TgStack::new().await else { return };
+    let (dc, tg, alice, group) = (&s.dc, &s.tg, s.alice, &s.group);
     dc.call("misc_send_text_message", json!([alice, group, "hello <Telegram> & all"])).await;
     let relayed = tg
         .wait_call("relay Alice", |c| {
@@ -78,7 +106,7 @@ async fn a_telegram_group_is_bridged_to_coi_both_ways() {
     let m = dc.message_with_text(alice, "hi Alice, welcome").await;
     assert_eq!(m["overrideSenderName"], json!("Tom (Telegram)"));
     assert_eq!(m["quote"]["text"], json!("hello <Telegram> & all"));
-    assert_eq!(m["chatId"], group);
+    assert_eq!(&m["chatId"], group);
 
     // Edits both ways.
     tg.user_edits(GROUP, TOM, tom_msg, "hi Alice, welcome aboard");
@@ -124,5 +152,110 @@ async fn a_telegram_group_is_bridged_to_coi_both_ways() {
     tg.wait_call("leave the other chat", |c| c.method == "leaveChat" && c.params["chat_id"] == json!(-555)).await;
     let said = tg.sent_texts(-555);
     assert!(said.iter().any(|(_, t)| t.contains("allowlist")), "{said:?}");
-    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_supergroup_keeps_the_portal() {
+    let Some(s) = TgStack::new().await else { return };
+    s.tg.migrate(GROUP, NEW_GROUP, TOM);
+    // Tom writes in the supergroup: Alice gets it; Alice answers: it goes to the supergroup.
+    s.tg.user_says(NEW_GROUP, TOM, "we are a supergroup now", None);
+    let m = s.dc.message_with_text(s.alice, "we are a supergroup now").await;
+    assert_eq!(m["chatId"], s.group);
+    s.alice_says("nice upgrade").await;
+    s.tg.wait_call("relay to the supergroup", |c| {
+        c.method == "sendMessage"
+            && c.params["chat_id"] == json!(NEW_GROUP)
+            && c.params["text"] == "<b>Alice</b>: nice upgrade"
+    })
+    .await;
+    assert!(!s.tg.calls().iter().any(|c| c.method == "leaveChat"), "the supergroup is allowed as the group was");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_stream_skips_and_repeats_no_update() {
+    let Some(mut s) = TgStack::new().await else { return };
+    const N: usize = 60;
+    let expected: Vec<String> = (0..N).map(|i| format!("tg {i:03}")).collect();
+    for text in &expected[..N / 2] {
+        s.tg.user_says(GROUP, TOM, text, None);
+    }
+    // Kill the daemon once some are through, while the rest are still coming.
+    eventually(WAIT, "the first messages at Alice", || async {
+        let n = s.dc.chat_texts(s.alice, &s.group).await.iter().filter(|t| t.starts_with("tg ")).count();
+        (n >= 5).then_some(())
+    })
+    .await;
+    s.daemon.kill();
+    for text in &expected[N / 2..] {
+        s.tg.user_says(GROUP, TOM, text, None);
+    }
+    s.daemon.restart();
+    let got = eventually(Duration::from_secs(180), "every Telegram message at Alice", || async {
+        let texts: Vec<String> =
+            s.dc.chat_texts(s.alice, &s.group).await.into_iter().filter(|t| t.starts_with("tg ")).collect();
+        (texts.len() >= N).then_some(texts)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = got;
+    got.sort();
+    assert_eq!(got, expected, "each once");
+    let now = s.dc.chat_texts(s.alice, &s.group).await.into_iter().filter(|t| t.starts_with("tg ")).count();
+    assert_eq!(now, N, "no late duplicate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_delivers_all_200_in_order() {
+    let Some(s) = TgStack::new().await else { return };
+    const N: usize = 200;
+    s.tg.fail_next("sendMessage", 25, 429, "Too Many Requests: retry after 1", Some(1));
+    let expected: Vec<String> = (0..N).map(|i| format!("storm {i:03}")).collect();
+    for text in &expected {
+        s.alice_says(text).await;
+    }
+    let got = eventually(Duration::from_secs(300), "the storm on Telegram", || async {
+        let texts: Vec<String> =
+            s.tg.sent_texts(GROUP)
+                .into_iter()
+                .filter_map(|(_, t)| {
+                    t.strip_prefix("<b>Alice</b>: ").filter(|t| t.starts_with("storm ")).map(str::to_owned)
+                })
+                .collect();
+        (texts.len() >= N).then_some(texts)
+    })
+    .await;
+    // Mail may reach the bridge's mailbox in another order than Delta Chat sent it
+    // (Postfix delivers in parallel); the bridge's promise is its own order: the order
+    // it recorded them in, which no 429 may change.
+    use coi_bridge::store::Store as _;
+    let recorded: Vec<String> = s
+        .daemon
+        .store()
+        .await
+        .messages(coi_bridge::store::Direction::In)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|m| m.text)
+        .filter(|t| t.starts_with("storm "))
+        .collect();
+    assert_eq!(got, recorded, "all of them, once each, in the order the bridge received them");
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "every one of the 200, once");
+    assert_eq!(s.tg.calls().iter().filter(|c| c.method == "sendMessage!failed").count(), 25);
+    let _ = &s.state;
+}
+
+impl Drop for TgStack {
+    /// A failing test shows the daemon's warnings and errors.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.daemon.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("--- the daemon's warnings (last 60) ---\n{tail}\n---");
+        }
+    }
 }

@@ -145,6 +145,22 @@ impl Hub for CoreHub {
             }
             (Command::Link(link), None) => {
                 let invite = Invite::parse(&link).map_err(SubmitError::Rejected)?;
+                if invite.fingerprint == self.identity.fingerprint {
+                    // The bridge's own group (already linked elsewhere, say on Matrix): one
+                    // more portal to it, N-way.
+                    let Some(g) = invite.group else {
+                        return Err(SubmitError::Rejected("that is the bridge's own 1:1 link, not a group".into()));
+                    };
+                    let c =
+                        self.store.find_chat(ChatKind::Group, &g.id).await.map_err(store_err)?.ok_or_else(|| {
+                            SubmitError::Rejected(format!("the bridge has no group \"{}\" any more", g.name))
+                        })?;
+                    self.store.create_portal(c.id, from.as_str(), chat.as_str()).await.map_err(store_err)?;
+                    return reply(
+                        format!("Linked to the COI group \"{}\"; messages flow to all its sides.", c.name),
+                        None,
+                    );
+                }
                 let chat_ref = match &invite.group {
                     Some(g) => ChatRef { kind: ChatKind::Group, key: g.id.clone(), name: g.name.clone() },
                     None => ChatRef { kind: ChatKind::Single, key: invite.addr.clone(), name: invite.name.clone() },
@@ -199,6 +215,15 @@ impl Hub for CoreHub {
     }
 
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
+        if let RemoteEvent::Migrated { chat, new_chat } = &event {
+            // Idempotent: after the first time there is no portal under the old id.
+            let moved =
+                self.store.move_portal(from.as_str(), chat.as_str(), new_chat.as_str()).await.map_err(store_err)?;
+            if moved {
+                tracing::info!(bridge = %from, old = %chat, new = %new_chat, "the remote chat moved; its portal follows");
+            }
+            return Ok(());
+        }
         let remote_chat = event.chat().as_str().to_owned();
         let portal = self
             .store
@@ -347,6 +372,7 @@ impl Hub for CoreHub {
                 .map(|_| ())
                 .map_err(retry_or_reject);
             }
+            RemoteEvent::Migrated { .. } => return Ok(()),
             RemoteEvent::ReadReceipt { up_to, .. } => {
                 // A receipt goes to whoever wrote the message, and only for what a COI
                 // person wrote and asked receipts for (as Delta Chat does).

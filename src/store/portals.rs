@@ -32,6 +32,9 @@ pub trait PortalStore: Send + Sync {
     /// its worker need not poll.
     fn outbox_waker(&self, target: &str) -> std::sync::Arc<tokio::sync::Notify>;
     async fn delete_portal(&self, bridge: &str, remote_chat: &str) -> StoreResult<bool>;
+    /// The remote chat got a new id (a Telegram group upgraded to a supergroup): the
+    /// portal follows it. `false` if there was no portal.
+    async fn move_portal(&self, bridge: &str, from: &str, to: &str) -> StoreResult<bool>;
     async fn portals(&self) -> StoreResult<Vec<Portal>>;
     async fn portals_of_chat(&self, chat_id: i64) -> StoreResult<Vec<Portal>>;
     async fn portal_by_remote(&self, bridge: &str, remote_chat: &str) -> StoreResult<Option<Portal>>;

@@ -196,6 +196,25 @@ impl FakeTelegram {
         id
     }
 
+    /// Telegram upgrades `chat` to the supergroup `new_chat` (the service message in the
+    /// old group, then one in the new).
+    pub fn migrate(&self, chat: i64, new_chat: i64, by: (i64, &str)) {
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        let admins = self.lock().admins.get(&chat).cloned().unwrap_or_default();
+        self.set_chat(new_chat, &title, &admins);
+        let id = self.new_message_id(chat);
+        let from = json!({"id": by.0, "is_bot": false, "first_name": by.1});
+        self.push_update(
+            "message",
+            json!({"message_id": id, "chat": chat_json(chat, &title), "from": from, "migrate_to_chat_id": new_chat}),
+        );
+        let id = self.new_message_id(new_chat);
+        self.push_update(
+            "message",
+            json!({"message_id": id, "chat": chat_json(new_chat, &title), "from": from, "migrate_from_chat_id": chat}),
+        );
+    }
+
     /// A person edits their message.
     pub fn user_edits(&self, chat: i64, user: (i64, &str), message_id: i64, text: &str) {
         let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());

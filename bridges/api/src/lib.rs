@@ -176,6 +176,12 @@ pub enum RemoteEvent {
         sender: Person,
         image: Option<Attachment>,
     },
+    /// The remote chat now lives under another id (Telegram's group → supergroup
+    /// upgrade); its portal follows.
+    Migrated {
+        chat: RemoteChatId,
+        new_chat: RemoteChatId,
+    },
     /// A COI member's puppet was removed from the remote chat by an admin; `member` is
     /// the COI address the bridge mapped the puppet back to.
     MemberRemoved {
@@ -197,6 +203,7 @@ impl RemoteEvent {
             | Self::ReadReceipt { chat, .. }
             | Self::Renamed { chat, .. }
             | Self::Described { chat, .. }
+            | Self::Migrated { chat, .. }
             | Self::AvatarChanged { chat, .. }
             | Self::MemberRemoved { chat, .. } => chat,
         }

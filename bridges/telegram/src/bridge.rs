@@ -81,6 +81,11 @@ impl TelegramBridge {
         format!("<b>{}</b>: {}", escape(&sender.display_name), escape(text))
     }
 
+    /// On the allowlist, or the supergroup an allowed group became.
+    async fn allowed(&self, cx: &BridgeContext, chat: i64) -> Result<bool, SubmitError> {
+        Ok(self.cfg.is_allowed(chat) || cx.state.get(&format!("allowed:{chat}")).await?.is_some())
+    }
+
     /// Whether `user` may command the bridge in `chat`: a configured id, or an
     /// administrator of that chat.
     async fn is_admin(&self, chat: ChatId, user: UserId) -> bool {
@@ -152,7 +157,21 @@ impl TelegramBridge {
         if m.from.as_ref().is_some_and(|f| f.id == me) {
             return Ok(()); // our own relays
         }
-        if !m.chat.is_private() && !self.cfg.is_allowed(m.chat.id.0) {
+        if let Some(new_chat) = m.migrate_to_chat_id() {
+            // The supergroup inherits the group's place on the allowlist.
+            if self.cfg.is_allowed(m.chat.id.0) {
+                cx.state.set(&format!("allowed:{}", new_chat.0), &m.chat.id.0.to_string()).await?;
+            }
+            let event = RemoteEvent::Migrated {
+                chat: RemoteChatId(m.chat.id.0.to_string()),
+                new_chat: RemoteChatId(new_chat.0.to_string()),
+            };
+            return cx.hub.submit(&cx.id, event).await;
+        }
+        if m.migrate_from_chat_id().is_some() {
+            return Ok(());
+        }
+        if !m.chat.is_private() && !self.allowed(cx, m.chat.id.0).await? {
             tracing::warn!(chat = m.chat.id.0, "a chat not on the allowlist; leaving it");
             self.say(m.chat.id, "This chat is not on this bridge's allowlist (allowed_chats), so I am leaving.").await;
             if let Err(e) = self.bot.leave_chat(m.chat.id).await {

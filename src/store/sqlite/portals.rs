@@ -100,6 +100,17 @@ impl PortalStore for SqliteStore {
         Ok(res.rows_affected() > 0)
     }
 
+    async fn move_portal(&self, bridge: &str, from: &str, to: &str) -> StoreResult<bool> {
+        let res = sqlx::query("UPDATE portal SET remote_chat = ? WHERE bridge = ? AND remote_chat = ?")
+            .bind(to)
+            .bind(bridge)
+            .bind(from)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(res.rows_affected() > 0)
+    }
+
     async fn portals(&self) -> StoreResult<Vec<Portal>> {
         let rows = sqlx::query("SELECT * FROM portal ORDER BY id").fetch_all(&self.pool).await.map_err(err)?;
         Ok(rows.iter().map(portal_row).collect())
