@@ -72,6 +72,7 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                     let bridge = Arc::new(coi_bridge_matrix::bot::BotBridge::new(
                         (**m).clone(),
                         &loaded.config.account.address,
+                        &loaded.config.account.display_name,
                         store_dir,
                         password,
                     ));
@@ -99,8 +100,13 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                 })?;
                 let reg = Registration::from_yaml(&text).map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?;
                 let bridge = Arc::new(
-                    MatrixBridge::new((**m).clone(), reg.clone(), &loaded.config.account.address)
-                        .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?,
+                    MatrixBridge::new(
+                        (**m).clone(),
+                        reg.clone(),
+                        &loaded.config.account.address,
+                        &loaded.config.account.display_name,
+                    )
+                    .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?,
                 );
                 let hub: Arc<dyn Hub> = core.hub.clone();
                 let inbound = Arc::new(MatrixInbound::new(id.clone(), bridge.client().clone(), hub, m));
@@ -146,6 +152,7 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                         (**t).clone(),
                         &token,
                         &loaded.config.account.address,
+                        &loaded.config.account.display_name,
                     )
                     .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", t.id))?,
                 );

@@ -259,3 +259,61 @@ impl Drop for TgStack {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_coi_group_with_a_matrix_room_and_a_telegram_group_reaches_every_side_once() {
+    use support::bridged::{ALICE_GHOST, BOT, Stack};
+    let tg = FakeTelegram::start().await;
+    tg.set_chat(GROUP, "Book Club", &[TOM.0]);
+    let section = format!(
+        "\n[[bridge]]\nid = \"telegram\"\nkind = \"telegram\"\napi_url = \"{}\"\ntoken_file = \"tg-token\"\n\
+         allowed_chats = [{GROUP}]\n",
+        tg.url()
+    );
+    // The token file sits next to the config Stack writes; write it first into a known dir.
+    let Some(s) = Stack::new_with_files(&section, &[("tg-token", TOKEN)]).await else { return };
+
+    // Tom links his Telegram group to the same COI group with the room's invite link.
+    tg.user_says(GROUP, TOM, &format!("/coi_link {}", s.link), None);
+    tg.wait_call("confirm the link", |c| {
+        c.method == "sendMessage" && c.params["text"].as_str().is_some_and(|t| t.contains("Linked to the COI group"))
+    })
+    .await;
+
+    // Alice (COI) → Matrix (her ghost) and Telegram (bold name).
+    s.alice_says("hello, all three").await;
+    assert_eq!(s.body("hello, all three").await["sender"], json!(ALICE_GHOST));
+    tg.wait_call("Alice on Telegram", |c| {
+        c.method == "sendMessage" && c.params["text"] == "<b>Alice</b>: hello, all three"
+    })
+    .await;
+    // Mara (Matrix) → COI and Telegram, as "mara (Matrix)".
+    s.send("n1", json!({"msgtype": "m.text", "body": "hi from Matrix"})).await;
+    assert_eq!(s.at_alice("hi from Matrix").await["overrideSenderName"], json!("mara (Matrix)"));
+    tg.wait_call("Mara on Telegram", |c| {
+        c.method == "sendMessage" && c.params["text"] == "<b>mara (Matrix)</b>: hi from Matrix"
+    })
+    .await;
+    // Tom (Telegram) → COI and Matrix, as "Tom (Telegram)".
+    tg.user_says(GROUP, TOM, "hi from Telegram", None);
+    assert_eq!(s.at_alice("hi from Telegram").await["overrideSenderName"], json!("Tom (Telegram)"));
+    let in_room = s.body("Tom (Telegram): hi from Telegram").await;
+    assert_eq!(in_room["sender"], json!(BOT));
+
+    // Exactly once on every side, and nothing echoed back to where it came from.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let room = support::synapse::timeline(&s.hs, &s.mara, &s.room).await;
+    let count = |body: &str| room.iter().filter(|e| e["content"]["body"] == body).count();
+    assert_eq!(
+        (count("hello, all three"), count("hi from Matrix"), count("Tom (Telegram): hi from Telegram")),
+        (1, 1, 1)
+    );
+    let texts: Vec<String> = tg.sent_texts(GROUP).into_iter().map(|(_, t)| t).collect();
+    let on_tg = |t: &str| texts.iter().filter(|x| x.as_str() == t).count();
+    assert_eq!((on_tg("<b>Alice</b>: hello, all three"), on_tg("<b>mara (Matrix)</b>: hi from Matrix")), (1, 1));
+    assert!(!texts.iter().any(|t| t.contains("hi from Telegram")), "not echoed to Telegram: {texts:?}");
+    let at_alice = s.alice_texts().await;
+    for t in ["hi from Matrix", "hi from Telegram"] {
+        assert_eq!(at_alice.iter().filter(|x| x.as_str() == t).count(), 1, "{t} once at Alice");
+    }
+}

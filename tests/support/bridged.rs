@@ -32,6 +32,16 @@ pub struct Stack {
 
 impl Stack {
     pub async fn new() -> Option<Self> {
+        Self::new_with("").await
+    }
+
+    /// [`Stack::new`] with more config appended (another `[[bridge]]`, say).
+    pub async fn new_with(extra: &str) -> Option<Self> {
+        Self::new_with_files(extra, &[]).await
+    }
+
+    /// [`Stack::new_with`], and files written next to the config first (name, text).
+    pub async fn new_with_files(extra: &str, files: &[(&str, &str)]) -> Option<Self> {
         let mail = MailServer::start()?;
         let as_port = free_port();
         let hs = Synapse::start_with_as_port(as_port)?;
@@ -42,6 +52,9 @@ impl Stack {
         // The daemon's HTTP listener is where Synapse pushes transactions.
         let state = tempfile::tempdir().expect("tempdir");
         let config = super::write_config_with(&mail, state.path(), Link::Plain, "", as_port, "required");
+        for (name, text) in files {
+            std::fs::write(state.path().join(name), text).expect("file next to the config");
+        }
         let reg = super::synapse::registration(as_port);
         std::fs::write(state.path().join("registration.yaml"), reg.to_yaml()).expect("registration");
         let section = format!(
@@ -49,7 +62,7 @@ impl Stack {
              registration = \"registration.yaml\"\nadmins = [\"@mara:localhost\"]\n",
             hs.url()
         );
-        let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
+        let text = std::fs::read_to_string(&config).expect("config") + section.as_str() + extra;
         std::fs::write(&config, text).expect("config");
         let mut daemon = Daemon::with_config(state.path(), config, as_port);
         daemon.wait_ready().await;

@@ -99,6 +99,32 @@ pub struct Person {
     pub display_name: String,
 }
 
+/// Who a COI-side sender is, as a bridge should show them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    /// A COI person: a ghost of their own, or their name as a prefix.
+    Person,
+    /// The bridge itself (notices, its own messages): no name.
+    Bridge,
+    /// Someone the bridge relays from another network ("Tom (Telegram)"): the bridge
+    /// speaks, with their name.
+    Relayed,
+}
+
+impl Person {
+    /// Sorts a COI sender: mail from the bridge's own address is the bridge itself when
+    /// it carries the bridge's own name, else a person relayed from another network.
+    pub fn speaker(&self, bridge_addr: &str, bridge_name: &str) -> Speaker {
+        if !self.id.as_str().eq_ignore_ascii_case(bridge_addr) {
+            Speaker::Person
+        } else if self.display_name.is_empty() || self.display_name == bridge_name {
+            Speaker::Bridge
+        } else {
+            Speaker::Relayed
+        }
+    }
+}
+
 /// A file carried with a message.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {

@@ -38,6 +38,8 @@ pub struct BotBridge {
     cfg: MatrixConfig,
     /// The bridge's own COI address: its messages carry no name prefix.
     coi_address: String,
+    /// The bridge's own display name (see `Person::speaker`).
+    coi_name: String,
     /// The matrix-sdk state and crypto store, and the saved session.
     store_dir: PathBuf,
     password: String,
@@ -79,8 +81,15 @@ fn txn(s: &str) -> OwnedTransactionId {
 
 impl BotBridge {
     /// No network I/O; `run` logs in (or restores the saved session) and syncs.
-    pub fn new(cfg: MatrixConfig, coi_address: &str, store_dir: PathBuf, password: String) -> Self {
-        Self { cfg, coi_address: coi_address.to_lowercase(), store_dir, password, client: OnceCell::new() }
+    pub fn new(cfg: MatrixConfig, coi_address: &str, coi_name: &str, store_dir: PathBuf, password: String) -> Self {
+        Self {
+            cfg,
+            coi_address: coi_address.to_lowercase(),
+            coi_name: coi_name.to_owned(),
+            store_dir,
+            password,
+            client: OnceCell::new(),
+        }
     }
 
     fn client(&self) -> Result<&Client, DeliverError> {
@@ -97,7 +106,11 @@ impl BotBridge {
 
     /// "Alice (COI)" for people, nothing for the bridge's own messages.
     fn prefix(&self, sender: &Person) -> Option<String> {
-        (!sender.id.as_str().eq_ignore_ascii_case(&self.coi_address)).then(|| format!("{} (COI)", sender.display_name))
+        match sender.speaker(&self.coi_address, &self.coi_name) {
+            coi_bridge_api::Speaker::Person => Some(format!("{} (COI)", sender.display_name)),
+            coi_bridge_api::Speaker::Relayed => Some(sender.display_name.clone()),
+            coi_bridge_api::Speaker::Bridge => None,
+        }
     }
 
     fn prefixed(&self, sender: &Person, text: &str) -> Value {

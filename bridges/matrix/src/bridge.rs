@@ -20,6 +20,8 @@ pub struct MatrixBridge {
     client: AsClient,
     /// The bridge's own COI address: messages "from" it go out as the bot.
     coi_address: String,
+    /// The bridge's own display name (see `Person::speaker`).
+    coi_name: String,
     registered: Mutex<HashSet<String>>,
     names: Mutex<HashMap<String, String>>,
     joined: Mutex<HashSet<(String, String)>>,
@@ -33,7 +35,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl MatrixBridge {
     /// No network I/O; `run` and `deliver` connect on demand.
-    pub fn new(cfg: MatrixConfig, reg: Registration, coi_address: &str) -> Result<Self, String> {
+    pub fn new(cfg: MatrixConfig, reg: Registration, coi_address: &str, coi_name: &str) -> Result<Self, String> {
         let bot = format!("@{}:{}", reg.sender_localpart, reg.server_name);
         let client = AsClient::new(&cfg.homeserver, &reg.as_token, &bot)?;
         Ok(Self {
@@ -41,6 +43,7 @@ impl MatrixBridge {
             reg,
             client,
             coi_address: coi_address.to_lowercase(),
+            coi_name: coi_name.to_owned(),
             registered: Mutex::default(),
             names: Mutex::default(),
             joined: Mutex::default(),
@@ -153,6 +156,13 @@ impl Bridge for MatrixBridge {
         let event_id = match msg {
             Outgoing::Message { sender, text, attachments, reply_to, avatar } => {
                 let user = self.ghost(sender, room).await?;
+                // Someone relayed from another network: the bot says it, with their name.
+                let relayed = sender.speaker(&self.coi_address, &self.coi_name) == coi_bridge_api::Speaker::Relayed;
+                let text = &if relayed && !text.is_empty() {
+                    format!("{}: {text}", sender.display_name)
+                } else {
+                    text.clone()
+                };
                 if let Some(a) = avatar {
                     self.set_avatar(&user, a).await?;
                 }

@@ -68,7 +68,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
         "id": "matrix", "homeserver": hs.url(), "server_name": "localhost", "admins": ["@alice:localhost"]
     }))
     .expect("config");
-    let bridge = MatrixBridge::new(cfg, reg, "bridge@example.org").expect("bridge");
+    let bridge = MatrixBridge::new(cfg, reg, "bridge@example.org", "COI Bridge").expect("bridge");
     let room = bridge.client().create_room("Portal", &["@alice:localhost".into()]).await.expect("room");
     synapse::join_as(&hs, &alice_token, &room).await;
 
@@ -140,7 +140,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
     assert_eq!(reaction["content"]["m.relates_to"]["key"], json!("👍"));
     let deleted = find(&|e| e["event_id"] == json!(e2.as_str())).expect("reply event");
     assert!(deleted["content"].as_object().is_some_and(|c| c.is_empty()), "redacted: {deleted}");
-    let by_bot = find(&|e| e["content"]["body"] == "via the bot").expect("bot message");
+    let by_bot = find(&|e| e["content"]["body"] == "Carol (Telegram): via the bot").expect("relayed by the bot, named");
     assert_eq!(by_bot["sender"], json!("@coibot:localhost"));
     assert_eq!(synapse::displayname(&hs, &alice_token, ghost).await, json!("Bob (COI)"));
     let profile: Value = reqwest::Client::new()
@@ -196,7 +196,7 @@ async fn synapse_transactions_become_hub_events_without_echoes() {
     let reg = synapse::registration(as_port);
     let cfg = serde_json::from_value(json!({"id": "matrix", "homeserver": hs.url(), "server_name": "localhost"}))
         .expect("cfg");
-    let bridge = MatrixBridge::new(cfg, reg, "bridge@example.org").expect("bridge");
+    let bridge = MatrixBridge::new(cfg, reg, "bridge@example.org", "COI Bridge").expect("bridge");
     let bob = Person { id: "bob@example.org".into(), display_name: "Bob".into() };
     bridge
         .deliver(

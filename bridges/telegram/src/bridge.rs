@@ -25,6 +25,8 @@ pub struct TelegramBridge {
     bot: Bot,
     /// The bridge's own COI address: its messages carry no name prefix.
     coi_address: String,
+    /// The bridge's own display name: its own messages carry no prefix.
+    coi_name: String,
 }
 
 impl std::fmt::Debug for TelegramBridge {
@@ -68,14 +70,14 @@ fn person(m: &Message) -> Option<Person> {
 
 impl TelegramBridge {
     /// No network I/O; `run` connects.
-    pub fn new(cfg: TelegramConfig, token: &str, coi_address: &str) -> Result<Self, String> {
+    pub fn new(cfg: TelegramConfig, token: &str, coi_address: &str, coi_name: &str) -> Result<Self, String> {
         let url = url::Url::parse(&cfg.api_url).map_err(|e| format!("api_url {:?}: {e}", cfg.api_url))?;
         let bot = Bot::new(token).set_api_url(url);
-        Ok(Self { cfg, bot, coi_address: coi_address.to_lowercase() })
+        Ok(Self { cfg, bot, coi_address: coi_address.to_lowercase(), coi_name: coi_name.to_owned() })
     }
 
     fn prefixed(&self, sender: &Person, text: &str) -> String {
-        if sender.id.as_str().eq_ignore_ascii_case(&self.coi_address) {
+        if sender.speaker(&self.coi_address, &self.coi_name) == coi_bridge_api::Speaker::Bridge {
             return escape(text);
         }
         format!("<b>{}</b>: {}", escape(&sender.display_name), escape(text))
