@@ -317,3 +317,74 @@ async fn one_coi_group_with_a_matrix_room_and_a_telegram_group_reaches_every_sid
         assert_eq!(at_alice.iter().filter(|x| x.as_str() == t).count(), 1, "{t} once at Alice");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photos_files_reactions_forwards_and_status_cross() {
+    let Some(s) = TgStack::new().await else { return };
+    let (dc, tg, alice) = (&s.dc, &s.tg, s.alice);
+
+    // Telegram → COI: a photo with a caption arrives as an image from "Tom (Telegram)".
+    tg.user_sends_photo(GROUP, TOM, support::PNG, "our meeting spot");
+    let photo = dc.message_with_text(alice, "our meeting spot").await;
+    assert_eq!(photo["overrideSenderName"], json!("Tom (Telegram)"));
+    assert_eq!(photo["fileBytes"], json!(support::PNG.len()), "{photo}");
+    assert_eq!(std::fs::read(photo["file"].as_str().expect("file")).expect("on disk"), support::PNG);
+
+    // COI → Telegram: an image goes as sendPhoto, a file as sendDocument, with Alice's name.
+    let png = s.state.path().join("dot.png");
+    std::fs::write(&png, support::PNG).expect("png");
+    dc.call("send_msg", json!([alice, s.group, {"file": png, "filename": "dot.png", "viewtype": "Image"}])).await;
+    let sent = tg
+        .wait_call("send the photo", |c| {
+            c.method == "sendPhoto"
+                && c.params["chat_id"] == json!(GROUP)
+                && c.params["caption"].as_str().is_some_and(|t| t.starts_with("<b>Alice</b>: "))
+        })
+        .await;
+    assert_eq!(sent.files[0].2, support::PNG);
+    let notes = s.state.path().join("notes.txt");
+    std::fs::write(&notes, "bring tea").expect("notes");
+    dc.call("send_msg", json!([alice, s.group, {"file": notes, "filename": "notes.txt"}])).await;
+    let doc = tg.wait_call("send the document", |c| c.method == "sendDocument").await;
+    assert!(doc.files[0].1.ends_with(".txt"), "{:?}", doc.files[0].1);
+    assert_eq!(doc.files[0].2, b"bring tea");
+
+    // Reactions both ways.
+    s.alice_says("react to this").await;
+    let target = tg
+        .wait_call("relay the message", |c| {
+            c.method == "sendMessage" && c.params["text"] == "<b>Alice</b>: react to this"
+        })
+        .await
+        .message_id
+        .expect("id");
+    tg.user_reacts(GROUP, TOM, target, "🔥");
+    let mine = dc.message_with_text(alice, "react to this").await;
+    eventually(WAIT, "Tom's reaction at Alice", || async {
+        let r = dc.call("get_message_reactions", json!([alice, mine["id"]])).await;
+        r.to_string().contains("🔥").then_some(())
+    })
+    .await;
+    let toms = tg.user_says(GROUP, TOM, "react to me too", None);
+    let at_alice = dc.message_with_text(alice, "react to me too").await;
+    dc.call("send_reaction", json!([alice, at_alice["id"], ["👍"]])).await;
+    let reaction = tg.wait_call("set the reaction", |c| c.method == "setMessageReaction").await;
+    assert_eq!(reaction.params["message_id"].as_i64(), Some(toms));
+    assert_eq!(reaction.params["reaction"][0]["emoji"], json!("👍"));
+
+    // A forwarded message is marked as forwarded in Delta Chat.
+    tg.user_forwards(GROUP, TOM, "Someone Else", "passed along");
+    let fwd = dc.message_with_text(alice, "passed along").await;
+    assert_eq!(fwd["isForwarded"], json!(true), "{fwd}");
+
+    // /coi_status: the migration in numbers.
+    tg.user_says(GROUP, TOM, "/coi_status", None);
+    let status = tg
+        .wait_call("answer the status", |c| {
+            c.method == "sendMessage"
+                && c.params["text"].as_str().is_some_and(|t| t.contains("members (the bot included)"))
+        })
+        .await;
+    let text = status.params["text"].as_str().expect("text");
+    assert!(text.contains("alice@example.org"), "who is on COI: {text}");
+}

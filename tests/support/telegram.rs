@@ -215,6 +215,58 @@ impl FakeTelegram {
         );
     }
 
+    /// A person sends a photo (stored as a file the bot can fetch with getFile).
+    pub fn user_sends_photo(&self, chat: i64, user: (i64, &str), data: &[u8], caption: &str) -> i64 {
+        let file_id = {
+            let mut i = self.lock();
+            let id = format!("file-{}", i.files.len() + 1);
+            i.files.insert(id.clone(), data.to_vec());
+            id
+        };
+        let id = self.new_message_id(chat);
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        self.push_update(
+            "message",
+            json!({
+                "message_id": id, "chat": chat_json(chat, &title),
+                "from": {"id": user.0, "is_bot": false, "first_name": user.1}, "caption": caption,
+                "photo": [
+                    {"file_id": "thumb", "file_unique_id": "thumb", "width": 1, "height": 1, "file_size": 1},
+                    {"file_id": file_id, "file_unique_id": file_id, "width": 90, "height": 90, "file_size": data.len()},
+                ],
+            }),
+        );
+        id
+    }
+
+    /// A person forwards someone else's message into the chat.
+    pub fn user_forwards(&self, chat: i64, user: (i64, &str), original_author: &str, text: &str) -> i64 {
+        let id = self.new_message_id(chat);
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        self.push_update(
+            "message",
+            json!({
+                "message_id": id, "chat": chat_json(chat, &title), "text": text,
+                "from": {"id": user.0, "is_bot": false, "first_name": user.1},
+                "forward_origin": {"type": "hidden_user", "sender_user_name": original_author, "date": now()},
+            }),
+        );
+        id
+    }
+
+    /// A person reacts to a message (what the Bot API sends to admin bots).
+    pub fn user_reacts(&self, chat: i64, user: (i64, &str), message_id: i64, emoji: &str) {
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        self.push_update(
+            "message_reaction",
+            json!({
+                "chat": chat_json(chat, &title), "message_id": message_id, "date": now(),
+                "user": {"id": user.0, "is_bot": false, "first_name": user.1},
+                "old_reaction": [], "new_reaction": [{"type": "emoji", "emoji": emoji}],
+            }),
+        );
+    }
+
     /// A person edits their message.
     pub fn user_edits(&self, chat: i64, user: (i64, &str), message_id: i64, text: &str) {
         let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
@@ -253,7 +305,21 @@ impl FakeTelegram {
             if let Some(c) = self.calls().into_iter().find(|c| pred(c)) {
                 return c;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for the bot to {what}; calls: {:?}", self.calls());
+            if Instant::now() >= deadline {
+                let calls: Vec<String> = self
+                    .calls()
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} files={:?}",
+                            c.method,
+                            c.params,
+                            c.files.iter().map(|f| (&f.0, &f.1, f.2.len())).collect::<Vec<_>>()
+                        )
+                    })
+                    .collect();
+                panic!("timed out waiting for the bot to {what}; calls:\n{}", calls.join("\n"));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

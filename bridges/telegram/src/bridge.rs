@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coi_bridge_api::{
-    Bridge, BridgeContext, BridgeError, Capabilities, Command, DeliverError, DeliveryKey, Outgoing, Person,
+    Attachment, Bridge, BridgeContext, BridgeError, Capabilities, Command, DeliverError, DeliveryKey, Outgoing, Person,
     RemoteChatId, RemoteEvent, RemoteMsgId, SubmitError,
 };
+use teloxide::net::Download as _;
 use teloxide::payloads::{EditMessageTextSetters as _, GetUpdatesSetters as _, SendMessageSetters as _};
 use teloxide::prelude::Requester as _;
 use teloxide::types::{
@@ -103,6 +104,39 @@ impl TelegramBridge {
         }
     }
 
+    /// The file of a photo, document, voice note, video or audio message, if any.
+    async fn file(&self, m: &Message) -> Option<Result<Attachment, String>> {
+        let (id, name, mime) = if let Some(sizes) = m.photo() {
+            let best = sizes.iter().max_by_key(|p| p.width * p.height)?;
+            (best.file.id.clone(), "photo.jpg".to_owned(), "image/jpeg".to_owned())
+        } else if let Some(d) = m.document() {
+            let mime = d.mime_type.as_ref().map_or("application/octet-stream".into(), ToString::to_string);
+            (d.file.id.clone(), d.file_name.clone().unwrap_or_else(|| "file".into()), mime)
+        } else if let Some(v) = m.voice() {
+            let mime = v.mime_type.as_ref().map_or("audio/ogg".into(), ToString::to_string);
+            (v.file.id.clone(), "voice.ogg".to_owned(), mime)
+        } else if let Some(v) = m.video() {
+            let mime = v.mime_type.as_ref().map_or("video/mp4".into(), ToString::to_string);
+            (v.file.id.clone(), v.file_name.clone().unwrap_or_else(|| "video.mp4".into()), mime)
+        } else if let Some(a) = m.audio() {
+            let mime = a.mime_type.as_ref().map_or("audio/mpeg".into(), ToString::to_string);
+            (a.file.id.clone(), a.file_name.clone().unwrap_or_else(|| "audio.mp3".into()), mime)
+        } else {
+            return None;
+        };
+        Some(self.download(&id, name, mime).await)
+    }
+
+    async fn download(&self, id: &teloxide::types::FileId, name: String, mime: String) -> Result<Attachment, String> {
+        let file = self.bot.get_file(id.clone()).await.map_err(|e| e.to_string())?;
+        if u64::from(file.size) > self.cfg.max_file_bytes {
+            return Err(format!("{name} is {} bytes, over max_file_bytes", file.size));
+        }
+        let mut data = Vec::new();
+        self.bot.download_file(&file.path, &mut data).await.map_err(|e| e.to_string())?;
+        Ok(Attachment { name, mime, data })
+    }
+
     async fn say(&self, chat: ChatId, text: &str) {
         if let Err(e) = self.bot.send_message(chat, text).await {
             tracing::warn!(chat = chat.0, error = %e, "could not answer in the chat");
@@ -130,8 +164,13 @@ impl TelegramBridge {
         };
         let title = m.chat.title().unwrap_or("Telegram chat").to_owned();
         let chat = RemoteChatId(m.chat.id.0.to_string());
+        let status = command == Command::Status;
         match cx.hub.command(&cx.id, &chat, &title, command).await {
-            Ok(reply) => {
+            Ok(mut reply) => {
+                // The migration in numbers: how big the Telegram side still is.
+                if status && let Ok(n) = self.bot.get_chat_member_count(m.chat.id).await {
+                    reply.text.push_str(&format!("\nThis Telegram group has {n} members (the bot included)."));
+                }
                 self.say(m.chat.id, &reply.text).await;
                 if let Some(png) = reply.qr_png
                     && let Err(e) =
@@ -154,6 +193,31 @@ impl TelegramBridge {
         let (m, edited) = match update.kind {
             UpdateKind::Message(m) => (m, false),
             UpdateKind::EditedMessage(m) => (m, true),
+            UpdateKind::MessageReaction(r) => {
+                let Some(user) = r.user().filter(|u| u.id != me) else { return Ok(()) };
+                let emoji = r
+                    .new_reaction
+                    .iter()
+                    .find_map(|t| match t {
+                        ReactionType::Emoji { emoji } => Some(emoji.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let event = RemoteEvent::Reaction {
+                    chat: RemoteChatId(r.chat.id.0.to_string()),
+                    id: RemoteMsgId(format!("{}-react-{}-{}", r.message_id.0, user.id.0, r.date.timestamp())),
+                    target: RemoteMsgId(r.message_id.0.to_string()),
+                    sender: Person { id: user.id.0.to_string().into(), display_name: user.full_name() },
+                    emoji,
+                };
+                return match cx.hub.submit(&cx.id, event).await {
+                    Err(SubmitError::Rejected(e)) => {
+                        tracing::info!(bridge = %cx.id, reason = %e, "Telegram reaction not bridged");
+                        Ok(())
+                    }
+                    other => other,
+                };
+            }
             _ => return Ok(()),
         };
         if m.from.as_ref().is_some_and(|f| f.id == me) {
@@ -197,12 +261,30 @@ impl TelegramBridge {
                 new_text: text,
             }
         } else {
+            let (mut text, mut attachments) = (text, Vec::new());
+            match self.file(&m).await {
+                Some(Ok(a)) => attachments.push(a),
+                Some(Err(e)) => text = format!("{text}\n[file not bridged: {e}]").trim().to_owned(),
+                None => {}
+            }
+            // Forwarded messages are marked the way Delta Chat marks its own.
+            if let Some(origin) = m.forward_origin() {
+                use teloxide::types::MessageOrigin;
+                let from = match origin {
+                    MessageOrigin::User { sender_user, .. } => sender_user.full_name(),
+                    MessageOrigin::HiddenUser { sender_user_name, .. } => sender_user_name.clone(),
+                    MessageOrigin::Chat { sender_chat, .. } | MessageOrigin::Channel { chat: sender_chat, .. } => {
+                        sender_chat.title().unwrap_or("a chat").to_owned()
+                    }
+                };
+                text = format!("---------- Forwarded message ----------\nFrom: {from}\n\n{text}");
+            }
             RemoteEvent::Message {
                 chat,
                 id: RemoteMsgId(m.id.0.to_string()),
                 sender,
                 text,
-                attachments: Vec::new(),
+                attachments,
                 reply_to: m.reply_to_message().map(|r| RemoteMsgId(r.id.0.to_string())),
             }
         };
@@ -257,6 +339,7 @@ impl Bridge for TelegramBridge {
             let poll = self.bot.get_updates().offset(offset).timeout(LONG_POLL).allowed_updates(vec![
                 AllowedUpdate::Message,
                 AllowedUpdate::EditedMessage,
+                AllowedUpdate::MessageReaction,
                 AllowedUpdate::MyChatMember,
             ]);
             let updates = tokio::select! {
