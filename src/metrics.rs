@@ -1,6 +1,6 @@
 //! The daemon's Prometheus metrics, in one registry passed around (no globals, so tests can read their own).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric the daemon exports.
 pub struct Metrics {
@@ -21,6 +21,9 @@ pub struct Metrics {
     pub outbox: IntCounterVec,
     /// A verified contact presented another key (kept aside, not used).
     pub key_changes_flagged: IntCounter,
+    /// Rows waiting in the outbox, by target (smtp or a bridge id): a bridge held back by
+    /// rate limits shows here, nothing is dropped.
+    pub outbox_depth: IntGaugeVec,
 }
 
 impl Metrics {
@@ -36,6 +39,9 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("metric registered once");
             c
         };
+        let outbox_depth =
+            IntGaugeVec::new(Opts::new("outbox_depth", "Outbox rows waiting, by target"), &["target"]).expect("static");
+        registry.register(Box::new(outbox_depth.clone())).expect("metric registered once");
         let imap_connected = IntGauge::new("imap_connected", "1 while an IMAP session is logged in").expect("static");
         registry.register(Box::new(imap_connected.clone())).expect("metric registered once");
         Self {
@@ -48,6 +54,7 @@ impl Metrics {
             imap_connected,
             outbox: vec("outbox_deliveries_total", "Outbox delivery attempts", &["target", "result"]),
             key_changes_flagged: counter("key_changes_flagged_total", "Verified contacts that presented another key"),
+            outbox_depth,
             registry,
         }
     }

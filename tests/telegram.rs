@@ -31,6 +31,11 @@ struct TgStack {
 
 impl TgStack {
     async fn new() -> Option<Self> {
+        Self::new_with("").await
+    }
+
+    /// With more keys for the telegram `[[bridge]]` section.
+    async fn new_with(extra: &str) -> Option<Self> {
         coi_bridge::init_crypto();
         let mail = support::MailServer::start()?;
         let dc = DeltaChat::start().await?;
@@ -43,7 +48,7 @@ impl TgStack {
         std::fs::write(state.path().join("tg-token"), format!("{TOKEN}\n")).expect("token");
         let section = format!(
             "\n[[bridge]]\nid = \"telegram\"\nkind = \"telegram\"\napi_url = \"{}\"\ntoken_file = \"tg-token\"\n\
-             allowed_chats = [{GROUP}]\n",
+             allowed_chats = [{GROUP}]\n{extra}",
             tg.url()
         );
         let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
@@ -144,6 +149,17 @@ async fn a_telegram_group_is_bridged_to_coi_both_ways() {
     })
     .await;
     assert_eq!(got, burst, "all of them, once each, in order");
+    // Paced to Telegram's per-chat limit (chat_interval_ms, 1 s by default): a lower bound
+    // the bridge guarantees, whatever the machine's speed.
+    let times: Vec<std::time::Instant> = tg
+        .calls()
+        .iter()
+        .filter(|c| c.method == "sendMessage" && c.params["text"].as_str().is_some_and(|t| t.contains(": burst ")))
+        .map(|c| c.at)
+        .collect();
+    for w in times.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_millis(950), "paced: {:?}", w[1] - w[0]);
+    }
     assert_eq!(tg.calls().iter().filter(|c| c.method == "sendMessage!failed").count(), 3, "the 429s happened");
 
     // A chat that is not on the allowlist: the bot says so and leaves.
@@ -207,13 +223,17 @@ async fn a_restart_mid_stream_skips_and_repeats_no_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_storm_delivers_all_200_in_order() {
-    let Some(s) = TgStack::new().await else { return };
+    let Some(s) = TgStack::new_with("chat_interval_ms = 0\n").await else { return };
     const N: usize = 200;
     s.tg.fail_next("sendMessage", 25, 429, "Too Many Requests: retry after 1", Some(1));
     let expected: Vec<String> = (0..N).map(|i| format!("storm {i:03}")).collect();
     for text in &expected {
         s.alice_says(text).await;
     }
+    // While the 429s hold the queue back, its depth shows.
+    let metric = "coi_bridge_outbox_depth{target=\"telegram\"}";
+    eventually(WAIT, "a queue depth above 10", || async { (s.daemon.metric(metric).await? > 10.0).then_some(()) })
+        .await;
     let got = eventually(Duration::from_secs(300), "the storm on Telegram", || async {
         let texts: Vec<String> =
             s.tg.sent_texts(GROUP)
@@ -245,6 +265,7 @@ async fn a_429_storm_delivers_all_200_in_order() {
     sorted.sort();
     assert_eq!(sorted, expected, "every one of the 200, once");
     assert_eq!(s.tg.calls().iter().filter(|c| c.method == "sendMessage!failed").count(), 25);
+    eventually(WAIT, "the queue drained", || async { (s.daemon.metric(metric).await? == 0.0).then_some(()) }).await;
     let _ = &s.state;
 }
 

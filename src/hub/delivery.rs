@@ -64,6 +64,9 @@ impl BridgeDelivery {
         let waker = self.store.outbox_waker(self.id.as_str());
         while !shutdown.is_cancelled() {
             let now = chrono::Utc::now().timestamp();
+            if let Ok(depth) = self.store.outbox_depth(self.id.as_str()).await {
+                self.metrics.outbox_depth.with_label_values(&[self.id.as_str()]).set(depth as i64);
+            }
             match self.store.due_outbox(self.id.as_str(), now, 64).await {
                 Ok(due) if due.is_empty() => {
                     store_backoff.reset();

@@ -251,6 +251,8 @@ pub trait Store: keys::KeyStore + portals::PortalStore + Send + Sync + 'static {
     async fn outbox_done(&self, id: i64) -> StoreResult<()>;
     async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> StoreResult<()>;
     async fn outbox_failed(&self, id: i64, reason: &str) -> StoreResult<()>;
+    /// How many rows wait for `target`.
+    async fn outbox_depth(&self, target: &str) -> StoreResult<u64>;
     /// Narrows a mail row's envelope to the recipients still to be reached.
     async fn outbox_set_recipients(&self, id: i64, envelope: &Envelope) -> StoreResult<()>;
     async fn outbox_state(&self, target: &str, message_id: &str) -> StoreResult<Option<OutboxState>>;

@@ -557,6 +557,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn outbox_depth(&self, target: &str) -> StoreResult<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM outbox WHERE target = ? AND state = 'pending'")
+            .bind(target)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?
+            .get(0);
+        Ok(n as u64)
+    }
+
     async fn outbox_set_recipients(&self, id: i64, envelope: &super::Envelope) -> StoreResult<()> {
         let json = serde_json::to_string(envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
         sqlx::query("UPDATE outbox SET envelope = ? WHERE id = ?")

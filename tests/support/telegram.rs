@@ -26,6 +26,7 @@ pub struct Call {
     pub files: Vec<(String, String, Vec<u8>)>,
     /// The message id the fake answered with, if the call made a message.
     pub message_id: Option<i64>,
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -390,7 +391,13 @@ async fn handle(
         let mut i = inner.lock().expect("lock");
         if let Some(pos) = i.failures.iter().position(|f| f.0 == method) {
             let (_, code, description, retry_after) = i.failures.remove(pos).expect("present");
-            i.calls.push(Call { method: format!("{method}!failed"), params: params.clone(), files, message_id: None });
+            i.calls.push(Call {
+                method: format!("{method}!failed"),
+                params: params.clone(),
+                files,
+                message_id: None,
+                at: Instant::now(),
+            });
             return err(code, &description, retry_after);
         }
     }
@@ -486,7 +493,13 @@ async fn handle(
             };
             let text = params["text"].as_str().unwrap_or_default().to_owned();
             if !i.messages.contains_key(&(c, mid)) {
-                i.calls.push(Call { method: format!("{method}!failed"), params, files, message_id: None });
+                i.calls.push(Call {
+                    method: format!("{method}!failed"),
+                    params,
+                    files,
+                    message_id: None,
+                    at: Instant::now(),
+                });
                 return err(400, "Bad Request: message to edit not found", None);
             }
             i.messages.insert((c, mid), text.clone());
@@ -498,7 +511,13 @@ async fn handle(
                 return err(400, "Bad Request: message identifier is not specified", None);
             };
             if i.messages.remove(&(c, mid)).is_none() {
-                i.calls.push(Call { method: format!("{method}!failed"), params, files, message_id: None });
+                i.calls.push(Call {
+                    method: format!("{method}!failed"),
+                    params,
+                    files,
+                    message_id: None,
+                    at: Instant::now(),
+                });
                 return err(400, "Bad Request: message to delete not found", None);
             }
             (json!(true), Some(mid))
@@ -513,7 +532,7 @@ async fn handle(
         }
         other => return err(404, &format!("Not Found: method {other} is not in this fake"), None),
     };
-    i.calls.push(Call { method, params, files, message_id });
+    i.calls.push(Call { method, params, files, message_id, at: Instant::now() });
     ok(result)
 }
 

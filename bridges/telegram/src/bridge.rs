@@ -28,6 +28,15 @@ pub struct TelegramBridge {
     coi_address: String,
     /// The bridge's own display name: its own messages carry no prefix.
     coi_name: String,
+    /// When the bot may next send into each chat, and over all chats.
+    pace: tokio::sync::Mutex<Pace>,
+}
+
+/// Telegram's limits, kept before Telegram has to answer 429.
+#[derive(Default)]
+struct Pace {
+    next_in_chat: std::collections::HashMap<i64, tokio::time::Instant>,
+    next_any: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for TelegramBridge {
@@ -74,7 +83,28 @@ impl TelegramBridge {
     pub fn new(cfg: TelegramConfig, token: &str, coi_address: &str, coi_name: &str) -> Result<Self, String> {
         let url = url::Url::parse(&cfg.api_url).map_err(|e| format!("api_url {:?}: {e}", cfg.api_url))?;
         let bot = Bot::new(token).set_api_url(url);
-        Ok(Self { cfg, bot, coi_address: coi_address.to_lowercase(), coi_name: coi_name.to_owned() })
+        Ok(Self {
+            cfg,
+            bot,
+            coi_address: coi_address.to_lowercase(),
+            coi_name: coi_name.to_owned(),
+            pace: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// Waits until the bot may send into `chat` again, and books the slot. The core
+    /// delivers one message per chat at a time, so this only ever delays, never reorders.
+    async fn pace(&self, chat: ChatId) {
+        let wait_until = {
+            let mut p = self.pace.lock().await;
+            let now = tokio::time::Instant::now();
+            let chat_at = p.next_in_chat.get(&chat.0).copied().unwrap_or(now).max(now);
+            let at = chat_at.max(p.next_any.unwrap_or(now));
+            p.next_in_chat.insert(chat.0, at + Duration::from_millis(self.cfg.chat_interval_ms));
+            p.next_any = Some(at + Duration::from_secs(1) / self.cfg.global_per_second.max(1));
+            at
+        };
+        tokio::time::sleep_until(wait_until).await;
     }
 
     fn prefixed(&self, sender: &Person, text: &str) -> String {
@@ -386,6 +416,9 @@ impl Bridge for TelegramBridge {
         msg: &Outgoing,
     ) -> Result<Vec<RemoteMsgId>, DeliverError> {
         let chat = chat_id(to)?;
+        if !matches!(msg, Outgoing::ReadReceipt { .. } | Outgoing::MemberJoined { .. } | Outgoing::MemberLeft { .. }) {
+            self.pace(chat).await;
+        }
         match msg {
             Outgoing::Message { sender, text, attachments, reply_to, .. } => {
                 let mut parts = Vec::new();
@@ -403,9 +436,18 @@ impl Bridge for TelegramBridge {
                     }
                     let file = InputFile::memory(a.data.clone()).file_name(a.name.clone());
                     let caption = self.prefixed(sender, &a.name);
-                    let sent = if a.mime.starts_with("image/") {
+                    let sent = if a.mime.starts_with("image/") && a.mime != "image/gif" {
                         use teloxide::payloads::SendPhotoSetters as _;
                         self.bot.send_photo(chat, file).caption(caption).parse_mode(ParseMode::Html).await
+                    } else if a.mime == "audio/ogg" {
+                        use teloxide::payloads::SendVoiceSetters as _;
+                        self.bot.send_voice(chat, file).caption(caption).parse_mode(ParseMode::Html).await
+                    } else if a.mime.starts_with("audio/") {
+                        use teloxide::payloads::SendAudioSetters as _;
+                        self.bot.send_audio(chat, file).caption(caption).parse_mode(ParseMode::Html).await
+                    } else if a.mime.starts_with("video/") {
+                        use teloxide::payloads::SendVideoSetters as _;
+                        self.bot.send_video(chat, file).caption(caption).parse_mode(ParseMode::Html).await
                     } else {
                         use teloxide::payloads::SendDocumentSetters as _;
                         self.bot.send_document(chat, file).caption(caption).parse_mode(ParseMode::Html).await

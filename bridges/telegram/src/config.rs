@@ -24,6 +24,13 @@ pub struct TelegramConfig {
     /// Empty: none.
     #[serde(default)]
     pub allowed_chats: Vec<i64>,
+    /// The least time between two messages the bot sends into one chat, in
+    /// milliseconds (Telegram allows about one a second per chat, 20 a minute per group).
+    #[serde(default = "default_chat_interval")]
+    pub chat_interval_ms: u64,
+    /// The most messages the bot sends per second over all chats (Telegram: about 30).
+    #[serde(default = "default_global_rate")]
+    pub global_per_second: u32,
     /// Files larger than this (bytes) are not bridged; the sender is told.
     #[serde(default = "default_max_file")]
     pub max_file_bytes: u64,
@@ -32,6 +39,12 @@ pub struct TelegramConfig {
 fn default_api_url() -> String {
     "https://api.telegram.org".into()
 }
+fn default_chat_interval() -> u64 {
+    1000
+}
+fn default_global_rate() -> u32 {
+    30
+}
 fn default_max_file() -> u64 {
     20 * 1024 * 1024
 }
@@ -39,6 +52,9 @@ fn default_max_file() -> u64 {
 impl TelegramConfig {
     /// Checks what serde cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
+        if self.global_per_second == 0 {
+            return Err(format!("bridge {:?}: global_per_second must be at least 1 (default 30)", self.id));
+        }
         if url::Url::parse(&self.api_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
             return Err(format!("bridge {:?}: api_url {:?} is not an http(s) URL", self.id, self.api_url));
         }
