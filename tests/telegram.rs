@@ -409,3 +409,69 @@ async fn photos_files_reactions_forwards_and_status_cross() {
     let text = status.params["text"].as_str().expect("text");
     assert!(text.contains("alice@example.org"), "who is on COI: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_replies_albums_lost_edits_and_strange_chats() {
+    let Some(s) = TgStack::new().await else { return };
+    let (dc, tg, alice) = (&s.dc, &s.tg, s.alice);
+
+    // /coi_invite: the link again.
+    tg.user_says(GROUP, TOM, "/coi_invite", None);
+    let again = tg
+        .wait_call("post the link again", |c| {
+            c.method == "sendMessage"
+                && c.params["text"].as_str().is_some_and(|t| t.contains("already") || t.contains("join with"))
+                && c.params["text"].as_str().is_some_and(|t| t.matches("https://i.delta.chat/#").count() == 1)
+                && !c.params["text"].as_str().is_some_and(|t| t.starts_with("Bridged to the new"))
+        })
+        .await;
+    assert!(again.params["text"].as_str().expect("text").contains("Book Club"));
+
+    // COI → Telegram replies point at the Telegram message.
+    let question = tg.user_says(GROUP, TOM, "who brings the tea?", None);
+    let at_alice = dc.message_with_text(alice, "who brings the tea?").await;
+    dc.call("send_msg", json!([alice, s.group, {"text": "I do", "quotedMessageId": at_alice["id"]}])).await;
+    let answer = tg
+        .wait_call("relay the reply", |c| c.method == "sendMessage" && c.params["text"] == "<b>Alice</b>: I do")
+        .await;
+    assert_eq!(answer.params["reply_parameters"]["message_id"].as_i64(), Some(question), "{:?}", answer.params);
+
+    // An album arrives item by item.
+    tg.user_sends_album_photo(GROUP, TOM, support::PNG, "album one", Some("alb-1"));
+    tg.user_sends_album_photo(GROUP, TOM, support::PNG, "album two", Some("alb-1"));
+    for caption in ["album one", "album two"] {
+        let m = dc.message_with_text(alice, caption).await;
+        assert_eq!(m["fileBytes"], json!(support::PNG.len()));
+    }
+
+    // An edit of a message that is gone on Telegram fails for good, and Alice is told.
+    s.alice_says("soon gone").await;
+    let gone = tg
+        .wait_call("relay it", |c| c.method == "sendMessage" && c.params["text"] == "<b>Alice</b>: soon gone")
+        .await
+        .message_id
+        .expect("id");
+    tg.forget(GROUP, gone);
+    let own = dc.message_with_text(alice, "soon gone").await;
+    dc.call("send_edit_request", json!([alice, own["id"], "soon gone, edited"])).await;
+    tg.wait_call("try the edit", |c| c.method == "editMessageText!failed").await;
+    let notice = eventually(WAIT, "the failure notice at Alice", || async {
+        dc.chat_texts(alice, &s.group).await.into_iter().find(|t| t.contains("Not delivered to Telegram"))
+    })
+    .await;
+    assert!(notice.contains("message to edit not found"), "{notice}");
+
+    // Added to a chat that is not on the allowlist: the bot leaves at once.
+    tg.bot_added(-777, "Strangers", TOM);
+    tg.wait_call("leave the strange chat", |c| c.method == "leaveChat" && c.params["chat_id"] == json!(-777)).await;
+
+    // /coi_unlink: the portal is gone.
+    tg.user_says(GROUP, TOM, "/coi_unlink", None);
+    tg.wait_call("confirm the unlink", |c| {
+        c.method == "sendMessage" && c.params["text"].as_str().is_some_and(|t| t.starts_with("Unlinked"))
+    })
+    .await;
+    use coi_bridge::store::portals::PortalStore as _;
+    let portal = s.daemon.store().await.portal_by_remote("telegram", &GROUP.to_string()).await.expect("read");
+    assert!(portal.is_none(), "no portal any more");
+}

@@ -218,6 +218,19 @@ impl FakeTelegram {
 
     /// A person sends a photo (stored as a file the bot can fetch with getFile).
     pub fn user_sends_photo(&self, chat: i64, user: (i64, &str), data: &[u8], caption: &str) -> i64 {
+        self.user_sends_album_photo(chat, user, data, caption, None)
+    }
+
+    /// A photo that is part of an album (`media_group_id`), as Telegram sends albums: one
+    /// message per item.
+    pub fn user_sends_album_photo(
+        &self,
+        chat: i64,
+        user: (i64, &str),
+        data: &[u8],
+        caption: &str,
+        album: Option<&str>,
+    ) -> i64 {
         let file_id = {
             let mut i = self.lock();
             let id = format!("file-{}", i.files.len() + 1);
@@ -235,6 +248,7 @@ impl FakeTelegram {
                     {"file_id": "thumb", "file_unique_id": "thumb", "width": 1, "height": 1, "file_size": 1},
                     {"file_id": file_id, "file_unique_id": file_id, "width": 90, "height": 90, "file_size": data.len()},
                 ],
+                "media_group_id": album,
             }),
         );
         id
@@ -266,6 +280,25 @@ impl FakeTelegram {
                 "old_reaction": [], "new_reaction": [{"type": "emoji", "emoji": emoji}],
             }),
         );
+    }
+
+    /// Someone adds the bot to a chat (`my_chat_member`).
+    pub fn bot_added(&self, chat: i64, title: &str, by: (i64, &str)) {
+        self.set_chat(chat, title, &[by.0]);
+        let from = json!({"id": by.0, "is_bot": false, "first_name": by.1});
+        self.push_update(
+            "my_chat_member",
+            json!({
+                "chat": chat_json(chat, title), "from": from, "date": now(),
+                "old_chat_member": {"status": "left", "user": bot_user()},
+                "new_chat_member": {"status": "member", "user": bot_user()},
+            }),
+        );
+    }
+
+    /// The message disappears on Telegram (deleted by someone; bots are not told).
+    pub fn forget(&self, chat: i64, message_id: i64) {
+        self.lock().messages.remove(&(chat, message_id));
     }
 
     /// A person edits their message.

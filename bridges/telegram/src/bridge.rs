@@ -167,6 +167,15 @@ impl TelegramBridge {
         Ok(Attachment { name, mime, data })
     }
 
+    /// A chat that is not on the allowlist: the bot says so and leaves.
+    async fn refuse_chat(&self, chat: ChatId) {
+        tracing::warn!(chat = chat.0, "a chat not on the allowlist; leaving it");
+        self.say(chat, "This chat is not on this bridge's allowlist (allowed_chats), so I am leaving.").await;
+        if let Err(e) = self.bot.leave_chat(chat).await {
+            tracing::warn!(chat = chat.0, error = %e, "could not leave the chat");
+        }
+    }
+
     async fn say(&self, chat: ChatId, text: &str) {
         if let Err(e) = self.bot.send_message(chat, text).await {
             tracing::warn!(chat = chat.0, error = %e, "could not answer in the chat");
@@ -223,6 +232,14 @@ impl TelegramBridge {
         let (m, edited) = match update.kind {
             UpdateKind::Message(m) => (m, false),
             UpdateKind::EditedMessage(m) => (m, true),
+            UpdateKind::MyChatMember(u) => {
+                // Added to a chat that is not on the allowlist: say so and leave at once.
+                if u.new_chat_member.kind.is_present() && !u.chat.is_private() && !self.allowed(cx, u.chat.id.0).await?
+                {
+                    self.refuse_chat(u.chat.id).await;
+                }
+                return Ok(());
+            }
             UpdateKind::MessageReaction(r) => {
                 let Some(user) = r.user().filter(|u| u.id != me) else { return Ok(()) };
                 let emoji = r
@@ -268,11 +285,7 @@ impl TelegramBridge {
             return Ok(());
         }
         if !m.chat.is_private() && !self.allowed(cx, m.chat.id.0).await? {
-            tracing::warn!(chat = m.chat.id.0, "a chat not on the allowlist; leaving it");
-            self.say(m.chat.id, "This chat is not on this bridge's allowlist (allowed_chats), so I am leaving.").await;
-            if let Err(e) = self.bot.leave_chat(m.chat.id).await {
-                tracing::warn!(chat = m.chat.id.0, error = %e, "could not leave the chat");
-            }
+            self.refuse_chat(m.chat.id).await;
             return Ok(());
         }
         let text = m.text().or(m.caption()).unwrap_or_default().to_owned();
