@@ -393,6 +393,18 @@ async fn photos_files_reactions_forwards_and_status_cross() {
     assert_eq!(reaction.params["message_id"].as_i64(), Some(toms));
     assert_eq!(reaction.params["reaction"][0]["emoji"], json!("👍"));
 
+    // Voice notes, videos and documents arrive as files of their kind.
+    for (kind, mime, caption) in [
+        ("voice", "audio/ogg", "a voice note"),
+        ("video", "video/mp4", "a clip"),
+        ("document", "application/pdf", "the notes"),
+    ] {
+        let data = format!("{kind} bytes").into_bytes();
+        tg.user_sends_media(GROUP, TOM, kind, &data, mime, caption);
+        let m = dc.message_with_text(alice, caption).await;
+        assert_eq!(std::fs::read(m["file"].as_str().expect("file")).expect("on disk"), data, "{kind}: {m}");
+    }
+
     // A forwarded message is marked as forwarded in Delta Chat.
     tg.user_forwards(GROUP, TOM, "Someone Else", "passed along");
     let fwd = dc.message_with_text(alice, "passed along").await;
@@ -474,4 +486,54 @@ async fn commands_replies_albums_lost_edits_and_strange_chats() {
     use coi_bridge::store::portals::PortalStore as _;
     let portal = s.daemon.store().await.portal_by_remote("telegram", &GROUP.to_string()).await.expect("read");
     assert!(portal.is_none(), "no portal any more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_pictures_go_out_as_one_album() {
+    use coi_bridge_api::{Attachment, Bridge as _, DeliveryKey, Outgoing, Person, RemoteChatId};
+    use coi_bridge_telegram::bridge::TelegramBridge;
+    // Delta Chat sends one file per message; other COI clients send several. The bridge's
+    // own delivery path against the fake, as the daemon calls it.
+    let tg = FakeTelegram::start().await;
+    tg.set_chat(GROUP, "Book Club", &[TOM.0]);
+    let cfg: coi_bridge_telegram::config::TelegramConfig = serde_json::from_value(
+        json!({"id": "telegram", "api_url": tg.url(), "allowed_chats": [GROUP], "chat_interval_ms": 0}),
+    )
+    .expect("config");
+    let bridge = TelegramBridge::new(cfg, TOKEN, "bridge@example.org", "COI Bridge").expect("bridge");
+    let pic = |n: &str| Attachment { name: n.into(), mime: "image/png".into(), data: support::PNG.to_vec() };
+    let msg = Outgoing::Message {
+        sender: Person { id: "alice@example.org".into(), display_name: "Alice".into() },
+        text: "two views of the oak".into(),
+        attachments: vec![pic("north.png"), pic("south.png")],
+        reply_to: None,
+        avatar: None,
+    };
+    let parts =
+        bridge.deliver(&RemoteChatId(GROUP.to_string()), &DeliveryKey("coi-a1".into()), &msg).await.expect("sent");
+    assert_eq!(parts.len(), 3, "the text and two pictures: {parts:?}");
+    let album = tg.wait_call("send the album", |c| c.method == "sendMediaGroup").await;
+    assert_eq!(album.files.len(), 2);
+    let media = album.params["media"].as_array().expect("media");
+    assert_eq!(media[0]["caption"], json!("<b>Alice</b>: north.png"));
+    assert_eq!(media[1]["type"], json!("photo"));
+
+    // Voice notes, videos and other audio go as what they are.
+    for (mime, name, method) in [
+        ("audio/ogg", "voice.ogg", "sendVoice"),
+        ("video/mp4", "clip.mp4", "sendVideo"),
+        ("audio/mpeg", "song.mp3", "sendAudio"),
+    ] {
+        let msg = Outgoing::Message {
+            sender: Person { id: "alice@example.org".into(), display_name: "Alice".into() },
+            text: String::new(),
+            attachments: vec![Attachment { name: name.into(), mime: mime.into(), data: name.as_bytes().to_vec() }],
+            reply_to: None,
+            avatar: None,
+        };
+        let key = DeliveryKey(format!("coi-{name}"));
+        bridge.deliver(&RemoteChatId(GROUP.to_string()), &key, &msg).await.expect("sent");
+        let call = tg.wait_call(method, |c| c.method == method).await;
+        assert_eq!(call.files[0].2, name.as_bytes(), "{method}");
+    }
 }

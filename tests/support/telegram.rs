@@ -254,6 +254,46 @@ impl FakeTelegram {
         id
     }
 
+    /// A person sends a voice note, video or document (`kind`), with its Bot API fields.
+    pub fn user_sends_media(
+        &self,
+        chat: i64,
+        user: (i64, &str),
+        kind: &str,
+        data: &[u8],
+        mime: &str,
+        caption: &str,
+    ) -> i64 {
+        let file_id = {
+            let mut i = self.lock();
+            let id = format!("file-{}", i.files.len() + 1);
+            i.files.insert(id.clone(), data.to_vec());
+            id
+        };
+        let mut media =
+            json!({"file_id": file_id, "file_unique_id": file_id, "file_size": data.len(), "mime_type": mime});
+        match kind {
+            "voice" => media["duration"] = json!(2),
+            "video" => {
+                media["duration"] = json!(2);
+                media["width"] = json!(16);
+                media["height"] = json!(16);
+                media["file_name"] = json!("clip.mp4");
+            }
+            _ => media["file_name"] = json!("notes.pdf"),
+        }
+        let id = self.new_message_id(chat);
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        self.push_update(
+            "message",
+            json!({
+                "message_id": id, "chat": chat_json(chat, &title), "caption": caption, kind: media,
+                "from": {"id": user.0, "is_bot": false, "first_name": user.1},
+            }),
+        );
+        id
+    }
+
     /// A person forwards someone else's message into the chat.
     pub fn user_forwards(&self, chat: i64, user: (i64, &str), original_author: &str, text: &str) -> i64 {
         let id = self.new_message_id(chat);
@@ -519,6 +559,30 @@ async fn handle(
             }
             let (id, m) = new_message(&mut i, c, extra);
             (m, Some(id))
+        }
+        "sendMediaGroup" => {
+            let Some(c) = chat else { return err(400, "Bad Request: chat_id is empty", None) };
+            let items = params["media"].as_array().cloned().unwrap_or_default();
+            if !(2..=10).contains(&items.len()) {
+                return err(400, "Bad Request: media group must include 2-10 items", None);
+            }
+            let mut out = Vec::new();
+            for item in &items {
+                // Each item names its file as attach://<field>.
+                let field = item["media"].as_str().and_then(|m| m.strip_prefix("attach://")).unwrap_or_default();
+                let Some(file) = files.iter().find(|f| f.0 == field) else {
+                    return err(400, "Bad Request: wrong file identifier/HTTP URL specified", None);
+                };
+                let file_id = format!("file-{}", i.files.len() + 1);
+                i.files.insert(file_id.clone(), file.2.clone());
+                let extra = json!({
+                    "photo": [{"file_id": file_id, "file_unique_id": file_id, "width": 1, "height": 1}],
+                    "caption": item["caption"], "media_group_id": "album-1",
+                });
+                let (_, m) = new_message(&mut i, c, extra);
+                out.push(m);
+            }
+            (Value::Array(out), None)
         }
         "editMessageText" => {
             let (Some(c), Some(mid)) = (chat, params["message_id"].as_i64()) else {

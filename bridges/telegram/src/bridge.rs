@@ -443,10 +443,29 @@ impl Bridge for TelegramBridge {
                     let sent = req.await.map_err(lowered)?;
                     parts.push(RemoteMsgId(sent.id.0.to_string()));
                 }
+                if let Some(a) = attachments.iter().find(|a| a.data.len() as u64 > self.cfg.max_file_bytes) {
+                    return Err(DeliverError::Permanent(format!("{} is over max_file_bytes", a.name)));
+                }
+                // Several pictures go as one album, as a Telegram user would send them.
+                let photo = |a: &Attachment| a.mime.starts_with("image/") && a.mime != "image/gif";
+                if attachments.len() >= 2 && attachments.len() <= 10 && attachments.iter().all(photo) {
+                    use teloxide::types::{InputMedia, InputMediaPhoto};
+                    let media: Vec<InputMedia> = attachments
+                        .iter()
+                        .map(|a| {
+                            let file = InputFile::memory(a.data.clone()).file_name(a.name.clone());
+                            InputMedia::Photo(
+                                InputMediaPhoto::new(file)
+                                    .caption(self.prefixed(sender, &a.name))
+                                    .parse_mode(ParseMode::Html),
+                            )
+                        })
+                        .collect();
+                    let sent = self.bot.send_media_group(chat, media).await.map_err(lowered)?;
+                    parts.extend(sent.iter().map(|m| RemoteMsgId(m.id.0.to_string())));
+                    return Ok(parts);
+                }
                 for a in attachments {
-                    if a.data.len() as u64 > self.cfg.max_file_bytes {
-                        return Err(DeliverError::Permanent(format!("{} is over max_file_bytes", a.name)));
-                    }
                     let file = InputFile::memory(a.data.clone()).file_name(a.name.clone());
                     let caption = self.prefixed(sender, &a.name);
                     let sent = if a.mime.starts_with("image/") && a.mime != "image/gif" {
