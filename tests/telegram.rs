@@ -13,6 +13,8 @@ const WAIT: Duration = Duration::from_secs(90);
 const GROUP: i64 = -1_001_234_567_890;
 const TOM: (i64, &str) = (4242, "Tom");
 const ANNA: (i64, &str) = (4343, "Anna");
+/// Neither an admin of the group nor named in the config.
+const MAX: (i64, &str) = (4444, "Max");
 /// The supergroup GROUP becomes when Telegram upgrades it.
 const NEW_GROUP: i64 = -1_009_999_999_999;
 
@@ -59,8 +61,8 @@ impl TgStack {
             Self { daemon, dc, tg, _mail: mail, state, alice, group: serde_json::Value::Null, link: String::new() };
 
         // Only the chat's admins may command the bridge.
-        s.tg.user_says(GROUP, ANNA, "/coi_bridge", None);
-        s.tg.wait_call("refuse Anna", |c| {
+        s.tg.user_says(GROUP, MAX, "/coi_bridge", None);
+        s.tg.wait_call("refuse Max", |c| {
             c.method == "sendMessage"
                 && c.params["text"].as_str().is_some_and(|t| t.contains("only this chat's admins"))
         })
@@ -536,4 +538,20 @@ async fn several_pictures_go_out_as_one_album() {
         let call = tg.wait_call(method, |c| c.method == method).await;
         assert_eq!(call.files[0].2, name.as_bytes(), "{method}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_admins_may_command_in_any_chat() {
+    // Anna is no admin of the group, but the bridge's config names her.
+    let Some(s) = TgStack::new_with(&format!("admins = [{}]\n", ANNA.0)).await else { return };
+    s.tg.user_says(GROUP, ANNA, "/coi_status", None);
+    let status =
+        s.tg.wait_call("answer Anna's status", |c| {
+            c.method == "sendMessage"
+                && c.params["text"].as_str().is_some_and(|t| t.contains("members (the bot included)"))
+        })
+        .await;
+    assert!(status.params["text"].as_str().expect("text").contains("Book Club"));
+    let refusals = s.tg.sent_texts(GROUP).into_iter().filter(|(_, t)| t.contains("only this chat's admins")).count();
+    assert_eq!(refusals, 1, "only Max was refused (in the setup), not Anna");
 }
