@@ -50,6 +50,19 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
     let mut running = Vec::new();
     let mut routes = axum::Router::new();
     let policy = RetryPolicy { base: Duration::from_secs(1), max_delay: Duration::from_secs(300), max_attempts: 30 };
+    // Each bridge with its delivery worker, labelled for notices ("not delivered to Matrix").
+    let runner = |id: BridgeId, label: &str, bridge: Arc<dyn Bridge>| {
+        let delivery = BridgeDelivery::new(
+            id.clone(),
+            label,
+            bridge.clone(),
+            core.store.clone(),
+            core.outbound.clone(),
+            policy,
+            core.metrics.clone(),
+        );
+        Running { id, bridge, delivery }
+    };
     for b in &loaded.config.bridge {
         match b {
             BridgeConfig::Matrix(m) => {
@@ -57,7 +70,8 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                 let id = BridgeId(m.id.clone());
                 if m.mode == Mode::Bot {
                     let file = m.password_file.clone().unwrap_or_default();
-                    let file = if file.is_absolute() { file } else { base.join(file) };
+                    // `join` keeps an absolute path as it is.
+                    let file = base.join(file);
                     let password = std::fs::read_to_string(&file)
                         .with_context(|| {
                             format!(
@@ -76,20 +90,10 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                         store_dir,
                         password,
                     ));
-                    let delivery = BridgeDelivery::new(
-                        id.clone(),
-                        "Matrix",
-                        bridge.clone(),
-                        core.store.clone(),
-                        core.outbound.clone(),
-                        policy,
-                        core.metrics.clone(),
-                    );
-                    running.push(Running { id, bridge, delivery });
+                    running.push(runner(id, "Matrix", bridge));
                     continue;
                 }
-                let path =
-                    if m.registration.is_absolute() { m.registration.clone() } else { base.join(&m.registration) };
+                let path = base.join(&m.registration);
                 let text = std::fs::read_to_string(&path).with_context(|| {
                     format!(
                         "bridge {:?}: registration {} cannot be read; run `coi-bridge generate-registration` and give it to \
@@ -112,22 +116,13 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                 let inbound = Arc::new(MatrixInbound::new(id.clone(), bridge.client().clone(), hub, m));
                 let state = Arc::new(StoreState::new(core.store.clone(), &id));
                 routes = routes.merge(appservice::router(Arc::new(Appservice::new(&reg.hs_token, state, inbound))));
-                let delivery = BridgeDelivery::new(
-                    id.clone(),
-                    "Matrix",
-                    bridge.clone(),
-                    core.store.clone(),
-                    core.outbound.clone(),
-                    policy,
-                    core.metrics.clone(),
-                );
-                running.push(Running { id, bridge, delivery });
+                running.push(runner(id, "Matrix", bridge));
             }
             BridgeConfig::Telegram(t) => {
                 let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
                 let token = match &t.token_file {
                     Some(file) => {
-                        let file = if file.is_absolute() { file.clone() } else { base.join(file) };
+                        let file = base.join(file);
                         std::fs::read_to_string(&file)
                             .with_context(|| {
                                 format!(
@@ -156,16 +151,7 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                     )
                     .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", t.id))?,
                 );
-                let delivery = BridgeDelivery::new(
-                    id.clone(),
-                    "Telegram",
-                    bridge.clone(),
-                    core.store.clone(),
-                    core.outbound.clone(),
-                    policy,
-                    core.metrics.clone(),
-                );
-                running.push(Running { id, bridge, delivery });
+                running.push(runner(id, "Telegram", bridge));
             }
         }
     }
