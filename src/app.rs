@@ -29,6 +29,8 @@ pub struct Core {
     pub store: Arc<dyn Store>,
     pub identity: Arc<Identity>,
     pub metrics: Arc<Metrics>,
+    /// Each part's state for `/ready`.
+    pub health: Arc<crate::health::Health>,
     /// Where bridges hand messages for COI.
     pub outbound: Arc<Outbound>,
     /// Invite links and the inviter's side of SecureJoin.
@@ -46,6 +48,7 @@ impl Core {
         let cfg = &loaded.config;
         let store = store::open(&cfg.store.url, &cfg.store.state_dir()).await?;
         let metrics = Arc::new(Metrics::new());
+        let health = crate::health::Health::new(metrics.clone());
         let identity = Arc::new(
             Identity::load_or_create(store.as_ref(), &cfg.account.address, loaded.key_passphrase.clone())
                 .await
@@ -66,15 +69,19 @@ impl Core {
         let ingest =
             Ingest::new(store.clone(), identity.clone(), cfg.account.encryption, Limits::default(), metrics.clone())
                 .with_securejoin(securejoin.clone());
-        let imap = ImapWorker::new(ImapSettings::from_config(loaded)?, Arc::new(ingest), metrics.clone());
-        let hub = Arc::new(CoreHub::new(
-            store.clone(),
-            outbound.clone(),
-            identity.clone(),
-            &cfg.account.display_name,
-            crate::bridges::labels(&cfg.bridge),
-        ));
-        Ok(Self { store, identity, metrics, outbound, securejoin, hub, imap, smtp })
+        let imap =
+            ImapWorker::new(ImapSettings::from_config(loaded)?, Arc::new(ingest), metrics.clone(), health.clone());
+        let hub = Arc::new(
+            CoreHub::new(
+                store.clone(),
+                outbound.clone(),
+                identity.clone(),
+                &cfg.account.display_name,
+                crate::bridges::labels(&cfg.bridge),
+            )
+            .with_metrics(metrics.clone()),
+        );
+        Ok(Self { store, identity, metrics, health, outbound, securejoin, hub, imap, smtp })
     }
 }
 
@@ -95,6 +102,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     let core = Arc::new(Core::build(&loaded, on_failure).await?);
     tracing::info!(fingerprint = %core.identity.fingerprint, "bridge key loaded");
     let crate::bridges::Bridges { running, routes } = crate::bridges::build(&loaded, &core)?;
+    let mut targets = vec![crate::store::SMTP_TARGET.to_owned()];
+    targets.extend(running.iter().map(|r| r.id.as_str().to_owned()));
     for r in running {
         let r = Arc::new(r);
         let (rr, token) = (r.clone(), sup.token());
@@ -107,17 +116,29 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
             hub: core.hub.clone(),
             state: Arc::new(crate::hub::submit::StoreState::new(core.store.clone(), &r.id)),
             shutdown: sup.token(),
+            status: core.health.bridge(r.id.as_str()),
         };
+        let health = core.health.clone();
+        let core_metrics = core.metrics.clone();
         sup.spawn("bridge", async move {
             // A bridge that fails for a reason that may pass is restarted with backoff; only
             // a fatal error (bad credentials, bad config) stops the daemon.
             let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+            let stopped = |reason: &str| health.bridge_state(r.id.as_str(), "stopped", Some(reason.to_owned()));
             loop {
                 match r.bridge.run(cx.clone()).await {
-                    Ok(()) => return Ok(()),
-                    Err(coi_bridge_api::BridgeError::Fatal(e)) => return Err(anyhow::anyhow!("bridge {}: {e}", r.id)),
+                    Ok(()) => {
+                        stopped("shut down");
+                        return Ok(());
+                    }
+                    Err(coi_bridge_api::BridgeError::Fatal(e)) => {
+                        stopped(&e);
+                        return Err(anyhow::anyhow!("bridge {}: {e}", r.id));
+                    }
                     Err(coi_bridge_api::BridgeError::Retry(e)) => {
                         let pause = backoff.next_delay();
+                        health.bridge_state(r.id.as_str(), "reconnecting", Some(e.clone()));
+                        core_metrics.failures.with_label_values(&[r.id.as_str(), "restart"]).inc();
                         tracing::warn!(bridge = %r.id, error = %e, retry_in = ?pause, "bridge stopped; restarting it");
                         tokio::select! {
                             () = cx.shutdown.cancelled() => return Ok(()),
@@ -138,8 +159,29 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
         c.smtp.run(token).await;
         Ok(())
     });
-    let (m, token) = (core.metrics.clone(), sup.token());
-    sup.spawn("http", async move { http::serve(listener, m, routes, token).await });
+    let state =
+        http::Http { metrics: core.metrics.clone(), health: core.health.clone(), store: core.store.clone(), targets };
+    let token = sup.token();
+    sup.spawn("http", async move { http::serve(listener, state, routes, token).await });
+
+    // systemd (Type=notify): ready once every worker runs, stopping on the signal, and a
+    // watchdog ping that only a live runtime sends.
+    let notifier = crate::notify::Notifier::from_env();
+    notifier.ready();
+    let token = sup.token();
+    sup.spawn("systemd-notify", async move {
+        match notifier.watchdog_interval() {
+            Some(every) => loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(every) => notifier.watchdog(),
+                }
+            },
+            None => token.cancelled().await,
+        }
+        notifier.stopping();
+        Ok(())
+    });
 
     tracing::info!(
         address = %cfg.account.address,

@@ -1,45 +1,88 @@
-//! The daemon's HTTP endpoint: /metrics (Prometheus text), /health (process up), /ready (IMAP logged in), plus the bridges' routes.
+//! The daemon's HTTP endpoint: /metrics (Prometheus text), /health (process up), /ready (JSON, a reason per part), plus the bridges' routes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Health, Part};
 use crate::metrics::Metrics;
+use crate::store::Store;
 
-pub fn router(metrics: Arc<Metrics>) -> Router {
+/// How long `/ready` waits for the store before calling it not ready.
+const STORE_PING: Duration = Duration::from_secs(2);
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct Http {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub store: Arc<dyn Store>,
+    /// Every outbox target (smtp and each bridge id): their gauges read 0 when empty.
+    pub targets: Vec<String>,
+}
+
+pub fn router(state: Http) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(|| async { axum::Json(json!({"status": "alive"})) }))
         .route("/ready", get(ready))
-        .with_state(metrics)
+        .with_state(state)
 }
 
-async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
-}
-
-async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.imap_connected.get() == 1 {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "IMAP not connected\n")
+async fn metrics_handler(State(h): State<Http>) -> impl IntoResponse {
+    // The outbox gauges are read from the store at scrape time, so they are never stale.
+    match h.store.outbox_stats().await {
+        Ok(stats) => {
+            let now = chrono::Utc::now().timestamp_millis();
+            for t in &h.targets {
+                h.metrics.outbox_depth.with_label_values(&[t]).set(0);
+                h.metrics.outbox_oldest_age.with_label_values(&[t]).set(0);
+            }
+            for s in stats {
+                h.metrics.outbox_depth.with_label_values(&[&s.target]).set(s.depth as i64);
+                let age = (now - s.oldest_queued_ms).max(0) / 1000;
+                h.metrics.outbox_oldest_age.with_label_values(&[&s.target]).set(age);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the outbox from the store"),
     }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
 }
 
-/// Serves until `shutdown`.
+async fn ready(State(h): State<Http>) -> impl IntoResponse {
+    let mut parts = h.health.parts();
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let store = match tokio::time::timeout(STORE_PING, h.store.ping()).await {
+        Ok(Ok(())) => Part { ok: true, state: "connected", reason: None, since },
+        Ok(Err(e)) => Part { ok: false, state: "reconnecting", reason: Some(format!("store: {e}")), since },
+        Err(_) => Part {
+            ok: false,
+            state: "reconnecting",
+            reason: Some(format!("store: no answer within {STORE_PING:?}")),
+            since,
+        },
+    };
+    parts.insert("store".into(), store);
+    let ready = parts.values().all(|p| p.ok);
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(json!({ "ready": ready, "parts": parts })))
+}
+
 /// Serves until `shutdown`, with the bridges' `extra` routes (the appservice endpoint).
 pub async fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
+    state: Http,
     extra: Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(metrics).merge(extra)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, router(state).merge(extra)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! - [`coi`]: the wire codec, no I/O.
 //! - [`hub`]: which chat a mail belongs to; recording inbound, queueing outbound.
 //! - [`store`]: the durable record: chats, messages, outbox, IMAP cursor.
-//! - [`http`], [`metrics`], [`logging`]: what the operator sees.
+//! - [`http`], [`metrics`], [`health`], [`logging`]: what the operator sees; [`notify`]: systemd's notify protocol.
 //! - [`check`]: `coi-bridge check`; [`commands`]: `key …`, `contact import`.
 //!
 //! The bridge contract lives in the `coi-bridge-api` crate (`bridges/api`).
@@ -19,10 +19,12 @@ pub mod check;
 pub mod coi;
 pub mod commands;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod qr;
 pub mod store;
 pub mod supervisor;

@@ -1,6 +1,12 @@
 //! The daemon's Prometheus metrics, in one registry passed around (no globals, so tests can read their own).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The `bridge` label of the mail side in `messages_total`.
+pub const COI: &str = "coi";
+
+/// The states `bridge_state` has one series for each (one-hot).
+pub const BRIDGE_STATES: [&str; 4] = ["starting", "connected", "reconnecting", "stopped"];
 
 /// Every metric the daemon exports.
 pub struct Metrics {
@@ -24,6 +30,22 @@ pub struct Metrics {
     /// Rows waiting in the outbox, by target (smtp or a bridge id): a bridge held back by
     /// rate limits shows here, nothing is dropped.
     pub outbox_depth: IntGaugeVec,
+    /// Age in seconds of the oldest waiting row, by target (0 when none waits).
+    pub outbox_oldest_age: IntGaugeVec,
+    /// Messages by network (`coi` or a bridge id) and direction: `in` arrived from that
+    /// network, `out` was delivered to it.
+    pub messages: IntCounterVec,
+    /// Failures by part (imap, smtp, ingest, a bridge id) and kind (transient,
+    /// permanent, rejected, decrypt, signature, restart).
+    pub failures: IntCounterVec,
+    /// Seconds from queueing in the durable outbox to the target accepting it.
+    pub delivery_latency: HistogramVec,
+    /// Encrypted mails that could not be decrypted.
+    pub decrypt_failures: IntCounter,
+    /// Mails whose signature was missing, unknown or wrong, by reason.
+    pub signature_failures: IntCounterVec,
+    /// One-hot per bridge instance: starting, connected, reconnecting, stopped.
+    pub bridge_state: IntGaugeVec,
 }
 
 impl Metrics {
@@ -44,6 +66,25 @@ impl Metrics {
         registry.register(Box::new(outbox_depth.clone())).expect("metric registered once");
         let imap_connected = IntGauge::new("imap_connected", "1 while an IMAP session is logged in").expect("static");
         registry.register(Box::new(imap_connected.clone())).expect("metric registered once");
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(g.clone())).expect("metric registered once");
+            g
+        };
+        let delivery_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "Seconds from queueing in the durable outbox to the target accepting it",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0]),
+            &["target"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(delivery_latency.clone())).expect("metric registered once");
+        let build_info = IntGaugeVec::new(Opts::new("build_info", "The running version (always 1)"), &["version"])
+            .expect("static metric definition");
+        registry.register(Box::new(build_info.clone())).expect("metric registered once");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self {
             inbound_recorded: counter("inbound_recorded_total", "Chat mails recorded from IMAP"),
             inbound_duplicates: counter("inbound_duplicates_total", "Fetched mails already recorded"),
@@ -55,7 +96,46 @@ impl Metrics {
             outbox: vec("outbox_deliveries_total", "Outbox delivery attempts", &["target", "result"]),
             key_changes_flagged: counter("key_changes_flagged_total", "Verified contacts that presented another key"),
             outbox_depth,
+            outbox_oldest_age: gauges(
+                "outbox_oldest_age_seconds",
+                "Age of the oldest waiting outbox row, by target",
+                &["target"],
+            ),
+            messages: vec("messages_total", "Messages by network and direction (in, out)", &["bridge", "direction"]),
+            failures: vec("failures_total", "Failures by part and kind", &["part", "kind"]),
+            delivery_latency,
+            decrypt_failures: counter("decrypt_failures_total", "Encrypted mails that could not be decrypted"),
+            signature_failures: vec("signature_failures_total", "Mails without a valid known signature", &["reason"]),
+            bridge_state: gauges("bridge_state", "1 for the bridge instance's current state", &["bridge", "state"]),
             registry,
+        }
+    }
+
+    /// An outbox row reached `target` (smtp or a bridge id); it was queued at `queued_at_ms`.
+    pub fn delivered(&self, target: &str, queued_at_ms: i64) {
+        self.outbox.with_label_values(&[target, "sent"]).inc();
+        let network = if target == crate::store::SMTP_TARGET { COI } else { target };
+        self.messages.with_label_values(&[network, "out"]).inc();
+        let waited = (chrono::Utc::now().timestamp_millis() - queued_at_ms).max(0) as f64 / 1000.0;
+        self.delivery_latency.with_label_values(&[target]).observe(waited);
+    }
+
+    /// A delivery to `target` failed for now; it is tried again.
+    pub fn delivery_retry(&self, target: &str) {
+        self.outbox.with_label_values(&[target, "retry"]).inc();
+        self.failures.with_label_values(&[target, "transient"]).inc();
+    }
+
+    /// A delivery to `target` was given up.
+    pub fn delivery_failed(&self, target: &str) {
+        self.outbox.with_label_values(&[target, "failed"]).inc();
+        self.failures.with_label_values(&[target, "permanent"]).inc();
+    }
+
+    /// Sets `bridge`'s one-hot state series.
+    pub fn set_bridge_state(&self, bridge: &str, state: &str) {
+        for s in BRIDGE_STATES {
+            self.bridge_state.with_label_values(&[bridge, s]).set(i64::from(s == state));
         }
     }
 

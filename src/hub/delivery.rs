@@ -64,9 +64,6 @@ impl BridgeDelivery {
         let waker = self.store.outbox_waker(self.id.as_str());
         while !shutdown.is_cancelled() {
             let now = chrono::Utc::now().timestamp();
-            if let Ok(depth) = self.store.outbox_depth(self.id.as_str()).await {
-                self.metrics.outbox_depth.with_label_values(&[self.id.as_str()]).set(depth as i64);
-            }
             match self.store.due_outbox(self.id.as_str(), now, 64).await {
                 Ok(due) if due.is_empty() => {
                     store_backoff.reset();
@@ -261,7 +258,7 @@ impl BridgeDelivery {
                 if let Err(e) = self.store.outbox_done(item.id).await {
                     tracing::error!(bridge = %self.id, error = %e, "delivered, but the outbox row was not marked");
                 }
-                self.metrics.outbox.with_label_values(&[self.id.as_str(), "sent"]).inc();
+                self.metrics.delivered(self.id.as_str(), item.queued_at_ms);
             }
             Err(DeliverError::Retry { reason, after }) => self.retry(&item, after, &reason).await,
             Err(DeliverError::Permanent(reason)) => self.fail(&item, Some(&msg), reason).await,
@@ -278,7 +275,7 @@ impl BridgeDelivery {
         }
         let pause = after.unwrap_or_else(|| backoff::delay(self.policy.base, self.policy.max_delay, item.attempts));
         let next = chrono::Utc::now().timestamp() + pause.as_secs().max(1) as i64;
-        self.metrics.outbox.with_label_values(&[self.id.as_str(), "retry"]).inc();
+        self.metrics.delivery_retry(self.id.as_str());
         tracing::warn!(bridge = %self.id, message_id = %item.message_id, attempts, retry_in = ?pause, reason, "not delivered to the bridge; will retry");
         if let Err(e) = self.store.outbox_retry(item.id, next, reason).await {
             tracing::error!(bridge = %self.id, error = %e, "could not record the retry");
@@ -287,7 +284,7 @@ impl BridgeDelivery {
 
     /// Gives up: the row is marked failed and the COI chat is told.
     async fn fail(&self, item: &OutboxItem, msg: Option<&StoredMessage>, reason: String) {
-        self.metrics.outbox.with_label_values(&[self.id.as_str(), "failed"]).inc();
+        self.metrics.delivery_failed(self.id.as_str());
         tracing::error!(bridge = %self.id, message_id = %item.message_id, reason = %reason, "not delivered to the bridge, for good");
         if let Err(e) = self.store.outbox_failed(item.id, &reason).await {
             tracing::error!(bridge = %self.id, error = %e, "could not record the failure");

@@ -87,6 +87,10 @@ impl Ingest {
                 Ok(Ok(o)) => o,
                 Ok(Err(OpenError::Store(e))) => return Err(e),
                 Ok(Err(e)) => {
+                    if matches!(e, OpenError::NotForUs(_)) {
+                        self.metrics.decrypt_failures.inc();
+                        self.metrics.failures.with_label_values(&["ingest", "decrypt"]).inc();
+                    }
                     self.reject(folder, f.uid, e.label(), e.to_string(), f.raw, &mut rejected);
                     continue;
                 }
@@ -160,6 +164,9 @@ impl Ingest {
                 if msg.group.take().is_some() {
                     self.metrics.inbound_problems.with_label_values(&["unsigned_group_ignored"]).inc();
                 }
+                let reason = if security == "plain" { "unsigned" } else { "unknown_or_wrong_key" };
+                self.metrics.signature_failures.with_label_values(&[reason]).inc();
+                self.metrics.failures.with_label_values(&["ingest", "signature"]).inc();
                 tracing::warn!(
                     folder, uid = f.uid, from = %msg.from.addr, security,
                     "mail not signed by its sender's key: recorded apart, not attributed to the contact"
@@ -174,6 +181,7 @@ impl Ingest {
         }
         let outcome = self.store.record_inbound(folder, cursor, &messages, &rejected).await?;
         self.metrics.inbound_recorded.inc_by(outcome.recorded as u64);
+        self.metrics.messages.with_label_values(&[crate::metrics::COI, "in"]).inc_by(outcome.recorded as u64);
         self.metrics.inbound_duplicates.inc_by(outcome.duplicates as u64);
         if outcome.recorded + outcome.duplicates + outcome.rejected > 0 {
             tracing::info!(
@@ -190,6 +198,9 @@ impl Ingest {
 
     fn reject(&self, folder: &str, uid: u32, label: &str, reason: String, raw: Vec<u8>, out: &mut Vec<Rejected>) {
         self.metrics.inbound_rejected.with_label_values(&[label]).inc();
+        if label != "not_for_us" {
+            self.metrics.failures.with_label_values(&["ingest", "rejected"]).inc();
+        }
         tracing::warn!(folder, uid, reason = %reason, bytes = raw.len(), "mail kept aside: not a usable chat mail");
         out.push(Rejected { uid, reason, raw });
     }

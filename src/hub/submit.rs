@@ -25,6 +25,7 @@ pub struct CoreHub {
     me: String,
     /// Bridge id → the network's name shown after relayed names ("Alice (Matrix)").
     labels: HashMap<String, String>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn retry_or_reject(e: QueueError) -> SubmitError {
@@ -48,7 +49,14 @@ impl CoreHub {
         labels: HashMap<String, String>,
     ) -> Self {
         let me = identity.addr.clone();
-        Self { store, outbound, identity, display_name: display_name.to_owned(), me, labels }
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        Self { store, outbound, identity, display_name: display_name.to_owned(), me, labels, metrics }
+    }
+
+    /// Counts queued messages in the daemon's metrics (a private registry otherwise).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A fresh invite to the portal's chat.
@@ -399,7 +407,9 @@ impl Hub for CoreHub {
             }
         };
         let origin = Origin::Bridge { bridge: from.as_str().to_owned(), copy: origin };
-        self.outbound.queue_to_chat(origin, &chat, msg).await.map(|_| ()).map_err(retry_or_reject)
+        self.outbound.queue_to_chat(origin, &chat, msg).await.map_err(retry_or_reject)?;
+        self.metrics.messages.with_label_values(&[from.as_str(), "in"]).inc();
+        Ok(())
     }
 }
 

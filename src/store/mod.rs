@@ -208,6 +208,17 @@ pub struct OutboxItem {
     pub payload: Vec<u8>,
     pub envelope: Option<Envelope>,
     pub attempts: u32,
+    /// When the row was queued (unix milliseconds): the start of its delivery latency.
+    pub queued_at_ms: i64,
+}
+
+/// The pending rows of one outbox target, for metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub target: String,
+    pub depth: u64,
+    /// When the oldest pending row was queued (unix milliseconds).
+    pub oldest_queued_ms: i64,
 }
 
 /// The state of one outbox row.
@@ -251,6 +262,10 @@ pub trait Store: keys::KeyStore + portals::PortalStore + Send + Sync + 'static {
     async fn outbox_done(&self, id: i64) -> StoreResult<()>;
     async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> StoreResult<()>;
     async fn outbox_failed(&self, id: i64, reason: &str) -> StoreResult<()>;
+    /// Every target with pending rows: how many, and since when.
+    async fn outbox_stats(&self) -> StoreResult<Vec<OutboxStats>>;
+    /// A cheap round trip to the database (`/ready`).
+    async fn ping(&self) -> StoreResult<()>;
     /// How many rows wait for `target`.
     async fn outbox_depth(&self, target: &str) -> StoreResult<u64>;
     /// Narrows a mail row's envelope to the recipients still to be reached.

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_keys.sql")),
     (3, include_str!("migrations/0003_portals.sql")),
     (4, include_str!("migrations/0004_avatars.sql")),
+    (5, include_str!("migrations/0005_outbox_queued_ms.sql")),
 ];
 
 pub struct SqliteStore {
@@ -54,6 +55,10 @@ fn opens_dm(m: &InboundMessage) -> bool {
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 fn err(e: sqlx::Error) -> StoreError {
@@ -473,8 +478,9 @@ impl Store for SqliteStore {
             for (envelope, raw, label) in copies {
                 let envelope = serde_json::to_string(envelope).map_err(|e| StoreError::Fatal(e.to_string()))?;
                 sqlx::query(
-                    "INSERT INTO outbox (target, chat_id, message_id, payload, envelope, next_attempt_at, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO outbox (target, chat_id, message_id, payload, envelope, next_attempt_at, created_at,
+                                         queued_at_ms)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(super::SMTP_TARGET)
                 .bind(chat_id)
@@ -483,6 +489,7 @@ impl Store for SqliteStore {
                 .bind(envelope)
                 .bind(ts)
                 .bind(ts)
+                .bind(now_ms())
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
@@ -495,7 +502,8 @@ impl Store for SqliteStore {
 
     async fn due_outbox(&self, target: &str, now: i64, limit: u32) -> StoreResult<Vec<OutboxItem>> {
         let rows = sqlx::query(
-            "SELECT o.id, o.target, o.chat_id, o.message_id, o.payload, o.envelope, o.attempts
+            "SELECT o.id, o.target, o.chat_id, o.message_id, o.payload, o.envelope, o.attempts,
+                    COALESCE(o.queued_at_ms, o.created_at * 1000) AS queued_at_ms
              FROM outbox o
              WHERE o.target = ? AND o.state = 'pending' AND o.next_attempt_at <= ?
                AND o.id = (SELECT MIN(h.id) FROM outbox h
@@ -523,6 +531,7 @@ impl Store for SqliteStore {
                     payload: r.get("payload"),
                     envelope,
                     attempts: r.get::<i64, _>("attempts") as u32,
+                    queued_at_ms: r.get("queued_at_ms"),
                 })
             })
             .collect()
@@ -554,6 +563,29 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(err)?;
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> StoreResult<Vec<super::OutboxStats>> {
+        let rows = sqlx::query(
+            "SELECT target, COUNT(*) AS depth, MIN(COALESCE(queued_at_ms, created_at * 1000)) AS oldest
+             FROM outbox WHERE state = 'pending' GROUP BY target ORDER BY target",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| super::OutboxStats {
+                target: r.get("target"),
+                depth: r.get::<i64, _>("depth") as u64,
+                oldest_queued_ms: r.get("oldest"),
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err)?;
         Ok(())
     }
 

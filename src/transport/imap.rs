@@ -112,11 +112,17 @@ pub struct ImapWorker {
     settings: ImapSettings,
     ingest: Arc<Ingest>,
     metrics: Arc<Metrics>,
+    health: Arc<crate::health::Health>,
 }
 
 impl ImapWorker {
-    pub fn new(settings: ImapSettings, ingest: Arc<Ingest>, metrics: Arc<Metrics>) -> Self {
-        Self { settings, ingest, metrics }
+    pub fn new(
+        settings: ImapSettings,
+        ingest: Arc<Ingest>,
+        metrics: Arc<Metrics>,
+        health: Arc<crate::health::Health>,
+    ) -> Self {
+        Self { settings, ingest, metrics, health }
     }
 
     /// Runs until `shutdown`; every error leads to a reconnect after a growing, jittered pause.
@@ -133,6 +139,8 @@ impl ImapWorker {
                 Err(e) => {
                     let pause = backoff.next_delay();
                     self.metrics.imap_reconnects.inc();
+                    self.metrics.failures.with_label_values(&["imap", "transient"]).inc();
+                    self.health.imap_failed(format!("{e:#}"));
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?pause, "IMAP connection failed; reconnecting");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -151,6 +159,7 @@ impl ImapWorker {
             mailbox.uid_validity.ok_or_else(|| anyhow!("server sent no UIDVALIDITY for {}", s.folder))?;
         tracing::info!(host = %s.host, folder = %s.folder, uid_validity, exists = mailbox.exists, "IMAP connected");
         self.metrics.imap_connected.set(1);
+        self.health.imap_connected();
         backoff.reset();
         loop {
             self.sync(&mut session, uid_validity).await?;

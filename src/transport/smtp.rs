@@ -170,7 +170,7 @@ impl SmtpWorker {
                     // Sent but not marked: it will be sent again; receivers dedupe by Message-ID.
                     tracing::error!(error = %e, message_id = %item.message_id, "sent, but could not mark the outbox row");
                 }
-                self.metrics.outbox.with_label_values(&[SMTP_TARGET, "sent"]).inc();
+                self.metrics.delivered(SMTP_TARGET, item.queued_at_ms);
                 tracing::info!(message_id = %item.message_id, chat_id = item.chat_id, attempts = item.attempts + 1, "mail sent");
                 Outcome::Sent
             }
@@ -212,7 +212,7 @@ impl SmtpWorker {
         }
         if !refused.is_empty() {
             // The message reached the others; the refused ones are reported like a failure.
-            self.metrics.outbox.with_label_values(&[SMTP_TARGET, "failed"]).inc();
+            self.metrics.delivery_failed(SMTP_TARGET);
             let reason = format!("rejected by the SMTP server for {}", refused.join("; "));
             tracing::error!(message_id = %item.message_id, reason = %reason, "mail refused for some recipients");
             (self.on_failure)(FailedDelivery { message_id: item.message_id.clone(), chat_id: item.chat_id, reason });
@@ -221,7 +221,7 @@ impl SmtpWorker {
             if let Err(e) = self.store.outbox_done(item.id).await {
                 tracing::error!(error = %e, message_id = %item.message_id, "sent, but could not mark the outbox row");
             }
-            self.metrics.outbox.with_label_values(&[SMTP_TARGET, "sent"]).inc();
+            self.metrics.delivered(SMTP_TARGET, item.queued_at_ms);
             tracing::info!(message_id = %item.message_id, chat_id = item.chat_id, "mail sent, recipient by recipient");
             return Outcome::Sent;
         }
@@ -241,7 +241,7 @@ impl SmtpWorker {
         }
         let pause = backoff::delay(self.policy.base, self.policy.max_delay, item.attempts);
         let next = chrono::Utc::now().timestamp() + pause.as_secs().max(1) as i64;
-        self.metrics.outbox.with_label_values(&[SMTP_TARGET, "retry"]).inc();
+        self.metrics.delivery_retry(SMTP_TARGET);
         tracing::warn!(message_id = %item.message_id, attempts, retry_in = ?pause, error, "mail not sent; will retry");
         if let Err(se) = self.store.outbox_retry(item.id, next, error).await {
             tracing::error!(error = %se, "could not record the retry");
@@ -250,7 +250,7 @@ impl SmtpWorker {
     }
 
     async fn fail(&self, item: &OutboxItem, reason: String) -> Outcome {
-        self.metrics.outbox.with_label_values(&[SMTP_TARGET, "failed"]).inc();
+        self.metrics.delivery_failed(SMTP_TARGET);
         tracing::error!(message_id = %item.message_id, chat_id = item.chat_id, reason = %reason, "mail failed for good; telling the origin side");
         if let Err(e) = self.store.outbox_failed(item.id, &reason).await {
             tracing::error!(error = %e, "could not record the failure");

@@ -429,6 +429,44 @@ pub struct BridgeContext {
     pub state: Arc<dyn BridgeState>,
     /// Cancelled once, on shutdown. `run` returns soon after.
     pub shutdown: CancellationToken,
+    /// Where the bridge says whether it can reach its network (`/ready`, metrics).
+    pub status: Status,
+}
+
+/// Whether a bridge can reach its remote network right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// The last call to the remote network worked.
+    Connected,
+    /// The remote network cannot be reached or refused us; the bridge keeps trying.
+    Reconnecting(String),
+}
+
+/// A bridge's handle for reporting its [`LinkState`]; cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Status(Arc<dyn Fn(LinkState) + Send + Sync>);
+
+impl Status {
+    pub fn new(report: impl Fn(LinkState) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(report))
+    }
+    /// A status nobody reads (unit tests).
+    pub fn ignored() -> Self {
+        Self::new(|_| {})
+    }
+    pub fn connected(&self) {
+        (self.0)(LinkState::Connected)
+    }
+    /// The remote network failed; `reason` is shown on `/ready` (no secrets in it).
+    pub fn reconnecting(&self, reason: impl Into<String>) {
+        (self.0)(LinkState::Reconnecting(reason.into()))
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Status")
+    }
 }
 
 /// A remote network, seen from the core.

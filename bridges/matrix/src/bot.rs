@@ -446,6 +446,7 @@ impl Bridge for BotBridge {
             match synced {
                 Ok(response) => {
                     backoff = Duration::from_secs(1);
+                    cx.status.connected();
                     // The handlers have run (and submitted) by now: move the cursor.
                     if let Err(e) = cx.state.set("sync_token", &response.next_batch).await {
                         tracing::warn!(bridge = %cx.id, error = %e, "could not save the sync token");
@@ -460,6 +461,7 @@ impl Bridge for BotBridge {
                 }
                 Err(e) => {
                     tracing::warn!(bridge = %cx.id, error = %e, retry_in = ?backoff, "Matrix sync failed");
+                    cx.status.reconnecting(format!("Matrix sync: {e}"));
                     tokio::select! {
                         () = cx.shutdown.cancelled() => break Ok(()),
                         () = tokio::time::sleep(backoff) => {}

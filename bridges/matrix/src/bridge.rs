@@ -14,6 +14,11 @@ use crate::client::{AsClient, MatrixError};
 use crate::config::MatrixConfig;
 use crate::registration::Registration;
 
+/// How often a connected appservice checks that the homeserver still answers.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How soon it checks again after a failure.
+const HEALTH_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct MatrixBridge {
     cfg: MatrixConfig,
     reg: Registration,
@@ -140,9 +145,32 @@ impl Bridge for MatrixBridge {
     }
 
     async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError> {
-        // Appservice mode: the homeserver pushes transactions to the HTTP endpoint.
-        cx.shutdown.cancelled().await;
-        Ok(())
+        // Appservice mode: the homeserver pushes transactions to the HTTP endpoint. This
+        // loop only watches that the homeserver answers and knows our registration.
+        loop {
+            let pause = match self.client.whoami().await {
+                Ok(_) => {
+                    cx.status.connected();
+                    HEALTH_INTERVAL
+                }
+                Err(e) => {
+                    let reason = match &e {
+                        MatrixError::Refused { errcode, .. } if errcode == "M_UNKNOWN_TOKEN" => format!(
+                            "the homeserver does not know this appservice ({e}); add the registration to its \
+                             app_service_config_files and restart it"
+                        ),
+                        _ => format!("homeserver {}: {e}", self.cfg.homeserver),
+                    };
+                    tracing::warn!(bridge = %cx.id, %reason, "Matrix homeserver check failed");
+                    cx.status.reconnecting(reason);
+                    HEALTH_RETRY
+                }
+            };
+            tokio::select! {
+                () = cx.shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
     }
 
     async fn deliver(

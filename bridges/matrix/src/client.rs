@@ -99,6 +99,13 @@ impl AsClient {
         Err(MatrixError::Refused { status, errcode, message })
     }
 
+    /// Asks the homeserver who the appservice's token belongs to: proves that it is
+    /// reachable and has loaded this registration. Returns the bot's MXID.
+    pub async fn whoami(&self) -> Result<String, MatrixError> {
+        let v = self.call(reqwest::Method::GET, "/_matrix/client/v3/account/whoami", None, None).await?;
+        Ok(v["user_id"].as_str().unwrap_or_default().to_owned())
+    }
+
     /// Registers a user in the appservice's namespace; an existing one is fine. `true`
     /// when the user is new.
     pub async fn register(&self, localpart: &str) -> Result<bool, MatrixError> {

@@ -373,6 +373,7 @@ impl Bridge for TelegramBridge {
             },
         };
         tracing::info!(bridge = %cx.id, bot = %me.user.full_name(), "Telegram bot connected");
+        cx.status.connected();
         let mut offset: i32 = match cx.state.get("offset").await {
             Ok(v) => v.and_then(|v| v.parse().ok()).unwrap_or(0),
             Err(e) => return Err(BridgeError::Retry(format!("reading the update offset: {e}"))),
@@ -397,6 +398,7 @@ impl Bridge for TelegramBridge {
                 }
                 Err(e) => {
                     tracing::warn!(bridge = %cx.id, error = %e, retry_in = ?backoff, "Telegram getUpdates failed");
+                    cx.status.reconnecting(format!("Telegram getUpdates: {e}"));
                     tokio::select! {
                         () = cx.shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(backoff) => {}
@@ -406,6 +408,7 @@ impl Bridge for TelegramBridge {
                 }
             };
             backoff = Duration::from_secs(1);
+            cx.status.connected();
             for update in updates {
                 let id = update.id.0 as i32;
                 if let Err(e) = self.handle(&cx, me.user.id, update).await {

@@ -43,14 +43,15 @@ impl SqliteStore {
         let ts = now();
         for bridge in bridges {
             sqlx::query(
-                "INSERT INTO outbox (target, chat_id, message_id, payload, next_attempt_at, created_at)
-                 VALUES (?, ?, ?, x'', ?, ?) ON CONFLICT (target, message_id) DO NOTHING",
+                "INSERT INTO outbox (target, chat_id, message_id, payload, next_attempt_at, created_at, queued_at_ms)
+                 VALUES (?, ?, ?, x'', ?, ?, ?) ON CONFLICT (target, message_id) DO NOTHING",
             )
             .bind(bridge)
             .bind(chat_id)
             .bind(message_id)
             .bind(ts)
             .bind(ts)
+            .bind(chrono::Utc::now().timestamp_millis())
             .execute(&mut **tx)
             .await
             .map_err(err)?;
