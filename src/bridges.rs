@@ -45,6 +45,98 @@ pub fn labels(bridges: &[BridgeConfig]) -> std::collections::HashMap<String, Str
 /// Where a Telegram bot token comes from when `token_file` is not set.
 pub const TELEGRAM_TOKEN_ENV: &str = "COI_BRIDGE_TELEGRAM_TOKEN";
 
+/// The appservice registration a Matrix bridge names (relative to the config file).
+fn registration(loaded: &Loaded, m: &coi_bridge_matrix::config::MatrixConfig) -> anyhow::Result<Registration> {
+    let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
+    let path = base.join(&m.registration);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "bridge {:?}: registration {} cannot be read; run `coi-bridge generate-registration` and give it to \
+             the homeserver",
+            m.id,
+            path.display()
+        )
+    })?;
+    Registration::from_yaml(&text).map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))
+}
+
+/// A Telegram bridge's bot token, from `token_file` or the environment.
+fn telegram_token(loaded: &Loaded, t: &coi_bridge_telegram::config::TelegramConfig) -> anyhow::Result<String> {
+    let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
+    match &t.token_file {
+        Some(file) => {
+            let file = base.join(file);
+            Ok(std::fs::read_to_string(&file)
+                .with_context(|| {
+                    format!(
+                        "bridge {:?}: token_file {} cannot be read; put the bot token from @BotFather there",
+                        t.id,
+                        file.display()
+                    )
+                })?
+                .trim()
+                .to_owned())
+        }
+        None => std::env::var(TELEGRAM_TOKEN_ENV).map_err(|_| {
+            anyhow::anyhow!(
+                "bridge {:?}: no bot token; set token_file, or the environment variable {TELEGRAM_TOKEN_ENV}",
+                t.id
+            )
+        }),
+    }
+}
+
+/// `check`'s row for one bridge: its name, then what answered or why not and the fix.
+pub async fn check(loaded: &Loaded, b: &BridgeConfig) -> (String, Result<String, (String, String)>) {
+    match b {
+        BridgeConfig::Matrix(m) => {
+            let item = format!("matrix {}", m.id);
+            if m.mode == Mode::Bot {
+                let client = match coi_bridge_matrix::client::AsClient::new(&m.homeserver, "", "") {
+                    Ok(c) => c,
+                    Err(e) => return (item, Err((e, "check the bridge's homeserver URL".into()))),
+                };
+                return (
+                    item,
+                    client
+                        .versions()
+                        .await
+                        .map(|v| format!("{} answers (Matrix {v}); bot mode", m.homeserver))
+                        .map_err(|e| {
+                            (
+                                format!("{}: {e}", m.homeserver),
+                                format!(
+                                    "is the homeserver running, and is [[bridge]] id = {:?} homeserver right?",
+                                    m.id
+                                ),
+                            )
+                        }),
+                );
+            }
+            let reg = match registration(loaded, m) {
+                Ok(r) => r,
+                Err(e) => return (item, Err((format!("{e:#}"), "run `coi-bridge generate-registration`".into()))),
+            };
+            let bridge = match MatrixBridge::new((**m).clone(), reg, &loaded.config.account.address, "") {
+                Ok(b) => b,
+                Err(e) => return (item, Err((e, format!("check [[bridge]] id = {:?}", m.id)))),
+            };
+            (item, bridge.check().await)
+        }
+        BridgeConfig::Telegram(t) => {
+            let item = format!("telegram {}", t.id);
+            let token = match telegram_token(loaded, t) {
+                Ok(t) => t,
+                Err(e) => return (item, Err((format!("{e:#}"), "give the bot token from @BotFather".into()))),
+            };
+            match coi_bridge_telegram::bridge::TelegramBridge::new((**t).clone(), &token, "", "") {
+                Ok(b) => (item, b.check().await),
+                Err(e) => (item, Err((e, format!("check [[bridge]] id = {:?} api_url", t.id)))),
+            }
+        }
+    }
+}
+
 /// Builds every configured bridge; no network I/O.
 pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
     let mut running = Vec::new();
@@ -93,16 +185,7 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                     running.push(runner(id, "Matrix", bridge));
                     continue;
                 }
-                let path = base.join(&m.registration);
-                let text = std::fs::read_to_string(&path).with_context(|| {
-                    format!(
-                        "bridge {:?}: registration {} cannot be read; run `coi-bridge generate-registration` and give it to \
-                         the homeserver",
-                        m.id,
-                        path.display()
-                    )
-                })?;
-                let reg = Registration::from_yaml(&text).map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?;
+                let reg = registration(loaded, m)?;
                 let bridge = Arc::new(
                     MatrixBridge::new(
                         (**m).clone(),
@@ -119,28 +202,7 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                 running.push(runner(id, "Matrix", bridge));
             }
             BridgeConfig::Telegram(t) => {
-                let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
-                let token = match &t.token_file {
-                    Some(file) => {
-                        let file = base.join(file);
-                        std::fs::read_to_string(&file)
-                            .with_context(|| {
-                                format!(
-                                    "bridge {:?}: token_file {} cannot be read; put the bot token from @BotFather there",
-                                    t.id,
-                                    file.display()
-                                )
-                            })?
-                            .trim()
-                            .to_owned()
-                    }
-                    None => std::env::var(TELEGRAM_TOKEN_ENV).map_err(|_| {
-                        anyhow::anyhow!(
-                            "bridge {:?}: no bot token; set token_file, or the environment variable {TELEGRAM_TOKEN_ENV}",
-                            t.id
-                        )
-                    })?,
-                };
+                let token = telegram_token(loaded, t)?;
                 let id = BridgeId(t.id.clone());
                 let bridge = Arc::new(
                     coi_bridge_telegram::bridge::TelegramBridge::new(

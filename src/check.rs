@@ -1,4 +1,4 @@
-//! `coi-bridge check`: validates the config, opens the store, and logs in to IMAP and SMTP, one line per item with a remedy.
+//! `coi-bridge check`: validates the config, opens the store, logs in to IMAP (and IDLE) and SMTP, and asks every bridge's server; a table with one row per item and a remedy for each failure.
 
 use std::fmt::Display;
 
@@ -6,32 +6,61 @@ use crate::config::Loaded;
 use crate::store;
 use crate::transport::{imap, smtp};
 
-/// Prints one line per item; returns whether all passed.
+/// One checked item.
+struct Row {
+    item: String,
+    /// What answered, or what went wrong and the fix.
+    outcome: Result<String, (String, String)>,
+}
+
+/// Prints the table; returns whether every item passed.
 pub async fn check(loaded: &Loaded) -> bool {
     let cfg = &loaded.config;
-    println!("ok    config  {}", loaded.source.display());
-    let mut all = true;
+    let mut rows = vec![Row { item: "config".into(), outcome: Ok(loaded.source.display().to_string()) }];
 
     let state_dir = cfg.store.state_dir();
-    match store::open(&cfg.store.url, &state_dir).await {
-        Ok(_) => println!("ok    store   {} (state dir {})", cfg.store.url, state_dir.display()),
-        Err(e) => all &= fail("store", &format!("{e:#}"), "check store.url and that the state dir is writable"),
-    }
+    rows.push(Row {
+        item: "store".into(),
+        outcome: match store::open(&cfg.store.url, &state_dir).await {
+            Ok(s) => match s.ping().await {
+                Ok(()) => Ok(format!("{} (state dir {}), migrations applied", cfg.store.url, state_dir.display())),
+                Err(e) => Err((e.to_string(), "check that the database file is readable and writable".into())),
+            },
+            Err(e) => Err((format!("{e:#}"), "check store.url and that the state dir is writable".into())),
+        },
+    });
 
     let imap_target = format!("{}:{} ({:?})", cfg.imap.host, cfg.imap.port(), cfg.imap.security);
     let imap_result = async {
         let settings = imap::ImapSettings::from_config(loaded)?;
         let mut session = imap::connect(&settings).await?;
         let mailbox = session.select(&settings.folder).await?;
+        let idle = session.capabilities().await?.has_str("IDLE");
         let _ = session.logout().await;
-        anyhow::Ok(mailbox.exists)
+        anyhow::Ok((mailbox.exists, idle))
     }
     .await;
     match imap_result {
-        Ok(n) => {
-            println!("ok    imap    {imap_target} as {}: {} holds {n} mails", cfg.account.login(), cfg.imap.folder)
+        Ok((n, idle)) => {
+            rows.push(Row {
+                item: "imap".into(),
+                outcome: Ok(format!("{imap_target} as {}: {} holds {n} mails", cfg.account.login(), cfg.imap.folder)),
+            });
+            rows.push(Row {
+                item: "imap idle".into(),
+                outcome: if idle {
+                    Ok("the server announces IDLE: new mail arrives at once".into())
+                } else {
+                    Err((
+                        "the server does not announce IDLE".into(),
+                        "new mail is only seen on reconnects; use a server with IDLE (RFC 2177)".into(),
+                    ))
+                },
+            });
         }
-        Err(e) => all &= fail("imap", &format!("{imap_target}: {e:#}"), &remedy("imap", &e)),
+        Err(e) => {
+            rows.push(Row { item: "imap".into(), outcome: Err((format!("{imap_target}: {e:#}"), remedy("imap", &e))) })
+        }
     }
 
     let smtp_target = format!("{}:{} ({:?})", cfg.smtp.host, cfg.smtp.port(), cfg.smtp.security);
@@ -42,17 +71,40 @@ pub async fn check(loaded: &Loaded) -> bool {
         anyhow::Ok(())
     }
     .await;
-    match smtp_result {
-        Ok(()) => println!("ok    smtp    {smtp_target}"),
-        Err(e) => all &= fail("smtp", &format!("{smtp_target}: {e:#}"), &remedy("smtp", &e)),
+    rows.push(Row {
+        item: "smtp".into(),
+        outcome: smtp_result
+            .map(|()| smtp_target.clone())
+            .map_err(|e| (format!("{smtp_target}: {e:#}"), remedy("smtp", &e))),
+    });
+
+    for b in &cfg.bridge {
+        let (item, outcome) = crate::bridges::check(loaded, b).await;
+        rows.push(Row { item, outcome });
     }
-    all
+
+    print!("{}", render(&rows));
+    rows.iter().all(|r| r.outcome.is_ok())
 }
 
-fn fail(item: &str, error: &dyn Display, fix: &str) -> bool {
-    println!("FAIL  {item:<7} {error}");
-    println!("      fix: {fix}");
-    false
+/// ITEM / STATUS / DETAIL columns; a failing row gets a `fix:` line under it.
+fn render(rows: &[Row]) -> String {
+    let width = rows.iter().map(|r| r.item.chars().count()).max().unwrap_or(4).max(4);
+    let mut out = format!("{:<width$}  STATUS  DETAIL\n", "ITEM");
+    for r in rows {
+        match &r.outcome {
+            Ok(detail) => out.push_str(&format!("{:<width$}  ok      {detail}\n", r.item)),
+            Err((error, fix)) => {
+                out.push_str(&format!("{:<width$}  FAIL    {}\n", r.item, one_line(error)));
+                out.push_str(&format!("{:<width$}          fix: {fix}\n", ""));
+            }
+        }
+    }
+    out
+}
+
+fn one_line(e: &dyn Display) -> String {
+    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A remedy for the usual causes, read from the error chain.
@@ -72,5 +124,24 @@ fn remedy(section: &str, e: &anyhow::Error) -> String {
         format!("no answer in time: check {section}.host, {section}.port and any firewall")
     } else {
         format!("check the [{section}] section of the config")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_rows_carry_their_fix_under_them() {
+        let rows = vec![
+            Row { item: "config".into(), outcome: Ok("/etc/coi-bridge.toml".into()) },
+            Row { item: "telegram tg".into(), outcome: Err(("refused\nthe token".into(), "give a token".into())) },
+        ];
+        let text = render(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "ITEM         STATUS  DETAIL");
+        assert_eq!(lines[1], "config       ok      /etc/coi-bridge.toml");
+        assert_eq!(lines[2], "telegram tg  FAIL    refused the token");
+        assert_eq!(lines[3], "                     fix: give a token");
     }
 }

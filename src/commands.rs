@@ -166,3 +166,83 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(data).with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// `portals`: every link between a COI chat and a remote chat, one per line.
+pub async fn portals(loaded: &Loaded) -> anyhow::Result<String> {
+    let cfg = &loaded.config;
+    let store = store::open(&cfg.store.url, &cfg.store.state_dir()).await?;
+    let portals = store.portals().await?;
+    if portals.is_empty() {
+        return Ok("no portals yet: say `!coi bridge` in a Matrix room or `/coi_bridge` in a Telegram group\n".into());
+    }
+    let mut rows = vec![["BRIDGE".to_owned(), "REMOTE CHAT".to_owned(), "COI CHAT".to_owned(), "MEMBERS".to_owned()]];
+    for p in &portals {
+        let (chat, members) = match store.chat(p.chat_id).await? {
+            Some(c) => {
+                let what = match c.kind {
+                    store::ChatKind::Group => format!("group {:?}", c.name),
+                    _ => format!("1:1 {}", c.key),
+                };
+                (what, c.members.len().to_string())
+            }
+            None => (format!("chat {} (gone)", p.chat_id), "-".into()),
+        };
+        rows.push([p.bridge.clone(), p.remote_chat.clone(), chat, members]);
+    }
+    Ok(table(&rows))
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `backup FILE`: a consistent copy of the store taken while the daemon runs, with
+/// progress on stderr.
+pub fn backup(loaded: &Loaded, dest: &Path) -> anyhow::Result<String> {
+    use std::io::{IsTerminal as _, Write as _};
+    let cfg = &loaded.config;
+    let src = store::backup::sqlite_path(&cfg.store.url, &cfg.store.state_dir())?;
+    let tty = std::io::stderr().is_terminal();
+    let mut last_percent = None;
+    let summary = store::backup::backup(&src, dest, |p| {
+        let percent = (p.copied * 100).checked_div(p.total).unwrap_or(100);
+        // On a terminal one line redrawn; in a log one line per 10 %.
+        if tty {
+            eprint!("\rbacking up {}: {percent:>3}% ({}/{} pages)", src.display(), p.copied, p.total);
+            let _ = std::io::stderr().flush();
+        } else if last_percent.is_none_or(|l| percent / 10 > l / 10) {
+            eprintln!("backing up {}: {percent}% ({}/{} pages)", src.display(), p.copied, p.total);
+        }
+        last_percent = Some(percent);
+    })?;
+    if tty {
+        eprintln!();
+    }
+    Ok(format!(
+        "backup written to {}: {} KiB, schema {}, {} messages, integrity ok\n",
+        dest.display(),
+        summary.bytes / 1024,
+        summary.schema_version,
+        summary.messages
+    ))
+}

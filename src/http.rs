@@ -86,3 +86,23 @@ pub async fn serve(
     axum::serve(listener, router(state).merge(extra)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }
+
+/// The status code of a plain-HTTP GET to `url` (`http://host:port/path`), for
+/// `coi-bridge health` in images without curl.
+pub async fn get_status(url: &str, within: Duration) -> anyhow::Result<u16> {
+    use anyhow::Context as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").context("only http:// URLs are supported")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await.context("connect")?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = vec![0u8; 64];
+        let n = stream.read(&mut head).await?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        let code = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+        code.with_context(|| format!("not an HTTP answer: {line:?}"))
+    };
+    tokio::time::timeout(within, ask).await.context("no answer in time")?
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use coi_bridge::logging::{self, LogFormat};
 use coi_bridge::supervisor::Stop;
 use coi_bridge::{app, check, commands, config};
@@ -75,6 +75,24 @@ enum Command {
         #[command(subcommand)]
         action: ContactAction,
     },
+    /// List the portals: which COI chat is linked to which Matrix room or Telegram chat.
+    Portals,
+    /// Write a consistent copy of the SQLite store to FILE while the daemon runs
+    /// (progress on stderr; the file is private: it holds the bridge's secret key).
+    Backup {
+        /// The new backup file (never overwritten).
+        file: PathBuf,
+    },
+    /// Exit 0 if the running daemon answers on /health (for container health checks).
+    Health {
+        /// The URL to ask; defaults to /health on the config's [http] listen address.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +126,24 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
+        // Commands that need no config.
+        match &cli.command {
+            Command::Completions { shell } => {
+                clap_complete::generate(*shell, &mut Cli::command(), "coi-bridge", &mut std::io::stdout());
+                return 0;
+            }
+            Command::Man => {
+                return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("error: writing the man page: {e}");
+                        exit::FAILURE
+                    }
+                };
+            }
+            Command::Health { url: Some(url) } => return health(url).await,
+            _ => {}
+        }
         let Some(path) = &cli.config else {
             eprintln!("error: --config FILE is required (or env COI_BRIDGE_CONFIG)");
             return exit::USAGE;
@@ -145,6 +181,24 @@ fn main() -> ExitCode {
             Command::Contact { action: ContactAction::Import { file }, .. } => {
                 print_or_fail(commands::contact_import(&loaded, &file).await)
             }
+            Command::Portals => print_or_fail(commands::portals(&loaded).await),
+            Command::Backup { file } => {
+                let result = tokio::task::spawn_blocking(move || commands::backup(&loaded, &file)).await;
+                print_or_fail(result.unwrap_or_else(|e| Err(anyhow::anyhow!("the backup task failed: {e}"))))
+            }
+            Command::Health { .. } => {
+                // A wildcard listen address is asked on loopback.
+                let mut addr = loaded.config.http.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                health(&format!("http://{addr}/health")).await
+            }
+            Command::Completions { .. } | Command::Man => unreachable!("handled before the config is read"),
             Command::Run => match app::run(loaded).await {
                 Ok(Stop::Clean) => 0,
                 Ok(Stop::Forced) => exit::FORCED,
@@ -160,6 +214,21 @@ fn main() -> ExitCode {
     // A forced stop must not wait for tasks that ignore the token.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code)
+}
+
+/// GET `url` (plain HTTP on this host); 0 when it answers 200.
+async fn health(url: &str) -> u8 {
+    match coi_bridge::http::get_status(url, std::time::Duration::from_secs(5)).await {
+        Ok(200) => 0,
+        Ok(code) => {
+            eprintln!("unhealthy: {url} answered {code}");
+            exit::UNAVAILABLE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e:#}");
+            exit::UNAVAILABLE
+        }
+    }
 }
 
 fn print_or_fail(out: anyhow::Result<String>) -> u8 {

@@ -7,6 +7,7 @@
 //! SQLite ([`sqlite`]) is the embedded default. A PostgreSQL backend implements the same
 //! trait; nothing outside this module names a backend.
 
+pub mod backup;
 pub mod keys;
 pub mod portals;
 pub mod sqlite;
@@ -288,11 +289,16 @@ pub trait Store: keys::KeyStore + portals::PortalStore + Send + Sync + 'static {
     async fn rejected_count(&self) -> StoreResult<u64>;
 }
 
+/// Where a `sqlite://` store URL keeps its file (relative paths are under `state_dir`);
+/// `None` for other URLs.
+pub fn sqlite_path(url: &str, state_dir: &Path) -> Option<std::path::PathBuf> {
+    let path = Path::new(url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?);
+    Some(if path.is_absolute() { path.to_path_buf() } else { state_dir.join(path) })
+}
+
 /// Opens the store named by `url`. A relative SQLite path is taken relative to `state_dir`.
 pub async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        let path = Path::new(path);
-        let path = if path.is_absolute() { path.to_path_buf() } else { state_dir.join(path) };
+    if let Some(path) = sqlite_path(url, state_dir) {
         let store = sqlite::SqliteStore::open(&path).await?;
         return Ok(Arc::new(store));
     }

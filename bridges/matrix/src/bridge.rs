@@ -120,6 +120,25 @@ fn msgtype_for(mime: &str) -> &'static str {
     }
 }
 
+impl MatrixBridge {
+    /// For `coi-bridge check`: the homeserver answers, and knows this appservice. On
+    /// failure, what went wrong and the fix.
+    pub async fn check(&self) -> Result<String, (String, String)> {
+        let hs = &self.cfg.homeserver;
+        let version = self.client.versions().await.map_err(|e| {
+            (format!("{hs}: {e}"), "is the homeserver running, and is this bridge's homeserver URL right?".to_owned())
+        })?;
+        match self.client.whoami().await {
+            Ok(me) => Ok(format!("{hs} answers (Matrix {version}); the appservice is registered as {me}")),
+            Err(MatrixError::Refused { errcode, .. }) if errcode == "M_UNKNOWN_TOKEN" => Err((
+                format!("{hs} does not know this appservice's token"),
+                "add the registration file to the homeserver's app_service_config_files and restart it".to_owned(),
+            )),
+            Err(e) => Err((format!("{hs}: {e}"), "check the homeserver's log for the appservice".to_owned())),
+        }
+    }
+}
+
 #[async_trait]
 impl Bridge for MatrixBridge {
     fn capabilities(&self) -> Capabilities {

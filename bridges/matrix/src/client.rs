@@ -99,6 +99,12 @@ impl AsClient {
         Err(MatrixError::Refused { status, errcode, message })
     }
 
+    /// The newest Matrix spec version the homeserver speaks (no auth needed).
+    pub async fn versions(&self) -> Result<String, MatrixError> {
+        let v = self.call(reqwest::Method::GET, "/_matrix/client/versions", None, None).await?;
+        Ok(v["versions"].as_array().and_then(|a| a.last()).and_then(Value::as_str).unwrap_or("?").to_owned())
+    }
+
     /// Asks the homeserver who the appservice's token belongs to: proves that it is
     /// reachable and has loaded this registration. Returns the bot's MXID.
     pub async fn whoami(&self) -> Result<String, MatrixError> {

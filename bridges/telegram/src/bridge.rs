@@ -92,6 +92,26 @@ impl TelegramBridge {
         })
     }
 
+    /// For `coi-bridge check`: `getMe` with the token. On failure, what went wrong and the fix.
+    pub async fn check(&self) -> Result<String, (String, String)> {
+        match self.bot.get_me().await {
+            Ok(me) => Ok(format!(
+                "{} answers getMe: @{} ({})",
+                self.cfg.api_url,
+                me.user.username.as_deref().unwrap_or("?"),
+                me.user.full_name()
+            )),
+            Err(RequestError::Api(ApiError::InvalidToken)) => Err((
+                "Telegram refused the bot token".into(),
+                "put the token @BotFather gave into token_file (or COI_BRIDGE_TELEGRAM_TOKEN)".into(),
+            )),
+            Err(e) => Err((
+                format!("getMe at {}: {e}", self.cfg.api_url),
+                "is api.telegram.org (or api_url) reachable from here?".into(),
+            )),
+        }
+    }
+
     /// Waits until the bot may send into `chat` again, and books the slot. The core
     /// delivers one message per chat at a time, so this only ever delays, never reorders.
     async fn pace(&self, chat: ChatId) {
