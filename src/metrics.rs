@@ -85,7 +85,7 @@ impl Metrics {
             .expect("static metric definition");
         registry.register(Box::new(build_info.clone())).expect("metric registered once");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Self {
+        let m = Self {
             inbound_recorded: counter("inbound_recorded_total", "Chat mails recorded from IMAP"),
             inbound_duplicates: counter("inbound_duplicates_total", "Fetched mails already recorded"),
             inbound_rejected: vec("inbound_rejected_total", "Mails kept aside unparsed", &["reason"]),
@@ -108,7 +108,12 @@ impl Metrics {
             signature_failures: vec("signature_failures_total", "Mails without a valid known signature", &["reason"]),
             bridge_state: gauges("bridge_state", "1 for the bridge instance's current state", &["bridge", "state"]),
             registry,
+        };
+        // Series that alerts watch exist from the start, at 0.
+        for reason in ["unsigned", "unknown_or_wrong_key"] {
+            m.signature_failures.with_label_values(&[reason]).inc_by(0);
         }
+        m
     }
 
     /// An outbox row reached `target` (smtp or a bridge id); it was queued at `queued_at_ms`.

@@ -310,6 +310,8 @@ pub enum Link {
 /// The daemon as a real subprocess.
 pub struct Daemon {
     child: Option<Child>,
+    /// More environment for the process (NOTIFY_SOCKET, say).
+    pub env: Vec<(String, String)>,
     pub state: PathBuf,
     pub config: PathBuf,
     pub http_port: u16,
@@ -385,7 +387,19 @@ impl Daemon {
 
     /// Runs `coi-bridge run --config CONFIG`; the config's `[http] listen` is on `http_port`.
     pub fn with_config(state: &Path, config: PathBuf, http_port: u16) -> Self {
-        let mut d = Self { child: None, state: state.to_path_buf(), config, http_port, log: state.join("daemon.log") };
+        Self::with_env(state, config, http_port, &[])
+    }
+
+    /// [`Daemon::with_config`] with more environment variables.
+    pub fn with_env(state: &Path, config: PathBuf, http_port: u16, env: &[(&str, &str)]) -> Self {
+        let mut d = Self {
+            child: None,
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            state: state.to_path_buf(),
+            config,
+            http_port,
+            log: state.join("daemon.log"),
+        };
         d.spawn();
         d
     }
@@ -397,6 +411,7 @@ impl Daemon {
             .arg(&self.config)
             .env("COI_BRIDGE__ACCOUNT__PASSWORD", BRIDGE_PASSWORD)
             .env("RUST_LOG", "info,coi_bridge=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

@@ -1,0 +1,276 @@
+//! Operating the daemon: /metrics moving with traffic, /ready per part through outages, systemd's notify protocol, and an online backup while mail flows; real Dovecot + Postfix, Synapse and Delta Chat.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::bridged::Stack;
+use support::{Daemon, Link, MailServer, eventually};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The value of the sample `name{labels}` in a scrape (0 when absent).
+fn sample(scrape: &str, name_and_labels: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(d: &Daemon) -> String {
+    let (status, body) = d.http_get("/metrics").await.expect("GET /metrics");
+    assert_eq!(status, 200);
+    body
+}
+
+async fn ready(d: &Daemon) -> (u16, Value) {
+    let (status, body) = d.http_get("/ready").await.expect("GET /ready");
+    (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("/ready is not JSON ({e}): {body}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic_and_the_dashboard_uses_real_metrics() {
+    let Some(s) = Stack::new().await else { return };
+    let before = scrape(&s.daemon).await;
+    for i in 0..3 {
+        s.alice_says(&format!("from COI {i}")).await;
+        s.send(&format!("m{i}"), json!({"msgtype": "m.text", "body": format!("from Matrix {i}")})).await;
+    }
+    for i in 0..3 {
+        s.body(&format!("from COI {i}")).await;
+        s.at_alice(&format!("from Matrix {i}")).await;
+    }
+    // The Matrix side's deliveries are counted once the bridge recorded them.
+    let after = eventually(WAIT, "the counters to move", || async {
+        let now = scrape(&s.daemon).await;
+        let moved = |k: &str, n: f64| sample(&now, k) >= sample(&before, k) + n;
+        (moved("coi_bridge_messages_total{bridge=\"matrix\",direction=\"out\"}", 3.0)
+            && moved("coi_bridge_messages_total{bridge=\"matrix\",direction=\"in\"}", 3.0)
+            && moved("coi_bridge_messages_total{bridge=\"coi\",direction=\"in\"}", 3.0)
+            && moved("coi_bridge_messages_total{bridge=\"coi\",direction=\"out\"}", 3.0)
+            && moved("coi_bridge_delivery_latency_seconds_count{target=\"matrix\"}", 3.0)
+            && moved("coi_bridge_delivery_latency_seconds_count{target=\"smtp\"}", 3.0))
+        .then_some(now)
+    })
+    .await;
+    // The histogram is a real one: +Inf holds every observation, the sum is positive.
+    assert_eq!(
+        sample(&after, "coi_bridge_delivery_latency_seconds_bucket{target=\"matrix\",le=\"+Inf\"}"),
+        sample(&after, "coi_bridge_delivery_latency_seconds_count{target=\"matrix\"}")
+    );
+    assert!(sample(&after, "coi_bridge_delivery_latency_seconds_sum{target=\"matrix\"}") > 0.0, "{after}");
+    assert_eq!(sample(&after, "coi_bridge_bridge_state{bridge=\"matrix\",state=\"connected\"}"), 1.0, "{after}");
+    assert_eq!(sample(&after, "coi_bridge_bridge_state{bridge=\"matrix\",state=\"starting\"}"), 0.0, "{after}");
+    assert_eq!(sample(&after, "coi_bridge_imap_connected"), 1.0);
+    for line in [
+        "coi_bridge_outbox_depth{target=\"smtp\"}",
+        "coi_bridge_outbox_oldest_age_seconds{target=\"matrix\"}",
+        "coi_bridge_decrypt_failures_total",
+        "coi_bridge_signature_failures_total{reason=\"unsigned\"}",
+        "coi_bridge_build_info{version=",
+    ] {
+        assert!(after.lines().any(|l| l.starts_with(line)), "{line} missing from:\n{after}");
+    }
+
+    // Every metric the Grafana dashboard queries is one the daemon exports.
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard = std::fs::read_to_string(repo.join("deploy/grafana/coi-bridge.json")).expect("dashboard");
+    let _: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let source = std::fs::read_to_string(repo.join("src/metrics.rs")).expect("metrics source");
+    let mut used = BTreeSet::new();
+    for (i, _) in dashboard.match_indices("coi_bridge_") {
+        let name: String =
+            dashboard[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+        let base = ["_bucket", "_sum", "_count"].iter().fold(name.clone(), |n, sfx| {
+            if n.starts_with("coi_bridge_delivery_latency_seconds") { n.trim_end_matches(sfx).to_owned() } else { n }
+        });
+        // Prose ("metrics prefixed coi_bridge_") is not a query.
+        if base.len() > "coi_bridge_".len() {
+            used.insert(base);
+        }
+    }
+    assert!(used.len() >= 10, "the dashboard queries only {used:?}");
+    for name in &used {
+        let short = name.trim_start_matches("coi_bridge_");
+        let exported = after.contains(&format!("# TYPE {name} "));
+        // Labelled series appear after their first event; they must at least be registered.
+        let registered = source.contains(&format!("\"{short}\""));
+        assert!(exported || registered, "the dashboard queries {name}, which the daemon does not export");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_names_the_part_that_is_down_and_recovers() {
+    let Some(mut s) = Stack::new().await else { return };
+    let (status, body) = ready(&s.daemon).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], true);
+    for part in ["store", "imap", "bridge matrix"] {
+        assert_eq!(body["parts"][part]["ok"], true, "{part}: {body}");
+    }
+    let (status, health) = s.daemon.http_get("/health").await.expect("GET /health");
+    assert_eq!((status, health.contains("alive")), (200, true));
+
+    // Dovecot down: not ready, and /ready says it is IMAP.
+    s.mail.stop_dovecot();
+    let body = eventually(WAIT, "/ready to turn 503 with IMAP down", || async {
+        let (status, body) = ready(&s.daemon).await;
+        (status == 503 && body["parts"]["imap"]["ok"] == false).then_some(body)
+    })
+    .await;
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["parts"]["imap"]["state"], "reconnecting", "{body}");
+    assert!(body["parts"]["imap"]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+    assert_eq!(body["parts"]["store"]["ok"], true, "{body}");
+    assert_eq!(body["parts"]["bridge matrix"]["ok"], true, "{body}");
+    assert_eq!(s.daemon.metric("coi_bridge_imap_connected").await, Some(0.0));
+
+    s.mail.start_dovecot();
+    eventually(WAIT, "/ready to be 200 again", || async {
+        let (status, body) = ready(&s.daemon).await;
+        (status == 200 && body["ready"] == true).then_some(())
+    })
+    .await;
+
+    // Synapse down: the Matrix bridge's part says so, with the homeserver in the reason.
+    s.hs.stop();
+    let body = eventually(WAIT, "/ready to name the Matrix bridge", || async {
+        let (status, body) = ready(&s.daemon).await;
+        (status == 503 && body["parts"]["bridge matrix"]["ok"] == false).then_some(body)
+    })
+    .await;
+    let reason = body["parts"]["bridge matrix"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains(&s.hs.url()), "{body}");
+    assert_eq!(body["parts"]["imap"]["ok"], true, "{body}");
+    assert_eq!(s.daemon.metric("coi_bridge_bridge_state{bridge=\"matrix\",state=\"reconnecting\"}").await, Some(1.0));
+    s.hs.restart();
+    eventually(WAIT, "the Matrix bridge to be ready again", || async {
+        let (status, _) = ready(&s.daemon).await;
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
+/// Receives one datagram from systemd's side of the socket, within `within`.
+fn recv(sock: &UnixDatagram) -> Option<String> {
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_ready_watchdog_and_stopping() {
+    let Some(server) = MailServer::start() else { return };
+    let state = tempfile::tempdir().expect("tempdir");
+    let sock_path = state.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let port = support::free_port();
+    let config = support::write_config(&server, state.path(), Link::Plain, "", port);
+    let path = sock_path.display().to_string();
+    // WatchdogSec=1s: a ping every half second.
+    let mut d = Daemon::with_env(state.path(), config, port, &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "1000000")]);
+
+    let first = recv(&sock).unwrap_or_else(|| panic!("no READY=1; log:\n{}", d.log_text()));
+    assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
+    let mut pings = 0;
+    while pings < 3 {
+        let m = recv(&sock).unwrap_or_else(|| panic!("the watchdog pings stopped after {pings}"));
+        if m == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    let sock = tokio::task::spawn_blocking(move || {
+        // Everything after SIGTERM, until the socket goes quiet.
+        let mut seen = Vec::new();
+        while let Some(m) = recv(&sock) {
+            let stop = m.contains("STOPPING=1");
+            seen.push(m);
+            if stop {
+                break;
+            }
+        }
+        seen
+    });
+    assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
+    let seen = sock.await.expect("receiver");
+    assert!(seen.iter().any(|m| m.lines().any(|l| l == "STOPPING=1")), "after SIGTERM: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_while_mail_flows_holds_every_message_committed_before() {
+    let Some(server) = MailServer::start() else { return };
+    let server = std::sync::Arc::new(server);
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(&server, state.path(), Link::Plain, "");
+    d.wait_ready().await;
+
+    // Mail keeps arriving during the whole backup.
+    let flow = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            for i in 0..120 {
+                let id = format!("flow{i}@example.org");
+                let mail = support::chat_mail("alice@example.org", support::BRIDGE, &id, &format!("message {i}"));
+                server.deliver("alice@example.org", &[support::BRIDGE], &mail).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let store = d.store().await;
+    use coi_bridge::store::{Direction, Store as _};
+    let before: BTreeSet<String> = eventually(WAIT, "some mail recorded", || async {
+        let ids: BTreeSet<String> =
+            store.messages(Direction::In).await.expect("messages").into_iter().map(|m| m.message_id).collect();
+        (ids.len() >= 20).then_some(ids)
+    })
+    .await;
+
+    let file = state.path().join("backup.db");
+    let out = tokio::process::Command::new(Daemon::bin())
+        .args(["backup", "--config"])
+        .arg(&d.config)
+        .arg(&file)
+        .env("COI_BRIDGE__ACCOUNT__PASSWORD", "x")
+        .output()
+        .await
+        .expect("run coi-bridge backup");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "backup failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("integrity ok"), "{stdout}");
+    assert!(stderr.contains("backing up") && stderr.contains("100%"), "no progress shown: {stderr}");
+    let still_flowing = !flow.is_finished();
+    flow.await.expect("flow");
+
+    let copy = rusqlite::Connection::open(&file).expect("the backup opens");
+    let check: String = copy.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
+    assert_eq!(check, "ok");
+    let mut stmt = copy.prepare("SELECT message_id FROM message").expect("query");
+    let in_copy: BTreeSet<String> =
+        stmt.query_map([], |r| r.get(0)).expect("rows").collect::<Result<_, _>>().expect("ids");
+    let missing: Vec<_> = before.difference(&in_copy).collect();
+    assert!(missing.is_empty(), "committed before the backup but not in it: {missing:?}");
+    // The daemon's own opener takes the copy (a restore is a file copy).
+    drop(stmt);
+    drop(copy);
+    let restored = coi_bridge::store::sqlite::SqliteStore::open(&file).await.expect("the store opens the backup");
+    assert!(restored.messages(Direction::In).await.expect("messages").len() >= before.len());
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777, 0o600);
+    assert!(still_flowing, "the backup should run while mail still arrives; make the flow longer");
+    // A second backup to the same file is refused.
+    let again = std::process::Command::new(Daemon::bin())
+        .args(["backup", "--config"])
+        .arg(&d.config)
+        .arg(&file)
+        .env("COI_BRIDGE__ACCOUNT__PASSWORD", "x")
+        .output()
+        .expect("run");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    d.stop();
+}
