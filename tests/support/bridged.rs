@@ -81,17 +81,7 @@ impl Stack {
             link: String::new(),
         };
         s.room = s.new_room("Garden Club").await;
-        s.send("c1", json!({"msgtype": "m.text", "body": "!coi bridge"})).await;
-        let notice = s
-            .event("the invite link", |e| {
-                e["content"]["body"].as_str().is_some_and(|b| b.contains("https://i.delta.chat/#"))
-            })
-            .await;
-        let link = notice["content"]["body"]
-            .as_str()
-            .and_then(|b| b.lines().find(|l| l.starts_with("https://i.delta.chat/#")))
-            .expect("a link line")
-            .to_owned();
+        let link = bridge_room_as(&s.hs, &s.mara, &s.room).await;
 
         s.group = s.join(alice, &link).await;
         s.link = link;
@@ -101,25 +91,7 @@ impl Stack {
     /// Mara makes a room, invites the bot as a moderator (so it can mirror names and
     /// members), and waits until it joined.
     pub async fn new_room(&self, name: &str) -> String {
-        let room: Value = reqwest::Client::new()
-            .post(format!("{}/_matrix/client/v3/createRoom", self.hs.url()))
-            .bearer_auth(&self.mara)
-            .json(&json!({
-                "name": name, "invite": [BOT],
-                "power_level_content_override": {"users": {BOT: 50}}
-            }))
-            .send()
-            .await
-            .expect("createRoom")
-            .json()
-            .await
-            .expect("json");
-        let room = room["room_id"].as_str().unwrap_or_else(|| panic!("createRoom: {room}")).to_owned();
-        self.event_in(&room, "the bot joins", |e| {
-            e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join"
-        })
-        .await;
-        room
+        new_room_as(&self.hs, &self.mara, name).await
     }
 
     /// Waits for the first event in `room` that `pred` accepts.
@@ -130,15 +102,7 @@ impl Stack {
 
     /// Account `acc` joins the group through `link`; returns its chat id once it may write.
     pub async fn join(&self, acc: u64, link: &str) -> Value {
-        let mark = self.dc.mark();
-        let chat = self.dc.call("secure_join", json!([acc, link])).await;
-        self.dc
-            .wait_event_since(mark, acc, "joined", WAIT, |e| {
-                e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
-            })
-            .await;
-        self.dc.wait_until_member(acc, &chat).await;
-        chat
+        self.dc.join(acc, link, WAIT).await
     }
 
     /// Mara sends an event of type `m.room.message`.
@@ -182,4 +146,50 @@ impl Drop for Stack {
             eprintln!("--- the daemon's log (last 80 lines) ---\n{tail}\n---");
         }
     }
+}
+
+/// The user of `token` makes a room, invites the bot as a moderator (so it can mirror
+/// names and members), and waits until it joined.
+pub async fn new_room_as(hs: &Synapse, token: &str, name: &str) -> String {
+    let room: Value = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/createRoom", hs.url()))
+        .bearer_auth(token)
+        .json(&json!({
+            "name": name, "invite": [BOT],
+            "power_level_content_override": {"users": {BOT: 50}}
+        }))
+        .send()
+        .await
+        .expect("createRoom")
+        .json()
+        .await
+        .expect("json");
+    let room = room["room_id"].as_str().unwrap_or_else(|| panic!("createRoom: {room}")).to_owned();
+    eventually(WAIT, "the bot joins", || async {
+        timeline(hs, token, &room)
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join")
+    })
+    .await;
+    room
+}
+
+/// The user of `token` (an admin) says `!coi bridge` in `room`; returns the invite link
+/// the bot answers with.
+pub async fn bridge_room_as(hs: &Synapse, token: &str, room: &str) -> String {
+    send_as(hs, token, room, "m.room.message", "coi-bridge-1", json!({"msgtype": "m.text", "body": "!coi bridge"}))
+        .await;
+    let notice = eventually(WAIT, "the invite link", || async {
+        timeline(hs, token, room)
+            .await
+            .into_iter()
+            .find(|e| e["content"]["body"].as_str().is_some_and(|b| b.contains("https://i.delta.chat/#")))
+    })
+    .await;
+    notice["content"]["body"]
+        .as_str()
+        .and_then(|b| b.lines().find(|l| l.starts_with("https://i.delta.chat/#")))
+        .expect("a link line")
+        .to_owned()
 }

@@ -221,6 +221,12 @@ impl DeltaChat {
     /// Adds an account for `user@example.org` on `server` (plain IMAP and SMTP on
     /// loopback), with the given display name, and starts its IO.
     pub async fn account(&self, server: &MailServer, user: &str, name: &str) -> u64 {
+        self.account_at(server.imap_port(), server.smtp_port(), user, name).await
+    }
+
+    /// An account `user@example.org` (password `user-secret`) on plain IMAP and SMTP at
+    /// these loopback ports.
+    pub async fn account_at(&self, imap_port: u16, smtp_port: u16, user: &str, name: &str) -> u64 {
         let acc = self.call("add_account", json!([])).await.as_u64().expect("account id");
         self.call(
             "add_or_update_transport",
@@ -228,10 +234,10 @@ impl DeltaChat {
                 "addr": format!("{user}@example.org"),
                 "password": format!("{user}-secret"),
                 "imapServer": "127.0.0.1",
-                "imapPort": server.imap_port(),
+                "imapPort": imap_port,
                 "imapSecurity": "plain",
                 "smtpServer": "127.0.0.1",
-                "smtpPort": server.smtp_port(),
+                "smtpPort": smtp_port,
                 "smtpSecurity": "plain",
             }]),
         )
@@ -239,6 +245,21 @@ impl DeltaChat {
         self.call("set_config", json!([acc, "displayname", name])).await;
         self.call("start_io", json!([acc])).await;
         acc
+    }
+}
+
+impl DeltaChat {
+    /// Account `acc` joins a group through its invite `link`; returns its chat id once it
+    /// may write.
+    pub async fn join(&self, acc: u64, link: &str, within: std::time::Duration) -> Value {
+        let mark = self.mark();
+        let chat = self.call("secure_join", json!([acc, link])).await;
+        self.wait_event_since(mark, acc, "joined", within, |e| {
+            e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
+        })
+        .await;
+        self.wait_until_member(acc, &chat).await;
+        chat
     }
 }
 

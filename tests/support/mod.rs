@@ -295,7 +295,7 @@ fn stop_child(mut child: Child) {
 
 unsafe extern "C" {
     #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+    pub fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// How the daemon reaches its mail servers.
@@ -375,8 +375,17 @@ pub fn write_config_with(
 }
 
 impl Daemon {
-    pub fn bin() -> &'static str {
-        env!("CARGO_BIN_EXE_coi-bridge")
+    /// The built `coi-bridge`: cargo names it for tests and benches; the demo (an
+    /// example, in target/*/examples/) finds it one folder up.
+    pub fn bin() -> PathBuf {
+        match option_env!("CARGO_BIN_EXE_coi-bridge") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let exe = std::env::current_exe().expect("current_exe");
+                let dir = exe.parent().and_then(Path::parent).expect("target dir");
+                dir.join("coi-bridge")
+            }
+        }
     }
 
     pub fn start(server: &MailServer, state: &Path, link: Link, imap_extra: &str) -> Self {

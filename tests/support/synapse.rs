@@ -151,10 +151,15 @@ pub async fn join_as(hs: &Synapse, token: &str, room: &str) {
 
 /// The room's whole timeline as a normal user sees it, oldest first (paged through).
 pub async fn timeline(hs: &Synapse, token: &str, room: &str) -> Vec<Value> {
+    timeline_at(&hs.url(), token, room).await
+}
+
+/// [`timeline`] on the homeserver at `base` (one this process did not start).
+pub async fn timeline_at(base: &str, token: &str, room: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut from: Option<String> = None;
     loop {
-        let mut url = format!("{}/_matrix/client/v3/rooms/{}/messages?dir=f&limit=500", hs.url(), seg(room));
+        let mut url = format!("{base}/_matrix/client/v3/rooms/{}/messages?dir=f&limit=500", seg(room));
         if let Some(f) = &from {
             url.push_str(&format!("&from={}", seg(f)));
         }
