@@ -27,7 +27,7 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value = "text", env = "COI_BRIDGE_LOG_FORMAT")]
     log_format: LogFormat,
-    /// The config file (TOML); every command needs it.
+    /// The config file (TOML); every command but `completions`, `man` and `health --url` needs it.
     #[arg(long, short, global = true, env = "COI_BRIDGE_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -91,8 +91,12 @@ enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff) to stdout.
-    Man,
+    /// Print the man page (roff) to stdout, or write one page per command into a folder.
+    Man {
+        /// Write coi-bridge.1 and coi-bridge-COMMAND.1 here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,14 +133,23 @@ fn main() -> ExitCode {
         // Commands that need no config.
         match &cli.command {
             Command::Completions { shell } => {
-                clap_complete::generate(*shell, &mut Cli::command(), "coi-bridge", &mut std::io::stdout());
-                return 0;
+                let mut script = Vec::new();
+                clap_complete::generate(*shell, &mut Cli::command(), "coi-bridge", &mut script);
+                return print_bytes(&script);
             }
-            Command::Man => {
-                return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Command::Man { out_dir: None } => {
+                let mut page = Vec::new();
+                if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                    eprintln!("error: rendering the man page: {e}");
+                    return exit::FAILURE;
+                }
+                return print_bytes(&page);
+            }
+            Command::Man { out_dir: Some(dir) } => {
+                return match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Cli::command(), dir)) {
                     Ok(()) => 0,
                     Err(e) => {
-                        eprintln!("error: writing the man page: {e}");
+                        eprintln!("error: writing man pages into {}: {e}", dir.display());
                         exit::FAILURE
                     }
                 };
@@ -198,7 +211,7 @@ fn main() -> ExitCode {
                 }
                 health(&format!("http://{addr}/health")).await
             }
-            Command::Completions { .. } | Command::Man => unreachable!("handled before the config is read"),
+            Command::Completions { .. } | Command::Man { .. } => unreachable!("handled before the config is read"),
             Command::Run => match app::run(loaded).await {
                 Ok(Stop::Clean) => 0,
                 Ok(Stop::Forced) => exit::FORCED,
@@ -214,6 +227,19 @@ fn main() -> ExitCode {
     // A forced stop must not wait for tasks that ignore the token.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> u8 {
+    use std::io::Write as _;
+    match std::io::stdout().write_all(bytes).and_then(|()| std::io::stdout().flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            exit::FAILURE
+        }
+    }
 }
 
 /// GET `url` (plain HTTP on this host); 0 when it answers 200.

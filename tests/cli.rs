@@ -243,3 +243,38 @@ fn bad_bridge_sections_are_named() {
     let out = check_with(dir.path(), &(GOOD.to_owned() + &with_user), &[]);
     assert_config_error(&out, &["password_file"]);
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_command_line_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin().args(["completions", shell]).output().expect("run");
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in ["backup", "portals", "generate-registration"] {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let out = bin().arg("man").output().expect("run");
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH coi-bridge"), "not roff: {}", &page[..page.len().min(200)]);
+    assert!(page.contains("backup") && page.contains("portals"), "the man page lists the commands");
+    // One page per command, which the main page's SEE ALSO names.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bin().args(["man", "--out-dir"]).arg(dir.path()).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["coi-bridge.1", "coi-bridge-backup.1", "coi-bridge-portals.1", "coi-bridge-check.1"] {
+        assert!(dir.path().join(page).exists(), "{page} not written");
+    }
+    // Neither needs a config.
+    let out = bin().args(["completions", "nushell"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}
+
+#[test]
+fn health_probe_fails_clearly_when_nothing_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let out = bin().args(["health", "--url", &format!("http://127.0.0.1:{port}/health")]).output().expect("run");
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+}

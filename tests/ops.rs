@@ -274,3 +274,59 @@ async fn backup_while_mail_flows_holds_every_message_committed_before() {
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"));
     d.stop();
 }
+
+fn cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(Daemon::bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("COI_BRIDGE__ACCOUNT__PASSWORD", support::BRIDGE_PASSWORD)
+        .output()
+        .expect("run coi-bridge");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_asks_synapse_and_telegram_and_portals_lists_the_links() {
+    let tg = support::telegram::FakeTelegram::start().await;
+    let token = format!("{}\n", support::telegram::TOKEN);
+    let extra = format!(
+        "\n[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\napi_url = \"{}\"\ntoken_file = \"tg-token\"\n",
+        tg.url()
+    );
+    let Some(s) = Stack::new_with_files(&extra, &[("tg-token", &token)]).await else { return };
+
+    let (code, out, err) = cli(&s.daemon.config, &["check"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    for item in ["config", "store", "imap", "imap idle", "smtp", "matrix matrix", "telegram tg"] {
+        assert_eq!(support::check_row(&out, item), Some("ok"), "{item:?} in:\n{out}");
+    }
+    assert!(out.contains("registered as @coibot:localhost") && out.contains("getMe"), "{out}");
+
+    // The same config with tokens the servers do not know: each row says so, with the fix.
+    let bad = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(&s.daemon.config).expect("config");
+    std::fs::write(bad.path().join("coi-bridge.toml"), text).expect("config");
+    let reg = std::fs::read_to_string(s.state.path().join("registration.yaml")).expect("registration");
+    std::fs::write(bad.path().join("registration.yaml"), reg.replace("coi-as-token", "not-the-as-token"))
+        .expect("registration");
+    std::fs::write(bad.path().join("tg-token"), "1:wrong\n").expect("token");
+    let (code, out, _) = cli(&bad.path().join("coi-bridge.toml"), &["check"]);
+    assert_eq!(code, Some(69), "{out}");
+    assert_eq!(support::check_row(&out, "matrix matrix"), Some("FAIL"), "{out}");
+    assert!(out.contains("app_service_config_files"), "{out}");
+    assert_eq!(support::check_row(&out, "telegram tg"), Some("FAIL"), "{out}");
+    assert!(out.contains("@BotFather"), "{out}");
+    assert!(!out.contains("1:wrong"), "the token must not be printed: {out}");
+    assert_eq!(support::check_row(&out, "imap"), Some("ok"), "{out}");
+
+    let (code, out, err) = cli(&s.daemon.config, &["portals"]);
+    assert_eq!(code, Some(0), "{err}");
+    let row = out.lines().find(|l| l.contains(&s.room)).unwrap_or_else(|| panic!("no row for {}:\n{out}", s.room));
+    assert!(row.starts_with("matrix") && row.contains("group \"Garden Club\""), "{out}");
+    assert!(out.starts_with("BRIDGE"), "{out}");
+}

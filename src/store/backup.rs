@@ -43,8 +43,12 @@ pub fn backup(src: &Path, dest: &Path, mut progress: impl FnMut(Progress)) -> an
     if dest.exists() {
         bail!("{} already exists; name a new file (a backup never overwrites)", dest.display());
     }
-    let tmp = dest.with_extension("partial");
-    let _ = std::fs::remove_file(&tmp);
+    let mut tmp = dest.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    if tmp.exists() {
+        bail!("{} exists: another backup is running, or one was cut off (then remove it)", tmp.display());
+    }
     let result = copy(src, &tmp, &mut progress);
     match result {
         Ok(summary) => {
@@ -132,7 +136,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&dest).expect("meta").permissions().mode() & 0o777, 0o600);
         let err = backup(&src, &dest, |_| {}).expect_err("exists");
         assert!(err.to_string().contains("already exists"), "{err}");
-        assert!(!dest.with_extension("partial").exists());
+        assert!(!dir.path().join("copy.db.partial").exists());
     }
 
     #[test]

@@ -530,6 +530,15 @@ pub const PNG: &[u8] = &[
     0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
 ];
 
+/// The STATUS (`ok` or `FAIL`) of `item`'s row in `coi-bridge check`'s table.
+pub fn check_row<'a>(table: &'a str, item: &str) -> Option<&'a str> {
+    table.lines().find_map(|l| {
+        let rest = l.strip_prefix(item)?;
+        // The item column is padded with spaces; a longer item name does not match.
+        rest.starts_with("  ").then(|| rest.split_whitespace().next()).flatten()
+    })
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
 where

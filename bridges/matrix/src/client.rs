@@ -101,7 +101,15 @@ impl AsClient {
 
     /// The newest Matrix spec version the homeserver speaks (no auth needed).
     pub async fn versions(&self) -> Result<String, MatrixError> {
-        let v = self.call(reqwest::Method::GET, "/_matrix/client/versions", None, None).await?;
+        // Without the token: a homeserver that does not know it would refuse even this.
+        let url = format!("{}/_matrix/client/versions", self.base);
+        let resp =
+            self.http.get(&url).send().await.map_err(|e| MatrixError::Retry { reason: e.to_string(), after: None })?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if status >= 300 {
+            return Err(MatrixError::Retry { reason: format!("{url} answered {status}"), after: None });
+        }
         Ok(v["versions"].as_array().and_then(|a| a.last()).and_then(Value::as_str).unwrap_or("?").to_owned())
     }
 
