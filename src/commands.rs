@@ -192,6 +192,17 @@ pub async fn portals(loaded: &Loaded) -> anyhow::Result<String> {
     Ok(table(&rows))
 }
 
+/// `unlink BRIDGE REMOTE_CHAT`: removes one portal.
+pub async fn unlink(loaded: &Loaded, bridge: &str, remote_chat: &str) -> anyhow::Result<String> {
+    let cfg = &loaded.config;
+    let store = store::open(&cfg.store.url, &cfg.store.state_dir()).await?;
+    if store.delete_portal(bridge, remote_chat).await? {
+        Ok(format!("unlinked {remote_chat} on {bridge}; its COI chat is no longer bridged there\n"))
+    } else {
+        anyhow::bail!("no portal for {remote_chat:?} on bridge {bridge:?}; `coi-bridge portals` lists them")
+    }
+}
+
 /// Left-aligned columns, two spaces apart.
 pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];

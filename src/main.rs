@@ -77,6 +77,14 @@ enum Command {
     },
     /// List the portals: which COI chat is linked to which Matrix room or Telegram chat.
     Portals,
+    /// Remove a portal (as `!coi unlink` / `/coi_unlink` do in the chat): nothing is
+    /// bridged between that remote chat and its COI chat any more.
+    Unlink {
+        /// The bridge id (first column of `portals`).
+        bridge: String,
+        /// The remote chat (second column of `portals`).
+        remote_chat: String,
+    },
     /// Write a consistent copy of the SQLite store to FILE while the daemon runs
     /// (progress on stderr; the file is private: it holds the bridge's secret key).
     Backup {
@@ -195,6 +203,9 @@ fn main() -> ExitCode {
                 print_or_fail(commands::contact_import(&loaded, &file).await)
             }
             Command::Portals => print_or_fail(commands::portals(&loaded).await),
+            Command::Unlink { bridge, remote_chat } => {
+                print_or_fail(commands::unlink(&loaded, &bridge, &remote_chat).await)
+            }
             Command::Backup { file } => {
                 let result = tokio::task::spawn_blocking(move || commands::backup(&loaded, &file)).await;
                 print_or_fail(result.unwrap_or_else(|e| Err(anyhow::anyhow!("the backup task failed: {e}"))))

@@ -329,4 +329,13 @@ async fn check_asks_synapse_and_telegram_and_portals_lists_the_links() {
     let row = out.lines().find(|l| l.contains(&s.room)).unwrap_or_else(|| panic!("no row for {}:\n{out}", s.room));
     assert!(row.starts_with("matrix") && row.contains("group \"Garden Club\""), "{out}");
     assert!(out.starts_with("BRIDGE"), "{out}");
+
+    // An operator unlinks it from the shell; messages from the room no longer reach COI.
+    let (code, out, err) = cli(&s.daemon.config, &["unlink", "matrix", &s.room]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (_, out, _) = cli(&s.daemon.config, &["portals"]);
+    assert!(!out.contains(&s.room), "{out}");
+    let (code, _, err) = cli(&s.daemon.config, &["unlink", "matrix", &s.room]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("coi-bridge portals"), "{err}");
 }
