@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash tests/servers/install.sh
+COI_INSTALL_SKIP_LINT=1 bash tests/servers/install.sh
 if [[ -z "${COI_DEMO_PREBUILT:-}" ]]; then
     cargo build --bin coi-bridge --example demo
 fi

@@ -61,7 +61,8 @@ impl Core {
             max_attempts: cfg.smtp.max_attempts,
         };
         let smtp =
-            SmtpWorker::new(smtp::transport(loaded)?, store.clone(), policy, wake.clone(), on_failure, metrics.clone());
+            SmtpWorker::new(smtp::transport(loaded)?, store.clone(), policy, wake.clone(), on_failure, metrics.clone())
+                .with_health(health.clone());
         let me = Mailbox::new(&cfg.account.address, Some(&cfg.account.display_name));
         let outbound = Arc::new(Outbound::new(store.clone(), me, identity.clone(), cfg.account.encryption, wake));
         let securejoin =
@@ -168,13 +169,21 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     // watchdog ping that only a live runtime sends.
     let notifier = crate::notify::Notifier::from_env();
     notifier.ready();
-    let token = sup.token();
+    let (token, store) = (sup.token(), core.store.clone());
     sup.spawn("systemd-notify", async move {
         match notifier.watchdog_interval() {
+            // A ping needs a live runtime and a store that answers; otherwise systemd
+            // restarts the daemon after WatchdogSec.
             Some(every) => loop {
                 tokio::select! {
                     () = token.cancelled() => break,
-                    () = tokio::time::sleep(every) => notifier.watchdog(),
+                    () = tokio::time::sleep(every) => {
+                        match tokio::time::timeout(every, store.ping()).await {
+                            Ok(Ok(())) => notifier.watchdog(),
+                            Ok(Err(e)) => tracing::error!(error = %e, "the store does not answer; no watchdog ping"),
+                            Err(_) => tracing::error!("the store did not answer in time; no watchdog ping"),
+                        }
+                    }
                 }
             },
             None => token.cancelled().await,

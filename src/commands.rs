@@ -167,10 +167,27 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     f.write_all(data).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The daemon's store for a command that only reads or edits it: never a new, empty one
+/// (a shell without the service's `$STATE_DIRECTORY` would otherwise look elsewhere).
+async fn existing_store(loaded: &Loaded) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let cfg = &loaded.config;
+    let state_dir = cfg.store.state_dir();
+    if let Some(path) = store::sqlite_path(&cfg.store.url, &state_dir)
+        && !path.exists()
+    {
+        anyhow::bail!(
+            "no store at {}; set store.state_dir in {} to the daemon's state directory (under systemd \
+             /var/lib/coi-bridge)",
+            path.display(),
+            loaded.source.display()
+        );
+    }
+    store::open(&cfg.store.url, &state_dir).await
+}
+
 /// `portals`: every link between a COI chat and a remote chat, one per line.
 pub async fn portals(loaded: &Loaded) -> anyhow::Result<String> {
-    let cfg = &loaded.config;
-    let store = store::open(&cfg.store.url, &cfg.store.state_dir()).await?;
+    let store = existing_store(loaded).await?;
     let portals = store.portals().await?;
     if portals.is_empty() {
         return Ok("no portals yet: say `!coi bridge` in a Matrix room or `/coi_bridge` in a Telegram group\n".into());
@@ -194,8 +211,7 @@ pub async fn portals(loaded: &Loaded) -> anyhow::Result<String> {
 
 /// `unlink BRIDGE REMOTE_CHAT`: removes one portal.
 pub async fn unlink(loaded: &Loaded, bridge: &str, remote_chat: &str) -> anyhow::Result<String> {
-    let cfg = &loaded.config;
-    let store = store::open(&cfg.store.url, &cfg.store.state_dir()).await?;
+    let store = existing_store(loaded).await?;
     if store.delete_portal(bridge, remote_chat).await? {
         Ok(format!("unlinked {remote_chat} on {bridge}; its COI chat is no longer bridged there\n"))
     } else {

@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::metrics::Metrics;
 
-/// One part as `/ready` shows it.
+/// One part as `/ready` shows it. `idle` (SMTP before its first mail) counts as ready.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Part {
     pub ok: bool,
-    /// starting, connected, reconnecting or stopped.
+    /// starting, connected, idle, reconnecting or stopped.
     pub state: &'static str,
     /// Why it is not ready (no secrets: error texts from servers and our own words).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,12 +36,14 @@ impl Health {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
         let h = Arc::new(Self { parts: Mutex::default(), metrics });
         h.set("imap", "starting", Some("not connected yet".into()));
+        // SMTP connects per mail; until one fails it is assumed fine.
+        h.set("smtp", "idle", None);
         h
     }
 
     fn set(&self, part: &str, state: &'static str, reason: Option<String>) {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        let ok = state == "connected";
+        let ok = matches!(state, "connected" | "idle");
         // Keep `since` while the state stays (a connected bridge reports on every poll).
         if let Some(p) = parts.get_mut(part)
             && p.state == state
@@ -59,6 +61,15 @@ impl Health {
 
     pub fn imap_failed(&self, reason: String) {
         self.set("imap", "reconnecting", Some(reason));
+    }
+
+    pub fn smtp_sent(&self) {
+        self.set("smtp", "connected", None);
+    }
+
+    /// A mail waits because the SMTP server failed for now.
+    pub fn smtp_failed(&self, reason: String) {
+        self.set("smtp", "reconnecting", Some(reason));
     }
 
     /// Registers bridge `id` (starting) and returns the handle it reports through.
@@ -116,5 +127,10 @@ mod tests {
         assert_eq!(h.parts()["imap"].since, since);
         h.imap_failed("refused".into());
         assert_eq!(h.parts()["imap"].reason.as_deref(), Some("refused"));
+        assert!(h.parts()["smtp"].ok, "SMTP is fine until a mail fails");
+        h.smtp_failed("SMTP: connection refused".into());
+        assert!(!h.parts()["smtp"].ok);
+        h.smtp_sent();
+        assert!(h.parts()["smtp"].ok);
     }
 }

@@ -39,20 +39,25 @@ pub fn router(state: Http) -> Router {
 
 async fn metrics_handler(State(h): State<Http>) -> impl IntoResponse {
     // The outbox gauges are read from the store at scrape time, so they are never stale.
+    // Each gauge is set once, to its final value: a concurrent scrape never sees a reset.
     match h.store.outbox_stats().await {
         Ok(stats) => {
             let now = chrono::Utc::now().timestamp_millis();
-            for t in &h.targets {
-                h.metrics.outbox_depth.with_label_values(&[t]).set(0);
-                h.metrics.outbox_oldest_age.with_label_values(&[t]).set(0);
+            let mut values: std::collections::BTreeMap<&str, (i64, i64)> =
+                h.targets.iter().map(|t| (t.as_str(), (0, 0))).collect();
+            for s in &stats {
+                values.insert(&s.target, (s.depth as i64, (now - s.oldest_queued_ms).max(0) / 1000));
             }
-            for s in stats {
-                h.metrics.outbox_depth.with_label_values(&[&s.target]).set(s.depth as i64);
-                let age = (now - s.oldest_queued_ms).max(0) / 1000;
-                h.metrics.outbox_oldest_age.with_label_values(&[&s.target]).set(age);
+            for (target, (depth, age)) in values {
+                h.metrics.outbox_depth.with_label_values(&[target]).set(depth);
+                h.metrics.outbox_oldest_age.with_label_values(&[target]).set(age);
             }
+            h.metrics.store_up.set(1);
         }
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the outbox from the store"),
+        Err(e) => {
+            h.metrics.store_up.set(0);
+            tracing::warn!(error = %e, "metrics: cannot read the outbox from the store");
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
 }
@@ -98,9 +103,18 @@ pub async fn get_status(url: &str, within: Duration) -> anyhow::Result<u16> {
         let mut stream = tokio::net::TcpStream::connect(authority).await.context("connect")?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
-        let mut head = vec![0u8; 64];
-        let n = stream.read(&mut head).await?;
-        let line = String::from_utf8_lossy(&head[..n]);
+        // The status line, however the answer is split into reads (at most 1 KiB).
+        let mut head = Vec::with_capacity(256);
+        let mut buf = [0u8; 256];
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        let line = line.lines().next().unwrap_or_default();
         let code = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
         code.with_context(|| format!("not an HTTP answer: {line:?}"))
     };

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub signature_failures: IntCounterVec,
     /// One-hot per bridge instance: starting, connected, reconnecting, stopped.
     pub bridge_state: IntGaugeVec,
+    /// 1 when the last scrape could read the store (the outbox gauges are fresh).
+    pub store_up: IntGauge,
 }
 
 impl Metrics {
@@ -81,6 +83,8 @@ impl Metrics {
         )
         .expect("static metric definition");
         registry.register(Box::new(delivery_latency.clone())).expect("metric registered once");
+        let store_up = IntGauge::new("store_up", "1 when the last scrape could read the store").expect("static");
+        registry.register(Box::new(store_up.clone())).expect("metric registered once");
         let build_info = IntGaugeVec::new(Opts::new("build_info", "The running version (always 1)"), &["version"])
             .expect("static metric definition");
         registry.register(Box::new(build_info.clone())).expect("metric registered once");
@@ -107,6 +111,7 @@ impl Metrics {
             decrypt_failures: counter("decrypt_failures_total", "Encrypted mails that could not be decrypted"),
             signature_failures: vec("signature_failures_total", "Mails without a valid known signature", &["reason"]),
             bridge_state: gauges("bridge_state", "1 for the bridge instance's current state", &["bridge", "state"]),
+            store_up,
             registry,
         };
         // Series that alerts watch exist from the start, at 0.
@@ -117,10 +122,13 @@ impl Metrics {
     }
 
     /// An outbox row reached `target` (smtp or a bridge id); it was queued at `queued_at_ms`.
-    pub fn delivered(&self, target: &str, queued_at_ms: i64) {
+    /// The plaintext copy of a mail (`…#plain`) is not another message.
+    pub fn delivered(&self, target: &str, message_id: &str, queued_at_ms: i64) {
         self.outbox.with_label_values(&[target, "sent"]).inc();
         let network = if target == crate::store::SMTP_TARGET { COI } else { target };
-        self.messages.with_label_values(&[network, "out"]).inc();
+        if !message_id.ends_with("#plain") {
+            self.messages.with_label_values(&[network, "out"]).inc();
+        }
         let waited = (chrono::Utc::now().timestamp_millis() - queued_at_ms).max(0) as f64 / 1000.0;
         self.delivery_latency.with_label_values(&[target]).observe(waited);
     }

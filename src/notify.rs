@@ -67,7 +67,8 @@ fn open(path: &std::ffi::OsStr) -> std::io::Result<(UnixDatagram, SocketAddr)> {
         _ => SocketAddr::from_pathname(path)?,
     };
     let sock = UnixDatagram::unbound()?;
-    sock.set_nonblocking(true)?;
+    // Blocking, so READY=1 is not lost to a full queue, but never for long.
+    sock.set_write_timeout(Some(Duration::from_secs(2)))?;
     Ok((sock, addr))
 }
 

@@ -58,6 +58,33 @@ async fn metrics_move_with_traffic_and_the_dashboard_uses_real_metrics() {
         .then_some(now)
     })
     .await;
+    // Exactly one count per message on the Matrix side, both ways (nothing else happened
+    // there since the first scrape).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = scrape(&s.daemon).await;
+    for key in [
+        "coi_bridge_messages_total{bridge=\"matrix\",direction=\"out\"}",
+        "coi_bridge_messages_total{bridge=\"matrix\",direction=\"in\"}",
+    ] {
+        assert_eq!(sample(&settled, key) - sample(&before, key), 3.0, "{key}");
+    }
+    // The health probe the container image uses answers 0 (from the config, and by URL).
+    let probe = std::process::Command::new(Daemon::bin())
+        .args(["health", "--config"])
+        .arg(&s.daemon.config)
+        .env("COI_BRIDGE__ACCOUNT__PASSWORD", support::BRIDGE_PASSWORD)
+        .output()
+        .expect("run health");
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    let url = format!("http://127.0.0.1:{}/health", s.daemon.http_port);
+    let probe = std::process::Command::new(Daemon::bin()).args(["health", "--url", &url]).output().expect("run");
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    let probe = std::process::Command::new(Daemon::bin())
+        .args(["health", "--url", &format!("http://127.0.0.1:{}/nowhere", s.daemon.http_port)])
+        .output()
+        .expect("run");
+    assert_eq!(probe.status.code(), Some(69), "a 404 is unhealthy");
+
     // The histogram is a real one: +Inf holds every observation, the sum is positive.
     assert_eq!(
         sample(&after, "coi_bridge_delivery_latency_seconds_bucket{target=\"matrix\",le=\"+Inf\"}"),
@@ -110,7 +137,7 @@ async fn ready_names_the_part_that_is_down_and_recovers() {
     let (status, body) = ready(&s.daemon).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ready"], true);
-    for part in ["store", "imap", "bridge matrix"] {
+    for part in ["store", "imap", "smtp", "bridge matrix"] {
         assert_eq!(body["parts"][part]["ok"], true, "{part}: {body}");
     }
     let (status, health) = s.daemon.http_get("/health").await.expect("GET /health");

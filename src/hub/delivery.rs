@@ -258,7 +258,7 @@ impl BridgeDelivery {
                 if let Err(e) = self.store.outbox_done(item.id).await {
                     tracing::error!(bridge = %self.id, error = %e, "delivered, but the outbox row was not marked");
                 }
-                self.metrics.delivered(self.id.as_str(), item.queued_at_ms);
+                self.metrics.delivered(self.id.as_str(), &item.message_id, item.queued_at_ms);
             }
             Err(DeliverError::Retry { reason, after }) => self.retry(&item, after, &reason).await,
             Err(DeliverError::Permanent(reason)) => self.fail(&item, Some(&msg), reason).await,

@@ -70,6 +70,10 @@ impl Ingest {
         let me = self.identity.addr.as_str();
         let mut messages: Vec<InboundMessage> = Vec::with_capacity(fetched.len());
         let mut rejected = Vec::new();
+        // Failures are counted once the batch is recorded: a batch that fails is fetched
+        // again, and must not count twice.
+        let mut decrypt_failures = 0u64;
+        let mut signature_failures: Vec<&'static str> = Vec::new();
         let mut batch_chats: HashMap<String, ChatRef> = HashMap::new();
         for f in fetched {
             if let Some(size) = f.oversize {
@@ -88,8 +92,7 @@ impl Ingest {
                 Ok(Err(OpenError::Store(e))) => return Err(e),
                 Ok(Err(e)) => {
                     if matches!(e, OpenError::NotForUs(_)) {
-                        self.metrics.decrypt_failures.inc();
-                        self.metrics.failures.with_label_values(&["ingest", "decrypt"]).inc();
+                        decrypt_failures += 1;
                     }
                     self.reject(folder, f.uid, e.label(), e.to_string(), f.raw, &mut rejected);
                     continue;
@@ -164,9 +167,7 @@ impl Ingest {
                 if msg.group.take().is_some() {
                     self.metrics.inbound_problems.with_label_values(&["unsigned_group_ignored"]).inc();
                 }
-                let reason = if security == "plain" { "unsigned" } else { "unknown_or_wrong_key" };
-                self.metrics.signature_failures.with_label_values(&[reason]).inc();
-                self.metrics.failures.with_label_values(&["ingest", "signature"]).inc();
+                signature_failures.push(if security == "plain" { "unsigned" } else { "unknown_or_wrong_key" });
                 tracing::warn!(
                     folder, uid = f.uid, from = %msg.from.addr, security,
                     "mail not signed by its sender's key: recorded apart, not attributed to the contact"
@@ -182,6 +183,14 @@ impl Ingest {
         let outcome = self.store.record_inbound(folder, cursor, &messages, &rejected).await?;
         self.metrics.inbound_recorded.inc_by(outcome.recorded as u64);
         self.metrics.messages.with_label_values(&[crate::metrics::COI, "in"]).inc_by(outcome.recorded as u64);
+        self.metrics.decrypt_failures.inc_by(decrypt_failures);
+        self.metrics.failures.with_label_values(&["ingest", "decrypt"]).inc_by(decrypt_failures);
+        for reason in signature_failures {
+            self.metrics.signature_failures.with_label_values(&[reason]).inc();
+            self.metrics.failures.with_label_values(&["ingest", "signature"]).inc();
+        }
+        let unusable = (rejected.len() as u64).saturating_sub(decrypt_failures);
+        self.metrics.failures.with_label_values(&["ingest", "rejected"]).inc_by(unusable);
         self.metrics.inbound_duplicates.inc_by(outcome.duplicates as u64);
         if outcome.recorded + outcome.duplicates + outcome.rejected > 0 {
             tracing::info!(
@@ -198,9 +207,6 @@ impl Ingest {
 
     fn reject(&self, folder: &str, uid: u32, label: &str, reason: String, raw: Vec<u8>, out: &mut Vec<Rejected>) {
         self.metrics.inbound_rejected.with_label_values(&[label]).inc();
-        if label != "not_for_us" {
-            self.metrics.failures.with_label_values(&["ingest", "rejected"]).inc();
-        }
         tracing::warn!(folder, uid, reason = %reason, bytes = raw.len(), "mail kept aside: not a usable chat mail");
         out.push(Rejected { uid, reason, raw });
     }

@@ -57,7 +57,11 @@ pub fn backup(src: &Path, dest: &Path, mut progress: impl FnMut(Progress)) -> an
             Ok(summary)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut f = tmp.as_os_str().to_owned();
+                f.push(suffix);
+                let _ = std::fs::remove_file(f);
+            }
             Err(e)
         }
     }
@@ -88,6 +92,8 @@ fn copy(src: &Path, tmp: &Path, progress: &mut impl FnMut(Progress)) -> anyhow::
         }
     }
     from.execute_batch("COMMIT;")?;
+    // The copy took the source's WAL flag; a backup is one self-contained file.
+    to.execute_batch("PRAGMA journal_mode = DELETE;")?;
     let check: String = to.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if check != "ok" {
         bail!("the copy failed its integrity check: {check}");
@@ -96,8 +102,6 @@ fn copy(src: &Path, tmp: &Path, progress: &mut impl FnMut(Progress)) -> anyhow::
     let page_size: i64 = to.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let schema_version: i64 = to.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let messages: i64 = to.query_row("SELECT COUNT(*) FROM message", [], |r| r.get(0)).unwrap_or(0);
-    // A backup is one self-contained file.
-    to.execute_batch("PRAGMA journal_mode = DELETE;")?;
     drop(to);
     Ok(Summary { pages: pages as u64, bytes: (pages * page_size) as u64, messages: messages as u64, schema_version })
 }
@@ -136,7 +140,42 @@ mod tests {
         assert_eq!(std::fs::metadata(&dest).expect("meta").permissions().mode() & 0o777, 0o600);
         let err = backup(&src, &dest, |_| {}).expect_err("exists");
         assert!(err.to_string().contains("already exists"), "{err}");
+        for leftover in ["copy.db.partial", "copy.db-wal", "copy.db-shm"] {
+            assert!(!dir.path().join(leftover).exists(), "{leftover} left behind");
+        }
         assert!(!dir.path().join("copy.db.partial").exists());
+    }
+
+    #[test]
+    fn the_copy_is_the_snapshot_from_its_start_while_another_connection_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src.db");
+        let c = Connection::open(&src).expect("open");
+        c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE message (id INTEGER PRIMARY KEY, text TEXT);")
+            .expect("schema");
+        for i in 0..2000 {
+            c.execute("INSERT INTO message (text) VALUES (?1)", [format!("before {i} {}", "x".repeat(1500))])
+                .expect("insert");
+        }
+        // Another connection (the daemon) writes between every step of the copy.
+        let writer = Connection::open(&src).expect("writer");
+        let mut copied = Vec::new();
+        let summary = backup(&src, &dir.path().join("copy.db"), |p| {
+            copied.push(p.copied);
+            // (Bounded, so that a copy without its snapshot ends, restarted, and fails
+            // the asserts below instead of restarting for ever.)
+            if copied.len() <= 50 {
+                writer
+                    .execute("INSERT INTO message (text) VALUES (?1)", [format!("during {}", "y".repeat(300))])
+                    .expect("write during the backup");
+            }
+        })
+        .expect("backup");
+        assert!(copied.len() > 3, "several steps: {copied:?}");
+        assert!(copied.windows(2).all(|w| w[0] <= w[1]), "the copy never restarted: {copied:?}");
+        assert_eq!(summary.messages, 2000, "exactly the rows committed when it began");
+        let live: i64 = c.query_row("SELECT COUNT(*) FROM message", [], |r| r.get(0)).expect("count");
+        assert_eq!(live as usize, 2000 + copied.len().min(50), "the writes went on meanwhile");
     }
 
     #[test]

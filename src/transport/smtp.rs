@@ -86,6 +86,16 @@ pub struct SmtpWorker {
     wake: Arc<Notify>,
     on_failure: FailureHook,
     metrics: Arc<Metrics>,
+    health: Option<Arc<crate::health::Health>>,
+}
+
+impl SmtpWorker {
+    /// Reports the SMTP server's state on `/ready`: ok after a mail went out, not ready
+    /// while mails wait on a temporary failure.
+    pub fn with_health(mut self, health: Arc<crate::health::Health>) -> Self {
+        self.health = Some(health);
+        self
+    }
 }
 
 enum Outcome {
@@ -103,7 +113,7 @@ impl SmtpWorker {
         on_failure: FailureHook,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { transport, store, policy, wake, on_failure, metrics }
+        Self { transport, store, policy, wake, on_failure, metrics, health: None }
     }
 
     /// Runs until `shutdown`. A delivery in flight is finished first.
@@ -170,14 +180,22 @@ impl SmtpWorker {
                     // Sent but not marked: it will be sent again; receivers dedupe by Message-ID.
                     tracing::error!(error = %e, message_id = %item.message_id, "sent, but could not mark the outbox row");
                 }
-                self.metrics.delivered(SMTP_TARGET, item.queued_at_ms);
+                self.metrics.delivered(SMTP_TARGET, &item.message_id, item.queued_at_ms);
+                if let Some(h) = &self.health {
+                    h.smtp_sent();
+                }
                 tracing::info!(message_id = %item.message_id, chat_id = item.chat_id, attempts = item.attempts + 1, "mail sent");
                 Outcome::Sent
             }
             // One refused recipient must not sink the mail for the others.
             Err(e) if e.is_permanent() && env.to.len() > 1 => self.one_by_one(&item, env).await,
             Err(e) if e.is_permanent() => self.fail(&item, format!("rejected by the SMTP server: {e}")).await,
-            Err(e) => self.retry(&item, &e.to_string()).await,
+            Err(e) => {
+                if let Some(h) = &self.health {
+                    h.smtp_failed(format!("SMTP: {e}"));
+                }
+                self.retry(&item, &e.to_string()).await
+            }
         }
     }
 
@@ -221,7 +239,7 @@ impl SmtpWorker {
             if let Err(e) = self.store.outbox_done(item.id).await {
                 tracing::error!(error = %e, message_id = %item.message_id, "sent, but could not mark the outbox row");
             }
-            self.metrics.delivered(SMTP_TARGET, item.queued_at_ms);
+            self.metrics.delivered(SMTP_TARGET, &item.message_id, item.queued_at_ms);
             tracing::info!(message_id = %item.message_id, chat_id = item.chat_id, "mail sent, recipient by recipient");
             return Outcome::Sent;
         }

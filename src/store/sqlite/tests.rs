@@ -315,3 +315,23 @@ async fn upgrades_from_every_earlier_schema_keeping_the_data() {
         assert_eq!(again.schema_version().await.expect("version"), latest);
     }
 }
+
+/// A shipped migration never changes: databases out there ran the old text, and the
+/// upgrade test above builds old schemas from these same files. Add a new file instead.
+#[test]
+fn shipped_migrations_are_frozen() {
+    use sha2::{Digest as _, Sha256};
+    const SHIPPED: &[(i64, &str)] = &[
+        (1, "bc541b27ef4ab054ae008773a49c270127c2f28d0b1d2f49506c366a59b44753"),
+        (2, "a302c9d7eac8d1dd2e2d404116cbac9d0f6d5252e15b9a2395da5287ab70605d"),
+        (3, "e5330dc11a2f690a13ba71b17e3b05ab564ad1a6e20ded57b4edbbc6eb998e17"),
+        (4, "718580991b1707b53f923de204a8e4936ca99b8dad18c3c583374d81b03c14d3"),
+        (5, "3f96cd197923fbe9e1e8cd9d5bc0a6ef6c38ad69e103c8bafdd7cab25f7cc5fa"),
+    ];
+    assert_eq!(MIGRATIONS.len(), SHIPPED.len(), "a new migration: add its hash here once it ships");
+    for ((version, sql), (v, hash)) in MIGRATIONS.iter().zip(SHIPPED) {
+        assert_eq!(version, v);
+        let got: String = Sha256::digest(sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(&got, hash, "migration {version:04} was edited after it shipped");
+    }
+}
