@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::bridged::{BOT, bridge_room_as, new_room_as};
+use support::bridged::{BOT, add_matrix_bridge, bridge_room_as, new_room_as};
 use support::synapse::{Synapse, free_port};
 use support::{Daemon, Link, MailServer};
 
@@ -32,15 +32,7 @@ async fn main() {
 
     let state = tempfile::Builder::new().prefix("coi-bridge-demo-").tempdir().expect("a state dir");
     let config = support::write_config_with(&mail, state.path(), Link::Plain, "", as_port, "required");
-    let reg = support::synapse::registration(as_port);
-    std::fs::write(state.path().join("registration.yaml"), reg.to_yaml()).expect("registration");
-    let section = format!(
-        "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
-         registration = \"registration.yaml\"\nadmins = [\"@{DEMO_USER}:localhost\"]\n",
-        hs.url()
-    );
-    let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
-    std::fs::write(&config, text).expect("config");
+    add_matrix_bridge(&config, &hs, as_port, &format!("@{DEMO_USER}:localhost"), "");
     let mut daemon = Daemon::with_config(state.path(), config.clone(), as_port);
     daemon.wait_ready().await;
 

@@ -20,11 +20,7 @@ async fn the_demo_bridges_a_delta_chat_message_into_its_room() {
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let demo = support::Daemon::bin().parent().expect("target dir").join("examples/demo");
-    assert!(
-        demo.exists(),
-        "{} is not built: run `cargo build --example demo` (cargo test --all-targets does)",
-        demo.display()
-    );
+    assert!(demo.exists(), "{} is not built: run `cargo build --example demo` (bash tests/run does)", demo.display());
     let mut child = tokio::process::Command::new("bash")
         .arg(repo.join("deploy/demo.sh"))
         .env("COI_DEMO_PREBUILT", "1")

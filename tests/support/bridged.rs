@@ -55,15 +55,7 @@ impl Stack {
         for (name, text) in files {
             std::fs::write(state.path().join(name), text).expect("file next to the config");
         }
-        let reg = super::synapse::registration(as_port);
-        std::fs::write(state.path().join("registration.yaml"), reg.to_yaml()).expect("registration");
-        let section = format!(
-            "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
-             registration = \"registration.yaml\"\nadmins = [\"@mara:localhost\"]\n",
-            hs.url()
-        );
-        let text = std::fs::read_to_string(&config).expect("config") + section.as_str() + extra;
-        std::fs::write(&config, text).expect("config");
+        add_matrix_bridge(&config, &hs, as_port, "@mara:localhost", extra);
         let mut daemon = Daemon::with_config(state.path(), config, as_port);
         daemon.wait_ready().await;
 
@@ -192,4 +184,19 @@ pub async fn bridge_room_as(hs: &Synapse, token: &str, room: &str) -> String {
         .and_then(|b| b.lines().find(|l| l.starts_with("https://i.delta.chat/#")))
         .expect("a link line")
         .to_owned()
+}
+
+/// Gives the daemon's config at `config` a Matrix appservice bridge (id `matrix`) on `hs`,
+/// commanded by `admin`, with its registration next to the config; `extra` is appended.
+pub fn add_matrix_bridge(config: &std::path::Path, hs: &Synapse, as_port: u16, admin: &str, extra: &str) {
+    let reg = super::synapse::registration(as_port);
+    let dir = config.parent().expect("the config's folder");
+    std::fs::write(dir.join("registration.yaml"), reg.to_yaml()).expect("registration");
+    let section = format!(
+        "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
+         registration = \"registration.yaml\"\nadmins = [\"{admin}\"]\n",
+        hs.url()
+    );
+    let text = std::fs::read_to_string(config).expect("config") + section.as_str() + extra;
+    std::fs::write(config, text).expect("config");
 }
