@@ -278,7 +278,9 @@ impl BridgeConfig {
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
-    pub password: Secret,
+    /// The mail password, or why there is none: only commands that log in to the mail
+    /// server need it ([`Loaded::password`]); `backup`, `portals` and the like do not.
+    password: Result<Secret, String>,
     /// Unlocks the bridge's secret key, if it is protected.
     pub key_passphrase: Option<Secret>,
     pub source: PathBuf,
@@ -313,13 +315,20 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         anyhow::anyhow!("invalid config {} (env {ENV_PREFIX}* overrides included): {}", path.display(), all.join("; "))
     })?;
     validate(&config).with_context(|| format!("invalid config {}", path.display()))?;
-    let password = resolve_password(&config.account)?;
+    let password = resolve_password(&config.account).map_err(|e| format!("{e:#}"));
     let key_passphrase = match (&config.account.key_passphrase, &config.account.key_passphrase_file) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(file)) => Some(read_secret_file("account.key_passphrase_file", file)?),
         (None, None) => None,
     };
     Ok(Loaded { config, password, key_passphrase, source: path.to_path_buf() })
+}
+
+impl Loaded {
+    /// The mail password; the error names the config keys and env variable to set.
+    pub fn password(&self) -> anyhow::Result<&Secret> {
+        self.password.as_ref().map_err(|e| anyhow::anyhow!("invalid config {}: {e}", self.source.display()))
+    }
 }
 
 fn resolve_password(account: &AccountConfig) -> anyhow::Result<Secret> {

@@ -176,6 +176,14 @@ fn main() -> ExitCode {
                 return exit::CONFIG;
             }
         };
+        // The commands that log in to the mail server need its password; the others
+        // (backup, portals, health, key …) work without it.
+        if matches!(cli.command, Command::Run | Command::Check)
+            && let Err(e) = loaded.password()
+        {
+            eprintln!("error: {e:#}");
+            return exit::CONFIG;
+        }
         match cli.command {
             Command::Check => {
                 if check::check(&loaded).await {

@@ -278,3 +278,27 @@ fn health_probe_fails_clearly_when_nothing_answers() {
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
 }
+
+#[test]
+fn store_commands_need_no_mail_password_but_the_daemon_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let toml = GOOD.replace("PWFILE", "/nonexistent/pw")
+        + &format!("\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:1\"\n", state.display());
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).expect("config");
+    // Without a store yet, `portals` says where it looked instead of making an empty one.
+    let out = bin().args(["portals", "--config"]).arg(&path).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no store at") && err.contains("store.state_dir"), "{err}");
+    assert!(!state.join("coi-bridge.db").exists(), "portals made a store");
+    // `key show` creates the store and key, without the password.
+    let out = bin().args(["key", "show", "--config"]).arg(&path).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin().args(["portals", "--config"]).arg(&path).output().expect("run");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no portals yet"));
+    // `run` still refuses to start without it, as a config error naming the key.
+    let out = bin().args(["run", "--config"]).arg(&path).output().expect("run");
+    assert_config_error(&out, &["account.password_file", "/nonexistent/pw"]);
+}

@@ -53,7 +53,7 @@ impl ImapSettings {
             security: c.security,
             tls: super::tls::client_config(c.ca_file.as_deref()).context("imap.ca_file")?,
             login: loaded.config.account.login().to_owned(),
-            password: loaded.password.clone(),
+            password: loaded.password()?.clone(),
             folder: c.folder.clone(),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             batch_size: c.batch_size,

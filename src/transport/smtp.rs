@@ -72,7 +72,7 @@ pub fn transport(loaded: &Loaded) -> anyhow::Result<Transport> {
     if c.auth {
         b = b.credentials(Credentials::new(
             loaded.config.account.login().to_owned(),
-            loaded.password.expose().to_owned(),
+            loaded.password()?.expose().to_owned(),
         ));
     }
     Ok(b.build())
