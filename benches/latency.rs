@@ -168,6 +168,19 @@ async fn throughput(s: &Stack) -> (f64, f64) {
     (to_matrix, to_coi)
 }
 
+/// The bridge's own mean time for `target` over a series: outbox queueing to the target
+/// accepting it, from the daemon's `delivery_latency_seconds` histogram (sum and count).
+async fn latency_metric(s: &Stack, target: &str) -> (f64, f64) {
+    let sum = s.daemon.metric(&format!("coi_bridge_delivery_latency_seconds_sum{{target=\"{target}\"}}")).await;
+    let count = s.daemon.metric(&format!("coi_bridge_delivery_latency_seconds_count{{target=\"{target}\"}}")).await;
+    (sum.unwrap_or(0.0), count.unwrap_or(0.0))
+}
+
+fn mean_ms(before: (f64, f64), after: (f64, f64)) -> String {
+    let n = after.1 - before.1;
+    if n <= 0.0 { "-".into() } else { format!("{:.0} ms over {n}", (after.0 - before.0) / n * 1000.0) }
+}
+
 async fn run() {
     let Some(s) = Stack::new().await else {
         eprintln!("latency: the test servers are not installed; run `bash tests/servers/install.sh`");
@@ -183,10 +196,18 @@ async fn run() {
         vec!["| path | n | p50 ms | p90 ms | min ms | max ms |".to_owned(), "|---|---|---|---|---|---|".to_owned()];
     rows.push(summary("floor: SMTP → IMAP IDLE wake-up", &mut imap_idle_floor(&s).await));
     rows.push(summary("floor: Synapse send → /sync", &mut synapse_floor(&s).await));
+    let before = latency_metric(&s, "matrix").await;
     rows.push(summary("Delta Chat → Matrix (send → /sync)", &mut coi_to_matrix(&s).await));
+    let to_matrix_share = mean_ms(before, latency_metric(&s, "matrix").await);
+    let before = latency_metric(&s, "smtp").await;
     rows.push(summary("Matrix → Delta Chat (send → IncomingMsg)", &mut matrix_to_coi(&s).await));
+    let to_coi_share = mean_ms(before, latency_metric(&s, "smtp").await);
     let (to_matrix, to_coi) = throughput(&s).await;
     println!("{}", rows.join("\n"));
+    println!(
+        "\nthe bridge's own share (outbox queued → target accepted, from /metrics): to Matrix {to_matrix_share}, \
+         to SMTP {to_coi_share}"
+    );
     println!(
         "\nthroughput, a burst of {BURST}: Delta Chat → Matrix {to_matrix:.1} msg/s, Matrix → Delta Chat {to_coi:.1} msg/s"
     );
