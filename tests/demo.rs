@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::deltachat::DeltaChat;
 use support::eventually;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -60,18 +60,8 @@ async fn the_demo_bridges_a_delta_chat_message_into_its_room() {
     dc.call("misc_send_text_message", json!([alice, chat, "hello from Delta Chat"])).await;
 
     // The printed Matrix user logs in and sees it in the demo room.
-    let http = reqwest::Client::new();
     let localpart = user.trim_start_matches('@').split(':').next().expect("localpart").to_owned();
-    let login: Value = http
-        .post(format!("{homeserver}/_matrix/client/v3/login"))
-        .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}, "password": password}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["access_token"].as_str().unwrap_or_else(|| panic!("the printed login fails: {login}")).to_owned();
+    let token = support::synapse::login_at(&homeserver, &localpart, &password).await;
     let room = get("room").split(['(', ')']).nth(1).expect("the room id in parentheses").to_owned();
     let event = eventually(WAIT, "the message in the demo room", || async {
         support::synapse::timeline_at(&homeserver, &token, &room)

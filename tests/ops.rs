@@ -291,14 +291,9 @@ async fn backup_while_mail_flows_holds_every_message_committed_before() {
     assert_eq!(std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777, 0o600);
     assert!(still_flowing, "the backup should run while mail still arrives; make the flow longer");
     // A second backup to the same file is refused.
-    let again = std::process::Command::new(Daemon::bin())
-        .args(["backup", "--config"])
-        .arg(&d.config)
-        .arg(&file)
-        .env("COI_BRIDGE__ACCOUNT__PASSWORD", "x")
-        .output()
-        .expect("run");
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let file_arg = file.display().to_string();
+    let (code, _, err) = cli(&d.config, &["backup", &file_arg]);
+    assert!(code != Some(0) && err.contains("already exists"), "{err}");
     d.stop();
 }
 

@@ -101,18 +101,25 @@ impl Synapse {
             .output()
             .expect("register_new_matrix_user");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": format!("{name}-pw")});
-        let v: Value = reqwest::Client::new()
-            .post(format!("{}/_matrix/client/v3/login", self.url()))
-            .json(&body)
-            .send()
-            .await
-            .expect("login")
-            .json()
-            .await
-            .expect("json");
-        v["access_token"].as_str().expect("token").to_owned()
+        login_at(&self.url(), name, &format!("{name}-pw")).await
     }
+}
+
+/// Logs `user` (a localpart) in with a password on the homeserver at `base`; returns an
+/// access token.
+pub async fn login_at(base: &str, user: &str, password: &str) -> String {
+    let body =
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+    let v: Value = reqwest::Client::new()
+        .post(format!("{base}/_matrix/client/v3/login"))
+        .json(&body)
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    v["access_token"].as_str().unwrap_or_else(|| panic!("login as {user} at {base} failed: {v}")).to_owned()
 }
 
 impl Drop for Synapse {
