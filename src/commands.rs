@@ -10,11 +10,30 @@ use crate::hub::e2ee::Identity;
 use crate::store::keys::{KeyLearned, KeySource};
 use crate::store::{self, Store};
 
+/// The daemon's store and key. Never new ones: only the daemon's first start creates them,
+/// so an invite or fingerprint always carries the key the daemon has.
 async fn open(loaded: &Loaded) -> anyhow::Result<(std::sync::Arc<dyn Store>, Identity)> {
     let cfg = &loaded.config;
-    let store = store::open(&cfg.store.url, &cfg.store.state_dir()).await?;
+    let store = existing_store(loaded).await?;
+    if store.account_key().await?.is_none() {
+        let path = store::sqlite_path(&cfg.store.url, &cfg.store.state_dir()).unwrap_or_default();
+        return Err(store::Uninitialized::NoKey { path, hint: fix_hint(loaded) }.into());
+    }
     let id = Identity::load_or_create(store.as_ref(), &cfg.account.address, loaded.key_passphrase.clone()).await?;
     Ok((store, id))
+}
+
+/// How to get a store where the config points.
+fn fix_hint(loaded: &Loaded) -> String {
+    let cfg = &loaded.config;
+    format!(
+        " (store.url = {:?}, state dir {}): the daemon creates the store and the bridge's key on its first \
+         start. Start it once with `coi-bridge run`, or fix store.url or store.state_dir in {} (under systemd \
+         the state dir is /var/lib/coi-bridge)",
+        cfg.store.url,
+        cfg.store.state_dir().display(),
+        loaded.source.display()
+    )
 }
 
 /// `key show`: the address and fingerprint.
@@ -153,36 +172,41 @@ pub fn generate_registration(loaded: &Loaded, bridge: Option<&str>, force: bool)
     ))
 }
 
-/// Writes a file readable by its owner only (it holds tokens).
+/// Writes a file readable by its owner only (it holds tokens), whatever the umask and
+/// whatever mode an older file had: the data goes to a new 0600 file beside it, which
+/// then replaces the old one.
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(data).with_context(|| format!("cannot write {}", path.display()))
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    // A leftover from a cut-off run holds tokens nobody uses.
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("cannot write {}: {e}", path.display())
+    })
 }
 
-/// The daemon's store for a command that only reads or edits it: never a new, empty one
-/// (a shell without the service's `$STATE_DIRECTORY` would otherwise look elsewhere).
-async fn existing_store(loaded: &Loaded) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+/// The daemon's store for a command beside it: never a new, empty one (a shell without
+/// the service's `$STATE_DIRECTORY`, or a mistyped path, would otherwise make one).
+pub(crate) async fn existing_store(loaded: &Loaded) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     let cfg = &loaded.config;
     let state_dir = cfg.store.state_dir();
     if let Some(path) = store::sqlite_path(&cfg.store.url, &state_dir)
         && !path.exists()
     {
-        anyhow::bail!(
-            "no store at {}; set store.state_dir in {} to the daemon's state directory (under systemd \
-             /var/lib/coi-bridge)",
-            path.display(),
-            loaded.source.display()
-        );
+        return Err(store::Uninitialized::NoStore { path, hint: fix_hint(loaded) }.into());
     }
-    store::open(&cfg.store.url, &state_dir).await
+    store::open_existing(&cfg.store.url, &state_dir).await
 }
 
 /// `portals`: every link between a COI chat and a remote chat, one per line.
@@ -249,6 +273,9 @@ pub fn backup(loaded: &Loaded, dest: &Path) -> anyhow::Result<String> {
     use std::io::{IsTerminal as _, Write as _};
     let cfg = &loaded.config;
     let src = store::backup::sqlite_path(&cfg.store.url, &cfg.store.state_dir())?;
+    if !src.exists() {
+        return Err(store::Uninitialized::NoStore { path: src, hint: fix_hint(loaded) }.into());
+    }
     let tty = std::io::stderr().is_terminal();
     let mut last_percent = None;
     let summary = store::backup::backup(&src, dest, |p| {

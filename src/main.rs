@@ -13,6 +13,9 @@ mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad command line (clap uses the same code).
     pub const USAGE: u8 = 2;
+    /// No store (or no key in it) where the config points: the daemon's first start
+    /// makes them, a command beside it never does (EX_NOINPUT).
+    pub const NO_STORE: u8 = 66;
     /// `check` could not reach or log in to a server.
     pub const UNAVAILABLE: u8 = 69;
     /// The configuration is invalid.
@@ -40,7 +43,7 @@ enum Command {
     Run,
     /// Validate the config and log in to every server; one line per item.
     Check,
-    /// The bridge's OpenPGP key (created on first use).
+    /// The bridge's OpenPGP key (the daemon creates it on its first start).
     Key {
         #[command(subcommand)]
         action: KeyAction,
@@ -284,7 +287,7 @@ fn print_or_fail(out: anyhow::Result<String>) -> u8 {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            exit::FAILURE
+            if e.chain().any(|c| c.is::<coi_bridge::store::Uninitialized>()) { exit::NO_STORE } else { exit::FAILURE }
         }
     }
 }

@@ -283,22 +283,208 @@ fn health_probe_fails_clearly_when_nothing_answers() {
 fn store_commands_need_no_mail_password_but_the_daemon_does() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
+    let port = free_port();
     let toml = GOOD.replace("PWFILE", "/nonexistent/pw")
-        + &format!("\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:1\"\n", state.display());
+        + &format!("\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n", state.display());
     let path = dir.path().join("c.toml");
     std::fs::write(&path, toml).expect("config");
-    // Without a store yet, `portals` says where it looked instead of making an empty one.
-    let out = bin().args(["portals", "--config"]).arg(&path).output().expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("no store at") && err.contains("store.state_dir"), "{err}");
-    assert!(!state.join("coi-bridge.db").exists(), "portals made a store");
-    // `key show` creates the store and key, without the password.
+    // `run` refuses to start without it, as a config error naming the key.
+    let out = bin().args(["run", "--config"]).arg(&path).output().expect("run");
+    assert_config_error(&out, &["account.password_file", "/nonexistent/pw"]);
+    // With it (from env), the daemon's first start makes the store and the key; the
+    // store commands then work without the password.
+    first_start(&path, "022");
     let out = bin().args(["key", "show", "--config"]).arg(&path).output().expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = bin().args(["portals", "--config"]).arg(&path).output().expect("run");
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no portals yet"));
-    // `run` still refuses to start without it, as a config error naming the key.
-    let out = bin().args(["run", "--config"]).arg(&path).output().expect("run");
-    assert_config_error(&out, &["account.password_file", "/nonexistent/pw"]);
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `coi-bridge` run by `sh` after `umask MASK`.
+fn under_umask(mask: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(format!("umask {mask}; exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_coi-bridge"));
+    c.env_remove("COI_BRIDGE__ACCOUNT__PASSWORD");
+    c
+}
+
+/// Runs the daemon under `umask MASK` until its store holds the key (the IMAP server is
+/// unreachable, so it only starts), checks `check_files` while it runs, then stops it
+/// with SIGTERM.
+fn first_start_then(config: &Path, mask: &str, check_files: impl FnOnce()) {
+    let mut daemon = under_umask(mask)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("COI_BRIDGE__ACCOUNT__PASSWORD", "pw")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let mut started = false;
+    for _ in 0..600 {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("the daemon exited at start: {status}");
+        }
+        let out = bin().args(["key", "show", "--config"]).arg(config).output().expect("run");
+        if out.status.success() {
+            started = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(started, "the daemon did not make its key within 60 s");
+        check_files();
+    }));
+    let term = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().expect("kill");
+    assert!(term.success());
+    let status = daemon.wait().expect("wait");
+    if let Err(p) = check {
+        std::panic::resume_unwind(p);
+    }
+    assert_eq!(status.code(), Some(0), "a clean stop on SIGTERM");
+}
+
+fn first_start(config: &Path, mask: &str) {
+    first_start_then(config, mask, || {});
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[test]
+fn store_backup_and_registration_are_private_whatever_the_umask() {
+    for mask in ["022", "000"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let toml = GOOD.replace("PWFILE", "/nonexistent/pw")
+            + &format!(
+                "\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n",
+                state.display(),
+                free_port()
+            )
+            + MATRIX;
+        let config = dir.path().join("c.toml");
+        std::fs::write(&config, toml).expect("config");
+        // The registration: new, and over an old world-readable one with --force.
+        let reg = dir.path().join("registration.yaml");
+        let out = under_umask(mask).args(["generate-registration", "--config"]).arg(&config).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(mode(&reg), 0o600, "registration under umask {mask}");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&reg, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = under_umask(mask)
+            .args(["generate-registration", "--force", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(mode(&reg), 0o600, "registration replaced with --force under umask {mask}");
+        assert!(!dir.path().join("registration.yaml.new").exists());
+        let db = state.join("coi-bridge.db");
+        first_start_then(&config, mask, || {
+            // While the daemon runs, its WAL and shared-memory files exist.
+            for f in ["coi-bridge.db", "coi-bridge.db-wal", "coi-bridge.db-shm"] {
+                assert_eq!(mode(&state.join(f)), 0o600, "{f} under umask {mask}");
+            }
+        });
+        assert_eq!(mode(&db), 0o600, "umask {mask}");
+        assert_eq!(mode(&state), 0o700, "the state dir the daemon made, umask {mask}");
+        // A command that writes (an invite) leaves the files private too.
+        let out = under_umask(mask).args(["invite", "--config"]).arg(&config).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(mode(&db), 0o600);
+        // The backup.
+        let backup = dir.path().join("backup.db");
+        let out = under_umask(mask).arg("backup").arg(&backup).arg("--config").arg(&config).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(mode(&backup), 0o600, "backup under umask {mask}");
+        // A store an older version left readable is made private at the next open.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = bin().args(["portals", "--config"]).arg(&config).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(mode(&db), 0o600, "an old 0644 store is tightened");
+    }
+}
+
+#[test]
+fn commands_refuse_a_missing_store_and_only_the_daemon_makes_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let toml = GOOD.replace("PWFILE", "/nonexistent/pw")
+        + &format!("\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n", state.display(), free_port());
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, toml).expect("config");
+    let vcf = dir.path().join("a.vcf");
+    std::fs::write(&vcf, "BEGIN:VCARD\r\nVERSION:4.0\r\nEMAIL:a@example.org\r\nEND:VCARD\r\n").expect("vcf");
+    let db = state.join("coi-bridge.db");
+    let link = "https://i.delta.chat/#0123456789ABCDEF0123456789ABCDEF01234567&a=alice%40example.org&i=x&s=y";
+    let vcf_arg = vcf.display().to_string();
+    let backup_arg = dir.path().join("b.db").display().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["key", "show"],
+        vec!["key", "export-public"],
+        vec!["key", "vcard"],
+        vec!["invite"],
+        vec!["invite", "--group", "Room"],
+        vec!["join", link],
+        vec!["contact", "import", &vcf_arg],
+        vec!["portals"],
+        vec!["unlink", "matrix", "!room"],
+        vec!["backup", &backup_arg],
+    ];
+    let refused = |args: &[&str], needle: &str| {
+        let out = bin().args(args).arg("--config").arg(&config).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(66), "{args:?} exits 66 (EX_NOINPUT): {err}");
+        for n in [needle, "store.url", &db.display().to_string(), "coi-bridge run", "c.toml"] {
+            assert!(err.contains(n), "{args:?}: stderr should name {n:?}:\n{err}");
+        }
+    };
+    for args in &commands {
+        refused(args, "no store at");
+        assert!(!db.exists(), "{args:?} made a store");
+    }
+    assert!(!dir.path().join("b.db").exists());
+    // A store without a key (as `check` leaves one) gets no key from a command either.
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("COI_BRIDGE__ACCOUNT__PASSWORD", "pw")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(db.exists());
+    for args in [&["key", "show"][..], &["invite"], &["key", "vcard"]] {
+        refused(args, "no bridge key yet");
+    }
+    // The daemon's first start makes the key; then the commands work, and every one
+    // shows the daemon's key.
+    first_start(&config, "077");
+    let shown = bin().args(["key", "show", "--config"]).arg(&config).output().expect("run");
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let fpr = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint").map(|f| f.trim().to_owned()))
+        .expect("fingerprint");
+    let invite = bin().args(["invite", "--config"]).arg(&config).output().expect("run");
+    assert!(String::from_utf8_lossy(&invite.stdout).contains(&fpr), "the invite carries the daemon's key");
+    // A mistyped state dir is refused, not filled with a new store and key.
+    let other = dir.path().join("typo");
+    let out = bin()
+        .args(["invite", "--config"])
+        .arg(&config)
+        .env("COI_BRIDGE__STORE__STATE_DIR", &other)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(66), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!other.join("coi-bridge.db").exists());
 }

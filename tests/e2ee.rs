@@ -62,6 +62,8 @@ async fn one_to_one_with_delta_chat_is_encrypted_both_ways_and_forgeries_are_kep
     let state = tempfile::tempdir().expect("tempdir");
     let config = support::write_config_with(&server, state.path(), Link::Plain, "", support::free_port(), "required");
 
+    // The daemon's first start makes the store and the key; the CLI works on them.
+    let core = core_for(&config).await;
     // Keys are exchanged by vCard, through the CLI on the bridge's side.
     let alice_vcf = dc.call("make_vcard", json!([alice, [1]])).await;
     std::fs::write(state.path().join("alice.vcf"), alice_vcf.as_str().expect("vcard")).expect("write vcf");
@@ -76,7 +78,6 @@ async fn one_to_one_with_delta_chat_is_encrypted_both_ways_and_forgeries_are_kep
     let bridge_contact = ids[0].as_u64().expect("contact id");
     let chat = dc.call("create_chat_by_contact_id", json!([alice, bridge_contact])).await;
 
-    let core = core_for(&config).await;
     assert!(shown.contains(&core.identity.fingerprint), "key show prints the fingerprint: {shown}");
     assert_eq!(crypto::fingerprint(&exported_key), core.identity.fingerprint);
     let token = CancellationToken::new();
@@ -186,12 +187,12 @@ async fn delta_chat_joins_the_bridge_and_its_group_through_invite_links() {
     let bob = dc.account(&server, "bob", "Bob").await;
     let state = tempfile::tempdir().expect("tempdir");
     let config = support::write_config_with(&server, state.path(), Link::Plain, "", support::free_port(), "required");
+    let core = core_for(&config).await;
     let qr = state.path().join("invite.png");
     let link = cli(&config, &["invite", "--qr", qr.to_str().expect("path")]).trim().to_owned();
     assert!(link.starts_with("https://i.delta.chat/#") && link.contains("&v=3&"), "{link}");
     assert!(std::fs::metadata(&qr).expect("QR written").len() > 100);
 
-    let core = core_for(&config).await;
     let token = CancellationToken::new();
     let body = async {
         // 1:1: Alice opens the bridge's link.
@@ -345,6 +346,8 @@ async fn vcard_pair(
     state: &std::path::Path,
 ) -> (std::path::PathBuf, Value) {
     let config = support::write_config_with(server, state, Link::Plain, "", support::free_port(), "required");
+    // The daemon's first start makes the store and the key the CLI works on.
+    drop(core_for(&config).await);
     let alice_vcf = dc.call("make_vcard", json!([alice, [1]])).await;
     std::fs::write(state.join("alice.vcf"), alice_vcf.as_str().expect("vcard")).expect("write vcf");
     cli(&config, &["contact", "import", state.join("alice.vcf").to_str().expect("path")]);

@@ -74,8 +74,19 @@ fn copy(src: &Path, tmp: &Path, progress: &mut impl FnMut(Progress)) -> anyhow::
     // The snapshot: sqlite3_backup_step keeps a read transaction it finds open, so
     // writes by the daemon during the copy neither restart it nor end up half in it.
     from.execute_batch("BEGIN DEFERRED; SELECT COUNT(*) FROM sqlite_schema;").context("opening a read snapshot")?;
-    let mut to = Connection::open(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    // Made 0600 before SQLite opens it: SQLite would create it 0644 less the umask, and
+    // gives its journal the file's own mode.
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+    }
     restrict(tmp)?;
+    let mut to = Connection::open(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     {
         let backup = rusqlite::backup::Backup::new(&from, &mut to).context("starting the SQLite backup")?;
         loop {

@@ -296,6 +296,25 @@ pub fn sqlite_path(url: &str, state_dir: &Path) -> Option<std::path::PathBuf> {
     Some(if path.is_absolute() { path.to_path_buf() } else { state_dir.join(path) })
 }
 
+/// The store is not there (or has no key yet): only the daemon's first start creates the
+/// store and the bridge's key, so a command beside it refuses instead of making new ones.
+#[derive(Debug, thiserror::Error)]
+pub enum Uninitialized {
+    #[error("no store at {}{hint}", path.display())]
+    NoStore { path: std::path::PathBuf, hint: String },
+    #[error("the store at {} has no bridge key yet{hint}", path.display())]
+    NoKey { path: std::path::PathBuf, hint: String },
+}
+
+/// Opens the existing store named by `url`; a missing SQLite file is an [`Uninitialized`] error,
+/// never a new, empty store.
+pub async fn open_existing(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = sqlite_path(url, state_dir) {
+        return Ok(Arc::new(sqlite::SqliteStore::open_existing(&path).await?));
+    }
+    open(url, state_dir).await
+}
+
 /// Opens the store named by `url`. A relative SQLite path is taken relative to `state_dir`.
 pub async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(path) = sqlite_path(url, state_dir) {

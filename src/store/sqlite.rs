@@ -74,14 +74,34 @@ fn err(e: sqlx::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("store: cannot create the directory {}", dir.display()))?;
+        Self::open_with(path, true).await
+    }
+
+    /// Opens the database at `path` only if it exists: a command beside the daemon never
+    /// makes a new, empty store (with a new key) out of a mistyped path.
+    pub async fn open_existing(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with(path, false).await
+    }
+
+    async fn open_with(path: &Path, create: bool) -> anyhow::Result<Self> {
+        if create {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .with_context(|| format!("store: cannot create the directory {}", dir.display()))?;
+            }
+            private::create(path)?;
+        } else if !path.exists() {
+            return Err(super::Uninitialized::NoStore { path: path.to_path_buf(), hint: String::new() }.into());
         }
+        private::tighten(path);
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .context("store: sqlite options")?
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
@@ -735,6 +755,7 @@ impl Store for SqliteStore {
 
 mod keys;
 mod portals;
+mod private;
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,15 @@
 //! Matrix `formatted_body` HTML → readable plain text for COI: tags are dropped (nothing of the HTML survives), structure becomes text (lines, list dashes, quotes, link targets).
 
-/// At most this much HTML is read; Matrix events are at most 64 KiB anyway.
-const MAX_INPUT: usize = 256 * 1024;
+/// At most this much HTML is read; Matrix events are at most 64 KiB anyway. Longer input
+/// is cut off and marked with [`TRUNCATED`].
+pub const MAX_INPUT: usize = 256 * 1024;
+
+/// Appended where input over [`MAX_INPUT`] was cut off.
+pub const TRUNCATED: &str = " […]";
+
+/// Nesting of quotes, lists and links that is rendered; deeper levels render as their
+/// parent. Without it 10 k nested quotes around 30 k lines would be 600 MB of `> `.
+pub const MAX_NESTING: usize = 16;
 
 /// Tags whose whole content is dropped: the reply fallback and things that are never text.
 const SKIPPED: &[&str] = &["mx-reply", "script", "style", "head", "title"];
@@ -25,13 +33,38 @@ fn decode_entity(name: &str) -> Option<char> {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Bytes the converter looked at, so tests can show the work is linear.
+    static SCANNED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts `n` bytes looked at (tests only).
+#[inline]
+fn scanned(n: usize) {
+    #[cfg(test)]
+    SCANNED.with(|c| c.set(c.get() + n as u64));
+    #[cfg(not(test))]
+    let _ = n;
+}
+
+/// Position of the ASCII byte `b` in `hay`; every search of the converter goes through here.
+fn find_ascii(hay: &str, b: u8) -> Option<usize> {
+    let found = hay.as_bytes().iter().position(|&x| x == b);
+    scanned(found.map_or(hay.len(), |i| i + 1));
+    found
+}
+
 /// Decodes character references; unknown ones stay as written.
 fn decode(text: &str, out: &mut String) {
     let mut rest = text;
-    while let Some(i) = rest.find('&') {
+    while let Some(i) = find_ascii(rest, b'&') {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
-        match rest[1..].find(';').filter(|j| *j <= 10).and_then(|j| decode_entity(&rest[1..=j]).map(|c| (c, j))) {
+        // The `;` must come within 10 bytes: never search further than that.
+        let window = &rest.as_bytes()[1..rest.len().min(12)];
+        scanned(window.len());
+        match window.iter().position(|&b| b == b';').and_then(|j| decode_entity(&rest[1..=j]).map(|c| (c, j))) {
             Some((c, j)) => {
                 out.push(c);
                 rest = &rest[j + 2..];
@@ -107,8 +140,11 @@ fn newline(out: &mut String) {
 
 /// The readable text of a Matrix HTML body.
 pub fn to_text(html: &str) -> String {
+    let truncated = html.len() > MAX_INPUT;
     let html = &html[..html.floor_char_boundary(MAX_INPUT)];
     let mut out = String::new();
+    // Open quotes/lists/links beyond MAX_NESTING: counted, not rendered.
+    let (mut quotes_over, mut lists_over, mut links_over) = (0usize, 0usize, 0usize);
     let mut rest = html;
     let mut skip: Option<String> = None;
     let mut pre = false;
@@ -116,7 +152,7 @@ pub fn to_text(html: &str) -> String {
     let mut lists: Vec<Option<u32>> = Vec::new();
     let mut links: Vec<(usize, Option<String>)> = Vec::new();
     while !rest.is_empty() {
-        let Some(lt) = rest.find('<') else {
+        let Some(lt) = find_ascii(rest, b'<') else {
             if skip.is_none() {
                 push_text(&mut out, rest, pre);
             }
@@ -126,7 +162,7 @@ pub fn to_text(html: &str) -> String {
             push_text(&mut out, &rest[..lt], pre);
         }
         rest = &rest[lt + 1..];
-        let Some(gt) = rest.find('>') else {
+        let Some(gt) = find_ascii(rest, b'>') else {
             // A lone `<` is text.
             if skip.is_none() {
                 push_text(&mut out, &format!("<{rest}"), pre);
@@ -158,16 +194,20 @@ pub fn to_text(html: &str) -> String {
             ("i" | "em", _) => out.push('_'),
             ("del" | "s" | "strike", _) => out.push('~'),
             ("code", _) if !pre => out.push('`'),
-            ("ul", false) => {
+            ("ul" | "ol", false) => {
                 newline(&mut out);
-                lists.push(None);
-            }
-            ("ol", false) => {
-                newline(&mut out);
-                lists.push(Some(1));
+                if lists.len() < MAX_NESTING {
+                    lists.push((tag.name == "ol").then_some(1));
+                } else {
+                    lists_over += 1;
+                }
             }
             ("ul" | "ol", true) => {
-                lists.pop();
+                if lists_over > 0 {
+                    lists_over -= 1;
+                } else {
+                    lists.pop();
+                }
                 newline(&mut out);
             }
             ("li", false) => {
@@ -184,10 +224,20 @@ pub fn to_text(html: &str) -> String {
             }
             ("blockquote", false) => {
                 newline(&mut out);
-                quote_start.push(out.len());
+                if quote_start.len() < MAX_NESTING {
+                    quote_start.push(out.len());
+                } else {
+                    quotes_over += 1;
+                }
+            }
+            ("blockquote", true) if quotes_over > 0 => {
+                quotes_over -= 1;
+                newline(&mut out);
             }
             ("blockquote", true) => {
                 if let Some(start) = quote_start.pop() {
+                    // Each byte is quoted at most MAX_NESTING times.
+                    scanned(out.len() - start);
                     let quoted: String = out[start..]
                         .trim_end()
                         .lines()
@@ -199,15 +249,21 @@ pub fn to_text(html: &str) -> String {
                 }
                 newline(&mut out);
             }
-            ("a", false) => links.push((out.len(), tag.href)),
+            ("a", false) if links.len() < MAX_NESTING => links.push((out.len(), tag.href)),
+            ("a", false) => links_over += 1,
+            ("a", true) if links_over > 0 => links_over -= 1,
             ("a", true) => {
                 if let Some((start, Some(href))) = links.pop() {
-                    let label = out[start..].trim().to_owned();
+                    // Each byte is in at most MAX_NESTING labels.
+                    scanned(out.len() - start);
+                    let label = out[start..].trim();
                     let shown = href.strip_prefix("mailto:").unwrap_or(&href);
                     // matrix.to pills show as their label; other links keep their target.
-                    if !label.is_empty() && label != shown && !href.starts_with("https://matrix.to/") {
+                    let empty = label.is_empty();
+                    let show_target = !empty && label != shown && !href.starts_with("https://matrix.to/");
+                    if show_target {
                         out.push_str(&format!(" ({shown})"));
-                    } else if label.is_empty() {
+                    } else if empty {
                         out.push_str(shown);
                     }
                 }
@@ -215,7 +271,11 @@ pub fn to_text(html: &str) -> String {
             _ => {}
         }
     }
-    out.trim().to_owned()
+    let mut text = out.trim().to_owned();
+    if truncated {
+        text.push_str(TRUNCATED);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -244,6 +304,42 @@ mod tests {
         assert_eq!(to_text("&#0; &#x110000; &bogus; &#65;"), "&#0; &#x110000; &bogus; A");
         assert_eq!(to_text("<b"), "<b");
         let huge = to_text(&"<b>".repeat(200_000));
-        assert!(huge.len() <= 256 * 1024 && huge.chars().all(|c| c == '*' || c == '<'), "bounded");
+        let kept = huge.strip_suffix(super::TRUNCATED).expect("cut off and marked");
+        assert!(kept.len() <= 256 * 1024 && kept.chars().all(|c| c == '*' || c == '<'), "bounded");
+    }
+
+    /// Bytes looked at and output length of `to_text(input)`.
+    fn work(input: &str) -> (u64, usize) {
+        super::SCANNED.with(|c| c.set(0));
+        let out = to_text(input);
+        (super::SCANNED.with(std::cell::Cell::get), out.len())
+    }
+
+    /// Issue #10: hostile HTML cost quadratic time (`&` runs searched to the end for `;`,
+    /// nested quotes and links re-read everything inside them) and nested lists and quotes
+    /// quadratic output. Work and output per input byte are now bounded, and doubling the
+    /// input at most doubles them.
+    #[test]
+    fn work_and_output_are_linear_on_hostile_html() {
+        let shapes: [(&str, &str, &str); 7] = [
+            ("", "&", ""),
+            ("", "&#x1", ""),
+            ("<blockquote>", "x<br>", "</blockquote>"),
+            ("<a href=\"https://x.org/\">", " <br>", "</a>"),
+            ("<ul>", "<li>x", "</ul>"),
+            ("<pre><a href=x>", "  ", "</a>"),
+            ("<mx-reply>", "<b>", "</mx-reply>"),
+        ];
+        for (open, middle, close) in shapes {
+            let build = |n: usize| format!("{}{}{}", open.repeat(n), middle.repeat(n), close.repeat(n));
+            let n = 64 * 1024 / (open.len() + middle.len() + close.len());
+            let (small, large) = (build(n), build(2 * n));
+            assert!(large.len() <= super::MAX_INPUT, "the shapes stay within the input budget");
+            let ((w1, o1), (w2, o2)) = (work(&small), work(&large));
+            let len = small.len() as u64;
+            assert!(w1 <= 40 * len, "{middle:?}: {w1} bytes looked at for {len} bytes");
+            assert!(w2 * 10 <= w1 * 21, "{middle:?}: twice the input cost {w2} vs {w1}");
+            assert!(o1 <= 40 * small.len() && o2 * 10 <= o1 * 21 + 64, "{middle:?}: output {o1} then {o2}");
+        }
     }
 }
