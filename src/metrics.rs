@@ -48,6 +48,9 @@ pub struct Metrics {
     pub bridge_state: IntGaugeVec,
     /// 1 when the last scrape could read the store (the outbox gauges are fresh).
     pub store_up: IntGauge,
+    /// Remote events a bridge set aside, by bridge and reason (failed, gave_up,
+    /// unparseable, panicked, forbidden).
+    pub dead_letters: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +114,7 @@ impl Metrics {
             decrypt_failures: counter("decrypt_failures_total", "Encrypted mails that could not be decrypted"),
             signature_failures: vec("signature_failures_total", "Mails without a valid known signature", &["reason"]),
             bridge_state: gauges("bridge_state", "1 for the bridge instance's current state", &["bridge", "state"]),
+            dead_letters: vec("dead_letters_total", "Remote events set aside by a bridge", &["bridge", "reason"]),
             store_up,
             registry,
         };

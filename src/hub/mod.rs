@@ -6,7 +6,9 @@
 //! - [`e2ee`]: the identity key; decrypt/verify inbound, sign/encrypt outbound.
 //! - [`securejoin`]: invite links and SecureJoin both ways; [`groups`]: renames, removals.
 //! - [`submit`]: remote → COI, the `Hub` bridges submit to; [`delivery`]: COI → remote, per bridge.
+//! - [`deadletter`]: remote events a bridge set aside, kept with their reason and counted.
 
+pub mod deadletter;
 pub mod delivery;
 pub mod e2ee;
 pub mod groups;

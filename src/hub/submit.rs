@@ -222,6 +222,10 @@ impl Hub for CoreHub {
         }
     }
 
+    async fn dead_letter(&self, from: &BridgeId, letter: coi_bridge_api::DeadLetter) -> Result<(), SubmitError> {
+        crate::hub::deadletter::set_aside(self.store.as_ref(), &self.metrics, from, letter).await
+    }
+
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
         if let RemoteEvent::Migrated { chat, new_chat } = &event {
             // Idempotent: after the first time there is no portal under the old id.

@@ -8,6 +8,7 @@
 //! trait; nothing outside this module names a backend.
 
 pub mod backup;
+pub mod deadletter;
 pub mod keys;
 pub mod portals;
 pub mod sqlite;
@@ -232,7 +233,7 @@ pub enum OutboxState {
 
 /// What the daemon needs from a store backend.
 #[async_trait]
-pub trait Store: keys::KeyStore + portals::PortalStore + Send + Sync + 'static {
+pub trait Store: keys::KeyStore + portals::PortalStore + deadletter::DeadLetterStore + Send + Sync + 'static {
     // --- inbound ---------------------------------------------------------------------
     async fn imap_cursor(&self, folder: &str) -> StoreResult<Option<ImapCursor>>;
 

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_portals.sql")),
     (4, include_str!("migrations/0004_avatars.sql")),
     (5, include_str!("migrations/0005_outbox_queued_ms.sql")),
+    (7, include_str!("migrations/0007_dead_letters.sql")),
 ];
 
 pub struct SqliteStore {
@@ -753,6 +754,7 @@ impl Store for SqliteStore {
     }
 }
 
+mod deadletter;
 mod keys;
 mod portals;
 mod private;

@@ -8,10 +8,14 @@
 //! - `new(config)` does no network I/O; [`Bridge::run`] connects and reconnects by itself
 //!   until [`BridgeContext::shutdown`] is cancelled.
 //! - A bridge advances its own cursor (sync token, update offset) only after
-//!   [`Hub::submit`] returned `Ok`: `Ok` means the event is durably queued.
+//!   [`Hub::submit`] returned `Ok`: `Ok` means the event is durably queued, or set aside
+//!   with [`Hub::dead_letter`] after it failed for good or [`deadletter::MAX_ATTEMPTS`] times.
 //! - Delivery is at least once. The core dedupes by ids, so the effect is exactly once.
 
+pub mod deadletter;
 pub mod testing;
+
+pub use deadletter::{DeadLetter, DeadLetterKind, Failure};
 
 use std::fmt;
 use std::sync::Arc;
@@ -412,6 +416,14 @@ pub trait Hub: Send + Sync + 'static {
         title: &str,
         command: Command,
     ) -> Result<CommandReply, SubmitError>;
+
+    /// Sets aside an event the bridge could not handle, so it never blocks the ones behind
+    /// it: the core keeps it with its reason and counts it. `Err(Retry)` only when it could
+    /// not be recorded now. The default (for hubs without a store) only logs it.
+    async fn dead_letter(&self, from: &BridgeId, letter: DeadLetter) -> Result<(), SubmitError> {
+        tracing::warn!(bridge = %from, event = %letter.event, kind = letter.kind.as_str(), reason = %letter.reason, "event set aside");
+        Ok(())
+    }
 }
 
 /// Per-bridge persistent key/value state (cursors, tokens), scoped by bridge id.

@@ -25,6 +25,7 @@ struct FakeHubInner {
     commands: Vec<(crate::RemoteChatId, String, crate::Command)>,
     fail_next: usize,
     refused: usize,
+    dead: Vec<crate::DeadLetter>,
 }
 
 impl FakeHub {
@@ -50,6 +51,11 @@ impl FakeHub {
     /// How many submits were refused by [`FakeHub::fail_next`].
     pub fn refused(&self) -> usize {
         self.lock().refused
+    }
+
+    /// Every event set aside so far, in order.
+    pub fn dead_letters(&self) -> Vec<crate::DeadLetter> {
+        self.lock().dead.clone()
     }
 
     /// Waits until at least `n` events were accepted.
@@ -84,6 +90,12 @@ impl Hub for FakeHub {
         self.lock().commands.push((chat.clone(), title.to_owned(), command.clone()));
         self.changed.notify_waiters();
         Ok(crate::CommandReply { text: format!("fake reply to {command:?}"), link: None, qr_png: None })
+    }
+
+    async fn dead_letter(&self, _from: &BridgeId, letter: crate::DeadLetter) -> Result<(), SubmitError> {
+        self.lock().dead.push(letter);
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {

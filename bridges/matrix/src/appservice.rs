@@ -1,4 +1,4 @@
-//! The appservice HTTP endpoint: the homeserver pushes transactions here. `hs_token` is checked in constant time; each transaction id is processed once, across restarts.
+//! The appservice HTTP endpoint: the homeserver pushes transactions here. `hs_token` is checked in constant time (before the body is read); each transaction id is processed once, across restarts.
 
 use std::sync::Arc;
 
@@ -11,8 +11,15 @@ use axum::routing::{get, post, put};
 use coi_bridge_api::BridgeState;
 use serde_json::{Value, json};
 
-/// Where the events of a transaction go. `Ok` only once every event is durably handled
-/// (submitted to the hub); an error makes the homeserver send the transaction again.
+/// The largest transaction body read, in bytes. Synapse sends at most 100 room events of at
+/// most 64 KiB each (a state event's `unsigned.prev_content` can double one) and 100 small
+/// ephemeral ones: about 13 MiB at worst. Anything up to this is read; a larger body is
+/// answered 413. The body is only read once the `hs_token` checked out.
+pub const MAX_TRANSACTION_BYTES: usize = 32 * 1024 * 1024;
+
+/// Where the events of a transaction go. `Ok` once every event is durably handled
+/// (submitted to the hub, or set aside as a dead letter); an error (only for a transient
+/// failure) makes the homeserver send the transaction again.
 #[async_trait]
 pub trait TransactionSink: Send + Sync + 'static {
     async fn events(&self, txn_id: &str, events: Vec<Value>) -> Result<(), String>;
@@ -64,12 +71,19 @@ async fn transaction(
     Path(txn_id): Path<String>,
     headers: HeaderMap,
     query: Q,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if !app.authorized(&headers, &query) {
         tracing::warn!(txn_id, "appservice transaction with a wrong or missing hs_token; refused");
         return error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "bad hs_token");
     }
+    let body = match axum::body::to_bytes(body, MAX_TRANSACTION_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(txn_id, error = %e, limit = MAX_TRANSACTION_BYTES, "appservice transaction body not read");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", &format!("transaction body: {e}"));
+        }
+    };
     // Synapse numbers transactions from 1 again after it restarts with none pending, so
     // an id alone does not identify a transaction: the id and the body's digest do.
     let key = format!("txn:{txn_id}");

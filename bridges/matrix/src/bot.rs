@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coi_bridge_api::{
-    Attachment, Bridge, BridgeContext, BridgeError, Capabilities, Command, DeliverError, DeliveryKey, Hub, Outgoing,
-    Person, RemoteChatId, RemoteEvent, RemoteMsgId, SubmitError,
+    Attachment, Bridge, BridgeContext, BridgeError, Capabilities, Command, DeadLetter, DeadLetterKind, DeliverError,
+    DeliveryKey, Hub, Outgoing, Person, RemoteChatId, RemoteEvent, RemoteMsgId, SubmitError,
 };
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
@@ -219,6 +219,41 @@ impl Listener {
         }
     }
 
+    /// Whether `sender` may change `target` (see [`crate::authority`]): an edit only its own
+    /// sender, a redaction also someone with the room's redact power. A refusal is set
+    /// aside as a dead letter.
+    async fn may_change(&self, room: &Room, event_id: &str, sender: &str, target: &str, redaction: bool) -> bool {
+        let author = match EventId::parse(target) {
+            Ok(id) => match room.load_or_fetch_event(&id, None).await {
+                Ok(ev) => ev.raw().get_field::<String>("sender").ok().flatten(),
+                Err(e) => {
+                    tracing::info!(room = %room.room_id(), target, error = %e, "the changed event is not visible");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        if author.as_deref() == Some(sender) {
+            return true;
+        }
+        if redaction
+            && let Ok(uid) = UserId::parse(sender)
+            && room.power_levels_or_default().await.user_can_redact_event_of_other(&uid)
+        {
+            return true;
+        }
+        let what = if redaction { "redact" } else { "edit" };
+        let author = author.unwrap_or_else(|| "someone the bot cannot see".into());
+        let reason = format!("{sender} tried to {what} a message by {author}");
+        tracing::warn!(bridge = %self.id, room = %room.room_id(), %reason, "not bridged");
+        let chat = Some(RemoteChatId(room.room_id().to_string()));
+        let letter = DeadLetter::new(chat, event_id, DeadLetterKind::Forbidden, &reason, target);
+        if let Err(e) = self.hub.dead_letter(&self.id, letter).await {
+            tracing::warn!(bridge = %self.id, error = %e, "could not record the refused change");
+        }
+        false
+    }
+
     async fn notice(&self, room: &Room, key: &str, text: &str) {
         let content = json!({ "msgtype": "m.notice", "body": text });
         if let Err(e) = room.send_raw("m.room.message", content).with_transaction_id(&txn(key)).await {
@@ -308,6 +343,9 @@ impl Listener {
                     else {
                         return;
                     };
+                    if !self.may_change(room, event_id, sender, target, false).await {
+                        return;
+                    }
                     RemoteEvent::Edit {
                         chat,
                         id: event_id.into(),
@@ -347,6 +385,9 @@ impl Listener {
             }
             Some("m.room.redaction") => {
                 let Some(target) = ev["redacts"].as_str().or(content["redacts"].as_str()) else { return };
+                if !self.may_change(room, event_id, sender, target, true).await {
+                    return;
+                }
                 RemoteEvent::Delete {
                     chat,
                     id: event_id.into(),

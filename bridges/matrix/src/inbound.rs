@@ -1,14 +1,24 @@
 //! Matrix → hub: turns the events of an appservice transaction into `RemoteEvent`s and submits them; the bridge's own ghosts and bot are ignored (no echo loops).
+//!
+//! One event never blocks the others: an event whose handling fails for good (a refused
+//! notice, a panic, another user's edit) is set aside as a dead letter with its reason, and
+//! one that fails transiently is tried again with the whole transaction, at most
+//! [`MAX_ATTEMPTS`] times, then set aside too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use coi_bridge_api::{Attachment, BridgeId, Command, Hub, Person, RemoteChatId, RemoteEvent, SubmitError};
+use coi_bridge_api::deadletter::{Attempts, MAX_ATTEMPTS, catch_panic};
+use coi_bridge_api::{
+    Attachment, BridgeId, Command, DeadLetter, DeadLetterKind, Failure, Hub, Person, RemoteChatId, RemoteEvent,
+    SubmitError,
+};
 use serde_json::Value;
 
 use crate::appservice::TransactionSink;
-use crate::client::{AsClient, seg};
+use crate::authority::{Verdict, check_edit, check_redaction};
+use crate::client::{AsClient, MatrixError, seg};
 use crate::config::MatrixConfig;
 use crate::html;
 
@@ -19,6 +29,15 @@ pub struct MatrixInbound {
     hub: Arc<dyn Hub>,
     cfg: MatrixConfig,
     names: Mutex<HashMap<String, String>>,
+    attempts: Attempts,
+}
+
+/// A homeserver error while handling an event: 4xx is for good, the rest may pass.
+fn failure(e: MatrixError) -> Failure {
+    match e {
+        MatrixError::Retry { reason, .. } => Failure::Transient(reason),
+        refused @ MatrixError::Refused { .. } => Failure::Permanent(DeadLetterKind::Failed, refused.to_string()),
+    }
 }
 
 /// The command prefix in Matrix rooms.
@@ -49,7 +68,7 @@ pub fn text_of(content: &Value) -> Option<String> {
 
 impl MatrixInbound {
     pub fn new(id: BridgeId, client: AsClient, hub: Arc<dyn Hub>, cfg: &MatrixConfig) -> Self {
-        Self { id, client, hub, cfg: cfg.clone(), names: Mutex::default() }
+        Self { id, client, hub, cfg: cfg.clone(), names: Mutex::default(), attempts: Attempts::default() }
     }
 
     fn ours(&self, mxid: &str) -> bool {
@@ -57,17 +76,13 @@ impl MatrixInbound {
     }
 
     /// Answers in the room as the bot, with a notice.
-    async fn notice(&self, room: &str, txn: &str, text: &str) -> Result<(), String> {
+    async fn notice(&self, room: &str, txn: &str, text: &str) -> Result<(), Failure> {
         let content = serde_json::json!({ "msgtype": "m.notice", "body": text });
-        self.client
-            .send(room, &self.client.bot, "m.room.message", txn, &content)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.client.send(room, &self.client.bot, "m.room.message", txn, &content).await.map(|_| ()).map_err(failure)
     }
 
     /// `!coi …` from a person: admins' commands go to the hub, others get a refusal.
-    async fn command(&self, ev: &Value, body: &str) -> Result<(), String> {
+    async fn command(&self, ev: &Value, body: &str) -> Result<(), Failure> {
         let (Some(sender), Some(room), Some(event_id)) =
             (ev["sender"].as_str(), ev["room_id"].as_str(), ev["event_id"].as_str())
         else {
@@ -101,7 +116,7 @@ impl MatrixInbound {
                     None => Ok(()),
                 }
             }
-            Err(SubmitError::Retry(e)) => Err(e),
+            Err(SubmitError::Retry(e)) => Err(Failure::Transient(e)),
             Err(SubmitError::Rejected(e)) => self.notice(room, &txn, &format!("That did not work: {e}")).await,
         }
     }
@@ -124,17 +139,17 @@ impl MatrixInbound {
     }
 
     /// Posts a PNG in the room as the bot.
-    async fn image(&self, room: &str, txn: &str, name: &str, png: Vec<u8>) -> Result<(), String> {
+    async fn image(&self, room: &str, txn: &str, name: &str, png: Vec<u8>) -> Result<(), Failure> {
         let size = png.len();
         let bot = self.client.bot.clone();
-        let uri = self.client.upload(&bot, name, "image/png", png).await.map_err(|e| e.to_string())?;
+        let uri = self.client.upload(&bot, name, "image/png", png).await.map_err(failure)?;
         let content = serde_json::json!({
             "msgtype": "m.image",
             "body": name,
             "url": uri,
             "info": { "mimetype": "image/png", "size": size },
         });
-        self.client.send(room, &bot, "m.room.message", txn, &content).await.map(|_| ()).map_err(|e| e.to_string())
+        self.client.send(room, &bot, "m.room.message", txn, &content).await.map(|_| ()).map_err(failure)
     }
 
     /// `m.read` receipts of the bridge's owners, one event per receipt.
@@ -290,42 +305,112 @@ impl MatrixInbound {
     }
 }
 
+impl MatrixInbound {
+    /// An edit or a redaction of someone else's message: only its sender may edit it, and
+    /// only its sender or someone with the room's redact power may redact it.
+    async fn authority(&self, remote: &RemoteEvent) -> Result<Verdict, Failure> {
+        match remote {
+            RemoteEvent::Edit { chat, sender, target, .. } => {
+                check_edit(&self.client, chat.as_str(), sender.id.as_str(), target.as_str()).await.map_err(failure)
+            }
+            RemoteEvent::Delete { chat, sender, target, .. } => {
+                check_redaction(&self.client, chat.as_str(), sender.id.as_str(), target.as_str()).await.map_err(failure)
+            }
+            _ => Ok(Verdict::Allowed),
+        }
+    }
+
+    /// One event of a transaction, handled durably.
+    async fn handle(&self, txn_id: &str, ev: &Value) -> Result<(), Failure> {
+        let sender = ev["sender"].as_str().unwrap_or_default();
+        let body = ev["content"]["body"].as_str().unwrap_or_default();
+        // The bot follows admins' invitations into rooms.
+        if ev["type"] == "m.room.member"
+            && ev["state_key"].as_str() == Some(&self.client.bot)
+            && ev["content"]["membership"] == "invite"
+        {
+            if let Some(room) = ev["room_id"].as_str().filter(|_| self.cfg.is_admin(sender))
+                && let Err(e) = self.client.join(room, &self.client.bot).await
+            {
+                tracing::warn!(room, error = %e, "could not accept the invitation");
+            }
+            return Ok(());
+        }
+        if ev["type"] == "m.room.message" && !self.ours(sender) && (body == PREFIX || body.starts_with("!coi ")) {
+            return self.command(ev, body).await;
+        }
+        let remotes = if ev["type"] == "m.receipt" {
+            self.receipts(ev).await
+        } else {
+            self.translate(ev).await.into_iter().collect()
+        };
+        for remote in remotes {
+            if let Verdict::Forbidden(reason) = self.authority(&remote).await? {
+                return Err(Failure::Permanent(DeadLetterKind::Forbidden, reason));
+            }
+            match self.hub.submit(&self.id, remote).await {
+                Ok(()) => {}
+                // Not queued: the homeserver sends the whole transaction again.
+                Err(SubmitError::Retry(e)) => return Err(Failure::Transient(e)),
+                Err(SubmitError::Rejected(e)) => {
+                    tracing::info!(txn_id, event_id = ev["event_id"].as_str(), reason = %e, "Matrix event not bridged");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets an event aside: a dead letter in the core, and a notice in its room where the
+    /// bot may post one. `Err` only when the dead letter could not be recorded now.
+    async fn set_aside(&self, ev: &Value, key: &str, kind: DeadLetterKind, reason: &str) -> Result<(), String> {
+        let room = ev["room_id"].as_str();
+        let letter = DeadLetter::new(room.map(Into::into), key, kind, reason, &ev.to_string());
+        match self.hub.dead_letter(&self.id, letter).await {
+            Ok(()) => {}
+            Err(SubmitError::Retry(e)) => return Err(format!("could not set aside {key}: {e}")),
+            Err(SubmitError::Rejected(e)) => tracing::warn!(event = key, error = %e, "dead letter refused"),
+        }
+        self.attempts.done(key);
+        // Someone else's edit or redaction: Matrix clients ignore it as well; no notice.
+        if kind == DeadLetterKind::Forbidden {
+            return Ok(());
+        }
+        if let Some(room) = room {
+            let who = ev["sender"].as_str().unwrap_or("someone");
+            let short: String = reason.chars().take(300).collect();
+            let text = format!("An event from {who} could not be bridged to COI and was set aside ({short}).");
+            if let Err(e) = self.notice(room, &format!("dead-{key}"), &text).await {
+                tracing::info!(room, event = key, error = %e, "no notice about the set-aside event could be posted");
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl TransactionSink for MatrixInbound {
     async fn events(&self, txn_id: &str, events: Vec<Value>) -> Result<(), String> {
-        for ev in &events {
-            let sender = ev["sender"].as_str().unwrap_or_default();
-            let body = ev["content"]["body"].as_str().unwrap_or_default();
-            // The bot follows admins' invitations into rooms.
-            if ev["type"] == "m.room.member"
-                && ev["state_key"].as_str() == Some(&self.client.bot)
-                && ev["content"]["membership"] == "invite"
-            {
-                if let Some(room) = ev["room_id"].as_str().filter(|_| self.cfg.is_admin(sender))
-                    && let Err(e) = self.client.join(room, &self.client.bot).await
-                {
-                    tracing::warn!(room, error = %e, "could not accept the invitation");
-                }
-                continue;
+        for (i, ev) in events.iter().enumerate() {
+            // Ephemeral events (receipts) have no id of their own.
+            let key = ev["event_id"].as_str().map_or_else(|| format!("{txn_id}/{i}"), str::to_owned);
+            if self.attempts.is_done(&key) {
+                continue; // handled when the homeserver sent this transaction before
             }
-            if ev["type"] == "m.room.message" && !self.ours(sender) && (body == PREFIX || body.starts_with("!coi ")) {
-                self.command(ev, body).await?;
-                continue;
-            }
-            let remotes = if ev["type"] == "m.receipt" {
-                self.receipts(ev).await
-            } else {
-                self.translate(ev).await.into_iter().collect()
-            };
-            for remote in remotes {
-                match self.hub.submit(&self.id, remote).await {
-                    Ok(()) => {}
-                    // Not queued: the homeserver sends the whole transaction again.
-                    Err(SubmitError::Retry(e)) => return Err(e),
-                    Err(SubmitError::Rejected(e)) => {
-                        tracing::info!(txn_id, event_id = ev["event_id"].as_str(), reason = %e, "Matrix event not bridged");
+            let outcome = catch_panic(self.handle(txn_id, ev))
+                .await
+                .unwrap_or_else(|panic| Err(Failure::Permanent(DeadLetterKind::Panicked, panic)));
+            match outcome {
+                Ok(()) => self.attempts.done(&key),
+                Err(Failure::Transient(reason)) => {
+                    if !self.attempts.failed(&key) {
+                        let attempt = self.attempts.failures(&key);
+                        tracing::warn!(txn_id, event = %key, attempt, max = MAX_ATTEMPTS, error = %reason, "Matrix event not handled yet; the homeserver will send it again");
+                        return Err(reason);
                     }
+                    let reason = format!("failed {MAX_ATTEMPTS} times, last: {reason}");
+                    self.set_aside(ev, &key, DeadLetterKind::GaveUp, &reason).await?;
                 }
+                Err(Failure::Permanent(kind, reason)) => self.set_aside(ev, &key, kind, &reason).await?,
             }
         }
         Ok(())

@@ -1,5 +1,7 @@
 //! The Matrix bridge module: appservice mode (registration, transaction endpoint, ghosts in portal rooms) and bot mode (one account through matrix-sdk), both directions.
 //!
+//! - [`authority`]: who may edit or redact a bridged message (its sender; redactions also
+//!   the room's moderators).
 //! - [`bot`]: bot mode, one ordinary account through matrix-sdk, with name prefixes and
 //!   encrypted rooms.
 //! - [`bridge`]: the `Bridge` contract: COI people post through ghosts in portal rooms.
@@ -12,6 +14,7 @@
 //!   `hs_token` in constant time and processing each transaction once.
 
 pub mod appservice;
+pub mod authority;
 pub mod bot;
 pub mod bridge;
 pub mod client;

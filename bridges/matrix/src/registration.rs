@@ -44,9 +44,95 @@ fn regex_escape(s: &str) -> String {
     s.chars().flat_map(|c| if "\\.+*?()|[]{}^$".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
 }
 
-/// A YAML double-quoted scalar.
+/// A YAML double-quoted scalar, on one line whatever `s` holds.
 fn q(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            // Other control characters, and the line breaks YAML knows beyond \n and \r.
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}') => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Reads back what [`q`] wrote (and plain unquoted scalars as they are).
+fn unq(v: &str) -> Option<String> {
+    let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else { return Some(v.to_owned()) };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push('\n'),
+            't' => out.push('\t'),
+            'r' => out.push('\r'),
+            'u' => {
+                let hex: String = chars.by_ref().take(4).collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            other => out.push(other),
+        }
+    }
+    Some(out)
+}
+
+/// The ghost localpart (after the prefix) for an address: injective, so two addresses
+/// never share a ghost, and the same as before for plain addresses
+/// (`alice@example.org` → `alice=example.org`). Matrix localparts allow `a-z 0-9 . _ = - /`:
+/// `@` becomes `=`, `_` becomes `__`, and every other byte (upper case, `+`, `=`, non-ASCII)
+/// becomes `_` and two hex digits (`A` → `_41`, `+` → `_2b`).
+pub fn ghost_localpart(addr: &str) -> String {
+    let mut out = String::with_capacity(addr.len());
+    for b in addr.bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'/' => out.push(b as char),
+            b'@' => out.push('='),
+            b'_' => out.push_str("__"),
+            other => out.push_str(&format!("_{other:02x}")),
+        }
+    }
+    out
+}
+
+/// The inverse of [`ghost_localpart`]; `None` for what it never writes.
+pub fn addr_of_localpart(local: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(local.len());
+    let mut it = local.bytes();
+    while let Some(b) = it.next() {
+        match b {
+            b'=' => bytes.push(b'@'),
+            b'_' => match it.next()? {
+                b'_' => bytes.push(b'_'),
+                hi => {
+                    let lo = it.next()?;
+                    let hex = [hi, lo];
+                    let hex = std::str::from_utf8(&hex).ok()?;
+                    if hex.bytes().any(|h| h.is_ascii_uppercase()) {
+                        return None;
+                    }
+                    bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                }
+            },
+            other => bytes.push(other),
+        }
+    }
+    let addr = String::from_utf8(bytes).ok()?;
+    // Only what ghost_localpart writes: one spelling per address.
+    (ghost_localpart(&addr) == local).then_some(addr)
 }
 
 impl Registration {
@@ -90,10 +176,7 @@ impl Registration {
         let get = |key: &str| -> Result<String, String> {
             text.lines()
                 .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(str::trim))
-                .map(|v| {
-                    let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
-                    v.replace("\\\"", "\"").replace("\\\\", "\\")
-                })
+                .and_then(unq)
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| format!("registration file: no `{key}`"))
         };
@@ -108,19 +191,15 @@ impl Registration {
         })
     }
 
-    /// The ghost MXID for a COI address: `@<prefix><local>=<domain>:<server>`.
+    /// The ghost MXID for a COI address: `@<prefix><local>=<domain>:<server>`, escaped by
+    /// [`ghost_localpart`]. The core hands over addresses in lower case, as Delta Chat
+    /// compares them; the escaping itself keeps case apart.
     pub fn ghost_for(&self, addr: &str) -> String {
-        let local: String = addr
-            .to_lowercase()
-            .replace('@', "=")
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "._=-/".contains(c) { c } else { '_' })
-            .collect();
-        format!("@{}{local}:{}", self.ghost_prefix, self.server_name)
+        format!("@{}{}:{}", self.ghost_prefix, ghost_localpart(addr), self.server_name)
     }
 
-    /// The COI address a ghost speaks for (the inverse of [`Registration::ghost_for`]
-    /// for addresses it did not have to escape); `None` for other users.
+    /// The COI address a ghost speaks for (the inverse of [`Registration::ghost_for`]);
+    /// `None` for other users.
     pub fn addr_of_ghost(&self, mxid: &str) -> Option<String> {
         addr_of_ghost(&self.ghost_prefix, &self.server_name, mxid)
     }
@@ -132,13 +211,48 @@ pub fn addr_of_ghost(ghost_prefix: &str, server_name: &str, mxid: &str) -> Optio
     if server != server_name {
         return None;
     }
-    let (user, domain) = local.strip_prefix(ghost_prefix)?.rsplit_once('=')?;
-    (!user.is_empty() && !domain.is_empty()).then(|| format!("{user}@{domain}"))
+    let addr = addr_of_localpart(local.strip_prefix(ghost_prefix)?)?;
+    let (user, domain) = addr.rsplit_once('@')?;
+    (!user.is_empty() && !domain.is_empty()).then_some(addr)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn distinct_addresses_get_distinct_ghosts(a in "(?s).{0,40}", b in "(?s).{0,40}") {
+            prop_assume!(a != b);
+            prop_assert_ne!(ghost_localpart(&a), ghost_localpart(&b));
+        }
+
+        #[test]
+        fn ghosts_are_valid_localparts_and_parse_back(addr in "(?s).{0,40}") {
+            let local = ghost_localpart(&addr);
+            prop_assert!(local.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/".contains(&b)), "{}", local);
+            prop_assert_eq!(addr_of_localpart(&local), Some(addr));
+        }
+
+        #[test]
+        fn address_like_ghosts_round_trip(user in "[a-zA-Z0-9_.+=!#%-]{1,20}", domain in "[a-zA-Z0-9.-]{1,20}") {
+            let r = Registration::generate("coi", "http://x", "hs.example", "coibot", "coi_");
+            let addr = format!("{user}@{domain}");
+            prop_assert_eq!(r.addr_of_ghost(&r.ghost_for(&addr)), Some(addr));
+        }
+
+        #[test]
+        fn registration_yaml_round_trips(
+            id in "(?s).{1,20}", url in "(?s).{1,40}", as_token in "(?s).{1,40}", hs_token in "(?s).{1,40}",
+            sender in "(?s).{1,20}", prefix in "(?s).{1,10}", server in "(?s).{1,30}",
+        ) {
+            let r = Registration {
+                id, url, as_token, hs_token, sender_localpart: sender, ghost_prefix: prefix, server_name: server,
+            };
+            prop_assert_eq!(Registration::from_yaml(&r.to_yaml()), Ok(r));
+        }
+    }
 
     #[test]
     fn yaml_round_trips_and_tokens_are_fresh_and_hidden() {
@@ -156,10 +270,29 @@ mod tests {
     #[test]
     fn ghosts_are_named_after_the_address() {
         let r = Registration::generate("coi", "http://x", "hs.example", "coibot", "coi_");
-        assert_eq!(r.ghost_for("Alice@Example.org"), "@coi_alice=example.org:hs.example");
-        assert_eq!(r.ghost_for("a+b@x.org"), "@coi_a_b=x.org:hs.example");
+        // Plain addresses keep the ghosts they always had.
+        assert_eq!(r.ghost_for("alice@example.org"), "@coi_alice=example.org:hs.example");
+        assert_eq!(r.ghost_for("first.last-1@mail.example.org"), "@coi_first.last-1=mail.example.org:hs.example");
+        // Everything else is escaped, so no two addresses share a ghost.
+        let ghosts: Vec<String> =
+            ["a+b@x.org", "a_b@x.org", "a=b@x.org", "A+b@x.org", "a_2bb@x.org", "a@b@x.org", "a@b=x.org"]
+                .iter()
+                .map(|a| r.ghost_for(a))
+                .collect();
+        assert_eq!(ghosts[0], "@coi_a_2bb=x.org:hs.example");
+        assert_eq!(ghosts[1], "@coi_a__b=x.org:hs.example");
+        assert_eq!(ghosts[2], "@coi_a_3db=x.org:hs.example");
+        assert_eq!(ghosts[3], "@coi__41_2bb=x.org:hs.example");
+        let distinct: std::collections::HashSet<&String> = ghosts.iter().collect();
+        assert_eq!(distinct.len(), ghosts.len(), "{ghosts:?}");
         assert_eq!(r.addr_of_ghost("@coi_alice=example.org:hs.example").as_deref(), Some("alice@example.org"));
-        assert_eq!(r.addr_of_ghost("@coi_a=b=x.org:hs.example").as_deref(), Some("a=b@x.org"));
+        assert_eq!(r.addr_of_ghost("@coi_a_3db=x.org:hs.example").as_deref(), Some("a=b@x.org"));
+        assert_eq!(r.addr_of_ghost("@coi_a_2bb=x.org:hs.example").as_deref(), Some("a+b@x.org"));
+        // Spellings the bridge never writes are nobody's ghost.
+        assert_eq!(r.addr_of_ghost("@coi_a_2Bb=x.org:hs.example"), None, "upper-case hex");
+        assert_eq!(r.addr_of_ghost("@coi_a_61=x.org:hs.example"), None, "an escaped plain letter");
+        assert_eq!(r.addr_of_ghost("@coi_a_=x.org:hs.example"), None, "a cut escape");
+        assert_eq!(r.addr_of_ghost("@coi_alice:hs.example"), None, "no domain");
         assert_eq!(r.addr_of_ghost("@alice:hs.example"), None);
         assert_eq!(r.addr_of_ghost("@coi_alice=example.org:elsewhere"), None);
     }

@@ -1,4 +1,4 @@
-//! The Telegram side of the `Bridge` contract: long polling in (offset persisted only after a durable submit), bot messages out with bold name prefixes, 429 `retry_after` honoured by the core's per-chat order.
+//! The Telegram side of the `Bridge` contract: long polling in (offset persisted only after a durable submit, or once the update is set aside as a dead letter), bot messages out with bold name prefixes, 429 `retry_after` honoured by the core's per-chat order.
 
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ use teloxide::types::{
 use teloxide::{ApiError, Bot, RequestError};
 
 use crate::config::TelegramConfig;
+
+mod updates;
 
 /// Seconds one `getUpdates` long-polls (below teloxide's HTTP timeout).
 const LONG_POLL: u32 = 10;
@@ -399,6 +401,7 @@ impl Bridge for TelegramBridge {
             Err(e) => return Err(BridgeError::Retry(format!("reading the update offset: {e}"))),
         };
         let mut backoff = Duration::from_secs(1);
+        let attempts = coi_bridge_api::deadletter::Attempts::default();
         loop {
             let poll = self.bot.get_updates().offset(offset).timeout(LONG_POLL).allowed_updates(vec![
                 AllowedUpdate::Message,
@@ -410,8 +413,13 @@ impl Bridge for TelegramBridge {
                 () = cx.shutdown.cancelled() => return Ok(()),
                 r = poll => r,
             };
-            let updates = match updates {
-                Ok(u) => u,
+            let items = match updates {
+                Ok(u) => u.into_iter().map(|u| updates::Item::Parsed(Box::new(u))).collect(),
+                // One update teloxide cannot read spoils the whole answer: read them one by one.
+                Err(RequestError::InvalidJson { raw, source }) if updates::split_batch(&raw).is_some() => {
+                    tracing::warn!(bridge = %cx.id, error = %source, "a Telegram update does not parse; reading them one by one");
+                    updates::split_batch(&raw).unwrap_or_default()
+                }
                 Err(RequestError::RetryAfter(s)) => {
                     tokio::time::sleep(s.duration()).await;
                     continue;
@@ -429,12 +437,17 @@ impl Bridge for TelegramBridge {
             };
             backoff = Duration::from_secs(1);
             cx.status.connected();
-            for update in updates {
-                let id = update.id.0 as i32;
-                if let Err(e) = self.handle(&cx, me.user.id, update).await {
+            for item in items {
+                let id = item.id() as i32;
+                if id < offset {
+                    continue;
+                }
+                if let updates::Step::Again(pause) = self.process(&cx, me.user.id, item, &attempts).await {
                     // Not durably queued: keep the offset, ask again after a pause.
-                    tracing::warn!(bridge = %cx.id, error = %e, "Telegram update not queued; will fetch it again");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        () = cx.shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     break;
                 }
                 offset = id + 1;
