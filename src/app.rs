@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::Notify;
 
-use crate::coi::{Limits, Mailbox};
+use crate::coi::Mailbox;
 use crate::config::Loaded;
 use crate::hub::e2ee::Identity;
 use crate::hub::ingest::Ingest;
@@ -67,9 +67,14 @@ impl Core {
         let outbound = Arc::new(Outbound::new(store.clone(), me, identity.clone(), cfg.account.encryption, wake));
         let securejoin =
             Arc::new(SecureJoin::new(store.clone(), identity.clone(), outbound.clone(), &cfg.account.display_name));
-        let ingest =
-            Ingest::new(store.clone(), identity.clone(), cfg.account.encryption, Limits::default(), metrics.clone())
-                .with_securejoin(securejoin.clone());
+        let ingest = Ingest::new(
+            store.clone(),
+            identity.clone(),
+            cfg.account.encryption,
+            crate::hub::e2ee::Budget::default(),
+            metrics.clone(),
+        )
+        .with_securejoin(securejoin.clone());
         let imap =
             ImapWorker::new(ImapSettings::from_config(loaded)?, Arc::new(ingest), metrics.clone(), health.clone());
         let hub = Arc::new(

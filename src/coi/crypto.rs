@@ -2,9 +2,11 @@
 
 use std::io::Cursor;
 
+use std::io::Read as _;
+
 use pgp::composed::{
-    Deserializable as _, EncryptionCaps, KeyType, Message, MessageBuilder, SecretKeyParamsBuilder, SignedPublicKey,
-    SignedPublicSubKey, SignedSecretKey, SubkeyParamsBuilder, SubpacketConfig,
+    Deserializable as _, EncryptionCaps, Esk, KeyType, Message, MessageBuilder, SecretKeyParamsBuilder,
+    SignedPublicKey, SignedPublicSubKey, SignedSecretKey, SubkeyParamsBuilder, SubpacketConfig,
 };
 use pgp::crypto::aead::{AeadAlgorithm, ChunkSize};
 use pgp::crypto::ecc_curve::ECCCurve;
@@ -24,6 +26,112 @@ pub enum CryptoError {
     Decrypt(String),
     #[error("cannot encrypt: {0}")]
     Encrypt(String),
+    /// The message asks for more work or memory than [`DecryptLimits`] allow.
+    #[error("over budget: {0}")]
+    OverBudget(String),
+}
+
+/// What decrypting one hostile message may cost at most. The sender chooses the packet
+/// counts, the string-to-key parameters and the compression ratio, so each is capped
+/// before any work is done (see docs/SECURITY.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecryptLimits {
+    /// Plaintext bytes after decompression; more and the message is refused.
+    pub max_plain_bytes: u64,
+    /// Public-key packets (one per recipient; each costs an ECDH with our key).
+    pub max_pkesk: usize,
+    /// Symmetric-key (password) packets. Delta Chat sends one.
+    pub max_skesk: usize,
+    /// Argon2 memory per derivation, in KiB.
+    pub max_argon2_kib: u64,
+    /// Argon2 passes per derivation.
+    pub max_argon2_passes: u8,
+    /// Iterated-and-salted S2K: bytes hashed per derivation.
+    pub max_iterated_bytes: u64,
+    /// Password derivations in all (symmetric packets times passwords tried).
+    pub max_derivations: usize,
+    /// Passwords (SecureJoin invite secrets) are tried only on messages up to this size;
+    /// larger ones only with our key. SecureJoin steps are a few KiB.
+    pub max_password_message_bytes: u64,
+}
+
+impl Default for DecryptLimits {
+    fn default() -> Self {
+        Self {
+            max_plain_bytes: 64 * 1024 * 1024,
+            max_pkesk: 1024,
+            max_skesk: 4,
+            max_argon2_kib: 64 * 1024,
+            max_argon2_passes: 4,
+            max_iterated_bytes: 16 * 1024 * 1024,
+            max_derivations: 4096,
+            max_password_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl DecryptLimits {
+    /// Refuses a message whose key packets cost more than the limits allow to try with
+    /// `passwords` passwords.
+    fn check_esk(&self, esk: &[Esk], passwords: usize) -> Result<()> {
+        let over = |m: String| Err(CryptoError::OverBudget(m));
+        let pkesk = esk.iter().filter(|e| matches!(e, Esk::PublicKeyEncryptedSessionKey(_))).count();
+        if pkesk > self.max_pkesk {
+            return over(format!("{pkesk} public-key packets (limit {})", self.max_pkesk));
+        }
+        let skesks: Vec<_> = esk
+            .iter()
+            .filter_map(|e| match e {
+                Esk::SymKeyEncryptedSessionKey(k) => Some(k),
+                Esk::PublicKeyEncryptedSessionKey(_) => None,
+            })
+            .collect();
+        if skesks.is_empty() || passwords == 0 {
+            return Ok(());
+        }
+        if skesks.len() > self.max_skesk {
+            return over(format!("{} symmetric-key packets (limit {})", skesks.len(), self.max_skesk));
+        }
+        let mut argon2 = 0usize;
+        for k in &skesks {
+            match k.s2k() {
+                Some(StringToKey::Argon2 { t, p, m_enc, .. }) => {
+                    let kib = 1u64.checked_shl(u32::from(*m_enc)).unwrap_or(u64::MAX);
+                    if kib > self.max_argon2_kib || *t > self.max_argon2_passes || *p == 0 || *p > 16 {
+                        return over(format!(
+                            "Argon2 string-to-key asks {kib} KiB, {t} passes, {p} lanes (limits {} KiB, {} passes)",
+                            self.max_argon2_kib, self.max_argon2_passes
+                        ));
+                    }
+                    argon2 += 1;
+                }
+                Some(StringToKey::IteratedAndSalted { count, .. }) => {
+                    let bytes = decode_s2k_count(*count);
+                    if bytes > self.max_iterated_bytes {
+                        return over(format!(
+                            "iterated string-to-key hashes {bytes} bytes (limit {})",
+                            self.max_iterated_bytes
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let derivations = skesks.len().saturating_mul(passwords);
+        // An Argon2 derivation costs up to max_argon2_kib of memory and time: allow few.
+        if derivations > self.max_derivations || argon2.saturating_mul(passwords) > 16 {
+            return over(format!(
+                "{} symmetric-key packets ({argon2} Argon2) times {passwords} live invites is too many derivations",
+                skesks.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9580 §3.7.1.3: the coded iteration count as bytes to hash.
+fn decode_s2k_count(coded: u8) -> u64 {
+    (16u64 + u64::from(coded & 15)) << (u32::from(coded >> 4) + 6)
 }
 
 type Result<T> = std::result::Result<T, CryptoError>;
@@ -225,18 +333,80 @@ pub enum Unlock<'a> {
     Password(&'a str),
 }
 
-/// Decrypts an armored message and checks its signature against `candidates`.
+/// Decrypts an armored message and checks its signature against `candidates`, with the
+/// default [`DecryptLimits`].
 pub fn decrypt(armored: &[u8], unlock: Unlock<'_>, candidates: &[SignedPublicKey]) -> Result<Decrypted> {
-    let derr = |e: pgp::errors::Error| CryptoError::Decrypt(e.to_string());
-    let (msg, _) = Message::from_armor(Cursor::new(armored)).map_err(derr)?;
-    let mut msg = match unlock {
-        Unlock::Key(key, pw) => msg.decrypt(&unlock_pw(pw), key).map_err(derr)?,
-        Unlock::Password(p) => msg.decrypt_with_password(&Password::from(p)).map_err(derr)?,
+    let (key, passwords) = match unlock {
+        Unlock::Key(k, pw) => (Some((k, pw)), Vec::new()),
+        Unlock::Password(p) => (None, vec![p.to_owned()]),
     };
-    if msg.is_compressed() {
-        msg = msg.decompress().map_err(derr)?;
+    open(armored, key, &passwords, candidates, &DecryptLimits::default()).map(|(d, _)| d)
+}
+
+/// Decrypts an armored message with our key or any of `passwords` (whichever opens it),
+/// within `limits`, and checks its signature against `candidates`. Returns which
+/// password opened it (`None`: our key).
+///
+/// Passwords are tried one at a time (a v4 password packet without an encrypted session
+/// key "opens" with any password and only the data tells), and only for messages up to
+/// [`DecryptLimits::max_password_message_bytes`].
+pub fn open(
+    armored: &[u8],
+    key: Option<(&SignedSecretKey, Option<&str>)>,
+    passwords: &[String],
+    candidates: &[SignedPublicKey],
+    limits: &DecryptLimits,
+) -> Result<(Decrypted, Option<usize>)> {
+    let derr = |e: pgp::errors::Error| CryptoError::Decrypt(e.to_string());
+    let mut binary = Vec::new();
+    // The armored input is bounded by the mail's size limit; its binary is smaller.
+    pgp::armor::Dearmor::new(Cursor::new(armored))
+        .read_to_end(&mut binary)
+        .map_err(|e| CryptoError::Decrypt(format!("armor: {e}")))?;
+    let parse = || Message::from_bytes(Cursor::new(binary.as_slice())).map_err(derr);
+    let passwords = if binary.len() as u64 > limits.max_password_message_bytes { &[][..] } else { passwords };
+    if let Message::Encrypted { esk, .. } = &parse()? {
+        limits.check_esk(esk, passwords.len())?;
     }
-    let plain = msg.as_data_vec().map_err(|e| CryptoError::Decrypt(e.to_string()))?;
+    let mut last_err = None;
+    if let Some((k, pw)) = key {
+        match parse()?.decrypt(&unlock_pw(pw), k).map_err(derr).and_then(|m| read_verified(m, candidates, limits)) {
+            Ok(d) => return Ok((d, None)),
+            Err(e @ CryptoError::OverBudget(_)) => return Err(e),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    for (i, pw) in passwords.iter().enumerate() {
+        let opened = parse()?
+            .decrypt_with_password(&Password::from(pw.as_str()))
+            .map_err(derr)
+            .and_then(|m| read_verified(m, candidates, limits));
+        match opened {
+            Ok(d) => return Ok((d, Some(i))),
+            Err(e @ CryptoError::OverBudget(_)) => return Err(e),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| CryptoError::Decrypt("no key or password to try".into())))
+}
+
+/// Reads a decrypted message within the plaintext budget and checks its signature.
+fn read_verified(mut msg: Message<'_>, candidates: &[SignedPublicKey], limits: &DecryptLimits) -> Result<Decrypted> {
+    if msg.is_compressed() {
+        msg = msg.decompress().map_err(|e| CryptoError::Decrypt(e.to_string()))?;
+    }
+    // Streamed and cut at the budget: a compression bomb never reaches memory.
+    let mut plain = Vec::new();
+    (&mut msg)
+        .take(limits.max_plain_bytes.saturating_add(1))
+        .read_to_end(&mut plain)
+        .map_err(|e| CryptoError::Decrypt(e.to_string()))?;
+    if plain.len() as u64 > limits.max_plain_bytes {
+        return Err(CryptoError::OverBudget(format!(
+            "decompresses to more than {} bytes (limit)",
+            limits.max_plain_bytes
+        )));
+    }
     let signed = msg.is_signed();
     let mut signers = Vec::new();
     let mut intended_recipients = Vec::new();
@@ -366,5 +536,53 @@ mod tests {
         assert_eq!(d.plain, b"secret join");
         assert_eq!(d.signers, vec![fingerprint(&public(&a))]);
         assert!(decrypt(armored.as_bytes(), Unlock::Password("wrong"), &[]).is_err());
+    }
+
+    #[test]
+    fn budgets_refuse_bombs_and_floods_of_password_packets() {
+        let a = key("a@x.org");
+        let pa = public(&a);
+        // Zeros compress well: 1 MiB of plaintext in a small message.
+        let armored = encrypt(&vec![0u8; 1 << 20], std::slice::from_ref(&pa), &a, None).expect("encrypt");
+        assert!(armored.len() < 64 * 1024);
+        let tight = DecryptLimits { max_plain_bytes: 1000, ..Default::default() };
+        let err = open(armored.as_bytes(), Some((&a, None)), &[], std::slice::from_ref(&pa), &tight)
+            .expect_err("over the plaintext budget");
+        assert!(matches!(err, CryptoError::OverBudget(_)), "{err}");
+        let roomy = DecryptLimits { max_plain_bytes: 1 << 20, ..Default::default() };
+        let (d, pw) = open(armored.as_bytes(), Some((&a, None)), &[], std::slice::from_ref(&pa), &roomy)
+            .expect("exactly at the budget");
+        assert_eq!((d.plain.len(), pw), (1 << 20, None));
+
+        // Five password packets: over the limit of four, refused before any is tried.
+        let mut rng = rand_08::thread_rng();
+        let mut b = MessageBuilder::from_bytes("", b"x".to_vec()).seipd_v2(
+            &mut rng,
+            SYMMETRIC,
+            AeadAlgorithm::Ocb,
+            ChunkSize::C8KiB,
+        );
+        for i in 0..5 {
+            let s2k = StringToKey::Salted { hash_alg: HashAlgorithm::Sha256, salt: [i; 8] };
+            b.encrypt_with_password(&mut rng, s2k, &Password::from(format!("pw{i}").as_str())).expect("skesk");
+        }
+        let flood = b.to_armored_string(&mut rng, Default::default()).expect("armor");
+        let err = open(flood.as_bytes(), None, &["pw1".into()], &[], &DecryptLimits::default())
+            .expect_err("too many password packets");
+        assert!(err.to_string().contains("5 symmetric-key packets"), "{err}");
+        let many = DecryptLimits { max_skesk: 8, ..Default::default() };
+        let (d, pw) = open(flood.as_bytes(), None, &["nope".into(), "pw3".into()], &[], &many).expect("opens");
+        assert_eq!((d.plain.as_slice(), pw), (b"x".as_slice(), Some(1)), "the second password opened it");
+        // The cost of trying many invites' passwords is capped as a whole.
+        let few = DecryptLimits { max_skesk: 8, max_derivations: 9, ..Default::default() };
+        let pws: Vec<String> = (0..2).map(|i| format!("p{i}")).collect();
+        assert!(matches!(open(flood.as_bytes(), None, &pws, &[], &few), Err(CryptoError::OverBudget(_))));
+    }
+
+    #[test]
+    fn iterated_s2k_counts_decode_as_rfc_9580_says() {
+        assert_eq!(decode_s2k_count(0), 1024);
+        assert_eq!(decode_s2k_count(96), 65536);
+        assert_eq!(decode_s2k_count(255), 65_011_712);
     }
 }

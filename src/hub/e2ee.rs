@@ -1,6 +1,7 @@
 //! End-to-end encryption around the codec: the bridge's identity key, opening (decrypt, verify, learn keys) inbound mail and sealing outbound mail.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use pgp::composed::{SignedPublicKey, SignedSecretKey};
@@ -11,7 +12,7 @@ use crate::coi::crypto::{self, Unlock};
 use crate::coi::{ChatMessage, Limits, ParseError, Parsed, parse, pgpmime};
 use crate::config::Secret;
 use crate::store::keys::{AccountKeyRow, KeyLearned, KeySource};
-use crate::store::{Store, StoreError};
+use crate::store::{ChatKind, Store, StoreError};
 
 /// The bridge identity: its address and OpenPGP key.
 pub struct Identity {
@@ -148,6 +149,12 @@ pub enum OpenError {
     /// Encrypted, but not to our key nor with a password we handed out.
     #[error("encrypted to another key: {0}")]
     NotForUs(String),
+    /// Costs more bytes, work or time than [`Budget`] allows.
+    #[error("over budget: {0}")]
+    OverBudget(String),
+    /// The decoder panicked on this input (caught; the mail is set aside).
+    #[error("the decoder panicked: {0}")]
+    Panic(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -157,72 +164,159 @@ impl OpenError {
         match self {
             OpenError::Parse(e) => e.label(),
             OpenError::NotForUs(_) => "not_for_us",
+            OpenError::OverBudget(_) => "over_budget",
+            OpenError::Panic(_) => "parser_panic",
             OpenError::Store(_) => "store",
         }
     }
 }
 
+/// What opening one inbound mail may cost: MIME limits, decryption limits, and wall time
+/// for the CPU-heavy steps (which run on the blocking pool, never on the async workers).
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub parse: Limits,
+    pub decrypt: crypto::DecryptLimits,
+    /// Time one decode step (MIME parse, or decrypt + parse) may take.
+    pub step_time: Duration,
+    /// Invites older than this are no longer tried as SecureJoin passwords.
+    pub invite_max_age: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            parse: Limits::default(),
+            decrypt: crypto::DecryptLimits::default(),
+            step_time: Duration::from_secs(60),
+            invite_max_age: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+/// Runs CPU-heavy decoding on the blocking pool within the time budget. A panic in it is
+/// an error for this mail only.
+async fn blocking<T: Send + 'static>(
+    budget: &Budget,
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, OpenError> {
+    match tokio::time::timeout(budget.step_time, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            let msg = match e.try_into_panic() {
+                Ok(p) => p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into()),
+                Err(e) => e.to_string(),
+            };
+            Err(OpenError::Panic(format!("{what}: {msg}")))
+        }
+        Err(_) => Err(OpenError::OverBudget(format!("{what} took longer than {:?}", budget.step_time))),
+    }
+}
+
+fn crypto_error(e: crypto::CryptoError) -> OpenError {
+    match e {
+        crypto::CryptoError::OverBudget(m) => OpenError::OverBudget(m),
+        other => OpenError::NotForUs(other.to_string()),
+    }
+}
+
 /// Opens one inbound mail: decrypts it if it is PGP/MIME, checks the signature against
-/// the sender's key, learns keys from Autocrypt and (for verified mail) gossip.
-pub async fn open(raw: &[u8], id: &Identity, store: &dyn Store, limits: &Limits) -> Result<Opened, OpenError> {
-    let Some(payload) = pgpmime::encrypted_payload(raw) else {
-        let Parsed { message, problems } = parse(raw, limits)?;
+/// the sender's key, learns keys from Autocrypt and (for a group member's verified group
+/// mail) gossip.
+///
+/// Trust rules (docs/SECURITY.md): nothing is attributed to our own address unless our
+/// own key signed it; a key on record is never replaced by another one silently (the
+/// store flags the change); gossip only comes from a member's signed group mail and only
+/// for that mail's recipients.
+pub async fn open(
+    raw: Arc<Vec<u8>>,
+    id: &Arc<Identity>,
+    store: &dyn Store,
+    budget: &Budget,
+) -> Result<Opened, OpenError> {
+    let limits = budget.parse;
+    let outer_raw = raw.clone();
+    let (payload, outer) = blocking(budget, "MIME parse", move || {
+        let payload = pgpmime::encrypted_payload(&outer_raw);
+        (payload, parse(&outer_raw, &limits))
+    })
+    .await?;
+    let Some(payload) = payload else {
+        let Parsed { message, problems } = outer?;
         return Ok(Opened { message, problems, trust: Trust::Plain, key_events: Vec::new() });
     };
+    let payload = Arc::new(payload);
     // The outer From names who we expect to have signed; its stored key is the candidate.
-    let outer = parse(raw, limits).ok().map(|p| p.message);
+    let outer = outer.ok().map(|p| p.message);
     let outer_from = outer.as_ref().map(|m| m.from.addr.clone());
     let stored = match &outer_from {
+        Some(a) if *a == id.addr => None,
         Some(a) => store.contact_key(a).await?,
         None => None,
     };
-    let stored_key = stored.as_ref().and_then(|k| crypto::public_from_bytes(&k.public_key).ok());
-    let candidates: Vec<SignedPublicKey> = stored_key.iter().cloned().collect();
+    // Our own key is always a candidate: mail from our address must carry its signature.
+    let mut candidates: Vec<SignedPublicKey> =
+        stored.as_ref().and_then(|k| crypto::public_from_bytes(&k.public_key).ok()).into_iter().collect();
+    candidates.push(id.public.clone());
 
-    let (decrypted, invite_auth) = match crypto::decrypt(&payload, Unlock::Key(&id.secret, id.unlock()), &candidates) {
-        Ok(d) => (d, None),
-        Err(key_err) => {
-            let mut opened = None;
-            // Passwords of our invites (we are the inviter), then of the invites we are
-            // joining through (we are the joiner).
-            let ours = store.invites().await?.into_iter().map(|i| (id.fingerprint.clone(), i.auth));
-            let theirs = store.open_joins().await?.into_iter().map(|j| (j.inviter_fpr, j.auth));
-            for (fpr, auth) in ours.chain(theirs) {
-                let pw = format!("securejoin/{fpr}/{auth}");
-                if let Ok(d) = crypto::decrypt(&payload, Unlock::Password(&pw), &candidates) {
-                    opened = Some((d, Some(pw)));
-                    break;
-                }
-            }
-            opened.ok_or_else(|| OpenError::NotForUs(key_err.to_string()))?
-        }
+    // Passwords of our live invites (we are the inviter), then of the invites we are
+    // joining through (we are the joiner).
+    let since = chrono::Utc::now().timestamp() - budget.invite_max_age.as_secs() as i64;
+    let ours =
+        store.live_invites(since).await?.into_iter().map(|i| format!("securejoin/{}/{}", id.fingerprint, i.auth));
+    let theirs = store.open_joins().await?.into_iter().map(|j| format!("securejoin/{}/{}", j.inviter_fpr, j.auth));
+    let passwords: Vec<String> = ours.chain(theirs).collect();
+
+    let (decrypted, message, problems, invite_auth) = {
+        let (idc, payload, cands, pws, dl) =
+            (id.clone(), payload.clone(), candidates.clone(), passwords.clone(), budget.decrypt);
+        let opened = blocking(budget, "decrypt", move || {
+            let (d, pw) =
+                crypto::open(&payload, Some((&idc.secret, idc.unlock())), &pws, &cands, &dl).map_err(crypto_error)?;
+            let parsed = parse(&d.plain, &limits)?;
+            Ok::<_, OpenError>((d, parsed, pw.and_then(|i| pws.get(i).cloned())))
+        })
+        .await??;
+        let (d, p, pw) = opened;
+        (d, p.message, p.problems, pw)
     };
-    let Parsed { mut message, problems } = parse(&decrypted.plain, limits)?;
+    let mut message = message;
     // The post-message mark is only on the outside.
     message.is_post_message |= outer.as_ref().is_some_and(|m| m.is_post_message);
     let from = message.from.addr.clone();
     let mut key_events = Vec::new();
+    let from_me = from == id.addr;
 
-    // Signed by the key on record?
-    let mut signer = stored
-        .as_ref()
-        .filter(|k| k.addr == from && decrypted.signers.contains(&k.fingerprint))
-        .map(|k| k.fingerprint.clone());
-
-    // Else by the key in the inner Autocrypt header (first contact, or a key change)?
+    // Signed by the key on record (our own, for mail from our address)?
+    let mut signer = if from_me {
+        decrypted.signers.contains(&id.fingerprint).then(|| id.fingerprint.clone())
+    } else {
+        stored
+            .as_ref()
+            .filter(|k| k.addr == from && decrypted.signers.contains(&k.fingerprint))
+            .map(|k| k.fingerprint.clone())
+    };
+    // Else by the key in the inner Autocrypt header (first contact)? Never for our own
+    // address, and a key on record is not replaced by it (the store flags the change).
     if signer.is_none()
+        && !from_me
         && let Some(ac) = message.autocrypt.as_ref().filter(|ac| ac.addr == from)
         && let Ok(key) = crypto::public_from_bytes(&ac.keydata)
     {
-        let again = if let Some(pw) = &invite_auth {
-            crypto::decrypt(&payload, Unlock::Password(pw), std::slice::from_ref(&key))
-        } else {
-            crypto::decrypt(&payload, Unlock::Key(&id.secret, id.unlock()), std::slice::from_ref(&key))
-        };
+        let (idc, payload, pws, dl, k2) = (id.clone(), payload.clone(), passwords.clone(), budget.decrypt, key.clone());
+        let again = blocking(budget, "verify", move || {
+            crypto::open(&payload, Some((&idc.secret, idc.unlock())), &pws, std::slice::from_ref(&k2), &dl)
+        })
+        .await?;
         let fpr = crypto::fingerprint(&key);
-        if again.is_ok_and(|d| d.signers.contains(&fpr)) {
+        if again.is_ok_and(|(d, _)| d.signers.contains(&fpr)) {
             let learned = store.learn_contact_key(&from, &fpr, &ac.keydata, KeySource::Autocrypt, false).await?;
-            if !matches!(learned, KeyLearned::Flagged { .. }) {
+            if matches!(learned, KeyLearned::New | KeyLearned::Same) {
                 signer = Some(fpr);
             }
             key_events.push((from.clone(), learned));
@@ -242,9 +336,13 @@ pub async fn open(raw: &[u8], id: &Identity, store: &dyn Store, limits: &Limits)
         (None, Some(fingerprint)) => Trust::Verified { fingerprint },
         (None, None) => Trust::Unverified,
     };
-    if let Trust::Verified { .. } = trust {
-        for g in std::mem::take(&mut message.gossip) {
-            if g.addr == id.addr || g.addr == from {
+    let gossip = std::mem::take(&mut message.gossip);
+    if let Trust::Verified { .. } = trust
+        && gossip_allowed(&message, &from, store).await?
+    {
+        let recipients: Vec<&str> = message.to.iter().chain(&message.cc).map(|m| m.addr.as_str()).collect();
+        for g in gossip {
+            if g.addr == id.addr || g.addr == from || !recipients.contains(&g.addr.as_str()) {
                 continue;
             }
             if let Ok(key) = crypto::public_from_bytes(&g.keydata) {
@@ -254,10 +352,18 @@ pub async fn open(raw: &[u8], id: &Identity, store: &dyn Store, limits: &Limits)
                 key_events.push((g.addr.clone(), learned));
             }
         }
-    } else {
-        message.gossip.clear();
     }
     Ok(Opened { message, problems, trust, key_events })
+}
+
+/// Gossip counts only in group mail from someone who is (or, for a group new to us,
+/// starts out as) a member of that group; never in 1:1 mail.
+async fn gossip_allowed(msg: &ChatMessage, from: &str, store: &dyn Store) -> Result<bool, StoreError> {
+    let Some(group) = &msg.group else { return Ok(false) };
+    Ok(match store.find_chat(ChatKind::Group, &group.id).await? {
+        Some(chat) => chat.members.iter().any(|m| m == from),
+        None => true,
+    })
 }
 
 /// Keys for every recipient, or the addresses that have none.

@@ -9,15 +9,15 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 
-use crate::coi::{Kind, Limits};
+use crate::coi::Kind;
 use crate::config::EncryptionPolicy;
-use crate::hub::e2ee::{self, Identity, OpenError, Trust};
+use crate::hub::e2ee::{self, Budget, Identity, OpenError, Trust};
 use crate::hub::outbound::QueueError;
 use crate::hub::resolve::{chat_for, member_changes, parent_ids, unattributed_chat};
 use crate::hub::securejoin::{SecureJoin, Step};
 use crate::metrics::Metrics;
 use crate::store::keys::KeyLearned;
-use crate::store::{BatchOutcome, ChatRef, ImapCursor, InboundMessage, Rejected, Store, StoreResult};
+use crate::store::{BatchOutcome, ChatKind, ChatRef, ImapCursor, InboundMessage, Rejected, Store, StoreResult};
 
 /// One mail as fetched from IMAP.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub struct Ingest {
     store: Arc<dyn Store>,
     identity: Arc<Identity>,
     policy: EncryptionPolicy,
-    limits: Limits,
+    budget: Budget,
     metrics: Arc<Metrics>,
     securejoin: Option<Arc<SecureJoin>>,
 }
@@ -43,10 +43,10 @@ impl Ingest {
         store: Arc<dyn Store>,
         identity: Arc<Identity>,
         policy: EncryptionPolicy,
-        limits: Limits,
+        budget: Budget,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, identity, policy, limits, metrics, securejoin: None }
+        Self { store, identity, policy, budget, metrics, securejoin: None }
     }
 
     /// Lets SecureJoin steps be answered instead of recorded.
@@ -84,9 +84,11 @@ impl Ingest {
                 self.reject(folder, f.uid, "too_large", reason, Vec::new(), &mut rejected);
                 continue;
             }
-            let opened = AssertUnwindSafe(e2ee::open(&f.raw, &self.identity, self.store.as_ref(), &self.limits))
+            let raw = Arc::new(f.raw);
+            let opened = AssertUnwindSafe(e2ee::open(raw.clone(), &self.identity, self.store.as_ref(), &self.budget))
                 .catch_unwind()
                 .await;
+            let raw = || Arc::try_unwrap(raw.clone()).unwrap_or_else(|shared| shared.as_ref().clone());
             let opened = match opened {
                 Ok(Ok(o)) => o,
                 Ok(Err(OpenError::Store(e))) => return Err(e),
@@ -94,11 +96,11 @@ impl Ingest {
                     if matches!(e, OpenError::NotForUs(_)) {
                         decrypt_failures += 1;
                     }
-                    self.reject(folder, f.uid, e.label(), e.to_string(), f.raw, &mut rejected);
+                    self.reject(folder, f.uid, e.label(), e.to_string(), raw(), &mut rejected);
                     continue;
                 }
                 Err(_) => {
-                    self.reject(folder, f.uid, "parser_panic", "the MIME parser panicked".into(), f.raw, &mut rejected);
+                    self.reject(folder, f.uid, "parser_panic", "the MIME parser panicked".into(), raw(), &mut rejected);
                     continue;
                 }
             };
@@ -153,6 +155,22 @@ impl Ingest {
                     self.metrics.inbound_problems.with_label_values(&["avatar_ignored"]).inc();
                 }
             }
+            // Group authority: only a member (as we know the group) posts into it or
+            // changes it. A group new to us starts with its sender; SecureJoin adds
+            // members through its own steps, before this point.
+            if attributed
+                && msg.from.addr != me
+                && let Some(g) = &msg.group
+                && let Some(known) = self.store.find_chat(ChatKind::Group, &g.id).await?
+                && !known.members.contains(&msg.from.addr)
+            {
+                let reason = format!(
+                    "not_a_member: {} is not a member of group {:?} ({}); set apart, nothing changed",
+                    msg.from.addr, known.name, known.key
+                );
+                self.reject(folder, f.uid, "not_a_member", reason, raw(), &mut rejected);
+                continue;
+            }
             let chat = if attributed {
                 let ids = parent_ids(&msg);
                 let parent = match ids.iter().find_map(|id| batch_chats.get(id).cloned()) {
@@ -175,8 +193,22 @@ impl Ingest {
                 unattributed_chat(&msg.from.addr)
             };
             batch_chats.insert(msg.message_id.clone(), chat.clone());
-            let (members_added, members_removed) =
+            let (mut members_added, members_removed) =
                 if attributed { member_changes(&msg, me) } else { (Vec::new(), Vec::new()) };
+            if security == "verified" {
+                // Delta Chat's key rule: a member we hold no key for is not a member (one
+                // keyless address would otherwise block every send to the group).
+                let mut keyed = Vec::with_capacity(members_added.len());
+                for a in members_added {
+                    if self.store.contact_key(&a).await?.is_some() {
+                        keyed.push(a);
+                    } else {
+                        self.metrics.inbound_problems.with_label_values(&["member_without_key"]).inc();
+                        tracing::warn!(uid = f.uid, addr = %a, "group mail names a member we have no key for; not added");
+                    }
+                }
+                members_added = keyed;
+            }
             tracing::debug!(folder, uid = f.uid, message_id = %msg.message_id, chat = %chat.key, kind = msg.kind_name(), security, "mail opened");
             messages.push(InboundMessage { uid: f.uid, chat, message: msg, members_added, members_removed, security });
         }

@@ -100,7 +100,18 @@ impl SecureJoin {
                     tracing::warn!(joiner = %joiner, "SecureJoin: legacy request without a usable Autocrypt key; ignored");
                     return Ok(Step::Consumed);
                 };
-                self.store.learn_contact_key(&joiner, &fpr, &keydata, KeySource::Autocrypt, false).await?;
+                // Unsigned: it may bring a key for an address new to us (as gossip, not
+                // as the owner's own), but never changes a key on record.
+                match self.store.contact_key(&joiner).await? {
+                    Some(k) if k.fingerprint != fpr => {
+                        tracing::warn!(joiner = %joiner, "SecureJoin (legacy): unsigned request with another key than the one on record; ignored");
+                        return Ok(Step::Consumed);
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.store.learn_contact_key(&joiner, &fpr, &keydata, KeySource::Gossip, false).await?;
+                    }
+                }
                 let answer = if step == "vg-request" { "vg-auth-required" } else { "vc-auth-required" };
                 let reply = ChatMessage {
                     message_id: reply_id(&msg.message_id, answer),

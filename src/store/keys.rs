@@ -62,9 +62,10 @@ pub enum KeyLearned {
     New,
     /// The key already on record (maybe now verified).
     Same,
-    /// An unverified key was replaced (or a verified one by a newer verification).
+    /// The key on record was replaced (only the operator's `key accept` does this).
     Replaced { old_fingerprint: String },
-    /// A verified contact sent another key: kept aside in `key_change`, not used.
+    /// Another key for an address whose key is in use (key continuity): kept aside in
+    /// `key_change` for the operator (`coi-bridge key changes` / `key accept`), not used.
     Flagged { old_fingerprint: String },
 }
 
@@ -100,7 +101,9 @@ pub trait KeyStore: Send + Sync {
     /// Records a contact's avatar image; empty `data` removes it.
     async fn set_contact_avatar(&self, addr: &str, data: &[u8]) -> StoreResult<()>;
     async fn contact_avatar(&self, addr: &str) -> StoreResult<Option<Vec<u8>>>;
-    /// Records a key for `addr` under the rules of [`KeyLearned`].
+    /// Records a key for `addr` under the rules of [`KeyLearned`]: a new address takes the
+    /// key; the same key is refreshed (and marked verified if `verified`); a different key
+    /// never replaces the one on record (key continuity): it is flagged for the operator.
     async fn learn_contact_key(
         &self,
         addr: &str,
@@ -111,11 +114,19 @@ pub trait KeyStore: Send + Sync {
     ) -> StoreResult<KeyLearned>;
     /// Flagged key changes of an address, newest first: (old, new) fingerprints.
     async fn key_changes(&self, addr: &str) -> StoreResult<Vec<(String, String)>>;
+    /// Every flagged key change, newest first: (addr, old, new fingerprint, seen_at).
+    async fn all_key_changes(&self) -> StoreResult<Vec<(String, String, String, i64)>>;
+    /// The operator accepts a flagged key: it becomes the address's key (verified, as an
+    /// out-of-band decision) and the flag is cleared. `false` when no such flag exists.
+    async fn accept_key_change(&self, addr: &str, new_fingerprint: &str) -> StoreResult<bool>;
     async fn add_invite(&self, invite: &InviteRow) -> StoreResult<()>;
     async fn invite(&self, invite_number: &str) -> StoreResult<Option<InviteRow>>;
     async fn invite_by_auth(&self, auth: &str) -> StoreResult<Option<InviteRow>>;
     /// Every invite handed out, newest first.
     async fn invites(&self) -> StoreResult<Vec<InviteRow>>;
+    /// Invites handed out at or after `since` (unix seconds), newest first: the only
+    /// ones whose secrets are tried as passwords on inbound mail.
+    async fn live_invites(&self, since: i64) -> StoreResult<Vec<InviteRow>>;
     /// Records a join in progress (again: no-op); returns its row.
     async fn add_join(&self, join: &JoinRow) -> StoreResult<JoinRow>;
     /// Joins not yet done, newest first.

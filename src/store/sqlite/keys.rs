@@ -117,7 +117,7 @@ impl KeyStore for SqliteStore {
         let addr = addr.to_lowercase();
         let ts = now();
         let mut tx = self.pool.begin().await.map_err(err)?;
-        let existing = sqlx::query("SELECT fingerprint, verified FROM contact_key WHERE addr = ?")
+        let existing = sqlx::query("SELECT fingerprint FROM contact_key WHERE addr = ?")
             .bind(&addr)
             .fetch_optional(&mut *tx)
             .await
@@ -142,7 +142,10 @@ impl KeyStore for SqliteStore {
             }
             Some(r) => {
                 let old: String = r.get(0);
-                let was_verified = r.get::<i64, _>(1) != 0;
+                // Key continuity: a key on record is never replaced by another one, however
+                // it arrives (Autocrypt, gossip, SecureJoin): the change is flagged and
+                // only the operator's `key accept` applies it. A verification of the same
+                // key is recorded.
                 if old == fingerprint {
                     sqlx::query("UPDATE contact_key SET last_seen = ?, verified = MAX(verified, ?) WHERE addr = ?")
                         .bind(ts)
@@ -152,7 +155,7 @@ impl KeyStore for SqliteStore {
                         .await
                         .map_err(err)?;
                     KeyLearned::Same
-                } else if was_verified && !verified {
+                } else {
                     sqlx::query(
                         "INSERT INTO key_change (addr, old_fingerprint, new_fingerprint, new_key, seen_at)
                          VALUES (?, ?, ?, ?, ?) ON CONFLICT (addr, new_fingerprint) DO UPDATE SET seen_at = excluded.seen_at",
@@ -166,21 +169,6 @@ impl KeyStore for SqliteStore {
                     .await
                     .map_err(err)?;
                     KeyLearned::Flagged { old_fingerprint: old }
-                } else {
-                    sqlx::query(
-                        "UPDATE contact_key SET fingerprint = ?, public_key = ?, verified = ?, source = ?, last_seen = ?
-                         WHERE addr = ?",
-                    )
-                    .bind(fingerprint)
-                    .bind(public_key)
-                    .bind(i64::from(verified))
-                    .bind(source.as_str())
-                    .bind(ts)
-                    .bind(&addr)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-                    KeyLearned::Replaced { old_fingerprint: old }
                 }
             }
         };
@@ -197,6 +185,58 @@ impl KeyStore for SqliteStore {
         .await
         .map_err(err)?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn all_key_changes(&self) -> StoreResult<Vec<(String, String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT addr, old_fingerprint, new_fingerprint, seen_at FROM key_change ORDER BY seen_at DESC, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    }
+
+    async fn accept_key_change(&self, addr: &str, new_fingerprint: &str) -> StoreResult<bool> {
+        let addr = addr.to_lowercase();
+        let new_fingerprint = new_fingerprint.to_ascii_uppercase();
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let row = sqlx::query("SELECT new_key FROM key_change WHERE addr = ? AND new_fingerprint = ?")
+            .bind(&addr)
+            .bind(&new_fingerprint)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+        let Some(row) = row else { return Ok(false) };
+        let key: Vec<u8> = row.get(0);
+        let ts = now();
+        sqlx::query(
+            "INSERT INTO contact_key (addr, fingerprint, public_key, verified, source, first_seen, last_seen)
+             VALUES (?, ?, ?, 1, 'vcard', ?, ?)
+             ON CONFLICT (addr) DO UPDATE SET fingerprint = excluded.fingerprint, public_key = excluded.public_key,
+                 verified = 1, source = 'vcard', last_seen = excluded.last_seen",
+        )
+        .bind(&addr)
+        .bind(&new_fingerprint)
+        .bind(&key)
+        .bind(ts)
+        .bind(ts)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        sqlx::query("DELETE FROM key_change WHERE addr = ?").bind(&addr).execute(&mut *tx).await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(true)
+    }
+
+    async fn live_invites(&self, since: i64) -> StoreResult<Vec<InviteRow>> {
+        let rows =
+            sqlx::query("SELECT * FROM securejoin_invite WHERE created_at >= ? ORDER BY created_at DESC, rowid DESC")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
+        Ok(rows.iter().map(invite_row).collect())
     }
 
     async fn add_invite(&self, i: &InviteRow) -> StoreResult<()> {
@@ -299,12 +339,22 @@ mod tests {
             s.learn_contact_key(a, "AAAA", b"k1", KeySource::Autocrypt, false).await.expect("learn"),
             KeyLearned::Same
         );
-        // Unverified keys follow Autocrypt: the newer one wins.
+        // Key continuity: a key in use is not replaced by another Autocrypt key.
         assert_eq!(
             s.learn_contact_key(a, "BBBB", b"k2", KeySource::Autocrypt, false).await.expect("learn"),
-            KeyLearned::Replaced { old_fingerprint: "AAAA".into() }
+            KeyLearned::Flagged { old_fingerprint: "AAAA".into() }
         );
-        // SecureJoin verifies it.
+        // Nor by a SecureJoin that claims the address with another key.
+        assert_eq!(
+            s.learn_contact_key(a, "BBBB", b"k2", KeySource::SecureJoin, true).await.expect("learn"),
+            KeyLearned::Flagged { old_fingerprint: "AAAA".into() }
+        );
+        assert_eq!(s.contact_key(a).await.expect("read").expect("present").fingerprint, "AAAA");
+        // The operator accepts the change: it becomes the verified key, the flag goes.
+        assert!(s.accept_key_change(a, "bbbb").await.expect("accept"));
+        assert!(!s.accept_key_change(a, "BBBB").await.expect("accepted once"));
+        assert!(s.all_key_changes().await.expect("changes").is_empty());
+        // SecureJoin confirms it.
         assert_eq!(
             s.learn_contact_key(a, "BBBB", b"k2", KeySource::SecureJoin, true).await.expect("learn"),
             KeyLearned::Same
@@ -318,5 +368,28 @@ mod tests {
         let k = s.contact_key(a).await.expect("read").expect("present");
         assert_eq!((k.fingerprint.as_str(), k.public_key.as_slice()), ("BBBB", b"k2".as_slice()));
         assert_eq!(s.key_changes(a).await.expect("changes"), vec![("BBBB".to_string(), "CCCC".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn gossip_neither_replaces_nor_is_replaced_silently() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("s.db")).await.expect("open");
+        let b = "bob@x.org";
+        assert_eq!(
+            s.learn_contact_key(b, "G1", b"g1", KeySource::Gossip, false).await.expect("learn"),
+            KeyLearned::New
+        );
+        // Other gossip does not move it, and a SecureJoin or Autocrypt claiming the
+        // address with another key does not either (the takeover of a member).
+        for source in [KeySource::Gossip, KeySource::Autocrypt, KeySource::SecureJoin] {
+            assert_eq!(
+                s.learn_contact_key(b, "M1", b"m1", source, source == KeySource::SecureJoin).await.expect("learn"),
+                KeyLearned::Flagged { old_fingerprint: "G1".into() },
+                "{source:?}"
+            );
+        }
+        let k = s.contact_key(b).await.expect("read").expect("present");
+        assert_eq!((k.fingerprint.as_str(), k.verified), ("G1", false));
+        assert_eq!(s.all_key_changes().await.expect("changes").len(), 1, "one flag per new key");
     }
 }
