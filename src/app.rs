@@ -99,7 +99,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
         .await
         .with_context(|| format!("http.listen: cannot listen on {}; pick a free address", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
-    let sup = Supervisor::new().context("cannot take over SIGTERM/SIGINT")?;
+    let mut sup = Supervisor::new().context("cannot take over SIGTERM/SIGINT")?;
 
     // Until bridges exist there is no origin side to tell: the failure is logged and counted.
     let on_failure: FailureHook = Arc::new(|f: FailedDelivery| {
@@ -107,15 +107,20 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     });
     let core = Arc::new(Core::build(&loaded, on_failure).await?);
     tracing::info!(fingerprint = %core.identity.fingerprint, "bridge key loaded");
+    sup.count_panics(core.metrics.panics.clone());
     let crate::bridges::Bridges { running, routes } = crate::bridges::build(&loaded, &core)?;
     let mut targets = vec![crate::store::SMTP_TARGET.to_owned()];
     targets.extend(running.iter().map(|r| r.id.as_str().to_owned()));
     for r in running {
         let r = Arc::new(r);
+        // A panic in a worker is caught, counted, and the worker started again.
         let (rr, token) = (r.clone(), sup.token());
-        sup.spawn("bridge-delivery", async move {
-            rr.delivery.run(token).await;
-            Ok(())
+        sup.spawn_restarting("bridge-delivery", move || {
+            let (rr, token) = (rr.clone(), token.clone());
+            async move {
+                rr.delivery.run(token).await;
+                Ok(())
+            }
         });
         let cx = coi_bridge_api::BridgeContext {
             id: r.id.clone(),
@@ -126,7 +131,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
         };
         let health = core.health.clone();
         let core_metrics = core.metrics.clone();
-        sup.spawn("bridge", async move {
+        sup.spawn_restarting("bridge", move || {
+            let (r, cx, health, core_metrics) = (r.clone(), cx.clone(), health.clone(), core_metrics.clone());
+            async move {
             // A bridge that fails for a reason that may pass is restarted with backoff; only
             // a fatal error (bad credentials, bad config) stops the daemon.
             let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
@@ -153,17 +160,24 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
                     }
                 }
             }
+            }
         });
     }
     let (c, token) = (core.clone(), sup.token());
-    sup.spawn("imap", async move {
-        c.imap.run(token).await;
-        Ok(())
+    sup.spawn_restarting("imap", move || {
+        let (c, token) = (c.clone(), token.clone());
+        async move {
+            c.imap.run(token).await;
+            Ok(())
+        }
     });
     let (c, token) = (core.clone(), sup.token());
-    sup.spawn("smtp", async move {
-        c.smtp.run(token).await;
-        Ok(())
+    sup.spawn_restarting("smtp", move || {
+        let (c, token) = (c.clone(), token.clone());
+        async move {
+            c.smtp.run(token).await;
+            Ok(())
+        }
     });
     let state =
         http::Http { metrics: core.metrics.clone(), health: core.health.clone(), store: core.store.clone(), targets };

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub bridge_state: IntGaugeVec,
     /// 1 when the last scrape could read the store (the outbox gauges are fresh).
     pub store_up: IntGauge,
+    /// Panics caught, by task (a supervised task's name, or `http` for a handler).
+    pub panics: IntCounterVec,
     /// Remote events a bridge set aside, by bridge and reason (failed, gave_up,
     /// unparseable, panicked, forbidden).
     pub dead_letters: IntCounterVec,
@@ -116,6 +118,7 @@ impl Metrics {
             bridge_state: gauges("bridge_state", "1 for the bridge instance's current state", &["bridge", "state"]),
             dead_letters: vec("dead_letters_total", "Remote events set aside by a bridge", &["bridge", "reason"]),
             store_up,
+            panics: vec("panics_total", "Panics caught, by task", &["task"]),
             registry,
         };
         // Series that alerts watch exist from the start, at 0.

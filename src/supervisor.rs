@@ -1,17 +1,31 @@
-//! One cancellation token and one task tracker for the whole daemon: no detached tasks, a graceful stop on SIGTERM/SIGINT.
+//! One cancellation token and one task tracker for the whole daemon: no detached tasks, a graceful stop on SIGTERM/SIGINT, and no task that dies silently.
 //!
 //! The first signal cancels the token and waits up to the grace period for every task to
 //! finish its current item; a second signal, or the grace period running out, ends the
 //! process at once.
+//!
+//! A panic in a task is caught, logged at ERROR with its message and counted
+//! (`coi_bridge_panics_total{task}`). A task started with [`Supervisor::spawn_restarting`]
+//! is then started again after a backoff; any other task stops the daemon, which exits
+//! non-zero so that systemd restarts it. The watchdog never pings for a dead task.
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt as _;
+use prometheus::IntCounterVec;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+
+/// The first pause before a panicked task is started again, and the longest.
+pub const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
 /// How the daemon ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +44,17 @@ pub struct Supervisor {
     fatal: Arc<AtomicBool>,
     term: Signal,
     int: Signal,
+    panics: Option<IntCounterVec>,
+    backoff: (Duration, Duration),
+}
+
+/// The message a panic carried (`panic!("…")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 impl Supervisor {
@@ -42,7 +67,19 @@ impl Supervisor {
             fatal: Arc::new(AtomicBool::new(false)),
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            panics: None,
+            backoff: RESTART_BACKOFF,
         })
+    }
+
+    /// Counts caught panics here, by task name (`Metrics::panics`).
+    pub fn count_panics(&mut self, counter: IntCounterVec) {
+        self.panics = Some(counter);
+    }
+
+    /// The pauses before a panicked task is started again (first, longest).
+    pub fn set_restart_backoff(&mut self, first: Duration, max: Duration) {
+        self.backoff = (first, max);
     }
 
     /// The root token; every task gets a clone.
@@ -50,16 +87,27 @@ impl Supervisor {
         self.token.clone()
     }
 
-    /// Runs a task that ends by itself once the token is cancelled. If it fails, the
-    /// whole daemon stops: such tasks retry transient errors themselves.
+    /// Runs a task that ends by itself once the token is cancelled. If it fails or
+    /// panics, the whole daemon stops (and exits non-zero): such tasks retry transient
+    /// errors themselves, and cannot be started again.
     pub fn spawn<F>(&self, name: &'static str, fut: F)
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let token = self.token.clone();
         let fatal = self.fatal.clone();
+        let panics = self.panics.clone();
         self.tracker.spawn(async move {
-            match fut.await {
+            let result = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(r) => r,
+                Err(payload) => {
+                    let message = panic_message(payload.as_ref());
+                    count(panics.as_ref(), name);
+                    tracing::error!(task = name, panic = %message, "task panicked; stopping the daemon");
+                    Err(anyhow::anyhow!("panicked: {message}"))
+                }
+            };
+            match result {
                 Ok(()) => tracing::debug!(task = name, "task stopped"),
                 Err(e) => {
                     tracing::error!(task = name, error = format!("{e:#}"), "task failed; stopping the daemon");
@@ -70,9 +118,49 @@ impl Supervisor {
         });
     }
 
+    /// Runs the task `start()` makes; if it panics, the panic is logged and counted and
+    /// the task is started again after a backoff (1 s doubling to 60 s, reset after a
+    /// run of 60 s without a panic). An error stops the daemon as with [`Self::spawn`];
+    /// `Ok` ends the task.
+    pub fn spawn_restarting<F, Fut>(&self, name: &'static str, start: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let token = self.token.clone();
+        let panics = self.panics.clone();
+        let (first, max) = self.backoff;
+        self.spawn(name, async move {
+            let mut backoff = Backoff::new(first, max);
+            loop {
+                let started = tokio::time::Instant::now();
+                match AssertUnwindSafe(start()).catch_unwind().await {
+                    Ok(result) => return result,
+                    Err(payload) => {
+                        if started.elapsed() >= max {
+                            backoff.reset();
+                        }
+                        let pause = backoff.next_delay();
+                        count(panics.as_ref(), name);
+                        tracing::error!(
+                            task = name,
+                            panic = %panic_message(payload.as_ref()),
+                            restart_in = ?pause,
+                            "task panicked; starting it again"
+                        );
+                        tokio::select! {
+                            () = token.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// Waits for SIGTERM/SIGINT (or a fatal task), then stops everything within `grace`.
     pub async fn run_until_signal(self, grace: Duration) -> anyhow::Result<Stop> {
-        let Self { token, tracker, fatal, mut term, mut int } = self;
+        let Self { token, tracker, fatal, mut term, mut int, .. } = self;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
@@ -93,5 +181,91 @@ impl Supervisor {
         };
         tracing::info!(?stop, "stopped");
         Ok(stop)
+    }
+}
+
+fn count(panics: Option<&IntCounterVec>, task: &str) {
+    if let Some(c) = panics {
+        c.with_label_values(&[task]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+
+    fn counter() -> IntCounterVec {
+        IntCounterVec::new(prometheus::Opts::new("panics_total", "test"), &["task"]).expect("counter")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_counted_and_started_again() {
+        let mut sup = Supervisor::new().expect("signals");
+        let panics = counter();
+        sup.count_panics(panics.clone());
+        sup.set_restart_backoff(Duration::from_millis(1), Duration::from_millis(20));
+        let runs = Arc::new(AtomicU32::new(0));
+        let (r, token) = (runs.clone(), sup.token());
+        sup.spawn_restarting("flaky", move || {
+            let (r, token) = (r.clone(), token.clone());
+            async move {
+                let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+                if n <= 3 {
+                    // A multi-byte character cut at byte 1, as a parser bug would.
+                    let text = String::from("é!");
+                    let _ = &text[..1];
+                }
+                // The fourth run works, until the daemon stops.
+                token.cancelled().await;
+                Ok(())
+            }
+        });
+        let stopper = sup.token();
+        let r = runs.clone();
+        let stop = tokio::spawn(async move {
+            while r.load(Ordering::SeqCst) < 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stopper.cancel();
+        });
+        let result = tokio::time::timeout(Duration::from_secs(60), sup.run_until_signal(Duration::from_secs(5)))
+            .await
+            .expect("stops");
+        stop.await.expect("stopper");
+        assert_eq!(result.expect("stop"), Stop::Clean, "restarted panics are not fatal");
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+        assert_eq!(panics.with_label_values(&["flaky"]).get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_task_that_cannot_restart_stops_the_daemon_non_zero() {
+        let mut sup = Supervisor::new().expect("signals");
+        let panics = counter();
+        sup.count_panics(panics.clone());
+        let token = sup.token();
+        sup.spawn("steady", async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        sup.spawn("broken", async {
+            let v: Vec<u8> = Vec::new();
+            let _ = v[usize::from(v.is_empty())];
+            Ok(())
+        });
+        let result = tokio::time::timeout(Duration::from_secs(60), sup.run_until_signal(Duration::from_secs(5)))
+            .await
+            .expect("stops by itself");
+        assert_eq!(result.expect("stop"), Stop::Fatal);
+        assert_eq!(panics.with_label_values(&["broken"]).get(), 1);
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_both_payload_kinds() {
+        let p = std::panic::catch_unwind(|| panic!("static")).expect_err("panics");
+        assert_eq!(panic_message(p.as_ref()), "static");
+        let p = std::panic::catch_unwind(|| panic!("formatted {}", 7)).expect_err("panics");
+        assert_eq!(panic_message(p.as_ref()), "formatted 7");
     }
 }
