@@ -83,7 +83,7 @@ fn compression_bomb() -> Vec<u8> {
     let mut head = vec![0xCB, 0xFF];
     head.extend_from_slice(&u32::try_from(literal_body_len).expect("under 4 GiB").to_be_bytes());
     head.extend_from_slice(&[b'b', 0, 0, 0, 0, 0]);
-    let mut c = Compress::new(Compression::fast(), false);
+    let mut c = Compress::new(Compression::best(), false);
     let mut seg = |input: &[u8], flush| {
         let mut out = Vec::with_capacity(input.len() / 64 + 4096);
         c.compress_vec(input, &mut out, flush).expect("deflate");
@@ -352,4 +352,45 @@ async fn costly_mail_is_set_apart_within_budget_and_legit_mail_flows() {
         s.daemon.metric("coi_bridge_inbound_rejected_total{reason=\"over_budget\"}").await.unwrap_or(0.0) >= 2.0,
         "set-apart mail is counted"
     );
+}
+
+/// A Matrix message that some COI members cannot get still reaches the others, and the
+/// room is told who did not get it: a member without a key (an older store's), and a
+/// member whose server refuses the mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_coi_members_do_not_get_is_told_in_the_room() {
+    coi_bridge::init_crypto();
+    let Some(s) = Stack::new().await else { return };
+    let invite = Invite::parse(&s.link).expect("the room's invite link");
+    let group = invite.group.expect("a group link");
+    let store = s.daemon.store().await;
+    let chat = store.find_chat(ChatKind::Group, &group.id).await.expect("read").expect("the group");
+    let refused = crypto::public(&crypto::generate("nobody@elsewhere.invalid", None).expect("key"));
+    store
+        .learn_contact_key(
+            "nobody@elsewhere.invalid",
+            &crypto::fingerprint(&refused),
+            &crypto::public_to_bytes(&refused),
+            coi_bridge::store::keys::KeySource::Vcard,
+            true,
+        )
+        .await
+        .expect("key");
+    store
+        .update_members(chat.id, &["keyless@example.org".into(), "nobody@elsewhere.invalid".into()], &[])
+        .await
+        .expect("members");
+
+    s.send("to-everyone", json!({"msgtype": "m.text", "body": "hello everyone on COI"})).await;
+    s.at_alice("hello everyone on COI").await;
+    let notice = |who: &'static str| {
+        move |e: &Value| {
+            e["sender"] == support::bridged::BOT
+                && e["content"]["body"].as_str().is_some_and(|b| b.contains("Not delivered on COI") && b.contains(who))
+        }
+    };
+    let keyless = s.event("a notice naming the member without a key", notice("keyless@example.org")).await;
+    assert!(keyless["content"]["body"].as_str().expect("body").contains("hello everyone on COI"), "{keyless}");
+    let refused = s.event("a notice naming the refused member", notice("nobody@elsewhere.invalid")).await;
+    assert!(refused["content"]["body"].as_str().expect("body").contains("hello everyone"), "{refused}");
 }

@@ -15,7 +15,7 @@ use crate::coi::ChatMessage;
 use crate::hub::outbound::Outbound;
 use crate::metrics::Metrics;
 use crate::store::portals::RemoteCopy;
-use crate::store::{ChatKind, Direction, Origin, OutboxItem, Store, StoredAttachment, StoredMessage};
+use crate::store::{ChatKind, Direction, Origin, OutboxItem, Store, StoreResult, StoredAttachment, StoredMessage};
 use crate::transport::smtp::RetryPolicy;
 
 const PARALLEL: usize = 4;
@@ -93,22 +93,23 @@ impl BridgeDelivery {
         }
     }
 
-    /// The main part (part 0) of a COI message's copy on this bridge.
-    async fn remote_of(&self, message_id: &str) -> Option<RemoteMsgId> {
-        self.remote_parts(message_id).await.into_iter().next()
+    /// The main part (part 0) of a COI message's copy on this bridge. A store error is an
+    /// error, never "no copy": that would turn a reply into a plain message or skip an edit.
+    async fn remote_of(&self, message_id: &str) -> StoreResult<Option<RemoteMsgId>> {
+        Ok(self.remote_parts(message_id).await?.into_iter().next())
     }
 
     /// Every part of a COI message's copy on this bridge, the main part first.
-    async fn remote_parts(&self, message_id: &str) -> Vec<RemoteMsgId> {
-        let copies = self.store.remote_copies(message_id, self.id.as_str()).await.unwrap_or_default();
-        copies.into_iter().map(|c| RemoteMsgId(c.remote_id)).collect()
+    async fn remote_parts(&self, message_id: &str) -> StoreResult<Vec<RemoteMsgId>> {
+        let copies = self.store.remote_copies(message_id, self.id.as_str()).await?;
+        Ok(copies.into_iter().map(|c| RemoteMsgId(c.remote_id)).collect())
     }
 
     /// A contact's avatar as an attachment (its type from its first bytes).
-    async fn avatar_of(&self, addr: &str) -> Option<coi_bridge_api::Attachment> {
-        let data = self.store.contact_avatar(addr).await.ok()??;
+    async fn avatar_of(&self, addr: &str) -> StoreResult<Option<coi_bridge_api::Attachment>> {
+        let Some(data) = self.store.contact_avatar(addr).await? else { return Ok(None) };
         let mime = crate::store::sqlite::image_mime(&data);
-        Some(coi_bridge_api::Attachment { name: "avatar".into(), mime: mime.into(), data })
+        Ok(Some(coi_bridge_api::Attachment { name: "avatar".into(), mime: mime.into(), data }))
     }
 
     /// A COI contact wrote 1:1 to the bridge and the chat has no portal here: the bridge
@@ -136,17 +137,24 @@ impl BridgeDelivery {
     }
 
     async fn build(&self, item: &OutboxItem, msg: &StoredMessage) -> Built {
+        match self.build_inner(item, msg).await {
+            Ok(built) => built,
+            Err(e) => Built::Retry(format!("the store could not be read: {e}")),
+        }
+    }
+
+    async fn build_inner(&self, item: &OutboxItem, msg: &StoredMessage) -> StoreResult<Built> {
         let portal = match self.store.portals_of_chat(item.chat_id).await {
             Ok(p) => p.into_iter().find(|p| p.bridge == self.id.as_str()),
-            Err(e) => return Built::Retry(e.to_string()),
+            Err(e) => return Ok(Built::Retry(e.to_string())),
         };
         let sender = Person { id: msg.from_addr.as_str().into(), display_name: msg.from_name.clone() };
         let to = match portal {
             Some(p) => RemoteChatId(p.remote_chat),
             None => match self.open_dm(item, &sender).await {
                 Ok(Some(to)) => to,
-                Ok(None) => return Built::Skip("the portal was removed"),
-                Err(e) => return Built::Failed(e),
+                Ok(None) => return Ok(Built::Skip("the portal was removed")),
+                Err(e) => return Ok(Built::Failed(e)),
             },
         };
         let outgoing = match msg.kind.as_str() {
@@ -155,38 +163,38 @@ impl BridgeDelivery {
                 text: msg.text.clone(),
                 attachments: msg.attachments.iter().map(to_api).collect(),
                 reply_to: match &msg.in_reply_to {
-                    Some(p) => self.remote_of(p).await,
+                    Some(p) => self.remote_of(p).await?,
                     None => None,
                 },
                 avatar: match msg.direction {
-                    Direction::In => self.avatar_of(&msg.from_addr).await,
+                    Direction::In => self.avatar_of(&msg.from_addr).await?,
                     Direction::Out => None,
                 },
             },
             kind @ ("reaction" | "edit" | "delete") => {
-                let Some(target) = msg.target.as_deref() else { return Built::Skip("no target") };
-                let mut parts = self.remote_parts(target).await.into_iter();
+                let Some(target) = msg.target.as_deref() else { return Ok(Built::Skip("no target")) };
+                let mut parts = self.remote_parts(target).await?.into_iter();
                 let Some(target) = parts.next() else {
-                    return Built::Skip("its target never reached this bridge");
+                    return Ok(Built::Skip("its target never reached this bridge"));
                 };
                 match kind {
                     "reaction" => Outgoing::Reaction { sender, target, emoji: msg.text.clone() },
                     "edit" => Outgoing::Edit { sender, target, new_text: msg.text.clone() },
-                    _ => return Built::Send(to, Outgoing::Delete { sender, target }, parts.collect()),
+                    _ => return Ok(Built::Send(to, Outgoing::Delete { sender, target }, parts.collect())),
                 }
             }
             "receipt" if msg.direction == Direction::In => {
                 // A COI person read a message: their ghost marks it read.
-                let Some(target) = msg.target.as_deref() else { return Built::Skip("no target") };
-                let Some(up_to) = self.remote_of(target).await else {
-                    return Built::Skip("its target never reached this bridge");
+                let Some(target) = msg.target.as_deref() else { return Ok(Built::Skip("no target")) };
+                let Some(up_to) = self.remote_of(target).await? else {
+                    return Ok(Built::Skip("its target never reached this bridge"));
                 };
                 Outgoing::ReadReceipt { reader: sender, up_to }
             }
             "member-added" | "member-removed" => {
-                let Some(addr) = msg.target.clone() else { return Built::Skip("no member") };
+                let Some(addr) = msg.target.clone() else { return Ok(Built::Skip("no member")) };
                 if addr.eq_ignore_ascii_case(&self.outbound.address()) {
-                    return Built::Skip("the bridge itself");
+                    return Ok(Built::Skip("the bridge itself"));
                 }
                 let name = addr.split('@').next().unwrap_or(&addr).to_owned();
                 let member = Person { id: addr.into(), display_name: name };
@@ -198,13 +206,15 @@ impl BridgeDelivery {
             }
             "renamed" => match msg.target.clone() {
                 Some(name) if !name.is_empty() => Outgoing::Rename { name },
-                _ => return Built::Skip("no name"),
+                _ => return Ok(Built::Skip("no name")),
             },
+            // The bridge's own word to the remote side (what COI did not get).
+            "notice" => Outgoing::Notice { text: msg.text.clone() },
             "described" => Outgoing::Describe { text: msg.target.clone().unwrap_or_default() },
             "avatar" => Outgoing::GroupAvatar { image: msg.attachments.first().map(to_api) },
-            _ => return Built::Skip("nothing to show"),
+            _ => return Ok(Built::Skip("nothing to show")),
         };
-        Built::Send(to, outgoing, Vec::new())
+        Ok(Built::Send(to, outgoing, Vec::new()))
     }
 
     async fn deliver(&self, item: OutboxItem) {

@@ -122,6 +122,25 @@ impl Outbound {
                     return self.store_and_wake_with(chat, &keyed, msg, sealed, Some(plain), origin).await;
                 }
             }
+            Err(missing) if chat.kind == ChatKind::Group && missing.len() < recipients.len() => {
+                // A member without a key never blocks the others: they get it, and the
+                // bridged sides are told who did not.
+                let keyed: Vec<String> = recipients.iter().filter(|r| !missing.contains(r)).cloned().collect();
+                tracing::warn!(?missing, message_id = %msg.message_id, "group members without a key skipped");
+                let tell = matches!(origin, Origin::Bridge { .. }) && msg.kind == Kind::Text;
+                let what: String = msg.text.chars().take(60).collect();
+                let key = chat.key.clone();
+                let id = Box::pin(self.queue_from(origin, chat, &keyed, msg)).await?;
+                if tell && let Some(c) = self.store.find_chat(ChatKind::Group, &key).await? {
+                    let text = format!(
+                        "⚠️ Not delivered on COI to {}: \"{what}\" (the bridge has no encryption key for them; \
+                         they need to join through the group's invite link again)",
+                        missing.join(", ")
+                    );
+                    self.store.queue_portal_notice(c.id, &format!("{id}#nokey"), &self.me.addr, &text).await?;
+                }
+                return Ok(id);
+            }
             Err(missing) => return Err(QueueError::NoKey(missing)),
         };
         self.store_and_wake_with(chat, recipients, msg, raw, None, origin).await

@@ -46,4 +46,8 @@ pub trait PortalStore: Send + Sync {
     async fn coi_id_of_remote(&self, bridge: &str, remote_chat: &str, remote_id: &str) -> StoreResult<Option<String>>;
     async fn bridge_state(&self, bridge: &str, key: &str) -> StoreResult<Option<String>>;
     async fn set_bridge_state(&self, bridge: &str, key: &str, value: &str) -> StoreResult<()>;
+    /// Queues a notice from the bridge itself (kind `notice`) for every portal of
+    /// `chat_id`: the remote sides are told what COI did not get. Once per `notice_id`.
+    async fn queue_portal_notice(&self, chat_id: i64, notice_id: &str, from_addr: &str, text: &str)
+    -> StoreResult<()>;
 }

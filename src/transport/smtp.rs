@@ -233,6 +233,7 @@ impl SmtpWorker {
             self.metrics.delivery_failed(SMTP_TARGET);
             let reason = format!("rejected by the SMTP server for {}", refused.join("; "));
             tracing::error!(message_id = %item.message_id, reason = %reason, "mail refused for some recipients");
+            self.tell_portals(item, &env.from, &reason).await;
             (self.on_failure)(FailedDelivery { message_id: item.message_id.clone(), chat_id: item.chat_id, reason });
         }
         if left.is_empty() {
@@ -273,8 +274,33 @@ impl SmtpWorker {
         if let Err(e) = self.store.outbox_failed(item.id, &reason).await {
             tracing::error!(error = %e, "could not record the failure");
         }
+        let from = item.envelope.as_ref().map(|e| e.from.clone()).unwrap_or_default();
+        self.tell_portals(item, &from, &reason).await;
         (self.on_failure)(FailedDelivery { message_id: item.message_id.clone(), chat_id: item.chat_id, reason });
         Outcome::Failed
+    }
+
+    /// A chat message that COI (some or all of its recipients) did not get is reported to
+    /// the chat's bridged sides, where its sender wrote it: a visible notice, never a
+    /// silent drop. Receipts and key-exchange mail are only logged.
+    async fn tell_portals(&self, item: &OutboxItem, from: &str, reason: &str) {
+        use sha2::Digest as _;
+        let message_id = item.message_id.trim_end_matches("#plain");
+        let msg = match self.store.message(message_id).await {
+            Ok(Some(m)) if m.kind == "text" && m.direction == crate::store::Direction::Out => m,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, message_id, "could not read the failed message to tell its sender");
+                return;
+            }
+        };
+        let what: String = msg.text.chars().take(60).collect();
+        let text = format!("⚠️ Not delivered on COI: \"{what}\" ({reason})");
+        let digest = sha2::Sha256::digest(reason.as_bytes());
+        let notice_id = format!("{message_id}#failed-{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3]);
+        if let Err(e) = self.store.queue_portal_notice(item.chat_id, &notice_id, from, &text).await {
+            tracing::error!(error = %e, message_id, "could not queue the failure notice for the bridged sides");
+        }
     }
 }
 

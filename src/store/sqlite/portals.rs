@@ -62,6 +62,33 @@ impl SqliteStore {
 
 #[async_trait]
 impl PortalStore for SqliteStore {
+    async fn queue_portal_notice(
+        &self,
+        chat_id: i64,
+        notice_id: &str,
+        from_addr: &str,
+        text: &str,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let inserted = sqlx::query(
+            "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, recorded_at, security)
+             VALUES (?, ?, 'out', 'notice', ?, '', ?, ?, 'sent') ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(notice_id)
+        .bind(chat_id)
+        .bind(from_addr)
+        .bind(text)
+        .bind(now())
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        let woken = if inserted > 0 { Self::fan_out_tx(&mut tx, chat_id, notice_id, None).await? } else { Vec::new() };
+        tx.commit().await.map_err(err)?;
+        self.wake(&woken);
+        Ok(())
+    }
+
     fn outbox_waker(&self, target: &str) -> std::sync::Arc<tokio::sync::Notify> {
         self.wakers.lock().unwrap_or_else(|e| e.into_inner()).entry(target.to_owned()).or_default().clone()
     }
