@@ -549,6 +549,51 @@ async fn configured_admins_may_command_in_any_chat() {
     assert_eq!(refusals, 1, "only Max was refused (in the setup), not Anna");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_update_is_set_aside_and_the_updates_behind_it_flow() {
+    let Some(s) = TgStack::new().await else { return };
+    // Tom bridges his private chat with the bot as well: a second portal.
+    s.tg.set_chat(TOM.0, "Tom", &[TOM.0]);
+    s.tg.user_says(TOM.0, TOM, "/coi_bridge", None);
+    s.tg.wait_call("bridge Tom's chat", |c| {
+        c.method == "sendMessage"
+            && c.params["chat_id"] == json!(TOM.0)
+            && c.params["text"].as_str().is_some_and(|t| t.contains("https://i.delta.chat/#"))
+    })
+    .await;
+    // Poison: Telegram says the group moved into a chat that has a portal of its own. Moving
+    // the portal there can never work; today's bridge asked for it again forever.
+    s.tg.migrate(GROUP, TOM.0, TOM);
+    // And an update of a kind the bridge asked for that does not parse.
+    let unreadable = s.tg.push_update(
+        "message",
+        json!({"message_id": "not a number", "chat": {"id": GROUP, "type": "group", "title": "Book Club"}}),
+    );
+    s.tg.user_says(GROUP, TOM, "after the poison", None);
+    let m = s.dc.message_with_text(s.alice, "after the poison").await;
+    assert_eq!(m["chatId"], s.group, "the group's portal stayed where it was");
+
+    use coi_bridge::store::deadletter::DeadLetterStore as _;
+    let letters = s.daemon.store().await.dead_letters("telegram").await.expect("read");
+    let kinds: Vec<(&str, &str)> =
+        letters.iter().map(|l| (l.kind.as_str(), l.remote_chat.as_deref().unwrap_or("-"))).collect();
+    let group = GROUP.to_string();
+    assert!(
+        kinds.iter().any(|(k, c)| matches!(*k, "gave_up" | "failed") && *c == group),
+        "the migration was set aside: {letters:?}"
+    );
+    assert!(letters.iter().any(|l| l.kind == "unparseable" && l.event == unreadable.to_string()), "{letters:?}");
+    assert_eq!(
+        s.daemon.metric("coi_bridge_dead_letters_total{bridge=\"telegram\",reason=\"unparseable\"}").await,
+        Some(1.0)
+    );
+    // The offset moved past all of them, and the group was told.
+    let offset = s.tg.confirmed_offset();
+    assert!(offset > unreadable, "getUpdates offset {offset} is past update {unreadable}");
+    let told = s.tg.sent_texts(GROUP);
+    assert!(told.iter().any(|(_, t)| t.contains("set aside")), "{told:?}");
+}
+
 /// The texts of recorded COI messages starting with `prefix`, in the order the bridge
 /// recorded them: the order it promises to keep.
 async fn recorded_texts(daemon: &Daemon, prefix: &str) -> Vec<String> {

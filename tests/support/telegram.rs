@@ -1,4 +1,4 @@
-//! A fake Telegram Bot API on loopback (no Telegram server is reachable here): the real JSON shapes, long polling, `429 retry_after` and "message to edit not found", plus an in-process control API to inject updates and read what the bot sent.
+//! A fake Telegram Bot API on loopback (no Telegram server is reachable here): the real JSON shapes, long polling, `429 retry_after` and "message to edit not found", plus an in-process control API to inject updates (well-formed or not) and read what the bot sent.
 
 #![allow(dead_code)]
 
@@ -42,6 +42,8 @@ struct Inner {
     admins: HashMap<i64, Vec<i64>>,
     titles: HashMap<i64, String>,
     files: HashMap<String, Vec<u8>>,
+    /// The highest `offset` getUpdates was asked with: every update below it is confirmed.
+    offset: i64,
 }
 
 /// The fake server; stopped on drop.
@@ -151,7 +153,9 @@ impl FakeTelegram {
         i.admins.insert(chat, admins.to_vec());
     }
 
-    fn push_update(&self, kind: &str, mut message: Value) -> i64 {
+    /// Queues an update of `kind` with `message` as its body (a `date` is added if it has
+    /// none); returns its update id. Tests use it for updates no helper makes.
+    pub fn push_update(&self, kind: &str, mut message: Value) -> i64 {
         let mut i = self.lock();
         let id = i.next_update;
         i.next_update += 1;
@@ -359,6 +363,11 @@ impl FakeTelegram {
         }
     }
 
+    /// The highest `offset` the bot asked getUpdates for (it confirms every update below).
+    pub fn confirmed_offset(&self) -> i64 {
+        self.lock().offset
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
     }
@@ -482,6 +491,7 @@ async fn handle(
             let notified = changed.notified();
             {
                 let mut i = inner.lock().expect("lock");
+                i.offset = i.offset.max(offset);
                 // Confirmed updates are forgotten, as Telegram does.
                 i.updates.retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
                 if !i.updates.is_empty() {
