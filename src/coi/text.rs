@@ -65,50 +65,108 @@ pub fn strip_footer(text: &str) -> &str {
     text
 }
 
+/// HTML read per body; the rest is cut off and marked with [`TRUNCATED`]. A chat message
+/// is never this long, and every step below is linear, so this only bounds the output.
+pub const MAX_HTML_BYTES: usize = 1024 * 1024;
+
+/// Appended where HTML over [`MAX_HTML_BYTES`] was cut off.
+pub const TRUNCATED: &str = "\n[…]";
+
+/// Entities are at most this long (`&#x10FFFF;` is 10 bytes with the `&`, not the `;`).
+const MAX_ENTITY: usize = 10;
+
+#[cfg(test)]
+thread_local! {
+    /// Bytes the HTML scanner looked at, so tests can show the work is linear.
+    static SCANNED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts `n` scanned bytes (tests only).
+#[inline]
+fn scanned(n: usize) {
+    #[cfg(test)]
+    SCANNED.with(|c| c.set(c.get() + n as u64));
+    #[cfg(not(test))]
+    let _ = n;
+}
+
+/// Position of the ASCII byte `b` in `hay`; every search of the HTML scanner goes through here.
+fn find_ascii(hay: &str, b: u8) -> Option<usize> {
+    let found = hay.as_bytes().iter().position(|&x| x == b);
+    scanned(found.map_or(hay.len(), |i| i + 1));
+    found
+}
+
+/// Where `</name` starts in `hay`, case-insensitively, without copying `hay`.
+fn find_close_tag(hay: &str, name: &str) -> Option<usize> {
+    let bytes = hay.as_bytes();
+    let mut from = 0;
+    while let Some(i) = find_ascii(&hay[from..], b'<') {
+        let at = from + i;
+        let candidate = bytes.get(at + 1..at + 2 + name.len());
+        scanned(name.len() + 1);
+        if candidate.is_some_and(|c| c[0] == b'/' && c[1..].eq_ignore_ascii_case(name.as_bytes())) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 /// A plain-text rendering of an HTML body: tags dropped, block ends as line breaks,
 /// the common entities decoded. Scripts and styles are dropped with their content.
+/// Linear in the input; input over [`MAX_HTML_BYTES`] is cut off and marked.
 pub fn html_to_text(html: &str) -> String {
+    let truncated = html.len() > MAX_HTML_BYTES;
+    let html = &html[..html.floor_char_boundary(MAX_HTML_BYTES)];
     let mut out = String::with_capacity(html.len() / 2);
     let mut rest = html;
-    while let Some(lt) = rest.find('<') {
-        out.push_str(&decode_entities(&rest[..lt]));
+    while let Some(lt) = find_ascii(rest, b'<') {
+        decode_entities_into(&rest[..lt], &mut out);
         let after = &rest[lt + 1..];
-        let Some(gt) = after.find('>') else {
+        let Some(gt) = find_ascii(after, b'>') else {
             rest = "";
             break;
         };
-        let tag = after[..gt].trim().to_ascii_lowercase();
-        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let tag = after[..gt].trim();
+        let closing = tag.starts_with('/');
+        let unslashed = tag.trim_start_matches('/');
+        let name_len = unslashed.bytes().take_while(u8::is_ascii_alphanumeric).count();
+        let name = &unslashed[..name_len];
+        scanned(gt);
         rest = &after[gt + 1..];
-        if !tag.starts_with('/') && (name == "script" || name == "style") {
-            let close = format!("</{name}");
-            rest = match rest.to_ascii_lowercase().find(&close) {
-                Some(end) => rest[end..].find('>').map_or("", |g| &rest[end + g + 1..]),
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if !closing && (is("script") || is("style")) {
+            rest = match find_close_tag(rest, name) {
+                Some(end) => find_ascii(&rest[end..], b'>').map_or("", |g| &rest[end + g + 1..]),
                 None => "",
             };
             continue;
         }
-        if matches!(name.as_str(), "br" | "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3" | "blockquote")
-            && !out.ends_with('\n')
+        if ["br", "p", "div", "li", "tr", "h1", "h2", "h3", "blockquote"].iter().any(|n| is(n)) && !out.ends_with('\n')
         {
             out.push('\n');
         }
     }
-    out.push_str(&decode_entities(rest));
+    decode_entities_into(rest, &mut out);
     let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
-    lines.join("\n").trim().to_owned()
+    let mut text = lines.join("\n").trim().to_owned();
+    if truncated {
+        text.push_str(TRUNCATED);
+    }
+    text
 }
 
-fn decode_entities(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len());
+/// Appends `s` with the common character references decoded; others stay as written.
+fn decode_entities_into(s: &str, out: &mut String) {
     let mut rest = s;
-    while let Some(amp) = rest.find('&') {
+    while let Some(amp) = find_ascii(rest, b'&') {
         out.push_str(&rest[..amp]);
         let after = &rest[amp..];
-        let end = after.find(';').filter(|&e| e <= 10);
+        // The `;` must come within MAX_ENTITY bytes: never search further than that.
+        let window = &after.as_bytes()[..after.len().min(MAX_ENTITY + 1)];
+        scanned(window.len());
+        let end = window.iter().position(|&b| b == b';');
         let decoded = end.and_then(|e| {
             let ent = &after[1..e];
             let c = match ent {
@@ -138,7 +196,6 @@ fn decode_entities(s: &str) -> String {
         }
     }
     out.push_str(rest);
-    out
 }
 
 /// True when `s` can go into a header as it is.
@@ -277,6 +334,36 @@ mod tests {
             ),
             "Hi & bye\nx!<"
         );
+    }
+
+    /// Bytes scanned by `html_to_text(input)`.
+    fn html_work(input: &str) -> u64 {
+        SCANNED.with(|c| c.set(0));
+        let _ = html_to_text(input);
+        SCANNED.with(std::cell::Cell::get)
+    }
+
+    /// Issue #10: 800 k `&` took 59 s and 50 k `<script>` 151 s. Every search now goes through
+    /// a counter; the work per input byte is bounded and doubling the input doubles the work.
+    #[test]
+    fn html_to_text_work_is_linear_on_hostile_input() {
+        let units = ["&", "&#x1", "<script></script>", "<STYLE>x</style >", "<script><", "<b>&lt", "a;&"];
+        for unit in units {
+            let n = 256 * 1024 / unit.len();
+            let (small, large) = (unit.repeat(n), unit.repeat(2 * n));
+            let (w1, w2) = (html_work(&small), html_work(&large));
+            assert!(w1 <= 16 * small.len() as u64, "{unit:?}: {w1} bytes scanned for {} bytes", small.len());
+            assert!(w2 * 10 <= w1 * 21, "{unit:?}: twice the input cost {w2} vs {w1}");
+        }
+    }
+
+    #[test]
+    fn html_over_the_budget_is_cut_and_marked() {
+        let html = format!("<p>{}</p>", "ä".repeat(MAX_HTML_BYTES));
+        let text = html_to_text(&html);
+        assert!(text.ends_with(TRUNCATED), "marked");
+        assert!(text.len() <= MAX_HTML_BYTES + TRUNCATED.len());
+        assert_eq!(html_to_text("a<SCRIPT>x</Script>b&#x41;&amp"), "abA&amp");
     }
 
     #[test]
