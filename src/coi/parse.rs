@@ -175,7 +175,7 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             || name.eq_ignore_ascii_case("Chat-Group-Member-Removed-Fpr")
         {
             msg.change_fpr = Some(unfolded.to_ascii_uppercase());
-        } else if name.len() >= 11 && name[..11].eq_ignore_ascii_case("Secure-Join") {
+        } else if name.get(..11).is_some_and(|p| p.eq_ignore_ascii_case("Secure-Join")) {
             msg.secure_join.push((name.to_owned(), unfolded.to_owned()));
         }
     }
@@ -482,6 +482,15 @@ mod tests {
         let big = format!("X-Big: {}\r\nFrom: a@b.c\r\n\r\nhi", "a".repeat(300 * 1024));
         assert!(matches!(parse(big.as_bytes(), &limits), Err(ParseError::HeaderTooLarge(_))));
         assert_eq!(parse(b"Subject: x\r\n\r\nbody", &limits).unwrap_err(), ParseError::MissingFrom);
+    }
+
+    /// A header name with a multi-byte character across byte 11 used to panic the
+    /// `Secure-Join` prefix check.
+    #[test]
+    fn non_ascii_header_names_are_not_sliced_mid_character() {
+        let raw = "From: a@b.c\r\nSecure-Joi\u{e4}: x\r\nSecure-Join: vc-request\r\n\r\nhi".as_bytes();
+        let parsed = parse(raw, &Limits::default()).expect("parses");
+        assert_eq!(parsed.message.secure_join, vec![("Secure-Join".to_owned(), "vc-request".to_owned())]);
     }
 
     #[test]

@@ -74,9 +74,13 @@ impl Invite {
         let link = link.trim();
         let rest = if let Some(r) = link.strip_prefix(HTTPS_PREFIX) {
             r.to_owned()
-        } else if link.len() > OPENPGP_PREFIX.len() && link[..OPENPGP_PREFIX.len()].eq_ignore_ascii_case(OPENPGP_PREFIX)
+        } else if let Some(r) = link
+            .get(..OPENPGP_PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(OPENPGP_PREFIX))
+            .map(|_| &link[OPENPGP_PREFIX.len()..])
         {
-            link[OPENPGP_PREFIX.len()..].replacen('#', "&", 1)
+            // `get` is None when byte 12 is inside a character: no panic on hostile input.
+            r.replacen('#', "&", 1)
         } else {
             return Err("not an invite link: expected https://i.delta.chat/#… or OPENPGP4FPR:…".into());
         };
@@ -158,6 +162,17 @@ mod tests {
         assert_eq!(i.addr, "alice@example.org");
         assert_eq!(i.fingerprint, "0123456789ABCDEF0123456789ABCDEF01234567");
         assert_eq!(i.version, None);
+    }
+
+    /// Issue #10: `!coi link` with a multi-byte character across byte 12 panicked.
+    #[test]
+    fn multi_byte_characters_at_the_prefix_end_are_errors_not_panics() {
+        for link in ["OPENPGP4FPRä", "OPENPGP4FPR🚀#a=b", "OPENPGP4FP€:", "éOPENPGP4FPR:", "ä"] {
+            assert!(Invite::parse(link).unwrap_err().contains("not an invite link"), "{link:?}");
+        }
+        let fpr = "0123456789ABCDEF0123456789ABCDEF01234567";
+        assert!(Invite::parse(&format!("openpgp4fpr:{fpr}#a=a%40b&i=ä&s=ö")).is_ok());
+        assert!(Invite::parse(&format!("OPENPGP4FPR:ä{fpr}#a=a@b&i=x&s=y")).unwrap_err().contains("fingerprint"));
     }
 
     #[test]
