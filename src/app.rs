@@ -71,7 +71,10 @@ impl Core {
             store.clone(),
             identity.clone(),
             cfg.account.encryption,
-            crate::hub::e2ee::Budget::default(),
+            crate::hub::e2ee::Budget {
+                invite_max_age: Duration::from_secs(u64::from(cfg.account.invite_max_age_days) * 24 * 3600),
+                ..crate::hub::e2ee::Budget::default()
+            },
             metrics.clone(),
         )
         .with_securejoin(securejoin.clone());
@@ -182,7 +185,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     let state =
         http::Http { metrics: core.metrics.clone(), health: core.health.clone(), store: core.store.clone(), targets };
     let token = sup.token();
-    sup.spawn("http", async move { http::serve(listener, state, routes, token).await });
+    let timeouts = http::Timeouts::from_config(&cfg.http);
+    sup.spawn("http", async move { http::serve(listener, state, routes, token, timeouts).await });
 
     // systemd (Type=notify): ready once every worker runs, stopping on the signal, and a
     // watchdog ping that only a live runtime sends.

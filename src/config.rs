@@ -85,6 +85,15 @@ pub struct AccountConfig {
     /// The passphrase itself; only from env `COI_BRIDGE__ACCOUNT__KEY_PASSPHRASE`.
     #[serde(default)]
     pub key_passphrase: Option<Secret>,
+    /// Invite links (`!coi bridge`, `/coi_bridge`, `coi-bridge invite`) older than this many
+    /// days stop working: their secrets are no longer tried on incoming mail. Make a new
+    /// link with the same command.
+    #[serde(default = "default_invite_max_age_days")]
+    pub invite_max_age_days: u32,
+}
+
+fn default_invite_max_age_days() -> u32 {
+    365
 }
 
 /// `[account] encryption`.
@@ -244,12 +253,30 @@ pub struct HttpConfig {
     /// Where /metrics, /health and /ready are served; keep it on loopback or behind a proxy.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// A client must send a request's whole head (request line and headers) within this
+    /// many seconds, or the connection is closed (slowloris).
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// A request body that sends nothing for this many seconds is cut off.
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: default_listen() }
+        Self {
+            listen: default_listen(),
+            header_read_timeout_secs: default_header_timeout(),
+            body_read_timeout_secs: default_body_timeout(),
+        }
     }
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_body_timeout() -> u64 {
+    30
 }
 
 fn default_listen() -> SocketAddr {
@@ -371,6 +398,14 @@ fn validate(c: &Config) -> anyhow::Result<()> {
     if c.imap.batch_size == 0 || c.imap.batch_size > 1000 {
         bail!("imap.batch_size: {} is out of range; use 1 to 1000 (default 50)", c.imap.batch_size);
     }
+    for (key, secs, default) in [
+        ("http.header_read_timeout_secs", c.http.header_read_timeout_secs, default_header_timeout()),
+        ("http.body_read_timeout_secs", c.http.body_read_timeout_secs, default_body_timeout()),
+    ] {
+        if !(1..=600).contains(&secs) {
+            bail!("{key}: {secs} is out of range; use 1 to 600 seconds (default {default})");
+        }
+    }
     if c.smtp.max_attempts == 0 {
         bail!("smtp.max_attempts: must be at least 1 (default 30)");
     }
@@ -431,6 +466,7 @@ mod tests {
             encryption: EncryptionPolicy::Required,
             key_passphrase_file: None,
             key_passphrase: None,
+            invite_max_age_days: 365,
         };
         assert!(!format!("{a:?}").contains("hunter2"));
     }

@@ -104,7 +104,7 @@ impl Outbound {
                         })
                         .collect();
                 }
-                self.identity.seal(&msg, &keys)?
+                self.seal(&msg, keys).await?
             }
             Err(missing) if self.policy == EncryptionPolicy::Opportunistic => {
                 tracing::info!(?missing, message_id = %msg.message_id, "sending unencrypted to recipients without a key");
@@ -117,7 +117,7 @@ impl Outbound {
                         Ok(k) => k,
                         Err(gone) => return Err(QueueError::NoKey(gone)),
                     };
-                    let sealed = self.identity.seal(&msg, &keys)?;
+                    let sealed = self.seal(&msg, keys).await?;
                     let plain = (Envelope { from: self.me.addr.clone(), to: missing }, render(&msg));
                     return self.store_and_wake_with(chat, &keyed, msg, sealed, Some(plain), origin).await;
                 }
@@ -144,6 +144,16 @@ impl Outbound {
             Err(missing) => return Err(QueueError::NoKey(missing)),
         };
         self.store_and_wake_with(chat, recipients, msg, raw, None, origin).await
+    }
+
+    /// Signs, compresses and encrypts on the blocking pool: a large attachment must not
+    /// hold up an async worker.
+    async fn seal(&self, msg: &ChatMessage, keys: Vec<pgp::composed::SignedPublicKey>) -> Result<Vec<u8>, QueueError> {
+        let (identity, msg) = (self.identity.clone(), msg.clone());
+        tokio::task::spawn_blocking(move || identity.seal(&msg, &keys))
+            .await
+            .map_err(|e| QueueError::Crypto(crypto::CryptoError::Encrypt(format!("the sealing task failed: {e}"))))?
+            .map_err(QueueError::from)
     }
 
     /// Queues a SecureJoin v3 step, encrypted with the invite's password instead of keys.

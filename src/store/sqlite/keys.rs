@@ -392,4 +392,17 @@ mod tests {
         assert_eq!((k.fingerprint.as_str(), k.verified), ("G1", false));
         assert_eq!(s.all_key_changes().await.expect("changes").len(), 1, "one flag per new key");
     }
+
+    #[tokio::test]
+    async fn only_live_invites_are_tried() {
+        use crate::store::keys::InviteRow;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("s.db")).await.expect("open");
+        let row = InviteRow { invite_number: "n1".into(), auth: "a1".into(), group_id: None };
+        s.add_invite(&row).await.expect("add");
+        let now = chrono::Utc::now().timestamp();
+        assert_eq!(s.live_invites(now - 60).await.expect("live"), vec![row.clone()]);
+        assert!(s.live_invites(now + 60).await.expect("live").is_empty(), "an expired invite is not tried");
+        assert_eq!(s.invites().await.expect("all"), vec![row], "but still listed");
+    }
 }
