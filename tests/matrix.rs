@@ -572,3 +572,144 @@ async fn topic_and_image_follow_the_group_description_and_avatar() {
     let image = download_as(&s.hs, &s.mara, avatar["content"]["url"].as_str().expect("url")).await;
     assert!(image.len() > 50, "an image ({} bytes)", image.len());
 }
+
+/// PUTs a transaction to the daemon's appservice endpoint as the homeserver would.
+async fn put_transaction(s: &Stack, txn: &str, body: Vec<u8>) -> u16 {
+    let url = format!("http://127.0.0.1:{}/_matrix/app/v1/transactions/{txn}", s.as_port);
+    let r = reqwest::Client::new()
+        .put(url)
+        .bearer_auth(support::synapse::registration(s.as_port).hs_token)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("PUT transaction");
+    r.status().as_u16()
+}
+
+fn message(room: &str, sender: &str, event_id: &str, body: &str) -> Value {
+    json!({
+        "type": "m.room.message", "room_id": room, "sender": sender, "event_id": event_id,
+        "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": body}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_transaction_or_one_failing_event_never_wedges_the_room() {
+    let Some(s) = Stack::new().await else { return };
+
+    // The largest transaction Synapse sends: 100 events of up to 64 KiB (6.5 MB here).
+    let filler = "x".repeat(66_000);
+    let mut events: Vec<Value> = (0..99)
+        .map(|i| {
+            json!({"type": "org.example.filler", "room_id": s.room, "sender": "@mara:localhost",
+                   "event_id": format!("$filler-{i}"), "origin_server_ts": 1, "content": {"filler": filler}})
+        })
+        .collect();
+    events.push(message(&s.room, "@mara:localhost", "$after-big", "after the 6.5 MB transaction"));
+    let body = serde_json::to_vec(&json!({ "events": events })).expect("json");
+    assert!(body.len() > 6_500_000, "{} bytes", body.len());
+    assert_eq!(put_transaction(&s, "hostile-big", body).await, 200, "a 6.5 MB transaction is taken");
+    s.at_alice("after the 6.5 MB transaction").await;
+
+    // One event that cannot be handled: a non-admin's command in a room the bot is not in,
+    // so its refusal notice is forbidden. The others of the transaction are bridged anyway.
+    let nick = s.hs.user("nick").await;
+    let private: Value = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/createRoom", s.hs.url()))
+        .bearer_auth(&nick)
+        .json(&json!({"name": "Nick's own"}))
+        .send()
+        .await
+        .expect("createRoom")
+        .json()
+        .await
+        .expect("json");
+    let private = private["room_id"].as_str().expect("room id").to_owned();
+    let events = vec![
+        message(&s.room, "@mara:localhost", "$before-poison", "before the poison"),
+        message(&private, "@nick:localhost", "$poison", "!coi bridge"),
+        message(&s.room, "@mara:localhost", "$after-poison", "after the poison"),
+    ];
+    let body = serde_json::to_vec(&json!({ "events": events })).expect("json");
+    assert_eq!(put_transaction(&s, "hostile-poison", body).await, 200, "answered 200, not retried forever");
+    s.at_alice("before the poison").await;
+    s.at_alice("after the poison").await;
+    let dead = s.daemon.store().await;
+    let letters = coi_bridge::store::deadletter::DeadLetterStore::dead_letters(&dead, "matrix").await.expect("read");
+    let poison = letters.iter().find(|l| l.event == "$poison").unwrap_or_else(|| panic!("set aside: {letters:?}"));
+    assert_eq!((poison.kind.as_str(), poison.remote_chat.as_deref()), ("failed", Some(private.as_str())));
+    assert!(poison.reason.contains("M_FORBIDDEN"), "{poison:?}");
+    assert_eq!(s.daemon.metric("coi_bridge_dead_letters_total{bridge=\"matrix\",reason=\"failed\"}").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_sender_edits_and_only_the_sender_or_a_moderator_redacts() {
+    let Some(s) = Stack::new().await else { return };
+    let (dc, alice) = (&s.dc, s.alice);
+    let nick = s.hs.user("nick").await;
+    invite_as(&s.hs, &s.mara, &s.room, "@nick:localhost").await;
+    join_as(&s.hs, &nick, &s.room).await;
+
+    let words = s.send("w1", json!({"msgtype": "m.text", "body": "mara's words"})).await;
+    let at_alice = s.at_alice("mara's words").await;
+    // Nick (no power) edits Mara's message: Synapse takes it, the bridge must not.
+    let edit = |body: &str| {
+        json!({
+            "msgtype": "m.text", "body": format!("* {body}"),
+            "m.new_content": {"msgtype": "m.text", "body": body},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": words}
+        })
+    };
+    let nick_edit = send_as(&s.hs, &nick, &s.room, "m.room.message", "e1", edit("nick's rewrite")).await;
+    // Nick redacts it: Synapse refuses that from a client, but a homeserver may still pass
+    // such a redaction on (it is only checked when applied), so it comes as the homeserver would.
+    let forged = json!({"events": [{
+        "type": "m.room.redaction", "room_id": s.room, "sender": "@nick:localhost", "event_id": "$nick-redaction",
+        "origin_server_ts": 1, "redacts": words, "content": {"redacts": words}
+    }]});
+    assert_eq!(put_transaction(&s, "hostile-redaction", serde_json::to_vec(&forged).expect("json")).await, 200);
+    s.send("m1", json!({"msgtype": "m.text", "body": "marker after nick"})).await;
+    s.at_alice("marker after nick").await;
+    let now = dc.call("get_message", json!([alice, at_alice["id"]])).await;
+    assert_eq!(now["text"], json!("mara's words"), "neither nick's edit nor his redaction reached COI: {now}");
+
+    // Mara's own edit is bridged.
+    send_as(&s.hs, &s.mara, &s.room, "m.room.message", "e2", edit("mara's better words")).await;
+    eventually(WAIT, "Mara's own edit at Alice", || async {
+        let m = dc.call("get_message", json!([alice, at_alice["id"]])).await;
+        (m["text"] == "mara's better words").then_some(())
+    })
+    .await;
+    // Mara created the room (version 12: unlimited power), so she may redact Nick's message.
+    let nicks =
+        send_as(&s.hs, &nick, &s.room, "m.room.message", "n1", json!({"msgtype": "m.text", "body": "nick's own"}))
+            .await;
+    let nicks_at_alice = s.at_alice("nick's own").await;
+    let r = reqwest::Client::new()
+        .put(format!(
+            "{}/_matrix/client/v3/rooms/{}/redact/{}/mod1",
+            s.hs.url(),
+            support::synapse::seg(&s.room),
+            support::synapse::seg(&nicks)
+        ))
+        .bearer_auth(&s.mara)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("redact");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    eventually(WAIT, "nick's message gone at Alice", || async {
+        dc.try_call("get_message", json!([alice, nicks_at_alice["id"]])).await.is_err().then_some(())
+    })
+    .await;
+
+    let store = s.daemon.store().await;
+    let letters = coi_bridge::store::deadletter::DeadLetterStore::dead_letters(&store, "matrix").await.expect("read");
+    let forbidden: Vec<&str> = letters.iter().filter(|l| l.kind == "forbidden").map(|l| l.event.as_str()).collect();
+    assert_eq!(forbidden, vec![nick_edit.as_str(), "$nick-redaction"], "{letters:?}");
+    assert_eq!(
+        s.daemon.metric("coi_bridge_dead_letters_total{bridge=\"matrix\",reason=\"forbidden\"}").await,
+        Some(2.0)
+    );
+}
