@@ -81,14 +81,101 @@ async fn ready(State(h): State<Http>) -> impl IntoResponse {
     (code, axum::Json(json!({ "ready": ready, "parts": parts })))
 }
 
+/// How long a client may take to send a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the request line and headers, from the first byte (slowloris).
+    pub header: Duration,
+    /// Between two pieces of a request body.
+    pub body: Duration,
+}
+
+impl Timeouts {
+    pub fn from_config(c: &crate::config::HttpConfig) -> Self {
+        Self {
+            header: Duration::from_secs(c.header_read_timeout_secs),
+            body: Duration::from_secs(c.body_read_timeout_secs),
+        }
+    }
+}
+
+/// Answers a handler's panic: logged at ERROR with its message, counted, 500.
+#[derive(Clone)]
+struct PanicTo500(prometheus::IntCounterVec);
+
+impl tower_http::catch_panic::ResponseForPanic for PanicTo500 {
+    type ResponseBody = axum::body::Body;
+
+    fn response_for_panic(
+        &mut self,
+        payload: Box<dyn std::any::Any + Send + 'static>,
+    ) -> axum::http::Response<Self::ResponseBody> {
+        self.0.with_label_values(&["http"]).inc();
+        let message = crate::supervisor::panic_message(payload.as_ref());
+        tracing::error!(task = "http", panic = %message, "an HTTP handler panicked; answered 500");
+        (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"errcode": "M_UNKNOWN", "error": "internal error"})))
+            .into_response()
+    }
+}
+
 /// Serves until `shutdown`, with the bridges' `extra` routes (the appservice endpoint).
+///
+/// A panic in a handler answers 500, is logged at ERROR and counted
+/// (`coi_bridge_panics_total{task="http"}`); the listener goes on. A client that does
+/// not send its request head within `timeouts.header`, or stalls its body for
+/// `timeouts.body`, is cut off.
 pub async fn serve(
     listener: TcpListener,
     state: Http,
     extra: Router,
     shutdown: CancellationToken,
+    timeouts: Timeouts,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state).merge(extra)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceBuilder;
+    use tower_http::catch_panic::CatchPanicLayer;
+    use tower_http::timeout::RequestBodyTimeoutLayer;
+
+    let app = ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(PanicTo500(state.metrics.panics.clone())))
+        .layer(RequestBodyTimeoutLayer::new(timeouts.body))
+        .service(router(state).merge(extra));
+    // One task per connection, all waited for (at most the daemon's grace period).
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "http: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(timeouts.header);
+            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "http: connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
     Ok(())
 }
 
@@ -119,4 +206,104 @@ pub async fn get_status(url: &str, within: Duration) -> anyhow::Result<u16> {
         code.with_context(|| format!("not an HTTP answer: {line:?}"))
     };
     tokio::time::timeout(within, ask).await.context("no answer in time")?
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A listener on a free loopback port, serving `extra` besides the daemon's routes.
+    async fn start(extra: Router, timeouts: Timeouts) -> (std::net::SocketAddr, Arc<Metrics>, CancellationToken) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).await.expect("store");
+        std::mem::forget(dir);
+        let metrics = Arc::new(Metrics::new());
+        let state = Http {
+            metrics: metrics.clone(),
+            health: crate::health::Health::new(metrics.clone()),
+            store: Arc::new(store),
+            targets: vec![],
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        tokio::spawn(serve(listener, state, extra, token.clone(), timeouts));
+        (addr, metrics, token)
+    }
+
+    /// The whole answer to a plain request.
+    async fn ask(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out)).await.expect("answer").expect("read");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    const SLOW: Timeouts = Timeouts { header: Duration::from_secs(1), body: Duration::from_secs(1) };
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_is_counted_and_the_listener_goes_on() {
+        // Only this test's router has a route that panics.
+        let boom = Router::new().route(
+            "/boom",
+            get(|| async {
+                let text = String::from("!coi link é");
+                text[..11].len().to_string()
+            }),
+        );
+        let (addr, metrics, token) = start(boom, SLOW).await;
+        let answer = ask(addr, "GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        assert_eq!(metrics.panics.with_label_values(&["http"]).get(), 1);
+        let scrape = ask(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(scrape.contains("coi_bridge_panics_total{task=\"http\"} 1"), "{scrape}");
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_client_sending_its_head_byte_by_byte_is_disconnected() {
+        let (addr, _, token) = start(Router::new(), SLOW).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // A head that never ends: one byte at a time, each well within any idle timeout.
+        let trickle = async {
+            let head = b"GET /health HTTP/1.1\r\nHost: x\r\n".iter().chain(b"X-Slow: a\r\n".iter().cycle());
+            for byte in head {
+                if s.write_all(&[*byte]).await.is_err() {
+                    return "closed on write";
+                }
+                let mut buf = [0u8; 64];
+                match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return "closed",
+                    Ok(Ok(_)) => return "answered",
+                    Err(_) => {}
+                }
+            }
+            "the head ended"
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(60), trickle).await;
+        assert!(
+            matches!(outcome, Ok("closed" | "closed on write" | "answered")),
+            "the server kept the slow connection open: {outcome:?}"
+        );
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_cut_off() {
+        let echo = Router::new()
+            .route("/echo", axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }));
+        let (addr, _, token) = start(echo, SLOW).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes.").await.expect("write");
+        // Then nothing: the server gives up on the body and answers or closes.
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the server waited for the body for 60 s");
+        let answer = String::from_utf8_lossy(&out);
+        assert!(!answer.contains("200 OK"), "{answer}");
+        token.cancel();
+    }
 }
