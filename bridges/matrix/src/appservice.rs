@@ -206,6 +206,26 @@ mod tests {
         server.abort();
     }
 
+    #[tokio::test]
+    async fn the_largest_transactions_synapse_sends_are_read() {
+        let sink = Arc::new(Sink::default());
+        let app = Arc::new(Appservice::new("secret-hs", Arc::new(MemoryState::default()), sink.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
+        // 100 events of 64 KiB, as Synapse may send them: 6.5 MB, over axum's default 2 MiB.
+        let filler = "x".repeat(65_000);
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"type": "m.room.message", "event_id": format!("${i}"), "content": {"body": filler}}))
+            .collect();
+        let body = json!({ "events": events }).to_string();
+        assert!(body.len() > 6_500_000);
+        let path = "/_matrix/app/v1/transactions/big";
+        assert_eq!(request(port, "PUT", path, Some("secret-hs"), &body).await, 200);
+        assert_eq!(sink.0.lock().expect("lock").clone(), vec![("big".to_string(), 100)]);
+        server.abort();
+    }
+
     #[test]
     fn constant_time_eq_is_eq() {
         assert!(constant_time_eq(b"abc", b"abc"));

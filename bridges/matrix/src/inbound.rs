@@ -419,8 +419,49 @@ impl TransactionSink for MatrixInbound {
 
 #[cfg(test)]
 mod tests {
-    use super::{strip_reply_fallback, text_of};
+    use super::{MAX_ATTEMPTS, MatrixInbound, TransactionSink as _, strip_reply_fallback, text_of};
+    use crate::client::AsClient;
+    use coi_bridge_api::testing::FakeHub;
+    use coi_bridge_api::{DeadLetterKind, RemoteEvent};
     use serde_json::json;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn an_event_failing_again_and_again_is_set_aside_and_the_rest_go_on() {
+        // Nothing listens on port 9: profile lookups and notices fail, as they may.
+        let cfg =
+            serde_json::from_value(json!({"id": "matrix", "homeserver": "http://127.0.0.1:9", "server_name": "hs"}))
+                .expect("config");
+        let client = AsClient::new("http://127.0.0.1:9", "as-token", "@coibot:hs").expect("client");
+        let hub = Arc::new(FakeHub::new());
+        let inbound = MatrixInbound::new("matrix".into(), client, hub.clone(), &cfg);
+        let ev = |id: &str, body: &str| {
+            json!({"type": "m.room.message", "room_id": "!r", "sender": "@mara:hs", "event_id": id,
+                   "content": {"msgtype": "m.text", "body": body}})
+        };
+        let events = vec![ev("$stuck", "stuck"), ev("$next", "next")];
+        hub.fail_next(MAX_ATTEMPTS as usize);
+        for _ in 1..MAX_ATTEMPTS {
+            assert!(inbound.events("t1", events.clone()).await.is_err(), "transient: the homeserver retries");
+        }
+        inbound.events("t1", events.clone()).await.expect("the last attempt sets it aside");
+        let dead = hub.dead_letters();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!((dead[0].event.as_str(), dead[0].kind), ("$stuck", DeadLetterKind::GaveUp));
+        let bridged: Vec<String> = hub
+            .events()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                RemoteEvent::Message { text, .. } => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bridged, vec!["next".to_string()]);
+        // Sent once more (a lost answer): nothing runs twice.
+        inbound.events("t1", events).await.expect("again");
+        assert_eq!(hub.events().len(), 1);
+        assert_eq!(hub.dead_letters().len(), 1);
+    }
 
     #[test]
     fn reply_fallbacks_are_dropped() {
