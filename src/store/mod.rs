@@ -11,6 +11,7 @@ pub mod backup;
 pub mod deadletter;
 pub mod keys;
 pub mod portals;
+pub mod retention;
 pub mod sqlite;
 
 use std::path::Path;
@@ -233,7 +234,9 @@ pub enum OutboxState {
 
 /// What the daemon needs from a store backend.
 #[async_trait]
-pub trait Store: keys::KeyStore + portals::PortalStore + deadletter::DeadLetterStore + Send + Sync + 'static {
+pub trait Store:
+    keys::KeyStore + portals::PortalStore + deadletter::DeadLetterStore + retention::RetentionStore + Send + Sync + 'static
+{
     // --- inbound ---------------------------------------------------------------------
     async fn imap_cursor(&self, folder: &str) -> StoreResult<Option<ImapCursor>>;
 

@@ -758,6 +758,7 @@ mod deadletter;
 mod keys;
 mod portals;
 mod private;
+mod retention;
 
 #[cfg(test)]
 mod tests;
