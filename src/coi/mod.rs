@@ -20,6 +20,8 @@ pub mod vcard;
 
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod proptests;
 
 pub use message::{ChatMessage, Group, GroupChange, Kind, Mailbox, Problem};
 pub use parse::{Limits, ParseError, Parsed, parse};
