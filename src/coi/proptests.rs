@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use super::message::{ChatMessage, Group, Mailbox};
 use super::parse::{Limits, parse};
 use super::render::render;
+use super::vcard::{self, VcardContact};
 
 /// Any text up to `max` characters, control characters and odd Unicode included.
 fn any_text(max: usize) -> impl Strategy<Value = String> {
@@ -96,5 +97,18 @@ proptest! {
             prop_assert_eq!(&got.data, &vec![i as u8; 3]);
         }
         prop_assert_eq!(back.text, "hello");
+    }
+}
+
+proptest! {
+    /// A contact card the bridge writes reads back the same, whatever the name (a backslash
+    /// before an `n` came back as a line break).
+    #[test]
+    fn vcard_parse_of_render_keeps_the_name(name in text(), key in prop::collection::vec(any::<u8>(), 1..64)) {
+        let contact = VcardContact { addr: "alice@example.org".into(), name: Some(name.clone()), key: Some(key) };
+        let back = vcard::parse(&vcard::render(&contact));
+        prop_assert_eq!(back.len(), 1);
+        prop_assert_eq!(&back[0].name, &kept(&name));
+        prop_assert_eq!(&back[0].key, &contact.key);
     }
 }

@@ -53,7 +53,7 @@ pub fn parse(text: &str) -> Vec<VcardContact> {
             }
             ("FN", v) => {
                 if let Some(c) = current.as_mut() {
-                    c.name = Some(unescape(v.trim())).filter(|n| !n.is_empty());
+                    c.name = Some(unescape(v).trim().to_owned()).filter(|n| !n.is_empty());
                 }
             }
             ("KEY", v) => {
@@ -75,8 +75,23 @@ pub fn parse(text: &str) -> Vec<VcardContact> {
     out
 }
 
+/// Undoes [`escape`] in one pass (replacing one escape after another read `\\n`, an escaped
+/// backslash and an `n`, as a line break).
 fn unescape(s: &str) -> String {
-    s.replace("\\,", ",").replace("\\;", ";").replace("\\n", "\n").replace("\\\\", "\\")
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n' | 'N') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 fn escape(s: &str) -> String {
@@ -98,6 +113,14 @@ pub fn render(c: &VcardContact) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_read_back_in_one_pass() {
+        for name in ["C:\\new", "a\\,b", "x;y,z", "two\nlines", "trailing\\"] {
+            let c = VcardContact { addr: "a@b.c".into(), name: Some(name.into()), key: None };
+            assert_eq!(parse(&render(&c))[0].name.as_deref(), Some(name), "{name:?}");
+        }
+    }
 
     #[test]
     fn round_trip_and_folding() {
