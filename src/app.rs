@@ -38,6 +38,9 @@ pub struct Core {
     /// What bridges submit remote events to (the bridge modules arrive with #4/#5).
     pub hub: Arc<CoreHub>,
     pub imap: ImapWorker,
+    /// What the IMAP worker records fetched mail with; retention takes released mail
+    /// through it again.
+    pub ingest: Arc<Ingest>,
     pub smtp: SmtpWorker,
 }
 
@@ -67,19 +70,20 @@ impl Core {
         let outbound = Arc::new(Outbound::new(store.clone(), me, identity.clone(), cfg.account.encryption, wake));
         let securejoin =
             Arc::new(SecureJoin::new(store.clone(), identity.clone(), outbound.clone(), &cfg.account.display_name));
-        let ingest = Ingest::new(
-            store.clone(),
-            identity.clone(),
-            cfg.account.encryption,
-            crate::hub::e2ee::Budget {
-                invite_max_age: Duration::from_secs(u64::from(cfg.account.invite_max_age_days) * 24 * 3600),
-                ..crate::hub::e2ee::Budget::default()
-            },
-            metrics.clone(),
-        )
-        .with_securejoin(securejoin.clone());
-        let imap =
-            ImapWorker::new(ImapSettings::from_config(loaded)?, Arc::new(ingest), metrics.clone(), health.clone());
+        let ingest = Arc::new(
+            Ingest::new(
+                store.clone(),
+                identity.clone(),
+                cfg.account.encryption,
+                crate::hub::e2ee::Budget {
+                    invite_max_age: Duration::from_secs(u64::from(cfg.account.invite_max_age_days) * 24 * 3600),
+                    ..crate::hub::e2ee::Budget::default()
+                },
+                metrics.clone(),
+            )
+            .with_securejoin(securejoin.clone()),
+        );
+        let imap = ImapWorker::new(ImapSettings::from_config(loaded)?, ingest.clone(), metrics.clone(), health.clone());
         let hub = Arc::new(
             CoreHub::new(
                 store.clone(),
@@ -90,7 +94,7 @@ impl Core {
             )
             .with_metrics(metrics.clone()),
         );
-        Ok(Self { store, identity, metrics, health, outbound, securejoin, hub, imap, smtp })
+        Ok(Self { store, identity, metrics, health, outbound, securejoin, hub, imap, ingest, smtp })
     }
 }
 
@@ -171,6 +175,21 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
         let (c, token) = (c.clone(), token.clone());
         async move {
             c.imap.run(token).await;
+            Ok(())
+        }
+    });
+    let (c, token) = (core.clone(), sup.token());
+    let retention = cfg.retention;
+    sup.spawn_restarting("retention", move || {
+        let (c, token) = (c.clone(), token.clone());
+        async move {
+            let task = crate::retention::Retention {
+                store: c.store.clone(),
+                ingest: c.ingest.clone(),
+                config: retention,
+                metrics: c.metrics.clone(),
+            };
+            task.run(token).await;
             Ok(())
         }
     });

@@ -300,3 +300,131 @@ pub fn backup(loaded: &Loaded, dest: &Path) -> anyhow::Result<String> {
         summary.messages
     ))
 }
+
+/// `quarantine`: what is set apart (rejected mail by id, unverified chats, dead letters)
+/// and how long it is kept.
+pub async fn quarantine_list(loaded: &Loaded) -> anyhow::Result<String> {
+    let store = existing_store(loaded).await?;
+    let r = &loaded.config.retention;
+    let mut out = String::new();
+    let rows = store.set_apart().await?;
+    if rows.is_empty() {
+        out.push_str("no rejected mail\n");
+    } else {
+        let mut table_rows = vec![["ID".to_owned(), "RECORDED".into(), "BYTES".into(), "FROM".into(), "REASON".into()]];
+        for s in &rows {
+            let when = chrono::DateTime::from_timestamp(s.recorded_at, 0)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            let from = header_value(&s.head, "from").unwrap_or_else(|| "-".into());
+            let mut reason = printable(&s.reason, 100);
+            if s.released {
+                reason = format!("(released: the running daemon takes it through ingest) {reason}");
+            }
+            table_rows.push([s.id.to_string(), when, s.bytes.to_string(), printable(&from, 60), reason]);
+        }
+        out.push_str(&table(&table_rows));
+    }
+    let chats = store.unverified_chats().await?;
+    if !chats.is_empty() {
+        out.push_str("\nunverified chats (mail not signed by its sender's key):\n");
+        let mut table_rows = vec![["ADDRESS".to_owned(), "MESSAGES".into(), "BYTES".into(), "LAST".into()]];
+        for c in &chats {
+            let last = chrono::DateTime::from_timestamp(c.last_at, 0)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            table_rows.push([printable(&c.addr, 60), c.messages.to_string(), c.bytes.to_string(), last]);
+        }
+        out.push_str(&table(&table_rows));
+    }
+    let dead = store.dead_letter_count().await?;
+    if dead > 0 {
+        out.push_str(&format!("\n{dead} dead letters (bridge events set aside)\n"));
+    }
+    out.push_str(&format!(
+        "\nkept {} days and {} MiB at most ([retention] in {}); `coi-bridge quarantine release ID` takes a rejected \
+         mail through ingest again, `coi-bridge quarantine drop ID` deletes it\n",
+        r.quarantine_max_age_days,
+        r.quarantine_max_bytes / (1024 * 1024),
+        loaded.source.display()
+    ));
+    Ok(out)
+}
+
+/// `quarantine release ID`: the running daemon takes the mail's raw copy through ingest
+/// again (with today's keys, members and limits). A message already recorded is not
+/// delivered twice; one that is still refused is set apart again with its reason.
+pub async fn quarantine_release(loaded: &Loaded, id: i64) -> anyhow::Result<String> {
+    use crate::store::retention::Release;
+    let store = existing_store(loaded).await?;
+    match store.release_rejected(id).await? {
+        Release::Released => Ok(format!(
+            "released {id}: the running daemon takes it through ingest within {} s; if it is still refused it is set \
+             apart again with its reason\n",
+            crate::retention::RELEASE_POLL.as_secs()
+        )),
+        Release::AlreadyReleased => Ok(format!("{id} is already released; the running daemon takes it\n")),
+        Release::NoCopy => anyhow::bail!(
+            "{id} has no copy to release: it was too large to fetch and is still on the mail server (raise \
+             imap.max_message_bytes to fetch such mail)"
+        ),
+        Release::NotFound => anyhow::bail!("no rejected mail {id}; `coi-bridge quarantine` lists them"),
+    }
+}
+
+/// `quarantine drop ID`: deletes a rejected mail.
+pub async fn quarantine_drop(loaded: &Loaded, id: i64) -> anyhow::Result<String> {
+    let store = existing_store(loaded).await?;
+    if store.drop_rejected(id).await? {
+        Ok(format!("dropped {id}\n"))
+    } else {
+        anyhow::bail!("no rejected mail {id}; `coi-bridge quarantine` lists them")
+    }
+}
+
+/// A header's (unfolded) value from the start of a raw mail, if it is there.
+fn header_value(head: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let mut value: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(v) = value.as_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        if value.is_some() {
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':')
+            && n.trim().eq_ignore_ascii_case(name)
+        {
+            value = Some(v.trim().to_owned());
+        }
+    }
+    value
+}
+
+/// Attacker-chosen text made safe for a terminal: no control characters, at most `max`
+/// characters.
+fn printable(s: &str, max: usize) -> String {
+    let clean: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.chars().count() > max { clean.chars().take(max.saturating_sub(1)).chain(['…']).collect() } else { clean }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn header_values_are_read_unfolded_and_printed_safely() {
+        let head = b"Subject: hi\r\nFrom: \"Mallory\r\n <m@x.org>\r\nTo: b@x\r\n\r\nFrom: body@x\r\n";
+        assert_eq!(super::header_value(head, "from").as_deref(), Some("\"Mallory <m@x.org>"));
+        assert_eq!(super::header_value(b"To: b@x\r\n\r\nFrom: body@x\r\n", "from"), None);
+        assert_eq!(super::printable("a\x1b[2Jb", 10), "a [2Jb");
+        assert_eq!(super::printable("abcdef", 4), "abc…");
+    }
+}

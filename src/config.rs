@@ -55,6 +55,47 @@ pub struct Config {
     /// Bridge instances (`[[bridge]]`), checked against the kinds this build has.
     #[serde(default)]
     pub bridge: Vec<BridgeConfig>,
+    /// How long what is set apart (rejected mail, unverified chats, dead letters) is kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: the caps on what is set apart. Anyone can write to the bridge's address,
+/// so rejected mail, the 1:1 chats of mail not signed by its sender's key, and bridge
+/// events set aside as dead letters are pruned: first by age, then the oldest until the
+/// rest fits the size cap. Pruning runs at start and every `prune_interval_secs`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Items older than this many days are pruned (1 to 3650).
+    #[serde(default = "default_quarantine_days")]
+    pub quarantine_max_age_days: u32,
+    /// All of them together are kept under this many bytes, the newest first (at least 1 MiB).
+    #[serde(default = "default_quarantine_bytes")]
+    pub quarantine_max_bytes: u64,
+    /// Seconds between two pruning passes (60 to 86400).
+    #[serde(default = "default_prune_interval")]
+    pub prune_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            quarantine_max_age_days: default_quarantine_days(),
+            quarantine_max_bytes: default_quarantine_bytes(),
+            prune_interval_secs: default_prune_interval(),
+        }
+    }
+}
+
+fn default_quarantine_days() -> u32 {
+    30
+}
+fn default_quarantine_bytes() -> u64 {
+    50 * 1024 * 1024
+}
+fn default_prune_interval() -> u64 {
+    3600
 }
 
 /// `[account]`.
@@ -405,6 +446,25 @@ fn validate(c: &Config) -> anyhow::Result<()> {
         if !(1..=600).contains(&secs) {
             bail!("{key}: {secs} is out of range; use 1 to 600 seconds (default {default})");
         }
+    }
+    let r = &c.retention;
+    if !(1..=3650).contains(&r.quarantine_max_age_days) {
+        bail!(
+            "retention.quarantine_max_age_days: {} is out of range; use 1 to 3650 (default 30)",
+            r.quarantine_max_age_days
+        );
+    }
+    if r.quarantine_max_bytes < 1024 * 1024 {
+        bail!(
+            "retention.quarantine_max_bytes: {} is below 1 MiB; use at least 1048576 (default 52428800, 50 MiB)",
+            r.quarantine_max_bytes
+        );
+    }
+    if !(60..=86_400).contains(&r.prune_interval_secs) {
+        bail!(
+            "retention.prune_interval_secs: {} is out of range; use 60 to 86400 (default 3600)",
+            r.prune_interval_secs
+        );
     }
     if c.smtp.max_attempts == 0 {
         bail!("smtp.max_attempts: must be at least 1 (default 30)");

@@ -8,7 +8,8 @@
 //! - [`hub`]: which chat a mail belongs to; recording inbound, queueing outbound.
 //! - [`store`]: the durable record: chats, messages, outbox, IMAP cursor.
 //! - [`http`], [`metrics`], [`health`], [`logging`]: what the operator sees; [`notify`]: systemd's notify protocol.
-//! - [`check`]: `coi-bridge check`; [`commands`]: `key …`, `contact import`.
+//! - [`check`]: `coi-bridge check`; [`commands`]: `key …`, `contact import`, `quarantine`.
+//! - [`retention`]: prunes what is set apart, takes released mail through ingest again.
 //!
 //! The bridge contract lives in the `coi-bridge-api` crate (`bridges/api`).
 
@@ -26,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod qr;
+pub mod retention;
 pub mod store;
 pub mod supervisor;
 pub mod transport;

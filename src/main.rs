@@ -94,6 +94,12 @@ enum Command {
         /// The new backup file (never overwritten).
         file: PathBuf,
     },
+    /// What is set apart: rejected mail (by id), unverified chats, dead letters; release
+    /// or drop a rejected mail. Pruned by the [retention] caps.
+    Quarantine {
+        #[command(subcommand)]
+        action: Option<QuarantineAction>,
+    },
     /// Exit 0 if the running daemon answers on /health (for container health checks).
     Health {
         /// The URL to ask; defaults to /health on the config's [http] listen address.
@@ -118,6 +124,23 @@ enum KeyAction {
     ExportPublic,
     /// Print the bridge as a vCard with its key (Delta Chat can import it).
     Vcard,
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// List what is set apart (the default).
+    List,
+    /// Take a rejected mail through ingest again: the running daemon records and delivers
+    /// it if today's keys, members and limits allow (never twice), else sets it apart again.
+    Release {
+        /// The mail's id (first column of `quarantine`).
+        id: i64,
+    },
+    /// Delete a rejected mail.
+    Drop {
+        /// The mail's id (first column of `quarantine`).
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,6 +237,11 @@ fn main() -> ExitCode {
                 print_or_fail(commands::contact_import(&loaded, &file).await)
             }
             Command::Portals => print_or_fail(commands::portals(&loaded).await),
+            Command::Quarantine { action } => print_or_fail(match action {
+                None | Some(QuarantineAction::List) => commands::quarantine_list(&loaded).await,
+                Some(QuarantineAction::Release { id }) => commands::quarantine_release(&loaded, id).await,
+                Some(QuarantineAction::Drop { id }) => commands::quarantine_drop(&loaded, id).await,
+            }),
             Command::Unlink { bridge, remote_chat } => {
                 print_or_fail(commands::unlink(&loaded, &bridge, &remote_chat).await)
             }

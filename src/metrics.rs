@@ -50,6 +50,10 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// Panics caught, by task (a supervised task's name, or `http` for a handler).
     pub panics: IntCounterVec,
+    /// Items set apart that retention pruned, by kind (rejected, message, chat, dead_letter).
+    pub pruned: IntCounterVec,
+    /// Released rejected mails taken through ingest again.
+    pub released: IntCounter,
     /// Remote events a bridge set aside, by bridge and reason (failed, gave_up,
     /// unparseable, panicked, forbidden).
     pub dead_letters: IntCounterVec,
@@ -119,6 +123,8 @@ impl Metrics {
             dead_letters: vec("dead_letters_total", "Remote events set aside by a bridge", &["bridge", "reason"]),
             store_up,
             panics: vec("panics_total", "Panics caught, by task", &["task"]),
+            pruned: vec("pruned_total", "Items set apart that retention pruned, by kind", &["what"]),
+            released: counter("released_total", "Released rejected mails taken through ingest again"),
             registry,
         };
         // Series that alerts watch exist from the start, at 0.

@@ -440,6 +440,9 @@ fn commands_refuse_a_missing_store_and_only_the_daemon_makes_one() {
         vec!["portals"],
         vec!["unlink", "matrix", "!room"],
         vec!["backup", &backup_arg],
+        vec!["quarantine"],
+        vec!["quarantine", "release", "1"],
+        vec!["quarantine", "drop", "1"],
     ];
     let refused = |args: &[&str], needle: &str| {
         let out = bin().args(args).arg("--config").arg(&config).output().expect("run");

@@ -361,3 +361,113 @@ async fn check_asks_synapse_and_telegram_and_portals_lists_the_links() {
     assert_eq!(code, Some(1));
     assert!(err.contains("coi-bridge portals"), "{err}");
 }
+
+/// A plain chat mail as a stranger sends it.
+fn stranger_mail(message_id: &str, extra_header: &str) -> Vec<u8> {
+    format!(
+        "From: Mallory <mallory@example.org>\r\nTo: {}\r\nSubject: Message from Mallory\r\n\
+         Date: Mon, 30 Nov 2026 01:00:00 +0000\r\nMessage-ID: <{message_id}>\r\nChat-Version: 1.0\r\n{extra_header}\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello from the quarantine\r\n",
+        support::BRIDGE
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_apart_mail_is_pruned_at_start_listed_released_through_the_daemon_and_dropped() {
+    use coi_bridge::store::retention::RetentionStore as _;
+    use coi_bridge::store::{Direction, ImapCursor, Rejected, Store as _};
+    let Some(server) = MailServer::start() else { return };
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(&server, state.path(), Link::Plain, "");
+    d.wait_ready().await;
+    let store = d.store().await;
+    // Mail set apart as ingest keeps it (under a folder of its own, so the daemon's IMAP
+    // cursor is not touched); one of them 40 days old.
+    let rejected = [
+        Rejected { uid: 1, reason: "test: set apart".into(), raw: stranger_mail("released@example.org", "") },
+        Rejected { uid: 2, reason: "not_mime: garbage".into(), raw: b"\x00\x01 not a mail".to_vec() },
+        Rejected { uid: 3, reason: "too_large: left on the server".into(), raw: vec![] },
+        Rejected { uid: 4, reason: "test: old".into(), raw: vec![b'x'; 100_000] },
+    ];
+    let cursor = ImapCursor { uid_validity: 1, last_uid: 4 };
+    store.record_inbound("test", cursor, &[], &rejected).await.expect("record");
+    let db = rusqlite::Connection::open(state.path().join("bridge.db")).expect("open");
+    db.execute("UPDATE rejected SET recorded_at = recorded_at - 40 * 86400 WHERE reason = 'test: old'", [])
+        .expect("age");
+    drop(db);
+
+    // The daemon prunes at start: the old one goes (30 days by default), and it counts.
+    assert_eq!(d.stop(), Some(0));
+    d.restart();
+    d.wait_ready().await;
+    let rows = eventually(WAIT, "the 40-day-old mail pruned at start", || async {
+        let rows = store.set_apart().await.expect("list");
+        (rows.len() == 3).then_some(rows)
+    })
+    .await;
+    assert!(rows.iter().all(|r| r.reason != "test: old"));
+    assert_eq!(d.metric("coi_bridge_pruned_total{what=\"rejected\"}").await, Some(1.0));
+    let [mail, junk, large] = [rows[0].id, rows[1].id, rows[2].id];
+
+    let (code, out, err) = cli(&d.config, &["quarantine"]);
+    assert_eq!(code, Some(0), "{err}");
+    for needle in ["ID", "FROM", "REASON", "Mallory <mallory@example.org>", "test: set apart", "not_mime", "too_large"]
+    {
+        assert!(out.contains(needle), "the list shows {needle:?}:\n{out}");
+    }
+    assert!(out.contains(&format!("\n{mail} ")) && out.contains("kept 30 days and 50 MiB"), "{out}");
+    assert!(!out.contains('\x00'), "no control characters reach the terminal");
+
+    // The large one has no copy; an unknown id is named.
+    let (code, _, err) = cli(&d.config, &["quarantine", "release", &large.to_string()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("too large") && err.contains("imap.max_message_bytes"), "{err}");
+    let (code, _, err) = cli(&d.config, &["quarantine", "release", "999"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no rejected mail 999"), "{err}");
+
+    // Released, the running daemon takes it through ingest: recorded, and its row goes.
+    let (code, out, err) = cli(&d.config, &["quarantine", "release", &mail.to_string()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("released {mail}")), "{out}");
+    eventually(WAIT, "the released mail recorded and its row gone", || async {
+        let gone = store.set_apart().await.expect("list").iter().all(|r| r.id != mail);
+        let recorded = store.message("released@example.org").await.expect("read").is_some();
+        (gone && recorded).then_some(())
+    })
+    .await;
+    assert_eq!(d.metric("coi_bridge_released_total").await, Some(1.0));
+
+    // The same message set apart again (other bytes, same Message-ID) and released:
+    // ingest knows it, nothing is recorded twice, the row goes.
+    let again = [Rejected {
+        uid: 5,
+        reason: "test: again".into(),
+        raw: stranger_mail("released@example.org", "X-Again: 1\r\n"),
+    }];
+    store.record_inbound("test", cursor, &[], &again).await.expect("record");
+    let id = store.set_apart().await.expect("list").iter().find(|r| r.reason == "test: again").expect("row").id;
+    assert_eq!(cli(&d.config, &["quarantine", "release", &id.to_string()]).0, Some(0));
+    eventually(WAIT, "the second release taken", || async {
+        store.set_apart().await.expect("list").iter().all(|r| r.id != id).then_some(())
+    })
+    .await;
+    let copies = store
+        .messages(Direction::In)
+        .await
+        .expect("read")
+        .into_iter()
+        .filter(|m| m.message_id == "released@example.org")
+        .count();
+    assert_eq!(copies, 1, "released twice, recorded once");
+
+    // Dropped, once.
+    let (code, out, err) = cli(&d.config, &["quarantine", "drop", &junk.to_string()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("dropped {junk}")));
+    assert_eq!(cli(&d.config, &["quarantine", "drop", &junk.to_string()]).0, Some(1));
+    let left: Vec<i64> = store.set_apart().await.expect("list").iter().map(|r| r.id).collect();
+    assert_eq!(left, vec![large]);
+    assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
+}

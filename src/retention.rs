@@ -1,0 +1,118 @@
+//! The daemon's retention task: prunes what is set apart by `[retention]`'s caps (at start and periodically) and takes released mail through ingest again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RetentionConfig;
+use crate::hub::ingest::{Fetched, Ingest};
+use crate::metrics::Metrics;
+use crate::store::retention::Caps;
+use crate::store::{ImapCursor, Store};
+
+/// How often released mail is looked for.
+pub const RELEASE_POLL: Duration = Duration::from_secs(5);
+
+/// The cursor folder released mail is recorded under: never an IMAP folder's, so taking
+/// a released mail through ingest never moves the real cursor.
+pub const RELEASED_FOLDER: &str = "coi-bridge/released";
+
+/// Released mails taken through ingest per pass.
+const RELEASE_BATCH: u32 = 10;
+
+pub struct Retention {
+    pub store: Arc<dyn Store>,
+    pub ingest: Arc<Ingest>,
+    pub config: RetentionConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Retention {
+    /// Until `token` is cancelled. Store errors are logged and tried again on the next
+    /// pass; nothing here stops the daemon.
+    pub async fn run(&self, token: CancellationToken) {
+        let every = Duration::from_secs(self.config.prune_interval_secs);
+        let mut next_prune = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_prune {
+                self.prune().await;
+                next_prune = tokio::time::Instant::now() + every;
+            }
+            self.release().await;
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(RELEASE_POLL) => {}
+            }
+        }
+    }
+
+    /// One pruning pass by the configured caps.
+    pub async fn prune(&self) {
+        let days = i64::from(self.config.quarantine_max_age_days);
+        let caps = Caps {
+            older_than: chrono::Utc::now().timestamp() - days * 86_400,
+            max_bytes: self.config.quarantine_max_bytes,
+        };
+        match self.store.prune(caps).await {
+            Ok(p) if p.is_empty() => tracing::debug!("retention: nothing to prune"),
+            Ok(p) => {
+                for (what, n) in [
+                    ("rejected", p.rejected),
+                    ("message", p.messages),
+                    ("chat", p.chats),
+                    ("dead_letter", p.dead_letters),
+                ] {
+                    self.metrics.pruned.with_label_values(&[what]).inc_by(n);
+                }
+                tracing::info!(
+                    rejected = p.rejected,
+                    messages = p.messages,
+                    chats = p.chats,
+                    dead_letters = p.dead_letters,
+                    bytes = p.bytes,
+                    max_age_days = days,
+                    max_bytes = self.config.quarantine_max_bytes,
+                    "retention: pruned what was set apart"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "retention: pruning failed; trying again at the next pass"),
+        }
+    }
+
+    /// Takes released mail through ingest again: recorded (or found known by Message-ID,
+    /// so never delivered twice) or set apart again with its new reason.
+    pub async fn release(&self) {
+        let released = match self.store.released(RELEASE_BATCH).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: cannot read released mail; trying again");
+                return;
+            }
+        };
+        for r in released {
+            let fetched = vec![Fetched { uid: r.uid, raw: r.raw, oversize: None }];
+            let cursor = ImapCursor { uid_validity: 0, last_uid: 0 };
+            match self.ingest.batch(RELEASED_FOLDER, cursor, fetched).await {
+                Ok(outcome) => {
+                    if let Err(e) = self.store.forget_released(r.id).await {
+                        tracing::warn!(id = r.id, error = %e, "retention: released mail taken, but its row stays; trying again");
+                        return;
+                    }
+                    self.metrics.released.inc();
+                    tracing::info!(
+                        id = r.id,
+                        recorded = outcome.recorded,
+                        already_known = outcome.duplicates,
+                        set_apart_again = outcome.rejected,
+                        "retention: released mail taken through ingest"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(id = r.id, error = %e, "retention: released mail could not be taken; trying again");
+                    return;
+                }
+            }
+        }
+    }
+}
