@@ -179,6 +179,12 @@ fn room_bodies(events: &[Value]) -> Vec<String> {
     events.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
 }
 
+/// The bridge's public key, as its store has it.
+async fn bridge_key(store: &coi_bridge::store::sqlite::SqliteStore) -> SignedPublicKey {
+    let row = store.account_key().await.expect("read").expect("the bridge key");
+    crypto::public_from_bytes(&row.public_key).expect("key")
+}
+
 /// The members of the group `id` as the daemon's store has them.
 async fn group_members(s: &Stack, id: &str) -> Vec<String> {
     let store = s.daemon.store().await;
@@ -210,9 +216,7 @@ async fn forged_and_hostile_mail_reaches_no_portal_and_changes_nothing() {
     coi_bridge::init_crypto();
     let Some(s) = Stack::new().await else { return };
     let store = s.daemon.store().await;
-    let bridge_key =
-        crypto::public_from_bytes(&store.account_key().await.expect("read").expect("the bridge key").public_key)
-            .expect("key");
+    let bridge_key = bridge_key(&store).await;
     let invite = Invite::parse(&s.link).expect("the room's invite link");
     let group = invite.group.clone().expect("a group link");
     let group_msg = |from: &str, name: &str, id: &str, text: &str| ChatMessage {
@@ -298,9 +302,7 @@ async fn costly_mail_is_set_apart_within_budget_and_legit_mail_flows() {
     coi_bridge::init_crypto();
     let Some(s) = Stack::new().await else { return };
     let store = s.daemon.store().await;
-    let bridge_key =
-        crypto::public_from_bytes(&store.account_key().await.expect("read").expect("the bridge key").public_key)
-            .expect("key");
+    let bridge_key = bridge_key(&store).await;
     let outer = message(ALICE, "Alice", "bomb@localhost", "");
 
     // A compression bomb: ~4 MB of mail that inflates to almost 4 GiB.
