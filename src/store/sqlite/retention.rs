@@ -19,9 +19,11 @@ const RELEASED_TO: &str = "released;";
 /// How much of a raw copy the listing reads (for its From and Subject).
 const HEAD_BYTES: i64 = 8192;
 
-/// The chats pruning may touch: unverified 1:1 chats no portal shows.
+/// The chats pruning may touch: unverified 1:1 chats that no portal shows and that have
+/// nothing waiting in an outbox.
 const UNVERIFIED: &str = "SELECT c.id FROM chat c WHERE c.kind = 'single' AND c.key LIKE 'unverified:%'
-     AND NOT EXISTS (SELECT 1 FROM portal p WHERE p.chat_id = c.id)";
+     AND NOT EXISTS (SELECT 1 FROM portal p WHERE p.chat_id = c.id)
+     AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.chat_id = c.id AND o.state = 'pending')";
 
 /// What the caps weigh: every prunable item with its time and size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +156,7 @@ impl RetentionStore for SqliteStore {
     async fn prune(&self, caps: Caps) -> StoreResult<Pruned> {
         let mut tx = self.pool.begin().await.map_err(err)?;
         // Every prunable item, newest first. Released mail waits for ingest and is not
-        // weighed; a message still waiting in an outbox is not touched.
+        // weighed.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT 0 AS kind, id, recorded_at AS at, length(raw) + length(reason) AS bytes FROM rejected
                WHERE NOT (digest >= '{RELEASED_FROM}' AND digest < '{RELEASED_TO}')
@@ -162,7 +164,6 @@ impl RetentionStore for SqliteStore {
              SELECT 1, m.id, m.recorded_at, length(m.text)
                     + COALESCE((SELECT SUM(length(a.data)) FROM attachment a WHERE a.message_row = m.id), 0)
                FROM message m WHERE m.chat_id IN ({UNVERIFIED})
-                AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = m.message_id AND o.state = 'pending')
              UNION ALL
              SELECT 2, id, created_at, length(payload) + length(reason) FROM dead_letter
              ORDER BY at DESC, id DESC"
@@ -218,6 +219,7 @@ impl RetentionStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::coi::{ChatMessage, Mailbox};
+    use crate::store::portals::PortalStore as _;
     use crate::store::{ChatKind, ChatRef, ImapCursor, InboundMessage, Rejected, Store};
 
     const DAY: i64 = 86_400;
@@ -286,6 +288,10 @@ mod tests {
             &[rejected(1, 5000)],
         )
         .await;
+        // An unverified chat a portal shows (an operator linked it) is left alone.
+        record(&s, &[mail("<old-p@x>", "unverified:linked@example.org", "linked", 0)], &[]).await;
+        let linked = s.find_chat(ChatKind::Single, "unverified:linked@example.org").await.expect("read").expect("chat");
+        s.create_portal(linked.id, "matrix", "!room").await.expect("portal");
         age(&s, 40).await;
         record(&s, &[mail("<new-u@x>", "unverified:eve@example.org", "new", 10)], &[rejected(2, 5000)]).await;
         let pruned = s.prune(caps(30, u64::MAX)).await.expect("prune");
@@ -296,6 +302,7 @@ mod tests {
         assert!(s.message("<old-u@x>").await.expect("read").is_none());
         assert!(s.message("<new-u@x>").await.expect("read").is_some(), "younger than the cap");
         assert!(s.message("<old-v@x>").await.expect("read").is_some(), "an attributed chat is never pruned");
+        assert!(s.message("<old-p@x>").await.expect("read").is_some(), "nor one a portal shows");
         assert!(s.find_chat(ChatKind::Single, "unverified:mallory@example.org").await.expect("read").is_none());
         let attachments: i64 =
             sqlx::query("SELECT COUNT(*) FROM attachment").fetch_one(&s.pool).await.expect("count").get(0);
