@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use coi_bridge_api::deadletter::{MAX_ATTEMPTS, catch_panic};
 use coi_bridge_api::{
     Attachment, Bridge, BridgeContext, BridgeError, Capabilities, Command, DeadLetter, DeadLetterKind, DeliverError,
     DeliveryKey, Hub, Outgoing, Person, RemoteChatId, RemoteEvent, RemoteMsgId, SubmitError,
@@ -197,9 +198,11 @@ struct Listener {
 
 impl Listener {
     /// Submits, waiting out "try again" answers: the sync token only moves on once every
-    /// event of a batch is durably queued (or refused for good).
-    async fn submit(&self, event: RemoteEvent) {
-        let mut pause = Duration::from_millis(200);
+    /// event of a batch is durably queued, refused for good, or (after [`MAX_ATTEMPTS`]
+    /// failures) set aside as a dead letter, so one event never stalls the sync.
+    async fn submit(&self, event_id: &str, event: RemoteEvent) {
+        let mut pause = Duration::from_secs(1);
+        let mut attempts = 0;
         loop {
             match self.hub.submit(&self.id, event.clone()).await {
                 Ok(()) => return,
@@ -208,6 +211,15 @@ impl Listener {
                     return;
                 }
                 Err(SubmitError::Retry(e)) => {
+                    attempts += 1;
+                    if attempts >= MAX_ATTEMPTS {
+                        let reason = format!("failed {attempts} times, last: {e}");
+                        let letter =
+                            DeadLetter::new(Some(event.chat().clone()), event_id, DeadLetterKind::GaveUp, &reason, "");
+                        if self.hub.dead_letter(&self.id, letter).await.is_ok() {
+                            return;
+                        }
+                    }
                     tracing::warn!(bridge = %self.id, error = %e, retry_in = ?pause, "could not queue a Matrix event");
                     tokio::select! {
                         () = self.shutdown.cancelled() => return,
@@ -412,7 +424,7 @@ impl Listener {
             }
             _ => return,
         };
-        self.submit(event).await;
+        self.submit(event_id, event).await;
     }
 }
 
@@ -455,7 +467,15 @@ impl Bridge for BotBridge {
                 async move {
                     let Ok(mut ev) = serde_json::from_str::<Value>(raw.get()) else { return };
                     ev["room_id"] = json!(room.room_id().as_str());
-                    l.on_event(&client, &room, ev).await;
+                    let (id, payload) = (ev["event_id"].as_str().unwrap_or_default().to_owned(), ev.to_string());
+                    // One event's bug must not end the sync: it is set aside instead.
+                    if let Err(panic) = catch_panic(l.on_event(&client, &room, ev)).await {
+                        let chat = Some(RemoteChatId(room.room_id().to_string()));
+                        let letter = DeadLetter::new(chat, &id, DeadLetterKind::Panicked, &panic, &payload);
+                        if let Err(e) = l.hub.dead_letter(&l.id, letter).await {
+                            tracing::error!(event = %id, error = %e, "a panicking event could not be set aside");
+                        }
+                    }
                 }
             });
         let cfg = self.cfg.clone();
