@@ -163,6 +163,7 @@ impl Ingest {
                 && let Some(g) = &msg.group
                 && let Some(known) = self.store.find_chat(ChatKind::Group, &g.id).await?
                 && !known.members.contains(&msg.from.addr)
+                && !self.inviter_of(&g.id, &msg.from.addr, &opened.trust).await?
             {
                 let reason = format!(
                     "not_a_member: {} is not a member of group {:?} ({}); set apart, nothing changed",
@@ -235,6 +236,16 @@ impl Ingest {
             );
         }
         Ok(outcome)
+    }
+
+    /// Whether `from`, signing with the key `trust` names, is the inviter of a SecureJoin
+    /// we made into group `group_id`: a completed join makes its inviter (and whom the
+    /// inviter lists) members, even when the group was known before (a portal made with
+    /// `!coi link` waits for it).
+    async fn inviter_of(&self, group_id: &str, from: &str, trust: &Trust) -> StoreResult<bool> {
+        let Trust::Verified { fingerprint } = trust else { return Ok(false) };
+        let joins = self.store.joins_of_group(group_id).await?;
+        Ok(joins.iter().any(|j| j.inviter_addr.eq_ignore_ascii_case(from) && j.inviter_fpr == *fingerprint))
     }
 
     fn reject(&self, folder: &str, uid: u32, label: &str, reason: String, raw: Vec<u8>, out: &mut Vec<Rejected>) {

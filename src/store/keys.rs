@@ -131,5 +131,7 @@ pub trait KeyStore: Send + Sync {
     async fn add_join(&self, join: &JoinRow) -> StoreResult<JoinRow>;
     /// Joins not yet done, newest first.
     async fn open_joins(&self) -> StoreResult<Vec<JoinRow>>;
+    /// The joins (any state) through invites to group `group_id`, newest first.
+    async fn joins_of_group(&self, group_id: &str) -> StoreResult<Vec<JoinRow>>;
     async fn set_join_state(&self, id: i64, state: &str) -> StoreResult<()>;
 }

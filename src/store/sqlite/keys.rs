@@ -293,6 +293,15 @@ impl KeyStore for SqliteStore {
         Ok(join_row(&row))
     }
 
+    async fn joins_of_group(&self, group_id: &str) -> StoreResult<Vec<JoinRow>> {
+        let rows = sqlx::query("SELECT * FROM securejoin_join WHERE group_id = ? ORDER BY id DESC")
+            .bind(group_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(join_row).collect())
+    }
+
     async fn open_joins(&self) -> StoreResult<Vec<JoinRow>> {
         let rows = sqlx::query("SELECT * FROM securejoin_join WHERE state != 'done' ORDER BY id DESC")
             .fetch_all(&self.pool)
