@@ -78,17 +78,49 @@ pub async fn contact_import(loaded: &Loaded, file: &Path) -> anyhow::Result<Stri
             }
         };
         let fpr = crypto::fingerprint(&key);
-        let line = match store.learn_contact_key(&c.addr, &fpr, keydata, KeySource::Vcard, false).await? {
+        // The operator's own import is an out-of-band key: verified, and it wins over a
+        // key learned from mail (the change is applied as `key accept` would).
+        let line = match store.learn_contact_key(&c.addr, &fpr, keydata, KeySource::Vcard, true).await? {
             KeyLearned::New => format!("imported  {} {fpr}\n", c.addr),
             KeyLearned::Same => format!("unchanged {} {fpr}\n", c.addr),
-            KeyLearned::Replaced { old_fingerprint } => format!("replaced  {} {old_fingerprint} -> {fpr}\n", c.addr),
-            KeyLearned::Flagged { old_fingerprint } => {
-                format!("refused   {}: verified key {old_fingerprint} stays; {fpr} is kept aside for review\n", c.addr)
+            KeyLearned::Replaced { old_fingerprint } | KeyLearned::Flagged { old_fingerprint } => {
+                if !store.accept_key_change(&c.addr, &fpr).await? {
+                    anyhow::bail!("{}: the key change to {fpr} could not be recorded", c.addr);
+                }
+                format!("replaced  {} {old_fingerprint} -> {fpr}\n", c.addr)
             }
         };
         out.push_str(&line);
     }
     Ok(out)
+}
+
+/// `key changes`: keys that arrived for known addresses and were kept aside (key
+/// continuity), for the operator to review.
+pub async fn key_changes(loaded: &Loaded) -> anyhow::Result<String> {
+    let (store, _) = open(loaded).await?;
+    let changes = store.all_key_changes().await?;
+    if changes.is_empty() {
+        return Ok("no key changes kept aside\n".into());
+    }
+    let mut out = String::from("ADDRESS  KEY IN USE  NEW KEY (kept aside)  SEEN\n");
+    for (addr, old, new, seen) in changes {
+        let seen = chrono::DateTime::from_timestamp(seen, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
+        out.push_str(&format!("{addr}  {old}  {new}  {seen}\n"));
+    }
+    out.push_str("accept one with: coi-bridge key accept ADDRESS NEW_KEY (after checking it with its owner)\n");
+    Ok(out)
+}
+
+/// `key accept ADDRESS FINGERPRINT`: the operator confirmed a kept-aside key with its
+/// owner; it becomes the address's (verified) key. Mail set apart under the old key stays
+/// where it is.
+pub async fn key_accept(loaded: &Loaded, addr: &str, fingerprint: &str) -> anyhow::Result<String> {
+    let (store, _) = open(loaded).await?;
+    if !store.accept_key_change(addr, fingerprint).await? {
+        anyhow::bail!("no key {fingerprint} kept aside for {addr}; `coi-bridge key changes` lists the ones there are");
+    }
+    Ok(format!("accepted  {} {}\n", addr.to_lowercase(), fingerprint.to_ascii_uppercase()))
 }
 
 /// `invite [--group NAME] [--qr FILE]`: a SecureJoin invite link, printed (and drawn).

@@ -124,6 +124,15 @@ enum KeyAction {
     ExportPublic,
     /// Print the bridge as a vCard with its key (Delta Chat can import it).
     Vcard,
+    /// List contacts' new keys kept aside by key continuity (mail signed by them is set apart).
+    Changes,
+    /// Accept a kept-aside key for an address, after checking it with its owner.
+    Accept {
+        /// The contact's address.
+        address: String,
+        /// The new key's fingerprint, as `key changes` prints it.
+        fingerprint: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +232,10 @@ fn main() -> ExitCode {
                     KeyAction::Show => commands::key_show(&loaded).await,
                     KeyAction::ExportPublic => commands::key_export_public(&loaded).await,
                     KeyAction::Vcard => commands::key_vcard(&loaded).await,
+                    KeyAction::Changes => commands::key_changes(&loaded).await,
+                    KeyAction::Accept { address, fingerprint } => {
+                        commands::key_accept(&loaded, &address, &fingerprint).await
+                    }
                 };
                 print_or_fail(out)
             }

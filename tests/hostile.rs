@@ -292,6 +292,12 @@ async fn forged_and_hostile_mail_reaches_no_portal_and_changes_nothing() {
     // The operator reviews the kept-aside key.
     let changes = cli(s.state.path(), &["key", "changes"]);
     assert!(changes.contains(BOB) && changes.contains(&mallory_fpr), "{changes}");
+    // Only the operator's decision applies it (here: as if Bob had confirmed the new key).
+    let accepted = cli(s.state.path(), &["key", "accept", BOB, &mallory_fpr]);
+    assert!(accepted.starts_with("accepted"), "{accepted}");
+    let bob_now = s.daemon.store().await.contact_key(BOB).await.expect("read").expect("key");
+    assert_eq!((bob_now.fingerprint.as_str(), bob_now.verified), (mallory_fpr.as_str(), true));
+    assert!(!cli(s.state.path(), &["key", "changes"]).contains(&mallory_fpr), "the flag is gone");
 }
 
 /// Mail built to cost: a compression bomb, a flood of expensive symmetric-key packets and

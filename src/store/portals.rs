@@ -48,6 +48,5 @@ pub trait PortalStore: Send + Sync {
     async fn set_bridge_state(&self, bridge: &str, key: &str, value: &str) -> StoreResult<()>;
     /// Queues a notice from the bridge itself (kind `notice`) for every portal of
     /// `chat_id`: the remote sides are told what COI did not get. Once per `notice_id`.
-    async fn queue_portal_notice(&self, chat_id: i64, notice_id: &str, from_addr: &str, text: &str)
-    -> StoreResult<()>;
+    async fn queue_portal_notice(&self, chat_id: i64, notice_id: &str, from_addr: &str, text: &str) -> StoreResult<()>;
 }

@@ -297,7 +297,8 @@ impl SmtpWorker {
         let what: String = msg.text.chars().take(60).collect();
         let text = format!("⚠️ Not delivered on COI: \"{what}\" ({reason})");
         let digest = sha2::Sha256::digest(reason.as_bytes());
-        let notice_id = format!("{message_id}#failed-{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3]);
+        let notice_id =
+            format!("{message_id}#failed-{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3]);
         if let Err(e) = self.store.queue_portal_notice(item.chat_id, &notice_id, from, &text).await {
             tracing::error!(error = %e, message_id, "could not queue the failure notice for the bridged sides");
         }

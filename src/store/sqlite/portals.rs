@@ -62,13 +62,7 @@ impl SqliteStore {
 
 #[async_trait]
 impl PortalStore for SqliteStore {
-    async fn queue_portal_notice(
-        &self,
-        chat_id: i64,
-        notice_id: &str,
-        from_addr: &str,
-        text: &str,
-    ) -> StoreResult<()> {
+    async fn queue_portal_notice(&self, chat_id: i64, notice_id: &str, from_addr: &str, text: &str) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(err)?;
         let inserted = sqlx::query(
             "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, recorded_at, security)
