@@ -120,6 +120,24 @@ async fn the_bot_account_bridges_an_encrypted_room_and_keeps_its_device() {
         assert_eq!(m["overrideSenderName"], json!("mara (Matrix)"));
         assert_eq!(m["chatId"], group);
 
+        // The device's keys and the session are the owner's only (the test runs under umask 022).
+        let private = state.path().join("matrix-matrix");
+        let mut files = vec![private.clone()];
+        let mut i = 0;
+        while i < files.len() {
+            if files[i].is_dir() {
+                files.extend(std::fs::read_dir(&files[i]).expect("read dir").map(|e| e.expect("entry").path()));
+            }
+            i += 1;
+        }
+        assert!(files.len() > 2, "the store is there: {files:?}");
+        for f in &files {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(f).expect("stat").permissions().mode() & 0o777;
+            let want = if f.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{} is {mode:o}", f.display());
+        }
+
         // A restart keeps the session and the device: no new login, still decrypting.
         assert_eq!(daemon.stop(), Some(0), "clean stop");
         let logins = daemon.log_text().matches("logged in to Matrix as a bot").count();

@@ -23,7 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_portals.sql")),
     (4, include_str!("migrations/0004_avatars.sql")),
     (5, include_str!("migrations/0005_outbox_queued_ms.sql")),
-    (7, include_str!("migrations/0007_dead_letters.sql")),
+    (6, include_str!("migrations/0006_dead_letters.sql")),
 ];
 
 pub struct SqliteStore {

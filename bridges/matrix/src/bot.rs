@@ -149,6 +149,10 @@ impl BotBridge {
             .build()
             .await
             .map_err(|e| BridgeError::Retry(format!("matrix client: {e}")))?;
+        // The crypto store holds the device's secret keys: owner only, whatever the umask
+        // (SQLite gives its -wal and -shm the database file's mode).
+        make_private(&self.store_dir)
+            .map_err(|e| BridgeError::Fatal(format!("cannot restrict {}: {e}", self.store_dir.display())))?;
         let session_file = self.store_dir.join("session.json");
         if let Ok(text) = std::fs::read_to_string(&session_file) {
             let session: MatrixSession = serde_json::from_str(&text).map_err(|e| {
@@ -180,12 +184,30 @@ impl BotBridge {
     }
 }
 
-/// Writes a file only its owner may read (the session holds an access token).
+/// Writes a file only its owner may read (the session holds an access token); an older
+/// file's wider mode is tightened too.
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(text.as_bytes())
+}
+
+/// Folders under `dir` (and `dir`) 0700, files 0600.
+fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            make_private(&entry.path())?;
+        } else if kind.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// What the bot hears, turned into hub events.
