@@ -1,0 +1,11 @@
+//! Fuzz target: the SecureJoin invite link parser and the `!coi` / `/coi_` command parser in front of it.
+#![no_main]
+
+use coi_bridge::coi::securejoin_link::Invite;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    let _ = coi_bridge_api::Command::parse(s);
+    let _ = Invite::parse(s);
+});
