@@ -535,3 +535,34 @@ async fn a_contact_writing_one_to_one_gets_a_dm_portal_once() {
     let now = chrono::Utc::now().timestamp();
     assert!(r.store.due_outbox("matrix", now, 10).await.expect("due").is_empty(), "nothing else was queued");
 }
+
+#[tokio::test]
+async fn a_store_error_while_building_a_delivery_is_retried_not_read_as_nothing_to_deliver() {
+    let r = rig().await;
+    from_coi(&r, 1, "m1@x", ChatMessage { text: "original".into(), ..ChatMessage::default() }).await;
+    let bridge = Arc::new(RecordingBridge::default());
+    let d = delivery(&r, bridge.clone());
+    drive(&d, || bridge.got.lock().expect("lock").len() == 1).await;
+    // The id map cannot be read for a moment (a broken disk, say).
+    let db = rusqlite::Connection::open(r._dir.path().join("s.db")).expect("open");
+    db.execute_batch("ALTER TABLE message_map RENAME TO message_map_away").expect("break");
+    from_coi(
+        &r,
+        2,
+        "e1@x",
+        ChatMessage { kind: Kind::Edit { target: "m1@x".into() }, text: "edited".into(), ..ChatMessage::default() },
+    )
+    .await;
+    let retries = r.metrics.outbox.with_label_values(&["matrix", "retry"]);
+    drive(&d, || retries.get() >= 1).await;
+    assert!(
+        matches!(r.store.outbox_state("matrix", "e1@x").await.expect("state"), Some(OutboxState::Pending { .. })),
+        "the edit waits: it was not dropped as 'its target never reached this bridge'"
+    );
+    db.execute_batch("ALTER TABLE message_map_away RENAME TO message_map").expect("mend");
+    drive(&d, || bridge.got.lock().expect("lock").len() == 2).await;
+    match &bridge.got.lock().expect("lock")[1].1 {
+        Outgoing::Edit { target, new_text, .. } => assert_eq!((target.0.as_str(), new_text.as_str()), ("$ev1", "edited")),
+        other => panic!("unexpected {other:?}"),
+    }
+}
