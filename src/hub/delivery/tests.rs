@@ -562,7 +562,9 @@ async fn a_store_error_while_building_a_delivery_is_retried_not_read_as_nothing_
     db.execute_batch("ALTER TABLE message_map_away RENAME TO message_map").expect("mend");
     drive(&d, || bridge.got.lock().expect("lock").len() == 2).await;
     match &bridge.got.lock().expect("lock")[1].1 {
-        Outgoing::Edit { target, new_text, .. } => assert_eq!((target.0.as_str(), new_text.as_str()), ("$ev1", "edited")),
+        Outgoing::Edit { target, new_text, .. } => {
+            assert_eq!((target.0.as_str(), new_text.as_str()), ("$ev1", "edited"))
+        }
         other => panic!("unexpected {other:?}"),
     }
 }
