@@ -1,25 +1,7 @@
-//! Fuzz target: an appservice transaction body as the endpoint reads it (JSON → room and
-//! ephemeral events, as `appservice::transaction` does) and each event's pure translation
-//! steps: its text (`inbound::text_of`: the HTML converter or the reply fallback strip),
-//! `!coi` commands, and the redaction authority check on the event's content.
+//! libFuzzer entry for the `appservice_txn` target; the body is fuzz/targets/appservice_txn.rs (also replayed by tests/fuzz_smoke.rs).
 #![no_main]
 
-use coi_bridge_matrix::{authority, inbound};
-use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
+#[path = "../targets/appservice_txn.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
-    let list = |k: &str| v.get(k).and_then(Value::as_array).cloned();
-    let ephemeral = list("ephemeral").or_else(|| list("de.sorunome.msc2409.ephemeral"));
-    for ev in list("events").into_iter().chain(ephemeral).flatten() {
-        let content = &ev["content"];
-        if let Some(text) = inbound::text_of(content)
-            && let Some(words) = text.strip_prefix(inbound::PREFIX)
-        {
-            let _ = coi_bridge_api::Command::parse(words);
-        }
-        let sender = ev["sender"].as_str().unwrap_or("");
-        let _ = authority::may_redact_others(Some(content), Some(&ev), sender);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

@@ -1,23 +1,7 @@
-//! Fuzz target: decryption of an armored message with a fixed key (and one password, as for
-//! a live invite), signature check against that key, within the default decrypt limits.
-//! The key (fuzz/keys/fuzz-secret.bin) is a throwaway made for the fuzzer's seeds.
+//! libFuzzer entry for the `decrypt` target; the body is fuzz/targets/decrypt.rs (also replayed by tests/fuzz_smoke.rs).
 #![no_main]
 
-use std::sync::LazyLock;
+#[path = "../targets/decrypt.rs"]
+mod target;
 
-use coi_bridge::coi::crypto::{self, DecryptLimits};
-use libfuzzer_sys::fuzz_target;
-use pgp::composed::{SignedPublicKey, SignedSecretKey};
-
-static KEY: LazyLock<(SignedSecretKey, SignedPublicKey)> = LazyLock::new(|| {
-    let secret = crypto::secret_from_bytes(include_bytes!("../keys/fuzz-secret.bin")).expect("the fuzz key reads");
-    let public = crypto::public(&secret);
-    (secret, public)
-});
-
-fuzz_target!(|data: &[u8]| {
-    let (secret, public) = &*KEY;
-    let passwords = ["secret".to_owned()];
-    let _ =
-        crypto::open(data, Some((secret, None)), &passwords, std::slice::from_ref(public), &DecryptLimits::default());
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

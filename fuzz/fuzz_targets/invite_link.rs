@@ -1,11 +1,7 @@
-//! Fuzz target: the SecureJoin invite link parser and the `!coi` / `/coi_` command parser in front of it.
+//! libFuzzer entry for the `invite_link` target; the body is fuzz/targets/invite_link.rs (also replayed by tests/fuzz_smoke.rs).
 #![no_main]
 
-use coi_bridge::coi::securejoin_link::Invite;
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets/invite_link.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
-    let _ = coi_bridge_api::Command::parse(s);
-    let _ = Invite::parse(s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

@@ -1,9 +1,7 @@
-//! Fuzz target: the Matrix `formatted_body` HTML → text converter.
+//! libFuzzer entry for the `matrix_html` target; the body is fuzz/targets/matrix_html.rs (also replayed by tests/fuzz_smoke.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets/matrix_html.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
-    let _ = coi_bridge_matrix::html::to_text(s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

@@ -1,9 +1,7 @@
-//! Fuzz target: `coi::parse::parse` on arbitrary mail bytes (the bridge's address is public).
+//! libFuzzer entry for the `parse` target; the body is fuzz/targets/parse.rs (also replayed by tests/fuzz_smoke.rs).
 #![no_main]
 
-use coi_bridge::coi::{Limits, parse};
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets/parse.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = parse(data, &Limits::default());
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

@@ -1,8 +1,7 @@
-//! Fuzz target: `pgpmime::encrypted_payload`, which finds the armored payload of a PGP/MIME mail.
+//! libFuzzer entry for the `pgpmime` target; the body is fuzz/targets/pgpmime.rs (also replayed by tests/fuzz_smoke.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets/pgpmime.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = coi_bridge::coi::pgpmime::encrypted_payload(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

@@ -1,20 +1,7 @@
-//! Fuzz target: a Telegram `getUpdates` answer, read as the bridge reads it: the batch as
-//! teloxide's `Update`s, and one by one when the batch does not parse as a whole.
+//! libFuzzer entry for the `telegram_update` target; the body is fuzz/targets/telegram_update.rs (also replayed by tests/fuzz_smoke.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
-use teloxide::types::Update;
+#[path = "../targets/telegram_update.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
-    let Some(list) = v.get("result").and_then(Value::as_array) else {
-        let _ = serde_json::from_value::<Update>(v);
-        return;
-    };
-    if serde_json::from_value::<Vec<Update>>(Value::Array(list.clone())).is_err() {
-        for u in list {
-            let _ = serde_json::from_value::<Update>(u.clone());
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

@@ -1,13 +1,7 @@
-//! Fuzz target: the text helpers of the codec (HTML to text, quotes, format=flowed, footers).
+//! libFuzzer entry for the `text` target; the body is fuzz/targets/text.rs (also replayed by tests/fuzz_smoke.rs).
 #![no_main]
 
-use coi_bridge::coi::text::{html_to_text, split_quote, strip_footer, unflow};
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets/text.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
-    let _ = html_to_text(s);
-    let _ = split_quote(s);
-    let _ = unflow(s, data.first().is_some_and(|b| b & 1 == 1));
-    let _ = strip_footer(s);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));
