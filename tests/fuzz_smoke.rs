@@ -27,8 +27,11 @@ mod vcard;
 
 use std::path::{Path, PathBuf};
 
-/// Each target, its body, and how many mutated inputs it gets (decryption is slower).
-const TARGETS: &[(&str, fn(&[u8]), usize)] = &[
+/// A target: its name, its body, and how many mutated inputs it gets.
+type Target = (&'static str, fn(&[u8]), usize);
+
+/// Every target (decryption is slower, so it gets fewer inputs).
+const TARGETS: &[Target] = &[
     ("parse", parse::run, 5000),
     ("text", text::run, 5000),
     ("matrix_html", matrix_html::run, 8000),
