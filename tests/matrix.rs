@@ -615,17 +615,7 @@ async fn a_huge_transaction_or_one_failing_event_never_wedges_the_room() {
     // One event that cannot be handled: a non-admin's command in a room the bot is not in,
     // so its refusal notice is forbidden. The others of the transaction are bridged anyway.
     let nick = s.hs.user("nick").await;
-    let private: Value = reqwest::Client::new()
-        .post(format!("{}/_matrix/client/v3/createRoom", s.hs.url()))
-        .bearer_auth(&nick)
-        .json(&json!({"name": "Nick's own"}))
-        .send()
-        .await
-        .expect("createRoom")
-        .json()
-        .await
-        .expect("json");
-    let private = private["room_id"].as_str().expect("room id").to_owned();
+    let private = support::bridged::create_room(&s.hs, &nick, json!({"name": "Nick's own"})).await;
     let events = vec![
         message(&s.room, "@mara:localhost", "$before-poison", "before the poison"),
         message(&private, "@nick:localhost", "$poison", "!coi bridge"),

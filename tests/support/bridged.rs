@@ -140,23 +140,30 @@ impl Drop for Stack {
     }
 }
 
-/// The user of `token` makes a room, invites the bot as a moderator (so it can mirror
-/// names and members), and waits until it joined.
-pub async fn new_room_as(hs: &Synapse, token: &str, name: &str) -> String {
+/// The user of `token` creates a room as `body` says (the createRoom API); its id.
+pub async fn create_room(hs: &Synapse, token: &str, body: Value) -> String {
     let room: Value = reqwest::Client::new()
         .post(format!("{}/_matrix/client/v3/createRoom", hs.url()))
         .bearer_auth(token)
-        .json(&json!({
-            "name": name, "invite": [BOT],
-            "power_level_content_override": {"users": {BOT: 50}}
-        }))
+        .json(&body)
         .send()
         .await
         .expect("createRoom")
         .json()
         .await
         .expect("json");
-    let room = room["room_id"].as_str().unwrap_or_else(|| panic!("createRoom: {room}")).to_owned();
+    room["room_id"].as_str().unwrap_or_else(|| panic!("createRoom: {room}")).to_owned()
+}
+
+/// The user of `token` makes a room, invites the bot as a moderator (so it can mirror
+/// names and members), and waits until it joined.
+pub async fn new_room_as(hs: &Synapse, token: &str, name: &str) -> String {
+    let room = create_room(
+        hs,
+        token,
+        json!({"name": name, "invite": [BOT], "power_level_content_override": {"users": {BOT: 50}}}),
+    )
+    .await;
     eventually(WAIT, "the bot joins", || async {
         timeline(hs, token, &room)
             .await
