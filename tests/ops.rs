@@ -471,3 +471,72 @@ async fn set_apart_mail_is_pruned_at_start_listed_released_through_the_daemon_an
     assert_eq!(left, vec![large]);
     assert_eq!(d.stop(), Some(0), "log:\n{}", d.log_text());
 }
+
+/// The `Message-ID` of a raw mail (case-insensitive header name), if any.
+fn message_id(raw: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        .map(|l| l["message-id:".len()..].trim().to_owned())
+}
+
+/// The metric names (without the `coi_bridge_` prefix) in docs/OPERATIONS.md's table.
+fn documented_metrics() -> BTreeSet<String> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ops = std::fs::read_to_string(repo.join("docs/OPERATIONS.md")).expect("OPERATIONS.md");
+    let table = ops.split("## Metrics").nth(1).expect("a Metrics section");
+    table.lines().filter_map(|l| l.strip_prefix("| `")).filter_map(|l| l.split('`').next()).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mail_in_the_mailbox_counts_once_and_every_metric_is_documented() {
+    // The stack's set-up already took the group join through SecureJoin: key-exchange
+    // steps are mail in, as the docs say, though they are answered, not recorded.
+    let Some(s) = Stack::new().await else { return };
+    s.alice_says("counted once").await;
+    s.body("counted once").await;
+    // A mail set apart counts; the same mail fetched again does not.
+    s.mail.append("bridge", &stranger_mail("count-stranger@example.org", "")).await;
+    s.mail.append("bridge", &stranger_mail("count-stranger@example.org", "")).await;
+
+    let (mails, counted) =
+        eventually(WAIT, "messages_total{coi,in} to equal the distinct mails in the mailbox", || async {
+            let inbox = s.mail.fetch_all("bridge").await;
+            let ids: BTreeSet<String> = inbox.iter().filter_map(|m| message_id(m)).collect();
+            assert!(ids.len() < inbox.len(), "the stranger's mail is in the mailbox twice");
+            let counted =
+                s.daemon.metric("coi_bridge_messages_total{bridge=\"coi\",direction=\"in\"}").await.unwrap_or(0.0);
+            (counted == ids.len() as f64).then_some((ids.len(), counted))
+        })
+        .await;
+    // The join alone is a vc-request and a vc-request-with-auth; with Alice's message
+    // and the stranger's mail that is at least four.
+    assert!(mails >= 4, "{mails} mails");
+    // Nothing counts late: the count stays once the mailbox is quiet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let inbox = s.mail.fetch_all("bridge").await;
+    let ids: BTreeSet<String> = inbox.iter().filter_map(|m| message_id(m)).collect();
+    let now = s.daemon.metric("coi_bridge_messages_total{bridge=\"coi\",direction=\"in\"}").await;
+    assert_eq!(now, Some(ids.len() as f64), "was {counted} for {mails} mails");
+
+    // The docs' metrics table and what the daemon exports agree, both ways.
+    let scrape = scrape(&s.daemon).await;
+    let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs"))
+        .expect("metrics source");
+    let documented = documented_metrics();
+    assert!(documented.len() >= 20, "{documented:?}");
+    for name in &documented {
+        let exported = scrape.contains(&format!("# TYPE coi_bridge_{name} "));
+        // A labelled series appears with its first event; it must at least be registered.
+        let registered = source.contains(&format!("\"{name}\""));
+        assert!(exported || registered, "docs/OPERATIONS.md documents {name}, which the daemon does not have");
+    }
+    for line in scrape.lines().filter_map(|l| l.strip_prefix("# TYPE coi_bridge_")) {
+        let name = line.split(' ').next().unwrap_or_default();
+        assert!(
+            documented.contains(name),
+            "the daemon exports coi_bridge_{name}, which docs/OPERATIONS.md does not document"
+        );
+    }
+}

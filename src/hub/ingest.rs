@@ -75,6 +75,9 @@ impl Ingest {
         let mut decrypt_failures = 0u64;
         let mut signature_failures: Vec<&'static str> = Vec::new();
         let mut batch_chats: HashMap<String, ChatRef> = HashMap::new();
+        // Mail that is handled but not recorded as a chat message (key-exchange steps,
+        // reports): it still counts as mail in.
+        let mut not_recorded = 0u64;
         for f in fetched {
             if let Some(size) = f.oversize {
                 let reason = format!(
@@ -121,11 +124,15 @@ impl Ingest {
                 && !opened.message.secure_join.is_empty()
             {
                 match sj.handle(&opened).await {
-                    Ok(Step::Consumed) => continue,
+                    Ok(Step::Consumed) => {
+                        not_recorded += 1;
+                        continue;
+                    }
                     Ok(Step::NotSecureJoin) => {}
                     Err(QueueError::Store(e)) => return Err(e),
                     Err(e) => {
                         tracing::warn!(uid = f.uid, error = %e, "SecureJoin step could not be answered");
+                        not_recorded += 1;
                         continue;
                     }
                 }
@@ -133,6 +140,7 @@ impl Ingest {
             let mut msg = opened.message;
             if msg.kind == Kind::Report {
                 tracing::debug!(uid = f.uid, message_id = %msg.message_id, "report mail (key update, sync): nothing to record");
+                not_recorded += 1;
                 continue;
             }
             let sender_has_key = self.store.contact_key(&msg.from.addr).await?.is_some();
@@ -215,7 +223,10 @@ impl Ingest {
         }
         let outcome = self.store.record_inbound(folder, cursor, &messages, &rejected).await?;
         self.metrics.inbound_recorded.inc_by(outcome.recorded as u64);
-        self.metrics.messages.with_label_values(&[crate::metrics::COI, "in"]).inc_by(outcome.recorded as u64);
+        // Every new mail counts as mail in, whatever became of it: recorded, a step of a
+        // key exchange, a report, or set apart. A mail fetched again (duplicate) does not.
+        let mail_in = outcome.recorded as u64 + outcome.rejected as u64 + not_recorded;
+        self.metrics.messages.with_label_values(&[crate::metrics::COI, "in"]).inc_by(mail_in);
         self.metrics.decrypt_failures.inc_by(decrypt_failures);
         self.metrics.failures.with_label_values(&["ingest", "decrypt"]).inc_by(decrypt_failures);
         for reason in signature_failures {
