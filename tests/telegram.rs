@@ -563,7 +563,7 @@ async fn a_poison_update_is_set_aside_and_the_updates_behind_it_flow() {
     .await;
     // Poison: Telegram says the group moved into a chat that has a portal of its own. Moving
     // the portal there can never work; today's bridge asked for it again forever.
-    s.tg.migrate(GROUP, TOM.0, TOM);
+    s.tg.announce_migration(GROUP, TOM.0, TOM);
     // And an update of a kind the bridge asked for that does not parse.
     let unreadable = s.tg.push_update(
         "message",

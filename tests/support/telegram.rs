@@ -1,8 +1,8 @@
-//! A fake Telegram Bot API on loopback (no Telegram server is reachable here): the real JSON shapes, long polling, `429 retry_after` and "message to edit not found", plus an in-process control API to inject updates (well-formed or not) and read what the bot sent.
+//! A fake Telegram Bot API on loopback (no Telegram server is reachable here): the real JSON shapes, long polling, `429 retry_after`, "message to edit not found", the documented limits ([`rules`]) and `migrate_to_chat_id` after an upgrade to a supergroup, plus an in-process control API to inject updates (well-formed or not) and read what the bot sent.
 
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+
+pub mod rules;
 
 pub const BOT_ID: i64 = 7_000_001;
 pub const TOKEN: &str = "7000001:fake-token";
@@ -34,8 +36,13 @@ struct Inner {
     updates: Vec<Value>,
     next_update: i64,
     next_message: HashMap<i64, i64>,
-    /// (chat, message) → text, for edits and deletes.
+    /// (chat, message) → text (or caption), for edits and deletes.
     messages: HashMap<(i64, i64), String>,
+    /// The messages of `messages` that carry a file: their text is a caption.
+    media: HashSet<(i64, i64)>,
+    /// Groups upgraded to a supergroup: old chat id → new. Telegram refuses every call
+    /// naming the old id with 400 and `migrate_to_chat_id`.
+    migrated: HashMap<i64, i64>,
     calls: Vec<Call>,
     /// Errors to answer the next calls of a method with: (method, code, description, retry_after).
     failures: VecDeque<(String, u16, String, Option<u64>)>,
@@ -69,9 +76,14 @@ fn ok(result: Value) -> Response {
 }
 
 fn err(code: u16, description: &str, retry_after: Option<u64>) -> Response {
+    err_with(code, description, retry_after.map(|s| json!({"retry_after": s})))
+}
+
+/// An error with `parameters` (`ResponseParameters`: `retry_after`, `migrate_to_chat_id`).
+fn err_with(code: u16, description: &str, parameters: Option<Value>) -> Response {
     let mut body = json!({"ok": false, "error_code": code, "description": description});
-    if let Some(s) = retry_after {
-        body["parameters"] = json!({"retry_after": s});
+    if let Some(p) = parameters {
+        body["parameters"] = p;
     }
     json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST), &body)
 }
@@ -130,7 +142,10 @@ impl FakeTelegram {
         let app = Router::new()
             .route("/{bot}/{method}", axum::routing::post(handle).get(handle))
             .route("/file/{bot}/{*path}", axum::routing::get(download))
-            .with_state((inner.clone(), changed.clone()));
+            .with_state((inner.clone(), changed.clone()))
+            // Uploads up to Telegram's 50 MB and beyond reach the handler, which answers
+            // what Telegram answers (413 above 50 MB).
+            .layer(axum::extract::DefaultBodyLimit::max(128 * 1024 * 1024));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = tokio::spawn(async move {
@@ -202,8 +217,26 @@ impl FakeTelegram {
     }
 
     /// Telegram upgrades `chat` to the supergroup `new_chat` (the service message in the
-    /// old group, then one in the new).
+    /// old group, then one in the new): from now on every call naming `chat` is refused
+    /// with `migrate_to_chat_id`.
     pub fn migrate(&self, chat: i64, new_chat: i64, by: (i64, &str)) {
+        self.upgrade(chat, new_chat);
+        self.announce_migration(chat, new_chat, by);
+    }
+
+    /// The upgrade happens on Telegram, but its service messages have not reached the bot
+    /// yet: calls naming `chat` already get 400 with `migrate_to_chat_id`.
+    pub fn upgrade(&self, chat: i64, new_chat: i64) {
+        let mut i = self.lock();
+        let title = i.titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        let admins = i.admins.get(&chat).cloned().unwrap_or_default();
+        i.titles.insert(new_chat, title);
+        i.admins.insert(new_chat, admins);
+        i.migrated.insert(chat, new_chat);
+    }
+
+    /// Only the service messages of an upgrade (also a forged one, which changes nothing).
+    pub fn announce_migration(&self, chat: i64, new_chat: i64, by: (i64, &str)) {
         let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
         let admins = self.lock().admins.get(&chat).cloned().unwrap_or_default();
         self.set_chat(new_chat, &title, &admins);
@@ -381,6 +414,16 @@ impl FakeTelegram {
             .collect()
     }
 
+    /// The calls of `method` (answered, not refused) naming `chat`, in order.
+    pub fn sent(&self, method: &str, chat: i64) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.method == method && c.params["chat_id"].as_i64() == Some(chat)).collect()
+    }
+
+    /// The text (or caption) a message has now, if it exists.
+    pub fn message_text(&self, chat: i64, message_id: i64) -> Option<String> {
+        self.lock().messages.get(&(chat, message_id)).cloned()
+    }
+
     /// Waits (bounded) until a call matches.
     pub async fn wait_call(&self, what: &str, pred: impl Fn(&Call) -> bool) -> Call {
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -439,6 +482,7 @@ async fn handle(
         "sendAudio",
         "sendMediaGroup",
         "editMessageText",
+        "editMessageCaption",
         "deleteMessage",
         "getFile",
     ]
@@ -481,6 +525,30 @@ async fn handle(
                 at: Instant::now(),
             });
             return err(code, &description, retry_after);
+        }
+    }
+    // What Telegram itself refuses: a call naming an upgraded group, then the limits.
+    {
+        let mut i = inner.lock().expect("lock");
+        let named = params["chat_id"].as_i64().or_else(|| params["chat_id"].as_str().and_then(|s| s.parse().ok()));
+        let moved = named.and_then(|c| i.migrated.get(&c).copied());
+        let refused = match moved {
+            Some(new_chat) => Some((
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                Some(json!({"migrate_to_chat_id": new_chat})),
+            )),
+            None => rules::refusal(&method, &params, &files).map(|(code, d)| (code, d, None)),
+        };
+        if let Some((code, description, parameters)) = refused {
+            i.calls.push(Call {
+                method: format!("{method}!failed"),
+                params,
+                files,
+                message_id: None,
+                at: Instant::now(),
+            });
+            return err_with(code, description, parameters);
         }
     }
     if method == "getUpdates" {
@@ -557,17 +625,25 @@ async fn handle(
             }
             let file_id = format!("file-{}", i.files.len() + 1);
             i.files.insert(file_id.clone(), files[0].2.clone());
+            let file =
+                json!({"file_id": file_id, "file_unique_id": file_id, "file_size": files[0].2.len(), "duration": 1});
             let kind = match method.as_str() {
                 "sendPhoto" => {
                     json!({"photo": [{"file_id": file_id, "file_unique_id": file_id, "width": 1, "height": 1}]})
                 }
+                // Telegram keeps other formats sent as a voice note as a plain file.
+                "sendVoice" if rules::plays_as_voice(&files[0].2) => json!({"voice": file}),
+                "sendAudio" => json!({"audio": file}),
                 _ => json!({"document": {"file_id": file_id, "file_unique_id": file_id, "file_name": files[0].1}}),
             };
             let mut extra = kind;
-            if let Some(cap) = params["caption"].as_str() {
-                extra["caption"] = json!(cap);
+            let caption = params["caption"].as_str().unwrap_or_default().to_owned();
+            if !caption.is_empty() {
+                extra["caption"] = json!(caption);
             }
             let (id, m) = new_message(&mut i, c, extra);
+            i.messages.insert((c, id), caption);
+            i.media.insert((c, id));
             (m, Some(id))
         }
         "sendMediaGroup" => {
@@ -589,7 +665,9 @@ async fn handle(
                     "photo": [{"file_id": file_id, "file_unique_id": file_id, "width": 1, "height": 1}],
                     "caption": item["caption"], "media_group_id": "album-1",
                 });
-                let (_, m) = new_message(&mut i, c, extra);
+                let (id, m) = new_message(&mut i, c, extra);
+                i.messages.insert((c, id), item["caption"].as_str().unwrap_or_default().to_owned());
+                i.media.insert((c, id));
                 out.push(m);
             }
             (Value::Array(out), None)
@@ -609,14 +687,54 @@ async fn handle(
                 });
                 return err(400, "Bad Request: message to edit not found", None);
             }
+            if i.media.contains(&(c, mid)) {
+                i.calls.push(Call {
+                    method: format!("{method}!failed"),
+                    params,
+                    files,
+                    message_id: None,
+                    at: Instant::now(),
+                });
+                return err(400, "Bad Request: there is no text in the message to edit", None);
+            }
             i.messages.insert((c, mid), text.clone());
             let m = json!({"message_id": mid, "date": now(), "edit_date": now(), "chat": chat_json(c, &title), "from": bot_user(), "text": text});
+            (m, Some(mid))
+        }
+        "editMessageCaption" => {
+            let (Some(c), Some(mid)) = (chat, params["message_id"].as_i64()) else {
+                return err(400, "Bad Request: message identifier is not specified", None);
+            };
+            let caption = params["caption"].as_str().unwrap_or_default().to_owned();
+            let refused = if !i.messages.contains_key(&(c, mid)) {
+                Some("Bad Request: message to edit not found")
+            } else if !i.media.contains(&(c, mid)) {
+                Some("Bad Request: there is no caption in the message to edit")
+            } else {
+                None
+            };
+            if let Some(description) = refused {
+                i.calls.push(Call {
+                    method: format!("{method}!failed"),
+                    params,
+                    files,
+                    message_id: None,
+                    at: Instant::now(),
+                });
+                return err(400, description, None);
+            }
+            i.messages.insert((c, mid), caption.clone());
+            let m = json!({
+                "message_id": mid, "date": now(), "edit_date": now(), "chat": chat_json(c, &title), "from": bot_user(),
+                "document": {"file_id": "edited", "file_unique_id": "edited"}, "caption": caption,
+            });
             (m, Some(mid))
         }
         "deleteMessage" => {
             let (Some(c), Some(mid)) = (chat, params["message_id"].as_i64()) else {
                 return err(400, "Bad Request: message identifier is not specified", None);
             };
+            i.media.remove(&(c, mid));
             if i.messages.remove(&(c, mid)).is_none() {
                 i.calls.push(Call {
                     method: format!("{method}!failed"),

@@ -2,8 +2,10 @@
 //!
 //! - [`config`]: the `[[bridge]] kind = "telegram"` section.
 //! - [`bridge`]: the `Bridge` contract: long polling in, bot messages out.
+//! - [`limits`]: Telegram's documented limits (text, caption, photo and upload sizes, reaction emoji).
 //!
 //! Bots never see deletions on Telegram, so deletes only go from COI to Telegram.
 
 pub mod bridge;
 pub mod config;
+pub mod limits;
