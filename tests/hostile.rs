@@ -280,6 +280,7 @@ async fn forged_and_hostile_mail_reaches_no_portal_and_changes_nothing() {
     assert_eq!((bob_now.fingerprint.as_str(), bob_now.verified), (bob_key.fingerprint.as_str(), false));
     assert!(store.contact_key(BRIDGE).await.expect("read").is_none(), "no contact key for our own address");
     assert!(store.key_changes(BOB).await.expect("read").iter().any(|(_, new)| *new == mallory_fpr));
+    assert!(s.daemon.metric("coi_bridge_key_changes_flagged_total").await.unwrap_or(0.0) >= 1.0, "the flag is counted");
     assert_eq!(group_members(&s, &group.id).await, members_before, "the group's members did not change");
     assert!(!members_before.contains(&"nokey@example.org".to_owned()));
     // The forgeries were recorded apart, as unattributed mail, or not at all.

@@ -494,8 +494,11 @@ async fn every_mail_in_the_mailbox_counts_once_and_every_metric_is_documented() 
     // The stack's set-up already took the group join through SecureJoin: key-exchange
     // steps are mail in, as the docs say, though they are answered, not recorded.
     let Some(s) = Stack::new().await else { return };
+    let before = scrape(&s.daemon).await;
     s.alice_says("counted once").await;
     s.body("counted once").await;
+    s.send("count-m", json!({"msgtype": "m.text", "body": "counted on the way out"})).await;
+    s.at_alice("counted on the way out").await;
     // A mail set apart counts; the same mail fetched again does not.
     s.mail.append("bridge", &stranger_mail("count-stranger@example.org", "")).await;
     s.mail.append("bridge", &stranger_mail("count-stranger@example.org", "")).await;
@@ -520,8 +523,19 @@ async fn every_mail_in_the_mailbox_counts_once_and_every_metric_is_documented() 
     let now = s.daemon.metric("coi_bridge_messages_total{bridge=\"coi\",direction=\"in\"}").await;
     assert_eq!(now, Some(ids.len() as f64), "was {counted} for {mails} mails");
 
-    // The docs' metrics table and what the daemon exports agree, both ways.
+    // The other documented counters this traffic moves.
     let scrape = scrape(&s.daemon).await;
+    for (key, by) in [
+        ("coi_bridge_outbox_deliveries_total{result=\"sent\",target=\"matrix\"}", 1.0),
+        ("coi_bridge_outbox_deliveries_total{result=\"sent\",target=\"smtp\"}", 1.0),
+        ("coi_bridge_inbound_recorded_total", 1.0),
+        ("coi_bridge_inbound_duplicates_total", 1.0),
+    ] {
+        assert!(sample(&scrape, key) >= sample(&before, key) + by, "{key} did not move by {by}:\n{scrape}");
+    }
+    assert_eq!(sample(&scrape, "coi_bridge_store_up"), 1.0);
+
+    // The docs' metrics table and what the daemon exports agree, both ways.
     let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs"))
         .expect("metrics source");
     let documented = documented_metrics();
