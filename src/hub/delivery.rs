@@ -1,12 +1,17 @@
 //! COI → remote: drains one bridge's outbox rows in order per chat, translates each message for the bridge, maps the remote id, and degrades what the bridge cannot carry.
 //!
-//! A delivery that still fails after its retries is not dropped silently: the row is
-//! marked failed, the COI chat gets a visible notice, and the metrics count it.
+//! What the bridge cannot carry is degraded first, from its [`Capabilities`] (see
+//! [`crate::hub::degrade`]): a reaction it does not take becomes the nearest one or a short
+//! text, a long text goes in parts ([`parts`]). A delivery that still fails after its retries
+//! is not dropped silently: the row is marked failed, the COI chat gets a visible notice, and
+//! the metrics count it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use coi_bridge_api::{Bridge, BridgeId, DeliverError, DeliveryKey, Outgoing, Person, RemoteChatId, RemoteMsgId};
+use coi_bridge_api::{
+    Bridge, BridgeId, Capabilities, DeliverError, DeliveryKey, Outgoing, Person, RemoteChatId, RemoteMsgId,
+};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +26,12 @@ use crate::transport::smtp::RetryPolicy;
 const PARALLEL: usize = 4;
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
+/// The COI message an edit, delete or reaction is about, and its copy here by part.
+struct Target {
+    message_id: String,
+    copies: Vec<RemoteCopy>,
+}
+
 /// Delivers to one bridge instance.
 pub struct BridgeDelivery {
     id: BridgeId,
@@ -34,8 +45,8 @@ pub struct BridgeDelivery {
 }
 
 enum Built {
-    /// What to post, and for a delete the other parts to remove with it.
-    Send(RemoteChatId, Outgoing, Vec<RemoteMsgId>),
+    /// What to post, and for an edit, delete or reaction what it targets.
+    Send(RemoteChatId, Outgoing, Option<Target>),
     /// Nothing to deliver (a receipt, a merged post-message, a portal gone).
     Skip(&'static str),
     /// The store could not be read; try again later.
@@ -105,6 +116,14 @@ impl BridgeDelivery {
         Ok(copies.into_iter().map(|c| RemoteMsgId(c.remote_id)).collect())
     }
 
+    /// Records one part of a COI message's copy (a failure is logged: the delivery stands).
+    async fn map_part(&self, message_id: &str, to: &RemoteChatId, part: i64, remote: &RemoteMsgId) {
+        let copy = RemoteCopy { remote_chat: to.0.clone(), remote_id: remote.0.clone(), part };
+        if let Err(e) = self.store.map_remote(message_id, self.id.as_str(), &copy).await {
+            tracing::error!(bridge = %self.id, message_id, part, error = %e, "delivered, but the id map was not written");
+        }
+    }
+
     /// A contact's avatar as an attachment (its type from its first bytes).
     async fn avatar_of(&self, addr: &str) -> StoreResult<Option<coi_bridge_api::Attachment>> {
         let Some(data) = self.store.contact_avatar(addr).await? else { return Ok(None) };
@@ -172,16 +191,18 @@ impl BridgeDelivery {
                 },
             },
             kind @ ("reaction" | "edit" | "delete") => {
-                let Some(target) = msg.target.as_deref() else { return Ok(Built::Skip("no target")) };
-                let mut parts = self.remote_parts(target).await?.into_iter();
-                let Some(target) = parts.next() else {
+                let Some(target_id) = msg.target.clone() else { return Ok(Built::Skip("no target")) };
+                let copies = self.store.remote_copies(&target_id, self.id.as_str()).await?;
+                let Some(main) = copies.first() else {
                     return Ok(Built::Skip("its target never reached this bridge"));
                 };
-                match kind {
+                let target = RemoteMsgId(main.remote_id.clone());
+                let outgoing = match kind {
                     "reaction" => Outgoing::Reaction { sender, target, emoji: msg.text.clone() },
                     "edit" => Outgoing::Edit { sender, target, new_text: msg.text.clone() },
-                    _ => return Ok(Built::Send(to, Outgoing::Delete { sender, target }, parts.collect())),
-                }
+                    _ => Outgoing::Delete { sender, target },
+                };
+                return Ok(Built::Send(to, outgoing, Some(Target { message_id: target_id, copies })));
             }
             "receipt" if msg.direction == Direction::In => {
                 // A COI person read a message: their ghost marks it read.
@@ -214,7 +235,7 @@ impl BridgeDelivery {
             "avatar" => Outgoing::GroupAvatar { image: msg.attachments.first().map(to_api) },
             _ => return Ok(Built::Skip("nothing to show")),
         };
-        Ok(Built::Send(to, outgoing, Vec::new()))
+        Ok(Built::Send(to, outgoing, None))
     }
 
     async fn deliver(&self, item: OutboxItem) {
@@ -223,8 +244,8 @@ impl BridgeDelivery {
             Ok(None) => return self.fail(&item, None, "the message is gone from the store".into()).await,
             Err(e) => return self.retry(&item, None, &e.to_string()).await,
         };
-        let (to, outgoing, more_parts) = match self.build(&item, &msg).await {
-            Built::Send(to, o, more) => (to, o, more),
+        let (to, outgoing, target) = match self.build(&item, &msg).await {
+            Built::Send(to, o, target) => (to, o, target),
             Built::Skip(why) => {
                 tracing::debug!(bridge = %self.id, message_id = %item.message_id, why, "not delivered to the bridge");
                 let _ = self.store.outbox_done(item.id).await;
@@ -238,32 +259,11 @@ impl BridgeDelivery {
                 return;
             }
         };
-        let key = DeliveryKey(format!("coi-{}", item.message_id));
-        let mut result = self.bridge.deliver(&to, &key, &outgoing).await;
-        if matches!(result, Err(DeliverError::Unsupported))
-            && let Some(fallback) = degrade(&outgoing)
-        {
-            let key = DeliveryKey(format!("coi-{}-fallback", item.message_id));
-            result = self.bridge.deliver(&to, &key, &fallback).await;
-        }
-        // A delete removes every part of a multi-part copy (text and files).
-        if let (Ok(_), Outgoing::Delete { sender, .. }) = (&result, &outgoing) {
-            for (i, part) in more_parts.into_iter().enumerate() {
-                let key = DeliveryKey(format!("coi-{}-part{}", item.message_id, i + 1));
-                let more = Outgoing::Delete { sender: sender.clone(), target: part };
-                if let Err(e) = self.bridge.deliver(&to, &key, &more).await {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        match result {
+        let caps = self.bridge.capabilities();
+        match self.send(&item, &to, outgoing, target, &caps).await {
             Ok(parts) => {
                 for (part, remote) in parts.into_iter().enumerate() {
-                    let copy = RemoteCopy { remote_chat: to.0.clone(), remote_id: remote.0, part: part as i64 };
-                    if let Err(e) = self.store.map_remote(&item.message_id, self.id.as_str(), &copy).await {
-                        tracing::error!(bridge = %self.id, error = %e, "delivered, but the id map was not written");
-                    }
+                    self.map_part(&item.message_id, &to, part as i64, &remote).await;
                 }
                 if let Err(e) = self.store.outbox_done(item.id).await {
                     tracing::error!(bridge = %self.id, error = %e, "delivered, but the outbox row was not marked");
@@ -275,6 +275,51 @@ impl BridgeDelivery {
             Err(DeliverError::Unsupported) => {
                 let _ = self.store.outbox_done(item.id).await;
             }
+        }
+    }
+
+    /// Posts `outgoing` in the form the bridge can carry; the remote ids to map to the
+    /// message by position (parts of a split text are mapped as they go).
+    async fn send(
+        &self,
+        item: &OutboxItem,
+        to: &RemoteChatId,
+        outgoing: Outgoing,
+        target: Option<Target>,
+        caps: &Capabilities,
+    ) -> Result<Vec<RemoteMsgId>, DeliverError> {
+        let key = DeliveryKey(format!("coi-{}", item.message_id));
+        let fallback_key = || DeliveryKey(format!("coi-{}-fallback", item.message_id));
+        match outgoing {
+            Outgoing::Reaction { sender, target: remote, emoji } => {
+                let quote = match &target {
+                    Some(t) => self.store.message(&t.message_id).await.ok().flatten().map(|m| m.text),
+                    None => None,
+                };
+                self.react(to, &key, sender, remote, &emoji, quote, caps, &fallback_key()).await
+            }
+            Outgoing::Edit { sender, target: remote, new_text } if caps.edits => match target {
+                Some(t) => self.edit(item, to, sender, &t, new_text, caps).await,
+                None => self.bridge.deliver(to, &key, &Outgoing::Edit { sender, target: remote, new_text }).await,
+            },
+            Outgoing::Delete { sender, target: remote } if caps.deletes => {
+                let result =
+                    self.bridge.deliver(to, &key, &Outgoing::Delete { sender: sender.clone(), target: remote }).await?;
+                // A delete removes every part of a multi-part copy (text parts and files).
+                let more = target.map(|t| t.copies).unwrap_or_default().into_iter().skip(1);
+                for (i, part) in more.enumerate() {
+                    let key = DeliveryKey(format!("coi-{}-part{}", item.message_id, i + 1));
+                    let more = Outgoing::Delete { sender: sender.clone(), target: RemoteMsgId(part.remote_id) };
+                    self.bridge.deliver(to, &key, &more).await?;
+                }
+                Ok(result)
+            }
+            o @ (Outgoing::Edit { .. } | Outgoing::Delete { .. }) => match degrade(&o) {
+                Some(fallback) => self.message(item, to, fallback, caps, &fallback_key()).await,
+                None => Err(DeliverError::Unsupported),
+            },
+            o @ Outgoing::Message { .. } => self.message(item, to, o, caps, &key).await,
+            other => self.bridge.deliver(to, &key, &other).await,
         }
     }
 
@@ -316,13 +361,14 @@ fn to_api(a: &StoredAttachment) -> coi_bridge_api::Attachment {
     coi_bridge_api::Attachment { name: a.name.clone(), mime: a.mime.clone(), data: a.data.clone() }
 }
 
-/// What to send instead when a bridge cannot carry an event natively.
+/// What to send instead when a bridge cannot carry an edit or a delete natively (a
+/// reaction: see [`crate::hub::degrade::reaction_text`]).
 pub fn degrade(o: &Outgoing) -> Option<Outgoing> {
     let text = match o {
-        Outgoing::Reaction { sender, emoji, .. } => format!("{} reacted {emoji}", sender.display_name),
         Outgoing::Edit { new_text, .. } => format!("✏️ {new_text}"),
         Outgoing::Delete { sender, .. } => format!("{} deleted a message", sender.display_name),
         Outgoing::Message { .. }
+        | Outgoing::Reaction { .. }
         | Outgoing::Notice { .. }
         | Outgoing::ReadReceipt { .. }
         | Outgoing::MemberJoined { .. }
@@ -332,19 +378,18 @@ pub fn degrade(o: &Outgoing) -> Option<Outgoing> {
         | Outgoing::GroupAvatar { .. } => return None,
     };
     let sender = match o {
-        Outgoing::Reaction { sender, .. } | Outgoing::Edit { sender, .. } | Outgoing::Delete { sender, .. } => {
-            sender.clone()
-        }
+        Outgoing::Edit { sender, .. } | Outgoing::Delete { sender, .. } => sender.clone(),
         _ => return None,
     };
     let reply_to = match o {
-        Outgoing::Reaction { target, .. } | Outgoing::Edit { target, .. } | Outgoing::Delete { target, .. } => {
-            Some(target.clone())
-        }
+        Outgoing::Edit { target, .. } | Outgoing::Delete { target, .. } => Some(target.clone()),
         _ => None,
     };
     Some(Outgoing::Message { sender, text, attachments: Vec::new(), reply_to, avatar: None })
 }
 
+mod parts;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_parts;

@@ -7,8 +7,10 @@
 //! - [`securejoin`]: invite links and SecureJoin both ways; [`groups`]: renames, removals.
 //! - [`submit`]: remote → COI, the `Hub` bridges submit to; [`delivery`]: COI → remote, per bridge.
 //! - [`deadletter`]: remote events a bridge set aside, kept with their reason and counted.
+//! - [`degrade`]: what a side cannot carry, turned into what it can (reactions, long texts).
 
 pub mod deadletter;
+pub mod degrade;
 pub mod delivery;
 pub mod e2ee;
 pub mod groups;

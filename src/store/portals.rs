@@ -40,6 +40,9 @@ pub trait PortalStore: Send + Sync {
     async fn portal_by_remote(&self, bridge: &str, remote_chat: &str) -> StoreResult<Option<Portal>>;
     /// Records that `message_id` is `remote_id` (part `part`) on a bridge.
     async fn map_remote(&self, message_id: &str, bridge: &str, copy: &RemoteCopy) -> StoreResult<()>;
+    /// Forgets one part of a COI message's copy on a bridge (it was deleted there while the
+    /// message lives on: an edit needed fewer parts). Forgetting a part not kept is no error.
+    async fn unmap_remote(&self, message_id: &str, bridge: &str, remote_id: &str) -> StoreResult<()>;
     /// The copies of a COI message on a bridge, by part.
     async fn remote_copies(&self, message_id: &str, bridge: &str) -> StoreResult<Vec<RemoteCopy>>;
     /// The COI Message-ID a remote message is a copy of.

@@ -81,8 +81,52 @@ opaque_id!(
     DeliveryKey
 );
 
-/// What a bridge can carry natively. The core degrades what a side cannot do: a reaction
-/// becomes a short text, an edit a correction message.
+/// How a side counts the length of a text (see [`TextLimit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextUnit {
+    /// UTF-16 code units, as Telegram counts: a character outside the BMP is two.
+    Utf16,
+    /// UTF-8 bytes.
+    Utf8,
+    /// UTF-8 bytes once escaped for a JSON string or an HTML body, whichever costs more
+    /// for each character (`&` is 5 as `&amp;`, `"` 6 as `&quot;`, a line break 4 as
+    /// `<br>`, another control character 6 as `\u00XX`): what a text adds to a Matrix event.
+    Escaped,
+}
+
+impl TextUnit {
+    /// What one character counts.
+    pub fn cost(self, c: char) -> usize {
+        match self {
+            Self::Utf16 => c.len_utf16(),
+            Self::Utf8 => c.len_utf8(),
+            Self::Escaped => match c {
+                '"' => 6,
+                '&' | '\'' => 5,
+                '<' | '>' | '\n' => 4,
+                '\\' | '\r' | '\t' => 2,
+                c if (c as u32) < 0x20 => 6,
+                c => c.len_utf8(),
+            },
+        }
+    }
+
+    /// How long `s` is in this unit.
+    pub fn len(self, s: &str) -> usize {
+        s.chars().map(|c| self.cost(c)).sum()
+    }
+}
+
+/// The longest text one remote message carries, as the side counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextLimit {
+    pub max: usize,
+    pub unit: TextUnit,
+}
+
+/// What a bridge can carry natively. The core reads it before every delivery and degrades
+/// what a side cannot do: a reaction becomes the nearest allowed one or a short text, a long
+/// text several messages (or a text file), an edit a correction message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
     pub edits: bool,
@@ -94,6 +138,14 @@ pub struct Capabilities {
     pub ghosts: bool,
     /// The largest file the remote side accepts, in bytes; `None` means no known limit.
     pub max_file_size: Option<u64>,
+    /// The longest text of one message, including what the bridge adds itself (an edit
+    /// marker, a copy in `m.new_content`), but not the sender's name prefix: the core keeps
+    /// room for that. A longer text is split by the core into parts, in order; the bridge
+    /// never sees one over the limit. `None`: no known limit.
+    pub max_text: Option<TextLimit>,
+    /// The reactions the side accepts, spelled as it spells them; `None`: any. The core
+    /// sends another as the nearest allowed one, or as a short text.
+    pub allowed_reactions: Option<&'static [&'static str]>,
 }
 
 /// A person as the other side should show them.

@@ -461,6 +461,11 @@ impl Bridge for BotBridge {
             media: true,
             ghosts: false,
             max_file_size: Some(self.cfg.max_file_bytes),
+            // Under the 64 KiB event limit: the text goes as `body` and HTML
+            // `formatted_body`, twice more in an edit's `m.new_content`, and in an encrypted
+            // room as base64 of the whole (4/3), next to the event's own fields.
+            max_text: Some(coi_bridge_api::TextLimit { max: 10_000, unit: coi_bridge_api::TextUnit::Escaped }),
+            allowed_reactions: None,
         }
     }
 

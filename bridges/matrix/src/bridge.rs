@@ -150,6 +150,11 @@ impl Bridge for MatrixBridge {
             media: true,
             ghosts: true,
             max_file_size: Some(self.cfg.max_file_bytes),
+            // An event must stay under 64 KiB (65,536 bytes of PDU JSON). An edit carries its
+            // text twice (`body` with "* ", `m.new_content`), next to ~2 KiB of PDU fields.
+            max_text: Some(coi_bridge_api::TextLimit { max: 28_000, unit: coi_bridge_api::TextUnit::Escaped }),
+            // Matrix takes any key as an annotation.
+            allowed_reactions: None,
         }
     }
 

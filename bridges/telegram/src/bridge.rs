@@ -375,6 +375,12 @@ impl Bridge for TelegramBridge {
             media: true,
             ghosts: false,
             max_file_size: Some(self.cfg.max_file_bytes),
+            // Counted after entity parsing, so the HTML of the name prefix is free.
+            max_text: Some(coi_bridge_api::TextLimit {
+                max: crate::limits::MAX_TEXT,
+                unit: coi_bridge_api::TextUnit::Utf16,
+            }),
+            allowed_reactions: Some(crate::limits::REACTION_EMOJI),
         }
     }
 

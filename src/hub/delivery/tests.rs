@@ -19,18 +19,29 @@ use crate::store::{ChatKind, ChatRef, Direction, ImapCursor, InboundMessage, Out
 
 /// A remote network that records what it is given; results can be scripted.
 #[derive(Default)]
-struct RecordingBridge {
-    got: Mutex<Vec<(RemoteChatId, Outgoing)>>,
+pub(super) struct RecordingBridge {
+    pub(super) got: Mutex<Vec<(RemoteChatId, Outgoing)>>,
     /// The peers it opened DM portals for.
-    dms: Mutex<Vec<Person>>,
-    script: Mutex<VecDeque<Result<(), DeliverError>>>,
-    reactions: bool,
+    pub(super) dms: Mutex<Vec<Person>>,
+    pub(super) script: Mutex<VecDeque<Result<(), DeliverError>>>,
+    pub(super) reactions: bool,
+    /// What it announces: the longest text and the reactions it takes.
+    pub(super) max_text: Option<coi_bridge_api::TextLimit>,
+    pub(super) allowed_reactions: Option<&'static [&'static str]>,
 }
 
 #[async_trait]
 impl Bridge for RecordingBridge {
     fn capabilities(&self) -> Capabilities {
-        Capabilities { reactions: self.reactions, ..Capabilities::default() }
+        Capabilities {
+            edits: true,
+            deletes: true,
+            media: true,
+            reactions: self.reactions,
+            max_text: self.max_text,
+            allowed_reactions: self.allowed_reactions,
+            ..Capabilities::default()
+        }
     }
     async fn run(&self, _cx: BridgeContext) -> Result<(), BridgeError> {
         Ok(())
@@ -65,15 +76,15 @@ impl Bridge for RecordingBridge {
     }
 }
 
-struct Rig {
+pub(super) struct Rig {
     _dir: tempfile::TempDir,
     identity: Arc<Identity>,
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     outbound: Arc<Outbound>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
-async fn rig() -> Rig {
+pub(super) async fn rig() -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
     let identity = Arc::new(Identity::load_or_create(store.as_ref(), "bridge@x.org", None).await.expect("identity"));
@@ -93,7 +104,7 @@ async fn rig() -> Rig {
 }
 
 /// A COI message from Alice, recorded as IMAP ingest would.
-async fn from_coi(r: &Rig, uid: u32, id: &str, msg: ChatMessage) {
+pub(super) async fn from_coi(r: &Rig, uid: u32, id: &str, msg: ChatMessage) {
     let m = InboundMessage {
         uid,
         chat: ChatRef { kind: ChatKind::Group, key: "grp_abcdefghij".into(), name: "Room".into() },
@@ -105,7 +116,7 @@ async fn from_coi(r: &Rig, uid: u32, id: &str, msg: ChatMessage) {
     r.store.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: uid }, &[m], &[]).await.expect("record");
 }
 
-fn delivery(r: &Rig, bridge: Arc<RecordingBridge>) -> BridgeDelivery {
+pub(super) fn delivery(r: &Rig, bridge: Arc<RecordingBridge>) -> BridgeDelivery {
     let policy = RetryPolicy { base: Duration::from_millis(10), max_delay: Duration::from_millis(20), max_attempts: 3 };
     BridgeDelivery::new(
         BridgeId::from("matrix"),
@@ -119,7 +130,7 @@ fn delivery(r: &Rig, bridge: Arc<RecordingBridge>) -> BridgeDelivery {
 }
 
 /// Runs the worker until `done` holds (bounded by the test harness's own timeout).
-async fn drive(d: &BridgeDelivery, done: impl Fn() -> bool) {
+pub(super) async fn drive(d: &BridgeDelivery, done: impl Fn() -> bool) {
     let token = CancellationToken::new();
     let stop = async {
         while !done() {
@@ -182,7 +193,7 @@ async fn reactions_are_degraded_for_bridges_without_them() {
     drive(&d, || bridge.got.lock().expect("lock").len() == 2).await;
     match &bridge.got.lock().expect("lock")[1].1 {
         Outgoing::Message { text, reply_to, .. } => {
-            assert_eq!(text, "Alice reacted 👍");
+            assert_eq!(text, "👍 to “hello”", "said as text, quoting the start of its target");
             assert_eq!(reply_to.as_ref().map(|r| r.0.as_str()), Some("$ev1"));
         }
         other => panic!("unexpected {other:?}"),

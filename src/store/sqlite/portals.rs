@@ -173,6 +173,17 @@ impl PortalStore for SqliteStore {
         Ok(())
     }
 
+    async fn unmap_remote(&self, message_id: &str, bridge: &str, remote_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM message_map WHERE message_id = ? AND bridge = ? AND remote_id = ?")
+            .bind(message_id)
+            .bind(bridge)
+            .bind(remote_id)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     async fn remote_copies(&self, message_id: &str, bridge: &str) -> StoreResult<Vec<RemoteCopy>> {
         let rows = sqlx::query(
             "SELECT remote_chat, remote_id, part FROM message_map WHERE message_id = ? AND bridge = ? ORDER BY part",
