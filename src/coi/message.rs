@@ -87,14 +87,20 @@ pub struct ChatMessage {
     /// Unix seconds from `Date`.
     pub date: Option<i64>,
     pub subject: Option<String>,
-    /// Without angle brackets.
+    /// The message this one answers or reacts to, without angle brackets. A text message
+    /// answers only the message it quotes (Delta Chat's rule: see [`ChatMessage::quote`]);
+    /// the parser keeps a bare threading `In-Reply-To` in `references` instead.
     pub in_reply_to: Option<String>,
+    /// `References`, oldest first, without angle brackets: threading only, for chat
+    /// assignment.
     pub references: Vec<String>,
     pub group: Option<Group>,
     pub kind: Kind,
     /// The message's own text, without the quote and the `-- ` footer.
     pub text: String,
-    /// The quoted text (`> ` lines at the top), without the `> ` markers.
+    /// The quoted text (`> ` lines at the top), without the `> ` markers. A text message
+    /// with a quote answers `in_reply_to`; rendered, a quote is what makes Delta Chat show
+    /// a reply.
     pub quote: Option<String>,
     pub attachments: Vec<Attachment>,
     /// `Chat-Disposition-Notification-To`: the sender asks for read receipts.
@@ -127,7 +133,9 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
-    /// The message this one reacts to, edits or answers, if any.
+    /// The message this one reacts to, edits or answers, if any. A text message answers
+    /// only what it quotes: a parsed message without a quote has no target, whatever its
+    /// threading headers say.
     pub fn target(&self) -> Option<&str> {
         match &self.kind {
             Kind::Edit { target } => Some(target),

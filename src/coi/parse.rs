@@ -217,7 +217,7 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
     if let Some(target) = header_text("Chat-Edit").map(|s| clean_id(&s)) {
         msg.kind = Kind::Edit { target };
         let (_, rest) = split_quote(&text);
-        msg.text = rest.trim_start_matches("✏️").trim().to_owned();
+        msg.text = rest.replace(ZWSP, "").trim_start_matches("✏️").trim().to_owned();
         return Ok(Parsed { message: msg, problems });
     }
     if let Some(targets) = mail.header_raw("Chat-Delete") {
@@ -230,9 +230,30 @@ pub fn parse(raw: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
     }
 
     let (quote, rest) = split_quote(&text);
-    msg.quote = quote;
-    msg.text = rest;
+    msg.quote = quote.map(|q| q.replace(ZWSP, ""));
+    msg.text = rest.replace(ZWSP, "");
+    threading_is_not_a_reply(&mut msg);
     Ok(Parsed { message: msg, problems })
+}
+
+/// The zero-width space: Delta Chat escapes a line start with it (a `>` that is no quote,
+/// a `--` that is no footer) and drops every one from the text it shows; so do we.
+pub const ZWSP: char = '\u{200B}';
+
+/// Delta Chat's reply rule (core's `Message::quoted_message`): a message answers its
+/// `In-Reply-To` only when it carries a quote. Delta Chat names the chat's last message in
+/// `In-Reply-To` on every message, for classic mail clients' threading; without a quote
+/// that parent only threads, so it moves to the end of `references` (nearest last), where
+/// chat assignment still finds it, and the message answers nothing.
+fn threading_is_not_a_reply(msg: &mut ChatMessage) {
+    if msg.quote.is_some() {
+        return;
+    }
+    if let Some(parent) = msg.in_reply_to.take()
+        && !msg.references.contains(&parent)
+    {
+        msg.references.push(parent);
+    }
 }
 
 #[derive(Default)]
@@ -491,6 +512,33 @@ mod tests {
         let raw = "From: a@b.c\r\nSecure-Joi\u{e4}: x\r\nSecure-Join: vc-request\r\n\r\nhi".as_bytes();
         let parsed = parse(raw, &Limits::default()).expect("parses");
         assert_eq!(parsed.message.secure_join, vec![("Secure-Join".to_owned(), "vc-request".to_owned())]);
+    }
+
+    /// Delta Chat names the chat's last message in In-Reply-To on every message; only a
+    /// quote makes it a reply. A reaction's In-Reply-To is its target, quote or not.
+    #[test]
+    fn in_reply_to_without_a_quote_only_threads() {
+        let mail = |irt: &str, body: &str| {
+            format!(
+                "From: <alice@example.org>\r\nMessage-ID: <m@x>\r\nIn-Reply-To: <{irt}>\r\nReferences: <root@x>\r\n\
+                 Chat-Version: 1.0\r\n\r\n{body}"
+            )
+        };
+        let follow = parse(mail("last@x", "hello").as_bytes(), &Limits::default()).expect("parses").message;
+        assert_eq!((follow.in_reply_to.as_deref(), follow.target()), (None, None));
+        assert_eq!(follow.references, vec!["root@x".to_string(), "last@x".to_string()], "still threads");
+
+        let reply = parse(mail("q@x", "> quoted\r\n\r\nhello").as_bytes(), &Limits::default()).expect("parses");
+        assert_eq!(reply.message.target(), Some("q@x"));
+        assert_eq!(reply.message.quote.as_deref(), Some("quoted"));
+
+        let escaped = parse(mail("last@x", "\u{200B}> not a quote").as_bytes(), &Limits::default()).expect("parses");
+        assert_eq!((escaped.message.text.as_str(), escaped.message.target()), ("> not a quote", None));
+
+        let reaction = "From: <alice@example.org>\r\nMessage-ID: <r@x>\r\nIn-Reply-To: <t@x>\r\n\
+                        Content-Type: text/plain\r\nContent-Disposition: reaction\r\n\r\n\u{1F44D}";
+        let reaction = parse(reaction.as_bytes(), &Limits::default()).expect("parses").message;
+        assert_eq!(reaction.target(), Some("t@x"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Renders a [`ChatMessage`] to MIME: message headers and a content tree, kept apart so the encryption layer can wrap the content.
 
 use super::message::{ChatMessage, GroupChange, Kind, Mailbox};
+use super::parse::ZWSP;
 use super::text::{base64_lines, crlf, encode_display_name, encode_words, filename_param, fold_header};
 
 /// One MIME part: its own headers and a body that is already transfer-encoded.
@@ -204,15 +205,24 @@ fn text_part(text: &str, disposition: Option<&str>) -> Part {
     Part::leaf(headers, body)
 }
 
+/// The text part's body: the quote as `> ` lines and a blank line, then the text. That
+/// quote, with `In-Reply-To` naming the quoted message, is what Delta Chat shows as a reply.
+/// A text that merely starts with `>` (a `>_<`, a quote typed by hand) and answers
+/// nothing gets a zero-width space first, as Delta Chat escapes its own: otherwise Delta Chat
+/// would show it as a quote.
 fn body_text(msg: &ChatMessage) -> String {
     let mut out = String::new();
-    if let Some(q) = &msg.quote {
-        for line in q.split('\n') {
-            out.push_str("> ");
-            out.push_str(line);
+    match &msg.quote {
+        Some(q) => {
+            for line in q.split('\n') {
+                out.push_str("> ");
+                out.push_str(line);
+                out.push('\n');
+            }
             out.push('\n');
         }
-        out.push('\n');
+        None if msg.text.starts_with('>') => out.push(ZWSP),
+        None => {}
     }
     out.push_str(&msg.text);
     out
@@ -367,6 +377,35 @@ mod tests {
         for msg in [base(), group, reaction, edit, delete, receipt, description, avatar, no_avatar] {
             assert_eq!(round_trip(&msg), msg);
         }
+    }
+
+    /// Delta Chat shows a reply only for a quote; a text that merely starts with `>` must
+    /// not look like one (it gets Delta Chat's own zero-width-space escape).
+    #[test]
+    fn only_a_quote_makes_a_reply() {
+        let mut reply = base();
+        reply.text = "tulips".into();
+        reply.in_reply_to = Some("parent@localhost".into());
+        reply.references = vec!["parent@localhost".into()];
+        reply.quote = Some("what shall we plant?\nany ideas".into());
+        let bytes = String::from_utf8(render(&reply)).expect("ascii");
+        assert!(bytes.contains("In-Reply-To: <parent@localhost>\r\n"), "{bytes}");
+        assert!(bytes.ends_with("\r\n\r\n> what shall we plant?\r\n> any ideas\r\n\r\ntulips\r\n"), "{bytes}");
+        assert_eq!(round_trip(&reply), reply);
+
+        let mut sigh = base();
+        sigh.text = ">_< I forgot the seeds".into();
+        let PartBody::Leaf(body) = content(&sigh).body else { panic!("one part") };
+        use base64::Engine as _;
+        let compact: Vec<u8> = body.into_iter().filter(|b| !b.is_ascii_whitespace()).collect();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(compact).expect("base64");
+        assert_eq!(String::from_utf8(decoded).expect("utf-8"), "\u{200B}>_< I forgot the seeds");
+        let back = round_trip(&sigh);
+        assert_eq!(
+            (back.quote, back.text.as_str()),
+            (None, ">_< I forgot the seeds"),
+            "the escape is dropped on reading"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::coi::Kind;
 use crate::config::EncryptionPolicy;
 use crate::hub::e2ee::{self, Budget, Identity, OpenError, Trust};
 use crate::hub::outbound::QueueError;
-use crate::hub::resolve::{chat_for, member_changes, parent_ids, unattributed_chat};
+use crate::hub::resolve::{chat_for, member_changes, parent_ids, quote_of_unknown, quoted_parent, unattributed_chat};
 use crate::hub::securejoin::{SecureJoin, Step};
 use crate::metrics::Metrics;
 use crate::store::keys::KeyLearned;
@@ -179,6 +179,13 @@ impl Ingest {
                 );
                 self.reject(folder, f.uid, "not_a_member", reason, raw(), &mut rejected);
                 continue;
+            }
+            // A quote of a message we never saw: no side can point at it (resolve.rs).
+            if let Some(parent) = quoted_parent(&msg)
+                && !batch_chats.contains_key(parent)
+                && self.store.chat_of_any(&[parent.to_owned()]).await?.is_none()
+            {
+                quote_of_unknown(&mut msg);
             }
             let chat = if attributed {
                 let ids = parent_ids(&msg);

@@ -1,6 +1,6 @@
 //! Pure rules: which chat a mail belongs to, and whom it shows to be in that chat.
 
-use crate::coi::{ChatMessage, GroupChange};
+use crate::coi::{ChatMessage, GroupChange, Kind};
 use crate::store::{ChatKind, ChatRef};
 
 /// Picks the chat: a valid `Chat-Group-ID` wins; then the chat of a known parent
@@ -35,6 +35,36 @@ pub fn parent_ids(msg: &ChatMessage) -> Vec<String> {
     ids.extend(msg.references.iter().rev().cloned());
     ids.dedup();
     ids
+}
+
+/// The message a text message answers by quoting it, which must be known to show the
+/// message as a reply (see [`quote_of_unknown`]).
+pub fn quoted_parent(msg: &ChatMessage) -> Option<&str> {
+    match msg.kind {
+        Kind::Text if msg.quote.is_some() => msg.in_reply_to.as_deref(),
+        _ => None,
+    }
+}
+
+/// A quote of a message this bridge never saw (sent before it joined, or in another
+/// chat): Delta Chat shows the quoted text with no message to go to, and no bridge can
+/// point at one. The quote goes back into the text, so every side still shows it, and the
+/// message answers nothing; its `In-Reply-To` still threads (kept in `references`).
+pub fn quote_of_unknown(msg: &mut ChatMessage) {
+    let Some(quote) = msg.quote.take() else { return };
+    if let Some(parent) = msg.in_reply_to.take()
+        && !msg.references.contains(&parent)
+    {
+        msg.references.push(parent);
+    }
+    let mut text: String = quote.split('\n').map(|l| format!("> {l}\n")).collect();
+    if msg.text.is_empty() {
+        text.pop();
+    } else {
+        text.push('\n');
+        text.push_str(&msg.text);
+    }
+    msg.text = text;
 }
 
 /// (added, removed) member addresses, without our own.
@@ -89,6 +119,31 @@ mod tests {
     fn own_mail_goes_to_the_peer() {
         let m = msg("me@x.org", &["me@x.org", "bob@x.org"]);
         assert_eq!(chat_for(&m, "me@x.org", None).key, "bob@x.org");
+    }
+
+    #[test]
+    fn a_quote_of_an_unknown_message_stays_in_the_text_and_answers_nothing() {
+        let mut m = msg("alice@x.org", &["me@x.org"]);
+        m.in_reply_to = Some("gone@x".into());
+        m.references = vec!["root@x".into()];
+        m.quote = Some("what Bob said\nin two lines".into());
+        m.text = "I agree".into();
+        assert_eq!(quoted_parent(&m), Some("gone@x"));
+        quote_of_unknown(&mut m);
+        assert_eq!(m.text, "> what Bob said\n> in two lines\n\nI agree");
+        assert_eq!((m.quote.as_deref(), m.in_reply_to.as_deref(), m.target()), (None, None, None));
+        assert_eq!(m.references, vec!["root@x".to_string(), "gone@x".to_string()], "still threads");
+
+        let mut bare = msg("alice@x.org", &["me@x.org"]);
+        bare.in_reply_to = Some("p@x".into());
+        bare.quote = Some("only a quote".into());
+        quote_of_unknown(&mut bare);
+        assert_eq!(bare.text, "> only a quote");
+
+        let mut reaction = msg("alice@x.org", &["me@x.org"]);
+        reaction.kind = Kind::Reaction { emoji: "👍".into() };
+        reaction.in_reply_to = Some("p@x".into());
+        assert_eq!(quoted_parent(&reaction), None, "a reaction's target is no quote");
     }
 
     #[test]
