@@ -1,5 +1,7 @@
 //! The Telegram bridge end to end, through the daemon: the fake Bot API (tests/support/telegram.rs), real Dovecot + Postfix and a real Delta Chat core.
 
+#[path = "telegram/degrade.rs"]
+mod degrade;
 mod support;
 
 use std::time::Duration;
@@ -513,23 +515,24 @@ async fn several_pictures_go_out_as_one_album() {
     assert_eq!(media[0]["caption"], json!("<b>Alice</b>: north.png"));
     assert_eq!(media[1]["type"], json!("photo"));
 
-    // Voice notes, videos and other audio go as what they are.
-    for (mime, name, method) in [
-        ("audio/ogg", "voice.ogg", "sendVoice"),
-        ("video/mp4", "clip.mp4", "sendVideo"),
-        ("audio/mpeg", "song.mp3", "sendAudio"),
+    // Voice notes (OGG/Opus), videos and other audio (MP3) go as what they are.
+    let opus = degrade::ogg(b"OpusHead\x01\x01");
+    for (mime, name, data, method) in [
+        ("audio/ogg", "voice.ogg", opus, "sendVoice"),
+        ("video/mp4", "clip.mp4", b"clip".to_vec(), "sendVideo"),
+        ("audio/mpeg", "song.mp3", b"ID3\x04 song".to_vec(), "sendAudio"),
     ] {
         let msg = Outgoing::Message {
             sender: Person { id: "alice@example.org".into(), display_name: "Alice".into() },
             text: String::new(),
-            attachments: vec![Attachment { name: name.into(), mime: mime.into(), data: name.as_bytes().to_vec() }],
+            attachments: vec![Attachment { name: name.into(), mime: mime.into(), data: data.clone() }],
             reply_to: None,
             avatar: None,
         };
         let key = DeliveryKey(format!("coi-{name}"));
         bridge.deliver(&RemoteChatId(GROUP.to_string()), &key, &msg).await.expect("sent");
         let call = tg.wait_call(method, |c| c.method == method).await;
-        assert_eq!(call.files[0].2, name.as_bytes(), "{method}");
+        assert_eq!(call.files[0].2, data, "{method}");
     }
 }
 

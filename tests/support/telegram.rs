@@ -44,8 +44,9 @@ struct Inner {
     /// naming the old id with 400 and `migrate_to_chat_id`.
     migrated: HashMap<i64, i64>,
     calls: Vec<Call>,
-    /// Errors to answer the next calls of a method with: (method, code, description, retry_after).
-    failures: VecDeque<(String, u16, String, Option<u64>)>,
+    /// Errors to answer the next calls of a method with: (method, calls to let through
+    /// first, code, description, retry_after).
+    failures: VecDeque<(String, usize, u16, String, Option<u64>)>,
     admins: HashMap<i64, Vec<i64>>,
     titles: HashMap<i64, String>,
     files: HashMap<String, Vec<u8>>,
@@ -390,9 +391,22 @@ impl FakeTelegram {
 
     /// The next `n` calls of `method` fail with `code` (429 carries `retry_after`).
     pub fn fail_next(&self, method: &str, n: usize, code: u16, description: &str, retry_after: Option<u64>) {
+        self.fail_after(method, 0, n, code, description, retry_after);
+    }
+
+    /// The `n` calls of `method` after the next `skip` fail with `code`.
+    pub fn fail_after(
+        &self,
+        method: &str,
+        skip: usize,
+        n: usize,
+        code: u16,
+        description: &str,
+        retry_after: Option<u64>,
+    ) {
         let mut i = self.lock();
         for _ in 0..n {
-            i.failures.push_back((method.to_owned(), code, description.to_owned(), retry_after));
+            i.failures.push_back((method.to_owned(), skip, code, description.to_owned(), retry_after));
         }
     }
 
@@ -515,8 +529,16 @@ async fn handle(
     // Injected failures first.
     {
         let mut i = inner.lock().expect("lock");
-        if let Some(pos) = i.failures.iter().position(|f| f.0 == method) {
-            let (_, code, description, retry_after) = i.failures.remove(pos).expect("present");
+        let due = match i.failures.iter_mut().find(|f| f.0 == method) {
+            Some(f) if f.1 > 0 => {
+                f.1 -= 1;
+                None
+            }
+            Some(_) => i.failures.iter().position(|f| f.0 == method),
+            None => None,
+        };
+        if let Some(pos) = due {
+            let (_, _, code, description, retry_after) = i.failures.remove(pos).expect("present");
             i.calls.push(Call {
                 method: format!("{method}!failed"),
                 params: params.clone(),

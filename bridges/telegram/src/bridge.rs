@@ -1,4 +1,4 @@
-//! The Telegram side of the `Bridge` contract: long polling in (offset persisted only after a durable submit, or once the update is set aside as a dead letter), bot messages out with bold name prefixes, 429 `retry_after` honoured by the core's per-chat order.
+//! The Telegram side of the `Bridge` contract: long polling in (offset persisted only after a durable submit, or once the update is set aside as a dead letter), bot messages out with bold name prefixes in forms Telegram takes ([`send`]), 429 `retry_after` honoured by the core's per-chat order.
 
 use std::time::Duration;
 
@@ -8,16 +8,14 @@ use coi_bridge_api::{
     RemoteChatId, RemoteEvent, RemoteMsgId, SubmitError,
 };
 use teloxide::net::Download as _;
-use teloxide::payloads::{EditMessageTextSetters as _, GetUpdatesSetters as _, SendMessageSetters as _};
+use teloxide::payloads::GetUpdatesSetters as _;
 use teloxide::prelude::Requester as _;
-use teloxide::types::{
-    AllowedUpdate, ChatId, InputFile, Message, MessageId, ParseMode, ReactionType, ReplyParameters, Update, UpdateKind,
-    UserId,
-};
+use teloxide::types::{AllowedUpdate, ChatId, InputFile, Message, MessageId, ReactionType, Update, UpdateKind, UserId};
 use teloxide::{ApiError, Bot, RequestError};
 
 use crate::config::TelegramConfig;
 
+pub mod send;
 mod updates;
 
 /// Seconds one `getUpdates` long-polls (below teloxide's HTTP timeout).
@@ -32,6 +30,14 @@ pub struct TelegramBridge {
     coi_name: String,
     /// When the bot may next send into each chat, and over all chats.
     pace: tokio::sync::Mutex<Pace>,
+    /// The running bridge's context (hub, state), for what `deliver` learns on the way:
+    /// a group that moved, a message that carries a file.
+    cx: std::sync::RwLock<Option<BridgeContext>>,
+    /// Groups Telegram told us became supergroups: old chat id → new.
+    moved: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
+    /// The parts of a multi-part delivery already sent, by delivery key, while its
+    /// later parts wait for a retry.
+    partial: std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<RemoteMsgId>>>>,
 }
 
 /// Telegram's limits, kept before Telegram has to answer 429.
@@ -91,6 +97,9 @@ impl TelegramBridge {
             coi_address: coi_address.to_lowercase(),
             coi_name: coi_name.to_owned(),
             pace: tokio::sync::Mutex::default(),
+            cx: std::sync::RwLock::default(),
+            moved: std::sync::Mutex::default(),
+            partial: std::sync::Mutex::default(),
         })
     }
 
@@ -127,6 +136,10 @@ impl TelegramBridge {
             at
         };
         tokio::time::sleep_until(wait_until).await;
+    }
+
+    fn context(&self) -> Option<BridgeContext> {
+        self.cx.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn prefixed(&self, sender: &Person, text: &str) -> String {
@@ -401,6 +414,7 @@ impl Bridge for TelegramBridge {
             },
         };
         tracing::info!(bridge = %cx.id, bot = %me.user.full_name(), "Telegram bot connected");
+        *self.cx.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.clone());
         cx.status.connected();
         let mut offset: i32 = match cx.state.get("offset").await {
             Ok(v) => v.and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -467,92 +481,27 @@ impl Bridge for TelegramBridge {
     async fn deliver(
         &self,
         to: &RemoteChatId,
-        _key: &DeliveryKey,
+        key: &DeliveryKey,
         msg: &Outgoing,
     ) -> Result<Vec<RemoteMsgId>, DeliverError> {
-        let chat = chat_id(to)?;
+        let chat = self.current_chat(chat_id(to)?);
         if !matches!(msg, Outgoing::ReadReceipt { .. } | Outgoing::MemberJoined { .. } | Outgoing::MemberLeft { .. }) {
             self.pace(chat).await;
         }
         match msg {
             Outgoing::Message { sender, text, attachments, reply_to, .. } => {
-                let mut parts = Vec::new();
-                if !text.is_empty() || attachments.is_empty() {
-                    let mut req = self.bot.send_message(chat, self.prefixed(sender, text)).parse_mode(ParseMode::Html);
-                    if let Some(r) = reply_to {
-                        req = req.reply_parameters(ReplyParameters::new(message_id(r)?).allow_sending_without_reply());
-                    }
-                    let sent = req.await.map_err(lowered)?;
-                    parts.push(RemoteMsgId(sent.id.0.to_string()));
-                }
-                if let Some(a) = attachments.iter().find(|a| a.data.len() as u64 > self.cfg.max_file_bytes) {
-                    return Err(DeliverError::Permanent(format!("{} is over max_file_bytes", a.name)));
-                }
-                // Several pictures go as one album, as a Telegram user would send them.
-                let photo = |a: &Attachment| a.mime.starts_with("image/") && a.mime != "image/gif";
-                if attachments.len() >= 2 && attachments.len() <= 10 && attachments.iter().all(photo) {
-                    use teloxide::types::{InputMedia, InputMediaPhoto};
-                    let media: Vec<InputMedia> = attachments
-                        .iter()
-                        .map(|a| {
-                            let file = InputFile::memory(a.data.clone()).file_name(a.name.clone());
-                            InputMedia::Photo(
-                                InputMediaPhoto::new(file)
-                                    .caption(self.prefixed(sender, &a.name))
-                                    .parse_mode(ParseMode::Html),
-                            )
-                        })
-                        .collect();
-                    let sent = self.bot.send_media_group(chat, media).await.map_err(lowered)?;
-                    parts.extend(sent.iter().map(|m| RemoteMsgId(m.id.0.to_string())));
-                    return Ok(parts);
-                }
-                for a in attachments {
-                    let file = InputFile::memory(a.data.clone()).file_name(a.name.clone());
-                    let caption = self.prefixed(sender, &a.name);
-                    let sent = if a.mime.starts_with("image/") && a.mime != "image/gif" {
-                        use teloxide::payloads::SendPhotoSetters as _;
-                        self.bot.send_photo(chat, file).caption(caption).parse_mode(ParseMode::Html).await
-                    } else if a.mime == "audio/ogg" {
-                        use teloxide::payloads::SendVoiceSetters as _;
-                        self.bot.send_voice(chat, file).caption(caption).parse_mode(ParseMode::Html).await
-                    } else if a.mime.starts_with("audio/") {
-                        use teloxide::payloads::SendAudioSetters as _;
-                        self.bot.send_audio(chat, file).caption(caption).parse_mode(ParseMode::Html).await
-                    } else if a.mime.starts_with("video/") {
-                        use teloxide::payloads::SendVideoSetters as _;
-                        self.bot.send_video(chat, file).caption(caption).parse_mode(ParseMode::Html).await
-                    } else {
-                        use teloxide::payloads::SendDocumentSetters as _;
-                        self.bot.send_document(chat, file).caption(caption).parse_mode(ParseMode::Html).await
-                    }
-                    .map_err(lowered)?;
-                    parts.push(RemoteMsgId(sent.id.0.to_string()));
-                }
-                Ok(parts)
+                self.send_message(chat, key, sender, text, attachments, reply_to.as_ref()).await
             }
-            Outgoing::Edit { sender, target, new_text } => {
-                let sent = self
-                    .bot
-                    .edit_message_text(chat, message_id(target)?, self.prefixed(sender, new_text))
-                    .parse_mode(ParseMode::Html)
-                    .await
-                    .map_err(lowered)?;
-                Ok(vec![RemoteMsgId(format!("{}-edit", sent.id.0))])
-            }
-            Outgoing::Delete { target, .. } => {
-                self.bot.delete_message(chat, message_id(target)?).await.map_err(lowered)?;
-                Ok(Vec::new())
-            }
-            Outgoing::Reaction { target, emoji, .. } => {
-                use teloxide::payloads::SetMessageReactionSetters as _;
-                let reaction =
-                    if emoji.is_empty() { Vec::new() } else { vec![ReactionType::Emoji { emoji: emoji.clone() }] };
-                self.bot.set_message_reaction(chat, message_id(target)?).reaction(reaction).await.map_err(lowered)?;
-                Ok(Vec::new())
-            }
+            Outgoing::Edit { sender, target, new_text } => self.edit(chat, sender, target, new_text).await,
+            Outgoing::Delete { target, .. } => self.delete(chat, target).await.map(|()| Vec::new()),
+            Outgoing::Reaction { target, emoji, .. } => self.react(chat, target, emoji).await.map(|()| Vec::new()),
             Outgoing::Notice { text } => {
-                let sent = self.bot.send_message(chat, text.clone()).await.map_err(lowered)?;
+                let (_, sent) = self
+                    .followed(chat, |c| {
+                        use teloxide::requests::Request as _;
+                        self.bot.send_message(c, text.clone()).send()
+                    })
+                    .await?;
                 Ok(vec![RemoteMsgId(sent.id.0.to_string())])
             }
             Outgoing::ReadReceipt { .. }
