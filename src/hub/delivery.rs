@@ -44,6 +44,10 @@ pub struct BridgeDelivery {
     metrics: Arc<Metrics>,
 }
 
+/// How many tries a pre-message waits for its file before its text goes alone
+/// (with the backoff, about a minute).
+const WAIT_FOR_FILE_ATTEMPTS: u32 = 6;
+
 enum Built {
     /// What to post, and for an edit, delete or reaction what it targets.
     Send(RemoteChatId, Outgoing, Option<Target>),
@@ -176,6 +180,11 @@ impl BridgeDelivery {
                 Err(e) => return Ok(Built::Failed(e)),
             },
         };
+        // Delta Chat sends a large file after its text (pre-/post-message): wait for the
+        // file a while rather than send the text without it for good.
+        if msg.awaits_file && item.attempts < WAIT_FOR_FILE_ATTEMPTS {
+            return Ok(Built::Retry("its file (Delta Chat's post-message) has not arrived yet".into()));
+        }
         let outgoing = match msg.kind.as_str() {
             "text" => Outgoing::Message {
                 sender,

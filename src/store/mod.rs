@@ -116,6 +116,8 @@ pub struct StoredMessage {
     pub attachments: Vec<StoredAttachment>,
     /// `plain`, `unverified`, `verified`, `invite`, or `sent` for our own.
     pub security: String,
+    /// A Delta Chat pre-message whose file (its post-message) has not arrived yet.
+    pub awaits_file: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

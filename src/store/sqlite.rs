@@ -346,15 +346,18 @@ impl SqliteStore {
 
     async fn load_message(&self, row: sqlx::sqlite::SqliteRow) -> StoreResult<StoredMessage> {
         let row_id: i64 = row.get("id");
-        let attachments = sqlx::query("SELECT name, mime, data FROM attachment WHERE message_row = ? ORDER BY idx")
-            .bind(row_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?
-            .into_iter()
-            .map(|a| StoredAttachment { name: a.get(0), mime: a.get(1), data: a.get(2) })
-            .collect();
+        let attachments: Vec<StoredAttachment> =
+            sqlx::query("SELECT name, mime, data FROM attachment WHERE message_row = ? ORDER BY idx")
+                .bind(row_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .map(|a| StoredAttachment { name: a.get(0), mime: a.get(1), data: a.get(2) })
+                .collect();
         let direction: String = row.get("direction");
+        let awaits_file =
+            row.try_get::<Option<String>, _>("post_message_id").ok().flatten().is_some() && attachments.is_empty();
         Ok(StoredMessage {
             message_id: row.get("message_id"),
             chat_id: row.get("chat_id"),
@@ -367,6 +370,7 @@ impl SqliteStore {
             target: row.get("target"),
             attachments,
             security: row.get("security"),
+            awaits_file,
         })
     }
 
