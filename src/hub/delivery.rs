@@ -50,7 +50,7 @@ const WAIT_FOR_FILE_ATTEMPTS: u32 = 6;
 
 enum Built {
     /// What to post, and for an edit, delete or reaction what it targets.
-    Send(RemoteChatId, Outgoing, Option<Target>),
+    Send(RemoteChatId, Box<Outgoing>, Option<Target>),
     /// Nothing to deliver (a receipt, a merged post-message, a portal gone).
     Skip(&'static str),
     /// The store could not be read; try again later.
@@ -211,7 +211,7 @@ impl BridgeDelivery {
                     "edit" => Outgoing::Edit { sender, target, new_text: msg.text.clone() },
                     _ => Outgoing::Delete { sender, target },
                 };
-                return Ok(Built::Send(to, outgoing, Some(Target { message_id: target_id, copies })));
+                return Ok(Built::Send(to, Box::new(outgoing), Some(Target { message_id: target_id, copies })));
             }
             "receipt" if msg.direction == Direction::In => {
                 // A COI person read a message: their ghost marks it read.
@@ -244,7 +244,7 @@ impl BridgeDelivery {
             "avatar" => Outgoing::GroupAvatar { image: msg.attachments.first().map(to_api) },
             _ => return Ok(Built::Skip("nothing to show")),
         };
-        Ok(Built::Send(to, outgoing, None))
+        Ok(Built::Send(to, Box::new(outgoing), None))
     }
 
     async fn deliver(&self, item: OutboxItem) {
@@ -269,7 +269,7 @@ impl BridgeDelivery {
             }
         };
         let caps = self.bridge.capabilities();
-        match self.send(&item, &to, outgoing, target, &caps).await {
+        match self.send(&item, &to, *outgoing, target, &caps).await {
             Ok(parts) => {
                 for (part, remote) in parts.into_iter().enumerate() {
                     self.map_part(&item.message_id, &to, part as i64, &remote).await;
