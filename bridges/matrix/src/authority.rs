@@ -5,9 +5,11 @@
 //! passes the room's auth rules in many cases and is only checked when applied. The bridge
 //! checks like a careful client does, before anything reaches COI.
 
+use coi_bridge_api::{Failure, RemoteEvent};
 use serde_json::Value;
 
 use crate::client::{AsClient, MatrixError, seg};
+use crate::translate::Homeserver;
 
 /// The power level `redact` has when the room's power levels do not say.
 pub const DEFAULT_REDACT_LEVEL: i64 = 50;
@@ -52,9 +54,9 @@ pub enum Verdict {
     Forbidden(String),
 }
 
-/// The sender of `event_id` in `room` as the bot sees it; `None` when the homeserver does
-/// not show it to the bot (unknown, or from before the bot joined).
-async fn sender_of(client: &AsClient, room: &str, event_id: &str) -> Result<Option<String>, MatrixError> {
+/// The sender of `event_id` in `room` as the appservice's bot sees it; `None` when the
+/// homeserver does not show it to the bot (unknown, or from before the bot joined).
+pub async fn sender_of(client: &AsClient, room: &str, event_id: &str) -> Result<Option<String>, MatrixError> {
     let path = format!("/_matrix/client/v3/rooms/{}/event/{}", seg(room), seg(event_id));
     match client.call(reqwest::Method::GET, &path, None, None).await {
         Ok(ev) => Ok(ev["sender"].as_str().map(str::to_owned)),
@@ -73,33 +75,43 @@ async fn state_event(client: &AsClient, room: &str, event_type: &str) -> Result<
     }
 }
 
+/// [`may_redact_others`] from the room's state as the appservice's bot reads it.
+pub async fn may_redact_others_in(client: &AsClient, room: &str, user: &str) -> Result<bool, MatrixError> {
+    let power_levels = state_event(client, room, "m.room.power_levels").await?;
+    let create = state_event(client, room, "m.room.create").await?;
+    Ok(may_redact_others(power_levels.as_ref().map(|e| &e["content"]), create.as_ref(), user))
+}
+
 /// An edit by `sender` of `target`: only the target's own sender may.
-pub async fn check_edit(client: &AsClient, room: &str, sender: &str, target: &str) -> Result<Verdict, MatrixError> {
-    Ok(match sender_of(client, room, target).await? {
+pub async fn check_edit(hs: &dyn Homeserver, room: &str, sender: &str, target: &str) -> Result<Verdict, Failure> {
+    Ok(match hs.sender_of(room, target).await? {
         Some(author) if author == sender => Verdict::Allowed,
         Some(author) => Verdict::Forbidden(format!("{sender} tried to edit a message by {author}")),
-        None => Verdict::Forbidden(format!("{sender} edited {target}, which the bot cannot see")),
+        None => Verdict::Forbidden(format!("{sender} edited {target}, which the bridge cannot see")),
     })
 }
 
 /// A redaction by `sender` of `target`: its own sender, or someone with the redact power.
-pub async fn check_redaction(
-    client: &AsClient,
-    room: &str,
-    sender: &str,
-    target: &str,
-) -> Result<Verdict, MatrixError> {
-    let author = sender_of(client, room, target).await?;
-    if author.as_deref() == Some(sender) {
+pub async fn check_redaction(hs: &dyn Homeserver, room: &str, sender: &str, target: &str) -> Result<Verdict, Failure> {
+    let author = hs.sender_of(room, target).await?;
+    if author.as_deref() == Some(sender) || hs.may_redact_others(room, sender).await? {
         return Ok(Verdict::Allowed);
     }
-    let power_levels = state_event(client, room, "m.room.power_levels").await?;
-    let create = state_event(client, room, "m.room.create").await?;
-    if may_redact_others(power_levels.as_ref().map(|e| &e["content"]), create.as_ref(), sender) {
-        return Ok(Verdict::Allowed);
-    }
-    let author = author.unwrap_or_else(|| "someone the bot cannot see".into());
+    let author = author.unwrap_or_else(|| "someone the bridge cannot see".into());
     Ok(Verdict::Forbidden(format!("{sender} tried to redact a message by {author} without the power to")))
+}
+
+/// Whether a hub event may pass: edits and redactions are checked, the rest always may.
+pub async fn verdict(hs: &dyn Homeserver, remote: &RemoteEvent) -> Result<Verdict, Failure> {
+    match remote {
+        RemoteEvent::Edit { chat, sender, target, .. } => {
+            check_edit(hs, chat.as_str(), sender.id.as_str(), target.as_str()).await
+        }
+        RemoteEvent::Delete { chat, sender, target, .. } => {
+            check_redaction(hs, chat.as_str(), sender.id.as_str(), target.as_str()).await
+        }
+        _ => Ok(Verdict::Allowed),
+    }
 }
 
 #[cfg(test)]

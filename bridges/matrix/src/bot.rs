@@ -2,34 +2,30 @@
 //!
 //! For homeservers where registering an appservice is not possible. There are no ghosts:
 //! the bot writes "Alice (COI): …", and reactions, receipts and member changes that need
-//! a person of their own are carried as the bot or degraded by the core.
+//! a person of their own are carried as the bot or degraded by the core. What the bot
+//! hears goes through the same translation as appservice mode's ([`crate::sync`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coi_bridge_api::deadletter::{MAX_ATTEMPTS, catch_panic};
 use coi_bridge_api::{
-    Attachment, Bridge, BridgeContext, BridgeError, Capabilities, Command, DeadLetter, DeadLetterKind, DeliverError,
-    DeliveryKey, Hub, Outgoing, Person, RemoteChatId, RemoteEvent, RemoteMsgId, SubmitError,
+    Bridge, BridgeContext, BridgeError, Capabilities, DeliverError, DeliveryKey, Outgoing, Person, RemoteChatId,
+    RemoteMsgId,
 };
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::event_handler::RawEvent;
-use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
-use matrix_sdk::ruma::events::AnySyncTimelineEvent;
 use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
-use matrix_sdk::ruma::events::room::message::{MessageType, RoomMessageEventContent};
+use matrix_sdk::ruma::events::{AnySyncEphemeralRoomEvent, AnySyncTimelineEvent};
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId, UserId};
 use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, Room};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::MatrixConfig;
-use crate::inbound::{PREFIX, text_of};
 
 /// How long one `/sync` long-polls.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -210,246 +206,6 @@ fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// What the bot hears, turned into hub events.
-struct Listener {
-    id: coi_bridge_api::BridgeId,
-    hub: Arc<dyn Hub>,
-    cfg: MatrixConfig,
-    shutdown: CancellationToken,
-}
-
-impl Listener {
-    /// Submits, waiting out "try again" answers: the sync token only moves on once every
-    /// event of a batch is durably queued, refused for good, or (after [`MAX_ATTEMPTS`]
-    /// failures) set aside as a dead letter, so one event never stalls the sync.
-    async fn submit(&self, event_id: &str, event: RemoteEvent) {
-        let mut pause = Duration::from_secs(1);
-        let mut attempts = 0;
-        loop {
-            match self.hub.submit(&self.id, event.clone()).await {
-                Ok(()) => return,
-                Err(SubmitError::Rejected(e)) => {
-                    tracing::info!(bridge = %self.id, reason = %e, "Matrix event not bridged");
-                    return;
-                }
-                Err(SubmitError::Retry(e)) => {
-                    attempts += 1;
-                    if attempts >= MAX_ATTEMPTS {
-                        let reason = format!("failed {attempts} times, last: {e}");
-                        let letter =
-                            DeadLetter::new(Some(event.chat().clone()), event_id, DeadLetterKind::GaveUp, &reason, "");
-                        if self.hub.dead_letter(&self.id, letter).await.is_ok() {
-                            return;
-                        }
-                    }
-                    tracing::warn!(bridge = %self.id, error = %e, retry_in = ?pause, "could not queue a Matrix event");
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    }
-
-    /// Whether `sender` may change `target` (see [`crate::authority`]): an edit only its own
-    /// sender, a redaction also someone with the room's redact power. A refusal is set
-    /// aside as a dead letter.
-    async fn may_change(&self, room: &Room, event_id: &str, sender: &str, target: &str, redaction: bool) -> bool {
-        let author = match EventId::parse(target) {
-            Ok(id) => match room.load_or_fetch_event(&id, None).await {
-                Ok(ev) => ev.raw().get_field::<String>("sender").ok().flatten(),
-                Err(e) => {
-                    tracing::info!(room = %room.room_id(), target, error = %e, "the changed event is not visible");
-                    None
-                }
-            },
-            Err(_) => None,
-        };
-        if author.as_deref() == Some(sender) {
-            return true;
-        }
-        if redaction
-            && let Ok(uid) = UserId::parse(sender)
-            && room.power_levels_or_default().await.user_can_redact_event_of_other(&uid)
-        {
-            return true;
-        }
-        let what = if redaction { "redact" } else { "edit" };
-        let author = author.unwrap_or_else(|| "someone the bot cannot see".into());
-        let reason = format!("{sender} tried to {what} a message by {author}");
-        tracing::warn!(bridge = %self.id, room = %room.room_id(), %reason, "not bridged");
-        let chat = Some(RemoteChatId(room.room_id().to_string()));
-        let letter = DeadLetter::new(chat, event_id, DeadLetterKind::Forbidden, &reason, target);
-        if let Err(e) = self.hub.dead_letter(&self.id, letter).await {
-            tracing::warn!(bridge = %self.id, error = %e, "could not record the refused change");
-        }
-        false
-    }
-
-    async fn notice(&self, room: &Room, key: &str, text: &str) {
-        let content = json!({ "msgtype": "m.notice", "body": text });
-        if let Err(e) = room.send_raw("m.room.message", content).with_transaction_id(&txn(key)).await {
-            tracing::warn!(room = %room.room_id(), error = %e, "could not answer in the room");
-        }
-    }
-
-    async fn command(&self, room: &Room, sender: &str, event_id: &str, body: &str) {
-        let key = format!("cmd-{event_id}");
-        if !self.cfg.is_admin(sender) {
-            tracing::warn!(sender, room = %room.room_id(), "!coi command from a non-admin; refused");
-            let text = format!("Sorry {sender}, only the bridge's admins can use {PREFIX} commands.");
-            return self.notice(room, &key, &text).await;
-        }
-        let command = match Command::parse(body.trim_start_matches(PREFIX)) {
-            Ok(c) => c,
-            Err(e) => return self.notice(room, &key, &e).await,
-        };
-        let title = room.name().unwrap_or_else(|| room.room_id().to_string());
-        let chat = RemoteChatId(room.room_id().to_string());
-        match self.hub.command(&self.id, &chat, &title, command).await {
-            Ok(reply) => {
-                self.notice(room, &key, &reply.text).await;
-                if let Some(png) = reply.qr_png {
-                    let config = matrix_sdk::attachment::AttachmentConfig::new().txn_id(txn(&format!("{key}-qr")));
-                    if let Err(e) = room.send_attachment("invite-qr.png", &mime::IMAGE_PNG, png, config).await {
-                        tracing::warn!(error = %e, "could not post the QR code");
-                    }
-                }
-            }
-            Err(e) => self.notice(room, &key, &format!("That did not work: {e}")).await,
-        }
-    }
-
-    async fn person(&self, room: &Room, mxid: &str) -> Person {
-        let name = match UserId::parse(mxid) {
-            Ok(uid) => room.get_member_no_sync(&uid).await.ok().flatten().map(|m| m.name().to_owned()),
-            Err(_) => None,
-        };
-        Person {
-            id: mxid.into(),
-            display_name: name
-                .unwrap_or_else(|| mxid.trim_start_matches('@').split(':').next().unwrap_or(mxid).to_owned()),
-        }
-    }
-
-    /// A file of a message, decrypted if the room is encrypted.
-    async fn file(&self, client: &Client, content: &Value) -> Result<Attachment, String> {
-        let parsed: RoomMessageEventContent = serde_json::from_value(content.clone()).map_err(|e| e.to_string())?;
-        let (source, name, mime) = match parsed.msgtype {
-            MessageType::Image(c) => (c.source.clone(), c.filename().to_owned(), c.info.and_then(|i| i.mimetype)),
-            MessageType::File(c) => (c.source.clone(), c.filename().to_owned(), c.info.and_then(|i| i.mimetype)),
-            MessageType::Video(c) => (c.source.clone(), c.filename().to_owned(), c.info.and_then(|i| i.mimetype)),
-            MessageType::Audio(c) => (c.source.clone(), c.filename().to_owned(), c.info.and_then(|i| i.mimetype)),
-            _ => return Err("not a file".into()),
-        };
-        let size = content["info"]["size"].as_u64().unwrap_or(0);
-        if size > self.cfg.max_file_bytes {
-            return Err(format!("{name} is {size} bytes, over max_file_bytes"));
-        }
-        let request = MediaRequestParameters { source, format: MediaFormat::File };
-        let data = client.media().get_media_content(&request, false).await.map_err(|e| e.to_string())?;
-        if data.len() as u64 > self.cfg.max_file_bytes {
-            return Err(format!("{name} is {} bytes, over max_file_bytes", data.len()));
-        }
-        Ok(Attachment { name, mime: mime.unwrap_or_else(|| "application/octet-stream".into()), data })
-    }
-
-    /// One timeline event (decrypted already), as the homeserver's JSON.
-    async fn on_event(&self, client: &Client, room: &Room, ev: Value) {
-        let (Some(sender), Some(event_id)) = (ev["sender"].as_str(), ev["event_id"].as_str()) else { return };
-        if client.user_id().is_some_and(|me| me.as_str() == sender) {
-            return; // our own relays: no echo
-        }
-        let chat = RemoteChatId(room.room_id().to_string());
-        let content = &ev["content"];
-        let relates = &content["m.relates_to"];
-        let event = match ev["type"].as_str() {
-            Some("m.room.message") => {
-                let body = content["body"].as_str().unwrap_or_default();
-                if body == PREFIX || body.starts_with("!coi ") {
-                    return self.command(room, sender, event_id, body).await;
-                }
-                if relates["rel_type"] == "m.replace" {
-                    let (Some(target), Some(new_text)) =
-                        (relates["event_id"].as_str(), text_of(&content["m.new_content"]))
-                    else {
-                        return;
-                    };
-                    if !self.may_change(room, event_id, sender, target, false).await {
-                        return;
-                    }
-                    RemoteEvent::Edit {
-                        chat,
-                        id: event_id.into(),
-                        target: target.into(),
-                        sender: self.person(room, sender).await,
-                        new_text,
-                    }
-                } else {
-                    let (text, attachments) = match content["msgtype"].as_str() {
-                        Some("m.image" | "m.file" | "m.video" | "m.audio") => match self.file(client, content).await {
-                            Ok(a) => (String::new(), vec![a]),
-                            Err(e) => (format!("[file not bridged: {e}]"), Vec::new()),
-                        },
-                        _ => (text_of(content).unwrap_or_default(), Vec::new()),
-                    };
-                    RemoteEvent::Message {
-                        chat,
-                        id: event_id.into(),
-                        sender: self.person(room, sender).await,
-                        text,
-                        attachments,
-                        reply_to: relates["m.in_reply_to"]["event_id"].as_str().map(Into::into),
-                    }
-                }
-            }
-            Some("m.reaction") => {
-                let (Some(target), Some(emoji)) = (relates["event_id"].as_str(), relates["key"].as_str()) else {
-                    return;
-                };
-                RemoteEvent::Reaction {
-                    chat,
-                    id: event_id.into(),
-                    target: target.into(),
-                    sender: self.person(room, sender).await,
-                    emoji: emoji.to_owned(),
-                }
-            }
-            Some("m.room.redaction") => {
-                let Some(target) = ev["redacts"].as_str().or(content["redacts"].as_str()) else { return };
-                if !self.may_change(room, event_id, sender, target, true).await {
-                    return;
-                }
-                RemoteEvent::Delete {
-                    chat,
-                    id: event_id.into(),
-                    target: target.into(),
-                    sender: self.person(room, sender).await,
-                }
-            }
-            Some("m.room.topic") if ev["state_key"] == "" => RemoteEvent::Described {
-                chat,
-                id: event_id.into(),
-                sender: self.person(room, sender).await,
-                text: content["topic"].as_str().unwrap_or_default().to_owned(),
-            },
-            Some("m.room.name") if ev["state_key"] == "" => {
-                let Some(name) = content["name"].as_str() else { return };
-                RemoteEvent::Renamed {
-                    chat,
-                    id: event_id.into(),
-                    sender: self.person(room, sender).await,
-                    name: name.to_owned(),
-                }
-            }
-            _ => return,
-        };
-        self.submit(event_id, event).await;
-    }
-}
-
 #[async_trait]
 impl Bridge for BotBridge {
     fn capabilities(&self) -> Capabilities {
@@ -481,7 +237,7 @@ impl Bridge for BotBridge {
                 c
             }
         };
-        let listener = Arc::new(Listener {
+        let listener = Arc::new(crate::sync::Listener {
             id: cx.id.clone(),
             hub: cx.hub.clone(),
             cfg: self.cfg.clone(),
@@ -494,17 +250,23 @@ impl Bridge for BotBridge {
                 async move {
                     let Ok(mut ev) = serde_json::from_str::<Value>(raw.get()) else { return };
                     ev["room_id"] = json!(room.room_id().as_str());
-                    let (id, payload) = (ev["event_id"].as_str().unwrap_or_default().to_owned(), ev.to_string());
-                    // One event's bug must not end the sync: it is set aside instead.
-                    if let Err(panic) = catch_panic(l.on_event(&client, &room, ev)).await {
-                        let chat = Some(RemoteChatId(room.room_id().to_string()));
-                        let letter = DeadLetter::new(chat, &id, DeadLetterKind::Panicked, &panic, &payload);
-                        if let Err(e) = l.hub.dead_letter(&l.id, letter).await {
-                            tracing::error!(event = %id, error = %e, "a panicking event could not be set aside");
-                        }
-                    }
+                    l.on_event(&client, &room, ev).await;
                 }
             });
+        // The owners' read receipts, as appservice mode gets them in its transactions.
+        let l = listener.clone();
+        let receipts = client.add_event_handler(
+            move |_ev: AnySyncEphemeralRoomEvent, room: Room, raw: RawEvent, client: Client| {
+                let l = l.clone();
+                async move {
+                    let Ok(mut ev) = serde_json::from_str::<Value>(raw.get()) else { return };
+                    if ev["type"] == "m.receipt" {
+                        ev["room_id"] = json!(room.room_id().as_str());
+                        l.on_event(&client, &room, ev).await;
+                    }
+                }
+            },
+        );
         let cfg = self.cfg.clone();
         let invites = client.add_event_handler(move |ev: StrippedRoomMemberEvent, room: Room, client: Client| {
             let cfg = cfg.clone();
@@ -559,6 +321,7 @@ impl Bridge for BotBridge {
             }
         };
         client.remove_event_handler(timeline);
+        client.remove_event_handler(receipts);
         client.remove_event_handler(invites);
         result
     }

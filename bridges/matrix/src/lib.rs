@@ -7,9 +7,13 @@
 //! - [`bridge`]: the `Bridge` contract: COI people post through ghosts in portal rooms.
 //! - [`client`]: the client-server API as the appservice uses it (ghosts via `?user_id=`).
 //! - [`config`]: the `[[bridge]] kind = "matrix"` section.
+//! - [`handle`]: one Matrix event handled the same way in both modes (commands, authority,
+//!   submit, set aside).
 //! - [`html`]: `formatted_body` HTML → readable plain text (nothing of the markup survives).
-//! - [`inbound`]: Matrix events of a transaction → `RemoteEvent`s submitted to the hub.
+//! - [`inbound`]: appservice mode's side: the events of a transaction through [`handle`].
 //! - [`registration`]: the appservice registration file Synapse loads, and its tokens.
+//! - [`sync`]: bot mode's side: what the bot account syncs, through [`handle`].
+//! - [`translate`]: Matrix event → hub event, the one translation both modes share.
 //! - [`appservice`]: the HTTP endpoint the homeserver pushes transactions to, checking
 //!   `hs_token` in constant time and processing each transaction once.
 
@@ -19,6 +23,9 @@ pub mod bot;
 pub mod bridge;
 pub mod client;
 pub mod config;
+pub mod handle;
 pub mod html;
 pub mod inbound;
 pub mod registration;
+pub mod sync;
+pub mod translate;

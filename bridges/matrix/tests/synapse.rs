@@ -303,3 +303,263 @@ async fn synapse_transactions_become_hub_events_without_echoes() {
     );
     server.abort();
 }
+
+/// Polls `hub` until one of its events passes `done`; the events so far.
+async fn until(
+    hub: &coi_bridge_api::testing::FakeHub,
+    what: &str,
+    done: impl Fn(&coi_bridge_api::RemoteEvent) -> bool,
+) -> Vec<coi_bridge_api::RemoteEvent> {
+    for _ in 0..600 {
+        let events: Vec<_> = hub.events().into_iter().map(|(_, e)| e).collect();
+        if events.iter().any(&done) {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("{what} never arrived; the hub has {:#?}, set aside {:#?}", hub.events(), hub.dead_letters());
+}
+
+/// The events from the message `first` to the message `last`, both included.
+fn between(events: &[coi_bridge_api::RemoteEvent], first: &str, last: &str) -> Vec<coi_bridge_api::RemoteEvent> {
+    use coi_bridge_api::RemoteEvent::Message;
+    let at = |text: &str| {
+        events
+            .iter()
+            .position(|e| matches!(e, Message { text: t, .. } if t == text))
+            .unwrap_or_else(|| panic!("no {text:?} in {events:#?}"))
+    };
+    events[at(first)..=at(last)].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_mode_and_appservice_mode_make_the_same_hub_events() {
+    use coi_bridge_api::testing::{FakeHub, MemoryState};
+    use coi_bridge_api::{Bridge as _, BridgeContext, RemoteEvent, Status};
+    use coi_bridge_matrix::appservice::{Appservice, router};
+    use coi_bridge_matrix::bot::BotBridge;
+    use coi_bridge_matrix::inbound::MatrixInbound;
+    use std::sync::Arc;
+
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let as_port = free_port();
+    let Some(hs) = Synapse::start_with_as_port(as_port) else { return };
+    let mara = hs.user("mara").await;
+    let eve = hs.user("eve").await;
+    hs.user("relay").await;
+    let base = json!({
+        "id": "matrix", "homeserver": hs.url(), "server_name": "localhost", "admins": ["@mara:localhost"],
+        "max_file_bytes": 1_000_000
+    });
+
+    // Appservice mode: Synapse pushes transactions to the endpoint, as in the daemon.
+    let as_hub = Arc::new(FakeHub::new());
+    let client = AsClient::new(&hs.url(), "coi-as-token", "@coibot:localhost").expect("client");
+    let cfg = serde_json::from_value(base.clone()).expect("cfg");
+    let inbound = Arc::new(MatrixInbound::new("matrix".into(), client.clone(), as_hub.clone(), &cfg));
+    let app = Arc::new(Appservice::new("coi-hs-token", Arc::new(MemoryState::default()), inbound));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
+    let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
+
+    // Bot mode: an ordinary account syncing through matrix-sdk, as in the daemon.
+    let bot_hub = Arc::new(FakeHub::new());
+    let mut bot_cfg = base.clone();
+    bot_cfg["mode"] = json!("bot");
+    bot_cfg["user"] = json!("@relay:localhost");
+    bot_cfg["password_file"] = json!("unused");
+    let store = tempfile::tempdir().expect("tempdir");
+    let bot = BotBridge::new(
+        serde_json::from_value(bot_cfg).expect("bot cfg"),
+        "bridge@example.org",
+        "COI Bridge",
+        store.path().join("bot"),
+        "relay-pw".into(),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cx = BridgeContext {
+        id: "matrix".into(),
+        hub: bot_hub.clone(),
+        state: Arc::new(MemoryState::default()),
+        shutdown: shutdown.clone(),
+        status: Status::new(|_| {}),
+    };
+    let syncing = tokio::spawn(async move { bot.run(cx).await });
+
+    // Mara's room with both bridges, Eve (no admin) and Alice's ghost in it.
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/createRoom", hs.url()))
+        .bearer_auth(&mara)
+        .json(&json!({"preset": "private_chat", "invite": ["@coibot:localhost", "@relay:localhost", "@eve:localhost"]}))
+        .send()
+        .await
+        .expect("createRoom")
+        .json()
+        .await
+        .expect("json");
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    synapse::join_as(&hs, &eve, &room).await;
+    let ghost = "@coi_alice=example.org:localhost";
+    client.register("coi_alice=example.org").await.expect("ghost");
+    synapse::invite_as(&hs, &mara, &room, ghost).await;
+    client.join(&room, ghost).await.expect("the ghost joins");
+    for _ in 0..300 {
+        let members: Value = reqwest::Client::new()
+            .get(format!("{}/_matrix/client/v3/rooms/{}/joined_members", hs.url(), seg(&room)))
+            .bearer_auth(&mara)
+            .send()
+            .await
+            .expect("members")
+            .json()
+            .await
+            .expect("json");
+        if members["joined"].get("@coibot:localhost").is_some() && members["joined"].get("@relay:localhost").is_some() {
+            break;
+        }
+        assert!(!syncing.is_finished(), "bot mode stopped: {:?}", syncing.await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // The same real actions, seen by both modes.
+    let send = |txn: &'static str, event_type: &'static str, content: Value| {
+        let (hs, mara, room) = (&hs, &mara, &room);
+        async move { send_as(hs, mara, room, event_type, txn, content).await }
+    };
+    let state = |event_type: &'static str, content: Value| {
+        let url = format!("{}/_matrix/client/v3/rooms/{}/state/{event_type}/", hs.url(), seg(&room));
+        let token = mara.clone();
+        async move {
+            let r = reqwest::Client::new().put(url).bearer_auth(token).json(&content).send().await.expect("state");
+            assert!(r.status().is_success(), "{event_type}: {:?}", r.text().await);
+        }
+    };
+    send("s0", "m.room.message", json!({"msgtype": "m.text", "body": "first"})).await;
+    let hello = send("s1", "m.room.message", json!({"msgtype": "m.text", "body": "hello"})).await;
+    let reply = send(
+        "s2",
+        "m.room.message",
+        json!({
+            "msgtype": "m.text", "body": "> <@mara:localhost> hello\n\n**my** reply",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<mx-reply><blockquote>hello</blockquote></mx-reply><b>my</b> reply",
+            "m.relates_to": {"m.in_reply_to": {"event_id": hello}}
+        }),
+    )
+    .await;
+    let png = vec![0x89, b'P', b'N', b'G', 13, 10, 26, 10, 7, 7, 7];
+    let pic = synapse::upload_as(&hs, &mara, "pic.png", "image/png", &png).await;
+    send(
+        "s3",
+        "m.room.message",
+        json!({"msgtype": "m.image", "body": "pic.png", "url": pic, "info": {"mimetype": "image/png", "size": png.len()}}),
+    )
+    .await;
+    send(
+        "s4",
+        "m.room.message",
+        json!({
+            "msgtype": "m.text", "body": "* hello, all", "m.new_content": {"msgtype": "m.text", "body": "hello, all"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": hello}
+        }),
+    )
+    .await;
+    // Eve edits Mara's message: neither mode bridges it.
+    let forged = send_as(
+        &hs,
+        &eve,
+        &room,
+        "m.room.message",
+        "e1",
+        json!({
+            "msgtype": "m.text", "body": "* forged", "m.new_content": {"msgtype": "m.text", "body": "forged"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": hello}
+        }),
+    )
+    .await;
+    send("s5", "m.reaction", json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": hello, "key": "🌹"}}))
+        .await;
+    let r = reqwest::Client::new()
+        .put(format!("{}/_matrix/client/v3/rooms/{}/redact/{}/s6", hs.url(), seg(&room), seg(&reply)))
+        .bearer_auth(&mara)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("redact");
+    assert!(r.status().is_success());
+    state("m.room.name", json!({"name": "Rose Garden"})).await;
+    state("m.room.topic", json!({"topic": "Sundays at 10"})).await;
+    let face = synapse::upload_as(&hs, &mara, "face.png", "image/png", &png).await;
+    state("m.room.avatar", json!({"url": face, "info": {"mimetype": "image/png", "size": png.len()}})).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/rooms/{}/kick", hs.url(), seg(&room)))
+        .bearer_auth(&mara)
+        .json(&json!({"user_id": ghost, "reason": "moved away"}))
+        .send()
+        .await
+        .expect("kick");
+    assert!(r.status().is_success());
+    let last = send("s7", "m.room.message", json!({"msgtype": "m.text", "body": "last"})).await;
+    synapse::read_receipt_as(&hs, &mara, &room, &last).await;
+
+    let read = |e: &RemoteEvent| matches!(e, RemoteEvent::ReadReceipt { up_to, .. } if up_to.as_str() == last);
+    let by_appservice = until(&as_hub, "the appservice's read receipt", read).await;
+    let by_bot = until(&bot_hub, "the bot's read receipt", read).await;
+    shutdown.cancel();
+    syncing.await.expect("join").expect("the bot stops cleanly");
+    server.abort();
+
+    // Receipts are not in the timeline: only their presence is compared, not their place.
+    let timeline = |all: &[RemoteEvent]| -> Vec<RemoteEvent> {
+        between(all, "first", "last").into_iter().filter(|e| !matches!(e, RemoteEvent::ReadReceipt { .. })).collect()
+    };
+    let (appservice, bot) = (timeline(&by_appservice), timeline(&by_bot));
+    let kinds: Vec<String> =
+        appservice.iter().map(|e| format!("{e:?}").split([' ', '{']).next().unwrap_or_default().to_owned()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Message",
+            "Message",
+            "Message",
+            "Message",
+            "Edit",
+            "Reaction",
+            "Delete",
+            "Renamed",
+            "Described",
+            "AvatarChanged",
+            "MemberRemoved",
+            "Message"
+        ],
+        "{appservice:#?}"
+    );
+    assert!(
+        matches!(&appservice[2], RemoteEvent::Message { text, reply_to: Some(to), .. } if text == "*my* reply" && to.as_str() == hello),
+        "{:?}",
+        appservice[2]
+    );
+    assert!(
+        matches!(&appservice[9], RemoteEvent::AvatarChanged { image: Some(a), .. } if a.data == png),
+        "{:?}",
+        appservice[9]
+    );
+    assert!(
+        matches!(&appservice[10], RemoteEvent::MemberRemoved { member, .. } if member == "alice@example.org"),
+        "{:?}",
+        appservice[10]
+    );
+    for (i, (a, b)) in appservice.iter().zip(&bot).enumerate() {
+        assert_eq!(a, b, "event {i} differs between appservice mode and bot mode");
+    }
+    assert_eq!(appservice.len(), bot.len(), "bot mode: {bot:#?}");
+    // The attachments' bytes too (their Debug shows only the length).
+    for (a, b) in appservice.iter().zip(&bot) {
+        if let (RemoteEvent::Message { attachments: x, .. }, RemoteEvent::Message { attachments: y, .. }) = (a, b) {
+            assert_eq!(x.iter().map(|a| &a.data).collect::<Vec<_>>(), y.iter().map(|a| &a.data).collect::<Vec<_>>());
+        }
+    }
+    let refused = |hub: &FakeHub| -> Vec<(String, coi_bridge_api::DeadLetterKind)> {
+        hub.dead_letters().into_iter().map(|d| (d.event, d.kind)).collect()
+    };
+    assert_eq!(refused(&as_hub), vec![(forged.clone(), coi_bridge_api::DeadLetterKind::Forbidden)]);
+    assert_eq!(refused(&bot_hub), refused(&as_hub), "the same edit is refused in both modes");
+}
