@@ -2,6 +2,12 @@
 //!
 //! `UPDATE_GOLDEN=1 cargo test golden` rewrites the `.json` files; review the diff before
 //! committing it.
+//!
+//! `dc265-*.eml` are real Delta Chat 2.65 mail: what `deltachat-rpc-server` sent the bridge
+//! in tests/replies.rs, opened with the bridge's key (the protected inner message, as the
+//! daemon parses it). `CAPTURE_DC_FIXTURES=1 CI=true cargo test --test replies
+//! a_delta_chat_follow_up` captures them again; every run of that test checks that fresh mail
+//! still parses as these pin.
 
 use std::path::Path;
 
@@ -123,4 +129,27 @@ fn golden_fixtures_parse_as_pinned() {
         }
     }
     assert!(failures.is_empty(), "{} fixtures differ:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Real Delta Chat 2.65 mail: every message names the chat's last message in In-Reply-To,
+/// but only a quote makes a reply (Delta Chat core's `quoted_message` rule).
+#[test]
+fn real_delta_chat_follow_ups_answer_nothing_and_quotes_answer_what_they_quote() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eml");
+    let read = |name: &str| {
+        let raw = std::fs::read(dir.join(name)).expect("fixture");
+        parse(&raw, &Limits::default()).expect("parses").message
+    };
+    let first = read("dc265-first.eml");
+    let follow = read("dc265-follow-up.eml");
+    let reply = read("dc265-quoted-reply.eml");
+    let raw_follow = String::from_utf8(std::fs::read(dir.join("dc265-follow-up.eml")).expect("fixture")).expect("utf-8");
+    assert!(raw_follow.contains(&format!("In-Reply-To: <{}>", first.message_id)), "Delta Chat threads every message");
+
+    assert_eq!((follow.target(), follow.in_reply_to.as_deref(), follow.quote.as_deref()), (None, None, None));
+    assert_eq!(follow.references.last(), Some(&first.message_id), "the parent still threads");
+
+    assert_eq!(reply.target(), Some(first.message_id.as_str()), "answers the quoted message");
+    assert_eq!((reply.quote.as_deref(), reply.text.as_str()), (Some("first words"), "a quoted reply"));
+    assert_eq!(reply.references.last(), Some(&follow.message_id), "threaded under the chat's last message");
 }
