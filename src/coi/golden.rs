@@ -143,7 +143,8 @@ fn real_delta_chat_follow_ups_answer_nothing_and_quotes_answer_what_they_quote()
     let first = read("dc265-first.eml");
     let follow = read("dc265-follow-up.eml");
     let reply = read("dc265-quoted-reply.eml");
-    let raw_follow = String::from_utf8(std::fs::read(dir.join("dc265-follow-up.eml")).expect("fixture")).expect("utf-8");
+    let raw_follow =
+        String::from_utf8(std::fs::read(dir.join("dc265-follow-up.eml")).expect("fixture")).expect("utf-8");
     assert!(raw_follow.contains(&format!("In-Reply-To: <{}>", first.message_id)), "Delta Chat threads every message");
 
     assert_eq!((follow.target(), follow.in_reply_to.as_deref(), follow.quote.as_deref()), (None, None, None));
