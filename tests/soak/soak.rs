@@ -8,6 +8,7 @@
 mod support;
 
 mod faults;
+mod mailbox;
 mod proxy;
 mod tally;
 
@@ -111,6 +112,44 @@ async fn dc_shown(dc: &DeltaChat, alice: u64, group: &Value, first_seen: &HashMa
         }
     }
     out
+}
+
+/// Alice's own soak messages: Message-ID → sequence (from Delta Chat's message info).
+async fn dc_own_message_ids(dc: &DeltaChat, alice: u64, group: &Value) -> HashMap<String, u32> {
+    let ids: Vec<u64> = dc
+        .call("get_message_ids", json!([alice, group, false, false]))
+        .await
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(300) {
+        let msgs = dc.call("get_messages", json!([alice, chunk])).await;
+        for id in chunk {
+            let m = &msgs[id.to_string()];
+            if m["fromId"].as_u64() != Some(1) {
+                continue;
+            }
+            let Some((Side::DeltaChat, seq)) = m["text"].as_str().and_then(parse_tag) else { continue };
+            let info = dc.call("get_message_info", json!([alice, id])).await;
+            if let Some(mid) = info.as_str().and_then(mailbox::message_id_in_info) {
+                out.insert(mid, seq);
+            }
+        }
+    }
+    out
+}
+
+/// The bridge's own mails (Message-ID → the soak tag of their text), read from its store.
+async fn bridge_sent_message_ids(db: &std::path::Path) -> HashMap<String, (Side, u32)> {
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
+    let Ok(mut conn) = sqlx::ConnectOptions::connect(&opts).await else { return HashMap::new() };
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT message_id, text FROM message WHERE direction = 'out'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+    rows.into_iter().filter_map(|(id, text)| Some((id, parse_tag(&text)?))).collect()
 }
 
 /// What Mara's room shows (everything but her own messages), in timeline order.
@@ -301,7 +340,18 @@ async fn main() {
     let killer = tokio::spawn(sup.clone().kill_loop(t0, kills, seed));
     let mut servers = Servers { mail, hs: hs.clone(), relay, store_dir: store.dir.clone(), dc: dc.clone() };
     let mut faults = servers.outage_loop(t0, outages).await;
-    faults.extend(killer.await.expect("the kill loop"));
+    // A kill inside an outage is measured on the paths that outage leaves open (during
+    // Synapse's, say, a restarted daemon cannot show itself through Matrix).
+    let mut kills = killer.await.expect("the kill loop");
+    for k in &mut kills {
+        for o in &faults {
+            if o.down <= k.up && k.down <= o.up {
+                k.paths.retain(|p| !o.paths.contains(p));
+                k.name.push_str(&format!(" (during {})", o.name.split(' ').next().unwrap_or_default()));
+            }
+        }
+    }
+    faults.extend(kills);
     faults.sort_by(|a, b| a.down.total_cmp(&b.down));
     let mut sent = HashMap::new();
     for s in [dc_sender, m_sender, t_sender] {
@@ -344,6 +394,70 @@ async fn main() {
     shown.insert(Side::Matrix, matrix_shown(&hs, &mara, &room, t0_ms).await);
     shown.insert(Side::Telegram, telegram_shown(&tg, t0));
     let report = Report::new(&sent, &shown, &faults);
+    // Delta Chat's mail passes Postfix and Dovecot before the bridge sees it: the order it
+    // reached the bridge's mailbox in, and each side's order measured against that.
+    let postfix_log = std::fs::read_to_string(servers.mail.dir.join("log/postfix.log")).unwrap_or_default();
+    let own = dc_own_message_ids(&dc, alice, &group).await;
+    let mailbox_seqs: Vec<u32> =
+        mailbox::delivery_order(&postfix_log, BRIDGE).iter().filter_map(|m| own.get(m).copied()).collect();
+    let rank: HashMap<u32, usize> = mailbox_seqs.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+    let against_mailbox = |side: Side| {
+        let mut seen = std::collections::HashSet::new();
+        let ranks = shown[&side]
+            .iter()
+            .filter(|s| s.origin == Side::DeltaChat && seen.insert(s.seq))
+            .filter_map(|s| rank.get(&s.seq).copied());
+        mailbox::reordered(ranks)
+    };
+    // The same for what the bridge sent Delta Chat: the order its mail reached Alice's
+    // mailbox in (the bridge's Message-IDs from its store), and Delta Chat's against that.
+    let sent_ids = bridge_sent_message_ids(&store.dir.join("bridge.db")).await;
+    let alice_order: Vec<(Side, u32)> = mailbox::delivery_order(&postfix_log, "alice@example.org")
+        .iter()
+        .filter_map(|m| sent_ids.get(m).copied())
+        .collect();
+    let alice_rank: HashMap<(Side, u32), usize> = alice_order.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let mut dc_note = String::new();
+    // Out of order by the bridge itself: against what it received (its mailbox for Delta
+    // Chat's mail; Synapse and getUpdates hand it the others in order) and, toward Delta
+    // Chat, against what it handed Postfix (Alice's mailbox order).
+    let raw = |to: Side, from: Side| report.counts[&(to, from)].reordered;
+    // Toward Delta Chat the bridge's order is what Alice sees: Delta Chat sorts by the
+    // Date the bridge set, so Postfix's reordering on the way does not show.
+    let by_bridge = against_mailbox(Side::Matrix)
+        + against_mailbox(Side::Telegram)
+        + raw(Side::Telegram, Side::Matrix)
+        + raw(Side::Matrix, Side::Telegram)
+        + raw(Side::DeltaChat, Side::Matrix)
+        + raw(Side::DeltaChat, Side::Telegram);
+    for origin in [Side::Matrix, Side::Telegram] {
+        let in_mailbox: Vec<usize> =
+            alice_order.iter().filter(|k| k.0 == origin).map(|k| k.1 as usize).collect();
+        let mut seen = std::collections::HashSet::new();
+        let shown_ranks = shown[&Side::DeltaChat]
+            .iter()
+            .filter(|s| s.origin == origin && seen.insert(s.seq))
+            .filter_map(|s| alice_rank.get(&(origin, s.seq)).copied());
+        let shown_ranks: Vec<usize> = shown_ranks.collect();
+        dc_note.push_str(&format!(
+            "{}→Delta Chat: {} matched, {} out of send order in Alice's mailbox, {} as Delta Chat shows them against that order. ",
+            origin.name(),
+            in_mailbox.len(),
+            mailbox::reordered(in_mailbox.iter().copied()),
+            mailbox::reordered(shown_ranks.iter().copied()),
+        ));
+    }
+    let transport_note = format!(
+        "Delta Chat's mail reached the bridge's mailbox (Postfix's log; {} of {} matched by Message-ID) with {} out of \
+         send order; measured against the mailbox's order, Matrix shows {} and Telegram {} of them out of order.\n",
+        mailbox_seqs.len(),
+        per_side[0],
+        mailbox::reordered(mailbox_seqs.iter().map(|&s| s as usize)),
+        against_mailbox(Side::Matrix),
+        against_mailbox(Side::Telegram),
+    ) + dc_note.as_str()
+        + format!("\nOut of order by the bridge itself (against the order it received Delta Chat's mail in; the other paths as shown): {by_bridge}.\n")
+            .as_str();
     let exits = sup.unplanned_exits.lock().await.clone();
 
     let mut text = format!(
@@ -359,6 +473,8 @@ async fn main() {
         exits.len()
     );
     text.push_str(&report.markdown(args.goal_secs));
+    text.push('\n');
+    text.push_str(&transport_note);
     for (at, why) in &exits {
         text.push_str(&format!("\n- daemon exit at {at:.1} s: {why}"));
     }
@@ -367,15 +483,25 @@ async fn main() {
     let mut j = report.json();
     j["unplanned_exits"] = json!(exits.len());
     j["seed"] = json!(seed);
+    j["mailbox_order"] = json!(transport_note.trim());
+    j["reordered_by_bridge"] = json!(by_bridge);
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&j).expect("json")).expect("report.json");
 
+    // The servers' logs go with the report (their folders are temporary).
+    for (from, to) in [
+        (servers.mail.dir.join("log/postfix.log"), "postfix.log"),
+        (servers.mail.dir.join("log/dovecot.log"), "dovecot.log"),
+        (dc.log_path(), "deltachat-rpc.log"),
+    ] {
+        let _ = std::fs::copy(from, out.join(to));
+    }
     // Stop the daemon before the store's file system goes away.
     let mut d = sup.daemon.lock().await;
     d.stop();
     drop(d);
     drop(store);
     drop(servers);
-    if !report.goals_met(args.goal_secs) {
+    if !report.goals_met(args.goal_secs, by_bridge) {
         eprintln!("soak: goals NOT met (0 lost, 0 duplicated, 0 reordered, resume ≤ {} s)", args.goal_secs);
         std::process::exit(1);
     }

@@ -203,13 +203,16 @@ impl Report {
         worst
     }
 
-    /// True when every side shows 0 lost, 0 duplicated, 0 reordered and every fault
-    /// resumed within `goal` seconds.
-    pub fn goals_met(&self, goal: f64) -> bool {
-        SIDES.iter().all(|&s| {
-            let (_, _, l, d, r) = self.side_totals(s);
-            (l, d, r) == (0, 0, 0)
-        }) && self.resumes.iter().all(|(_, p)| Self::resume_of(p).is_some_and(|(r, _)| r <= goal))
+    /// True when every side shows 0 lost and 0 duplicated, the bridge put nothing out of
+    /// order (`reordered_by_bridge`: mail transport may reorder before and after it), and
+    /// every fault resumed within `goal` seconds.
+    pub fn goals_met(&self, goal: f64, reordered_by_bridge: usize) -> bool {
+        reordered_by_bridge == 0
+            && SIDES.iter().all(|&s| {
+                let (_, _, l, d, _) = self.side_totals(s);
+                (l, d) == (0, 0)
+            })
+            && self.resumes.iter().all(|(_, p)| p.is_empty() || Self::resume_of(p).is_some_and(|(r, _)| r <= goal))
     }
 
     pub fn markdown(&self, goal: f64) -> String {
@@ -247,6 +250,7 @@ impl Report {
         );
         for (f, per_path) in &self.resumes {
             let worst = match Self::resume_of(per_path) {
+                _ if per_path.is_empty() => "— (every path it needs was down)".to_owned(),
                 Some((r, (a, b))) => {
                     format!("{r:.1} ({}→{}){}", a.letter(), b.letter(), if r > goal { " ✗" } else { "" })
                 }
