@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sha2::Digest as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+#[cfg(test)]
+use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{Row, SqlitePool, Transaction};
 
 use super::{
@@ -107,8 +109,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+        let pool = pool::options(4)
             .connect_with(opts)
             .await
             .with_context(|| format!("store: cannot open SQLite database {}", path.display()))?;
@@ -764,5 +765,6 @@ mod portals;
 mod private;
 mod retention;
 
+mod pool;
 #[cfg(test)]
 mod tests;
