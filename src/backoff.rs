@@ -39,6 +39,37 @@ impl Backoff {
     }
 }
 
+/// How often a pause after a refused connection looks whether the server is back.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// True if `e` (or an error under it) is a refused TCP connection: nothing listens on the
+/// server's port, it is down or restarting.
+pub fn is_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
+/// Waits out `pause`, but ends it as soon as `host:port` accepts a TCP connection (looked
+/// at every [`PROBE_EVERY`]). For a server that refused connections: a backoff that grew
+/// during a long outage would otherwise keep the bridge away for up to its cap after the
+/// server came back. The probe is a bare connect, closed at once.
+pub async fn pause_until_reachable(pause: Duration, host: &str, port: u16) {
+    let deadline = tokio::time::Instant::now() + pause;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(PROBE_EVERY)).await;
+        let probe = tokio::time::timeout(PROBE_EVERY, tokio::net::TcpStream::connect((host, port))).await;
+        if matches!(probe, Ok(Ok(_))) {
+            tracing::debug!(host, port, "the server accepts connections again; ending the pause");
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +84,26 @@ mod tests {
         assert!(d[9] >= Duration::from_secs(48));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(1200));
+    }
+
+    /// A pause of an hour after a refused connection ends once the port listens again.
+    #[tokio::test]
+    async fn a_refused_pause_ends_when_the_server_is_back() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(anyhow::Error::from);
+        let refused = refused.err().expect("nothing listens yet");
+        assert!(is_refused(&refused.context("IMAP: cannot connect")));
+        let back = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("rebind")
+        });
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            pause_until_reachable(Duration::from_secs(3600), "127.0.0.1", port),
+        )
+        .await;
+        assert!(waited.is_ok(), "the pause outlived the server's return");
+        drop(back.await);
     }
 
     #[test]

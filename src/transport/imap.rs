@@ -142,9 +142,14 @@ impl ImapWorker {
                     self.metrics.failures.with_label_values(&["imap", "transient"]).inc();
                     self.health.imap_failed(format!("{e:#}"));
                     tracing::warn!(error = format!("{e:#}"), retry_in = ?pause, "IMAP connection failed; reconnecting");
+                    // A refused connection: the server is down; reconnect as soon as it
+                    // listens again, not when a backoff grown over the outage ends.
+                    let refused = crate::backoff::is_refused(&e);
+                    let s = &self.settings;
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(pause) => {}
+                        () = crate::backoff::pause_until_reachable(pause, &s.host, s.port), if refused => {}
+                        () = tokio::time::sleep(pause), if !refused => {}
                     }
                 }
             }
