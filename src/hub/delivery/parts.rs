@@ -154,12 +154,17 @@ impl BridgeDelivery {
         }
         let key = DeliveryKey(format!("coi-{}", item.message_id));
         let main = RemoteMsgId(target.copies.first().map(|c| c.remote_id.clone()).unwrap_or_default());
+        // What the copy shows now (the last edit's text, else the message's own), kept so a
+        // later edit leaves the parts that stay the same alone: Telegram refuses an edit
+        // that changes nothing.
+        let shown_key = format!("core:text:{}", target.message_id);
         if text_parts.len() <= 1 && full.is_empty() && plan.parts.len() == 1 && plan.full_text.is_none() {
             // One part before and after: an edit as ever.
-            return self.bridge.deliver(to, &key, &Outgoing::Edit { sender, target: main, new_text }).await;
+            let out = Outgoing::Edit { sender, target: main, new_text: new_text.clone() };
+            let ids = self.bridge.deliver(to, &key, &out).await?;
+            self.record_shown(&shown_key, &new_text).await;
+            return Ok(ids);
         }
-        // The parts as the copy shows them now: those that stay the same are left alone.
-        let shown_key = format!("core:text:{}", target.message_id);
         let shown = match self.store.bridge_state(self.id.as_str(), &shown_key).await.map_err(store_retry)? {
             Some(text) => Some(text),
             None => self.store.message(&target.message_id).await.map_err(store_retry)?.map(|m| m.text),
@@ -225,10 +230,14 @@ impl BridgeDelivery {
                 }
             }
         }
-        if let Err(e) = self.store.set_bridge_state(self.id.as_str(), &shown_key, &new_text).await {
+        self.record_shown(&shown_key, &new_text).await;
+        Ok(own)
+    }
+
+    async fn record_shown(&self, key: &str, text: &str) {
+        if let Err(e) = self.store.set_bridge_state(self.id.as_str(), key, text).await {
             tracing::warn!(bridge = %self.id, error = %e, "could not record the edited text");
         }
-        Ok(own)
     }
 
     /// One step of a multi-part edit, once: a step an earlier attempt took is not taken again.

@@ -242,3 +242,37 @@ async fn reactions_go_as_the_nearest_allowed_one_or_as_text() {
     );
     assert_eq!(r.metrics.outbox.with_label_values(&["matrix", "failed"]).get(), 0, "nothing given up");
 }
+
+#[tokio::test]
+async fn a_part_is_left_alone_only_when_it_shows_the_same_text_already() {
+    let r = rig().await;
+    let first = text("f", 15);
+    from_coi(&r, 1, "m1@x", ChatMessage { text: first.clone(), ..ChatMessage::default() }).await;
+    let bridge = limited();
+    let d = super::tests::delivery(&r, bridge.clone());
+    drive(&d, || bridge.got.lock().expect("lock").len() == 1).await;
+    let edit = |text: &str| ChatMessage {
+        kind: Kind::Edit { target: "m1@x".into() },
+        text: text.into(),
+        ..ChatMessage::default()
+    };
+    // A one-part edit, then one that brings the first text back with more after it: the
+    // copy shows "short" now, so its first part is edited back, not skipped as unchanged.
+    from_coi(&r, 2, "e1@x", edit("short")).await;
+    let longer = format!("{first}\n\n{}", text("g", 10));
+    from_coi(&r, 3, "e2@x", edit(&longer)).await;
+    // Until the new second part went out: it comes last, with or without the edit before it.
+    drive(&d, || {
+        let got = bridge.got.lock().expect("lock");
+        got.len() >= 3 && matches!(got.last(), Some((_, Outgoing::Message { .. })))
+    })
+    .await;
+    let got = bridge.got.lock().expect("lock")[2..].to_vec();
+    match (&got[0].1, &got[1].1) {
+        (Outgoing::Edit { target, new_text, .. }, Outgoing::Message { text, .. }) => {
+            assert_eq!((target.as_str(), new_text.as_str()), ("$ev1", first.as_str()));
+            assert_eq!(text, &self::text("g", 10));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
