@@ -98,6 +98,24 @@ impl Core {
     }
 }
 
+/// A bridge's status handle that also tells its delivery queue when the network is back
+/// (reconnecting, then connected), so retries waiting out a long backoff go at once.
+fn back_online_status(health: coi_bridge_api::Status, back: Arc<tokio::sync::Notify>) -> coi_bridge_api::Status {
+    let down = std::sync::atomic::AtomicBool::new(false);
+    coi_bridge_api::Status::new(move |link| match link {
+        coi_bridge_api::LinkState::Connected => {
+            health.connected();
+            if down.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                back.notify_one();
+            }
+        }
+        coi_bridge_api::LinkState::Reconnecting(reason) => {
+            down.store(true, std::sync::atomic::Ordering::SeqCst);
+            health.reconnecting(reason);
+        }
+    })
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
     let cfg = &loaded.config;
@@ -134,7 +152,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
             hub: core.hub.clone(),
             state: Arc::new(crate::hub::submit::StoreState::new(core.store.clone(), &r.id)),
             shutdown: sup.token(),
-            status: core.health.bridge(r.id.as_str()),
+            status: back_online_status(core.health.bridge(r.id.as_str()), r.delivery.back_online()),
         };
         let health = core.health.clone();
         let core_metrics = core.metrics.clone();

@@ -42,6 +42,8 @@ pub struct BridgeDelivery {
     outbound: Arc<Outbound>,
     policy: RetryPolicy,
     metrics: Arc<Metrics>,
+    /// Told when the bridge reports its network reachable again (see [`Self::back_online`]).
+    back: Arc<tokio::sync::Notify>,
 }
 
 /// How many tries a pre-message waits for its file before its text goes alone
@@ -69,7 +71,30 @@ impl BridgeDelivery {
         policy: RetryPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { id, label: label.to_owned(), bridge, store, outbound, policy, metrics }
+        Self { id, label: label.to_owned(), bridge, store, outbound, policy, metrics, back: Arc::default() }
+    }
+
+    /// Notify it when the bridge's network is reachable again after it was not: the
+    /// queue's heads are tried at once instead of when their backoff, grown over the
+    /// outage (up to minutes), runs out.
+    pub fn back_online(&self) -> Arc<tokio::sync::Notify> {
+        self.back.clone()
+    }
+
+    /// Every chat's head, due or not, delivered now (their attempts count as usual).
+    async fn retry_now(&self) {
+        match self.store.due_outbox(self.id.as_str(), i64::MAX, 64).await {
+            Ok(heads) if !heads.is_empty() => {
+                tracing::info!(bridge = %self.id, chats = heads.len(), "the bridge's network is back; retrying its queue now");
+                let _: Vec<()> = futures::stream::iter(heads)
+                    .map(|item| self.deliver(item))
+                    .buffer_unordered(PARALLEL)
+                    .collect()
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(bridge = %self.id, error = %e, "bridge outbox: cannot read the store"),
+        }
     }
 
     /// Runs until `shutdown`; a delivery in flight is finished first.
@@ -85,6 +110,7 @@ impl BridgeDelivery {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = waker.notified() => {}
+                        () = self.back.notified() => self.retry_now().await,
                         () = tokio::time::sleep(IDLE_POLL) => {}
                     }
                 }
@@ -400,5 +426,7 @@ pub fn degrade(o: &Outgoing) -> Option<Outgoing> {
 mod parts;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_back;
 #[cfg(test)]
 mod tests_parts;

@@ -451,7 +451,9 @@ impl Bridge for TelegramBridge {
                         () = cx.shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    // Capped low: an unanswered long poll costs nothing, and the
+                    // delivery queue waits for this loop to report the API back.
+                    backoff = (backoff * 2).min(Duration::from_secs(4));
                     continue;
                 }
             };
