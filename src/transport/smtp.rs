@@ -87,7 +87,13 @@ pub struct SmtpWorker {
     on_failure: FailureHook,
     metrics: Arc<Metrics>,
     health: Option<Arc<crate::health::Health>>,
+    /// The last attempt found no SMTP server answering (not a 4xx/5xx reply): while rows
+    /// wait, the worker probes it every [`PROBE`] and sends them as soon as it answers.
+    unreachable: std::sync::atomic::AtomicBool,
 }
+
+/// How often an unreachable SMTP server is probed while mails wait for it.
+const PROBE: Duration = Duration::from_secs(1);
 
 impl SmtpWorker {
     /// Reports the SMTP server's state on `/ready`: ok after a mail went out, not ready
@@ -113,7 +119,7 @@ impl SmtpWorker {
         on_failure: FailureHook,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { transport, store, policy, wake, on_failure, metrics, health: None }
+        Self { transport, store, policy, wake, on_failure, metrics, health: None, unreachable: Default::default() }
     }
 
     /// Runs until `shutdown`. A delivery in flight is finished first.
@@ -147,7 +153,22 @@ impl SmtpWorker {
                         store_backoff.next_delay()
                     }
                 };
+                let unreachable = self.unreachable.load(std::sync::atomic::Ordering::SeqCst);
+                let pause = if unreachable { pause.min(PROBE) } else { pause };
                 self.pause(&shutdown, pause.max(Duration::from_millis(50))).await;
+                if unreachable && self.transport.test_connection().await.unwrap_or(false) {
+                    // The server is back: every chat's head goes now, not when a backoff
+                    // grown over the outage runs out (their attempts count as usual).
+                    self.unreachable.store(false, std::sync::atomic::Ordering::SeqCst);
+                    if let Ok(heads) = self.store.due_outbox(SMTP_TARGET, i64::MAX, 64).await {
+                        tracing::info!(mails = heads.len(), "the SMTP server answers again; sending what waits now");
+                        let _: Vec<Outcome> = futures::stream::iter(heads)
+                            .map(|item| self.deliver(item))
+                            .buffer_unordered(PARALLEL)
+                            .collect()
+                            .await;
+                    }
+                }
                 continue;
             }
             // Heads of different chats go out in parallel; each chat's next item waits for
@@ -193,6 +214,10 @@ impl SmtpWorker {
             Err(e) => {
                 if let Some(h) = &self.health {
                     h.smtp_failed(format!("SMTP: {e}"));
+                }
+                // No reply at all (refused, reset, timed out): probe until it answers.
+                if !e.is_transient() {
+                    self.unreachable.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 self.retry(&item, &e.to_string()).await
             }
@@ -311,3 +336,6 @@ fn envelope(from: &str, to: &[String]) -> anyhow::Result<LettreEnvelope> {
         to.iter().map(|t| t.parse().with_context(|| format!("recipient {t:?}"))).collect::<anyhow::Result<Vec<_>>>()?;
     Ok(LettreEnvelope::new(Some(from), to)?)
 }
+
+#[cfg(test)]
+mod tests_probe;
