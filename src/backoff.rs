@@ -91,7 +91,7 @@ mod tests {
     async fn a_refused_pause_ends_when_the_server_is_back() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(anyhow::Error::from);
-        let refused = refused.err().expect("nothing listens yet");
+        let refused = refused.expect_err("nothing listens yet");
         assert!(is_refused(&refused.context("IMAP: cannot connect")));
         let back = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;

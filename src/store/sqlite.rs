@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sha2::Digest as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 #[cfg(test)]
 use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Row, SqlitePool, Transaction};
 
 use super::{

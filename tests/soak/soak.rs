@@ -144,11 +144,10 @@ async fn dc_own_message_ids(dc: &DeltaChat, alice: u64, group: &Value) -> HashMa
 async fn bridge_sent_message_ids(db: &std::path::Path) -> HashMap<String, (Side, u32)> {
     let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
     let Ok(mut conn) = sqlx::ConnectOptions::connect(&opts).await else { return HashMap::new() };
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT message_id, text FROM message WHERE direction = 'out'")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap_or_default();
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT message_id, text FROM message WHERE direction = 'out'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
     rows.into_iter().filter_map(|(id, text)| Some((id, parse_tag(&text)?))).collect()
 }
 
@@ -431,8 +430,7 @@ async fn main() {
         + raw(Side::DeltaChat, Side::Matrix)
         + raw(Side::DeltaChat, Side::Telegram);
     for origin in [Side::Matrix, Side::Telegram] {
-        let in_mailbox: Vec<usize> =
-            alice_order.iter().filter(|k| k.0 == origin).map(|k| k.1 as usize).collect();
+        let in_mailbox: Vec<usize> = alice_order.iter().filter(|k| k.0 == origin).map(|k| k.1 as usize).collect();
         let mut seen = std::collections::HashSet::new();
         let shown_ranks = shown[&Side::DeltaChat]
             .iter()
@@ -500,8 +498,12 @@ async fn main() {
     d.stop();
     drop(d);
     drop(store);
+    // Every server stops here, before any exit (process::exit runs no destructors).
     drop(servers);
-    if !report.goals_met(args.goal_secs, by_bridge) {
+    hs.stop();
+    drop(dc);
+    let met = report.goals_met(args.goal_secs, by_bridge);
+    if !met {
         eprintln!("soak: goals NOT met (0 lost, 0 duplicated, 0 reordered, resume ≤ {} s)", args.goal_secs);
         std::process::exit(1);
     }

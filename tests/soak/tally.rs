@@ -100,6 +100,9 @@ pub struct Counts {
     pub reordered: usize,
 }
 
+/// A path (origin → receiver) and its seconds from a fault's end to its first message.
+pub type PathResume = ((Side, Side), Option<f64>);
+
 /// The figures of a run.
 pub struct Report {
     /// (receiver, origin) → counts.
@@ -107,7 +110,7 @@ pub struct Report {
     /// Messages shown back on the side that wrote them (counted as duplicates too).
     pub echoes: BTreeMap<Side, usize>,
     /// Per fault: per path the seconds from its return to the first message through.
-    pub resumes: Vec<(Fault, Vec<((Side, Side), Option<f64>)>)>,
+    pub resumes: Vec<(Fault, Vec<PathResume>)>,
 }
 
 impl Report {
@@ -192,7 +195,7 @@ impl Report {
     }
 
     /// The slowest path's resume time of a fault (None: some path never flowed again).
-    pub fn resume_of(per_path: &[((Side, Side), Option<f64>)]) -> Option<(f64, (Side, Side))> {
+    pub fn resume_of(per_path: &[PathResume]) -> Option<(f64, (Side, Side))> {
         let mut worst: Option<(f64, (Side, Side))> = None;
         for &(p, r) in per_path {
             let r = r?;
