@@ -157,7 +157,8 @@ impl TelegramBridge {
             match self.send_part(chat, part, if i == 0 { reply } else { None }).await {
                 Ok(ids) => done.push(ids),
                 Err(e) => {
-                    if !done.is_empty() {
+                    // Only a retry comes back for the rest; after a permanent failure none does.
+                    if !done.is_empty() && matches!(e, DeliverError::Retry { .. }) {
                         self.journal().insert(key.0.clone(), done);
                     }
                     return Err(e);
