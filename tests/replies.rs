@@ -7,8 +7,9 @@ use std::path::Path;
 use coi_bridge::coi::crypto::{self, Unlock};
 use coi_bridge::coi::{ChatMessage, Limits, parse, pgpmime};
 use coi_bridge::store::keys::KeyStore as _;
+use coi_bridge::store::portals::PortalStore as _;
 use serde_json::{Value, json};
-use support::bridged::{Stack, WAIT};
+use support::bridged::{ALICE_GHOST, Stack, WAIT};
 use support::eventually;
 use support::telegram::{Call, FakeTelegram, TOKEN};
 
@@ -216,6 +217,41 @@ async fn matrix_and_telegram_replies_reach_delta_chat_as_quotes_and_plain_messag
     tg.user_says(GROUP, TOM, "roses, from Telegram", Some(asked_tg));
     let m = s.at_alice("roses, from Telegram").await;
     assert!(quotes_alice(&m), "a quote of Alice's message: {}", m["quote"]);
+
+    // A reply to a picture without text quotes what Delta Chat quotes then ("Image"):
+    // without a quote Delta Chat shows no reply at all.
+    let png = s.state.path().join("bed.png");
+    std::fs::write(&png, support::PNG).expect("png");
+    dc.call("send_msg", json!([alice, s.group, {"file": png, "filename": "bed.png", "viewtype": "Image"}])).await;
+    let picture_mx = s
+        .event("Alice's picture in the room", |e| e["content"]["msgtype"] == "m.image" && e["sender"] == ALICE_GHOST)
+        .await;
+    let picture_dc = eventually(WAIT, "Alice's picture", || async {
+        let ids = dc.call("get_message_ids", json!([alice, s.group, false, false])).await;
+        let msgs = dc.call("get_messages", json!([alice, ids])).await;
+        msgs.as_object().and_then(|m| m.values().find(|v| v["viewType"] == "Image").cloned())
+    })
+    .await;
+    // Mara answers once the bridge has noted which event the picture became.
+    let store = s.daemon.store().await;
+    let picture_id = picture_mx["event_id"].as_str().expect("an event id");
+    eventually(WAIT, "the picture's event mapped", || async {
+        store.coi_id_of_remote("matrix", &s.room, picture_id).await.expect("read")
+    })
+    .await;
+    s.send(
+        "r2",
+        json!({"msgtype": "m.text", "body": "nice bed",
+               "m.relates_to": {"m.in_reply_to": {"event_id": picture_mx["event_id"]}}}),
+    )
+    .await;
+    let m = s.at_alice("nice bed").await;
+    assert_eq!(
+        (&m["quote"]["kind"], &m["quote"]["messageId"], &m["quote"]["text"]),
+        (&json!("WithMessage"), &picture_dc["id"], &json!("Image")),
+        "a quote of the picture: {}",
+        m["quote"]
+    );
 
     // Plain messages are no replies, even when they start with ">" (a typed quote, a
     // ">_<"), which Delta Chat would otherwise take for a quote.

@@ -1,7 +1,7 @@
 //! Pure rules: which chat a mail belongs to, and whom it shows to be in that chat.
 
 use crate::coi::{ChatMessage, GroupChange, Kind};
-use crate::store::{ChatKind, ChatRef};
+use crate::store::{ChatKind, ChatRef, StoredMessage};
 
 /// Picks the chat: a valid `Chat-Group-ID` wins; then the chat of a known parent
 /// (In-Reply-To/References); else the 1:1 chat with the other person.
@@ -65,6 +65,24 @@ pub fn quote_of_unknown(msg: &mut ChatMessage) {
         text.push_str(&msg.text);
     }
     msg.text = text;
+}
+
+/// What a reply to `parent` quotes: its text, or for a file without text what Delta Chat
+/// quotes then (a summary such as "Image", never an empty quote: without a quote Delta Chat
+/// shows no reply).
+pub fn quote_of(parent: &StoredMessage) -> String {
+    if !parent.text.is_empty() {
+        return parent.text.clone();
+    }
+    let Some(file) = parent.attachments.first() else { return "…".to_owned() };
+    let kind = file.mime.split('/').next().unwrap_or_default();
+    match (kind, file.mime.as_str()) {
+        (_, "image/gif") => "GIF".to_owned(),
+        ("image", _) => "Image".to_owned(),
+        ("video", _) => "Video".to_owned(),
+        ("audio", _) => "Audio".to_owned(),
+        _ => file.name.clone(),
+    }
 }
 
 /// (added, removed) member addresses, without our own.
@@ -144,6 +162,28 @@ mod tests {
         reaction.kind = Kind::Reaction { emoji: "👍".into() };
         reaction.in_reply_to = Some("p@x".into());
         assert_eq!(quoted_parent(&reaction), None, "a reaction's target is no quote");
+    }
+
+    #[test]
+    fn a_reply_quotes_a_file_without_text_by_its_kind() {
+        use crate::store::{Direction, StoredAttachment};
+        let parent = |text: &str, mime: &str| StoredMessage {
+            message_id: "p@x".into(),
+            chat_id: 1,
+            direction: Direction::In,
+            kind: "text".into(),
+            from_addr: "alice@x.org".into(),
+            from_name: "Alice".into(),
+            text: text.into(),
+            in_reply_to: None,
+            target: None,
+            attachments: vec![StoredAttachment { name: "notes.pdf".into(), mime: mime.into(), data: vec![1] }],
+            security: "verified".into(),
+            awaits_file: false,
+        };
+        assert_eq!(quote_of(&parent("look", "image/png")), "look");
+        assert_eq!(quote_of(&parent("", "image/png")), "Image");
+        assert_eq!(quote_of(&parent("", "application/pdf")), "notes.pdf");
     }
 
     #[test]

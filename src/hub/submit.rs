@@ -260,10 +260,10 @@ impl Hub for CoreHub {
                     Some(r) => self.coi_id(from, &remote_chat, r.as_str()).await?,
                     None => None,
                 };
-                // Delta Chat shows a reply with the quoted text, so quote the parent.
+                // Delta Chat shows a reply only with a quote, so quote the parent.
                 let quote = match &in_reply_to {
                     Some(id) => {
-                        self.store.message(id).await.map_err(store_err)?.map(|m| m.text).filter(|t| !t.is_empty())
+                        self.store.message(id).await.map_err(store_err)?.map(|m| crate::hub::resolve::quote_of(&m))
                     }
                     None => None,
                 };
