@@ -43,6 +43,23 @@ async fn seen(seen: &Seen, what: &str, pred: impl Fn(&(String, String, bool)) ->
     eventually(WAIT, what, || async { seen.lock().expect("lock").iter().find(|e| pred(e)).cloned() }).await
 }
 
+/// The daemon in bot mode as `RELAY` (admin: Mara), its state in `state`; ready.
+async fn bot_daemon(mail: &support::MailServer, hs: &Synapse, state: &std::path::Path) -> Daemon {
+    let http_port = free_port();
+    let config = support::write_config_with(mail, state, Link::Plain, "", http_port, "required");
+    std::fs::write(state.join("relay-password"), "relay-pw\n").expect("password file");
+    let section = format!(
+        "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nmode = \"bot\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
+         user = \"{RELAY}\"\npassword_file = \"relay-password\"\nadmins = [\"@mara:localhost\"]\n",
+        hs.url()
+    );
+    let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = Daemon::with_config(state, config, http_port);
+    daemon.wait_ready().await;
+    daemon
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bot_account_bridges_an_encrypted_room_and_keeps_its_device() {
     coi_bridge::init_crypto();
@@ -54,18 +71,7 @@ async fn the_bot_account_bridges_an_encrypted_room_and_keeps_its_device() {
     hs.user("mara").await;
 
     let state = tempfile::tempdir().expect("tempdir");
-    let http_port = free_port();
-    let config = support::write_config_with(&mail, state.path(), Link::Plain, "", http_port, "required");
-    std::fs::write(state.path().join("relay-password"), "relay-pw\n").expect("password file");
-    let section = format!(
-        "\n[[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nmode = \"bot\"\nhomeserver = \"{}\"\nserver_name = \"localhost\"\n\
-         user = \"{RELAY}\"\npassword_file = \"relay-password\"\nadmins = [\"@mara:localhost\"]\n",
-        hs.url()
-    );
-    let text = std::fs::read_to_string(&config).expect("config") + section.as_str();
-    std::fs::write(&config, text).expect("config");
-    let mut daemon = Daemon::with_config(state.path(), config, http_port);
-    daemon.wait_ready().await;
+    let mut daemon = bot_daemon(&mail, &hs, state.path()).await;
 
     let (mara, seen_by_mara) = mara_client(&hs, state.path()).await;
     let sync = mara.clone();
@@ -157,4 +163,71 @@ async fn the_bot_account_bridges_an_encrypted_room_and_keeps_its_device() {
         () = syncing => unreachable!("the sync loop does not end"),
         () = body => {}
     }
+}
+
+/// Bot mode goes through the same translation as appservice mode: a room image and an
+/// admin's kick of a COI person's ghost reach Delta Chat (before, bot mode dropped both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_image_and_a_kick_in_a_bot_mode_room_reach_delta_chat() {
+    use support::bridged::{ALICE_GHOST, bridge_room_as, create_room};
+    use support::synapse::{invite_as, seg, timeline, upload_as};
+
+    coi_bridge::init_crypto();
+    let mail = mail_server!();
+    let Some(hs) = Synapse::start() else { return };
+    let Some(dc) = DeltaChat::start().await else { return };
+    let alice = dc.account(&mail, "alice", "Alice").await;
+    hs.user("relay").await;
+    let mara = hs.user("mara").await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let _daemon = bot_daemon(&mail, &hs, state.path()).await;
+
+    // Mara's room with the bot account in it, bridged; Alice joins the COI group.
+    let room = create_room(&hs, &mara, json!({"name": "Garden Club", "invite": [RELAY]})).await;
+    eventually(WAIT, "the bot joins", || async {
+        timeline(&hs, &mara, &room)
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "m.room.member" && e["state_key"] == RELAY && e["content"]["membership"] == "join")
+    })
+    .await;
+    let link = bridge_room_as(&hs, &mara, &room).await;
+    let group = dc.join(alice, &link, WAIT).await;
+    // A puppet of Alice in the room (made through the homeserver's appservice namespace).
+    let puppets =
+        coi_bridge_matrix::client::AsClient::new(&hs.url(), "coi-as-token", "@coibot:localhost").expect("client");
+    puppets.register("coi_alice=example.org").await.expect("the puppet");
+    invite_as(&hs, &mara, &room, ALICE_GHOST).await;
+    puppets.join(&room, ALICE_GHOST).await.expect("the puppet joins");
+
+    // The room image becomes the group's image.
+    let mxc = upload_as(&hs, &mara, "oak.png", "image/png", support::PNG).await;
+    let r = reqwest::Client::new()
+        .put(format!("{}/_matrix/client/v3/rooms/{}/state/m.room.avatar/", hs.url(), seg(&room)))
+        .bearer_auth(&mara)
+        .json(&json!({"url": mxc, "info": {"mimetype": "image/png", "size": support::PNG.len()}}))
+        .send()
+        .await
+        .expect("avatar");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    eventually(WAIT, "the group image at Alice", || async {
+        let c = dc.call("get_full_chat_by_id", json!([alice, group])).await;
+        c["profileImage"].as_str().map(|_| ())
+    })
+    .await;
+
+    // Mara (an admin) removes Alice's puppet: Alice is removed from the COI group.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/rooms/{}/kick", hs.url(), seg(&room)))
+        .bearer_auth(&mara)
+        .json(&json!({"user_id": ALICE_GHOST, "reason": "moved away"}))
+        .send()
+        .await
+        .expect("kick");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    eventually(WAIT, "Alice removed from the COI group", || async {
+        let c = dc.call("get_full_chat_by_id", json!([alice, group])).await;
+        (c["selfInGroup"] == json!(false)).then_some(())
+    })
+    .await;
 }

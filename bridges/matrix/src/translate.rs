@@ -248,8 +248,106 @@ async fn member_removed(
 
 #[cfg(test)]
 mod tests {
-    use super::{strip_reply_fallback, text_of};
-    use serde_json::json;
+    use super::{Homeserver, strip_reply_fallback, text_of, translate};
+    use crate::config::MatrixConfig;
+    use async_trait::async_trait;
+    use coi_bridge_api::{DeadLetterKind, Failure, Person, RemoteEvent};
+    use serde_json::{Value, json};
+    use std::sync::Mutex;
+
+    /// A homeserver whose files are `data` (or fail for good), recording notices.
+    struct Room {
+        data: Option<Vec<u8>>,
+        notices: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Homeserver for Room {
+        fn is_ours(&self, mxid: &str) -> bool {
+            mxid == "@bot:hs"
+        }
+        async fn person(&self, _room: &str, mxid: &str) -> Person {
+            Person { id: mxid.into(), display_name: mxid.into() }
+        }
+        async fn fetch(&self, _content: &Value, _max: u64) -> Result<Vec<u8>, Failure> {
+            self.data.clone().ok_or_else(|| Failure::Permanent(DeadLetterKind::Failed, "404".into()))
+        }
+        async fn sender_of(&self, _room: &str, _event_id: &str) -> Result<Option<String>, Failure> {
+            Ok(None)
+        }
+        async fn may_redact_others(&self, _room: &str, _user: &str) -> Result<bool, Failure> {
+            Ok(false)
+        }
+        async fn notice(&self, _room: &str, _key: &str, text: &str) -> Result<(), Failure> {
+            self.notices.lock().expect("lock").push(text.to_owned());
+            Ok(())
+        }
+        async fn image(&self, _room: &str, _key: &str, _name: &str, _png: Vec<u8>) -> Result<(), Failure> {
+            Ok(())
+        }
+        async fn room_name(&self, _room: &str) -> Option<String> {
+            None
+        }
+        async fn matrix_people(&self, _room: &str) -> Option<Vec<String>> {
+            None
+        }
+    }
+
+    fn cfg() -> MatrixConfig {
+        serde_json::from_value(json!({
+            "id": "matrix", "homeserver": "http://127.0.0.1:9", "server_name": "hs", "admins": ["@admin:hs"],
+            "max_file_bytes": 10
+        }))
+        .expect("config")
+    }
+
+    fn ev(kind: &str, sender: &str, content: Value) -> Value {
+        json!({"type": kind, "room_id": "!r", "event_id": "$e", "sender": sender, "content": content})
+    }
+
+    #[tokio::test]
+    async fn files_keep_their_caption_and_oversized_ones_are_named() {
+        let room = Room { data: Some(vec![1, 2, 3]), notices: Mutex::default() };
+        let pic = json!({"msgtype": "m.image", "filename": "a.png", "body": "look", "url": "mxc://hs/a",
+                         "info": {"mimetype": "image/png"}});
+        let out = translate(&room, &cfg(), &ev("m.room.message", "@u:hs", pic)).await.expect("translated");
+        assert!(
+            matches!(&out[..], [RemoteEvent::Message { text, attachments, .. }]
+            if text == "look" && attachments[0].name == "a.png" && attachments[0].data == [1, 2, 3]),
+            "{out:?}"
+        );
+        let big = json!({"msgtype": "m.file", "body": "big.bin", "url": "mxc://hs/b", "info": {"size": 11}});
+        let out = translate(&room, &cfg(), &ev("m.room.message", "@u:hs", big)).await.expect("translated");
+        assert!(
+            matches!(&out[..], [RemoteEvent::Message { text, attachments, .. }]
+            if text.starts_with("[file not bridged: big.bin is 11 bytes") && attachments.is_empty()),
+            "{out:?}"
+        );
+        let echo = ev("m.room.message", "@bot:hs", json!({"msgtype": "m.text", "body": "mine"}));
+        assert!(translate(&room, &cfg(), &echo).await.expect("translated").is_empty(), "no echo");
+    }
+
+    #[tokio::test]
+    async fn only_admins_remove_ghosts_and_a_lost_room_image_is_set_aside() {
+        let room = Room { data: None, notices: Mutex::default() };
+        let kick = |sender: &str| {
+            let mut e = ev("m.room.member", sender, json!({"membership": "leave"}));
+            e["state_key"] = json!("@coi_alice=example.org:hs");
+            e
+        };
+        let out = translate(&room, &cfg(), &kick("@admin:hs")).await.expect("translated");
+        assert!(matches!(&out[..], [RemoteEvent::MemberRemoved { member, .. }] if member == "alice@example.org"));
+        assert!(translate(&room, &cfg(), &kick("@else:hs")).await.expect("translated").is_empty());
+        assert_eq!(room.notices.lock().expect("lock").len(), 1, "the non-admin is told");
+        let mut avatar = ev("m.room.avatar", "@admin:hs", json!({"url": "mxc://hs/gone"}));
+        avatar["state_key"] = json!("");
+        let err = translate(&room, &cfg(), &avatar).await.expect_err("not fetched");
+        assert!(matches!(err, Failure::Permanent(DeadLetterKind::Failed, _)), "{err:?}");
+        let receipt = json!({"type": "m.receipt", "room_id": "!r",
+            "content": {"$x": {"m.read": {"@admin:hs": {}, "@else:hs": {}}}}});
+        let out = translate(&room, &cfg(), &receipt).await.expect("translated");
+        assert!(matches!(&out[..], [RemoteEvent::ReadReceipt { reader, .. }] if reader.id.as_str() == "@admin:hs"));
+    }
 
     #[test]
     fn reply_fallbacks_are_dropped() {
