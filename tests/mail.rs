@@ -142,6 +142,8 @@ async fn outbox_round_trip_reaches_another_mailbox_and_parses_back_the_same() {
         }),
         in_reply_to: Some("parent@localhost".into()),
         references: vec!["parent@localhost".into()],
+        // A reply carries its parent's quote: without one, In-Reply-To only threads.
+        quote: Some("the parent's words".into()),
         text: "Grüße with a picture 🖼".into(),
         attachments: vec![
             Attachment {
@@ -177,7 +179,7 @@ async fn outbox_round_trip_reaches_another_mailbox_and_parses_back_the_same() {
     assert_eq!(back.text, msg.text);
     assert_eq!(back.attachments, msg.attachments);
     assert_eq!(back.group, msg.group);
-    assert_eq!(back.in_reply_to, msg.in_reply_to);
+    assert_eq!((back.in_reply_to, back.quote), (msg.in_reply_to, msg.quote));
     assert!(back.is_chat);
     assert_eq!(server.fetch_all("carol").await.len(), 1);
     assert_eq!(store.outbox_state(SMTP_TARGET, &id).await.expect("state"), Some(OutboxState::Done));
