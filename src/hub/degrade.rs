@@ -84,10 +84,10 @@ pub fn plan_text(text: &str, caps: &Capabilities, sender_name: &str) -> TextPlan
     }
     let fits_a_file = caps.media && caps.max_file_size.is_none_or(|max| text.len() as u64 <= max);
     if fits_a_file {
-        let first = first_part(text, budget - limit.unit.len(IN_FILE), limit.unit) + IN_FILE;
+        let first = first_part(text, budget.saturating_sub(limit.unit.len(IN_FILE)).max(1), limit.unit) + IN_FILE;
         return TextPlan { parts: vec![first], full_text: Some(text.to_owned()) };
     }
-    let mut parts = split_text(text, budget - limit.unit.len(CUT), limit.unit);
+    let mut parts = split_text(text, budget.saturating_sub(limit.unit.len(CUT)).max(1), limit.unit);
     parts.truncate(MAX_PARTS);
     if let Some(last) = parts.last_mut() {
         last.push_str(CUT);

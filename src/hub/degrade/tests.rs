@@ -182,3 +182,13 @@ fn edits_edit_send_and_drop_parts_as_the_new_text_needs() {
         ]
     );
 }
+
+#[test]
+fn a_tiny_limit_still_splits_without_a_panic() {
+    let tiny = TextLimit { max: 8, unit: TextUnit::Utf8 };
+    let text = "word ".repeat(500);
+    let plan = plan_text(&text, &caps(tiny), "A");
+    assert!(plan.full_text.is_some() && !plan.parts[0].is_empty());
+    let plan = plan_text(&text, &Capabilities { media: false, ..caps(tiny) }, "A");
+    assert_eq!(plan.parts.len(), MAX_PARTS);
+}
