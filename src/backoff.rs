@@ -39,6 +39,35 @@ impl Backoff {
     }
 }
 
+/// How long a worker keeps trying to write down a delivery the remote side already has.
+pub const RECORD_FOR: Duration = Duration::from_secs(300);
+
+/// Runs `op` until it succeeds, pausing 0.5 s, doubling to 10 s, between tries, for at
+/// most `within`; the last error if it never did. For recording a delivery that already
+/// happened: giving up at once leaves the row due, so the next round sends it again (a
+/// duplicate where the network has no idempotency key, Telegram), and what refuses the
+/// write (a full disk, a locked store) usually passes.
+pub async fn until_ok<T, E, F, Fut>(within: Duration, mut op: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let pause = backoff.next_delay();
+                if tokio::time::Instant::now() + pause > deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
 /// How often a pause after a refused connection looks whether the server is back.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -104,6 +133,20 @@ mod tests {
         .await;
         assert!(waited.is_ok(), "the pause outlived the server's return");
         drop(back.await);
+    }
+
+    /// A write the store refuses a few times is tried again until it passes.
+    #[tokio::test]
+    async fn until_ok_retries_until_the_write_passes() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let r: Result<u32, &str> = until_ok(Duration::from_secs(60), || async {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < 3 { Err("database or disk is full") } else { Ok(n) }
+        })
+        .await;
+        assert_eq!(r, Ok(3));
+        let r: Result<(), &str> = until_ok(Duration::from_millis(100), || async { Err("still full") }).await;
+        assert_eq!(r, Err("still full"), "bounded");
     }
 
     #[test]

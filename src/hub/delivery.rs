@@ -149,7 +149,8 @@ impl BridgeDelivery {
     /// Records one part of a COI message's copy (a failure is logged: the delivery stands).
     async fn map_part(&self, message_id: &str, to: &RemoteChatId, part: i64, remote: &RemoteMsgId) {
         let copy = RemoteCopy { remote_chat: to.0.clone(), remote_id: remote.0.clone(), part };
-        if let Err(e) = self.store.map_remote(message_id, self.id.as_str(), &copy).await {
+        let write = || self.store.map_remote(message_id, self.id.as_str(), &copy);
+        if let Err(e) = backoff::until_ok(backoff::RECORD_FOR, write).await {
             tracing::error!(bridge = %self.id, message_id, part, error = %e, "delivered, but the id map was not written");
         }
     }
@@ -300,7 +301,8 @@ impl BridgeDelivery {
                 for (part, remote) in parts.into_iter().enumerate() {
                     self.map_part(&item.message_id, &to, part as i64, &remote).await;
                 }
-                if let Err(e) = self.store.outbox_done(item.id).await {
+                // Marked before the chat's next item goes, or the next round sends it again.
+                if let Err(e) = backoff::until_ok(backoff::RECORD_FOR, || self.store.outbox_done(item.id)).await {
                     tracing::error!(bridge = %self.id, error = %e, "delivered, but the outbox row was not marked");
                 }
                 self.metrics.delivered(self.id.as_str(), &item.message_id, item.queued_at_ms);

@@ -197,7 +197,7 @@ impl SmtpWorker {
         };
         match self.transport.send_raw(&envelope, &item.payload).await {
             Ok(_) => {
-                if let Err(e) = self.store.outbox_done(item.id).await {
+                if let Err(e) = backoff::until_ok(backoff::RECORD_FOR, || self.store.outbox_done(item.id)).await {
                     // Sent but not marked: it will be sent again; receivers dedupe by Message-ID.
                     tracing::error!(error = %e, message_id = %item.message_id, "sent, but could not mark the outbox row");
                 }
