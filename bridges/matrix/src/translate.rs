@@ -55,14 +55,17 @@ pub fn strip_reply_fallback(body: &str) -> &str {
 }
 
 /// The text of a message's content: the HTML body made readable when there is one, else
-/// the plain body without its reply fallback. `None` when there is neither.
+/// the plain body, without its reply fallback when it is a reply (a quote typed into a
+/// plain message is the sender's text). `None` when there is neither.
 pub fn text_of(content: &Value) -> Option<String> {
     if content["format"] == "org.matrix.custom.html"
         && let Some(formatted) = content["formatted_body"].as_str()
     {
         return Some(html::to_text(formatted));
     }
-    content["body"].as_str().map(|b| strip_reply_fallback(b).to_owned())
+    let body = content["body"].as_str()?;
+    let is_reply = content["m.relates_to"]["m.in_reply_to"].is_object();
+    Some(if is_reply { strip_reply_fallback(body) } else { body }.to_owned())
 }
 
 /// Whether a message body is a `!coi` command.
@@ -361,7 +364,11 @@ mod tests {
         let c =
             json!({"body": "**hi**", "format": "org.matrix.custom.html", "formatted_body": "<b>hi</b> <i>there</i>"});
         assert_eq!(text_of(&c).as_deref(), Some("*hi* _there_"));
-        assert_eq!(text_of(&json!({"body": "> <@a:hs> q\n\nplain"})).as_deref(), Some("plain"));
+        let reply = json!({"body": "> <@a:hs> q\n\nplain", "m.relates_to": {"m.in_reply_to": {"event_id": "$p"}}});
+        assert_eq!(text_of(&reply).as_deref(), Some("plain"));
+        // Not a reply: the quote is what the sender typed, kept whole.
+        let typed = json!({"body": "> the seeds need frost\n> says the book\n\nreally?"});
+        assert_eq!(text_of(&typed).as_deref(), Some("> the seeds need frost\n> says the book\n\nreally?"));
         assert_eq!(text_of(&json!({"msgtype": "m.text"})), None);
     }
 }
