@@ -99,9 +99,11 @@ impl Core {
 }
 
 /// A bridge's status handle that also tells its delivery queue when the network is back
-/// (reconnecting, then connected), so retries waiting out a long backoff go at once.
+/// (reconnecting, then connected), so retries waiting out a long backoff go at once. A
+/// fresh process counts as coming back: rows a killed one left in a long backoff go at
+/// its first connect (a restart inside an outage never saw the network go down).
 fn back_online_status(health: coi_bridge_api::Status, back: Arc<tokio::sync::Notify>) -> coi_bridge_api::Status {
-    let down = std::sync::atomic::AtomicBool::new(false);
+    let down = std::sync::atomic::AtomicBool::new(true);
     coi_bridge_api::Status::new(move |link| match link {
         coi_bridge_api::LinkState::Connected => {
             health.connected();
@@ -259,4 +261,26 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
         "coi-bridge running"
     );
     sup.run_until_signal(GRACE).await
+}
+
+#[cfg(test)]
+mod back_online_tests {
+    use super::*;
+
+    /// The first connect of a process and every connect after a reconnecting wake the
+    /// queue; a connect while connected does not.
+    #[tokio::test]
+    async fn the_queue_is_woken_at_the_first_connect_and_after_each_outage() {
+        let back = Arc::new(tokio::sync::Notify::new());
+        let status = back_online_status(coi_bridge_api::Status::new(|_| {}), back.clone());
+        let woken =
+            || async { tokio::time::timeout(std::time::Duration::from_millis(200), back.notified()).await.is_ok() };
+        status.connected();
+        assert!(woken().await, "the first connect of a process");
+        status.connected();
+        assert!(!woken().await, "still connected");
+        status.reconnecting("down");
+        status.connected();
+        assert!(woken().await, "back after an outage");
+    }
 }
