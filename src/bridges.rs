@@ -198,7 +198,8 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
                 let hub: Arc<dyn Hub> = core.hub.clone();
                 let inbound = Arc::new(MatrixInbound::new(id.clone(), bridge.client().clone(), hub, m));
                 let state = Arc::new(StoreState::new(core.store.clone(), &id));
-                routes = routes.merge(appservice::router(Arc::new(Appservice::new(&reg.hs_token, state, inbound))));
+                let app = Appservice::new(&reg.hs_token, state, inbound).with_refusals(bridge.refusals());
+                routes = routes.merge(appservice::router(Arc::new(app)));
                 running.push(runner(id, "Matrix", bridge));
             }
             BridgeConfig::Telegram(t) => {

@@ -71,8 +71,11 @@ impl DeadLetter {
 /// How a bridge's handling of one event failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// May pass (store busy, network): try the event again, up to [`MAX_ATTEMPTS`] times.
+    /// May pass (network, a download): try the event again, up to [`MAX_ATTEMPTS`] times.
     Transient(String),
+    /// The core could not queue it now (store down, disk full): not the event's fault, so
+    /// it is tried again for as long as that lasts and never set aside for it.
+    Unavailable(String),
     /// Will not pass: set the event aside now.
     Permanent(DeadLetterKind, String),
 }
@@ -81,16 +84,17 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Transient(r) => write!(f, "temporary failure: {r}"),
+            Self::Unavailable(r) => write!(f, "the core cannot queue it now: {r}"),
             Self::Permanent(k, r) => write!(f, "{}: {r}", k.as_str()),
         }
     }
 }
 
 impl From<crate::SubmitError> for Failure {
-    /// The hub's "try again" is transient; its refusal is for good.
+    /// The hub's "try again" is the core being unavailable; its refusal is for good.
     fn from(e: crate::SubmitError) -> Self {
         match e {
-            crate::SubmitError::Retry(r) => Self::Transient(r),
+            crate::SubmitError::Retry(r) => Self::Unavailable(r),
             crate::SubmitError::Rejected(r) => Self::Permanent(DeadLetterKind::Failed, r),
         }
     }

@@ -1,6 +1,7 @@
 //! The appservice HTTP endpoint: the homeserver pushes transactions here. `hs_token` is checked in constant time (before the body is read); each transaction id is processed once, across restarts.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use axum::Router;
@@ -25,10 +26,44 @@ pub trait TransactionSink: Send + Sync + 'static {
     async fn events(&self, txn_id: &str, events: Vec<Value>) -> Result<(), String>;
 }
 
+/// Whether this endpoint refused a transaction since the last one it took. A refused
+/// transaction sits in the homeserver's retry backoff (Synapse: 2, 4, 8 … 512 s), so the
+/// bridge's run loop asks the homeserver to retry at once (appservice ping) until one
+/// goes through, instead of waiting out a backoff grown while the store was down.
+#[derive(Clone, Default)]
+pub struct Refusals(Arc<RefusalsInner>);
+
+#[derive(Default)]
+struct RefusalsInner {
+    pending: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Refusals {
+    /// A transaction was refused: the homeserver will hold it back.
+    pub fn refused(&self) {
+        self.0.pending.store(true, Ordering::SeqCst);
+        self.0.notify.notify_one();
+    }
+    /// A transaction went through: the homeserver's queue flows again.
+    pub fn accepted(&self) {
+        self.0.pending.store(false, Ordering::SeqCst);
+    }
+    /// Whether a refused transaction may still wait in the homeserver's backoff.
+    pub fn pending(&self) -> bool {
+        self.0.pending.load(Ordering::SeqCst)
+    }
+    /// Resolves at the next refusal (or at once if one happened unseen).
+    pub async fn next(&self) {
+        self.0.notify.notified().await;
+    }
+}
+
 pub struct Appservice {
     hs_token: String,
     state: Arc<dyn BridgeState>,
     sink: Arc<dyn TransactionSink>,
+    refusals: Refusals,
 }
 
 /// FNV-1a, 64 bit: a stable digest (unlike std's hasher) for remembering transactions.
@@ -50,7 +85,13 @@ fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
 
 impl Appservice {
     pub fn new(hs_token: &str, state: Arc<dyn BridgeState>, sink: Arc<dyn TransactionSink>) -> Self {
-        Self { hs_token: hs_token.to_owned(), state, sink }
+        Self { hs_token: hs_token.to_owned(), state, sink, refusals: Refusals::default() }
+    }
+
+    /// Shares the refusal flag with the bridge's run loop (see [`Refusals`]).
+    pub fn with_refusals(mut self, refusals: Refusals) -> Self {
+        self.refusals = refusals;
+        self
     }
 
     /// `Authorization: Bearer <hs_token>`, or the legacy `?access_token=`.
@@ -91,7 +132,10 @@ async fn transaction(
     match app.state.get(&key).await {
         Ok(Some(seen)) if seen == digest => return (StatusCode::OK, axum::Json(json!({}))).into_response(),
         Ok(_) => {}
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e.to_string()),
+        Err(e) => {
+            app.refusals.refused();
+            return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e.to_string());
+        }
     }
     // Room events, then ephemeral ones (receipts) when the registration asks for them.
     let events = match serde_json::from_slice::<Value>(&body) {
@@ -104,8 +148,10 @@ async fn transaction(
     };
     if let Err(e) = app.sink.events(&txn_id, events).await {
         tracing::warn!(txn_id, error = %e, "transaction not processed; the homeserver will retry");
+        app.refusals.refused();
         return error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", &e);
     }
+    app.refusals.accepted();
     if let Err(e) = app.state.set(&key, &digest).await {
         // Processed but not remembered: a retry is deduplicated by the hub's id map.
         tracing::warn!(txn_id, error = %e, "could not record the transaction id");

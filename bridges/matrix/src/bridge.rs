@@ -10,7 +10,8 @@ use coi_bridge_api::{
 };
 use serde_json::{Value, json};
 
-use crate::client::{AsClient, MatrixError};
+use crate::appservice::Refusals;
+use crate::client::{AsClient, MatrixError, seg};
 use crate::config::MatrixConfig;
 use crate::registration::Registration;
 
@@ -18,6 +19,9 @@ use crate::registration::Registration;
 const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 /// How soon it checks again after a failure.
 const HEALTH_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often it asks the homeserver to retry refused transactions at once, until one
+/// goes through (each ask makes the homeserver send the held transaction again).
+const RECOVER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct MatrixBridge {
     cfg: MatrixConfig,
@@ -32,6 +36,8 @@ pub struct MatrixBridge {
     joined: Mutex<HashSet<(String, String)>>,
     /// Ghost → digest of the avatar it was given.
     avatars: Mutex<HashMap<String, u64>>,
+    /// Shared with the appservice endpoint: transactions it refused.
+    refusals: Refusals,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,11 +59,30 @@ impl MatrixBridge {
             names: Mutex::default(),
             joined: Mutex::default(),
             avatars: Mutex::default(),
+            refusals: Refusals::default(),
         })
     }
 
     pub fn client(&self) -> &AsClient {
         &self.client
+    }
+
+    /// The refusal flag to hand to this bridge's [`crate::appservice::Appservice`].
+    pub fn refusals(&self) -> Refusals {
+        self.refusals.clone()
+    }
+
+    /// Asks the homeserver to send what it holds for us now (Matrix v1.7 appservice ping;
+    /// Synapse then retries a backed-off transaction at once). A homeserver without the
+    /// endpoint only keeps its own schedule.
+    async fn ask_retry(&self, cx: &BridgeContext) {
+        let path = format!("/_matrix/client/v1/appservice/{}/ping", seg(&self.reg.id));
+        match self.client.call(reqwest::Method::POST, &path, None, Some(&json!({}))).await {
+            Ok(_) => tracing::debug!(bridge = %cx.id, "asked the homeserver to retry held transactions"),
+            Err(e) => {
+                tracing::info!(bridge = %cx.id, error = %e, "the homeserver did not take the retry request; it keeps its own schedule")
+            }
+        }
     }
 
     /// The MXID that speaks for `person` in `room`: registered, named and joined.
@@ -170,12 +195,19 @@ impl Bridge for MatrixBridge {
 
     async fn run(&self, cx: BridgeContext) -> Result<(), BridgeError> {
         // Appservice mode: the homeserver pushes transactions to the HTTP endpoint. This
-        // loop only watches that the homeserver answers and knows our registration.
+        // loop watches that the homeserver answers and knows our registration, and asks it
+        // to retry at once what it holds back: at start (a daemon restarted after a crash
+        // or outage finds its transactions in the homeserver's backoff) and after the
+        // endpoint refused one (store down), until one goes through.
+        let mut first = true;
         loop {
             let pause = match self.client.whoami().await {
                 Ok(_) => {
                     cx.status.connected();
-                    HEALTH_INTERVAL
+                    if std::mem::take(&mut first) || self.refusals.pending() {
+                        self.ask_retry(&cx).await;
+                    }
+                    if self.refusals.pending() { RECOVER_INTERVAL } else { HEALTH_INTERVAL }
                 }
                 Err(e) => {
                     let reason = match &e {
@@ -193,6 +225,11 @@ impl Bridge for MatrixBridge {
             tokio::select! {
                 () = cx.shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep(pause) => {}
+                // A refusal: wait a moment (the store may still be down), then ask.
+                () = self.refusals.next() => tokio::select! {
+                    () = cx.shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(RECOVER_INTERVAL) => {}
+                },
             }
         }
     }

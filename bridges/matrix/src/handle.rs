@@ -27,7 +27,7 @@ pub async fn handle(
         }
         match hub.submit(id, remote).await {
             Ok(()) => {}
-            Err(SubmitError::Retry(e)) => return Err(Failure::Transient(e)),
+            Err(SubmitError::Retry(e)) => return Err(Failure::Unavailable(e)),
             Err(SubmitError::Rejected(e)) => {
                 tracing::info!(bridge = %id, event_id = ev["event_id"].as_str(), reason = %e, "Matrix event not bridged");
             }
@@ -74,7 +74,7 @@ async fn command(
                 None => Ok(()),
             }
         }
-        Err(SubmitError::Retry(e)) => Err(Failure::Transient(e)),
+        Err(SubmitError::Retry(e)) => Err(Failure::Unavailable(e)),
         Err(SubmitError::Rejected(e)) => hs.notice(room, &key, &format!("That did not work: {e}")).await,
     }
 }

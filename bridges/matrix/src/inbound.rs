@@ -166,6 +166,10 @@ impl TransactionSink for MatrixInbound {
                     self.attempts.done(&key);
                     continue;
                 }
+                Err(Failure::Unavailable(reason)) => {
+                    tracing::warn!(txn_id, event = %key, error = %reason, "the core cannot queue Matrix events now; the homeserver will send them again");
+                    return Err(reason);
+                }
                 Err(Failure::Transient(reason)) => {
                     if !self.attempts.failed(&key) {
                         let attempt = self.attempts.failures(&key);
@@ -205,8 +209,11 @@ mod tests {
             json!({"type": "m.room.message", "room_id": "!r", "sender": "@mara:hs", "event_id": id,
                    "content": {"msgtype": "m.text", "body": body}})
         };
-        let events = vec![ev("$stuck", "stuck"), ev("$next", "next")];
-        hub.fail_next(MAX_ATTEMPTS as usize);
+        // A picture whose download fails (the homeserver does not answer): the event's
+        // own transient failure, counted.
+        let picture = json!({"type": "m.room.message", "room_id": "!r", "sender": "@mara:hs", "event_id": "$stuck",
+                             "content": {"msgtype": "m.image", "body": "p.png", "url": "mxc://hs/p"}});
+        let events = vec![picture, ev("$next", "next")];
         for _ in 1..MAX_ATTEMPTS {
             assert!(inbound.events("t1", events.clone()).await.is_err(), "transient: the homeserver retries");
         }
@@ -227,5 +234,26 @@ mod tests {
         inbound.events("t1", events).await.expect("again");
         assert_eq!(hub.events().len(), 1);
         assert_eq!(hub.dead_letters().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_event_the_core_cannot_queue_waits_however_long_and_is_never_set_aside() {
+        let cfg =
+            serde_json::from_value(json!({"id": "matrix", "homeserver": "http://127.0.0.1:9", "server_name": "hs"}))
+                .expect("config");
+        let client = AsClient::new("http://127.0.0.1:9", "as-token", "@coibot:hs").expect("client");
+        let hub = Arc::new(FakeHub::new());
+        let inbound = MatrixInbound::new("matrix".into(), client, hub.clone(), &cfg);
+        let events = vec![json!({"type": "m.room.message", "room_id": "!r", "sender": "@mara:hs", "event_id": "$m",
+                                 "content": {"msgtype": "m.text", "body": "through the outage"}})];
+        // The store is down (disk full) for three times the attempts an event gets.
+        let refusals = 3 * MAX_ATTEMPTS as usize;
+        hub.fail_next(refusals);
+        for _ in 0..refusals {
+            assert!(inbound.events("t1", events.clone()).await.is_err(), "the homeserver sends it again");
+        }
+        inbound.events("t1", events).await.expect("the store is back");
+        assert!(hub.dead_letters().is_empty(), "{:?}", hub.dead_letters());
+        assert!(matches!(&hub.events()[..], [(_, RemoteEvent::Message { text, .. })] if text == "through the outage"));
     }
 }

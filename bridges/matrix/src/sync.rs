@@ -140,6 +140,12 @@ impl Listener {
             match outcome {
                 Ok(()) => return,
                 Err(Failure::Permanent(kind, reason)) => break (kind, reason),
+                Err(Failure::Unavailable(e)) => {
+                    tracing::warn!(bridge = %self.id, event = %key, error = %e, retry_in = ?pause, "the core cannot queue Matrix events now");
+                    if !self.pause(&mut pause).await {
+                        return;
+                    }
+                }
                 Err(Failure::Transient(e)) => {
                     attempts += 1;
                     if attempts >= MAX_ATTEMPTS {

@@ -566,3 +566,60 @@ async fn bot_mode_and_appservice_mode_make_the_same_hub_events() {
     assert_eq!(refused(&as_hub), vec![(forged.clone(), coi_bridge_api::DeadLetterKind::Forbidden)]);
     assert_eq!(refused(&bot_hub), refused(&as_hub), "the same edit is refused in both modes");
 }
+
+#[tokio::test]
+async fn transactions_refused_while_the_store_is_down_are_sent_again_as_soon_as_the_bridge_asks() {
+    use coi_bridge_api::testing::{FakeHub, MemoryState};
+    use coi_bridge_api::{Bridge as _, BridgeContext, RemoteEvent, Status};
+    use coi_bridge_matrix::appservice::{Appservice, router};
+    use coi_bridge_matrix::bridge::MatrixBridge;
+    use coi_bridge_matrix::inbound::MatrixInbound;
+    use std::sync::Arc;
+
+    let as_port = free_port();
+    let Some(hs) = Synapse::start_with_as_port(as_port) else { return };
+    let alice = hs.user("alice").await;
+    let hub = Arc::new(FakeHub::new());
+    let cfg: coi_bridge_matrix::config::MatrixConfig =
+        serde_json::from_value(json!({"id": "matrix", "homeserver": hs.url(), "server_name": "localhost"}))
+            .expect("cfg");
+    let bridge = Arc::new(
+        MatrixBridge::new(cfg.clone(), synapse::registration(as_port), "bridge@example.org", "COI Bridge")
+            .expect("bridge"),
+    );
+    let inbound = Arc::new(MatrixInbound::new("matrix".into(), bridge.client().clone(), hub.clone(), &cfg));
+    let app =
+        Appservice::new("coi-hs-token", Arc::new(MemoryState::default()), inbound).with_refusals(bridge.refusals());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
+    let server = tokio::spawn(async move { axum::serve(listener, router(Arc::new(app))).await });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cx = BridgeContext {
+        id: "matrix".into(),
+        hub: hub.clone(),
+        state: Arc::new(MemoryState::default()),
+        shutdown: shutdown.clone(),
+        status: Status::ignored(),
+    };
+    let running = tokio::spawn({
+        let bridge = bridge.clone();
+        async move { bridge.run(cx).await }
+    });
+
+    let room = bridge.client().create_room("Portal", &["@alice:localhost".into()]).await.expect("room");
+    synapse::join_as(&hs, &alice, &room).await;
+    // The store refuses the next eight submits (a full disk): each refusal answers the
+    // transaction 503, and Synapse backs off 2, 4, 8, 16, 32, 64, 128, 256 s, more than
+    // eight minutes in all. The bridge asks it to retry (appservice ping) every 2 s instead.
+    hub.fail_next(8);
+    send_as(&hs, &alice, &room, "m.room.message", "r1", json!({"msgtype": "m.text", "body": "through the outage"}))
+        .await;
+    let events = tokio::time::timeout(std::time::Duration::from_secs(90), hub.wait_for(1))
+        .await
+        .expect("the refused transaction arrives once the store is back, long before Synapse's own backoff");
+    assert!(matches!(&events[..], [(_, RemoteEvent::Message { text, .. })] if text == "through the outage"));
+    assert_eq!(hub.refused(), 8, "every refusal was a real 503 to Synapse");
+    assert!(hub.dead_letters().is_empty(), "a store outage sets nothing aside: {:?}", hub.dead_letters());
+    shutdown.cancel();
+    running.await.expect("join").expect("the bridge stops cleanly");
+    server.abort();
+}

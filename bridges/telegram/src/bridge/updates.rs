@@ -11,6 +11,9 @@ use super::TelegramBridge;
 
 /// The longest pause before a transiently failing update is fetched again.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// How soon an update is fetched again while the core cannot queue it (store down): it
+/// waits as long as that lasts and is never set aside for it.
+const UNAVAILABLE_PAUSE: Duration = Duration::from_secs(2);
 
 /// One update of an answer: parsed, or the raw JSON teloxide could not read.
 pub enum Item {
@@ -83,6 +86,10 @@ impl TelegramBridge {
             Ok(()) => {
                 attempts.done(&key);
                 return Step::Next;
+            }
+            Err(Failure::Unavailable(reason)) => {
+                tracing::warn!(bridge = %cx.id, update = %key, error = %reason, retry_in = ?UNAVAILABLE_PAUSE, "the core cannot queue Telegram updates now; will fetch it again");
+                return Step::Again(UNAVAILABLE_PAUSE);
             }
             Err(Failure::Transient(reason)) => {
                 if !attempts.failed(&key) {
