@@ -196,15 +196,21 @@ mod tests {
     use serde_json::json;
     use std::sync::Arc;
 
-    #[tokio::test]
-    async fn an_event_failing_again_and_again_is_set_aside_and_the_rest_go_on() {
-        // Nothing listens on port 9: profile lookups and notices fail, as they may.
+    /// An endpoint whose homeserver does not answer (nothing listens on port 9: profile
+    /// lookups, downloads and notices fail, as they may), feeding a fake hub.
+    fn offline() -> (Arc<FakeHub>, MatrixInbound) {
         let cfg =
             serde_json::from_value(json!({"id": "matrix", "homeserver": "http://127.0.0.1:9", "server_name": "hs"}))
                 .expect("config");
         let client = AsClient::new("http://127.0.0.1:9", "as-token", "@coibot:hs").expect("client");
         let hub = Arc::new(FakeHub::new());
         let inbound = MatrixInbound::new("matrix".into(), client, hub.clone(), &cfg);
+        (hub, inbound)
+    }
+
+    #[tokio::test]
+    async fn an_event_failing_again_and_again_is_set_aside_and_the_rest_go_on() {
+        let (hub, inbound) = offline();
         let ev = |id: &str, body: &str| {
             json!({"type": "m.room.message", "room_id": "!r", "sender": "@mara:hs", "event_id": id,
                    "content": {"msgtype": "m.text", "body": body}})
@@ -238,12 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_the_core_cannot_queue_waits_however_long_and_is_never_set_aside() {
-        let cfg =
-            serde_json::from_value(json!({"id": "matrix", "homeserver": "http://127.0.0.1:9", "server_name": "hs"}))
-                .expect("config");
-        let client = AsClient::new("http://127.0.0.1:9", "as-token", "@coibot:hs").expect("client");
-        let hub = Arc::new(FakeHub::new());
-        let inbound = MatrixInbound::new("matrix".into(), client, hub.clone(), &cfg);
+        let (hub, inbound) = offline();
         let events = vec![json!({"type": "m.room.message", "room_id": "!r", "sender": "@mara:hs", "event_id": "$m",
                                  "content": {"msgtype": "m.text", "body": "through the outage"}})];
         // The store is down (disk full) for three times the attempts an event gets.
