@@ -31,13 +31,19 @@ pub struct CoreHub {
 fn retry_or_reject(e: QueueError) -> SubmitError {
     match e {
         QueueError::Store(StoreError::Retry(m)) => SubmitError::Retry(m),
-        QueueError::Store(StoreError::Fatal(m)) => SubmitError::Retry(format!("store: {m}")),
+        QueueError::Store(StoreError::Fatal(m)) => SubmitError::Rejected(format!("store: {m}")),
         other => SubmitError::Rejected(other.to_string()),
     }
 }
 
+/// A store that cannot write now (busy, disk full) is the core being unavailable: the
+/// bridge submits again for as long as that lasts. A write the store refuses for good
+/// (a constraint this event breaks) rejects the event, so it is set aside.
 fn store_err(e: StoreError) -> SubmitError {
-    SubmitError::Retry(e.to_string())
+    match e {
+        StoreError::Retry(m) => SubmitError::Retry(m),
+        StoreError::Fatal(m) => SubmitError::Rejected(format!("store: {m}")),
+    }
 }
 
 impl CoreHub {
@@ -228,6 +234,14 @@ impl Hub for CoreHub {
 
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
         if let RemoteEvent::Migrated { chat, new_chat } = &event {
+            if chat != new_chat
+                && self.store.portal_by_remote(from.as_str(), new_chat.as_str()).await.map_err(store_err)?.is_some()
+                && self.store.portal_by_remote(from.as_str(), chat.as_str()).await.map_err(store_err)?.is_some()
+            {
+                return Err(SubmitError::Rejected(format!(
+                    "{chat} moved into {new_chat}, which has a portal of its own; the portal of {chat} stays"
+                )));
+            }
             // Idempotent: after the first time there is no portal under the old id.
             let moved =
                 self.store.move_portal(from.as_str(), chat.as_str(), new_chat.as_str()).await.map_err(store_err)?;

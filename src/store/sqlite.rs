@@ -66,7 +66,14 @@ fn now_ms() -> i64 {
 
 fn err(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517")) => {
+        // By primary result code: BUSY, LOCKED, IOERR, FULL (the disk), CANTOPEN pass
+        // once the machine recovers; a constraint or corrupt data does not.
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14)) =>
+        {
             StoreError::Retry(e.to_string())
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => StoreError::Retry(e.to_string()),
