@@ -119,7 +119,11 @@ impl SmtpWorker {
         on_failure: FailureHook,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { transport, store, policy, wake, on_failure, metrics, health: None, unreachable: Default::default() }
+        // A new process does not know whether the server answered the last one: mails in
+        // a backoff grown over an outage (before a crash or restart) go as soon as the
+        // first probe gets an answer, not when that backoff runs out.
+        let unreachable = std::sync::atomic::AtomicBool::new(true);
+        Self { transport, store, policy, wake, on_failure, metrics, health: None, unreachable }
     }
 
     /// Runs until `shutdown`. A delivery in flight is finished first.

@@ -109,3 +109,73 @@ async fn mail_for_an_unreachable_server_goes_once_it_answers() {
     );
     assert!(got.lock().expect("lock")[0].contains("hello"));
 }
+
+#[tokio::test]
+async fn a_restarted_worker_sends_mail_left_in_a_long_backoff_as_soon_as_the_server_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
+    let chat = ChatRef { kind: ChatKind::Group, key: "grp_abcdefghij".into(), name: "Room".into() };
+    store.ensure_chat(&chat).await.expect("chat");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    store
+        .queue_outbound(&OutboundMail {
+            chat,
+            message: ChatMessage { message_id: "left@x.org".into(), text: "left".into(), ..ChatMessage::default() },
+            raw: b"Subject: hi\r\nMessage-ID: <left@x.org>\r\n\r\nleft behind\r\n".to_vec(),
+            envelope: Envelope { from: "bridge@x.org".into(), to: vec!["alice@x.org".into()] },
+            also: None,
+            origin: Origin::Local,
+        })
+        .await
+        .expect("queue");
+    let policy =
+        RetryPolicy { base: Duration::from_secs(3600), max_delay: Duration::from_secs(3600), max_attempts: 30 };
+    let worker = || {
+        SmtpWorker::new(
+            Transport::builder_dangerous("127.0.0.1").port(port).build(),
+            store.clone(),
+            policy,
+            Arc::new(Notify::new()),
+            Arc::new(|_| {}),
+            Arc::new(Metrics::new()),
+        )
+    };
+    // The process before the crash: nothing answers, the mail's next attempt is an hour away.
+    let first = CancellationToken::new();
+    let stop = {
+        let (store, first) = (store.clone(), first.clone());
+        async move {
+            while store.due_outbox(SMTP_TARGET, i64::MAX, 8).await.expect("read").iter().all(|r| r.attempts == 0) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            first.cancel();
+        }
+    };
+    let crashed = worker();
+    futures::future::join(crashed.run(first.clone()), stop).await;
+    // The new process starts; the server answers again.
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("the server comes back");
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let token = CancellationToken::new();
+    let sent = {
+        let (got, token) = (got.clone(), token.clone());
+        async move {
+            while got.lock().expect("lock").is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            token.cancel();
+        }
+    };
+    let restarted = worker();
+    let run = async {
+        tokio::select! {
+            () = fake_smtp(listener, got.clone()) => {}
+            _ = futures::future::join(restarted.run(token.clone()), sent) => {}
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), run).await.is_ok(),
+        "the restarted worker waits out the backoff the crashed one left"
+    );
+    assert!(got.lock().expect("lock")[0].contains("left behind"));
+}
