@@ -48,8 +48,9 @@ async fn fake_smtp(listener: TcpListener, got: Arc<Mutex<Vec<String>>>) {
     }
 }
 
-#[tokio::test]
-async fn mail_for_an_unreachable_server_goes_once_it_answers() {
+/// A store holding one mail for alice@x.org (Message-ID `mid`, body `body`), and a free
+/// port where no SMTP server listens yet.
+async fn one_queued_mail(mid: &str, body: &str) -> (tempfile::TempDir, Arc<dyn Store>, u16) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
     let chat = ChatRef { kind: ChatKind::Group, key: "grp_abcdefghij".into(), name: "Room".into() };
@@ -58,14 +59,20 @@ async fn mail_for_an_unreachable_server_goes_once_it_answers() {
     store
         .queue_outbound(&OutboundMail {
             chat,
-            message: ChatMessage { message_id: "waits@x.org".into(), text: "hello".into(), ..ChatMessage::default() },
-            raw: b"Subject: hi\r\nMessage-ID: <waits@x.org>\r\n\r\nhello\r\n".to_vec(),
+            message: ChatMessage { message_id: mid.into(), text: body.into(), ..ChatMessage::default() },
+            raw: format!("Subject: hi\r\nMessage-ID: <{mid}>\r\n\r\n{body}\r\n").into_bytes(),
             envelope: Envelope { from: "bridge@x.org".into(), to: vec!["alice@x.org".into()] },
             also: None,
             origin: Origin::Local,
         })
         .await
         .expect("queue");
+    (dir, store, port)
+}
+
+#[tokio::test]
+async fn mail_for_an_unreachable_server_goes_once_it_answers() {
+    let (_dir, store, port) = one_queued_mail("waits@x.org", "hello").await;
     // Nothing listens yet; after the first failure the next attempt is an hour away.
     let transport = Transport::builder_dangerous("127.0.0.1").port(port).build();
     let policy =
@@ -112,22 +119,7 @@ async fn mail_for_an_unreachable_server_goes_once_it_answers() {
 
 #[tokio::test]
 async fn a_restarted_worker_sends_mail_left_in_a_long_backoff_as_soon_as_the_server_answers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
-    let chat = ChatRef { kind: ChatKind::Group, key: "grp_abcdefghij".into(), name: "Room".into() };
-    store.ensure_chat(&chat).await.expect("chat");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    store
-        .queue_outbound(&OutboundMail {
-            chat,
-            message: ChatMessage { message_id: "left@x.org".into(), text: "left".into(), ..ChatMessage::default() },
-            raw: b"Subject: hi\r\nMessage-ID: <left@x.org>\r\n\r\nleft behind\r\n".to_vec(),
-            envelope: Envelope { from: "bridge@x.org".into(), to: vec!["alice@x.org".into()] },
-            also: None,
-            origin: Origin::Local,
-        })
-        .await
-        .expect("queue");
+    let (_dir, store, port) = one_queued_mail("left@x.org", "left behind").await;
     let policy =
         RetryPolicy { base: Duration::from_secs(3600), max_delay: Duration::from_secs(3600), max_attempts: 30 };
     let worker = || {
