@@ -152,6 +152,12 @@ impl Metrics {
         self.failures.with_label_values(&[target, "transient"]).inc();
     }
 
+    /// A post a stopped daemon had started to `target` was posted again (the side may show
+    /// it twice unless it drops the repeated delivery key).
+    pub fn delivery_unconfirmed(&self, target: &str) {
+        self.outbox.with_label_values(&[target, "unconfirmed"]).inc();
+    }
+
     /// A delivery to `target` was given up.
     pub fn delivery_failed(&self, target: &str) {
         self.outbox.with_label_values(&[target, "failed"]).inc();

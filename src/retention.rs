@@ -18,6 +18,10 @@ pub const RELEASE_POLL: Duration = Duration::from_secs(5);
 /// a released mail through ingest never moves the real cursor.
 pub const RELEASED_FOLDER: &str = "coi-bridge/released";
 
+/// How long a send-journal entry is kept: far longer than any outbox row is retried, so
+/// a post is never repeated while its row may still run.
+pub const SEND_JOURNAL_DAYS: i64 = 30;
+
 /// Released mails taken through ingest per pass.
 const RELEASE_BATCH: u32 = 10;
 
@@ -77,6 +81,17 @@ impl Retention {
                 );
             }
             Err(e) => tracing::warn!(error = %e, "retention: pruning failed; trying again at the next pass"),
+        }
+        let before = chrono::Utc::now().timestamp() - SEND_JOURNAL_DAYS * 86_400;
+        match self.store.prune_send_journal(before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.pruned.with_label_values(&["send_journal"]).inc_by(n);
+                tracing::info!(entries = n, max_age_days = SEND_JOURNAL_DAYS, "retention: pruned the send journal");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: pruning the send journal failed; trying again at the next pass")
+            }
         }
     }
 

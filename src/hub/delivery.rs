@@ -337,17 +337,17 @@ impl BridgeDelivery {
             }
             Outgoing::Edit { sender, target: remote, new_text } if caps.edits => match target {
                 Some(t) => self.edit(item, to, sender, &t, new_text, caps).await,
-                None => self.bridge.deliver(to, &key, &Outgoing::Edit { sender, target: remote, new_text }).await,
+                None => self.post(to, &key, &Outgoing::Edit { sender, target: remote, new_text }).await,
             },
             Outgoing::Delete { sender, target: remote } if caps.deletes => {
                 let result =
-                    self.bridge.deliver(to, &key, &Outgoing::Delete { sender: sender.clone(), target: remote }).await?;
+                    self.post(to, &key, &Outgoing::Delete { sender: sender.clone(), target: remote }).await?;
                 // A delete removes every part of a multi-part copy (text parts and files).
                 let more = target.map(|t| t.copies).unwrap_or_default().into_iter().skip(1);
                 for (i, part) in more.enumerate() {
                     let key = DeliveryKey(format!("coi-{}-part{}", item.message_id, i + 1));
                     let more = Outgoing::Delete { sender: sender.clone(), target: RemoteMsgId(part.remote_id) };
-                    self.bridge.deliver(to, &key, &more).await?;
+                    self.post(to, &key, &more).await?;
                 }
                 Ok(result)
             }
@@ -356,7 +356,7 @@ impl BridgeDelivery {
                 None => Err(DeliverError::Unsupported),
             },
             o @ Outgoing::Message { .. } => self.message(item, to, o, caps, &key).await,
-            other => self.bridge.deliver(to, &key, &other).await,
+            other => self.post(to, &key, &other).await,
         }
     }
 
@@ -430,5 +430,7 @@ mod parts;
 mod tests;
 #[cfg(test)]
 mod tests_back;
+#[cfg(test)]
+mod tests_journal;
 #[cfg(test)]
 mod tests_parts;

@@ -13,6 +13,18 @@ pub struct Portal {
     pub remote_chat: String,
 }
 
+/// Where a post to a remote side stands in the send journal (see [`PortalStore::begin_send`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendRecord {
+    /// Not posted before: it is recorded as started now.
+    New,
+    /// An earlier post started at this time (Unix seconds) and never finished: the
+    /// process died during it, and the side may or may not have it.
+    Unfinished(i64),
+    /// Posted already; these are the ids the side gave it.
+    Done(Vec<String>),
+}
+
 /// One copy of a COI message on a bridge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteCopy {
@@ -47,6 +59,17 @@ pub trait PortalStore: Send + Sync {
     async fn remote_copies(&self, message_id: &str, bridge: &str) -> StoreResult<Vec<RemoteCopy>>;
     /// The COI Message-ID a remote message is a copy of.
     async fn coi_id_of_remote(&self, bridge: &str, remote_chat: &str, remote_id: &str) -> StoreResult<Option<String>>;
+    /// Records that the post keyed `key` is about to go to `bridge`, or says how an earlier
+    /// one with the same key went. An error means the store cannot record the post: it must
+    /// not go (it could not be known as done after a crash, and would go twice).
+    async fn begin_send(&self, bridge: &str, key: &str) -> StoreResult<SendRecord>;
+    /// The post keyed `key` was taken by the side, as `remote_ids`.
+    async fn finish_send(&self, bridge: &str, key: &str, remote_ids: &[String]) -> StoreResult<()>;
+    /// The post keyed `key` was not taken (the side answered with an error): forgotten,
+    /// so a later try is a fresh one.
+    async fn abandon_send(&self, bridge: &str, key: &str) -> StoreResult<()>;
+    /// Forgets journal entries started before `before` (Unix seconds); how many.
+    async fn prune_send_journal(&self, before: i64) -> StoreResult<u64>;
     async fn bridge_state(&self, bridge: &str, key: &str) -> StoreResult<Option<String>>;
     async fn set_bridge_state(&self, bridge: &str, key: &str, value: &str) -> StoreResult<()>;
     /// Queues a notice from the bridge itself (kind `notice`) for every portal of

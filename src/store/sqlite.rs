@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_avatars.sql")),
     (5, include_str!("migrations/0005_outbox_queued_ms.sql")),
     (6, include_str!("migrations/0006_dead_letters.sql")),
+    (7, include_str!("migrations/0007_send_journal.sql")),
 ];
 
 pub struct SqliteStore {

@@ -1,9 +1,9 @@
 //! Degraded deliveries: a text too long for one message goes in parts (or as a text file), an edit keeps every part of such a copy in step, and a reaction goes in a form the side takes.
 //!
-//! Every part is recorded as soon as the bridge took it, so a retry after a failure
-//! half-way sends only what is missing. The steps of an edit are journaled in the bridge's
-//! state (`core:step:<key>`) for the same reason: editing a part twice would be refused by
-//! Telegram ("message is not modified"), deleting it twice too.
+//! Every post goes through the send journal ([`BridgeDelivery::post`]), keyed by its
+//! delivery key: a part, an edit step or a whole message the side took is never posted
+//! again, so a retry after a failure half-way sends only what is missing (editing a part
+//! twice would be refused by Telegram, "message is not modified"; a text twice shown twice).
 
 use std::collections::HashSet;
 use std::fmt::Display;
@@ -13,8 +13,10 @@ use coi_bridge_api::{
 };
 
 use super::{BridgeDelivery, Target};
+use crate::backoff;
 use crate::hub::degrade::{self, EditStep, FULL_TEXT_SLOT, Slot};
 use crate::store::OutboxItem;
+use crate::store::portals::SendRecord;
 
 fn store_retry(e: impl Display) -> DeliverError {
     DeliverError::Retry { reason: format!("the store could not be read: {e}"), after: None }
@@ -52,7 +54,7 @@ impl BridgeDelivery {
                 tracing::info!(bridge = %self.id, emoji, nearest = %nearest, "reaction sent as the nearest one the side takes");
             }
             let out = Outgoing::Reaction { sender: sender.clone(), target: target.clone(), emoji: nearest };
-            match self.bridge.deliver(to, key, &out).await {
+            match self.post(to, key, &out).await {
                 Err(DeliverError::Permanent(reason)) => {
                     tracing::info!(bridge = %self.id, emoji, %reason, "the side refused the reaction; sent as text");
                 }
@@ -66,7 +68,7 @@ impl BridgeDelivery {
         tracing::info!(bridge = %self.id, emoji, "no reaction the side takes is close; sent as text");
         let text = degrade::reaction_text(emoji, quote.as_deref());
         let out = Outgoing::Message { sender, text, attachments: Vec::new(), reply_to: Some(target), avatar: None };
-        self.bridge.deliver(to, fallback_key, &out).await
+        self.post(to, fallback_key, &out).await
     }
 
     /// A message, in parts if its text is too long for the side: the first part carries
@@ -82,12 +84,12 @@ impl BridgeDelivery {
         key: &DeliveryKey,
     ) -> Result<Vec<RemoteMsgId>, DeliverError> {
         let Outgoing::Message { sender, text, attachments, reply_to, avatar } = o else {
-            return self.bridge.deliver(to, key, &o).await;
+            return self.post(to, key, &o).await;
         };
         let plan = degrade::plan_text(&text, caps, &sender.display_name);
         if plan.parts.len() == 1 && plan.full_text.is_none() {
             let o = Outgoing::Message { sender, text, attachments, reply_to, avatar };
-            return self.bridge.deliver(to, key, &o).await;
+            return self.post(to, key, &o).await;
         }
         tracing::info!(
             bridge = %self.id, message_id = %item.message_id, parts = plan.parts.len(), as_file = plan.full_text.is_some(),
@@ -111,7 +113,7 @@ impl BridgeDelivery {
                 continue;
             }
             let out = Outgoing::Message { sender: sender.clone(), text: part, attachments: files, reply_to, avatar };
-            let ids = self.bridge.deliver(to, &part_key(key, i), &out).await?;
+            let ids = self.post(to, &part_key(key, i), &out).await?;
             // The text first, then the files (of the last part): files keep parts 1, 2, …
             for (j, id) in ids.iter().enumerate() {
                 let part = if j == 0 { degrade::text_slot(i) } else { (j as i64).min(FULL_TEXT_SLOT - 1) };
@@ -122,7 +124,7 @@ impl BridgeDelivery {
             && !have.iter().any(|p| Slot::of(*p) == Slot::FullText)
         {
             let key = DeliveryKey(format!("{key}-fulltext"));
-            let ids = self.bridge.deliver(to, &key, &full_text_message(sender, full)).await?;
+            let ids = self.post(to, &key, &full_text_message(sender, full)).await?;
             for (j, id) in ids.iter().enumerate() {
                 self.map_part(&item.message_id, to, FULL_TEXT_SLOT + j as i64, id).await;
             }
@@ -161,7 +163,7 @@ impl BridgeDelivery {
         if text_parts.len() <= 1 && full.is_empty() && plan.parts.len() == 1 && plan.full_text.is_none() {
             // One part before and after: an edit as ever.
             let out = Outgoing::Edit { sender, target: main, new_text: new_text.clone() };
-            let ids = self.bridge.deliver(to, &key, &out).await?;
+            let ids = self.post(to, &key, &out).await?;
             self.record_shown(&shown_key, &new_text).await;
             return Ok(ids);
         }
@@ -209,7 +211,7 @@ impl BridgeDelivery {
                     (DeliveryKey(format!("{key}-fulltext")), full_text_message(sender.clone(), text.clone()))
                 }
             };
-            let ids = self.journaled(to, &step_key, &out).await?;
+            let ids = self.post(to, &step_key, &out).await?;
             match step {
                 EditStep::Edit { index: 0, .. } => own = ids,
                 EditStep::Edit { .. } => {}
@@ -240,22 +242,51 @@ impl BridgeDelivery {
         }
     }
 
-    /// One step of a multi-part edit, once: a step an earlier attempt took is not taken again.
-    async fn journaled(
+    /// Posts `out` to the side once per delivery key, through the send journal: a post the
+    /// side took is never repeated (its recorded ids are returned), and nothing is posted
+    /// while the store cannot record it. Telegram takes no idempotency key, so without this
+    /// a daemon killed between a post and the outbox mark showed the message twice.
+    pub(super) async fn post(
         &self,
         to: &RemoteChatId,
         key: &DeliveryKey,
         out: &Outgoing,
     ) -> Result<Vec<RemoteMsgId>, DeliverError> {
-        let entry = format!("core:step:{key}");
-        if let Some(done) = self.store.bridge_state(self.id.as_str(), &entry).await.map_err(store_retry)? {
-            return Ok(done.split('\n').filter(|s| !s.is_empty()).map(RemoteMsgId::from).collect());
+        let bridge = self.id.as_str();
+        match self.store.begin_send(bridge, key.as_str()).await {
+            Ok(SendRecord::New) => {}
+            Ok(SendRecord::Done(ids)) => {
+                tracing::info!(bridge = %self.id, key = %key, "posted before (the journal has it); not posted again");
+                return Ok(ids.into_iter().map(RemoteMsgId).collect());
+            }
+            Ok(SendRecord::Unfinished(since)) => {
+                // The process died during the post: the side may have it. Posting again is
+                // the only way not to lose it; a side with idempotency keys drops the copy.
+                self.metrics.delivery_unconfirmed(bridge);
+                tracing::warn!(bridge = %self.id, key = %key, since, "a post a stopped daemon had started is posted again; the side may show it twice");
+            }
+            Err(e) => {
+                return Err(DeliverError::Retry {
+                    reason: format!("the store cannot record the post, so it is held back: {e}"),
+                    after: None,
+                });
+            }
         }
-        let ids = self.bridge.deliver(to, key, out).await?;
-        let joined = ids.iter().map(RemoteMsgId::as_str).collect::<Vec<_>>().join("\n");
-        if let Err(e) = self.store.set_bridge_state(self.id.as_str(), &entry, &joined).await {
-            tracing::warn!(bridge = %self.id, error = %e, "could not journal an edit step");
+        match self.bridge.deliver(to, key, out).await {
+            Ok(ids) => {
+                let raw: Vec<String> = ids.iter().map(|i| i.0.clone()).collect();
+                let write = || self.store.finish_send(bridge, key.as_str(), &raw);
+                if let Err(e) = backoff::until_ok(backoff::RECORD_FOR, write).await {
+                    tracing::error!(bridge = %self.id, key = %key, error = %e, "posted, but the send journal was not completed");
+                }
+                Ok(ids)
+            }
+            Err(e) => {
+                if let Err(store) = self.store.abandon_send(bridge, key.as_str()).await {
+                    tracing::warn!(bridge = %self.id, key = %key, error = %store, "could not clear a refused post from the send journal");
+                }
+                Err(e)
+            }
         }
-        Ok(ids)
     }
 }

@@ -77,7 +77,7 @@ impl Bridge for RecordingBridge {
 }
 
 pub(super) struct Rig {
-    _dir: tempfile::TempDir,
+    pub(super) _dir: tempfile::TempDir,
     identity: Arc<Identity>,
     pub(super) store: Arc<dyn Store>,
     outbound: Arc<Outbound>,

@@ -5,7 +5,7 @@ use sqlx::{Row, Transaction};
 
 use super::{SqliteStore, err, now};
 use crate::store::StoreResult;
-use crate::store::portals::{Portal, PortalStore, RemoteCopy};
+use crate::store::portals::{Portal, PortalStore, RemoteCopy, SendRecord};
 
 fn portal_row(r: &sqlx::sqlite::SqliteRow) -> Portal {
     Portal { id: r.get("id"), chat_id: r.get("chat_id"), bridge: r.get("bridge"), remote_chat: r.get("remote_chat") }
@@ -210,6 +210,67 @@ impl PortalStore for SqliteStore {
         .await
         .map_err(err)?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn begin_send(&self, bridge: &str, key: &str) -> StoreResult<SendRecord> {
+        let inserted = sqlx::query(
+            "INSERT INTO send_journal (bridge, key, started_at) VALUES (?, ?, ?)
+             ON CONFLICT (bridge, key) DO NOTHING",
+        )
+        .bind(bridge)
+        .bind(key)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(SendRecord::New);
+        }
+        let row = sqlx::query("SELECT remote_ids, started_at FROM send_journal WHERE bridge = ? AND key = ?")
+            .bind(bridge)
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(match row.get::<Option<String>, _>(0) {
+            Some(ids) => SendRecord::Done(ids.split('\n').filter(|s| !s.is_empty()).map(str::to_owned).collect()),
+            None => SendRecord::Unfinished(row.get(1)),
+        })
+    }
+
+    async fn finish_send(&self, bridge: &str, key: &str, remote_ids: &[String]) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO send_journal (bridge, key, remote_ids, started_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (bridge, key) DO UPDATE SET remote_ids = excluded.remote_ids",
+        )
+        .bind(bridge)
+        .bind(key)
+        .bind(remote_ids.join("\n"))
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn abandon_send(&self, bridge: &str, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM send_journal WHERE bridge = ? AND key = ? AND remote_ids IS NULL")
+            .bind(bridge)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn prune_send_journal(&self, before: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM send_journal WHERE started_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(done.rows_affected())
     }
 
     async fn bridge_state(&self, bridge: &str, key: &str) -> StoreResult<Option<String>> {
