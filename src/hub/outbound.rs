@@ -10,6 +10,8 @@ use crate::config::EncryptionPolicy;
 use crate::hub::e2ee::{Identity, recipient_keys};
 use crate::store::{Chat, ChatKind, ChatRef, Envelope, Origin, OutboundMail, Store, StoreError};
 
+pub mod smear;
+
 /// Why a message could not be queued.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -33,6 +35,8 @@ pub struct Outbound {
     identity: Arc<Identity>,
     policy: EncryptionPolicy,
     wake: Arc<Notify>,
+    /// Dates of their own for mail created in the same second.
+    clock: smear::SmearedClock,
 }
 
 impl Outbound {
@@ -44,7 +48,7 @@ impl Outbound {
         policy: EncryptionPolicy,
         wake: Arc<Notify>,
     ) -> Self {
-        Self { store, me, identity, policy, wake }
+        Self { store, me, identity, policy, wake, clock: smear::SmearedClock::default() }
     }
 
     /// The bridge's own address.
@@ -238,7 +242,7 @@ impl Outbound {
         if relayed_name.is_some() {
             msg.sender = Some(self.me.clone());
         }
-        msg.date.get_or_insert_with(|| chrono::Utc::now().timestamp());
+        msg.date.get_or_insert_with(|| self.clock.next(chrono::Utc::now().timestamp()));
         // The password-encrypted SecureJoin steps are not chat messages; all else is.
         msg.is_chat = !matches!(msg.secure_join_header("Secure-Join"), Some("vc-request-pubkey" | "vc-pubkey"));
         if msg.to.is_empty() && (!msg.is_chat || !msg.past_members.is_empty()) {

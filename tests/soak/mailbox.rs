@@ -33,6 +33,18 @@ pub fn delivery_order(postfix_log: &str, rcpt: &str) -> Vec<String> {
     out
 }
 
+/// The Message-IDs in the order Postfix took them in (its `cleanup` logs each mail as it
+/// enters the queue, before any delivery): the order a sender handed its mail over in.
+pub fn submission_order(postfix_log: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    postfix_log
+        .lines()
+        .filter(|l| l.contains("postfix/cleanup["))
+        .filter_map(|l| queue_id(l, ": message-id=").map(|(_, rest)| bare(rest)))
+        .filter(|m| seen.insert(m.clone()))
+        .collect()
+}
+
 /// The Message-ID in Delta Chat's message info text (`get_message_info`).
 pub fn message_id_in_info(info: &str) -> Option<String> {
     info.lines().find_map(|l| l.trim().strip_prefix("Message-ID:").map(bare))
@@ -63,6 +75,7 @@ mod tests {
                    Nov 30 04:25:02 mail postfix/lmtp[8]: 4AB: to=<bridge@example.org>, relay=l, status=deferred (x)\n\
                    Nov 30 04:25:03 mail postfix/lmtp[8]: 4AB: to=<bridge@example.org>, relay=l, status=sent (250)\n";
         assert_eq!(delivery_order(log, "bridge@example.org"), ["two@x", "one@x"]);
+        assert_eq!(submission_order(log), ["one@x", "two@x"]);
         assert_eq!(message_id_in_info("Sent: x\nMessage-ID: <one@x>\n"), Some("one@x".into()));
         assert_eq!(reordered([1, 3, 2, 4, 0]), 2);
     }

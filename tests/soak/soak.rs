@@ -419,16 +419,22 @@ async fn main() {
     let mut dc_note = String::new();
     // Out of order by the bridge itself: against what it received (its mailbox for Delta
     // Chat's mail; Synapse and getUpdates hand it the others in order) and, toward Delta
-    // Chat, against what it handed Postfix (Alice's mailbox order).
+    // Chat, in the order it handed its mail to Postfix.
     let raw = |to: Side, from: Side| report.counts[&(to, from)].reordered;
-    // Toward Delta Chat the bridge's order is what Alice sees: Delta Chat sorts by the
-    // Date the bridge set, so Postfix's reordering on the way does not show.
+    // Toward Delta Chat the bridge's own order is the order it handed its mail to Postfix.
+    // What Alice's Delta Chat shows after that is the transport's and Delta Chat's: mail
+    // delivered late (after an outage) is sorted after her own newest message, in arrival
+    // order (core's `calc_sort_timestamp`), as it would be between two Delta Chats.
+    let handed: Vec<(Side, u32)> =
+        mailbox::submission_order(&postfix_log).iter().filter_map(|m| sent_ids.get(m).copied()).collect();
+    let handed_reordered =
+        |origin: Side| mailbox::reordered(handed.iter().filter(|k| k.0 == origin).map(|k| k.1 as usize));
     let by_bridge = against_mailbox(Side::Matrix)
         + against_mailbox(Side::Telegram)
         + raw(Side::Telegram, Side::Matrix)
         + raw(Side::Matrix, Side::Telegram)
-        + raw(Side::DeltaChat, Side::Matrix)
-        + raw(Side::DeltaChat, Side::Telegram);
+        + handed_reordered(Side::Matrix)
+        + handed_reordered(Side::Telegram);
     for origin in [Side::Matrix, Side::Telegram] {
         let in_mailbox: Vec<usize> = alice_order.iter().filter(|k| k.0 == origin).map(|k| k.1 as usize).collect();
         let mut seen = std::collections::HashSet::new();
@@ -438,8 +444,10 @@ async fn main() {
             .filter_map(|s| alice_rank.get(&(origin, s.seq)).copied());
         let shown_ranks: Vec<usize> = shown_ranks.collect();
         dc_note.push_str(&format!(
-            "{}→Delta Chat: {} matched, {} out of send order in Alice's mailbox, {} as Delta Chat shows them against that order. ",
+            "{}→Delta Chat: {} handed to Postfix with {} out of send order; {} matched in Alice's mailbox, {} out of send order there, {} as Delta Chat shows them against that order. ",
             origin.name(),
+            handed.iter().filter(|k| k.0 == origin).count(),
+            handed_reordered(origin),
             in_mailbox.len(),
             mailbox::reordered(in_mailbox.iter().copied()),
             mailbox::reordered(shown_ranks.iter().copied()),
@@ -454,7 +462,7 @@ async fn main() {
         against_mailbox(Side::Matrix),
         against_mailbox(Side::Telegram),
     ) + dc_note.as_str()
-        + format!("\nOut of order by the bridge itself (against the order it received Delta Chat's mail in; the other paths as shown): {by_bridge}.\n")
+        + format!("\nOut of order by the bridge itself (against the order it received Delta Chat's mail in; toward Delta Chat, the order it handed Postfix; the other paths as shown): {by_bridge}.\n")
             .as_str();
     let exits = sup.unplanned_exits.lock().await.clone();
 
