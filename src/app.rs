@@ -23,6 +23,14 @@ use crate::{http, store};
 /// How long a stop may take before the process exits anyway.
 pub const GRACE: Duration = Duration::from_secs(30);
 
+/// The longest pause between a bridge's reconnect attempts (with ±20 % jitter): one cheap
+/// request (Telegram's `getMe`, a Matrix `/versions`) every few seconds while its network
+/// is down, and traffic again within seconds of its return.
+pub const BRIDGE_RECONNECT_MAX: Duration = Duration::from_secs(4);
+
+/// A bridge that ran this long before it stopped was healthy: its backoff starts afresh.
+const BRIDGE_HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
 /// Everything but the HTTP listener and the signal handling: what the daemon runs, and
 /// what integration tests drive in-process.
 pub struct Core {
@@ -163,10 +171,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<Stop> {
             async move {
             // A bridge that fails for a reason that may pass is restarted with backoff; only
             // a fatal error (bad credentials, bad config) stops the daemon.
-            let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+            // At most BRIDGE_RECONNECT_MAX apart, so a bridge is back within seconds of its
+            // network (the soak saw a 60 s cap leave Telegram 14 s behind the Bot API's return).
+            let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), BRIDGE_RECONNECT_MAX);
             let stopped = |reason: &str| health.bridge_state(r.id.as_str(), "stopped", Some(reason.to_owned()));
             loop {
-                match r.bridge.run(cx.clone()).await {
+                let started = tokio::time::Instant::now();
+                let outcome = r.bridge.run(cx.clone()).await;
+                if started.elapsed() > BRIDGE_HEALTHY_AFTER {
+                    // It ran fine for a while: a new failure starts the backoff afresh.
+                    backoff.reset();
+                }
+                match outcome {
                     Ok(()) => {
                         stopped("shut down");
                         return Ok(());
