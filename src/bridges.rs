@@ -1,21 +1,100 @@
-//! The registry of bridge modules: builds each configured `[[bridge]]` into its parts (delivery worker, HTTP routes) over the core. A new bridge kind is one arm here.
+//! The registry of bridge kinds, one line per bridge crate, and what the core does with any `[[bridge]]`: reads it through its kind's factory, checks it, builds it into its parts (the bridge, its delivery worker, its HTTP routes). Nothing here knows one bridge from another.
 
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use coi_bridge_api::{Bridge, BridgeId, Hub};
-use coi_bridge_matrix::appservice::{self, Appservice};
-use coi_bridge_matrix::bridge::MatrixBridge;
-use coi_bridge_matrix::config::Mode;
-use coi_bridge_matrix::inbound::MatrixInbound;
-use coi_bridge_matrix::registration::Registration;
+use coi_bridge_api::{Bridge, BridgeFactory, BridgeId, BridgeSection, CoreHandles, Environment, Hub};
+use serde::Deserialize;
 
 use crate::app::Core;
-use crate::config::{BridgeConfig, Loaded};
+use crate::config::Loaded;
 use crate::hub::delivery::BridgeDelivery;
 use crate::hub::submit::StoreState;
 use crate::transport::smtp::RetryPolicy;
+
+/// Every bridge kind this build has. A new bridge crate is one line here (and its
+/// dependency in Cargo.toml).
+pub static REGISTRY: &[&BridgeFactory] = &[
+    &coi_bridge_matrix::FACTORY,   // kind = "matrix"
+    &coi_bridge_telegram::FACTORY, // kind = "telegram"
+];
+
+/// The factory registered for `kind`.
+pub fn factory(kind: &str) -> Option<&'static BridgeFactory> {
+    REGISTRY.iter().copied().find(|f| f.kind == kind)
+}
+
+/// The registered kinds, for error messages: `matrix, telegram`.
+pub fn kinds() -> String {
+    REGISTRY.iter().map(|f| f.kind).collect::<Vec<_>>().join(", ")
+}
+
+/// One `[[bridge]]` entry: its kind's factory and the section that factory read. The
+/// section is the bridge crate's own config type (strict, documented there).
+pub struct BridgeConfig {
+    factory: &'static BridgeFactory,
+    section: Box<dyn BridgeSection>,
+}
+
+impl BridgeConfig {
+    /// Reads one `[[bridge]]` table: `kind` picks the factory, which reads the rest.
+    pub fn parse(mut table: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let kind = match table.remove("kind") {
+            Some(serde_json::Value::String(k)) => k,
+            Some(other) => return Err(format!("kind: {other} is not a bridge kind; use one of: {}", kinds())),
+            None => return Err(format!("missing field `kind`; use one of: {}", kinds())),
+        };
+        let factory =
+            factory(&kind).ok_or_else(|| format!("kind: unknown bridge kind {kind:?}; this build has: {}", kinds()))?;
+        let name = match table.get("id").and_then(|v| v.as_str()) {
+            Some(id) => format!("bridge {id:?} (kind = {kind:?})"),
+            None => format!("bridge (kind = {kind:?})"),
+        };
+        let section = (factory.parse)(serde_json::Value::Object(table)).map_err(|e| format!("{name}: {e}"))?;
+        Ok(Self { factory, section })
+    }
+
+    pub fn id(&self) -> &str {
+        self.section.id()
+    }
+
+    /// The `kind` it was configured with.
+    pub fn kind(&self) -> &'static str {
+        self.factory.kind
+    }
+
+    /// The network's name people read ("Matrix").
+    pub fn label(&self) -> &'static str {
+        self.factory.label
+    }
+
+    pub fn section(&self) -> &dyn BridgeSection {
+        self.section.as_ref()
+    }
+
+    /// The section as its crate's own config type, for a command of one bridge kind
+    /// (`generate-registration` reads Matrix's); `None` for every other kind.
+    pub fn config<T: Any>(&self) -> Option<&T> {
+        let any: &dyn Any = self.section.as_ref();
+        any.downcast_ref()
+    }
+}
+
+impl fmt::Debug for BridgeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BridgeConfig").field("kind", &self.factory.kind).field("section", &self.section).finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for BridgeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let table = serde_json::Map::deserialize(d)?;
+        Self::parse(table).map_err(serde::de::Error::custom)
+    }
+}
 
 /// One running bridge instance.
 pub struct Running {
@@ -32,202 +111,147 @@ pub struct Bridges {
 }
 
 /// The network name each bridge instance shows after relayed names ("Ann (Matrix)").
-pub fn labels(bridges: &[BridgeConfig]) -> std::collections::HashMap<String, String> {
-    bridges
-        .iter()
-        .map(|b| match b {
-            BridgeConfig::Matrix(m) => (m.id.clone(), "Matrix".to_owned()),
-            BridgeConfig::Telegram(t) => (t.id.clone(), "Telegram".to_owned()),
-        })
-        .collect()
-}
-
-/// Where a Telegram bot token comes from when `token_file` is not set.
-pub const TELEGRAM_TOKEN_ENV: &str = "COI_BRIDGE_TELEGRAM_TOKEN";
-
-/// The appservice registration a Matrix bridge names (relative to the config file).
-fn registration(loaded: &Loaded, m: &coi_bridge_matrix::config::MatrixConfig) -> anyhow::Result<Registration> {
-    let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
-    let path = base.join(&m.registration);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "bridge {:?}: registration {} cannot be read; run `coi-bridge generate-registration` and give it to \
-             the homeserver",
-            m.id,
-            path.display()
-        )
-    })?;
-    Registration::from_yaml(&text).map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))
-}
-
-/// A Telegram bridge's bot token, from `token_file` or the environment.
-fn telegram_token(loaded: &Loaded, t: &coi_bridge_telegram::config::TelegramConfig) -> anyhow::Result<String> {
-    let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
-    match &t.token_file {
-        Some(file) => {
-            let file = base.join(file);
-            Ok(std::fs::read_to_string(&file)
-                .with_context(|| {
-                    format!(
-                        "bridge {:?}: token_file {} cannot be read; put the bot token from @BotFather there",
-                        t.id,
-                        file.display()
-                    )
-                })?
-                .trim()
-                .to_owned())
-        }
-        None => std::env::var(TELEGRAM_TOKEN_ENV).map_err(|_| {
-            anyhow::anyhow!(
-                "bridge {:?}: no bot token; set token_file, or the environment variable {TELEGRAM_TOKEN_ENV}",
-                t.id
-            )
-        }),
-    }
+pub fn labels(bridges: &[BridgeConfig]) -> HashMap<String, String> {
+    bridges.iter().map(|b| (b.id().to_owned(), b.label().to_owned())).collect()
 }
 
 /// `check`'s row for one bridge: its name, then what answered or why not and the fix.
 pub async fn check(loaded: &Loaded, b: &BridgeConfig) -> (String, Result<String, (String, String)>) {
-    match b {
-        BridgeConfig::Matrix(m) => {
-            let item = format!("matrix {}", m.id);
-            if m.mode == Mode::Bot {
-                let client = match coi_bridge_matrix::client::AsClient::new(&m.homeserver, "", "") {
-                    Ok(c) => c,
-                    Err(e) => return (item, Err((e, "check the bridge's homeserver URL".into()))),
-                };
-                return (
-                    item,
-                    client
-                        .versions()
-                        .await
-                        .map(|v| format!("{} answers (Matrix {v}); bot mode", m.homeserver))
-                        .map_err(|e| {
-                            (
-                                format!("{}: {e}", m.homeserver),
-                                format!(
-                                    "is the homeserver running, and is [[bridge]] id = {:?} homeserver right?",
-                                    m.id
-                                ),
-                            )
-                        }),
-                );
-            }
-            let reg = match registration(loaded, m) {
-                Ok(r) => r,
-                Err(e) => return (item, Err((format!("{e:#}"), "run `coi-bridge generate-registration`".into()))),
-            };
-            let bridge = match MatrixBridge::new((**m).clone(), reg, &loaded.config.account.address, "") {
-                Ok(b) => b,
-                Err(e) => return (item, Err((e, format!("check [[bridge]] id = {:?}", m.id)))),
-            };
-            (item, bridge.check().await)
-        }
-        BridgeConfig::Telegram(t) => {
-            let item = format!("telegram {}", t.id);
-            let token = match telegram_token(loaded, t) {
-                Ok(t) => t,
-                Err(e) => return (item, Err((format!("{e:#}"), "give the bot token from @BotFather".into()))),
-            };
-            match coi_bridge_telegram::bridge::TelegramBridge::new((**t).clone(), &token, "", "") {
-                Ok(b) => (item, b.check().await),
-                Err(e) => (item, Err((e, format!("check [[bridge]] id = {:?} api_url", t.id)))),
-            }
-        }
+    let state_dir = loaded.config.store.state_dir();
+    let env = environment(loaded, &state_dir);
+    (format!("{} {}", b.kind(), b.id()), b.section().check(&env).await)
+}
+
+/// What a factory is told about the daemon: the account, and the directories relative
+/// paths and a bridge's own files are under.
+fn environment<'a>(loaded: &'a Loaded, state_dir: &'a std::path::Path) -> Environment<'a> {
+    Environment {
+        address: &loaded.config.account.address,
+        display_name: &loaded.config.account.display_name,
+        config_dir: loaded.source.parent().unwrap_or(std::path::Path::new(".")),
+        state_dir,
     }
 }
 
-/// Builds every configured bridge; no network I/O.
+/// Builds every configured bridge through its factory; no network I/O.
 pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
     let mut running = Vec::new();
     let mut routes = axum::Router::new();
     let policy = RetryPolicy { base: Duration::from_secs(1), max_delay: Duration::from_secs(300), max_attempts: 30 };
-    // Each bridge with its delivery worker, labelled for notices ("not delivered to Matrix").
-    let runner = |id: BridgeId, label: &str, bridge: Arc<dyn Bridge>| {
+    let state_dir = loaded.config.store.state_dir();
+    let env = environment(loaded, &state_dir);
+    for b in &loaded.config.bridge {
+        let id = BridgeId(b.id().to_owned());
+        let hub: Arc<dyn Hub> = core.hub.clone();
+        let handles = CoreHandles { id: id.clone(), hub, state: Arc::new(StoreState::new(core.store.clone(), &id)) };
+        let built = b.section().build(&env, handles).map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(r) = built.routes {
+            routes = routes.merge(r);
+        }
+        // Each bridge with its delivery worker, labelled for notices ("not delivered to Matrix").
         let delivery = BridgeDelivery::new(
             id.clone(),
-            label,
-            bridge.clone(),
+            b.label(),
+            built.bridge.clone(),
             core.store.clone(),
             core.outbound.clone(),
             policy,
             core.metrics.clone(),
         );
-        Running { id, bridge, delivery }
-    };
-    for b in &loaded.config.bridge {
-        match b {
-            BridgeConfig::Matrix(m) => {
-                let base = loaded.source.parent().unwrap_or(std::path::Path::new("."));
-                let id = BridgeId(m.id.clone());
-                if m.mode == Mode::Bot {
-                    let file = m.password_file.clone().unwrap_or_default();
-                    // `join` keeps an absolute path as it is.
-                    let file = base.join(file);
-                    let password = std::fs::read_to_string(&file)
-                        .with_context(|| {
-                            format!(
-                                "bridge {:?}: password_file {} cannot be read; put the bot account's password there",
-                                m.id,
-                                file.display()
-                            )
-                        })?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_owned();
-                    let store_dir = loaded.config.store.state_dir().join(format!("matrix-{}", m.id));
-                    let bridge = Arc::new(coi_bridge_matrix::bot::BotBridge::new(
-                        (**m).clone(),
-                        &loaded.config.account.address,
-                        &loaded.config.account.display_name,
-                        store_dir,
-                        password,
-                    ));
-                    running.push(runner(id, "Matrix", bridge));
-                    continue;
-                }
-                let reg = registration(loaded, m)?;
-                let bridge = Arc::new(
-                    MatrixBridge::new(
-                        (**m).clone(),
-                        reg.clone(),
-                        &loaded.config.account.address,
-                        &loaded.config.account.display_name,
-                    )
-                    .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", m.id))?,
-                );
-                let hub: Arc<dyn Hub> = core.hub.clone();
-                let inbound = Arc::new(MatrixInbound::new(id.clone(), bridge.client().clone(), hub, m));
-                let state = Arc::new(StoreState::new(core.store.clone(), &id));
-                let app = Appservice::new(&reg.hs_token, state, inbound).with_refusals(bridge.refusals());
-                routes = routes.merge(appservice::router(Arc::new(app)));
-                running.push(runner(id, "Matrix", bridge));
-            }
-            BridgeConfig::Telegram(t) => {
-                let token = telegram_token(loaded, t)?;
-                let id = BridgeId(t.id.clone());
-                let bridge = Arc::new(
-                    coi_bridge_telegram::bridge::TelegramBridge::new(
-                        (**t).clone(),
-                        &token,
-                        &loaded.config.account.address,
-                        &loaded.config.account.display_name,
-                    )
-                    .map_err(|e| anyhow::anyhow!("bridge {:?}: {e}", t.id))?,
-                );
-                running.push(runner(id, "Telegram", bridge));
-            }
-        }
+        running.push(Running { id, bridge: built.bridge, delivery });
     }
     // Bridges with people to speak for open a DM portal when a COI contact writes 1:1.
-    let dm: Vec<String> = loaded
-        .config
-        .bridge
-        .iter()
-        .filter_map(|b| match b {
-            BridgeConfig::Matrix(m) if !m.owner_list().is_empty() => Some(m.id.clone()),
-            _ => None,
-        })
-        .collect();
+    let dm = loaded.config.bridge.iter().filter(|b| b.section().opens_dms()).map(|b| b.id().to_owned()).collect();
     core.store.set_dm_bridges(dm);
     Ok(Bridges { running, routes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `[[bridge]]` sections of config/coi-bridge.example.toml, uncommented, by kind.
+    fn example_sections() -> Vec<(String, String)> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/coi-bridge.example.toml");
+        let text = std::fs::read_to_string(&path).expect("the example config");
+        let mut sections: Vec<String> = Vec::new();
+        for line in text.lines() {
+            let Some(line) = line.strip_prefix("# ").or_else(|| (line == "#").then_some("")) else {
+                sections.push(String::new()); // a line that is not commented out ends a section
+                continue;
+            };
+            if line.trim() == "[[bridge]]" {
+                sections.push(format!("{line}\n"));
+            } else if let Some(s) = sections.last_mut().filter(|s| !s.is_empty()) {
+                s.push_str(line);
+                s.push('\n');
+            }
+        }
+        sections
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let kind = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("kind = "))
+                    .map(|k| k.split('#').next().unwrap_or_default().trim().trim_matches('"').to_owned())
+                    .expect("every example section names its kind");
+                (kind, s)
+            })
+            .collect()
+    }
+
+    fn parse_toml(toml: &str) -> Result<Vec<BridgeConfig>, String> {
+        #[derive(Deserialize)]
+        struct File {
+            bridge: Vec<BridgeConfig>,
+        }
+        use figment::providers::Format as _;
+        figment::Figment::new()
+            .merge(figment::providers::Toml::string(toml))
+            .extract::<File>()
+            .map(|f| f.bridge)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_registered_kind_parses_its_example_section() {
+        let sections = example_sections();
+        for f in REGISTRY {
+            let (_, toml) = sections
+                .iter()
+                .find(|(kind, _)| kind == f.kind)
+                .unwrap_or_else(|| panic!("config/coi-bridge.example.toml has no [[bridge]] kind = {:?}", f.kind));
+            let parsed = parse_toml(toml).unwrap_or_else(|e| panic!("kind {:?}: {e}\n{toml}", f.kind));
+            let [b] = parsed.as_slice() else { panic!("one section, got {}", parsed.len()) };
+            assert_eq!((b.kind(), b.label()), (f.kind, f.label));
+            b.section().validate().unwrap_or_else(|e| panic!("kind {:?}: {e}", f.kind));
+        }
+        // And every example section is of a registered kind.
+        for (kind, _) in &sections {
+            assert!(factory(kind).is_some(), "the example has a section of kind {kind:?}, which no crate registers");
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_is_named_with_the_registered_ones() {
+        let err = parse_toml("[[bridge]]\nid = \"x\"\nkind = \"xmpp\"\n").err().expect("refused");
+        assert!(err.contains("\"xmpp\"") && err.contains("bridge.0"), "{err}");
+        for f in REGISTRY {
+            assert!(err.contains(f.kind), "the error should list {:?}: {err}", f.kind);
+        }
+        let err = parse_toml("[[bridge]]\nid = \"x\"\n").err().expect("refused");
+        assert!(err.contains("kind") && err.contains(REGISTRY[0].kind), "{err}");
+    }
+
+    #[test]
+    fn a_section_error_names_the_bridge_and_the_key() {
+        let err =
+            parse_toml("[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\ntokn_file = \"t\"\n").err().expect("refused");
+        assert!(err.contains("bridge \"tg\"") && err.contains("tokn_file") && err.contains("token_file"), "{err}");
+        // The concrete type is reachable for commands of one kind, and only for that kind.
+        let parsed = parse_toml("[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\n").expect("parses");
+        assert!(parsed[0].config::<coi_bridge_telegram::config::TelegramConfig>().is_some());
+        assert!(parsed[0].config::<coi_bridge_matrix::config::MatrixConfig>().is_none());
+    }
 }

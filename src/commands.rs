@@ -161,15 +161,11 @@ pub async fn join(loaded: &Loaded, link: &str) -> anyhow::Result<String> {
 /// config file. Refuses to replace an existing file unless forced: new tokens cut the
 /// homeserver off until it loads the new file.
 pub fn generate_registration(loaded: &Loaded, bridge: Option<&str>, force: bool) -> anyhow::Result<String> {
-    use crate::config::BridgeConfig;
     let matrix: Vec<_> = loaded
         .config
         .bridge
         .iter()
-        .filter_map(|b| match b {
-            BridgeConfig::Matrix(m) => Some(m),
-            BridgeConfig::Telegram(_) => None,
-        })
+        .filter_map(|b| b.config::<coi_bridge_matrix::config::MatrixConfig>())
         .filter(|m| bridge.is_none_or(|id| m.id == id))
         .collect();
     let m = match matrix.as_slice() {

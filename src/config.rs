@@ -324,23 +324,9 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9187))
 }
 
-/// One `[[bridge]]` entry, by `kind`. Each kind's keys are defined and checked by that
-/// bridge's crate.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum BridgeConfig {
-    Matrix(Box<coi_bridge_matrix::config::MatrixConfig>),
-    Telegram(Box<coi_bridge_telegram::config::TelegramConfig>),
-}
-
-impl BridgeConfig {
-    pub fn id(&self) -> &str {
-        match self {
-            BridgeConfig::Matrix(m) => &m.id,
-            BridgeConfig::Telegram(t) => &t.id,
-        }
-    }
-}
+/// One `[[bridge]]` entry: `kind` picks a bridge crate's factory in the registry
+/// ([`crate::bridges::REGISTRY`]), whose own config type reads and checks the other keys.
+pub use crate::bridges::BridgeConfig;
 
 /// The loaded configuration with its secrets resolved.
 #[derive(Debug)]
@@ -485,10 +471,7 @@ fn validate(c: &Config) -> anyhow::Result<()> {
         if !ids.insert(id) {
             bail!("bridge: the id {id:?} is used twice; give every [[bridge]] its own id");
         }
-        match b {
-            BridgeConfig::Matrix(m) => m.validate().map_err(|e| anyhow::anyhow!(e))?,
-            BridgeConfig::Telegram(t) => t.validate().map_err(|e| anyhow::anyhow!(e))?,
-        }
+        b.section().validate().map_err(|e| anyhow::anyhow!(e))?;
     }
     Ok(())
 }

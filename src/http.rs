@@ -118,7 +118,8 @@ impl tower_http::catch_panic::ResponseForPanic for PanicTo500 {
     }
 }
 
-/// Serves until `shutdown`, with the bridges' `extra` routes (the appservice endpoint).
+/// Serves until `shutdown`, with `extra` routes: those the bridges' factories built
+/// ([`coi_bridge_api::Built::routes`], such as the Matrix appservice endpoint).
 ///
 /// A panic in a handler answers 500, is logged at ERROR and counted
 /// (`coi_bridge_panics_total{task="http"}`); the listener goes on. A client that does

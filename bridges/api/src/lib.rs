@@ -11,11 +11,16 @@
 //!   [`Hub::submit`] returned `Ok`: `Ok` means the event is durably queued, or set aside
 //!   with [`Hub::dead_letter`] after it failed for good or [`deadletter::MAX_ATTEMPTS`] times.
 //! - Delivery is at least once. The core dedupes by ids, so the effect is exactly once.
+//!
+//! Each bridge crate exports one [`BridgeFactory`] ([`factory`]): the core's registry
+//! lists them, one line each, and builds every `[[bridge]]` through its kind's factory.
 
 pub mod deadletter;
+pub mod factory;
 pub mod testing;
 
 pub use deadletter::{DeadLetter, DeadLetterKind, Failure};
+pub use factory::{BridgeFactory, BridgeSection, Built, CoreHandles, Environment};
 
 use std::fmt;
 use std::sync::Arc;

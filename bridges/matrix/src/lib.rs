@@ -7,6 +7,8 @@
 //! - [`bridge`]: the `Bridge` contract: COI people post through ghosts in portal rooms.
 //! - [`client`]: the client-server API as the appservice uses it (ghosts via `?user_id=`).
 //! - [`config`]: the `[[bridge]] kind = "matrix"` section.
+//! - [`factory`]: [`FACTORY`], what the core's registry lists: the section read, checked and
+//!   built (appservice mode with its transaction endpoint's routes, or bot mode).
 //! - [`handle`]: one Matrix event handled the same way in both modes (commands, authority,
 //!   submit, set aside).
 //! - [`html`]: `formatted_body` HTML → readable plain text (nothing of the markup survives).
@@ -23,9 +25,12 @@ pub mod bot;
 pub mod bridge;
 pub mod client;
 pub mod config;
+pub mod factory;
 pub mod handle;
 pub mod html;
 pub mod inbound;
 pub mod registration;
 pub mod sync;
 pub mod translate;
+
+pub use factory::FACTORY;

@@ -1,0 +1,108 @@
+//! The factory each bridge crate exports: its `kind`, its label, and how one `[[bridge]]` section of its kind is read, checked (`coi-bridge check`) and built into a running bridge with its HTTP routes.
+//!
+//! A new bridge is one crate plus one line in the core's registry (`src/bridges.rs`):
+//! the crate exports a `pub static FACTORY: BridgeFactory`, and its config type
+//! implements [`BridgeSection`]. The core knows no bridge by name.
+
+use std::any::Any;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{Bridge, BridgeId, BridgeState, Hub};
+
+/// One bridge kind, as the core's registry lists it.
+pub struct BridgeFactory {
+    /// The value of `[[bridge]] kind = "…"`, lower case.
+    pub kind: &'static str,
+    /// The network's name as people read it: after relayed names ("Ann (Matrix)") and in
+    /// notices ("not delivered to Matrix").
+    pub label: &'static str,
+    /// Reads one `[[bridge]]` section: every key but `kind`. Strict: an unknown key, a
+    /// missing one or a wrong type is an error that names it. No I/O; what serde cannot
+    /// check is [`BridgeSection::validate`]'s.
+    pub parse: fn(serde_json::Value) -> Result<Box<dyn BridgeSection>, String>,
+}
+
+impl fmt::Debug for BridgeFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BridgeFactory").field("kind", &self.kind).field("label", &self.label).finish()
+    }
+}
+
+/// What the core tells a section about the daemon it is part of.
+#[derive(Clone, Copy, Debug)]
+pub struct Environment<'a> {
+    /// The bridge identity's mail address.
+    pub address: &'a str,
+    /// The name COI users see for the bridge itself.
+    pub display_name: &'a str,
+    /// The directory of the config file: relative paths in a section are relative to it.
+    pub config_dir: &'a Path,
+    /// The daemon's state directory; a bridge keeps its own files in a subdirectory
+    /// named after its kind and id.
+    pub state_dir: &'a Path,
+}
+
+impl Environment<'_> {
+    /// `path` as the operator wrote it in the config: relative to the config file's
+    /// directory, an absolute path as it is.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.config_dir.join(path)
+    }
+}
+
+/// The core's parts a bridge's HTTP routes hand events to. [`Bridge::run`] gets the same
+/// in its [`crate::BridgeContext`]; routes are built before the bridge runs.
+#[derive(Clone)]
+pub struct CoreHandles {
+    pub id: BridgeId,
+    pub hub: Arc<dyn Hub>,
+    /// This bridge instance's persistent state (the same rows `run` sees).
+    pub state: Arc<dyn BridgeState>,
+}
+
+/// A built bridge instance.
+pub struct Built {
+    pub bridge: Arc<dyn Bridge>,
+    /// Routes the daemon's HTTP listener serves for this instance (the Matrix
+    /// appservice's transaction endpoint); `None` when the bridge only connects out.
+    pub routes: Option<axum::Router>,
+}
+
+/// One parsed `[[bridge]]` section: the bridge crate's own config type, which knows how
+/// to check and build itself. The core reaches the concrete type (for commands of one
+/// bridge, such as `generate-registration`) by downcasting through [`Any`].
+#[async_trait]
+pub trait BridgeSection: fmt::Debug + Any + Send + Sync {
+    /// The instance id (`[[bridge]] id`), which scopes every row the bridge owns.
+    fn id(&self) -> &str;
+
+    /// Checks what serde cannot. The error names the bridge id, the key and the fix.
+    fn validate(&self) -> Result<(), String>;
+
+    /// Whether the bridge opens a portal when a COI contact writes 1:1 to the bridge: it
+    /// has people it speaks for ([`Bridge::open_dm`]).
+    fn opens_dms(&self) -> bool {
+        false
+    }
+
+    /// For `coi-bridge check`: reaches the bridge's server. `Ok` says what answered;
+    /// `Err((what went wrong, the fix))`.
+    async fn check(&self, env: &Environment<'_>) -> Result<String, (String, String)>;
+
+    /// Builds the bridge and its routes, with secrets read relative to the config file or
+    /// from the environment. No network I/O: [`Bridge::run`] connects. The error names
+    /// the bridge id, what is missing and the fix.
+    fn build(&self, env: &Environment<'_>, core: CoreHandles) -> Result<Built, String>;
+}
+
+/// Reads a file named by `key` in a section (a secret, a registration), relative to the
+/// config file. The error names the bridge, the key, the file and what belongs in it.
+pub fn read_file(env: &Environment<'_>, id: &str, key: &str, file: &Path, what: &str) -> Result<String, String> {
+    let path = env.resolve(file);
+    std::fs::read_to_string(&path)
+        .map_err(|e| format!("bridge {id:?}: {key} {} cannot be read; {what}: {e}", path.display()))
+}
