@@ -20,7 +20,9 @@ use crate::coi::ChatMessage;
 use crate::hub::outbound::Outbound;
 use crate::metrics::Metrics;
 use crate::store::portals::RemoteCopy;
-use crate::store::{ChatKind, Direction, Origin, OutboxItem, Store, StoreResult, StoredAttachment, StoredMessage};
+use crate::store::{
+    ChatKind, Direction, MessageKind, Origin, OutboxItem, Store, StoreResult, StoredAttachment, StoredMessage,
+};
 use crate::transport::smtp::RetryPolicy;
 
 const PARALLEL: usize = 4;
@@ -158,7 +160,7 @@ impl BridgeDelivery {
     /// A contact's avatar as an attachment (its type from its first bytes).
     async fn avatar_of(&self, addr: &str) -> StoreResult<Option<coi_bridge_api::Attachment>> {
         let Some(data) = self.store.contact_avatar(addr).await? else { return Ok(None) };
-        let mime = crate::store::sqlite::image_mime(&data);
+        let mime = crate::store::kind::image_mime(&data);
         Ok(Some(coi_bridge_api::Attachment { name: "avatar".into(), mime: mime.into(), data }))
     }
 
@@ -212,8 +214,8 @@ impl BridgeDelivery {
         if msg.awaits_file && item.attempts < WAIT_FOR_FILE_ATTEMPTS {
             return Ok(Built::Retry("its file (Delta Chat's post-message) has not arrived yet".into()));
         }
-        let outgoing = match msg.kind.as_str() {
-            "text" => Outgoing::Message {
+        let outgoing = match msg.kind {
+            MessageKind::Text => Outgoing::Message {
                 sender,
                 text: msg.text.clone(),
                 attachments: msg.attachments.iter().map(to_api).collect(),
@@ -226,50 +228,65 @@ impl BridgeDelivery {
                     Direction::Out => None,
                 },
             },
-            kind @ ("reaction" | "edit" | "delete") => {
+            MessageKind::Reaction | MessageKind::Edit | MessageKind::Delete => {
                 let Some(target_id) = msg.target.clone() else { return Ok(Built::Skip("no target")) };
                 let copies = self.store.remote_copies(&target_id, self.id.as_str()).await?;
                 let Some(main) = copies.first() else {
                     return Ok(Built::Skip("its target never reached this bridge"));
                 };
                 let target = RemoteMsgId(main.remote_id.clone());
-                let outgoing = match kind {
-                    "reaction" => Outgoing::Reaction { sender, target, emoji: msg.text.clone() },
-                    "edit" => Outgoing::Edit { sender, target, new_text: msg.text.clone() },
-                    _ => Outgoing::Delete { sender, target },
+                let outgoing = match msg.kind {
+                    MessageKind::Reaction => Outgoing::Reaction { sender, target, emoji: msg.text.clone() },
+                    MessageKind::Edit => Outgoing::Edit { sender, target, new_text: msg.text.clone() },
+                    MessageKind::Delete => Outgoing::Delete { sender, target },
+                    MessageKind::Text
+                    | MessageKind::Receipt
+                    | MessageKind::Report
+                    | MessageKind::MemberAdded
+                    | MessageKind::MemberRemoved
+                    | MessageKind::Renamed
+                    | MessageKind::Described
+                    | MessageKind::Avatar
+                    | MessageKind::Notice
+                    | MessageKind::MergedPost => return Ok(Built::Skip("not about another message")),
                 };
                 return Ok(Built::Send(to, Box::new(outgoing), Some(Target { message_id: target_id, copies })));
             }
-            "receipt" if msg.direction == Direction::In => {
+            MessageKind::Receipt => match msg.direction {
                 // A COI person read a message: their ghost marks it read.
-                let Some(target) = msg.target.as_deref() else { return Ok(Built::Skip("no target")) };
-                let Some(up_to) = self.remote_of(target).await? else {
-                    return Ok(Built::Skip("its target never reached this bridge"));
-                };
-                Outgoing::ReadReceipt { reader: sender, up_to }
-            }
-            "member-added" | "member-removed" => {
+                Direction::In => {
+                    let Some(target) = msg.target.as_deref() else { return Ok(Built::Skip("no target")) };
+                    let Some(up_to) = self.remote_of(target).await? else {
+                        return Ok(Built::Skip("its target never reached this bridge"));
+                    };
+                    Outgoing::ReadReceipt { reader: sender, up_to }
+                }
+                // Our own receipt to COI for a remote reader: the remote side has it.
+                Direction::Out => return Ok(Built::Skip("a receipt the bridge sent")),
+            },
+            kind @ (MessageKind::MemberAdded | MessageKind::MemberRemoved) => {
                 let Some(addr) = msg.target.clone() else { return Ok(Built::Skip("no member")) };
                 if addr.eq_ignore_ascii_case(&self.outbound.address()) {
                     return Ok(Built::Skip("the bridge itself"));
                 }
                 let name = addr.split('@').next().unwrap_or(&addr).to_owned();
                 let member = Person { id: addr.into(), display_name: name };
-                if msg.kind == "member-added" {
+                if kind == MessageKind::MemberAdded {
                     Outgoing::MemberJoined { member }
                 } else {
                     Outgoing::MemberLeft { member }
                 }
             }
-            "renamed" => match msg.target.clone() {
+            MessageKind::Renamed => match msg.target.clone() {
                 Some(name) if !name.is_empty() => Outgoing::Rename { name },
                 _ => return Ok(Built::Skip("no name")),
             },
             // The bridge's own word to the remote side (what COI did not get).
-            "notice" => Outgoing::Notice { text: msg.text.clone() },
-            "described" => Outgoing::Describe { text: msg.target.clone().unwrap_or_default() },
-            "avatar" => Outgoing::GroupAvatar { image: msg.attachments.first().map(to_api) },
-            _ => return Ok(Built::Skip("nothing to show")),
+            MessageKind::Notice => Outgoing::Notice { text: msg.text.clone() },
+            MessageKind::Described => Outgoing::Describe { text: msg.target.clone().unwrap_or_default() },
+            MessageKind::Avatar => Outgoing::GroupAvatar { image: msg.attachments.first().map(to_api) },
+            MessageKind::Report => return Ok(Built::Skip("a report mail (key update, sync)")),
+            MessageKind::MergedPost => return Ok(Built::Skip("its file went with its pre-message")),
         };
         Ok(Built::Send(to, Box::new(outgoing), None))
     }
@@ -340,8 +357,7 @@ impl BridgeDelivery {
                 None => self.post(to, &key, &Outgoing::Edit { sender, target: remote, new_text }).await,
             },
             Outgoing::Delete { sender, target: remote } if caps.deletes => {
-                let result =
-                    self.post(to, &key, &Outgoing::Delete { sender: sender.clone(), target: remote }).await?;
+                let result = self.post(to, &key, &Outgoing::Delete { sender: sender.clone(), target: remote }).await?;
                 // A delete removes every part of a multi-part copy (text parts and files).
                 let more = target.map(|t| t.copies).unwrap_or_default().into_iter().skip(1);
                 for (i, part) in more.enumerate() {

@@ -171,7 +171,7 @@ mod tests {
             message_id: "p@x".into(),
             chat_id: 1,
             direction: Direction::In,
-            kind: "text".into(),
+            kind: crate::store::MessageKind::Text,
             from_addr: "alice@x.org".into(),
             from_name: "Alice".into(),
             text: text.into(),

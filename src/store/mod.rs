@@ -10,6 +10,7 @@
 pub mod backup;
 pub mod deadletter;
 pub mod keys;
+pub mod kind;
 pub mod portals;
 pub mod retention;
 pub mod sqlite;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::coi::ChatMessage;
+pub use kind::MessageKind;
 
 /// A store error: the caller retries the operation later, or gives up for good.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +106,7 @@ pub struct StoredMessage {
     pub message_id: String,
     pub chat_id: i64,
     pub direction: Direction,
-    pub kind: String,
+    pub kind: MessageKind,
     pub from_addr: String,
     pub from_name: String,
     pub text: String,

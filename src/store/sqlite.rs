@@ -13,8 +13,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Row, SqlitePool, Transaction};
 
 use super::{
-    BatchOutcome, Chat, ChatKind, ChatRef, Direction, Envelope, ImapCursor, InboundMessage, OutboundMail, OutboxItem,
-    OutboxState, Rejected, Store, StoreError, StoreResult, StoredAttachment, StoredMessage,
+    BatchOutcome, Chat, ChatKind, ChatRef, Direction, Envelope, ImapCursor, InboundMessage, MessageKind, OutboundMail,
+    OutboxItem, OutboxState, Rejected, Store, StoreError, StoreResult, StoredAttachment, StoredMessage,
 };
 use crate::coi::ChatMessage;
 
@@ -35,16 +35,6 @@ pub struct SqliteStore {
     dm_bridges: std::sync::RwLock<Vec<String>>,
     /// Outbox target → its worker's wake-up (see `PortalStore::outbox_waker`).
     wakers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
-}
-
-/// An image's type from its first bytes (JPEG when unknown: Delta Chat sends JPEG).
-pub fn image_mime(data: &[u8]) -> &'static str {
-    match data.get(..4) {
-        Some([0x89, b'P', b'N', b'G']) => "image/png",
-        Some([b'G', b'I', b'F', _]) => "image/gif",
-        Some([b'R', b'I', b'F', b'F']) => "image/webp",
-        _ => "image/jpeg",
-    }
 }
 
 /// Whether a COI message opens a DM portal: a person's chat message in a 1:1 chat
@@ -207,26 +197,7 @@ impl SqliteStore {
         m: &ChatMessage,
         security: &str,
     ) -> StoreResult<bool> {
-        // Group changes are kinds of their own, so bridges can mirror them: the target is
-        // the member's address, or the new name.
-        use crate::coi::GroupChange;
-        let (kind, target) = match m.group.as_ref().and_then(|g| g.change.as_ref().map(|c| (g, c))) {
-            Some((_, GroupChange::MemberAdded(a))) if m.kind == crate::coi::Kind::Text => {
-                ("member-added", Some(a.as_str()))
-            }
-            Some((_, GroupChange::MemberRemoved(a))) if m.kind == crate::coi::Kind::Text => {
-                ("member-removed", Some(a.as_str()))
-            }
-            Some((g, GroupChange::NameChanged { .. })) if m.kind == crate::coi::Kind::Text => {
-                ("renamed", Some(g.name.as_str()))
-            }
-            Some((_, GroupChange::DescriptionChanged { text })) if m.kind == crate::coi::Kind::Text => {
-                ("described", Some(text.as_str()))
-            }
-            // The image itself is kept as the message's attachment (none: removed).
-            Some((_, GroupChange::AvatarChanged(_))) if m.kind == crate::coi::Kind::Text => ("avatar", None),
-            _ => (m.kind_name(), m.target()),
-        };
+        let record = super::kind::MessageRecord::of(m);
         let row = sqlx::query(
             "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, in_reply_to, target, sent_at, recorded_at, security, post_message_id)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -235,16 +206,12 @@ impl SqliteStore {
         .bind(&m.message_id)
         .bind(chat_id)
         .bind(direction.as_str())
-        .bind(kind)
+        .bind(record.kind.as_str())
         .bind(&m.from.addr)
         .bind(m.from.display())
-        // A reaction's text is its emoji.
-        .bind(match &m.kind {
-            crate::coi::Kind::Reaction { emoji } => emoji,
-            _ => &m.text,
-        })
+        .bind(record.text)
         .bind(&m.in_reply_to)
-        .bind(target)
+        .bind(record.target)
         .bind(m.date)
         .bind(now())
         .bind(security)
@@ -257,15 +224,7 @@ impl SqliteStore {
         if m.post_message_id.is_some() || m.is_post_message {
             row_id = Self::merge_pre_post(tx, row_id, m).await?;
         }
-        let avatar = match m.group.as_ref().and_then(|g| g.change.as_ref()) {
-            Some(GroupChange::AvatarChanged(Some(data))) => Some(coi_bridge_api::Attachment {
-                name: "group-avatar".into(),
-                mime: image_mime(data).into(),
-                data: data.clone(),
-            }),
-            _ => None,
-        };
-        for (idx, a) in m.attachments.iter().chain(avatar.as_ref()).enumerate() {
+        for (idx, a) in record.attachments().enumerate() {
             sqlx::query("INSERT INTO attachment (message_row, idx, name, mime, data) VALUES (?, ?, ?, ?, ?)")
                 .bind(row_id)
                 .bind(idx as i64)
@@ -298,7 +257,8 @@ impl SqliteStore {
                     .execute(&mut **tx)
                     .await
                     .map_err(err)?;
-                sqlx::query("UPDATE message SET kind = 'merged-post' WHERE id = ?")
+                sqlx::query("UPDATE message SET kind = ? WHERE id = ?")
+                    .bind(MessageKind::MergedPost.as_str())
                     .bind(post_row)
                     .execute(&mut **tx)
                     .await
@@ -315,7 +275,8 @@ impl SqliteStore {
             .map(|r| r.get(0));
         match pre_row {
             Some(pre_row) => {
-                sqlx::query("UPDATE message SET kind = 'merged-post' WHERE id = ?")
+                sqlx::query("UPDATE message SET kind = ? WHERE id = ?")
+                    .bind(MessageKind::MergedPost.as_str())
                     .bind(row_id)
                     .execute(&mut **tx)
                     .await
@@ -371,7 +332,10 @@ impl SqliteStore {
             message_id: row.get("message_id"),
             chat_id: row.get("chat_id"),
             direction: if direction == "out" { Direction::Out } else { Direction::In },
-            kind: row.get("kind"),
+            kind: row
+                .get::<String, _>("kind")
+                .parse()
+                .map_err(|e: super::kind::UnknownKind| StoreError::Fatal(e.to_string()))?,
             from_addr: row.get("from_addr"),
             from_name: row.get("from_name"),
             text: row.get("text"),

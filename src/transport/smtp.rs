@@ -316,7 +316,9 @@ impl SmtpWorker {
         use sha2::Digest as _;
         let message_id = item.message_id.trim_end_matches("#plain");
         let msg = match self.store.message(message_id).await {
-            Ok(Some(m)) if m.kind == "text" && m.direction == crate::store::Direction::Out => m,
+            Ok(Some(m)) if m.kind == crate::store::MessageKind::Text && m.direction == crate::store::Direction::Out => {
+                m
+            }
             Ok(_) => return,
             Err(e) => {
                 tracing::error!(error = %e, message_id, "could not read the failed message to tell its sender");
