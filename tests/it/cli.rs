@@ -3,6 +3,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+// `String + &*s` below, not `+ &s`: in the one test binary matrix-sdk's decancer adds an
+// `Add` impl to `String`, and `&String` no longer coerces to `&str` there.
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_coi-bridge"));
     c.env_remove("COI_BRIDGE__ACCOUNT__PASSWORD");
@@ -139,7 +142,7 @@ fn json_logs_and_a_clear_error_when_the_http_port_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
     let toml = GOOD.replace("PWFILE", "/dev/null")
-        + &format!("\n[store]\nstate_dir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n", dir.path().display());
+        + &*format!("\n[store]\nstate_dir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n", dir.path().display());
     let path = dir.path().join("c.toml");
     std::fs::write(&path, toml).expect("config");
     let out = bin()
@@ -221,11 +224,11 @@ fn bad_bridge_sections_are_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = check_with(
         dir.path(),
-        &(GOOD.to_owned() + &MATRIX.replace("admins = [\"@alice:localhost\"]", "admins = [\"alice\"]")),
+        &(GOOD.to_owned() + &*MATRIX.replace("admins = [\"@alice:localhost\"]", "admins = [\"alice\"]")),
         &[],
     );
     assert_config_error(&out, &["admins", "alice"]);
-    let out = check_with(dir.path(), &(GOOD.to_owned() + &MATRIX.replace("server_name", "servername")), &[]);
+    let out = check_with(dir.path(), &(GOOD.to_owned() + &*MATRIX.replace("server_name", "servername")), &[]);
     assert_config_error(&out, &["servername"]);
     let tg = "\n[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\napi_url = \"ftp://api.example\"\n";
     let out = check_with(dir.path(), &(GOOD.to_owned() + tg), &[]);
@@ -235,12 +238,12 @@ fn bad_bridge_sections_are_named() {
     assert_config_error(&out, &["tokn_file"]);
     // Bot mode needs an account and its password file.
     let bot = MATRIX.replace("admins =", "mode = \"bot\"\nadmins =");
-    let out = check_with(dir.path(), &(GOOD.to_owned() + &bot), &[]);
+    let out = check_with(dir.path(), &(GOOD.to_owned() + &*bot), &[]);
     assert_config_error(&out, &["mode = \"bot\" needs user"]);
-    let out = check_with(dir.path(), &(GOOD.to_owned() + &bot.replace("admins =", "user = \"relay\"\nadmins =")), &[]);
+    let out = check_with(dir.path(), &(GOOD.to_owned() + &*bot.replace("admins =", "user = \"relay\"\nadmins =")), &[]);
     assert_config_error(&out, &["user", "relay", "not an MXID"]);
     let with_user = bot.replace("admins =", "user = \"@relay:localhost\"\nadmins =");
-    let out = check_with(dir.path(), &(GOOD.to_owned() + &with_user), &[]);
+    let out = check_with(dir.path(), &(GOOD.to_owned() + &*with_user), &[]);
     assert_config_error(&out, &["password_file"]);
 }
 
@@ -285,7 +288,7 @@ fn store_commands_need_no_mail_password_but_the_daemon_does() {
     let state = dir.path().join("state");
     let port = free_port();
     let toml = GOOD.replace("PWFILE", "/nonexistent/pw")
-        + &format!("\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n", state.display());
+        + &*format!("\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n", state.display());
     let path = dir.path().join("c.toml");
     std::fs::write(&path, toml).expect("config");
     // `run` refuses to start without it, as a config error naming the key.
@@ -365,7 +368,7 @@ fn store_backup_and_registration_are_private_whatever_the_umask() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state");
         let toml = GOOD.replace("PWFILE", "/nonexistent/pw")
-            + &format!(
+            + &*format!(
                 "\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n",
                 state.display(),
                 free_port()
@@ -420,7 +423,7 @@ fn commands_refuse_a_missing_store_and_only_the_daemon_makes_one() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).expect("state dir");
     let toml = GOOD.replace("PWFILE", "/nonexistent/pw")
-        + &format!("\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n", state.display(), free_port());
+        + &*format!("\n[store]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n", state.display(), free_port());
     let config = dir.path().join("c.toml");
     std::fs::write(&config, toml).expect("config");
     let vcf = dir.path().join("a.vcf");

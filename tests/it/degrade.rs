@@ -1,6 +1,6 @@
 //! Degrade, never drop, through the daemon: what Telegram (the Bot API double, which refuses what the real API refuses) and Matrix (a real Synapse, 64 KiB events) cannot carry arrives in a form they take, from a real Delta Chat 2.65.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The one-command demo (`bash deploy/demo.sh`), run as a newcomer would: a Delta Chat account set up from what it prints joins with the printed link, and its message reaches the demo room as the printed Matrix user sees it.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::process::Stdio;

@@ -1,6 +1,6 @@
 //! End-to-end encryption against a real Delta Chat core (deltachat-rpc-server) on a real Dovecot + Postfix: keys, encrypted chat both ways, forged mail.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

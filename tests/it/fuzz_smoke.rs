@@ -4,25 +4,25 @@
 //! CI runs the same bodies here instead, on the normal test build; a panic fails the test
 //! and leaves the input in target/fuzz-smoke/.
 
-#[path = "../fuzz/targets/appservice_txn.rs"]
+#[path = "../../fuzz/targets/appservice_txn.rs"]
 mod appservice_txn;
-#[path = "../fuzz/targets/autocrypt.rs"]
+#[path = "../../fuzz/targets/autocrypt.rs"]
 mod autocrypt;
-#[path = "../fuzz/targets/decrypt.rs"]
+#[path = "../../fuzz/targets/decrypt.rs"]
 mod decrypt;
-#[path = "../fuzz/targets/invite_link.rs"]
+#[path = "../../fuzz/targets/invite_link.rs"]
 mod invite_link;
-#[path = "../fuzz/targets/matrix_html.rs"]
+#[path = "../../fuzz/targets/matrix_html.rs"]
 mod matrix_html;
-#[path = "../fuzz/targets/parse.rs"]
+#[path = "../../fuzz/targets/parse.rs"]
 mod parse;
-#[path = "../fuzz/targets/pgpmime.rs"]
+#[path = "../../fuzz/targets/pgpmime.rs"]
 mod pgpmime;
-#[path = "../fuzz/targets/telegram_update.rs"]
+#[path = "../../fuzz/targets/telegram_update.rs"]
 mod telegram_update;
-#[path = "../fuzz/targets/text.rs"]
+#[path = "../../fuzz/targets/text.rs"]
 mod text;
-#[path = "../fuzz/targets/vcard.rs"]
+#[path = "../../fuzz/targets/vcard.rs"]
 mod vcard;
 
 use std::path::{Path, PathBuf};

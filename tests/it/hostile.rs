@@ -1,6 +1,6 @@
 //! The bridge's mailbox is public: hostile mail crafted here (with rPGP) goes through real Postfix and Dovecot to the daemon process, which must set it apart without harm while real Delta Chat mail keeps flowing to Synapse.
 
-mod support;
+use crate::support;
 
 use coi_bridge::coi::autocrypt::AutocryptHeader;
 use coi_bridge::coi::securejoin_link::Invite;

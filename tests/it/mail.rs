@@ -1,6 +1,6 @@
 //! The daemon against a real Dovecot + Postfix: pick-up through IDLE, the outbox round trip, restarts, crashes, outages, UIDVALIDITY changes and hostile mail.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The Matrix bridge end to end, through the daemon: `coi-bridge run` as its own process, a real Synapse, a real Delta Chat core, real Dovecot + Postfix.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Bot mode end to end: the daemon logs in as an ordinary Matrix account (matrix-sdk) and bridges an end-to-end encrypted room; Mara uses matrix-sdk too, so the room's traffic is encrypted both ways.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

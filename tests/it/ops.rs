@@ -1,6 +1,6 @@
 //! Operating the daemon: /metrics moving with traffic, /ready per part through outages, systemd's notify protocol, and an online backup while mail flows; real Dovecot + Postfix, Synapse and Delta Chat.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;

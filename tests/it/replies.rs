@@ -1,6 +1,6 @@
 //! Replies are replies (#11), through the daemon with a real Delta Chat 2.65, Synapse and the Bot API double: a Delta Chat message answers another only when it quotes it, toward Matrix and Telegram alike, and a Matrix or Telegram reply reaches Delta Chat as a quote.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

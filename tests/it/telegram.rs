@@ -1,8 +1,8 @@
 //! The Telegram bridge end to end, through the daemon: the fake Bot API (tests/support/telegram.rs), real Dovecot + Postfix and a real Delta Chat core.
 
-#[path = "telegram/degrade.rs"]
 mod degrade;
-mod support;
+
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,0 +1,20 @@
+//! The integration tests, one test binary (`cargo test --test it`): each module was its own binary, each linking the daemon and matrix-sdk again; `cargo test --test it mail::` runs one module.
+
+// `#[macro_use]`: the modules below call `mail_server!()` by name.
+#[macro_use]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod degrade;
+mod demo;
+mod deploy;
+mod e2ee;
+mod fuzz_smoke;
+mod hostile;
+mod mail;
+mod matrix;
+mod matrix_bot;
+mod ops;
+mod replies;
+mod telegram;
