@@ -162,7 +162,7 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
     }
     // Bridges with people to speak for open a DM portal when a COI contact writes 1:1.
     let dm = loaded.config.bridge.iter().filter(|b| b.section().opens_dms()).map(|b| b.id().to_owned()).collect();
-    core.store.set_dm_bridges(dm);
+    core.ingest.set_dm_bridges(dm);
     Ok(Bridges { running, routes })
 }
 
@@ -235,19 +235,18 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_named_with_the_registered_ones() {
-        let err = parse_toml("[[bridge]]\nid = \"x\"\nkind = \"xmpp\"\n").err().expect("refused");
+        let err = parse_toml("[[bridge]]\nid = \"x\"\nkind = \"xmpp\"\n").expect_err("refused");
         assert!(err.contains("\"xmpp\"") && err.contains("bridge.0"), "{err}");
         for f in REGISTRY {
             assert!(err.contains(f.kind), "the error should list {:?}: {err}", f.kind);
         }
-        let err = parse_toml("[[bridge]]\nid = \"x\"\n").err().expect("refused");
+        let err = parse_toml("[[bridge]]\nid = \"x\"\n").expect_err("refused");
         assert!(err.contains("kind") && err.contains(REGISTRY[0].kind), "{err}");
     }
 
     #[test]
     fn a_section_error_names_the_bridge_and_the_key() {
-        let err =
-            parse_toml("[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\ntokn_file = \"t\"\n").err().expect("refused");
+        let err = parse_toml("[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\ntokn_file = \"t\"\n").expect_err("refused");
         assert!(err.contains("bridge \"tg\"") && err.contains("tokn_file") && err.contains("token_file"), "{err}");
         // The concrete type is reachable for commands of one kind, and only for that kind.
         let parsed = parse_toml("[[bridge]]\nid = \"tg\"\nkind = \"telegram\"\n").expect("parses");
