@@ -5,7 +5,7 @@
 set -euo pipefail
 fuzz=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$fuzz")
-corpus=${FUZZ_CORPUS:-$fuzz/corpus}  # FUZZ_CORPUS: somewhere else (tests/fuzz_smoke.rs)
+corpus=${FUZZ_CORPUS:-$fuzz/corpus}  # FUZZ_CORPUS: somewhere else (tests/it/fuzz_smoke.rs)
 for t in parse text matrix_html decrypt pgpmime autocrypt invite_link vcard appservice_txn telegram_update; do
   mkdir -p "$corpus/$t"
 done

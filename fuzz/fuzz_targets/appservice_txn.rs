@@ -1,4 +1,4 @@
-//! libFuzzer entry for the `appservice_txn` target; the body is fuzz/targets/appservice_txn.rs (also replayed by tests/fuzz_smoke.rs).
+//! libFuzzer entry for the `appservice_txn` target; the body is fuzz/targets/appservice_txn.rs (also replayed by tests/it/fuzz_smoke.rs).
 #![no_main]
 
 #[path = "../targets/appservice_txn.rs"]

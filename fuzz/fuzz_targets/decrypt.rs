@@ -1,4 +1,4 @@
-//! libFuzzer entry for the `decrypt` target; the body is fuzz/targets/decrypt.rs (also replayed by tests/fuzz_smoke.rs).
+//! libFuzzer entry for the `decrypt` target; the body is fuzz/targets/decrypt.rs (also replayed by tests/it/fuzz_smoke.rs).
 #![no_main]
 
 #[path = "../targets/decrypt.rs"]

@@ -1,4 +1,4 @@
-//! libFuzzer entry for the `invite_link` target; the body is fuzz/targets/invite_link.rs (also replayed by tests/fuzz_smoke.rs).
+//! libFuzzer entry for the `invite_link` target; the body is fuzz/targets/invite_link.rs (also replayed by tests/it/fuzz_smoke.rs).
 #![no_main]
 
 #[path = "../targets/invite_link.rs"]

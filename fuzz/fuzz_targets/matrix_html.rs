@@ -1,4 +1,4 @@
-//! libFuzzer entry for the `matrix_html` target; the body is fuzz/targets/matrix_html.rs (also replayed by tests/fuzz_smoke.rs).
+//! libFuzzer entry for the `matrix_html` target; the body is fuzz/targets/matrix_html.rs (also replayed by tests/it/fuzz_smoke.rs).
 #![no_main]
 
 #[path = "../targets/matrix_html.rs"]

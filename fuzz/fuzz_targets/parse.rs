@@ -1,4 +1,4 @@
-//! libFuzzer entry for the `parse` target; the body is fuzz/targets/parse.rs (also replayed by tests/fuzz_smoke.rs).
+//! libFuzzer entry for the `parse` target; the body is fuzz/targets/parse.rs (also replayed by tests/it/fuzz_smoke.rs).
 #![no_main]
 
 #[path = "../targets/parse.rs"]

@@ -1,4 +1,4 @@
-//! libFuzzer entry for the `telegram_update` target; the body is fuzz/targets/telegram_update.rs (also replayed by tests/fuzz_smoke.rs).
+//! libFuzzer entry for the `telegram_update` target; the body is fuzz/targets/telegram_update.rs (also replayed by tests/it/fuzz_smoke.rs).
 #![no_main]
 
 #[path = "../targets/telegram_update.rs"]

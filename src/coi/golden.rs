@@ -4,10 +4,10 @@
 //! committing it.
 //!
 //! `dc265-*.eml` are real Delta Chat 2.65 mail: what `deltachat-rpc-server` sent the bridge
-//! in tests/replies.rs, opened with the bridge's key (the protected inner message, as the
-//! daemon parses it). `CAPTURE_DC_FIXTURES=1 CI=true cargo test --test replies
-//! a_delta_chat_follow_up` captures them again; every run of that test checks that fresh mail
-//! still parses as these pin.
+//! in tests/it/replies.rs, opened with the bridge's key (the protected inner message, as the
+//! daemon parses it). `CAPTURE_DC_FIXTURES=1 CI=true cargo test --test it
+//! replies::a_delta_chat_follow_up` captures them again; every run of that test checks
+//! that fresh mail still parses as these pin.
 
 use std::path::Path;
 
