@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::Notify;
 
 use crate::coi::Mailbox;
 use crate::config::Loaded;
@@ -65,7 +64,8 @@ impl Core {
                 .await
                 .context("the bridge's OpenPGP key")?,
         );
-        let wake = Arc::new(Notify::new());
+        // One outbox notifier: whoever queues rows wakes whoever drains them.
+        let wake = crate::hub::wake::OutboxNotifier::new();
         let policy = RetryPolicy {
             base: Duration::from_secs(1),
             max_delay: Duration::from_secs(cfg.smtp.retry_max_delay_secs),
@@ -75,7 +75,8 @@ impl Core {
             SmtpWorker::new(smtp::transport(loaded)?, store.clone(), policy, wake.clone(), on_failure, metrics.clone())
                 .with_health(health.clone());
         let me = Mailbox::new(&cfg.account.address, Some(&cfg.account.display_name));
-        let outbound = Arc::new(Outbound::new(store.clone(), me, identity.clone(), cfg.account.encryption, wake));
+        let outbound =
+            Arc::new(Outbound::new(store.clone(), me, identity.clone(), cfg.account.encryption, wake.clone()));
         let securejoin =
             Arc::new(SecureJoin::new(store.clone(), identity.clone(), outbound.clone(), &cfg.account.display_name));
         let ingest = Arc::new(
@@ -88,6 +89,7 @@ impl Core {
                     ..crate::hub::e2ee::Budget::default()
                 },
                 metrics.clone(),
+                wake,
             )
             .with_securejoin(securejoin.clone()),
         );

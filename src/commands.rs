@@ -147,7 +147,7 @@ pub async fn join(loaded: &Loaded, link: &str) -> anyhow::Result<String> {
         me,
         id.clone(),
         loaded.config.account.encryption,
-        std::sync::Arc::new(tokio::sync::Notify::new()),
+        crate::hub::wake::OutboxNotifier::new(),
     );
     let join = crate::hub::securejoin::start_join(store.as_ref(), &id, &outbound, link).await?;
     Ok(match &join.group_name {

@@ -103,7 +103,7 @@ impl BridgeDelivery {
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut store_backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         // New rows wake the worker at once; the poll catches retries coming due.
-        let waker = self.store.outbox_waker(self.id.as_str());
+        let wake = self.outbound.notifier().clone();
         while !shutdown.is_cancelled() {
             let now = chrono::Utc::now().timestamp();
             match self.store.due_outbox(self.id.as_str(), now, 64).await {
@@ -111,7 +111,7 @@ impl BridgeDelivery {
                     store_backoff.reset();
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = waker.notified() => {}
+                        () = wake.wait(self.id.as_str()) => {}
                         () = self.back.notified() => self.retry_now().await,
                         () = tokio::time::sleep(IDLE_POLL) => {}
                     }

@@ -14,7 +14,9 @@ use crate::config::EncryptionPolicy;
 use crate::hub::e2ee::{self, Budget, Identity, OpenError, Trust};
 use crate::hub::outbound::QueueError;
 use crate::hub::resolve::{chat_for, member_changes, parent_ids, quote_of_unknown, quoted_parent, unattributed_chat};
+use crate::hub::route::{self, DmBridges};
 use crate::hub::securejoin::{SecureJoin, Step};
+use crate::hub::wake::OutboxNotifier;
 use crate::metrics::Metrics;
 use crate::store::keys::KeyLearned;
 use crate::store::{BatchOutcome, ChatKind, ChatRef, ImapCursor, InboundMessage, Rejected, Store, StoreResult};
@@ -36,6 +38,10 @@ pub struct Ingest {
     budget: Budget,
     metrics: Arc<Metrics>,
     securejoin: Option<Arc<SecureJoin>>,
+    /// Wakes the bridges' workers when their rows are recorded.
+    wake: Arc<OutboxNotifier>,
+    /// See [`route::inbound`].
+    dm: DmBridges,
 }
 
 impl Ingest {
@@ -45,8 +51,15 @@ impl Ingest {
         policy: EncryptionPolicy,
         budget: Budget,
         metrics: Arc<Metrics>,
+        wake: Arc<OutboxNotifier>,
     ) -> Self {
-        Self { store, identity, policy, budget, metrics, securejoin: None }
+        Self { store, identity, policy, budget, metrics, securejoin: None, wake, dm: DmBridges::default() }
+    }
+
+    /// The bridges that open a DM portal when a COI contact writes 1:1 to the bridge and
+    /// the chat has no portal yet: such messages are queued for them.
+    pub fn set_dm_bridges(&self, bridges: Vec<String>) {
+        self.dm.set(bridges);
     }
 
     /// Lets SecureJoin steps be answered instead of recorded.
@@ -226,9 +239,19 @@ impl Ingest {
                 members_added = keyed;
             }
             tracing::debug!(folder, uid = f.uid, message_id = %msg.message_id, chat = %chat.key, kind = msg.kind_name(), security, "mail opened");
-            messages.push(InboundMessage { uid: f.uid, chat, message: msg, members_added, members_removed, security });
+            messages.push(InboundMessage {
+                uid: f.uid,
+                chat,
+                message: msg,
+                members_added,
+                members_removed,
+                security,
+                targets: Vec::new(),
+            });
         }
+        route::route_inbound(self.store.as_ref(), &self.dm.get(), &mut messages).await?;
         let outcome = self.store.record_inbound(folder, cursor, &messages, &rejected).await?;
+        self.wake.queued(messages.iter().flat_map(|m| m.targets.iter().map(String::as_str)));
         self.metrics.inbound_recorded.inc_by(outcome.recorded as u64);
         // Every new mail counts as mail in, whatever became of it: recorded, a step of a
         // key exchange, a report, or set apart. A mail fetched again (duplicate) does not.

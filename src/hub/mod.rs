@@ -8,6 +8,8 @@
 //! - [`submit`]: remote → COI, the `Hub` bridges submit to; [`delivery`]: COI → remote, per bridge.
 //! - [`deadletter`]: remote events a bridge set aside, kept with their reason and counted.
 //! - [`degrade`]: what a side cannot carry, turned into what it can (reactions, long texts).
+//! - [`route`]: who gets a copy of a message (the store only writes the rows it is given);
+//!   [`wake`]: the one outbox notifier that wakes SMTP and every bridge's worker.
 
 pub mod deadletter;
 pub mod degrade;
@@ -17,5 +19,7 @@ pub mod groups;
 pub mod ingest;
 pub mod outbound;
 pub mod resolve;
+pub mod route;
 pub mod securejoin;
 pub mod submit;
+pub mod wake;

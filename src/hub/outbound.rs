@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
 use crate::coi::autocrypt::AutocryptHeader;
 use crate::coi::{ChatMessage, Group, GroupChange, Kind, Mailbox, crypto, render};
 use crate::config::EncryptionPolicy;
 use crate::hub::e2ee::{Identity, recipient_keys};
+use crate::hub::route;
+use crate::hub::wake::OutboxNotifier;
 use crate::store::{Chat, ChatKind, ChatRef, Envelope, Origin, OutboundMail, Store, StoreError};
 
 pub mod smear;
@@ -34,21 +34,27 @@ pub struct Outbound {
     me: Mailbox,
     identity: Arc<Identity>,
     policy: EncryptionPolicy,
-    wake: Arc<Notify>,
+    wake: Arc<OutboxNotifier>,
     /// Dates of their own for mail created in the same second.
     clock: smear::SmearedClock,
 }
 
 impl Outbound {
-    /// `me` is the bridge identity's mailbox; `wake` tells the SMTP worker about new work.
+    /// `me` is the bridge identity's mailbox; `wake` tells the SMTP and bridge workers
+    /// about new rows.
     pub fn new(
         store: Arc<dyn Store>,
         me: Mailbox,
         identity: Arc<Identity>,
         policy: EncryptionPolicy,
-        wake: Arc<Notify>,
+        wake: Arc<OutboxNotifier>,
     ) -> Self {
         Self { store, me, identity, policy, wake, clock: smear::SmearedClock::default() }
+    }
+
+    /// The daemon's outbox notifier (the one this queues with).
+    pub fn notifier(&self) -> &Arc<OutboxNotifier> {
+        &self.wake
     }
 
     /// The bridge's own address.
@@ -141,7 +147,9 @@ impl Outbound {
                          they need to join through the group's invite link again)",
                         missing.join(", ")
                     );
-                    self.store.queue_portal_notice(c.id, &format!("{id}#nokey"), &self.me.addr, &text).await?;
+                    let notice_id = format!("{id}#nokey");
+                    route::queue_portal_notice(self.store.as_ref(), &self.wake, c.id, &notice_id, &self.me.addr, &text)
+                        .await?;
                 }
                 return Ok(id);
             }
@@ -283,8 +291,10 @@ impl Outbound {
     ) -> Result<String, QueueError> {
         let envelope = Envelope { from: self.me.addr.clone(), to: recipients.to_vec() };
         let id = msg.message_id.clone();
-        self.store.queue_outbound(&OutboundMail { chat, message: msg, raw, envelope, also, origin }).await?;
-        self.wake.notify_one();
+        let targets = route::outbound(&route::portals_of(self.store.as_ref(), &chat).await?, &origin);
+        let mail = OutboundMail { chat, message: msg, raw, envelope, also, origin, targets };
+        self.store.queue_outbound(&mail).await?;
+        self.wake.queued(std::iter::once(crate::store::SMTP_TARGET).chain(mail.targets.iter().map(String::as_str)));
         Ok(id)
     }
 }

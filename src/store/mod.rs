@@ -148,6 +148,8 @@ pub struct InboundMessage {
     pub members_removed: Vec<String>,
     /// `plain`, `unverified`, `verified` or `invite` (see `hub::e2ee::Trust`).
     pub security: &'static str,
+    /// The bridges it is queued for if it is new (the hub's routing: `hub::route`).
+    pub targets: Vec<String>,
 }
 
 /// One fetched mail that could not be parsed, kept aside for the operator.
@@ -178,8 +180,10 @@ pub struct OutboundMail {
     /// A second copy for other recipients (the plaintext copy of an opportunistic
     /// send), queued as its own outbox row.
     pub also: Option<(Envelope, Vec<u8>)>,
-    /// Where it came from, which decides which portals get a copy.
+    /// Where it came from: a bridge's own copy is mapped to the Message-ID.
     pub origin: Origin,
+    /// The bridges that get a copy besides SMTP (the hub's routing: `hub::route`).
+    pub targets: Vec<String>,
 }
 
 /// Where an outgoing COI message came from.
@@ -244,8 +248,9 @@ pub trait Store:
     // --- inbound ---------------------------------------------------------------------
     async fn imap_cursor(&self, folder: &str) -> StoreResult<Option<ImapCursor>>;
 
-    /// Records a batch of fetched mail and moves the cursor to `cursor`, all in one
-    /// transaction. Messages already known by Message-ID are counted as duplicates.
+    /// Records a batch of fetched mail, queues each new message for its `targets`, and
+    /// moves the cursor to `cursor`, all in one transaction. Messages already known by
+    /// Message-ID are counted as duplicates and queue nothing.
     async fn record_inbound(
         &self,
         folder: &str,
@@ -258,7 +263,8 @@ pub trait Store:
     async fn chat_of_any(&self, message_ids: &[String]) -> StoreResult<Option<ChatRef>>;
 
     // --- outbound --------------------------------------------------------------------
-    /// Records an outgoing message and its SMTP outbox row in one transaction.
+    /// Records an outgoing message, its SMTP outbox row(s) and a row for each of its
+    /// `targets`, in one transaction; a Message-ID already known queues nothing.
     async fn queue_outbound(&self, mail: &OutboundMail) -> StoreResult<()>;
 
     /// For each chat, its oldest pending item for `target` if it is due at `now` (unix

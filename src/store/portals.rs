@@ -37,12 +37,6 @@ pub struct RemoteCopy {
 pub trait PortalStore: Send + Sync {
     /// Links a chat to a remote room; linking the same pair again is a no-op.
     async fn create_portal(&self, chat_id: i64, bridge: &str, remote_chat: &str) -> StoreResult<Portal>;
-    /// The bridges that open a DM portal when a COI contact writes 1:1 to the bridge and
-    /// the chat has no portal yet: such messages are queued for them too.
-    fn set_dm_bridges(&self, bridges: Vec<String>);
-    /// Notified (one permit) whenever rows for `target` are committed to the outbox, so
-    /// its worker need not poll.
-    fn outbox_waker(&self, target: &str) -> std::sync::Arc<tokio::sync::Notify>;
     async fn delete_portal(&self, bridge: &str, remote_chat: &str) -> StoreResult<bool>;
     /// The remote chat got a new id (a Telegram group upgraded to a supergroup): the
     /// portal follows it. `false` if there was no portal.
@@ -72,7 +66,15 @@ pub trait PortalStore: Send + Sync {
     async fn prune_send_journal(&self, before: i64) -> StoreResult<u64>;
     async fn bridge_state(&self, bridge: &str, key: &str) -> StoreResult<Option<String>>;
     async fn set_bridge_state(&self, bridge: &str, key: &str, value: &str) -> StoreResult<()>;
-    /// Queues a notice from the bridge itself (kind `notice`) for every portal of
-    /// `chat_id`: the remote sides are told what COI did not get. Once per `notice_id`.
-    async fn queue_portal_notice(&self, chat_id: i64, notice_id: &str, from_addr: &str, text: &str) -> StoreResult<()>;
+    /// Records a notice from the bridge itself (kind `notice`) in `chat_id` and queues it
+    /// for `targets` (the chat's portals: the remote sides are told what COI did not get),
+    /// in one transaction. Once per `notice_id`.
+    async fn queue_portal_notice(
+        &self,
+        chat_id: i64,
+        notice_id: &str,
+        from_addr: &str,
+        text: &str,
+        targets: &[String],
+    ) -> StoreResult<()>;
 }

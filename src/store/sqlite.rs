@@ -31,20 +31,6 @@ const MIGRATIONS: &[(i64, &str)] = &[
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// See [`super::portals::PortalStore::set_dm_bridges`].
-    dm_bridges: std::sync::RwLock<Vec<String>>,
-    /// Outbox target → its worker's wake-up (see `PortalStore::outbox_waker`).
-    wakers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
-}
-
-/// Whether a COI message opens a DM portal: a person's chat message in a 1:1 chat
-/// attributed to its sender (not a receipt, edit or key-exchange step).
-fn opens_dm(m: &InboundMessage) -> bool {
-    m.chat.kind == super::ChatKind::Single
-        && !m.chat.key.starts_with("unverified:")
-        && m.message.is_chat
-        && m.message.kind == crate::coi::Kind::Text
-        && m.message.secure_join.is_empty()
 }
 
 fn now() -> i64 {
@@ -111,22 +97,9 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .with_context(|| format!("store: cannot open SQLite database {}", path.display()))?;
-        let store = Self { pool, dm_bridges: std::sync::RwLock::default(), wakers: std::sync::Mutex::default() };
+        let store = Self { pool };
         store.migrate().await.with_context(|| format!("store: migrating {}", path.display()))?;
         Ok(store)
-    }
-
-    /// Tells the workers of `targets` that they have new outbox rows.
-    fn wake(&self, targets: &[String]) {
-        if targets.is_empty() {
-            return;
-        }
-        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        for t in targets {
-            if let Some(n) = wakers.get(t) {
-                n.notify_one();
-            }
-        }
     }
 
     /// The schema version applied.
@@ -376,21 +349,13 @@ impl Store for SqliteStore {
         rejected: &[Rejected],
     ) -> StoreResult<BatchOutcome> {
         let mut out = BatchOutcome::default();
-        let mut woken = Vec::new();
         let mut tx = self.pool.begin().await.map_err(err)?;
         for m in messages {
             let chat_id = Self::ensure_chat_tx(&mut tx, &m.chat).await?;
             if Self::insert_message(&mut tx, chat_id, Direction::In, &m.message, m.security).await? {
                 out.recorded += 1;
                 Self::update_members_tx(&mut tx, chat_id, &m.members_added, &m.members_removed).await?;
-                let portals = Self::fan_out_tx(&mut tx, chat_id, &m.message.message_id, None).await?;
-                if portals.is_empty() && opens_dm(m) {
-                    let dm = self.dm_bridges.read().unwrap_or_else(|e| e.into_inner()).clone();
-                    Self::queue_for_tx(&mut tx, chat_id, &m.message.message_id, &dm).await?;
-                    woken.extend(dm);
-                } else {
-                    woken.extend(portals);
-                }
+                Self::queue_for_tx(&mut tx, chat_id, &m.message.message_id, &m.targets).await?;
             } else {
                 out.duplicates += 1;
             }
@@ -424,7 +389,6 @@ impl Store for SqliteStore {
         .await
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
-        self.wake(&woken);
         Ok(out)
     }
 
@@ -445,7 +409,6 @@ impl Store for SqliteStore {
     }
 
     async fn queue_outbound(&self, mail: &OutboundMail) -> StoreResult<()> {
-        let mut woken = Vec::new();
         let mut tx = self.pool.begin().await.map_err(err)?;
         let chat_id = Self::ensure_chat_tx(&mut tx, &mail.chat).await?;
         if Self::insert_message(&mut tx, chat_id, Direction::Out, &mail.message, "sent").await? {
@@ -463,13 +426,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(err)?;
             }
-            woken = match &mail.origin {
-                super::Origin::Local => Self::fan_out_tx(&mut tx, chat_id, &mail.message.message_id, None).await?,
-                super::Origin::Bridge { bridge, .. } => {
-                    Self::fan_out_tx(&mut tx, chat_id, &mail.message.message_id, Some(bridge)).await?
-                }
-                super::Origin::Notice => Vec::new(),
-            };
+            Self::queue_for_tx(&mut tx, chat_id, &mail.message.message_id, &mail.targets).await?;
             let ts = now();
             let copies = std::iter::once((&mail.envelope, &mail.raw, mail.message.message_id.clone()))
                 .chain(mail.also.iter().map(|(e, r)| (e, r, format!("{}#plain", mail.message.message_id))));
@@ -494,7 +451,6 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await.map_err(err)?;
-        self.wake(&woken);
         Ok(())
     }
 

@@ -14,11 +14,11 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff;
 use crate::config::{Loaded, Security};
+use crate::hub::wake::OutboxNotifier;
 use crate::metrics::Metrics;
 use crate::store::{OutboxItem, SMTP_TARGET, Store};
 
@@ -83,7 +83,7 @@ pub struct SmtpWorker {
     transport: Transport,
     store: Arc<dyn Store>,
     policy: RetryPolicy,
-    wake: Arc<Notify>,
+    wake: Arc<OutboxNotifier>,
     on_failure: FailureHook,
     metrics: Arc<Metrics>,
     health: Option<Arc<crate::health::Health>>,
@@ -115,7 +115,7 @@ impl SmtpWorker {
         transport: Transport,
         store: Arc<dyn Store>,
         policy: RetryPolicy,
-        wake: Arc<Notify>,
+        wake: Arc<OutboxNotifier>,
         on_failure: FailureHook,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -186,7 +186,7 @@ impl SmtpWorker {
     async fn pause(&self, shutdown: &CancellationToken, d: Duration) {
         tokio::select! {
             () = shutdown.cancelled() => {}
-            () = self.wake.notified() => {}
+            () = self.wake.wait(SMTP_TARGET) => {}
             () = tokio::time::sleep(d) => {}
         }
     }
@@ -330,7 +330,15 @@ impl SmtpWorker {
         let digest = sha2::Sha256::digest(reason.as_bytes());
         let notice_id =
             format!("{message_id}#failed-{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3]);
-        if let Err(e) = self.store.queue_portal_notice(item.chat_id, &notice_id, from, &text).await {
+        let queued = crate::hub::route::queue_portal_notice(
+            self.store.as_ref(),
+            &self.wake,
+            item.chat_id,
+            &notice_id,
+            from,
+            &text,
+        );
+        if let Err(e) = queued.await {
             tracing::error!(error = %e, message_id, "could not queue the failure notice for the bridged sides");
         }
     }

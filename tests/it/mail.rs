@@ -15,7 +15,6 @@ use coi_bridge::store::{ChatKind, ChatRef, Direction, OutboxState, SMTP_TARGET, 
 use coi_bridge::transport::smtp::{FailedDelivery, RetryPolicy, SmtpWorker};
 use coi_bridge_api::Attachment;
 use support::{BRIDGE, Daemon, Link, MailServer, chat_mail, eventually};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -111,7 +110,7 @@ async fn outbox_rig(server: &MailServer, display_name: Option<&str>) -> OutboxRi
     let failures = Arc::new(Mutex::new(Vec::new()));
     let reports = failures.clone();
     let hook = Arc::new(move |f: FailedDelivery| reports.lock().expect("lock").push(f));
-    let wake = Arc::new(Notify::new());
+    let wake = coi_bridge::hub::wake::OutboxNotifier::new();
     let worker = SmtpWorker::new(transport, store.clone(), policy, wake.clone(), hook, Arc::new(Metrics::new()));
     // These tests are about the transport: the recipients have no keys, so plaintext.
     let identity = Arc::new(Identity::load_or_create(store.as_ref(), BRIDGE, None).await.expect("identity"));

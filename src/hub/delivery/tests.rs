@@ -3,12 +3,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use async_trait::async_trait;
-use coi_bridge_api::{
-    BridgeContext, BridgeError, Capabilities, DeliveryKey, Hub as _, Person, RemoteEvent, SubmitError,
-};
-use tokio::sync::Notify;
-
 use super::*;
 use crate::coi::{Kind, Mailbox};
 use crate::config::EncryptionPolicy;
@@ -16,6 +10,10 @@ use crate::hub::e2ee::Identity;
 use crate::hub::submit::CoreHub;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ChatKind, ChatRef, Direction, ImapCursor, InboundMessage, OutboxState, SMTP_TARGET};
+use async_trait::async_trait;
+use coi_bridge_api::{
+    BridgeContext, BridgeError, Capabilities, DeliveryKey, Hub as _, Person, RemoteEvent, SubmitError,
+};
 
 /// A remote network that records what it is given; results can be scripted.
 #[derive(Default)]
@@ -93,7 +91,7 @@ pub(super) async fn rig() -> Rig {
         Mailbox::new("bridge@x.org", Some("Bridge")),
         identity.clone(),
         EncryptionPolicy::Opportunistic,
-        Arc::new(Notify::new()),
+        crate::hub::wake::OutboxNotifier::new(),
     ));
     let chat = ChatRef { kind: ChatKind::Group, key: "grp_abcdefghij".into(), name: "Room".into() };
     let chat_id = store.ensure_chat(&chat).await.expect("chat");
@@ -112,8 +110,11 @@ pub(super) async fn from_coi(r: &Rig, uid: u32, id: &str, msg: ChatMessage) {
         members_added: vec![],
         members_removed: vec![],
         security: "verified",
+        targets: vec![],
     };
-    r.store.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: uid }, &[m], &[]).await.expect("record");
+    let mut batch = [m];
+    crate::hub::route::route_inbound(r.store.as_ref(), &[], &mut batch).await.expect("route");
+    r.store.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: uid }, &batch, &[]).await.expect("record");
 }
 
 pub(super) fn delivery(r: &Rig, bridge: Arc<RecordingBridge>) -> BridgeDelivery {
@@ -499,7 +500,7 @@ async fn link_and_start_commands_make_portals_only_when_they_can_work() {
 #[tokio::test]
 async fn a_contact_writing_one_to_one_gets_a_dm_portal_once() {
     let r = rig().await;
-    r.store.set_dm_bridges(vec!["matrix".into()]);
+    let dm = ["matrix".to_owned()];
     let one = |uid: u32, id: &str, msg: ChatMessage| InboundMessage {
         uid,
         chat: ChatRef { kind: ChatKind::Single, key: "dave@x.org".into(), name: "Dave".into() },
@@ -512,11 +513,13 @@ async fn a_contact_writing_one_to_one_gets_a_dm_portal_once() {
         members_added: vec![],
         members_removed: vec![],
         security: "verified",
+        targets: vec![],
     };
-    let batch = [
+    let mut batch = [
         one(1, "d1@x", ChatMessage { text: "hi bridge".into(), ..ChatMessage::default() }),
         one(2, "d2@x", ChatMessage { text: "anyone there?".into(), ..ChatMessage::default() }),
     ];
+    crate::hub::route::route_inbound(r.store.as_ref(), &dm, &mut batch).await.expect("route");
     r.store.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: 2 }, &batch, &[]).await.expect("record");
     // A receipt and an unattributed mail do not open one.
     let receipt = one(
@@ -529,10 +532,9 @@ async fn a_contact_writing_one_to_one_gets_a_dm_portal_once() {
     );
     let mut stranger = one(4, "s1@x", ChatMessage { text: "unsigned".into(), ..ChatMessage::default() });
     stranger.chat.key = "unverified:eve@x.org".into();
-    r.store
-        .record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: 4 }, &[receipt, stranger], &[])
-        .await
-        .expect("record");
+    let mut more = [receipt, stranger];
+    crate::hub::route::route_inbound(r.store.as_ref(), &dm, &mut more).await.expect("route");
+    r.store.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: 4 }, &more, &[]).await.expect("record");
     let bridge = Arc::new(RecordingBridge::default());
     let d = delivery(&r, bridge.clone());
     drive(&d, || bridge.got.lock().expect("lock").len() == 2).await;

@@ -1,4 +1,4 @@
-//! The SQLite side of [`PortalStore`], and the fan-out of a message to its chat's portals inside a write transaction.
+//! The SQLite side of [`PortalStore`], and the outbox rows of a message for the bridges the hub routed it to, inside a write transaction.
 
 use async_trait::async_trait;
 use sqlx::{Row, Transaction};
@@ -12,27 +12,6 @@ fn portal_row(r: &sqlx::sqlite::SqliteRow) -> Portal {
 }
 
 impl SqliteStore {
-    /// Queues `message_id` for every portal of `chat_id` but the one it came from: one
-    /// outbox row per bridge, in the caller's transaction.
-    pub(super) async fn fan_out_tx(
-        tx: &mut Transaction<'_, sqlx::Sqlite>,
-        chat_id: i64,
-        message_id: &str,
-        except_bridge: Option<&str>,
-    ) -> StoreResult<Vec<String>> {
-        let bridges: Vec<String> = sqlx::query("SELECT bridge FROM portal WHERE chat_id = ? ORDER BY id")
-            .bind(chat_id)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(err)?
-            .into_iter()
-            .map(|r| r.get(0))
-            .filter(|b: &String| Some(b.as_str()) != except_bridge)
-            .collect();
-        Self::queue_for_tx(tx, chat_id, message_id, &bridges).await?;
-        Ok(bridges)
-    }
-
     /// Queues a message for these bridges (once per bridge).
     pub(super) async fn queue_for_tx(
         tx: &mut Transaction<'_, sqlx::Sqlite>,
@@ -62,14 +41,22 @@ impl SqliteStore {
 
 #[async_trait]
 impl PortalStore for SqliteStore {
-    async fn queue_portal_notice(&self, chat_id: i64, notice_id: &str, from_addr: &str, text: &str) -> StoreResult<()> {
+    async fn queue_portal_notice(
+        &self,
+        chat_id: i64,
+        notice_id: &str,
+        from_addr: &str,
+        text: &str,
+        targets: &[String],
+    ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(err)?;
         let inserted = sqlx::query(
             "INSERT INTO message (message_id, chat_id, direction, kind, from_addr, from_name, text, recorded_at, security)
-             VALUES (?, ?, 'out', 'notice', ?, '', ?, ?, 'sent') ON CONFLICT (message_id) DO NOTHING",
+             VALUES (?, ?, 'out', ?, ?, '', ?, ?, 'sent') ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(notice_id)
         .bind(chat_id)
+        .bind(crate::store::MessageKind::Notice.as_str())
         .bind(from_addr)
         .bind(text)
         .bind(now())
@@ -77,18 +64,11 @@ impl PortalStore for SqliteStore {
         .await
         .map_err(err)?
         .rows_affected();
-        let woken = if inserted > 0 { Self::fan_out_tx(&mut tx, chat_id, notice_id, None).await? } else { Vec::new() };
+        if inserted > 0 {
+            Self::queue_for_tx(&mut tx, chat_id, notice_id, targets).await?;
+        }
         tx.commit().await.map_err(err)?;
-        self.wake(&woken);
         Ok(())
-    }
-
-    fn outbox_waker(&self, target: &str) -> std::sync::Arc<tokio::sync::Notify> {
-        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).entry(target.to_owned()).or_default().clone()
-    }
-
-    fn set_dm_bridges(&self, bridges: Vec<String>) {
-        *self.dm_bridges.write().unwrap_or_else(|e| e.into_inner()) = bridges;
     }
 
     async fn create_portal(&self, chat_id: i64, bridge: &str, remote_chat: &str) -> StoreResult<Portal> {

@@ -251,6 +251,7 @@ mod tests {
             members_added: vec![],
             members_removed: vec![],
             security: "plain",
+            targets: vec![],
         }
     }
 

@@ -33,6 +33,7 @@ fn inbound(uid: u32, id: &str, chat_key: &str) -> InboundMessage {
         members_added: vec![chat_key.into()],
         members_removed: vec![],
         security: "verified",
+        targets: vec![],
     }
 }
 
@@ -49,6 +50,7 @@ fn outbound(id: &str, chat_key: &str) -> OutboundMail {
         envelope: Envelope { from: "me@x.org".into(), to: vec![chat_key.into()] },
         also: None,
         origin: crate::store::Origin::Local,
+        targets: vec![],
     }
 }
 

@@ -64,6 +64,7 @@ async fn one_queued_mail(mid: &str, body: &str) -> (tempfile::TempDir, Arc<dyn S
             envelope: Envelope { from: "bridge@x.org".into(), to: vec!["alice@x.org".into()] },
             also: None,
             origin: Origin::Local,
+            targets: vec![],
         })
         .await
         .expect("queue");
@@ -81,7 +82,7 @@ async fn mail_for_an_unreachable_server_goes_once_it_answers() {
         transport,
         store.clone(),
         policy,
-        Arc::new(Notify::new()),
+        OutboxNotifier::new(),
         Arc::new(|_| {}),
         Arc::new(Metrics::new()),
     );
@@ -127,7 +128,7 @@ async fn a_restarted_worker_sends_mail_left_in_a_long_backoff_as_soon_as_the_ser
             Transport::builder_dangerous("127.0.0.1").port(port).build(),
             store.clone(),
             policy,
-            Arc::new(Notify::new()),
+            OutboxNotifier::new(),
             Arc::new(|_| {}),
             Arc::new(Metrics::new()),
         )
