@@ -48,31 +48,3 @@ impl DeadLetterStore for SqliteStore {
             .collect())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn dead_letters_are_kept_once_per_event_with_the_latest_reason() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("s.db")).await.expect("open");
-        let mut row = DeadLetterRow {
-            bridge: "matrix".into(),
-            remote_chat: Some("!room".into()),
-            event: "$e".into(),
-            kind: "gave_up".into(),
-            reason: "store busy".into(),
-            payload: "{}".into(),
-            created_at: 1,
-        };
-        store.record_dead_letter(&row).await.expect("record");
-        row.kind = "failed".into();
-        row.reason = "403".into();
-        store.record_dead_letter(&row).await.expect("again");
-        let other = DeadLetterRow { bridge: "telegram".into(), remote_chat: None, ..row.clone() };
-        store.record_dead_letter(&other).await.expect("other bridge");
-        assert_eq!(store.dead_letters("matrix").await.expect("read"), vec![row]);
-        assert_eq!(store.dead_letters("telegram").await.expect("read"), vec![other]);
-    }
-}

@@ -327,31 +327,4 @@ mod tests {
         assert_eq!(left, vec!["test 4", "test 5"], "the newest two and the message fit in 35 kB");
         assert!(s.message("<u@x>").await.expect("read").is_some());
     }
-
-    #[tokio::test]
-    async fn release_marks_drop_deletes_and_a_released_mail_set_apart_again_is_kept() {
-        let (_d, s) = fresh().await;
-        record(&s, &[], &[rejected(1, 100), Rejected { uid: 2, reason: "too_large".into(), raw: vec![] }]).await;
-        let rows = s.set_apart().await.expect("list");
-        let (a, b) = (rows[0].id, rows[1].id);
-        assert_eq!(s.release_rejected(b).await.expect("release"), Release::NoCopy);
-        assert_eq!(s.release_rejected(a).await.expect("release"), Release::Released);
-        assert_eq!(s.release_rejected(a).await.expect("release"), Release::AlreadyReleased);
-        assert_eq!(s.release_rejected(999).await.expect("release"), Release::NotFound);
-        assert!(s.set_apart().await.expect("list")[0].released);
-        let waiting = s.released(10).await.expect("released");
-        assert_eq!((waiting.len(), waiting[0].raw.len(), waiting[0].uid), (1, 100, 1));
-        // Ingest sets the same bytes apart again: a new row, beside the released one.
-        record(&s, &[], &[rejected(1, 100)]).await;
-        assert_eq!(s.set_apart().await.expect("list").len(), 3);
-        // Released rows are not pruned while they wait.
-        let pruned = s.prune(caps(-1, 0)).await.expect("prune");
-        assert_eq!(pruned.rejected, 2);
-        s.forget_released(a).await.expect("forget");
-        assert!(s.set_apart().await.expect("list").is_empty());
-        record(&s, &[], &[rejected(3, 10)]).await;
-        let id = s.set_apart().await.expect("list")[0].id;
-        assert!(s.drop_rejected(id).await.expect("drop"));
-        assert!(!s.drop_rejected(id).await.expect("drop"));
-    }
 }
