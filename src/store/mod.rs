@@ -14,6 +14,7 @@ pub mod deadletter;
 pub mod keys;
 pub mod kind;
 pub mod portals;
+pub mod postgres;
 pub mod retention;
 pub mod sqlite;
 
@@ -338,9 +339,7 @@ pub async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dyn Store>>
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        anyhow::bail!(
-            "store.url: the PostgreSQL backend is not part of this build yet; use \"sqlite://coi-bridge.db\""
-        );
+        return Ok(Arc::new(postgres::PgStore::open(url).await?));
     }
     anyhow::bail!("store.url: {url:?} is not a store URL; use \"sqlite://PATH\" (relative to the state dir)")
 }
