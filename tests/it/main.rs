@@ -17,4 +17,5 @@ mod matrix;
 mod matrix_bot;
 mod ops;
 mod replies;
+mod store_postgres;
 mod telegram;

@@ -8,6 +8,7 @@
 
 pub mod bridged;
 pub mod deltachat;
+pub mod postgres;
 pub mod synapse;
 pub mod telegram;
 

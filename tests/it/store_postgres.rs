@@ -1,0 +1,137 @@
+//! The PostgreSQL store against a real server (Debian's, started by tests/support/postgres.rs): the store conformance suite, migrations under the advisory lock, errors naming store.url, and the daemon's batches with their IMAP cursor across a SIGKILL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coi_bridge::coi::{self, ChatMessage, Mailbox};
+use coi_bridge::store::postgres::PgStore;
+use coi_bridge::store::{Direction, Store};
+use coi_bridge_api::Attachment;
+
+use crate::support::postgres::PgServer;
+use crate::support::{BRIDGE, Daemon, Link, eventually, free_port, write_config};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A fresh database on this binary's server, or return (outside CI) when PostgreSQL is missing.
+macro_rules! pg_database {
+    () => {
+        match PgServer::shared() {
+            Some(pg) => pg.database(),
+            None => return,
+        }
+    };
+}
+
+/// Opens a store through `store.url`, as the daemon does.
+async fn open(url: &str) -> Arc<dyn Store> {
+    coi_bridge::store::open(url, std::path::Path::new("/nonexistent")).await.expect("open the PostgreSQL store")
+}
+
+#[tokio::test]
+async fn daemons_opening_one_database_at_once_migrate_it_once() {
+    let url = pg_database!();
+    // Four at once: without the advisory lock they race on CREATE TABLE and all but one fail.
+    let opened = futures::future::join_all((0..4).map(|_| PgStore::open(&url))).await;
+    for store in opened {
+        let store = store.expect("every daemon opens the store");
+        assert_eq!(store.schema_version().await.expect("version"), 7);
+    }
+    let pg = PgServer::shared().expect("server");
+    let applied = pg.psql(&url, "SELECT COUNT(*) || ' ' || MAX(version) FROM coi_schema");
+    assert_eq!(applied, "7 7", "each migration applied once");
+    // Opening again applies nothing and keeps the data.
+    let store = open(&url).await;
+    store.set_bridge_state("matrix", "since", "s1").await.expect("write");
+    let store = open(&url).await;
+    assert_eq!(store.bridge_state("matrix", "since").await.expect("read").as_deref(), Some("s1"));
+}
+
+#[tokio::test]
+async fn a_schema_from_a_newer_coi_bridge_is_refused() {
+    let url = pg_database!();
+    drop(open(&url).await);
+    let pg = PgServer::shared().expect("server");
+    pg.psql(&url, "INSERT INTO coi_schema (version, applied_at) VALUES (99, 0)");
+    let e = match PgStore::open(&url).await {
+        Ok(_) => panic!("a store from the future must not be opened"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("schema version 99") && e.contains("newer"), "{e}");
+}
+
+#[tokio::test]
+async fn a_postgres_url_that_does_not_work_is_named_as_store_url() {
+    let cases = [
+        ("postgres://coi@127.0.0.1:1/nothing", "cannot connect to PostgreSQL at postgres://coi@127.0.0.1:1/nothing"),
+        ("postgres://coi:secret@127.0.0.1:notaport/x", "not a usable PostgreSQL URL"),
+    ];
+    for (url, why) in cases {
+        let e = match coi_bridge::store::open(url, std::path::Path::new("/nonexistent")).await {
+            Ok(_) => panic!("{url} cannot be opened"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("store.url") && e.contains(why), "{url}: {e}");
+        assert!(!e.contains("secret"), "the password stays out of the message: {e}");
+    }
+}
+
+/// The daemon with `store.url = "postgres://…"`, killed while it records 200 mails in
+/// batches of 8: only whole batches are committed, each with its IMAP cursor, and after a
+/// restart every mail is recorded exactly once.
+#[tokio::test]
+async fn the_daemon_on_postgres_commits_whole_batches_with_their_cursor_across_a_sigkill() {
+    coi_bridge::init_crypto();
+    let url = pg_database!();
+    let server = crate::mail_server!();
+    let payload: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
+    for i in 0..200 {
+        let m = ChatMessage {
+            message_id: format!("pg-crash-{i}@localhost"),
+            is_chat: true,
+            from: Mailbox::new("alice@example.org", None),
+            to: vec![Mailbox::new(BRIDGE, None)],
+            date: Some(1_795_000_000 + i),
+            text: format!("crash {i}"),
+            attachments: vec![Attachment {
+                name: "p.bin".into(),
+                mime: "application/octet-stream".into(),
+                data: payload.clone(),
+            }],
+            ..ChatMessage::default()
+        };
+        server.deliver("alice@example.org", &[BRIDGE], &coi::render(&m)).await;
+    }
+    server.wait_for_mails("bridge", 200, WAIT).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let http_port = free_port();
+    let config = write_config(&server, state.path(), Link::Plain, "batch_size = 8", http_port);
+    let mut d = Daemon::with_env(state.path(), config, http_port, &[("COI_BRIDGE__STORE__URL", &url)]);
+    let store = open(&url).await;
+    let count = || async { store.messages(Direction::In).await.expect("read").len() };
+    let deadline = std::time::Instant::now() + WAIT;
+    while count().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing recorded; log:\n{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    d.kill();
+    let after_kill = count().await;
+    assert!(after_kill < 200, "the kill should land mid-way (got {after_kill})");
+    assert_eq!(after_kill % 8, 0, "only whole batches are committed");
+    let cursor = store.imap_cursor("INBOX").await.expect("cursor").expect("set");
+    assert_eq!(cursor.last_uid as usize, after_kill, "the cursor moved exactly with the recorded batches");
+    assert!(!state.path().join("bridge.db").exists(), "the daemon used PostgreSQL, not the SQLite default");
+
+    d.restart();
+    let all = eventually(WAIT, "200 messages recorded", || async {
+        let all = store.messages(Direction::In).await.expect("read");
+        (all.len() >= 200).then_some(all)
+    })
+    .await;
+    let mut ids: Vec<_> = all.iter().map(|m| m.message_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((ids.len(), all.len()), (200, 200), "each mail recorded once");
+    assert!(all.iter().all(|m| m.attachments.len() == 1 && m.attachments[0].data == payload));
+    d.stop();
+}
