@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coi_bridge::coi::{self, ChatMessage, Mailbox};
+use coi_bridge::store::conformance::{Backend, POISON};
 use coi_bridge::store::postgres::PgStore;
 use coi_bridge::store::{Direction, Store};
 use coi_bridge_api::Attachment;
@@ -21,6 +22,46 @@ macro_rules! pg_database {
             None => return,
         }
     };
+}
+
+/// The conformance suite's backend: a PostgreSQL store on a database of its own.
+struct PgBackend {
+    store: Arc<dyn Store>,
+    url: String,
+}
+
+#[async_trait::async_trait]
+impl Backend for PgBackend {
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// A trigger fails the insert of the poisoned Message-ID inside its transaction.
+    async fn poison(&self) {
+        let pg = PgServer::shared().expect("PostgreSQL");
+        pg.psql(
+            &self.url,
+            &format!(
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.message_id = '{POISON}' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER poison BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION poison();"
+            ),
+        );
+    }
+}
+
+/// The store conformance suite (src/store/conformance.rs), each case on a fresh database.
+mod conformance {
+    use super::*;
+
+    async fn make() -> Box<dyn Backend> {
+        let pg = PgServer::shared()
+            .expect("PostgreSQL is not installed: run `bash tests/servers/install.sh` (Debian's postgresql)");
+        let url = pg.database();
+        Box::new(PgBackend { store: open(&url).await, url })
+    }
+
+    coi_bridge::store_conformance_tests!(make);
 }
 
 /// Opens a store through `store.url`, as the daemon does.
