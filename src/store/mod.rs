@@ -280,7 +280,7 @@ pub trait Store:
     async fn outbox_done(&self, id: i64) -> StoreResult<()>;
     async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> StoreResult<()>;
     async fn outbox_failed(&self, id: i64, reason: &str) -> StoreResult<()>;
-    /// Every target with pending rows: how many, and since when.
+    /// Every target with pending rows: how many, and since when (by target name).
     async fn outbox_stats(&self) -> StoreResult<Vec<OutboxStats>>;
     /// A cheap round trip to the database (`/ready`).
     async fn ping(&self) -> StoreResult<()>;
@@ -293,6 +293,7 @@ pub trait Store:
     // --- reading -----------------------------------------------------------------------
     async fn message(&self, message_id: &str) -> StoreResult<Option<StoredMessage>>;
     async fn chat(&self, id: i64) -> StoreResult<Option<Chat>>;
+    /// Every chat, in the order they were made.
     async fn chats(&self) -> StoreResult<Vec<Chat>>;
     /// The chat with this kind and key, if it exists.
     async fn find_chat(&self, kind: ChatKind, key: &str) -> StoreResult<Option<Chat>>;

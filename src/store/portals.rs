@@ -41,7 +41,9 @@ pub trait PortalStore: Send + Sync {
     /// The remote chat got a new id (a Telegram group upgraded to a supergroup): the
     /// portal follows it. `false` if there was no portal.
     async fn move_portal(&self, bridge: &str, from: &str, to: &str) -> StoreResult<bool>;
+    /// Every portal, in the order they were linked.
     async fn portals(&self) -> StoreResult<Vec<Portal>>;
+    /// The chat's portals, in the order they were linked (the order fan-out follows).
     async fn portals_of_chat(&self, chat_id: i64) -> StoreResult<Vec<Portal>>;
     async fn portal_by_remote(&self, bridge: &str, remote_chat: &str) -> StoreResult<Option<Portal>>;
     /// Records that `message_id` is `remote_id` (part `part`) on a bridge.
