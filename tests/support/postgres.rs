@@ -169,11 +169,6 @@ impl PgServer {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-
-    /// Where the cluster lives (its log is `log/postgres.log`).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 /// A free loopback port in 61 000..65 000: above the mail servers' ranges (10 000 + 1 000·k,
