@@ -146,7 +146,7 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
         let handles = CoreHandles { id: id.clone(), hub, state: Arc::new(StoreState::new(core.store.clone(), &id)) };
         let built = b.section().build(&env, handles).map_err(|e| anyhow::anyhow!(e))?;
         if let Some(r) = built.routes {
-            routes = routes.merge(r);
+            routes = merge_routes(routes, r, b)?;
         }
         // Each bridge with its delivery worker, labelled for notices ("not delivered to Matrix").
         let delivery = BridgeDelivery::new(
@@ -164,6 +164,27 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
     let dm = loaded.config.bridge.iter().filter(|b| b.section().opens_dms()).map(|b| b.id().to_owned()).collect();
     core.ingest.set_dm_bridges(dm);
     Ok(Bridges { running, routes })
+}
+
+/// Adds one bridge's routes to the listener's. Two bridges serving the same path (two
+/// Matrix appservices: the transaction endpoint's path is fixed by the spec) cannot share
+/// one listener; axum refuses that with a panic, which becomes a start error naming the
+/// bridge. Runs at start, before any task is spawned, so the panic hook is silenced for
+/// the merge alone (the error says it all; no backtrace that reads like a bug).
+fn merge_routes(routes: axum::Router, more: axum::Router, b: &BridgeConfig) -> anyhow::Result<axum::Router> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes.merge(more)));
+    std::panic::set_hook(hook);
+    merged.map_err(|panic| {
+        anyhow::anyhow!(
+            "bridge {:?}: its HTTP routes overlap another bridge's ({}); one daemon serves one such endpoint: \
+             run this {} bridge in another mode or in a daemon of its own",
+            b.id(),
+            crate::supervisor::panic_message(panic.as_ref()),
+            b.label()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -219,6 +219,35 @@ fn generate_registration_writes_a_private_file_once() {
     assert!(err.contains("bridge \"matrix\"") && err.contains("generate-registration"), "{err}");
 }
 
+/// Two bridges whose HTTP routes collide (two Matrix appservices: the transaction
+/// endpoint's path is the spec's) stop the daemon at start with an error naming the
+/// second bridge, not a panic.
+#[test]
+fn two_bridges_serving_the_same_routes_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").expect("pw");
+    let path = dir.path().join("c.toml");
+    let second = MATRIX.replace("id = \"matrix\"", "id = \"matrix2\"").replace("registration.yaml", "reg2.yaml");
+    let toml = GOOD.replace("PWFILE", &pw.display().to_string()) + MATRIX + second.as_str();
+    std::fs::write(&path, toml).expect("config");
+    for id in ["matrix", "matrix2"] {
+        let out = bin().args(["generate-registration", "--bridge", id, "--config"]).arg(&path).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("COI_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("COI_BRIDGE__STORE__STATE_DIR", dir.path())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("bridge \"matrix2\"") && err.contains("overlap"), "{err}");
+}
+
 #[test]
 fn bad_bridge_sections_are_named() {
     let dir = tempfile::tempdir().expect("tempdir");
