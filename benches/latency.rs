@@ -4,6 +4,9 @@
 //! the table into docs/BENCHMARKS.md). Under `cargo test` it only says how to run it.
 //! It measures; it asserts nothing about time.
 
+// It uses a part of the tests' support; tests/it uses all of it, where the compiler finds
+// what is dead.
+#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -3,6 +3,9 @@
 //! It reuses the test suite's server helpers (`tests/support`), so the demo and the
 //! tests start the servers the same way.
 
+// It uses a part of the tests' support; tests/it uses all of it, where the compiler finds
+// what is dead.
+#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

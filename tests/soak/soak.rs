@@ -4,6 +4,9 @@
 //! never runs it. It needs root (it mounts a tmpfs for the store) and the servers of
 //! `tests/servers/install.sh`. `--help` lists the knobs; the defaults are the full matrix.
 
+// It uses a part of the tests' support; tests/it uses all of it, where the compiler finds
+// what is dead.
+#[allow(dead_code)]
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -1,7 +1,5 @@
 //! A real Delta Chat core (`deltachat-rpc-server` from PyPI) driven over raw JSON-RPC on stdio, with accounts on the test mail server.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -4,8 +4,6 @@
 //! servers without disturbing each other. Under `CI=true` a missing server is a failure,
 //! never a skip.
 
-#![allow(dead_code)]
-
 pub mod bridged;
 pub mod deltachat;
 pub mod postgres;

@@ -1,8 +1,6 @@
 //! A Synapse of its own per test, on loopback (tests/servers/synapse.sh), and the user-side requests tests need.
 //! Shared by the root integration tests and the matrix crate's (included with `#[path]`).
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;

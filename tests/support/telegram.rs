@@ -1,7 +1,5 @@
 //! A fake Telegram Bot API on loopback (no Telegram server is reachable here): the real JSON shapes, long polling, `429 retry_after`, "message to edit not found", the documented limits ([`rules`]) and `migrate_to_chat_id` after an upgrade to a supergroup, plus an in-process control API to inject updates (well-formed or not) and read what the bot sent.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

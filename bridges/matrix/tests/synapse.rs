@@ -1,5 +1,8 @@
 //! The appservice client against a real Synapse on loopback: ghosts, rooms, idempotent sends, redactions, error classes.
 
+// It uses a part of the root tests' Synapse helpers; tests/it uses all of them, where the
+// compiler finds what is dead.
+#[allow(dead_code)]
 #[path = "../../../tests/support/synapse.rs"]
 mod synapse;
 
