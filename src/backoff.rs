@@ -42,18 +42,23 @@ impl Backoff {
 /// How long a worker keeps trying to write down a delivery the remote side already has.
 pub const RECORD_FOR: Duration = Duration::from_secs(300);
 
-/// Runs `op` until it succeeds, pausing 0.5 s, doubling to 10 s, between tries, for at
-/// most `within`; the last error if it never did. For recording a delivery that already
+/// The longest pause between two tries of such a write (see [`until_ok`]).
+pub const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Runs `op` until it succeeds, pausing 0.5 s then 1 s between tries, for at most
+/// `within`; the last error if it never did. For recording a delivery that already
 /// happened: giving up at once leaves the row due, so the next round sends it again (a
 /// duplicate where the network has no idempotency key, Telegram), and what refuses the
-/// write (a full disk, a locked store) usually passes.
+/// write (a full disk, a locked store) usually passes. A local write is cheap to try, and
+/// the chat's next message waits for it: the soak saw a 10 s pause cap hold a chat 10 s
+/// after the disk had room again.
 pub async fn until_ok<T, E, F, Fut>(within: Duration, mut op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
     let deadline = tokio::time::Instant::now() + within;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(500), RECORD_RETRY_MAX);
     loop {
         match op().await {
             Ok(v) => return Ok(v),

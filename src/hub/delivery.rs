@@ -387,6 +387,9 @@ impl BridgeDelivery {
         tracing::warn!(bridge = %self.id, message_id = %item.message_id, attempts, retry_in = ?pause, reason, "not delivered to the bridge; will retry");
         if let Err(e) = self.store.outbox_retry(item.id, next, reason).await {
             tracing::error!(bridge = %self.id, error = %e, "could not record the retry");
+            // The row stays due: without a pause the worker would take it again at once,
+            // in a loop for as long as the store refuses writes (a full disk).
+            tokio::time::sleep(backoff::PROBE_EVERY).await;
         }
     }
 

@@ -293,6 +293,8 @@ impl SmtpWorker {
         tracing::warn!(message_id = %item.message_id, attempts, retry_in = ?pause, error, "mail not sent; will retry");
         if let Err(se) = self.store.outbox_retry(item.id, next, error).await {
             tracing::error!(error = %se, "could not record the retry");
+            // The row stays due: pause rather than take it again at once, in a loop.
+            tokio::time::sleep(backoff::PROBE_EVERY).await;
         }
         Outcome::Retry
     }

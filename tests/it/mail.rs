@@ -396,7 +396,9 @@ async fn sigkill_in_the_middle_of_a_batch_loses_and_duplicates_nothing() {
     d.kill();
     let after_kill = count_in(&store).await;
     assert!(after_kill < 200, "the crash should land mid-way (got {after_kill}, first seen {first_seen})");
-    assert_eq!(after_kill % 10, 0, "only whole batches are committed");
+    // Whole batches only: a fetch round's first holds 8 mails (so a backlog starts
+    // flowing soon), the others `batch_size`.
+    assert!(after_kill >= 8 && (after_kill - 8) % 10 == 0, "only whole batches are committed (got {after_kill})");
     let cursor = store.imap_cursor("INBOX").await.expect("cursor").expect("set");
     assert_eq!(cursor.last_uid as usize, after_kill, "the cursor moved exactly with the recorded batches");
 
