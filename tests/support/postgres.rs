@@ -144,10 +144,18 @@ impl PgServer {
         format!("postgres://coi@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// A new, empty database on this server; its URL.
+    /// A new, empty database on this server; its URL. It collates text as a production
+    /// database usually does (ICU, en-US: punctuation does not sort by code point), not as
+    /// the test cluster's "C", so SQL that silently relies on byte order fails here.
     pub fn database(&self) -> String {
         let name = format!("coi_test_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
-        self.psql(&self.url(), &format!("CREATE DATABASE {name}"));
+        self.psql(
+            &self.url(),
+            &format!(
+                "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' \
+                 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+            ),
+        );
         format!("postgres://coi@127.0.0.1:{}/{name}", self.port)
     }
 

@@ -216,7 +216,7 @@ impl Store for PgStore {
     async fn outbox_stats(&self) -> StoreResult<Vec<OutboxStats>> {
         let rows = sqlx::query(
             "SELECT target, COUNT(*) AS depth, MIN(COALESCE(queued_at_ms, created_at * 1000)) AS oldest
-             FROM outbox WHERE state = 'pending' GROUP BY target ORDER BY target",
+             FROM outbox WHERE state = 'pending' GROUP BY target ORDER BY target COLLATE \"C\"",
         )
         .fetch_all(&self.pool)
         .await
