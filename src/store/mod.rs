@@ -330,6 +330,9 @@ pub async fn open_existing(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dy
     if let Some(path) = sqlite_path(url, state_dir) {
         return Ok(Arc::new(sqlite::SqliteStore::open_existing(&path).await?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PgStore::open_existing(url).await?));
+    }
     open(url, state_dir).await
 }
 

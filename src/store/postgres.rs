@@ -91,6 +91,16 @@ impl PgStore {
     /// Connects to the database at `url` (`postgres://…` or `postgresql://…`) and applies
     /// pending migrations.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
+        Self::open_with(url, true).await
+    }
+
+    /// Opens the database at `url` only if the daemon has made its tables there: a command
+    /// beside the daemon never sets up a store (and then a new key) in a mistyped database.
+    pub async fn open_existing(url: &str) -> anyhow::Result<Self> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> anyhow::Result<Self> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| anyhow::anyhow!("store.url: not a usable PostgreSQL URL ({e})"))?
             .application_name("coi-bridge");
@@ -101,6 +111,20 @@ impl PgStore {
             .await
             .with_context(|| format!("store: cannot connect to PostgreSQL at {} (store.url)", describe(&opts)))?;
         let store = Self { pool };
+        if !create {
+            let made: bool = sqlx::query("SELECT to_regclass('coi_schema') IS NOT NULL")
+                .fetch_one(&store.pool)
+                .await
+                .with_context(|| format!("store: reading {}", describe(&opts)))?
+                .get(0);
+            if !made {
+                anyhow::bail!(
+                    "store.url: the database {} has no coi-bridge store yet: the daemon makes it on its first start \
+                     (coi-bridge run), or fix store.url",
+                    describe(&opts)
+                );
+            }
+        }
         store.migrate().await.with_context(|| format!("store: migrating {}", describe(&opts)))?;
         Ok(store)
     }

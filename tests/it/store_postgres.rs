@@ -89,6 +89,21 @@ async fn daemons_opening_one_database_at_once_migrate_it_once() {
 }
 
 #[tokio::test]
+async fn a_command_beside_the_daemon_never_sets_up_a_store() {
+    let url = pg_database!();
+    let e = match coi_bridge::store::open_existing(&url, std::path::Path::new("/nonexistent")).await {
+        Ok(_) => panic!("an empty database is no store"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("store.url") && e.contains("no coi-bridge store yet"), "{e}");
+    let pg = PgServer::shared().expect("server");
+    assert_eq!(pg.psql(&url, "SELECT to_regclass('coi_schema') IS NULL"), "t", "no table was made");
+    drop(open(&url).await);
+    let store = coi_bridge::store::open_existing(&url, std::path::Path::new("/nonexistent")).await.expect("made");
+    store.ping().await.expect("ping");
+}
+
+#[tokio::test]
 async fn a_schema_from_a_newer_coi_bridge_is_refused() {
     let url = pg_database!();
     drop(open(&url).await);
