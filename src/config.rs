@@ -260,7 +260,7 @@ fn default_retry_max() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (relative to the state dir) or, later, `postgres://…`.
+    /// `sqlite://PATH` (relative to the state dir) or `postgres://USER@HOST:PORT/DATABASE`.
     #[serde(default = "default_store_url")]
     pub url: String,
     /// The state dir; defaults to `$STATE_DIRECTORY` (systemd) or the working directory.
