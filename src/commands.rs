@@ -445,6 +445,61 @@ fn printable(s: &str, max: usize) -> String {
     if clean.chars().count() > max { clean.chars().take(max.saturating_sub(1)).chain(['…']).collect() } else { clean }
 }
 
+/// `migrate-store --to URL`: copies the config's SQLite store (the daemon stopped) into an
+/// empty PostgreSQL store, progress on stderr, then a table of row counts on both sides;
+/// an error if any differs (the copy is then rolled back).
+pub async fn migrate_store(loaded: &Loaded, to: &str) -> anyhow::Result<String> {
+    use std::io::{IsTerminal as _, Write as _};
+    let cfg = &loaded.config;
+    let Some(src) = store::sqlite_path(&cfg.store.url, &cfg.store.state_dir()) else {
+        anyhow::bail!(
+            "store.url = {:?} is not a SQLite store: migrate-store copies a SQLite store into PostgreSQL",
+            cfg.store.url
+        );
+    };
+    if !src.exists() {
+        return Err(store::Uninitialized::NoStore { path: src, hint: fix_hint(loaded) }.into());
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut last_percent = None;
+    let report = store::migrate::migrate(&src, to, |p| {
+        let percent = (p.copied * 100).checked_div(p.total).unwrap_or(100);
+        // On a terminal one line per table redrawn; in a log a line per 10 % and one at the end.
+        if tty {
+            eprint!("\rcopying {:<18} {percent:>3}% ({}/{} rows)", p.table, p.copied, p.total);
+            if p.copied == p.total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        } else if p.copied == p.total || (p.copied > 0 && last_percent.is_none_or(|l: u64| percent / 10 > l / 10)) {
+            eprintln!("copying {}: {}/{} rows ({percent}%)", p.table, p.copied, p.total);
+        }
+        last_percent = (p.copied > 0).then_some(percent);
+    })
+    .await?;
+    let mut rows = vec![["TABLE".to_owned(), "SQLITE".to_owned(), "POSTGRESQL".to_owned(), "".to_owned()]];
+    for t in &report.tables {
+        let ok = if t.sqlite == t.postgres { "ok" } else { "MISMATCH" };
+        rows.push([t.table.to_owned(), t.sqlite.to_string(), t.postgres.to_string(), ok.to_owned()]);
+    }
+    let table = table(&rows);
+    if !report.committed {
+        let bad: Vec<&str> = report.mismatches().map(|t| t.table).collect();
+        anyhow::bail!(
+            "{table}the row counts differ in {}: the copy was rolled back, the PostgreSQL store is empty again",
+            bad.join(", ")
+        );
+    }
+    let total: u64 = report.tables.iter().map(|t| t.postgres).sum();
+    Ok(format!(
+        "{table}copied {total} rows of {} tables at schema {} from {}; every count matches. Set store.url to the \
+         PostgreSQL URL before starting the daemon again\n",
+        report.tables.len(),
+        report.schema_version,
+        src.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

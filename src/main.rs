@@ -94,6 +94,14 @@ enum Command {
         /// The new backup file (never overwritten).
         file: PathBuf,
     },
+    /// Copy the SQLite store into an empty PostgreSQL store, with the daemon stopped
+    /// (progress on stderr, then each table's row count on both sides; exit 1 if one differs).
+    MigrateStore {
+        /// The PostgreSQL store's URL (postgres://USER@HOST/DB); made or migrated to this
+        /// version's schema first, and it must hold no row.
+        #[arg(long)]
+        to: String,
+    },
     /// What is set apart: rejected mail (by id), unverified chats, dead letters; release
     /// or drop a rejected mail. Pruned by the [retention] caps.
     Quarantine {
@@ -262,6 +270,7 @@ fn main() -> ExitCode {
                 let result = tokio::task::spawn_blocking(move || commands::backup(&loaded, &file)).await;
                 print_or_fail(result.unwrap_or_else(|e| Err(anyhow::anyhow!("the backup task failed: {e}"))))
             }
+            Command::MigrateStore { to } => print_or_fail(commands::migrate_store(&loaded, &to).await),
             Command::Health { .. } => {
                 // A wildcard listen address is asked on loopback.
                 let mut addr = loaded.config.http.listen;

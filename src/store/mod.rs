@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod deadletter;
 pub mod keys;
 pub mod kind;
+pub mod migrate;
 pub mod portals;
 pub mod postgres;
 pub mod retention;
