@@ -132,6 +132,27 @@ async fn a_postgres_url_that_does_not_work_is_named_as_store_url() {
     }
 }
 
+/// The database going away is the store being unavailable (StoreError::Retry: the
+/// callers hold their queues and try again), never a fatal error that would set events
+/// aside; once it is back the same store works on, its data intact.
+#[tokio::test]
+async fn a_database_outage_is_retried_and_the_store_works_on_afterwards() {
+    // A server of its own: this test stops it.
+    let Some(pg) = PgServer::start() else { return };
+    let url = pg.database();
+    let store = open(&url).await;
+    store.set_bridge_state("matrix", "since", "s1").await.expect("write");
+    pg.pause();
+    let read = store.bridge_state("matrix", "since").await.expect_err("the database is down");
+    assert!(read.is_retry(), "a lost connection is Retry, not Fatal: {read}");
+    let write = store.set_bridge_state("matrix", "since", "s2").await.expect_err("the database is down");
+    assert!(write.is_retry(), "{write}");
+    pg.resume();
+    eventually(WAIT, "the store works again", || async { store.ping().await.ok() }).await;
+    assert_eq!(store.bridge_state("matrix", "since").await.expect("read").as_deref(), Some("s1"));
+    store.set_bridge_state("matrix", "since", "s2").await.expect("write after the outage");
+}
+
 /// The daemon with `store.url = "postgres://…"`, killed while it records 200 mails in
 /// batches of 8: only whole batches are committed, each with its IMAP cursor, and after a
 /// restart every mail is recorded exactly once.

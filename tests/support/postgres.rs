@@ -70,34 +70,7 @@ impl PgServer {
         assert!(out.status.success(), "postgres.sh init failed: {}", String::from_utf8_lossy(&out.stderr));
         for _ in 0..5 {
             let port = free_port();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("log/postgres.log"))
-                .expect("log file");
-            let mut cmd = Command::new(bin.join("postgres"));
-            cmd.arg("-D")
-                .arg(dir.join("data"))
-                .arg("-k")
-                .arg(dir.join("run"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-c", "fsync=off", "-c", "max_connections=300"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log);
-            // SAFETY: geteuid only reads our credentials.
-            if unsafe { geteuid() } == 0 {
-                let (uid, gid) = postgres_user();
-                cmd.uid(uid).gid(gid);
-            }
-            // SAFETY: prctl is async-signal-safe; it runs in the child after the uid change
-            // (which would clear it). 1 = PR_SET_PDEATHSIG, 3 = SIGQUIT (immediate shutdown).
-            unsafe {
-                cmd.pre_exec(|| {
-                    prctl(1, 3 as std::ffi::c_ulong);
-                    Ok(())
-                });
-            }
-            let mut child = cmd.spawn().expect("spawn postgres");
+            let mut child = spawn(&bin, &dir, port);
             if wait_ready(&bin, port, &mut child) {
                 return Some(Self { port, bin, dir, child: Mutex::new(Some(child)) });
             }
@@ -170,12 +143,27 @@ impl PgServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// Stops the server by its PID and removes its cluster.
-    pub fn stop(&self) {
+    /// Stops the server (fast shutdown: clients are cut off) and keeps its cluster, for
+    /// [`PgServer::resume`]: an outage of the database.
+    pub fn pause(&self) {
         if let Some(child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
             stop_child(child);
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    /// Starts the paused server again, on its port.
+    pub fn resume(&self) {
+        let mut slot = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(slot.is_none(), "the server is running");
+        let mut child = spawn(&self.bin, &self.dir, self.port);
+        assert!(wait_ready(&self.bin, self.port, &mut child), "PostgreSQL did not come back");
+        *slot = Some(child);
+    }
+
+    /// Stops the server by its PID and removes its cluster.
+    pub fn stop(&self) {
+        self.pause();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -188,6 +176,35 @@ fn free_port() -> u16 {
         .map(|i| 61_000 + (start.wrapping_add(i) % 4000) as u16)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port in 61000..65000")
+}
+
+/// Starts the server of the cluster in `dir` on `port`, as the `postgres` user when we are
+/// root. It is killed if the thread that started it ends first (PR_SET_PDEATHSIG).
+fn spawn(bin: &Path, dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log/postgres.log")).expect("log");
+    let mut cmd = Command::new(bin.join("postgres"));
+    cmd.arg("-D")
+        .arg(dir.join("data"))
+        .arg("-k")
+        .arg(dir.join("run"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-c", "fsync=off", "-c", "max_connections=300"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    // SAFETY: geteuid only reads our credentials.
+    if unsafe { geteuid() } == 0 {
+        let (uid, gid) = postgres_user();
+        cmd.uid(uid).gid(gid);
+    }
+    // SAFETY: prctl is async-signal-safe; it runs in the child after the uid change (which
+    // would clear it). 1 = PR_SET_PDEATHSIG, 3 = SIGQUIT (immediate shutdown).
+    unsafe {
+        cmd.pre_exec(|| {
+            prctl(1, 3 as std::ffi::c_ulong);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn postgres")
 }
 
 /// Polls until the server on `port` accepts connections; false if it exits or 30 s pass.
