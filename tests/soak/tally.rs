@@ -111,6 +111,9 @@ pub struct Report {
     pub echoes: BTreeMap<Side, usize>,
     /// Per fault: per path the seconds from its return to the first message through.
     pub resumes: Vec<(Fault, Vec<PathResume>)>,
+    /// (receiver, origin) → each message shown out of order: its sequence, the later one
+    /// shown before it, and when it was shown (seconds into the run), to find the cause.
+    pub inversions: BTreeMap<(Side, Side), Vec<(u32, u32, f64)>>,
 }
 
 impl Report {
@@ -119,29 +122,34 @@ impl Report {
     pub fn new(sent: &HashMap<Side, Vec<u32>>, shown: &HashMap<Side, Vec<Shown>>, faults: &[Fault]) -> Self {
         let mut counts = BTreeMap::new();
         let mut echoes = BTreeMap::new();
+        let mut inversions = BTreeMap::new();
         for to in SIDES {
             let list = shown.get(&to).cloned().unwrap_or_default();
             let echo = list.iter().filter(|s| s.origin == to).count();
             echoes.insert(to, echo);
             for from in SIDES.into_iter().filter(|&f| f != to) {
                 let expected: &[u32] = sent.get(&from).map_or(&[], Vec::as_slice);
-                let got: Vec<u32> = list.iter().filter(|s| s.origin == from).map(|s| s.seq).collect();
+                let from_list: Vec<&Shown> = list.iter().filter(|s| s.origin == from).collect();
+                let got: Vec<u32> = from_list.iter().map(|s| s.seq).collect();
                 let mut seen = HashSet::new();
                 let mut firsts = Vec::new();
-                for &q in &got {
-                    if seen.insert(q) {
-                        firsts.push(q);
+                for s in &from_list {
+                    if seen.insert(s.seq) {
+                        firsts.push(*s);
                     }
                 }
                 // Out of order: shown after a message that was written later.
-                let mut max = None;
+                let mut max: Option<u32> = None;
                 let mut reordered = 0;
-                for &q in &firsts {
-                    if max.is_some_and(|m| q < m) {
+                let mut these = Vec::new();
+                for s in &firsts {
+                    if let Some(m) = max.filter(|&m| s.seq < m) {
                         reordered += 1;
+                        these.push((s.seq, m, s.at));
                     }
-                    max = max.max(Some(q));
+                    max = max.max(Some(s.seq));
                 }
+                inversions.insert((to, from), these);
                 let lost = expected.iter().filter(|q| !seen.contains(q)).count();
                 counts.insert(
                     (to, from),
@@ -175,7 +183,7 @@ impl Report {
                 (f.clone(), per_path)
             })
             .collect();
-        Self { counts, echoes, resumes }
+        Self { counts, echoes, resumes, inversions }
     }
 
     /// Lost, duplicated (echoes included) and reordered over all paths into `to`.
@@ -289,7 +297,14 @@ impl Report {
                 })
             })
             .collect();
-        json!({"sides": sides, "faults": faults})
+        // Every path's out-of-order messages: [sequence, the later one shown before it, at s].
+        let inversions: serde_json::Map<String, Value> = self
+            .inversions
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|((to, from), v)| (format!("{}{}", from.letter(), to.letter()), json!(v)))
+            .collect();
+        json!({"sides": sides, "faults": faults, "inversions": inversions})
     }
 }
 
