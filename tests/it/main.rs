@@ -15,6 +15,7 @@ mod hostile;
 mod mail;
 mod matrix;
 mod matrix_bot;
+mod migrate_store;
 mod ops;
 mod replies;
 mod store_postgres;

@@ -25,9 +25,10 @@ async fn in_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error
 }
 
 /// The store's pool options: at most `max` connections, and none handed back into the
-/// pool inside a transaction.
+/// pool inside a transaction. At least one stays open for the pool's life (none is
+/// reaped when idle): the open file is how `migrate-store` tells that the daemon runs.
 pub(super) fn options(max: u32) -> SqlitePoolOptions {
-    SqlitePoolOptions::new().max_connections(max).after_release(|conn, _| {
+    SqlitePoolOptions::new().max_connections(max).min_connections(1).idle_timeout(None).max_lifetime(None).after_release(|conn, _| {
         Box::pin(async move {
             if in_transaction(conn).await? {
                 tracing::error!(
