@@ -23,7 +23,11 @@ pub async fn check(loaded: &Loaded) -> bool {
         item: "store".into(),
         outcome: match store::open(&cfg.store.url, &state_dir).await {
             Ok(s) => match s.ping().await {
-                Ok(()) => Ok(format!("{} (state dir {}), migrations applied", cfg.store.url, state_dir.display())),
+                Ok(()) => Ok(format!(
+                    "{} (state dir {}), migrations applied",
+                    store::redact_url(&cfg.store.url),
+                    state_dir.display()
+                )),
                 Err(e) => Err((e.to_string(), "check that the database file is readable and writable".into())),
             },
             Err(e) => Err((format!("{e:#}"), "check store.url and that the state dir is writable".into())),

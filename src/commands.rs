@@ -30,7 +30,7 @@ fn fix_hint(loaded: &Loaded) -> String {
         " (store.url = {:?}, state dir {}): the daemon creates the store and the bridge's key on its first \
          start. Start it once with `coi-bridge run`, or fix store.url or store.state_dir in {} (under systemd \
          the state dir is /var/lib/coi-bridge)",
-        cfg.store.url,
+        crate::store::redact_url(&cfg.store.url),
         cfg.store.state_dir().display(),
         loaded.source.display()
     )
@@ -454,7 +454,7 @@ pub async fn migrate_store(loaded: &Loaded, to: &str) -> anyhow::Result<String> 
     let Some(src) = store::sqlite_path(&cfg.store.url, &cfg.store.state_dir()) else {
         anyhow::bail!(
             "store.url = {:?} is not a SQLite store: migrate-store copies a SQLite store into PostgreSQL",
-            cfg.store.url
+            store::redact_url(&cfg.store.url)
         );
     };
     if !src.exists() {

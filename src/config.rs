@@ -256,8 +256,8 @@ fn default_retry_max() -> u64 {
     300
 }
 
-/// `[store]`.
-#[derive(Debug, Deserialize)]
+/// `[store]`. `Debug` shows the URL without its password.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://PATH` (relative to the state dir) or `postgres://USER@HOST:PORT/DATABASE`.
@@ -266,6 +266,15 @@ pub struct StoreConfig {
     /// The state dir; defaults to `$STATE_DIRECTORY` (systemd) or the working directory.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &crate::store::redact_url(&self.url))
+            .field("state_dir", &self.state_dir)
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {
@@ -512,6 +521,15 @@ mod tests {
             invite_max_age_days: 365,
         };
         assert!(!format!("{a:?}").contains("hunter2"));
+        // A PostgreSQL URL may carry the password, in the user part or as a parameter.
+        for url in ["postgres://coi:hunter2@db:5432/coi", "postgres://coi@db/coi?sslmode=require&password=hunter2"] {
+            let store = StoreConfig { url: url.into(), state_dir: None };
+            let shown = format!("{store:?}");
+            assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+        }
+        assert_eq!(crate::store::redact_url("postgres://coi:p%40ss@db/coi"), "postgres://coi:***@db/coi");
+        assert_eq!(crate::store::redact_url("postgres://coi@db/coi"), "postgres://coi@db/coi");
+        assert_eq!(crate::store::redact_url("sqlite://coi-bridge.db"), "sqlite://coi-bridge.db");
     }
 
     #[test]

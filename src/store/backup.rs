@@ -27,8 +27,9 @@ pub struct Summary {
 
 /// Where `store.url` keeps the SQLite database.
 pub fn sqlite_path(url: &str, state_dir: &Path) -> anyhow::Result<PathBuf> {
-    super::sqlite_path(url, state_dir)
-        .with_context(|| format!("store.url: {url:?} is not a SQLite store; `backup` copies SQLite databases only"))
+    super::sqlite_path(url, state_dir).with_context(|| {
+        format!("store.url: {:?} is not a SQLite store; `backup` copies SQLite databases only", super::redact_url(url))
+    })
 }
 
 /// Copies the database at `src` to `dest` (which must not exist) while other processes

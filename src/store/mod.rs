@@ -308,6 +308,33 @@ pub trait Store:
     async fn rejected_count(&self) -> StoreResult<u64>;
 }
 
+/// A store URL as it may be shown (logs, `check`, errors, `Debug`): a password in it, in
+/// the user part (`postgres://coi:SECRET@db/coi`) or as a `password=` parameter, becomes `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?', '#']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@').map(|i| rest + i)
+            && let Some(colon) = out[rest..at].find(':').map(|i| rest + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
 /// Where a `sqlite://` store URL keeps its file (relative paths are under `state_dir`);
 /// `None` for other URLs.
 pub fn sqlite_path(url: &str, state_dir: &Path) -> Option<std::path::PathBuf> {
