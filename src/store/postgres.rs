@@ -11,7 +11,7 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, Row as _};
 
 use super::StoreError;
@@ -76,6 +76,14 @@ fn err(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// TLS by default: over TCP, a URL without `sslmode` gets `verify-full` (TLS, the
+/// certificate checked against the web PKI or `sslrootcert`); plaintext only when the URL
+/// says so (`sslmode=disable`, `prefer`, …). A Unix socket needs none.
+fn tls_by_default(url: &str, opts: PgConnectOptions) -> PgConnectOptions {
+    let configured = url.to_ascii_lowercase().contains("sslmode=");
+    if configured || opts.get_socket().is_some() { opts } else { opts.ssl_mode(PgSslMode::VerifyFull) }
+}
+
 /// `postgres://user@host:port/db` without the password, for messages.
 fn describe(opts: &PgConnectOptions) -> String {
     format!(
@@ -101,15 +109,30 @@ impl PgStore {
     }
 
     async fn open_with(url: &str, create: bool) -> anyhow::Result<Self> {
-        let opts = PgConnectOptions::from_str(url)
-            .map_err(|e| anyhow::anyhow!("store.url: not a usable PostgreSQL URL ({e})"))?
-            .application_name("coi-bridge");
+        let opts = tls_by_default(
+            url,
+            PgConnectOptions::from_str(url)
+                .map_err(|e| anyhow::anyhow!("store.url: not a usable PostgreSQL URL ({e})"))?
+                .application_name("coi-bridge"),
+        );
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(opts.clone())
             .await
-            .with_context(|| format!("store: cannot connect to PostgreSQL at {} (store.url)", describe(&opts)))?;
+            .with_context(|| {
+                format!(
+                    "store: cannot connect to PostgreSQL at {} (store.url){}",
+                    describe(&opts),
+                    if matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull) {
+                        "; TLS with a verified certificate is the default over TCP: give the server a \
+                         certificate (add sslrootcert=FILE to the URL for a private CA), use the Unix socket \
+                         (?host=/run/postgresql), or add sslmode=disable for a network you trust"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
         let store = Self { pool };
         if !create {
             let made: bool = sqlx::query("SELECT to_regclass('coi_schema') IS NOT NULL")

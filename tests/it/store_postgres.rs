@@ -132,6 +132,22 @@ async fn a_postgres_url_that_does_not_work_is_named_as_store_url() {
     }
 }
 
+/// TLS is the default over TCP: a URL that does not ask for plaintext is refused by a
+/// server without TLS (the test cluster has none), and the message names the fixes.
+#[tokio::test]
+async fn a_postgres_url_without_sslmode_needs_tls() {
+    let pg = PgServer::shared().expect("server");
+    let plain = pg.database();
+    let url = plain.strip_suffix("?sslmode=disable").expect("the test URL asks for plaintext");
+    let e = match coi_bridge::store::open(url, std::path::Path::new("/nonexistent")).await {
+        Ok(_) => panic!("{url}: opened without TLS though the URL did not say so"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("store.url") && e.contains("TLS") && e.contains("sslmode=disable"), "{e}");
+    // Said so, plaintext works.
+    coi_bridge::store::open(&plain, std::path::Path::new("/nonexistent")).await.expect("sslmode=disable");
+}
+
 /// The database going away is the store being unavailable (StoreError::Retry: the
 /// callers hold their queues and try again), never a fatal error that would set events
 /// aside; once it is back the same store works on, its data intact.

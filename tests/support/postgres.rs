@@ -114,7 +114,8 @@ impl PgServer {
 
     /// The server's superuser connection to its `postgres` database.
     pub fn url(&self) -> String {
-        format!("postgres://coi@127.0.0.1:{}/postgres", self.port)
+        // The test cluster has no certificate: plaintext, said so (TLS is the default).
+        format!("postgres://coi@127.0.0.1:{}/postgres?sslmode=disable", self.port)
     }
 
     /// A new, empty database on this server; its URL. It collates text as a production
@@ -129,7 +130,7 @@ impl PgServer {
                  LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
             ),
         );
-        format!("postgres://coi@127.0.0.1:{}/{name}", self.port)
+        format!("postgres://coi@127.0.0.1:{}/{name}?sslmode=disable", self.port)
     }
 
     /// Runs SQL on the database at `url` as the superuser; its output, unaligned, without
