@@ -64,6 +64,11 @@ pub struct Appservice {
     state: Arc<dyn BridgeState>,
     sink: Arc<dyn TransactionSink>,
     refusals: Refusals,
+    /// One transaction at a time, whole: a homeserver means its transactions in order, but
+    /// Synapse can have two in flight at once (each appservice ping while it is recovering
+    /// starts another retry loop), and events of a later one handled beside an earlier one
+    /// would reach COI first.
+    one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 /// FNV-1a, 64 bit: a stable digest (unlike std's hasher) for remembering transactions.
@@ -85,7 +90,13 @@ fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
 
 impl Appservice {
     pub fn new(hs_token: &str, state: Arc<dyn BridgeState>, sink: Arc<dyn TransactionSink>) -> Self {
-        Self { hs_token: hs_token.to_owned(), state, sink, refusals: Refusals::default() }
+        Self {
+            hs_token: hs_token.to_owned(),
+            state,
+            sink,
+            refusals: Refusals::default(),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Shares the refusal flag with the bridge's run loop (see [`Refusals`]).
@@ -125,6 +136,7 @@ async fn transaction(
             return error(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", &format!("transaction body: {e}"));
         }
     };
+    let _turn = app.one_at_a_time.lock().await;
     // Synapse numbers transactions from 1 again after it restarts with none pending, so
     // an id alone does not identify a transaction: the id and the body's digest do.
     let key = format!("txn:{txn_id}");
@@ -205,6 +217,58 @@ mod tests {
             self.0.lock().expect("lock").push((txn_id.to_owned(), events.len()));
             Ok(())
         }
+    }
+
+    /// Holds transaction "1" until told, and notes when each starts and ends.
+    #[derive(Default)]
+    struct SlowSink {
+        log: Mutex<Vec<String>>,
+        release: tokio::sync::Notify,
+        started: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl TransactionSink for SlowSink {
+        async fn events(&self, txn_id: &str, _events: Vec<Value>) -> Result<(), String> {
+            self.log.lock().expect("lock").push(format!("start {txn_id}"));
+            if txn_id == "1" {
+                self.started.notify_one();
+                self.release.notified().await;
+            }
+            self.log.lock().expect("lock").push(format!("end {txn_id}"));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_transaction_waits_for_the_first_to_be_handled_whole() {
+        let sink = Arc::new(SlowSink::default());
+        let app = Arc::new(Appservice::new("secret-hs", Arc::new(MemoryState::default()), sink.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
+        let body = r#"{"events":[{"type":"m.room.message"}]}"#;
+        let first = tokio::spawn(async move {
+            request(port, "PUT", "/_matrix/app/v1/transactions/1", Some("secret-hs"), body).await
+        });
+        sink.started.notified().await;
+        // Transaction 2 arrives while 1 is being handled (two Synapse retry loops).
+        let second = tokio::spawn(async move {
+            request(port, "PUT", "/_matrix/app/v1/transactions/2", Some("secret-hs"), body).await
+        });
+        // Let the second reach the daemon and, if nothing held it, the sink.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        sink.release.notify_one();
+        assert_eq!((first.await.expect("first"), second.await.expect("second")), (200, 200));
+        assert_eq!(
+            sink.log.lock().expect("lock").clone(),
+            ["start 1", "end 1", "start 2", "end 2"],
+            "the later transaction's events were handled beside the earlier one's"
+        );
+        server.abort();
     }
 
     async fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> u16 {
