@@ -331,6 +331,15 @@ fn sqlite_tables(path: &Path) -> Vec<String> {
     q.query_map([], |r| r.get(0)).expect("query").collect::<Result<_, _>>().expect("names")
 }
 
+/// Waits until nothing has the SQLite file open (a dropped pool closes its connections).
+async fn closed(db: &Path) {
+    crate::support::eventually(std::time::Duration::from_secs(30), "the store closed", || async {
+        let c = rusqlite::Connection::open(db).ok()?;
+        c.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; SELECT 1 FROM chat; ROLLBACK").ok()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_sqlite_store_with_every_kind_of_row_is_copied_into_postgresql_and_reads_back_the_same() {
     let Some(pg) = PgServer::shared() else { return };
@@ -356,12 +365,7 @@ async fn a_sqlite_store_with_every_kind_of_row_is_copied_into_postgresql_and_rea
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is in use"), "{}", text(&out));
     drop(lite);
-    // The pool's connections close with it (the daemon stopped).
-    let free = crate::support::eventually(std::time::Duration::from_secs(30), "the store closed", || async {
-        let c = rusqlite::Connection::open(&db).ok()?;
-        c.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; SELECT 1 FROM chat; ROLLBACK").ok()
-    });
-    free.await;
+    closed(&db).await;
 
     let out = migrate(&cfg, &url);
     assert!(out.status.success(), "{}", text(&out));
@@ -408,4 +412,48 @@ async fn a_store_that_is_not_sqlite_is_not_a_source() {
     let out = migrate(&config(dir.path(), &url), &pg.database());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a SQLite store"), "{}", text(&out));
+}
+
+/// A row lost on the way (a trigger drops it) shows in the counts: exit 1, the table
+/// named, and the copy rolled back so the target is empty for the next try.
+#[tokio::test]
+async fn counts_that_differ_fail_the_copy_and_leave_the_target_empty() {
+    let Some(pg) = PgServer::shared() else { return };
+    let url = pg.database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pw"), "secret\n").expect("pw");
+    let db = dir.path().join("store.db");
+    let cfg = config(dir.path(), "sqlite://store.db");
+    {
+        let s: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await.expect("sqlite"));
+        s.ensure_chat(&chat(ChatKind::Single, PEER, "Peer")).await.expect("chat");
+        for event in ["kept", "lost"] {
+            let row = DeadLetterRow {
+                bridge: "matrix".into(),
+                remote_chat: None,
+                event: event.into(),
+                kind: "failed".into(),
+                reason: "403".into(),
+                payload: "{}".into(),
+                created_at: 1,
+            };
+            s.record_dead_letter(&row).await.expect("dead letter");
+        }
+    }
+    closed(&db).await;
+    drop(PgStore::open(&url).await.expect("the schema"));
+    pg.psql(
+        &url,
+        "CREATE FUNCTION lose() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.event = 'lost' THEN RETURN NULL; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER lose BEFORE INSERT ON dead_letter FOR EACH ROW EXECUTE FUNCTION lose();",
+    );
+
+    let out = migrate(&cfg, &url);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().find(|l| l.starts_with("dead_letter ")).unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), ["dead_letter", "2", "1", "MISMATCH"], "{stderr}");
+    assert!(stderr.contains("differ in dead_letter") && stderr.contains("rolled back"), "{stderr}");
+    assert_eq!(pg.psql(&url, "SELECT count(*) FROM chat").trim(), "0", "the copy was rolled back");
 }
