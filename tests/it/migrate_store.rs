@@ -457,3 +457,27 @@ async fn counts_that_differ_fail_the_copy_and_leave_the_target_empty() {
     assert!(stderr.contains("differ in dead_letter") && stderr.contains("rolled back"), "{stderr}");
     assert_eq!(pg.psql(&url, "SELECT count(*) FROM chat").trim(), "0", "the copy was rolled back");
 }
+
+/// The real daemon running on the store: refused (its pool keeps the file open), and once
+/// it is stopped the same command copies what it recorded.
+#[tokio::test]
+async fn a_running_daemon_s_store_is_refused_and_copied_once_it_stops() {
+    use crate::support::{Daemon, Link};
+    let Some(pg) = PgServer::shared() else { return };
+    let server = mail_server!();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(&server, state.path(), Link::Plain, "");
+    d.wait_ready().await;
+    let url = pg.database();
+
+    let out = migrate(&d.config, &url);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is in use (its lock is held): the daemon is running"), "{}", text(&out));
+    assert_eq!(pg.psql(&url, "SELECT to_regclass('chat') IS NULL").trim(), "t", "the target was not touched");
+
+    assert_eq!(d.stop(), Some(0), "{}", d.log_text());
+    let out = migrate(&d.config, &url);
+    assert!(out.status.success(), "{}", text(&out));
+    let copied: Arc<dyn Store> = Arc::new(PgStore::open_existing(&url).await.expect("postgres"));
+    assert!(copied.account_key().await.expect("key").is_some(), "the daemon's key came along");
+}
