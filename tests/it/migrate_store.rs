@@ -472,7 +472,11 @@ async fn a_running_daemon_s_store_is_refused_and_copied_once_it_stops() {
 
     let out = migrate(&d.config, &url);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is in use (its lock is held): the daemon is running"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is in use (its lock is held): the daemon is running"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(pg.psql(&url, "SELECT to_regclass('chat') IS NULL").trim(), "t", "the target was not touched");
 
     assert_eq!(d.stop(), Some(0), "{}", d.log_text());
