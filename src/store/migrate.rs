@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures::TryStreamExt as _;
-use sqlx::postgres::{PgConnectOptions, PgConnection, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode, Postgres};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteLockingMode};
 use sqlx::{AssertSqlSafe, Connection as _, QueryBuilder, Row as _};
 
@@ -304,6 +304,12 @@ pub async fn migrate(sqlite: &Path, pg_url: &str, mut progress: impl FnMut(Progr
     let opts = PgConnectOptions::from_str(pg_url)
         .map_err(|e| anyhow::anyhow!("--to: not a usable PostgreSQL URL ({e})"))?
         .application_name("coi-bridge migrate-store");
+    // The backend's TLS rule (postgres.rs): over TCP without `sslmode` in the URL, verify-full.
+    let opts = if pg_url.to_ascii_lowercase().contains("sslmode=") || opts.get_socket().is_some() {
+        opts
+    } else {
+        opts.ssl_mode(PgSslMode::VerifyFull)
+    };
     let target = describe(&opts);
     let mut lite = lock_sqlite(sqlite).await?;
     let source_version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut lite).await?;
