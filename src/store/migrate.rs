@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures::TryStreamExt as _;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgConnection, Postgres};
+
+use super::postgres::describe;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteLockingMode};
 use sqlx::{AssertSqlSafe, Connection as _, QueryBuilder, Row as _};
 
@@ -121,17 +123,6 @@ struct Column {
     identity: bool,
     /// What to select on the SQLite side.
     source: String,
-}
-
-/// `postgres://user@host:port/db` without the password.
-fn describe(opts: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        opts.get_username(),
-        opts.get_host(),
-        opts.get_port(),
-        opts.get_database().unwrap_or(opts.get_username())
-    )
 }
 
 /// Opens the SQLite store for the copy, exclusively; an error that says who holds it.
@@ -304,12 +295,8 @@ pub async fn migrate(sqlite: &Path, pg_url: &str, mut progress: impl FnMut(Progr
     let opts = PgConnectOptions::from_str(pg_url)
         .map_err(|e| anyhow::anyhow!("--to: not a usable PostgreSQL URL ({e})"))?
         .application_name("coi-bridge migrate-store");
-    // The backend's TLS rule (postgres.rs): over TCP without `sslmode` in the URL, verify-full.
-    let opts = if pg_url.to_ascii_lowercase().contains("sslmode=") || opts.get_socket().is_some() {
-        opts
-    } else {
-        opts.ssl_mode(PgSslMode::VerifyFull)
-    };
+    // The backend's TLS rule: over TCP without `sslmode` in the URL, verify-full.
+    let opts = super::postgres::tls_by_default(pg_url, opts);
     let target = describe(&opts);
     let mut lite = lock_sqlite(sqlite).await?;
     let source_version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut lite).await?;

@@ -79,13 +79,13 @@ fn err(e: sqlx::Error) -> StoreError {
 /// TLS by default: over TCP, a URL without `sslmode` gets `verify-full` (TLS, the
 /// certificate checked against the web PKI or `sslrootcert`); plaintext only when the URL
 /// says so (`sslmode=disable`, `prefer`, …). A Unix socket needs none.
-fn tls_by_default(url: &str, opts: PgConnectOptions) -> PgConnectOptions {
+pub(crate) fn tls_by_default(url: &str, opts: PgConnectOptions) -> PgConnectOptions {
     let configured = url.to_ascii_lowercase().contains("sslmode=");
     if configured || opts.get_socket().is_some() { opts } else { opts.ssl_mode(PgSslMode::VerifyFull) }
 }
 
 /// `postgres://user@host:port/db` without the password, for messages.
-fn describe(opts: &PgConnectOptions) -> String {
+pub(crate) fn describe(opts: &PgConnectOptions) -> String {
     format!(
         "postgres://{}@{}:{}/{}",
         opts.get_username(),

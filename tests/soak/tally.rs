@@ -103,6 +103,10 @@ pub struct Counts {
 /// A path (origin → receiver) and its seconds from a fault's end to its first message.
 pub type PathResume = ((Side, Side), Option<f64>);
 
+/// A message shown out of order: its sequence, the later one shown before it, and when it
+/// was shown (seconds into the run).
+pub type Inversion = (u32, u32, f64);
+
 /// The figures of a run.
 pub struct Report {
     /// (receiver, origin) → counts.
@@ -113,7 +117,7 @@ pub struct Report {
     pub resumes: Vec<(Fault, Vec<PathResume>)>,
     /// (receiver, origin) → each message shown out of order: its sequence, the later one
     /// shown before it, and when it was shown (seconds into the run), to find the cause.
-    pub inversions: BTreeMap<(Side, Side), Vec<(u32, u32, f64)>>,
+    pub inversions: BTreeMap<(Side, Side), Vec<Inversion>>,
 }
 
 impl Report {
