@@ -505,6 +505,18 @@ mod tests {
         assert_eq!(parse(b"Subject: x\r\n\r\nbody", &limits).unwrap_err(), ParseError::MissingFrom);
     }
 
+    /// Found by the parse fuzzer: a `message/*` part nested in another right before the
+    /// closing boundary reaches a `debug_assert!` in mail-parser 0.11.9 (debug builds
+    /// only; Cargo.toml turns its debug assertions off so tests behave like release).
+    #[test]
+    fn nested_message_parts_do_not_panic() {
+        let raw = b"Content-Type:multipart;boundary=b\n\n--bContent-Type:message/global\n\nContent-Type:message/global\n\n\n--b--";
+        assert_eq!(parse(raw, &Limits::default()).unwrap_err(), ParseError::MissingFrom);
+        let mut with_from = b"From: a@b.c\n".to_vec();
+        with_from.extend_from_slice(raw);
+        assert!(parse(&with_from, &Limits::default()).is_ok());
+    }
+
     /// A header name with a multi-byte character across byte 11 used to panic the
     /// `Secure-Join` prefix check.
     #[test]
