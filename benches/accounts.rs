@@ -229,6 +229,44 @@ fn group_usage(pgrp: i32) -> (u64, u64, usize) {
     (ticks, rss, n)
 }
 
+/// The RSS (kB) of a process by kind of mapping: thread stacks (anonymous 2 MiB mappings,
+/// Rust's default), the rest of anonymous memory (malloc's heap and arenas), and files.
+fn rss_split(pid: i32) -> (u64, u64, u64) {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return (0, 0, 0) };
+    let (mut stacks, mut anon, mut file) = (0, 0, 0);
+    let (mut size, mut named) = (0u64, false);
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            size = b - a;
+            named = words.nth(4).is_some_and(|n| !n.starts_with('['));
+        } else if first == "Rss:" {
+            let kb: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match (named, size == 2 << 20) {
+                (true, _) => file += kb,
+                (false, true) => stacks += kb,
+                (false, false) => anon += kb,
+            }
+        }
+    }
+    (stacks, anon, file)
+}
+
+/// "name × count" of the process's threads, most first.
+fn thread_names(pid: i32) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        *counts.entry(name.trim().to_owned()).or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.iter().map(|(n, c)| format!("{n} × {c}")).collect::<Vec<_>>().join(", ")
+}
+
 fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -560,7 +598,7 @@ async fn run(o: Opts, nofile: u64) {
             "not every account idles after 30 minutes ({n}/{})",
             o.accounts
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
     eprintln!("accounts: all {} idling after {:.1} s", o.accounts, all_idle.as_secs_f64());
     let ready_body = d.get("/ready").await.map(|(s, b)| format!("{s} {}", b.trim())).unwrap_or_default();
@@ -584,21 +622,31 @@ async fn run(o: Opts, nofile: u64) {
         tokio::time::sleep(left.min(Duration::from_secs(5))).await;
     }
     let wall = w0.elapsed().as_secs_f64();
-    let cpu = (proc_stat(pid).map_or(0, |s| s.2) - cpu0) as f64 / tick;
+    let cpu = proc_stat(pid).map_or(0, |s| s.2).saturating_sub(cpu0) as f64 / tick;
     let (dove1, dove_rss, dove_procs) = group_usage(master);
-    let own = (proc_stat(std::process::id() as i32).map_or(0, |s| s.2) - own0) as f64 / tick;
+    let own = proc_stat(std::process::id() as i32).map_or(0, |s| s.2).saturating_sub(own0) as f64 / tick;
     let rss = proc_status(pid, "VmRSS");
     let hwm = proc_status(pid, "VmHWM");
+    let (stacks, heap, files) = rss_split(pid);
+    let names = thread_names(pid);
     let threads = proc_status(pid, "Threads");
     let fds = open_fds(pid);
     let still_idle = idling(master).len();
-    eprintln!("accounts: idle window over: {:.2} % of one core", cpu / wall * 100.0);
+    // Said at once too: a run of 1,000 accounts is long to lose to a later failure.
+    eprintln!(
+        "accounts: idle window over: {:.2} % of one core; RSS {rss} kB (HWM {hwm}; malloc {heap}, stacks {stacks}, \
+         files {files}); threads {threads} ({names}); fds {fds}; {still_idle} still idle",
+        cpu / wall * 100.0
+    );
 
     // One message in one account while the others idle.
     let warm = o.accounts / 2;
     one_message(&mail, &tg, warm, "warm-up").await;
     let mut warm_series = Vec::new();
     for k in 0..o.samples {
+        // The bot posts at most once a second into one chat (`chat_interval_ms`): a gap
+        // keeps that limit out of the figure.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         warm_series.push(one_message(&mail, &tg, warm, &format!("sample {k}")).await);
     }
     let mut first_series = Vec::new();
@@ -609,6 +657,8 @@ async fn run(o: Opts, nofile: u64) {
         }
     }
     let mut floor = idle_floor(&mail, o.samples).await;
+    let held = d.metric_sum("coi_bridge_accounts_held").await;
+    let connected = d.metric_sum("coi_bridge_imap_connected").await;
     let reconnects = d.metric_sum("coi_bridge_imap_reconnects_total").await;
     let failures = d.metric_sum("coi_bridge_failures_total").await;
     let shutdown = d.stop();
@@ -659,6 +709,13 @@ async fn run(o: Opts, nofile: u64) {
         mb(rss_max),
         mb(rss_started)
     );
+    let _ = writeln!(
+        r,
+        "| of which malloc (heap, arenas) / thread stacks / files (binary, SQLite -shm) | {:.0} / {:.0} / {:.0} MB |",
+        mb(heap),
+        mb(stacks),
+        mb(files)
+    );
     let _ = writeln!(r, "| RSS peak (VmHWM, start included) | {:.0} MB |", mb(hwm));
     let _ = writeln!(r, "| RSS per account | {:.0} kB |", rss as f64 / o.accounts as f64);
     let _ = writeln!(
@@ -669,7 +726,7 @@ async fn run(o: Opts, nofile: u64) {
         cpu / wall * 100.0,
         cpu
     );
-    let _ = writeln!(r, "| threads / open files | {threads} / {fds} |");
+    let _ = writeln!(r, "| threads / open files | {threads} ({names}) / {fds} |");
     let _ = writeln!(r, "| accounts still in IDLE at the window's end | {still_idle} |");
     let _ = writeln!(r, "| one message → its Telegram portal, warm account | {} |", summary(&mut warm_series));
     if !first_series.is_empty() {
@@ -679,13 +736,19 @@ async fn run(o: Opts, nofile: u64) {
     let _ = writeln!(
         r,
         "| context: Dovecot ({dove_procs} processes) over the window | {:.2} % of one core, {:.0} MB summed VmRSS |",
-        (dove1 - dove0) as f64 / tick / wall * 100.0,
+        dove1.saturating_sub(dove0) as f64 / tick / wall * 100.0,
         mb(dove_rss)
     );
     let _ = writeln!(
         r,
         "| context: the harness (Bot API double) over the window | {:.2} % of one core |",
         own / wall * 100.0
+    );
+    let _ = writeln!(
+        r,
+        "| the daemon's metrics at the end: accounts held / IMAP sessions logged in | {} / {} |",
+        opt(held),
+        opt(connected)
     );
     let _ =
         writeln!(r, "| IMAP reconnects / failures (metrics, whole run) | {} / {} |", opt(reconnects), opt(failures));
