@@ -1,4 +1,16 @@
 //! The registry of bridge kinds, one line per bridge crate, and what the core does with any `[[bridge]]`: reads it through its kind's factory, checks it, builds it into its parts (the bridge, its delivery worker, its HTTP routes). Nothing here knows one bridge from another.
+//!
+//! # Many accounts, one listener
+//! A daemon running several accounts builds each account's bridges with [`build_shared`],
+//! handing every call the daemon's one [`SharedRoutes`] (made once with
+//! [`shared_routes`], which also registers its metric). Bridges of different accounts that
+//! serve one endpoint (every account's Matrix bridge on one appservice registration) then
+//! share it: the build that made it returns its routes in [`Bridges::routes`], the others
+//! return none, so the HTTP listener mounts each route set once. Mount the routes of every
+//! build, for the daemon's life (an endpoint outlives the account that made it: the
+//! others' events still arrive there). An account's bridges leave a shared endpoint when
+//! their `run` is cancelled or they are dropped. [`build`] is the one-account form: a
+//! registry of its own.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -6,7 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coi_bridge_api::{Bridge, BridgeFactory, BridgeId, BridgeSection, CoreHandles, Environment, Hub};
+use coi_bridge_api::{Bridge, BridgeFactory, BridgeId, BridgeSection, CoreHandles, Environment, Hub, SharedRoutes};
 use serde::Deserialize;
 
 use crate::app::Core;
@@ -118,28 +130,61 @@ pub fn labels(bridges: &[BridgeConfig]) -> HashMap<String, String> {
 /// `check`'s row for one bridge: its name, then what answered or why not and the fix.
 pub async fn check(loaded: &Loaded, b: &BridgeConfig) -> (String, Result<String, (String, String)>) {
     let state_dir = loaded.config.store.state_dir();
-    let env = environment(loaded, &state_dir);
+    let shared = SharedRoutes::default();
+    let env = environment(loaded, &state_dir, &shared);
     (format!("{} {}", b.kind(), b.id()), b.section().check(&env).await)
 }
 
 /// What a factory is told about the daemon: the account, and the directories relative
 /// paths and a bridge's own files are under.
-fn environment<'a>(loaded: &'a Loaded, state_dir: &'a std::path::Path) -> Environment<'a> {
+fn environment<'a>(loaded: &'a Loaded, state_dir: &'a std::path::Path, shared: &'a SharedRoutes) -> Environment<'a> {
     Environment {
         address: &loaded.config.account.address,
         display_name: &loaded.config.account.display_name,
         config_dir: loaded.source.parent().unwrap_or(std::path::Path::new(".")),
         state_dir,
+        config_file: &loaded.source,
+        shared,
     }
 }
 
-/// Builds every configured bridge through its factory; no network I/O.
+/// The daemon's one registry of shared endpoints, for every account's [`build_shared`].
+/// Registers `coi_bridge_appservice_unrouted_events_total` (events a shared endpoint took
+/// that belong to no account's bridge, dropped) in `metrics`; call it once per daemon.
+pub fn shared_routes(metrics: &crate::metrics::Metrics) -> SharedRoutes {
+    let counter = prometheus::IntCounter::new(
+        "appservice_unrouted_events_total",
+        "Events a shared appservice endpoint took that belong to no account's bridge (dropped)",
+    );
+    let counter = match counter {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "the unrouted-events metric could not be made");
+            return SharedRoutes::default();
+        }
+    };
+    if let Err(e) = metrics.registry.register(Box::new(counter.clone())) {
+        tracing::warn!(error = %e, "the unrouted-events metric is not exported");
+    }
+    SharedRoutes::new(move || counter.inc())
+}
+
+/// Builds every configured bridge of the one account in `loaded` through its factory;
+/// no network I/O. A daemon of one account: see [`build_shared`] for many.
 pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
+    build_shared(loaded, core, &shared_routes(&core.metrics))
+}
+
+/// Builds the bridges of one account (`loaded`: its config file and sections; `core`: its
+/// store, hub and workers) with the daemon's `shared` registry; no network I/O. Routes of
+/// an endpoint another account's build made already are not returned again (see the
+/// module doc). Call it once per account, each with the same `shared`.
+pub fn build_shared(loaded: &Loaded, core: &Core, shared: &SharedRoutes) -> anyhow::Result<Bridges> {
     let mut running = Vec::new();
     let mut routes = axum::Router::new();
     let policy = RetryPolicy { base: Duration::from_secs(1), max_delay: Duration::from_secs(300), max_attempts: 30 };
     let state_dir = loaded.config.store.state_dir();
-    let env = environment(loaded, &state_dir);
+    let env = environment(loaded, &state_dir, shared);
     for b in &loaded.config.bridge {
         let id = BridgeId(b.id().to_owned());
         let hub: Arc<dyn Hub> = core.hub.clone();
@@ -166,9 +211,10 @@ pub fn build(loaded: &Loaded, core: &Core) -> anyhow::Result<Bridges> {
     Ok(Bridges { running, routes })
 }
 
-/// Adds one bridge's routes to the listener's. Two bridges serving the same path (two
-/// Matrix appservices: the transaction endpoint's path is fixed by the spec) cannot share
-/// one listener; axum refuses that with a panic, which becomes a start error naming the
+/// Adds one bridge's routes to the listener's. Two bridges serving the same path with
+/// different registrations (two Matrix appservices: the transaction endpoint's path is
+/// fixed by the spec) cannot share one listener; bridges on one registration share its
+/// endpoint and return its routes once; axum refuses that with a panic, which becomes a start error naming the
 /// bridge. Runs at start, before any task is spawned, so the panic hook is silenced for
 /// the merge alone (the error says it all; no backtrace that reads like a bug).
 fn merge_routes(routes: axum::Router, more: axum::Router, b: &BridgeConfig) -> anyhow::Result<axum::Router> {

@@ -190,13 +190,21 @@ pub fn generate_registration(loaded: &Loaded, bridge: Option<&str>, force: bool)
         &m.id,
         &url,
         &m.server_name,
-        &m.bot_localpart,
+        m.bot_localpart.as_deref().unwrap_or(coi_bridge_matrix::config::DEFAULT_BOT),
         &m.ghost_prefix,
     );
     write_private(&path, reg.to_yaml().as_bytes())?;
     Ok(format!(
-        "wrote {}\nadd it to the homeserver's app_service_config_files and restart the homeserver\n",
-        path.display()
+        "wrote {}\nadd it to the homeserver's app_service_config_files and restart the homeserver\n\
+         one registration serves every account of this daemon on that homeserver: point each account's Matrix \
+         [[bridge]] registration at this file, give each its own bot_localpart starting with {:?} (users \
+         @{}*:{} and the ghosts @{}*:{} are this appservice's), and keep ghost_prefix and server_name the same\n",
+        path.display(),
+        reg.sender_localpart,
+        reg.sender_localpart,
+        reg.server_name,
+        reg.ghost_prefix,
+        reg.server_name,
     ))
 }
 

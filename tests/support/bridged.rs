@@ -194,7 +194,8 @@ pub async fn bridge_room_as(hs: &Synapse, token: &str, room: &str) -> String {
 }
 
 /// Gives the daemon's config at `config` a Matrix appservice bridge (id `matrix`) on `hs`,
-/// commanded by `admin`, with its registration next to the config; `extra` is appended.
+/// commanded by `admin`, with its registration next to the config; `extra` is appended
+/// (with `$HOMESERVER` in it replaced by `hs`'s URL, for another Matrix bridge).
 pub fn add_matrix_bridge(config: &std::path::Path, hs: &Synapse, as_port: u16, admin: &str, extra: &str) {
     let reg = super::synapse::registration(as_port);
     let dir = config.parent().expect("the config's folder");
@@ -204,6 +205,7 @@ pub fn add_matrix_bridge(config: &std::path::Path, hs: &Synapse, as_port: u16, a
          registration = \"registration.yaml\"\nadmins = [\"{admin}\"]\n",
         hs.url()
     );
-    let text = std::fs::read_to_string(config).expect("config") + section.as_str() + extra;
+    let extra = extra.replace("$HOMESERVER", &hs.url());
+    let text = std::fs::read_to_string(config).expect("config") + section.as_str() + extra.as_str();
     std::fs::write(config, text).expect("config");
 }

@@ -3,11 +3,16 @@
 //! A new bridge is one crate plus one line in the core's registry (`src/bridges.rs`):
 //! the crate exports a `pub static FACTORY: BridgeFactory`, and its config type
 //! implements [`BridgeSection`]. The core knows no bridge by name.
+//!
+//! One daemon can run many accounts, each building its own bridges. What the bridges of
+//! several accounts share (one Matrix appservice endpoint per registration) lives in the
+//! daemon's [`SharedRoutes`], which every build is handed through [`Environment::shared`].
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -44,6 +49,65 @@ pub struct Environment<'a> {
     /// The daemon's state directory; a bridge keeps its own files in a subdirectory
     /// named after its kind and id.
     pub state_dir: &'a Path,
+    /// The config file the section is in (the main file, or an account's file), for
+    /// errors that name it.
+    pub config_file: &'a Path,
+    /// What the bridges of every account in this daemon share (one per daemon).
+    pub shared: &'a SharedRoutes,
+}
+
+/// What bridges built for different accounts of one daemon share: endpoints the daemon's
+/// HTTP listener serves once for all of them (the Matrix appservice endpoint of one
+/// registration). The daemon makes one and hands it to every account's build; a bridge
+/// crate keeps its shared parts under keys it prefixes with its kind.
+#[derive(Clone)]
+pub struct SharedRoutes {
+    slots: Arc<Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>>,
+    unrouted: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Default for SharedRoutes {
+    fn default() -> Self {
+        Self::new(|| {})
+    }
+}
+
+impl fmt::Debug for SharedRoutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.slots.lock().map_or(0, |s| s.len());
+        f.debug_struct("SharedRoutes").field("slots", &n).finish_non_exhaustive()
+    }
+}
+
+impl SharedRoutes {
+    /// `unrouted` counts an event a shared endpoint took that belongs to none of its
+    /// bridges (the daemon's metric).
+    pub fn new(unrouted: impl Fn() + Send + Sync + 'static) -> Self {
+        Self { slots: Arc::default(), unrouted: Arc::new(unrouted) }
+    }
+
+    /// The counter of events no bridge of a shared endpoint has.
+    pub fn unrouted(&self) -> Arc<dyn Fn() + Send + Sync> {
+        self.unrouted.clone()
+    }
+
+    /// The part kept under `key`, made by `make` if there is none yet; `true` when it
+    /// was made now (the caller then returns its routes, so the listener mounts them
+    /// once). A part of another type under the same key is left alone and a fresh,
+    /// unshared one is made.
+    pub fn get_or_make<T: Any + Send + Sync>(&self, key: &str, make: impl FnOnce() -> T) -> (Arc<T>, bool) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = slots.get(key) {
+            if let Ok(t) = found.clone().downcast::<T>() {
+                return (t, false);
+            }
+            tracing::error!(key, "a shared part of another type under this key; this one is not shared");
+            return (Arc::new(make()), true);
+        }
+        let made = Arc::new(make());
+        slots.insert(key.to_owned(), made.clone());
+        (made, true)
+    }
 }
 
 impl Environment<'_> {
@@ -95,7 +159,8 @@ pub trait BridgeSection: fmt::Debug + Any + Send + Sync {
 
     /// Builds the bridge and its routes, with secrets read relative to the config file or
     /// from the environment. No network I/O: [`Bridge::run`] connects. The error names
-    /// the bridge id, what is missing and the fix.
+    /// the bridge id, what is missing and the fix. Routes shared with other accounts'
+    /// bridges ([`Environment::shared`]) come back from the build that made them only.
     fn build(&self, env: &Environment<'_>, core: CoreHandles) -> Result<Built, String>;
 }
 

@@ -20,7 +20,7 @@ pub mod factory;
 pub mod testing;
 
 pub use deadletter::{DeadLetter, DeadLetterKind, Failure};
-pub use factory::{BridgeFactory, BridgeSection, Built, CoreHandles, Environment};
+pub use factory::{BridgeFactory, BridgeSection, Built, CoreHandles, Environment, SharedRoutes};
 
 use std::fmt;
 use std::sync::Arc;
@@ -488,6 +488,11 @@ pub trait Hub: Send + Sync + 'static {
 pub trait BridgeState: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<String>, SubmitError>;
     async fn set(&self, key: &str, value: &str) -> Result<(), SubmitError>;
+    /// The remote chats this bridge instance has portals in (a shared endpoint routes
+    /// their events to it). The default, for states without portals, has none.
+    async fn remote_chats(&self) -> Result<Vec<RemoteChatId>, SubmitError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Everything a running bridge is handed by the core.

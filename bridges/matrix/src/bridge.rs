@@ -10,7 +10,7 @@ use coi_bridge_api::{
 };
 use serde_json::{Value, json};
 
-use crate::appservice::Refusals;
+use crate::appservice::{Membership, Refusals};
 use crate::client::{AsClient, MatrixError, seg};
 use crate::config::MatrixConfig;
 use crate::registration::Registration;
@@ -38,6 +38,13 @@ pub struct MatrixBridge {
     avatars: Mutex<HashMap<String, u64>>,
     /// Shared with the appservice endpoint: transactions it refused.
     refusals: Refusals,
+    /// Its place on the registration's shared endpoint (`None` for `check`).
+    membership: Option<Membership>,
+    /// The registration's own user, to register this bridge's bot when it is another
+    /// (one bot per account on a shared registration); `None` when the bot is the sender.
+    sender: Option<AsClient>,
+    /// The bot is registered, and its rooms are on the shared endpoint.
+    started: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -46,8 +53,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl MatrixBridge {
     /// No network I/O; `run` and `deliver` connect on demand.
+    /// The bot is `bot_localpart`, by default the registration's sender; another bot must
+    /// be in the registration's namespace (the error names the key and the fix).
     pub fn new(cfg: MatrixConfig, reg: Registration, coi_address: &str, coi_name: &str) -> Result<Self, String> {
-        let bot = format!("@{}:{}", reg.sender_localpart, reg.server_name);
+        let localpart = cfg.bot_localpart.clone().unwrap_or_else(|| reg.sender_localpart.clone());
+        let sender = if localpart == reg.sender_localpart {
+            None
+        } else if reg.covers_bot(&localpart) {
+            Some(AsClient::new(
+                &cfg.homeserver,
+                &reg.as_token,
+                &format!("@{}:{}", reg.sender_localpart, reg.server_name),
+            )?)
+        } else {
+            return Err(format!(
+                "bot_localpart {localpart:?} is outside the registration's user namespace: start it with the \
+                 registration's sender_localpart {:?} (or ghost_prefix {:?}), and regenerate a registration written \
+                 before bots of their own (its users regex must cover @{}.*)",
+                reg.sender_localpart, reg.ghost_prefix, reg.sender_localpart
+            ));
+        };
+        let bot = format!("@{localpart}:{}", reg.server_name);
         let client = AsClient::new(&cfg.homeserver, &reg.as_token, &bot)?;
         Ok(Self {
             cfg,
@@ -60,7 +86,37 @@ impl MatrixBridge {
             joined: Mutex::default(),
             avatars: Mutex::default(),
             refusals: Refusals::default(),
+            membership: None,
+            sender,
+            started: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Puts the bridge on its registration's shared endpoint (see [`Membership`]).
+    pub fn with_membership(mut self, membership: Membership) -> Self {
+        self.membership = Some(membership);
+        self
+    }
+
+    /// Once per run, after the homeserver answered: registers the bot if it is not the
+    /// registration's sender, and tells the shared endpoint the bridge's rooms (its
+    /// portals in the store, the rooms its bot is in).
+    async fn start(&self, cx: &BridgeContext) -> Result<(), String> {
+        if self.started.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(sender) = &self.sender {
+            let localpart = self.client.bot.trim_start_matches('@').split(':').next().unwrap_or_default();
+            sender.register(localpart).await.map_err(|e| format!("registering the bot {}: {e}", self.client.bot))?;
+        }
+        if let Some(m) = &self.membership {
+            let portals = cx.state.remote_chats().await.map_err(|e| format!("reading the portals: {e}"))?;
+            let rooms = self.client.joined_rooms().await.map_err(|e| format!("the bot's rooms: {e}"))?;
+            tracing::info!(bridge = %cx.id, bot = %self.client.bot, portals = portals.len(), rooms = rooms.len(), "on the shared appservice endpoint");
+            m.fill(portals.into_iter().map(|p| p.0).collect(), rooms);
+        }
+        self.started.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn client(&self) -> &AsClient {
@@ -189,6 +245,9 @@ impl Bridge for MatrixBridge {
             return Err(DeliverError::Unsupported);
         }
         let room = self.client.create_dm(&format!("{} (COI)", peer.display_name), &owners).await?;
+        if let Some(m) = &self.membership {
+            m.portal(&room);
+        }
         self.ghost(peer, &room).await?;
         Ok(RemoteChatId(room))
     }
@@ -201,7 +260,11 @@ impl Bridge for MatrixBridge {
         // endpoint refused one (store down), until one goes through.
         let mut first = true;
         loop {
-            let pause = match self.client.whoami().await {
+            let checked = match self.start(&cx).await {
+                Ok(()) => self.client.whoami().await.map_err(|e| (e.to_string(), Some(e))),
+                Err(e) => Err((e, None)),
+            };
+            let pause = match checked {
                 Ok(_) => {
                     cx.status.connected();
                     if std::mem::take(&mut first) || self.refusals.pending() {
@@ -209,9 +272,9 @@ impl Bridge for MatrixBridge {
                     }
                     if self.refusals.pending() { RECOVER_INTERVAL } else { HEALTH_INTERVAL }
                 }
-                Err(e) => {
-                    let reason = match &e {
-                        MatrixError::Refused { errcode, .. } if errcode == "M_UNKNOWN_TOKEN" => format!(
+                Err((e, err)) => {
+                    let reason = match &err {
+                        Some(MatrixError::Refused { errcode, .. }) if errcode == "M_UNKNOWN_TOKEN" => format!(
                             "the homeserver does not know this appservice ({e}); add the registration to its \
                              app_service_config_files and restart it"
                         ),
@@ -223,11 +286,22 @@ impl Bridge for MatrixBridge {
                 }
             };
             tokio::select! {
-                () = cx.shutdown.cancelled() => return Ok(()),
+                () = cx.shutdown.cancelled() => {
+                    // The account stops: its rooms' events are nobody's from now on.
+                    if let Some(m) = &self.membership {
+                        m.leave();
+                    }
+                    return Ok(());
+                }
                 () = tokio::time::sleep(pause) => {}
                 // A refusal: wait a moment (the store may still be down), then ask.
                 () = self.refusals.next() => tokio::select! {
-                    () = cx.shutdown.cancelled() => return Ok(()),
+                    () = cx.shutdown.cancelled() => {
+                        if let Some(m) = &self.membership {
+                            m.leave();
+                        }
+                        return Ok(());
+                    }
                     () = tokio::time::sleep(RECOVER_INTERVAL) => {}
                 },
             }
@@ -242,6 +316,10 @@ impl Bridge for MatrixBridge {
     ) -> Result<Vec<RemoteMsgId>, DeliverError> {
         let room = to.as_str();
         let txn = key.as_str();
+        // The core delivers to this bridge's portals only: the room's events are ours.
+        if let Some(m) = &self.membership {
+            m.portal(room);
+        }
         let event_id = match msg {
             Outgoing::Message { sender, text, attachments, reply_to, avatar } => {
                 let user = self.ghost(sender, room).await?;

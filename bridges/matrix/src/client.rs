@@ -131,6 +131,12 @@ impl AsClient {
         }
     }
 
+    /// The rooms the bot is in.
+    pub async fn joined_rooms(&self) -> Result<Vec<String>, MatrixError> {
+        let v = self.call(reqwest::Method::GET, "/_matrix/client/v3/joined_rooms", None, None).await?;
+        Ok(v["joined_rooms"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+    }
+
     pub async fn set_displayname(&self, mxid: &str, name: &str) -> Result<(), MatrixError> {
         let path = format!("/_matrix/client/v3/profile/{}/displayname", seg(mxid));
         self.call(reqwest::Method::PUT, &path, Some(mxid), Some(&json!({ "displayname": name }))).await.map(|_| ())

@@ -45,9 +45,12 @@ pub struct MatrixConfig {
     /// Ghost localparts start with this: `@coi_alice=example.org:server`.
     #[serde(default = "default_prefix")]
     pub ghost_prefix: String,
-    /// The bot user's localpart.
-    #[serde(default = "default_bot")]
-    pub bot_localpart: String,
+    /// The bot user's localpart. Defaults to the registration's `sender_localpart`. When
+    /// several accounts' bridges share one registration, each needs its own bot: a
+    /// localpart in the registration's user namespace (starting with the bot prefix
+    /// `generate-registration` wrote, `coibot` by default, or with `ghost_prefix`).
+    #[serde(default)]
+    pub bot_localpart: Option<String>,
     /// Bot mode: the account's MXID (`@relay:example.org`).
     #[serde(default)]
     pub user: Option<String>,
@@ -66,9 +69,8 @@ fn default_registration() -> PathBuf {
 fn default_prefix() -> String {
     "coi_".into()
 }
-fn default_bot() -> String {
-    "coibot".into()
-}
+/// The bot localpart `generate-registration` writes when `bot_localpart` is not set.
+pub const DEFAULT_BOT: &str = "coibot";
 fn default_max_file() -> u64 {
     50 * 1024 * 1024
 }
@@ -108,6 +110,16 @@ impl MatrixConfig {
         }
         if let Some(o) = self.owners.iter().find(|o| !(o.starts_with('@') && o.contains(':'))) {
             return Err(format!("bridge {:?}: owners entry {o:?} is not an MXID (@user:server)", self.id));
+        }
+        if let Some(bot) = &self.bot_localpart
+            && (bot.is_empty()
+                || !bot.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-/".contains(&c)))
+        {
+            // No `=`: every ghost's localpart has one, so a bot is never a ghost.
+            return Err(format!(
+                "bridge {:?}: bot_localpart {bot:?} must be lower-case letters, digits, `.`, `_`, `-` or `/`",
+                self.id
+            ));
         }
         if self.ghost_prefix.is_empty()
             || !self.ghost_prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -160,7 +172,7 @@ mod tests {
             user: None,
             password_file: None,
             ghost_prefix: default_prefix(),
-            bot_localpart: default_bot(),
+            bot_localpart: None,
             max_file_bytes: default_max_file(),
         }
     }
@@ -185,5 +197,16 @@ mod tests {
         assert!(c.is_owner("@carol:example.org") && !c.is_owner("@alice:example.org"));
         c.owners = vec!["carol".into()];
         assert!(c.validate().unwrap_err().contains("owners"));
+    }
+
+    #[test]
+    fn a_bot_localpart_can_never_be_a_ghost() {
+        let mut c = cfg(&[]);
+        c.bot_localpart = Some("coibot_shop".into());
+        assert!(c.validate().is_ok());
+        c.bot_localpart = Some("coi_alice=example.org".into());
+        assert!(c.validate().unwrap_err().contains("bot_localpart"));
+        c.bot_localpart = Some("CoiBot".into());
+        assert!(c.validate().unwrap_err().contains("bot_localpart"));
     }
 }

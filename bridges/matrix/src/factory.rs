@@ -1,12 +1,16 @@
 //! This crate's [`FACTORY`]: reads a `[[bridge]] kind = "matrix"` section, reaches the homeserver for `coi-bridge check`, and builds the bridge in either mode, with the appservice endpoint's routes in appservice mode.
+//!
+//! Appservice mode: bridges built from one registration (the same `hs_token`), in one
+//! account or in many, share one endpoint, kept in the daemon's [`SharedRoutes`]. The
+//! first build makes it and returns its routes; the others join it and return none.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use coi_bridge_api::factory::read_file;
-use coi_bridge_api::{BridgeFactory, BridgeSection, Built, CoreHandles, Environment};
+use coi_bridge_api::{BridgeFactory, BridgeSection, Built, CoreHandles, Environment, SharedRoutes};
 
-use crate::appservice::{self, Appservice};
+use crate::appservice::{self, Appservice, Member};
 use crate::bot::BotBridge;
 use crate::bridge::MatrixBridge;
 use crate::client::AsClient;
@@ -27,6 +31,16 @@ fn registration(cfg: &MatrixConfig, env: &Environment<'_>) -> Result<Registratio
     let what = "run `coi-bridge generate-registration` and give it to the homeserver";
     let text = read_file(env, &cfg.id, "registration", &cfg.registration, what)?;
     Registration::from_yaml(&text).map_err(|e| format!("bridge {:?}: {e}", cfg.id))
+}
+
+/// The endpoint of the registration whose homeserver token is `hs_token`: the one the
+/// daemon has, or a new one (`true`: its routes are for the listener).
+fn endpoint(shared: &SharedRoutes, hs_token: &str, file: &std::path::Path) -> (Arc<Appservice>, bool) {
+    // The token itself is no key: keys may be logged.
+    let key = format!("matrix/appservice/{:016x}", appservice::fnv1a(hs_token.as_bytes()));
+    let (app, made) = shared
+        .get_or_make(&key, || Arc::new(Appservice::new(hs_token, &file.display().to_string(), shared.unrouted())));
+    (Arc::clone(&app), made)
 }
 
 /// Bot mode: the account's password, from `password_file`.
@@ -80,14 +94,21 @@ impl BridgeSection for MatrixConfig {
             return Ok(Built { bridge: Arc::new(bridge), routes: None });
         }
         let reg = registration(self, env)?;
-        let bridge = Arc::new(
-            MatrixBridge::new(self.clone(), reg.clone(), env.address, env.display_name)
-                .map_err(|e| format!("bridge {:?}: {e}", self.id))?,
-        );
+        let bridge = MatrixBridge::new(self.clone(), reg.clone(), env.address, env.display_name)
+            .map_err(|e| format!("bridge {:?} ({}): {e}", self.id, env.config_file.display()))?;
         // The homeserver pushes transactions to the daemon's listener; they reach the hub
         // through the same handling as bot mode's sync.
-        let inbound = Arc::new(MatrixInbound::new(core.id, bridge.client().clone(), core.hub, self));
-        let app = Appservice::new(&reg.hs_token, core.state, inbound).with_refusals(bridge.refusals());
-        Ok(Built { bridge, routes: Some(appservice::router(Arc::new(app))) })
+        let inbound = Arc::new(MatrixInbound::new(core.id.clone(), bridge.client().clone(), core.hub, self));
+        let (app, made) = endpoint(env.shared, &reg.hs_token, &env.resolve(&self.registration));
+        let member = Member {
+            id: core.id,
+            source: env.config_file.display().to_string(),
+            state: core.state,
+            sink: inbound,
+            refusals: bridge.refusals(),
+        };
+        let membership = app.join(&bridge.client().bot, member)?;
+        let routes = made.then(|| appservice::router(app));
+        Ok(Built { bridge: Arc::new(bridge.with_membership(membership)), routes })
     }
 }

@@ -14,10 +14,13 @@
 //! - [`html`]: `formatted_body` HTML → readable plain text (nothing of the markup survives).
 //! - [`inbound`]: appservice mode's side: the events of a transaction through [`handle`].
 //! - [`registration`]: the appservice registration file Synapse loads, and its tokens.
+//! - [`routing`]: which bridge on a shared appservice endpoint an event belongs to (an
+//!   in-memory room → bridge index).
 //! - [`sync`]: bot mode's side: what the bot account syncs, through [`handle`].
 //! - [`translate`]: Matrix event → hub event, the one translation both modes share.
 //! - [`appservice`]: the HTTP endpoint the homeserver pushes transactions to, checking
-//!   `hs_token` in constant time and processing each transaction once.
+//!   `hs_token` in constant time and processing each transaction once; one per
+//!   registration, shared by every account's bridge built from it.
 
 pub mod appservice;
 pub mod authority;
@@ -30,6 +33,7 @@ pub mod handle;
 pub mod html;
 pub mod inbound;
 pub mod registration;
+pub mod routing;
 pub mod sync;
 pub mod translate;
 

@@ -174,7 +174,7 @@ async fn the_bridge_delivers_every_kind_through_ghosts() {
 async fn synapse_transactions_become_hub_events_without_echoes() {
     use coi_bridge_api::testing::{FakeHub, MemoryState};
     use coi_bridge_api::{Bridge as _, DeliveryKey, Outgoing, Person, RemoteChatId, RemoteEvent};
-    use coi_bridge_matrix::appservice::{Appservice, router};
+    use coi_bridge_matrix::appservice::{Appservice, Refusals, router};
     use coi_bridge_matrix::bridge::MatrixBridge;
     use coi_bridge_matrix::inbound::MatrixInbound;
     use std::sync::Arc;
@@ -189,7 +189,8 @@ async fn synapse_transactions_become_hub_events_without_echoes() {
     }))
     .expect("cfg");
     let inbound = Arc::new(MatrixInbound::new("matrix".into(), client.clone(), hub.clone(), &cfg));
-    let app = Arc::new(Appservice::new("coi-hs-token", Arc::new(MemoryState::default()), inbound));
+    let (app, _member) =
+        Appservice::for_one("coi-hs-token", Arc::new(MemoryState::default()), inbound, Refusals::default());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
     let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
 
@@ -339,7 +340,7 @@ fn between(events: &[coi_bridge_api::RemoteEvent], first: &str, last: &str) -> V
 async fn bot_mode_and_appservice_mode_make_the_same_hub_events() {
     use coi_bridge_api::testing::{FakeHub, MemoryState};
     use coi_bridge_api::{Bridge as _, BridgeContext, RemoteEvent, Status};
-    use coi_bridge_matrix::appservice::{Appservice, router};
+    use coi_bridge_matrix::appservice::{Appservice, Refusals, router};
     use coi_bridge_matrix::bot::BotBridge;
     use coi_bridge_matrix::inbound::MatrixInbound;
     use std::sync::Arc;
@@ -360,7 +361,8 @@ async fn bot_mode_and_appservice_mode_make_the_same_hub_events() {
     let client = AsClient::new(&hs.url(), "coi-as-token", "@coibot:localhost").expect("client");
     let cfg = serde_json::from_value(base.clone()).expect("cfg");
     let inbound = Arc::new(MatrixInbound::new("matrix".into(), client.clone(), as_hub.clone(), &cfg));
-    let app = Arc::new(Appservice::new("coi-hs-token", Arc::new(MemoryState::default()), inbound));
+    let (app, _member) =
+        Appservice::for_one("coi-hs-token", Arc::new(MemoryState::default()), inbound, Refusals::default());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
     let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
 
@@ -591,10 +593,10 @@ async fn transactions_refused_while_the_store_is_down_are_sent_again_as_soon_as_
             .expect("bridge"),
     );
     let inbound = Arc::new(MatrixInbound::new("matrix".into(), bridge.client().clone(), hub.clone(), &cfg));
-    let app =
-        Appservice::new("coi-hs-token", Arc::new(MemoryState::default()), inbound).with_refusals(bridge.refusals());
+    let (app, _member) =
+        Appservice::for_one("coi-hs-token", Arc::new(MemoryState::default()), inbound, bridge.refusals());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
-    let server = tokio::spawn(async move { axum::serve(listener, router(Arc::new(app))).await });
+    let server = tokio::spawn(async move { axum::serve(listener, router(app)).await });
     let shutdown = tokio_util::sync::CancellationToken::new();
     let cx = BridgeContext {
         id: "matrix".into(),
