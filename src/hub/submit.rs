@@ -452,4 +452,10 @@ impl coi_bridge_api::BridgeState for StoreState {
     async fn set(&self, key: &str, value: &str) -> Result<(), SubmitError> {
         self.store.set_bridge_state(&self.bridge, key, value).await.map_err(store_err)
     }
+
+    /// This bridge's portals' remote chats (read once at start, for routing).
+    async fn remote_chats(&self) -> Result<Vec<RemoteChatId>, SubmitError> {
+        let portals = crate::store::portals::PortalStore::portals(&*self.store).await.map_err(store_err)?;
+        Ok(portals.into_iter().filter(|p| p.bridge == self.bridge).map(|p| p.remote_chat.into()).collect())
+    }
 }

@@ -14,6 +14,7 @@ mod fuzz_smoke;
 mod hostile;
 mod mail;
 mod matrix;
+mod matrix_accounts;
 mod matrix_bot;
 mod migrate_store;
 mod ops;
