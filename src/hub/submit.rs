@@ -32,6 +32,7 @@ fn retry_or_reject(e: QueueError) -> SubmitError {
     match e {
         QueueError::Store(StoreError::Retry(m)) => SubmitError::Retry(m),
         QueueError::Store(StoreError::Fatal(m)) => SubmitError::Rejected(format!("store: {m}")),
+        QueueError::Store(StoreError::Fenced(m)) => SubmitError::Retry(format!("lease lost: {m}")),
         other => SubmitError::Rejected(other.to_string()),
     }
 }
@@ -43,6 +44,8 @@ fn store_err(e: StoreError) -> SubmitError {
     match e {
         StoreError::Retry(m) => SubmitError::Retry(m),
         StoreError::Fatal(m) => SubmitError::Rejected(format!("store: {m}")),
+        // The account is stopping here: the event stays unacknowledged for the next holder.
+        StoreError::Fenced(m) => SubmitError::Retry(format!("lease lost: {m}")),
     }
 }
 

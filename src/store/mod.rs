@@ -13,13 +13,14 @@ pub mod conformance;
 pub mod deadletter;
 pub mod keys;
 pub mod kind;
+pub mod lease;
 pub mod migrate;
 pub mod portals;
 pub mod postgres;
 pub mod retention;
 pub mod sqlite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coi::ChatMessage;
 pub use kind::MessageKind;
+pub use lease::account_schema;
 
 /// A store error: the caller retries the operation later, or gives up for good.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +39,20 @@ pub enum StoreError {
     /// Corrupt data, schema from the future, constraint that cannot hold.
     #[error("store error: {0}")]
     Fatal(String),
+    /// The write was refused because this store's lease passed to another daemon or
+    /// expired ([`lease`]): the account must stop here; the call is never retried.
+    #[error("store fenced, lease lost: {0}")]
+    Fenced(String),
 }
 
 impl StoreError {
     pub fn is_retry(&self) -> bool {
         matches!(self, StoreError::Retry(_))
+    }
+
+    /// The store's lease is gone: stop the account, never retry.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced(_))
     }
 }
 
@@ -366,12 +377,59 @@ pub async fn open_existing(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dy
 
 /// Opens the store named by `url`. A relative SQLite path is taken relative to `state_dir`.
 pub async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(path) = sqlite_path(url, state_dir) {
+    open_with(url, state_dir, &OpenOptions::default()).await
+}
+
+/// Where one account's store is, besides `store.url`: the defaults are the URL's own
+/// namespace, unfenced.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// PostgreSQL: the schema the account's tables live in ([`account_schema`]), made if
+    /// missing. `None`: the URL's default `search_path`.
+    pub schema: Option<String>,
+    /// PostgreSQL: the lease the store writes under; once it passed on, every write fails
+    /// with [`StoreError::Fenced`]. `None`: unfenced (the CLI, migrate-store, one daemon).
+    pub fence: Option<lease::Fence>,
+    /// SQLite: the account's database file instead of the URL's (directories are made).
+    pub sqlite_path: Option<PathBuf>,
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Options for the other backend are a mistake of the caller, never silently ignored.
+fn check_options(url: &str, state_dir: &Path, options: &OpenOptions) -> anyhow::Result<Option<PathBuf>> {
+    let sqlite = sqlite_path(url, state_dir);
+    if sqlite.is_some() && (options.schema.is_some() || options.fence.is_some()) {
+        anyhow::bail!("store: a schema or a lease fence needs a PostgreSQL store.url, not {}", redact_url(url));
+    }
+    if is_postgres(url) && options.sqlite_path.is_some() {
+        anyhow::bail!("store: a SQLite file was given for the PostgreSQL store.url {}", redact_url(url));
+    }
+    Ok(options.sqlite_path.clone().or(sqlite))
+}
+
+/// Opens one account's store: [`open`], in `options`' schema under its fence (PostgreSQL)
+/// or in its file (SQLite).
+pub async fn open_with(url: &str, state_dir: &Path, options: &OpenOptions) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = check_options(url, state_dir, options)? {
         let store = sqlite::SqliteStore::open(&path).await?;
         return Ok(Arc::new(store));
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(postgres::PgStore::open(url).await?));
+    if is_postgres(url) {
+        return Ok(Arc::new(postgres::PgStore::open_in(url, options).await?));
     }
     anyhow::bail!("store.url: {url:?} is not a store URL; use \"sqlite://PATH\" (relative to the state dir)")
+}
+
+/// [`open_existing`] for one account's store (see [`open_with`]).
+pub async fn open_existing_with(url: &str, state_dir: &Path, options: &OpenOptions) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = check_options(url, state_dir, options)? {
+        return Ok(Arc::new(sqlite::SqliteStore::open_existing(&path).await?));
+    }
+    if is_postgres(url) {
+        return Ok(Arc::new(postgres::PgStore::open_existing_in(url, options).await?));
+    }
+    open_with(url, state_dir, options).await
 }

@@ -6,6 +6,18 @@
 //! starting at once never apply one twice; `coi_schema` records each version applied.
 //! Every write that acknowledges something (a fetched UID, a queued message) commits in
 //! one transaction with what it acknowledges, as on SQLite.
+//!
+//! **One schema per account.** Opened with [`OpenOptions::schema`], the store lives in that
+//! schema (made if missing; its connections' `search_path`), so many accounts share one
+//! database. Migrations then run under an advisory lock of that schema's own: a thousand
+//! accounts starting at once migrate side by side instead of one after another, and two
+//! daemons opening the same account still apply each migration once. An account's pool is
+//! small and lets idle connections go (see [`ACCOUNT_MAX_CONNECTIONS`]), because a thousand
+//! accounts share the server's `max_connections`.
+//!
+//! **Fencing.** Opened with [`OpenOptions::fence`], every write checks the account's lease
+//! in the database (`postgres/fence.rs`, [`super::lease`]) and fails as
+//! [`StoreError::Fenced`] once the lease has passed on or expired.
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -14,9 +26,11 @@ use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, Row as _};
 
-use super::StoreError;
+use super::lease::{FENCED_SQLSTATE, Fence};
+use super::{OpenOptions, StoreError};
 
 mod deadletter;
+mod fence;
 mod keys;
 mod messages;
 mod portals;
@@ -34,11 +48,28 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("postgres/migrations/0007_send_journal.sql")),
 ];
 
-/// The advisory lock migrations run under: "coi-brdg" in ASCII.
+/// The advisory lock migrations of the default namespace run under: "coi-brdg" in ASCII.
+/// (A named schema's lock is derived from its name: [`migration_lock`].)
 const MIGRATION_LOCK: i64 = 0x636f_692d_6272_6467;
 
-/// Connections per daemon: enough for the IMAP transport, SMTP and each bridge's worker.
+/// Connections of the store in the URL's default namespace (one account per daemon):
+/// enough for the IMAP transport, SMTP and each bridge's worker.
 const MAX_CONNECTIONS: u32 = 8;
+
+/// Connections of one account's store in its own schema: 1,000 accounts share one server
+/// (PostgreSQL's default `max_connections` is 100), so each keeps few, opens them on demand
+/// and closes them after [`ACCOUNT_IDLE_TIMEOUT`] unused. Its store calls are short
+/// statements; a burst waits for a connection rather than opening more.
+pub const ACCOUNT_MAX_CONNECTIONS: u32 = 3;
+
+/// How long an account's idle connection stays open.
+const ACCOUNT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A fenced session's transaction left idle this long is ended by the server: a daemon
+/// paused mid-transaction (SIGSTOP, a VM freeze) holds its lease row locked and would keep
+/// a takeover waiting; this lets the next holder in. Store transactions never wait on
+/// anything but the database between statements.
+const FENCED_IDLE_IN_TRANSACTION: &str = "20s";
 
 /// How long a caller waits for a free connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,8 +97,11 @@ fn retryable(code: &str) -> bool {
         || matches!(code, "40001" | "40P01" | "55P03")
 }
 
-fn err(e: sqlx::Error) -> StoreError {
+pub(crate) fn err(e: sqlx::Error) -> StoreError {
     match &e {
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c == FENCED_SQLSTATE) => {
+            StoreError::Fenced(db.message().to_owned())
+        }
         sqlx::Error::Database(db) if db.code().is_some_and(|c| retryable(&c)) => StoreError::Retry(e.to_string()),
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
             StoreError::Retry(e.to_string())
@@ -95,60 +129,127 @@ pub(crate) fn describe(opts: &PgConnectOptions) -> String {
     )
 }
 
+/// A schema name the store can use as is: lower-case ASCII letters, digits and `_`, not
+/// starting with a digit or `pg_`, at most 63 bytes (PostgreSQL's limit).
+fn check_schema(schema: &str) -> anyhow::Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with("pg_")
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        anyhow::bail!("store: {schema:?} is not a usable schema name (store::account_schema makes one)")
+    }
+}
+
+/// The advisory lock the migrations of `schema` run under: the default namespace keeps the
+/// lock older versions take; a named schema gets one of its own (from its name's SHA-256).
+fn migration_lock(schema: Option<&str>) -> i64 {
+    use sha2::Digest as _;
+    match schema {
+        None => MIGRATION_LOCK,
+        Some(s) => {
+            let digest = sha2::Sha256::digest(format!("coi-bridge migrate {s}").as_bytes());
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            i64::from_be_bytes(first)
+        }
+    }
+}
+
 impl PgStore {
     /// Connects to the database at `url` (`postgres://…` or `postgresql://…`) and applies
     /// pending migrations.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        Self::open_with(url, true).await
+        Self::connect(url, &OpenOptions::default(), true).await
     }
 
     /// Opens the database at `url` only if the daemon has made its tables there: a command
     /// beside the daemon never sets up a store (and then a new key) in a mistyped database.
     pub async fn open_existing(url: &str) -> anyhow::Result<Self> {
-        Self::open_with(url, false).await
+        Self::connect(url, &OpenOptions::default(), false).await
     }
 
-    async fn open_with(url: &str, create: bool) -> anyhow::Result<Self> {
-        let opts = tls_by_default(
-            url,
-            PgConnectOptions::from_str(url)
-                .map_err(|e| anyhow::anyhow!("store.url: not a usable PostgreSQL URL ({e})"))?
-                .application_name("coi-bridge"),
-        );
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(opts.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "store: cannot connect to PostgreSQL at {} (store.url){}",
-                    describe(&opts),
-                    if matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull) {
-                        "; TLS with a verified certificate is the default over TCP: give the server a \
-                         certificate (add sslrootcert=FILE to the URL for a private CA), use the Unix socket \
-                         (?host=/run/postgresql), or add sslmode=disable for a network you trust"
-                    } else {
-                        ""
-                    }
-                )
-            })?;
+    /// [`PgStore::open`] in `options.schema` (made if missing) and under `options.fence`.
+    pub async fn open_in(url: &str, options: &OpenOptions) -> anyhow::Result<Self> {
+        Self::connect(url, options, true).await
+    }
+
+    /// [`PgStore::open_existing`] in `options.schema` and under `options.fence`.
+    pub async fn open_existing_in(url: &str, options: &OpenOptions) -> anyhow::Result<Self> {
+        Self::connect(url, options, false).await
+    }
+
+    /// The connection pool, for tests that hold a transaction open as a store call would.
+    #[doc(hidden)]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn connect(url: &str, options: &OpenOptions, create: bool) -> anyhow::Result<Self> {
+        let schema = options.schema.as_deref();
+        if let Some(s) = schema {
+            check_schema(s)?;
+        }
+        let mut settings: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = schema {
+            settings.push(("search_path", s.to_owned()));
+        }
+        if let Some(Fence { account, holder, epoch }) = &options.fence {
+            settings.push(("coi.account", account.clone()));
+            settings.push(("coi.holder", holder.clone()));
+            settings.push(("coi.epoch", epoch.to_string()));
+            settings.push(("idle_in_transaction_session_timeout", FENCED_IDLE_IN_TRANSACTION.to_owned()));
+        }
+        let mut opts = PgConnectOptions::from_str(url)
+            .map_err(|e| anyhow::anyhow!("store.url: not a usable PostgreSQL URL ({e})"))?
+            .application_name("coi-bridge");
+        if !settings.is_empty() {
+            opts = opts.options(settings);
+        }
+        let opts = tls_by_default(url, opts);
+        let pool = if schema.is_some() {
+            PgPoolOptions::new()
+                .max_connections(ACCOUNT_MAX_CONNECTIONS)
+                .min_connections(0)
+                .idle_timeout(ACCOUNT_IDLE_TIMEOUT)
+        } else {
+            PgPoolOptions::new().max_connections(MAX_CONNECTIONS)
+        };
+        let where_ = match schema {
+            Some(s) => format!("{} schema {s}", describe(&opts)),
+            None => describe(&opts),
+        };
+        let pool = pool.acquire_timeout(ACQUIRE_TIMEOUT).connect_with(opts.clone()).await.with_context(|| {
+            format!(
+                "store: cannot connect to PostgreSQL at {} (store.url){}",
+                describe(&opts),
+                if matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull) {
+                    "; TLS with a verified certificate is the default over TCP: give the server a \
+                     certificate (add sslrootcert=FILE to the URL for a private CA), use the Unix socket \
+                     (?host=/run/postgresql), or add sslmode=disable for a network you trust"
+                } else {
+                    ""
+                }
+            )
+        })?;
         let store = Self { pool };
         if !create {
             let made: bool = sqlx::query("SELECT to_regclass('coi_schema') IS NOT NULL")
                 .fetch_one(&store.pool)
                 .await
-                .with_context(|| format!("store: reading {}", describe(&opts)))?
+                .with_context(|| format!("store: reading {where_}"))?
                 .get(0);
             if !made {
                 anyhow::bail!(
-                    "store.url: the database {} has no coi-bridge store yet: the daemon makes it on its first start \
-                     (coi-bridge run), or fix store.url",
-                    describe(&opts)
+                    "store.url: the database {where_} has no coi-bridge store yet: the daemon makes it on its first \
+                     start (coi-bridge run), or fix store.url"
                 );
             }
         }
-        store.migrate().await.with_context(|| format!("store: migrating {}", describe(&opts)))?;
+        store.migrate(schema).await.with_context(|| format!("store: migrating {where_}"))?;
         Ok(store)
     }
 
@@ -161,10 +262,14 @@ impl PgStore {
     /// Applies pending migrations in one transaction. The advisory lock is taken before the
     /// version is read, so a second daemon waits for the first and then finds nothing to do;
     /// PostgreSQL's DDL is transactional, so a failed migration leaves no half schema.
-    async fn migrate(&self) -> anyhow::Result<()> {
+    async fn migrate(&self, schema: Option<&str>) -> anyhow::Result<()> {
         let latest = MIGRATIONS.last().map_or(0, |m| m.0);
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(migration_lock(schema)).execute(&mut *tx).await?;
+        if let Some(s) = schema {
+            // `s` passed check_schema: a plain identifier.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}"))).execute(&mut *tx).await?;
+        }
         sqlx::raw_sql("CREATE TABLE IF NOT EXISTS coi_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
             .execute(&mut *tx)
             .await?;
@@ -183,8 +288,14 @@ impl PgStore {
                 .bind(now())
                 .execute(&mut *tx)
                 .await?;
-            tracing::info!(version, "store migration applied");
+            tracing::info!(version, schema = schema.unwrap_or("(default)"), "store migration applied");
         }
+        let fenced: Option<String> = match schema {
+            Some(s) => Some(s.to_owned()),
+            None => sqlx::query("SELECT current_schema()::TEXT").fetch_one(&mut *tx).await?.get(0),
+        };
+        let fenced = fenced.context("no schema to make the store in (search_path names none that exists)")?;
+        fence::install(&mut tx, &fenced).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -12,6 +12,7 @@ mod deploy;
 mod e2ee;
 mod fuzz_smoke;
 mod hostile;
+mod lease;
 mod mail;
 mod matrix;
 mod matrix_accounts;

@@ -28,6 +28,8 @@ macro_rules! pg_database {
 struct PgBackend {
     store: Arc<dyn Store>,
     url: String,
+    /// The store's schema, when it is not the database's default.
+    schema: Option<String>,
 }
 
 #[async_trait::async_trait]
@@ -39,10 +41,12 @@ impl Backend for PgBackend {
     /// A trigger fails the insert of the poisoned Message-ID inside its transaction.
     async fn poison(&self) {
         let pg = PgServer::shared().expect("PostgreSQL");
+        let search_path = self.schema.as_ref().map(|s| format!("SET search_path TO {s};")).unwrap_or_default();
         pg.psql(
             &self.url,
             &format!(
-                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                "{search_path}
+                 CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
                  BEGIN IF NEW.message_id = '{POISON}' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$;
                  CREATE TRIGGER poison BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION poison();"
             ),
@@ -58,7 +62,68 @@ mod conformance {
         let pg = PgServer::shared()
             .expect("PostgreSQL is not installed: run `bash tests/servers/install.sh` (Debian's postgresql)");
         let url = pg.database();
-        Box::new(PgBackend { store: open(&url).await, url })
+        Box::new(PgBackend { store: open(&url).await, url, schema: None })
+    }
+
+    coi_bridge::store_conformance_tests!(make);
+}
+
+/// The conformance suite again, each case on an account's store in its own schema, written
+/// under a live lease (the fence), in a database where the default namespace and another
+/// account already hold data: schemas are independent, and a current lease does not get in
+/// the way of any write.
+mod conformance_in_an_account_schema {
+    use super::*;
+    use coi_bridge::store::lease::Leases;
+    use coi_bridge::store::{OpenOptions, account_schema};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    async fn make() -> Box<dyn Backend> {
+        let pg = PgServer::shared()
+            .expect("PostgreSQL is not installed: run `bash tests/servers/install.sh` (Debian's postgresql)");
+        let url = pg.database();
+        // Neighbours with a chat, a message, a cursor and a portal each.
+        let neighbour = |schema: Option<String>| OpenOptions { schema, ..OpenOptions::default() };
+        for options in [neighbour(None), neighbour(Some(account_schema("neighbour@example.org")))] {
+            let s = coi_bridge::store::open_with(&url, std::path::Path::new("/nonexistent"), &options)
+                .await
+                .expect("open a neighbour");
+            fill(&*s).await;
+        }
+        let leases = Leases::open(&url).await.expect("leases");
+        let fence =
+            leases.try_acquire("conformance@example.org", "node-a", HOUR).await.expect("acquire").expect("free");
+        let schema = account_schema("conformance@example.org");
+        let options = OpenOptions { schema: Some(schema.clone()), fence: Some(fence), sqlite_path: None };
+        let store = coi_bridge::store::open_with(&url, std::path::Path::new("/nonexistent"), &options)
+            .await
+            .expect("open the account store");
+        Box::new(PgBackend { store, url, schema: Some(schema) })
+    }
+
+    /// Rows in every corner a fresh store's case looks at.
+    async fn fill(s: &dyn Store) {
+        use coi_bridge::store::{ChatKind, ChatRef, ImapCursor, InboundMessage};
+        let chat = ChatRef { kind: ChatKind::Single, key: "p@x.org".into(), name: "P".into() };
+        let m = InboundMessage {
+            uid: 1,
+            chat: chat.clone(),
+            message: ChatMessage {
+                message_id: "neighbour@x".into(),
+                from: Mailbox::new("p@x.org", None),
+                text: "next door".into(),
+                ..ChatMessage::default()
+            },
+            members_added: vec!["p@x.org".into()],
+            members_removed: vec![],
+            security: "verified",
+            targets: vec!["matrix".into()],
+        };
+        s.record_inbound("INBOX", ImapCursor { uid_validity: 5, last_uid: 9 }, &[m], &[]).await.expect("fill");
+        s.set_bridge_state("matrix", "since", "next door").await.expect("fill");
+        let id = s.ensure_chat(&chat).await.expect("chat");
+        s.create_portal(id, "matrix", "!next:door").await.expect("fill");
     }
 
     coi_bridge::store_conformance_tests!(make);
