@@ -36,7 +36,12 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The whole configuration file.
+mod accounts;
+pub use accounts::{AccountsConfig, ClusterConfig, Daemon, StoreNamespace, load_daemon};
+
+/// One account's configuration: the main file's `[account]`, `[imap]`, `[smtp]` and
+/// `[[bridge]]`, or an account file's (`[accounts] dir`), with the daemon-wide sections
+/// (`[store]`, `[http]`, `[retention]`, `[accounts]`, `[cluster]`) of the main file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -58,6 +63,12 @@ pub struct Config {
     /// How long what is set apart (rejected mail, unverified chats, dead letters) is kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// More accounts, one file each.
+    #[serde(default)]
+    pub accounts: AccountsConfig,
+    /// Several daemons on one PostgreSQL store.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// `[retention]`: the caps on what is set apart. Anyone can write to the bridge's address,
@@ -257,7 +268,7 @@ fn default_retry_max() -> u64 {
 }
 
 /// `[store]`. `Debug` shows the URL without its password.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://PATH` (relative to the state dir) or `postgres://USER@HOST:PORT/DATABASE`.
@@ -297,7 +308,7 @@ fn default_store_url() -> String {
 }
 
 /// `[http]`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Where /metrics, /health and /ready are served; keep it on loopback or behind a proxy.
@@ -346,11 +357,34 @@ pub struct Loaded {
     password: Result<Secret, String>,
     /// Unlocks the bridge's secret key, if it is protected.
     pub key_passphrase: Option<Secret>,
+    /// The file the account was read from (the main file, or its account file).
     pub source: PathBuf,
+    /// Where the account's rows live in the store.
+    pub namespace: StoreNamespace,
 }
 
-/// Reads, merges and validates the configuration.
+/// Reads, merges and validates the configuration, for the main file's `[account]`.
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    load_for(path, None)
+}
+
+/// The configuration of one account: `address` names an account of the main file or of
+/// its `[accounts] dir`; `None` is the main file's `[account]`.
+pub fn load_for(path: &Path, address: Option<&str>) -> anyhow::Result<Loaded> {
+    let daemon = load_daemon(path)?;
+    daemon.account(address)
+}
+
+/// Reads one TOML file as `T` (the main file with env overrides, an account file
+/// without): secrets written in the file itself are refused, naming the key to use.
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, with_env: bool) -> anyhow::Result<T> {
+    read_toml_env(path, with_env, true)
+}
+
+/// [`read_toml`]; `account_env = false` leaves out the `COI_BRIDGE__ACCOUNT__*` variables
+/// (a main file without `[account]`: a password for a unit's old single account must not
+/// make up half an account).
+fn read_toml_env<T: for<'de> Deserialize<'de>>(path: &Path, with_env: bool, account_env: bool) -> anyhow::Result<T> {
     if !path.is_file() {
         bail!(
             "config file {} does not exist or is not a file; pass --config with the path of your coi-bridge.toml \
@@ -358,7 +392,12 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             path.display()
         );
     }
-    let figment = Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed(ENV_PREFIX).split("__"));
+    let mut figment = Figment::new().merge(Toml::file_exact(path));
+    if with_env {
+        let env = Env::prefixed(ENV_PREFIX);
+        let env = if account_env { env } else { env.filter(|k| !k.as_str().to_lowercase().starts_with("account__")) };
+        figment = figment.merge(env.split("__"));
+    }
     for (key, file_key, env) in [
         ("account.password", "account.password_file", "ACCOUNT__PASSWORD"),
         ("account.key_passphrase", "account.key_passphrase_file", "ACCOUNT__KEY_PASSPHRASE"),
@@ -366,25 +405,37 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         if let Some(meta) = figment.find_metadata(key)
             && !meta.name.to_lowercase().contains("env")
         {
+            let or_env = if with_env { format!(", or in env {ENV_PREFIX}{env}") } else { String::new() };
             bail!(
-                "{}: {key} must not be written in the config file; put it in a file named by {file_key}, \
-                 or in env {ENV_PREFIX}{env}",
+                "{}: {key} must not be written in the config file; put it in a file named by {file_key}{or_env}",
                 path.display()
             );
         }
     }
-    let config: Config = figment.extract().map_err(|e| {
+    figment.extract().map_err(|e| {
         let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-        anyhow::anyhow!("invalid config {} (env {ENV_PREFIX}* overrides included): {}", path.display(), all.join("; "))
-    })?;
-    validate(&config).with_context(|| format!("invalid config {}", path.display()))?;
-    let password = resolve_password(&config.account).map_err(|e| format!("{e:#}"));
-    let key_passphrase = match (&config.account.key_passphrase, &config.account.key_passphrase_file) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(file)) => Some(read_secret_file("account.key_passphrase_file", file)?),
-        (None, None) => None,
-    };
-    Ok(Loaded { config, password, key_passphrase, source: path.to_path_buf() })
+        let env = if with_env { format!(" (env {ENV_PREFIX}* overrides included)") } else { String::new() };
+        anyhow::anyhow!("invalid config {}{env}: {}", path.display(), all.join("; "))
+    })
+}
+
+impl Loaded {
+    /// Checks one account's configuration and reads its secrets.
+    fn new(config: Config, source: &Path, namespace: StoreNamespace) -> anyhow::Result<Self> {
+        validate(&config).with_context(|| format!("invalid config {}", source.display()))?;
+        let password = resolve_password(&config.account).map_err(|e| format!("{e:#}"));
+        let key_passphrase = match (&config.account.key_passphrase, &config.account.key_passphrase_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(file)) => Some(read_secret_file("account.key_passphrase_file", file)?),
+            (None, None) => None,
+        };
+        Ok(Loaded { config, password, key_passphrase, source: source.to_path_buf(), namespace })
+    }
+
+    /// The account's key: its address, lower-cased (leases, store namespaces, `/ready`).
+    pub fn key(&self) -> String {
+        self.config.account.address.to_lowercase()
+    }
 }
 
 impl Loaded {

@@ -12,9 +12,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{Health, Part};
+use crate::accounts::Running;
+use crate::health::Part;
 use crate::metrics::Metrics;
-use crate::store::Store;
 
 /// How long `/ready` waits for the store before calling it not ready.
 const STORE_PING: Duration = Duration::from_secs(2);
@@ -23,10 +23,8 @@ const STORE_PING: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Http {
     pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-    pub store: Arc<dyn Store>,
-    /// Every outbox target (smtp and each bridge id): their gauges read 0 when empty.
-    pub targets: Vec<String>,
+    /// The accounts this daemon runs (their health, stores and outbox targets).
+    pub accounts: Arc<Running>,
 }
 
 pub fn router(state: Http) -> Router {
@@ -38,47 +36,77 @@ pub fn router(state: Http) -> Router {
 }
 
 async fn metrics_handler(State(h): State<Http>) -> impl IntoResponse {
-    // The outbox gauges are read from the store at scrape time, so they are never stale.
-    // Each gauge is set once, to its final value: a concurrent scrape never sees a reset.
-    match h.store.outbox_stats().await {
-        Ok(stats) => {
-            let now = chrono::Utc::now().timestamp_millis();
-            let mut values: std::collections::BTreeMap<&str, (i64, i64)> =
-                h.targets.iter().map(|t| (t.as_str(), (0, 0))).collect();
-            for s in &stats {
-                values.insert(&s.target, (s.depth as i64, (now - s.oldest_queued_ms).max(0) / 1000));
-            }
-            for (target, (depth, age)) in values {
-                h.metrics.outbox_depth.with_label_values(&[target]).set(depth);
-                h.metrics.outbox_oldest_age.with_label_values(&[target]).set(age);
-            }
-            h.metrics.store_up.set(1);
+    // The outbox gauges are read from the stores at scrape time, so they are never stale,
+    // summed over the accounts per target. Each gauge is set once, to its final value: a
+    // concurrent scrape never sees a reset.
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut values: std::collections::BTreeMap<String, (i64, i64)> = std::collections::BTreeMap::new();
+    let mut store_up = 1;
+    for a in h.accounts.list() {
+        for t in &a.targets {
+            values.entry(t.clone()).or_insert((0, 0));
         }
-        Err(e) => {
-            h.metrics.store_up.set(0);
-            tracing::warn!(error = %e, "metrics: cannot read the outbox from the store");
+        match a.store.outbox_stats().await {
+            Ok(stats) => {
+                for s in &stats {
+                    let v = values.entry(s.target.clone()).or_insert((0, 0));
+                    v.0 += s.depth as i64;
+                    v.1 = v.1.max((now - s.oldest_queued_ms).max(0) / 1000);
+                }
+            }
+            Err(e) => {
+                store_up = 0;
+                tracing::warn!(account = %a.key, error = %e, "metrics: cannot read the outbox from the store");
+            }
         }
     }
+    for (target, (depth, age)) in values {
+        h.metrics.outbox_depth.with_label_values(&[&target]).set(depth);
+        h.metrics.outbox_oldest_age.with_label_values(&[&target]).set(age);
+    }
+    h.metrics.store_up.set(store_up);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
 }
 
+/// `/ready`: every part of every running account, and the store of each. The main
+/// account's parts keep their plain names (`imap`, `smtp`, `bridge ID`, `store`); a
+/// directory account's are prefixed with its address. `accounts` lists the accounts this
+/// daemon runs (with their lease epoch on PostgreSQL), `broken` those that cannot run.
 async fn ready(State(h): State<Http>) -> impl IntoResponse {
-    let mut parts = h.health.parts();
-    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let store = match tokio::time::timeout(STORE_PING, h.store.ping()).await {
-        Ok(Ok(())) => Part { ok: true, state: "connected", reason: None, since },
-        Ok(Err(e)) => Part { ok: false, state: "reconnecting", reason: Some(format!("store: {e}")), since },
-        Err(_) => Part {
-            ok: false,
-            state: "reconnecting",
-            reason: Some(format!("store: no answer within {STORE_PING:?}")),
-            since,
-        },
-    };
-    parts.insert("store".into(), store);
-    let ready = parts.values().all(|p| p.ok);
+    let mut parts = std::collections::BTreeMap::new();
+    let mut accounts = serde_json::Map::new();
+    for a in h.accounts.list() {
+        let prefix = if a.main { String::new() } else { format!("{} ", a.key) };
+        for (name, p) in a.health.parts() {
+            parts.insert(format!("{prefix}{name}"), p);
+        }
+        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let store = match tokio::time::timeout(STORE_PING, a.store.ping()).await {
+            Ok(Ok(())) => Part { ok: true, state: "connected", reason: None, since },
+            Ok(Err(e)) => Part { ok: false, state: "reconnecting", reason: Some(format!("store: {e}")), since },
+            Err(_) => Part {
+                ok: false,
+                state: "reconnecting",
+                reason: Some(format!("store: no answer within {STORE_PING:?}")),
+                since,
+            },
+        };
+        parts.insert(format!("{prefix}store"), store);
+        accounts.insert(a.key.clone(), json!({ "main": a.main, "lease_epoch": a.epoch }));
+    }
+    let broken = h.accounts.broken();
+    let ready = parts.values().all(|p: &Part| p.ok) && broken.is_empty();
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, axum::Json(json!({ "ready": ready, "parts": parts })))
+    (
+        code,
+        axum::Json(json!({
+            "ready": ready,
+            "parts": parts,
+            "accounts": accounts,
+            "broken": broken,
+            "node": h.accounts.node,
+        })),
+    )
 }
 
 /// How long a client may take to send a request.
@@ -223,9 +251,14 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let state = Http {
             metrics: metrics.clone(),
-            health: crate::health::Health::new(metrics.clone()),
-            store: Arc::new(store),
-            targets: vec![],
+            accounts: Running::single(crate::accounts::AccountView {
+                key: "bridge@example.org".into(),
+                main: true,
+                health: crate::health::Health::new(metrics.clone()),
+                store: Arc::new(store),
+                targets: vec![],
+                epoch: None,
+            }),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

@@ -3,6 +3,7 @@
 //! Module map (data flows top to bottom on the way in, bottom to top on the way out):
 //! - [`config`]: the strict config file, env overrides, secrets.
 //! - [`app`]: wires store, transport and bridges under the [`supervisor`]; [`bridges`]: the registry of bridge modules.
+//! - [`accounts`]: many accounts in one daemon, SIGHUP reload, leases on PostgreSQL.
 //! - [`transport`]: the shared IMAP (in) and SMTP (out) connections.
 //! - [`coi`]: the wire codec, no I/O.
 //! - [`hub`]: which chat a mail belongs to; recording inbound, queueing outbound.
@@ -13,6 +14,7 @@
 //!
 //! The bridge contract lives in the `coi-bridge-api` crate (`bridges/api`).
 
+pub mod accounts;
 pub mod app;
 pub mod backoff;
 pub mod bridges;

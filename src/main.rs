@@ -33,6 +33,10 @@ struct Cli {
     /// The config file (TOML); every command but `completions`, `man` and `health --url` needs it.
     #[arg(long, short, global = true, env = "COI_BRIDGE_CONFIG")]
     config: Option<PathBuf>,
+    /// The account a command works on, by address: the main file's `[account]` (the
+    /// default) or one of `[accounts] dir`. `run` runs them all.
+    #[arg(long, global = true, env = "COI_BRIDGE_ACCOUNT")]
+    account: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,7 +216,10 @@ fn main() -> ExitCode {
             eprintln!("error: --config FILE is required (or env COI_BRIDGE_CONFIG)");
             return exit::USAGE;
         };
-        let loaded = match config::load(path) {
+        if matches!(cli.command, Command::Run) {
+            return run_daemon(path).await;
+        }
+        let loaded = match config::load_for(path, cli.account.as_deref()) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -221,7 +228,7 @@ fn main() -> ExitCode {
         };
         // The commands that log in to the mail server need its password; the others
         // (backup, portals, health, key …) work without it.
-        if matches!(cli.command, Command::Run | Command::Check)
+        if matches!(cli.command, Command::Check)
             && let Err(e) = loaded.password()
         {
             eprintln!("error: {e:#}");
@@ -283,22 +290,42 @@ fn main() -> ExitCode {
                 }
                 health(&format!("http://{addr}/health")).await
             }
-            Command::Completions { .. } | Command::Man { .. } => unreachable!("handled before the config is read"),
-            Command::Run => match app::run(loaded).await {
-                Ok(Stop::Clean) => 0,
-                Ok(Stop::Forced) => exit::FORCED,
-                Ok(Stop::Fatal) => exit::FAILURE,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "cannot start");
-                    eprintln!("error: {e:#}");
-                    exit::FAILURE
-                }
-            },
+            Command::Completions { .. } | Command::Man { .. } | Command::Run => {
+                unreachable!("handled before one account's config is read")
+            }
         }
     });
     // A forced stop must not wait for tasks that ignore the token.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code)
+}
+
+/// `run`: every account of the main file and its `[accounts] dir`.
+async fn run_daemon(path: &std::path::Path) -> u8 {
+    let daemon = match config::load_daemon(path) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit::CONFIG;
+        }
+    };
+    // The main account logs in to its mail server: it needs its password now.
+    if let Some(main) = &daemon.main
+        && let Err(e) = main.password()
+    {
+        eprintln!("error: {e:#}");
+        return exit::CONFIG;
+    }
+    match app::run(daemon).await {
+        Ok(Stop::Clean) => 0,
+        Ok(Stop::Forced) => exit::FORCED,
+        Ok(Stop::Fatal) => exit::FAILURE,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cannot start");
+            eprintln!("error: {e:#}");
+            exit::FAILURE
+        }
+    }
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.

@@ -57,6 +57,16 @@ pub struct Metrics {
     /// Remote events a bridge set aside, by bridge and reason (failed, gave_up,
     /// unparseable, panicked, forbidden).
     pub dead_letters: IntCounterVec,
+    /// Accounts this daemon runs now (on PostgreSQL: the leases it holds).
+    pub accounts_held: IntGauge,
+    /// 1 for each account this daemon runs, by account (its address).
+    pub account_held: IntGaugeVec,
+    /// Account files that could not be read (they do not run; `/ready` says why).
+    pub account_config_errors: IntCounter,
+    /// Accounts that could not start, or stopped on a failure of one of their workers.
+    pub account_failures: IntCounter,
+    /// Leases this daemon lost (another daemon took the account, or no renewal in time).
+    pub leases_lost: IntCounter,
 }
 
 impl Metrics {
@@ -75,7 +85,11 @@ impl Metrics {
         let outbox_depth =
             IntGaugeVec::new(Opts::new("outbox_depth", "Outbox rows waiting, by target"), &["target"]).expect("static");
         registry.register(Box::new(outbox_depth.clone())).expect("metric registered once");
-        let imap_connected = IntGauge::new("imap_connected", "1 while an IMAP session is logged in").expect("static");
+        let imap_connected = IntGauge::new(
+            "imap_connected",
+            "IMAP sessions logged in (one per account of this daemon that is connected)",
+        )
+        .expect("static");
         registry.register(Box::new(imap_connected.clone())).expect("metric registered once");
         let gauges = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
@@ -125,6 +139,19 @@ impl Metrics {
             panics: vec("panics_total", "Panics caught, by task", &["task"]),
             pruned: vec("pruned_total", "Items set apart that retention pruned, by kind", &["what"]),
             released: counter("released_total", "Released rejected mails taken through ingest again"),
+            accounts_held: {
+                let g = IntGauge::new("accounts_held", "Accounts this daemon runs (on PostgreSQL: leases held)")
+                    .expect("static");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            account_held: gauges("account_held", "1 for each account this daemon runs", &["account"]),
+            account_config_errors: counter("account_config_errors_total", "Account files that could not be read"),
+            account_failures: counter(
+                "account_failures_total",
+                "Accounts that could not start or stopped on a failure",
+            ),
+            leases_lost: counter("leases_lost_total", "Account leases this daemon lost"),
             registry,
         };
         // Series that alerts watch exist from the start, at 0.

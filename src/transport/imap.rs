@@ -133,7 +133,6 @@ impl ImapWorker {
                 () = shutdown.cancelled() => return,
                 r = self.session(&shutdown, &mut backoff) => r,
             };
-            self.metrics.imap_connected.set(0);
             match result {
                 Ok(()) => return,
                 Err(e) => {
@@ -163,7 +162,8 @@ impl ImapWorker {
         let uid_validity =
             mailbox.uid_validity.ok_or_else(|| anyhow!("server sent no UIDVALIDITY for {}", s.folder))?;
         tracing::info!(host = %s.host, folder = %s.folder, uid_validity, exists = mailbox.exists, "IMAP connected");
-        self.metrics.imap_connected.set(1);
+        // Counted while this session lives (however it ends): one per connected account.
+        let _connected = Connected::count(&self.metrics.imap_connected);
         self.health.imap_connected();
         backoff.reset();
         loop {
@@ -327,5 +327,21 @@ mod tests {
     fn uid_sets_compress_runs() {
         assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
         assert_eq!(uid_set(&[5]), "5");
+    }
+}
+
+/// One logged-in session in `coi_bridge_imap_connected`, until dropped.
+struct Connected(prometheus::IntGauge);
+
+impl Connected {
+    fn count(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -5,11 +5,13 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod accounts;
 mod cli;
 mod degrade;
 mod demo;
 mod deploy;
 mod e2ee;
+mod failover;
 mod fuzz_smoke;
 mod hostile;
 mod lease;
