@@ -436,7 +436,13 @@ impl DaemonProc {
         }
     }
 
+    /// GET `path`; `None` if it fails or takes over 5 s (a daemon starting 1,000 accounts
+    /// in a debug build left /ready unanswered for minutes, and the start figure waited).
     async fn get(&self, path: &str) -> Option<(u16, String)> {
+        tokio::time::timeout(Duration::from_secs(5), self.get_inner(path)).await.ok().flatten()
+    }
+
+    async fn get_inner(&self, path: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.ok()?;
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
