@@ -263,7 +263,7 @@ fn thread_names(pid: i32) -> String {
         *counts.entry(name.trim().to_owned()).or_default() += 1;
     }
     let mut v: Vec<(String, usize)> = counts.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v.iter().map(|(n, c)| format!("{n} × {c}")).collect::<Vec<_>>().join(", ")
 }
 
