@@ -48,6 +48,9 @@ pub struct Supervisor {
     int: Signal,
 }
 
+/// What a task set does when one of its tasks fails for good; it hears why.
+pub type OnFatal = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A set of tasks under one token: the daemon's root set, or an account's (a child of the
 /// root: stopping the daemon stops it, and it can be stopped alone). A task of a child set
 /// that fails stops its set and calls the set's `on_fatal`; the root set's stops the daemon.
@@ -60,7 +63,7 @@ pub struct Tasks {
     root: Option<TaskTracker>,
     panics: Option<IntCounterVec>,
     backoff: (Duration, Duration),
-    on_fatal: Arc<dyn Fn(&str) + Send + Sync>,
+    on_fatal: OnFatal,
 }
 
 /// The message a panic carried (`panic!("…")` gives a `&str` or a `String`).
@@ -79,7 +82,7 @@ impl Supervisor {
         let token = CancellationToken::new();
         let fatal = Arc::new(AtomicBool::new(false));
         let (t, f) = (token.clone(), fatal.clone());
-        let on_fatal: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |_why: &str| {
+        let on_fatal: OnFatal = Arc::new(move |_why: &str| {
             f.store(true, Ordering::SeqCst);
             t.cancel();
         });
@@ -168,7 +171,7 @@ impl Tasks {
     /// tasks fails, the set stops and `on_fatal` hears why (an account: marked failed,
     /// the daemon goes on).
     /// `None` keeps this set's reaction (for the root: a failure stops the daemon).
-    pub fn child(&self, name: &str, on_fatal: Option<Arc<dyn Fn(&str) + Send + Sync>>) -> Tasks {
+    pub fn child(&self, name: &str, on_fatal: Option<OnFatal>) -> Tasks {
         Tasks {
             name: Arc::from(name),
             token: self.token.child_token(),

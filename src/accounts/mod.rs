@@ -205,7 +205,7 @@ impl Manager {
         let mut targets = vec![crate::store::SMTP_TARGET.to_owned()];
         targets.extend(bridges.running.iter().map(|r| r.id.as_str().to_owned()));
         self.routes.add(bridges.routes);
-        let on_fatal: Option<Arc<dyn Fn(&str) + Send + Sync>> = if self.single {
+        let on_fatal: Option<crate::supervisor::OnFatal> = if self.single {
             None
         } else {
             let (tx, key) = (self.fatal_tx.clone(), w.key.clone());

@@ -37,7 +37,8 @@ pub struct AccountsConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// This daemon's name in the leases (`/ready`, logs); defaults to host name and PID.
+    /// This daemon's name in the leases (`/ready`, logs); defaults to host name, PID and a
+    /// random part (new at every start).
     /// Give every daemon its own.
     #[serde(default)]
     pub node: Option<String>,
@@ -58,7 +59,7 @@ fn default_lease_secs() -> u64 {
 }
 
 impl ClusterConfig {
-    /// This daemon's holder name: `node`, or host name and PID.
+    /// This daemon's holder name: `node`, or host name, PID and a random part. Call it once.
     pub fn node_name(&self) -> String {
         self.node.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -66,7 +67,9 @@ impl ClusterConfig {
                 .ok()
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "localhost".into());
-            format!("{host}:{}", std::process::id())
+            // A random part too: a restarted container is often PID 1 again, and a holder
+            // name that comes back would keep its old lease's epoch.
+            format!("{host}:{}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
         })
     }
 }
@@ -364,7 +367,7 @@ mod tests {
         account(dir.path(), "b", "Same@example.org");
         let files = load_daemon(&main).expect("loads").read_dir().expect("reads");
         assert!(files[0].loaded.is_ok());
-        let e = format!("{:#}", files[1].loaded.as_ref().err().expect("refused"));
+        let e = format!("{:#}", files[1].loaded.as_ref().expect_err("refused"));
         assert!(e.contains("b.toml") && e.contains("a.toml"), "{e}");
     }
 
@@ -391,7 +394,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::write(&path, text.replace("[account]\n", "[account]\npassword = \"hunter2\"\n")).expect("write");
         let files = load_daemon(&main).expect("loads").read_dir().expect("reads");
-        let e = format!("{:#}", files[0].loaded.as_ref().err().expect("refused"));
+        let e = format!("{:#}", files[0].loaded.as_ref().expect_err("refused"));
         assert!(e.contains("account.password must not be written") && !e.contains("hunter2"), "{e}");
         std::fs::write(&path, format!("{text}\n[http]\nlisten = \"127.0.0.1:1\"\n")).expect("write");
         let files = load_daemon(&main).expect("loads").read_dir().expect("reads");

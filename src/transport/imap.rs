@@ -304,6 +304,22 @@ async fn timed<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
         .map_err(|_| anyhow!("IMAP command timed out after {COMMAND_TIMEOUT:?}"))
 }
 
+/// One logged-in session in `coi_bridge_imap_connected`, until dropped.
+struct Connected(prometheus::IntGauge);
+
+impl Connected {
+    fn count(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{FIRST_BATCH, plan_batches, uid_set};
@@ -327,21 +343,5 @@ mod tests {
     fn uid_sets_compress_runs() {
         assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
         assert_eq!(uid_set(&[5]), "5");
-    }
-}
-
-/// One logged-in session in `coi_bridge_imap_connected`, until dropped.
-struct Connected(prometheus::IntGauge);
-
-impl Connected {
-    fn count(gauge: &prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for Connected {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

@@ -8,7 +8,7 @@
 use crate::support;
 
 use serde_json::{Value, json};
-use support::bridged::{ALICE_GHOST, BOT, Stack, WAIT, bridge_room_as, create_room};
+use support::bridged::{ALICE_GHOST, BOT, Stack, bridge_room_as, create_room};
 use support::synapse::{send_as, timeline};
 
 /// The second bridge's bot: inside the test homeserver's `@coi_.*` namespace.
