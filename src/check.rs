@@ -21,7 +21,7 @@ pub async fn check(loaded: &Loaded) -> bool {
     let state_dir = cfg.store.state_dir();
     rows.push(Row {
         item: "store".into(),
-        outcome: match store::open(&cfg.store.url, &state_dir).await {
+        outcome: match store::open_with(&cfg.store.url, &state_dir, &loaded.store_options()).await {
             Ok(s) => match s.ping().await {
                 Ok(()) => Ok(format!(
                     "{} (state dir {}), migrations applied",

@@ -242,7 +242,7 @@ pub(crate) async fn existing_store(loaded: &Loaded) -> anyhow::Result<std::sync:
     {
         return Err(store::Uninitialized::NoStore { path, hint: fix_hint(loaded) }.into());
     }
-    store::open_existing(&cfg.store.url, &state_dir).await
+    store::open_existing_with(&cfg.store.url, &state_dir, &loaded.store_options()).await
 }
 
 /// `portals`: every link between a COI chat and a remote chat, one per line.

@@ -432,6 +432,18 @@ impl Loaded {
         Ok(Loaded { config, password, key_passphrase, source: source.to_path_buf(), namespace })
     }
 
+    /// Where this account's rows are, besides `store.url`: a directory account's own schema
+    /// on PostgreSQL (its SQLite file is already its `store.url`). Unfenced: the daemon adds
+    /// its lease's fence.
+    pub fn store_options(&self) -> crate::store::OpenOptions {
+        let postgres = crate::store::sqlite_path(&self.config.store.url, &self.config.store.state_dir()).is_none();
+        let schema = match (&self.namespace, postgres) {
+            (StoreNamespace::Account(key), true) => Some(crate::store::account_schema(key)),
+            _ => None,
+        };
+        crate::store::OpenOptions { schema, ..Default::default() }
+    }
+
     /// The account's key: its address, lower-cased (leases, store namespaces, `/ready`).
     pub fn key(&self) -> String {
         self.config.account.address.to_lowercase()

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 pub use running::{AccountView, DynamicRoutes, Running};
 
 use crate::app::Core;
-use crate::config::{Daemon, Loaded, StoreNamespace};
+use crate::config::{Daemon, Loaded};
 use crate::metrics::Metrics;
 use crate::store::lease::{Fence, Leases};
 use crate::supervisor::Tasks;
@@ -183,14 +183,7 @@ impl Manager {
     /// transport and bridges.
     async fn start(&self, w: &Wanted, fence: Option<Fence>) -> anyhow::Result<()> {
         let loaded = self.load(w)?;
-        let options = crate::store::OpenOptions {
-            schema: match (&loaded.namespace, self.leases.is_some()) {
-                (StoreNamespace::Account(key), true) => Some(crate::store::lease::account_schema(key)),
-                _ => None,
-            },
-            fence: fence.clone(),
-            sqlite_path: None,
-        };
+        let options = crate::store::OpenOptions { fence: fence.clone(), ..loaded.store_options() };
         let key = w.key.clone();
         let on_failure: FailureHook = Arc::new(move |f: FailedDelivery| {
             tracing::error!(account = %key, message_id = %f.message_id, chat_id = f.chat_id, reason = %f.reason, "delivery to COI failed for good");

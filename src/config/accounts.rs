@@ -401,6 +401,23 @@ mod tests {
         assert!(files[0].loaded.is_err(), "[http] belongs to the main file");
     }
 
+    /// On PostgreSQL a directory account's commands and daemon use its own schema; the
+    /// main account the URL's.
+    #[test]
+    fn a_directory_account_on_postgres_has_its_own_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = dir.path().join("coi-bridge.toml");
+        let text = format!(
+            "[store]\nurl = \"postgres://coi@db/coi\"\nstate_dir = \"{}\"\n\n[accounts]\ndir = \"accounts.d\"\n",
+            dir.path().display()
+        );
+        std::fs::write(&main, text).expect("main file");
+        account(dir.path(), "a", "A@example.org");
+        let a = load_daemon(&main).expect("loads").account(Some("a@example.org")).expect("a");
+        assert_eq!(a.config.store.url, "postgres://coi@db/coi", "the URL is the daemon's");
+        assert_eq!(a.store_options().schema, Some(crate::store::account_schema("a@example.org")));
+    }
+
     #[test]
     fn lease_secs_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
