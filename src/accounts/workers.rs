@@ -71,34 +71,30 @@ pub fn spawn_workers(core: &Arc<Core>, bridges: Vec<crate::bridges::Running>, ta
             }
         });
     }
-    let (c, token) = (core.clone(), tasks.token());
-    tasks.spawn_restarting("imap", move || {
-        let (c, token) = (c.clone(), token.clone());
-        async move {
-            c.imap.run(token).await;
-            Ok(())
-        }
+    keep_running(tasks, "imap", core, |c, token| async move { c.imap.run(token).await });
+    keep_running(tasks, "retention", core, |c, token| async move {
+        let task = crate::retention::Retention {
+            store: c.store.clone(),
+            ingest: c.ingest.clone(),
+            config: c.retention,
+            metrics: c.metrics.clone(),
+        };
+        task.run(token).await;
     });
+    keep_running(tasks, "smtp", core, |c, token| async move { c.smtp.run(token).await });
+}
+
+/// Runs one of the account's workers in `tasks`, started again if it panics.
+fn keep_running<F, Fut>(tasks: &Tasks, name: &'static str, core: &Arc<Core>, run: F)
+where
+    F: Fn(Arc<Core>, tokio_util::sync::CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let (c, token) = (core.clone(), tasks.token());
-    let retention = c.retention;
-    tasks.spawn_restarting("retention", move || {
-        let (c, token) = (c.clone(), token.clone());
+    tasks.spawn_restarting(name, move || {
+        let worker = run(c.clone(), token.clone());
         async move {
-            let task = crate::retention::Retention {
-                store: c.store.clone(),
-                ingest: c.ingest.clone(),
-                config: retention,
-                metrics: c.metrics.clone(),
-            };
-            task.run(token).await;
-            Ok(())
-        }
-    });
-    let (c, token) = (core.clone(), tasks.token());
-    tasks.spawn_restarting("smtp", move || {
-        let (c, token) = (c.clone(), token.clone());
-        async move {
-            c.smtp.run(token).await;
+            worker.await;
             Ok(())
         }
     });
