@@ -158,27 +158,50 @@ pub async fn join(loaded: &Loaded, link: &str) -> anyhow::Result<String> {
 
 /// `generate-registration [--bridge ID] [--force]`: writes the Matrix appservice
 /// registration (fresh tokens) to the bridge's `registration` path, relative to the
-/// config file. Refuses to replace an existing file unless forced: new tokens cut the
-/// homeserver off until it loads the new file.
-pub fn generate_registration(loaded: &Loaded, bridge: Option<&str>, force: bool) -> anyhow::Result<String> {
-    let matrix: Vec<_> = loaded
-        .config
-        .bridge
-        .iter()
-        .filter_map(|b| b.config::<coi_bridge_matrix::config::MatrixConfig>())
-        .filter(|m| bridge.is_none_or(|id| m.id == id))
-        .collect();
-    let m = match matrix.as_slice() {
-        [m] => *m,
+/// config file that names it. Refuses to replace an existing file unless forced: new
+/// tokens cut the homeserver off until it loads the new file.
+///
+/// `accounts` are the accounts to look in: the one `--account` names, or every account
+/// of the daemon (the main file's and its `[accounts] dir`'s). One registration serves
+/// every account on a homeserver, so Matrix bridges of several accounts that name the
+/// same file are one choice; bridges naming different files need `--bridge` or
+/// `--account`.
+pub fn generate_registration(accounts: &[Loaded], bridge: Option<&str>, force: bool) -> anyhow::Result<String> {
+    let mut matrix: Vec<(&Loaded, &coi_bridge_matrix::config::MatrixConfig, std::path::PathBuf)> = Vec::new();
+    for loaded in accounts {
+        let base = loaded.source.parent().unwrap_or(Path::new("."));
+        for m in loaded
+            .config
+            .bridge
+            .iter()
+            .filter_map(|b| b.config::<coi_bridge_matrix::config::MatrixConfig>())
+            .filter(|m| bridge.is_none_or(|id| m.id == id))
+        {
+            let path = if m.registration.is_absolute() { m.registration.clone() } else { base.join(&m.registration) };
+            let same = |p: &std::path::PathBuf| {
+                *p == path || matches!((p.canonicalize(), path.canonicalize()), (Ok(a), Ok(b)) if a == b)
+            };
+            if !matrix.iter().any(|(_, _, p)| same(p)) {
+                matrix.push((loaded, m, path));
+            }
+        }
+    }
+    let (loaded, m, path) = match matrix.as_slice() {
+        [one] => one.clone(),
         [] => anyhow::bail!(
             "no [[bridge]] with kind = \"matrix\"{} in {}",
             bridge.map(|b| format!(" and id {b:?}")).unwrap_or_default(),
-            loaded.source.display()
+            accounts.iter().map(|l| l.source.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
-        _ => anyhow::bail!("several Matrix bridges: choose one with --bridge ID"),
+        several => anyhow::bail!(
+            "several Matrix bridges with different registration files ({}): choose one with --bridge ID or --account ADDRESS",
+            several
+                .iter()
+                .map(|(l, m, p)| format!("{:?} in {} → {}", m.id, l.source.display(), p.display()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     };
-    let base = loaded.source.parent().unwrap_or(Path::new("."));
-    let path = if m.registration.is_absolute() { m.registration.clone() } else { base.join(&m.registration) };
     if path.exists() && !force {
         anyhow::bail!(
             "{} exists; its tokens are what the homeserver knows. Pass --force to replace them (then reload the homeserver)",

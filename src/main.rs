@@ -219,6 +219,17 @@ fn main() -> ExitCode {
         if matches!(cli.command, Command::Run) {
             return run_daemon(path).await;
         }
+        // One registration serves every account: without --account the command looks
+        // at all of them, not only the main file's.
+        if let (Command::GenerateRegistration { bridge, force }, None) = (&cli.command, &cli.account) {
+            return match config::load_daemon(path).and_then(config::Daemon::all_accounts) {
+                Ok(all) => print_or_fail(commands::generate_registration(&all, bridge.as_deref(), *force)),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    exit::CONFIG
+                }
+            };
+        }
         let loaded = match config::load_for(path, cli.account.as_deref()) {
             Ok(l) => l,
             Err(e) => {
@@ -259,7 +270,7 @@ fn main() -> ExitCode {
             }
             Command::Join { link } => print_or_fail(commands::join(&loaded, &link).await),
             Command::GenerateRegistration { bridge, force } => {
-                print_or_fail(commands::generate_registration(&loaded, bridge.as_deref(), force))
+                print_or_fail(commands::generate_registration(std::slice::from_ref(&loaded), bridge.as_deref(), force))
             }
             Command::Contact { action: ContactAction::Import { file }, .. } => {
                 print_or_fail(commands::contact_import(&loaded, &file).await)

@@ -282,6 +282,23 @@ impl Daemon {
         Loaded::new(config, path, StoreNamespace::Account(key))
     }
 
+    /// Every account of the daemon for a command that looks across them: the main
+    /// file's `[account]` (if any), then the accounts dir's in name order. A file that
+    /// does not parse is an error naming it.
+    pub fn all_accounts(mut self) -> anyhow::Result<Vec<Loaded>> {
+        let mut out: Vec<Loaded> = self.main.take().into_iter().collect();
+        for f in self.read_dir()? {
+            out.push(f.loaded?);
+        }
+        if out.is_empty() {
+            bail!(
+                "{}: no [account] in the main file and no account file in [accounts] dir; add one of them",
+                self.source.display()
+            );
+        }
+        Ok(out)
+    }
+
     /// One account for a command: `address` names the main account or a directory
     /// account; `None` is the main file's `[account]`.
     pub fn account(mut self, address: Option<&str>) -> anyhow::Result<Loaded> {

@@ -219,6 +219,61 @@ fn generate_registration_writes_a_private_file_once() {
     assert!(err.contains("bridge \"matrix\"") && err.contains("generate-registration"), "{err}");
 }
 
+/// With an accounts dir and no `[account]` in the main file, `generate-registration`
+/// looks at every account: the Matrix bridges of two accounts naming one registration
+/// file are one choice and get it written; a third naming another file makes it ask
+/// which, naming both files.
+#[test]
+fn generate_registration_finds_the_matrix_bridges_of_directory_accounts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("accounts.d")).expect("accounts.d");
+    let main = format!(
+        "[store]\nurl = \"sqlite://bridge.db\"\nstate_dir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:9187\"\n\n\
+         [accounts]\ndir = \"accounts.d\"\n",
+        d.display()
+    );
+    let config = d.join("c.toml");
+    std::fs::write(&config, main).expect("main file");
+    let account = |name: &str, bot: &str, registration: &str| {
+        let pw = d.join(format!("{name}.pw"));
+        std::fs::write(&pw, "secret\n").expect("pw");
+        let text = format!(
+            "[account]\naddress = \"{name}@example.org\"\npassword_file = \"{}\"\n\n\
+             [imap]\nhost = \"127.0.0.1\"\n\n[smtp]\nhost = \"127.0.0.1\"\n\n\
+             [[bridge]]\nid = \"matrix\"\nkind = \"matrix\"\nhomeserver = \"http://127.0.0.1:8008\"\n\
+             server_name = \"localhost\"\nregistration = \"{registration}\"\nbot_localpart = \"{bot}\"\n\
+             admins = [\"@alice:localhost\"]\n",
+            pw.display()
+        );
+        std::fs::write(d.join("accounts.d").join(format!("{name}.toml")), text).expect("account file");
+    };
+    account("ann", "coibot", "../registration.yaml");
+    account("bob", "coibot_bob", "../registration.yaml");
+    let run = || bin().arg("generate-registration").arg("--config").arg(&config).output().expect("run");
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = std::fs::read_to_string(d.join("registration.yaml")).expect("written where the account files name it");
+    assert!(yaml.contains("sender_localpart: \"coibot\""), "{yaml}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(d.join("registration.yaml")).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    account("cy", "other", "../other.yaml");
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("registration.yaml") && err.contains("other.yaml") && err.contains("--account"), "{err}");
+    // --account picks one.
+    let out = bin()
+        .args(["--account", "cy@example.org", "generate-registration", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.join("other.yaml").exists());
+}
+
 /// Two bridges whose HTTP routes collide (two Matrix appservices: the transaction
 /// endpoint's path is the spec's) stop the daemon at start with an error naming the
 /// second bridge, not a panic.
