@@ -67,6 +67,11 @@ pub struct Metrics {
     pub account_failures: IntCounter,
     /// Leases this daemon lost (another daemon took the account, or no renewal in time).
     pub leases_lost: IntCounter,
+    /// On PostgreSQL: the daemons live on the store (this one included), as the node
+    /// table says at the last lease tick.
+    pub cluster_nodes: IntGauge,
+    /// Accounts this daemon handed to another to spread the accounts evenly.
+    pub accounts_handed_over: IntCounter,
 }
 
 impl Metrics {
@@ -152,6 +157,15 @@ impl Metrics {
                 "Accounts that could not start or stopped on a failure",
             ),
             leases_lost: counter("leases_lost_total", "Account leases this daemon lost"),
+            cluster_nodes: {
+                let g = IntGauge::new("cluster_nodes", "Daemons live on the shared PostgreSQL store").expect("static");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            accounts_handed_over: counter(
+                "accounts_handed_over_total",
+                "Accounts handed to another daemon to spread the accounts evenly",
+            ),
             registry,
         };
         // Series that alerts watch exist from the start, at 0.

@@ -9,6 +9,9 @@
 //!   third of `cluster.lease_secs`, takes free or expired leases, and stops an account at
 //!   once when its lease is lost (the store refuses its writes from then on anyway: the
 //!   fence). A clean stop releases the leases, so another daemon takes over at once.
+//!   Daemons spread the accounts: each announces itself in the node table
+//!   ([`crate::store::nodes`]), takes free accounts only up to its fair share and hands
+//!   over what it holds beyond it.
 //! - A failure of an account's worker stops that account, not the daemon (a daemon of one
 //!   account on SQLite keeps today's behaviour: it stops, and systemd restarts it).
 
@@ -30,12 +33,17 @@ use crate::app::Core;
 use crate::config::{Daemon, Loaded};
 use crate::metrics::Metrics;
 use crate::store::lease::{Fence, Leases};
+use crate::store::nodes::{Nodes, fair_share};
 use crate::supervisor::Tasks;
 use crate::transport::smtp::{FailedDelivery, FailureHook};
 
 /// How long an account that failed to start (or whose worker failed) waits before it is
 /// tried again (SIGHUP tries at once).
 const RETRY_FAILED: Duration = Duration::from_secs(60);
+
+/// At most this many accounts are handed to other daemons per lease tick: each is stopped
+/// cleanly, and the lease loop must come round to renew the others in time.
+const HAND_OVER_PER_TICK: usize = 10;
 
 /// One account this daemon should run, as the config says.
 #[derive(Clone, Debug)]
@@ -70,6 +78,8 @@ pub struct Manager {
     fatal_tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
     fatal_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>,
     leases: Option<Leases>,
+    /// The live daemons on the store (PostgreSQL only), for each one's fair share.
+    nodes: Option<Nodes>,
     node: String,
     /// A daemon of the main account only, on SQLite: a failure stops the daemon (today's
     /// behaviour, which systemd's restart relies on).
@@ -83,6 +93,10 @@ impl Manager {
             Some(Leases::open(&daemon.store.url).await.context("the account leases ([cluster], store.url)")?)
         } else {
             None
+        };
+        let nodes = match &leases {
+            Some(l) => Some(Nodes::open(l.pool()).await.context("the node table ([cluster], store.url)")?),
+            None => None,
         };
         let node = daemon.cluster.node_name();
         let single = !postgres && daemon.accounts.dir.is_none();
@@ -102,6 +116,7 @@ impl Manager {
             fatal_tx,
             fatal_rx: tokio::sync::Mutex::new(fatal_rx),
             leases,
+            nodes,
             node,
             single,
         })
@@ -115,6 +130,11 @@ impl Manager {
     /// The bridges' HTTP routes (the appservice endpoints), as accounts add them.
     pub fn routes(&self) -> axum::Router {
         self.routes.router()
+    }
+
+    /// What every account's bridges share (the daemon sets its event relay there).
+    pub fn shared(&self) -> &coi_bridge_api::SharedRoutes {
+        &self.shared
     }
 
     /// The accounts the config names now. A file that does not parse is logged, counted
@@ -290,6 +310,11 @@ impl Manager {
         for key in keys {
             self.stop(&key, "the daemon stops").await;
         }
+        if let Some(nodes) = &self.nodes
+            && let Err(e) = nodes.leave(&self.node).await
+        {
+            tracing::warn!(error = %e, "cannot take this daemon out of the node table; its row expires by itself");
+        }
         Ok(())
     }
 
@@ -297,6 +322,39 @@ impl Manager {
     /// often failed accounts are tried again.
     fn tick(&self) -> Duration {
         if self.leases.is_some() { Duration::from_secs(self.daemon.cluster.lease_secs) / 3 } else { RETRY_FAILED / 4 }
+    }
+
+    /// How many accounts this daemon should run: all of them without leases; on
+    /// PostgreSQL its fair share among the live daemons (all of them if the node table
+    /// cannot be read: running too many beats running none).
+    async fn share(&self, accounts: usize, ttl: Duration) -> usize {
+        let Some(nodes) = &self.nodes else { return accounts };
+        match nodes.heartbeat(&self.node, ttl).await {
+            Ok(live) => {
+                self.metrics.cluster_nodes.set(live as i64);
+                fair_share(accounts, live)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node table; taking free accounts without a share");
+                accounts
+            }
+        }
+    }
+
+    /// Hands accounts beyond `share` to the other daemons (the last by address first, at
+    /// most [`HAND_OVER_PER_TICK`] a tick): each stops cleanly and its lease is released,
+    /// so a daemon under its share takes it on its next tick.
+    async fn hand_over_surplus(&self, share: usize) {
+        let surplus: Vec<String> = {
+            let started = self.started.lock().await;
+            let n = started.len().saturating_sub(share).min(HAND_OVER_PER_TICK);
+            started.keys().rev().take(n).cloned().collect()
+        };
+        for key in surplus {
+            tracing::info!(account = %key, share, "handing the account to another daemon to spread the accounts");
+            self.metrics.accounts_handed_over.inc();
+            self.stop(&key, "handed over to spread the accounts").await;
+        }
     }
 
     /// Brings what runs in line with the config and the leases.
@@ -328,6 +386,7 @@ impl Manager {
                 }
             }
         }
+        let share = self.share(wanted.len(), ttl).await;
         let wanted_keys: Vec<&str> = wanted.iter().map(|w| w.key.as_str()).collect();
         let stale: Vec<(String, bool)> = self
             .started
@@ -346,9 +405,13 @@ impl Manager {
         for (key, changed) in stale {
             self.stop(&key, if changed { "its file changed" } else { "its file was removed" }).await;
         }
+        self.hand_over_surplus(share).await;
         for w in &wanted {
             if self.started.lock().await.contains_key(&w.key) || !self.may_try(&w.key) {
                 continue;
+            }
+            if self.started.lock().await.len() >= share {
+                break;
             }
             let fence = match &self.leases {
                 None => None,

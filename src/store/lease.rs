@@ -219,6 +219,11 @@ impl Leases {
         Ok(())
     }
 
+    /// The lease handle's pool, for the node table beside it ([`super::nodes`]).
+    pub fn pool(&self) -> PgPool {
+        self.pool.clone()
+    }
+
     /// Every lease, by account.
     pub async fn list(&self) -> StoreResult<Vec<LeaseRow>> {
         let rows = sqlx::query(

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod kind;
 pub mod lease;
 pub mod migrate;
+pub mod nodes;
 pub mod portals;
 pub mod postgres;
 pub mod retention;

@@ -6,6 +6,7 @@
 mod support;
 
 mod accounts;
+mod balance;
 mod cli;
 mod degrade;
 mod demo;
