@@ -141,7 +141,29 @@ pub async fn run(daemon: crate::config::Daemon) -> anyhow::Result<Stop> {
     sup.count_panics(metrics.panics.clone());
     let timeouts = http::Timeouts::from_config(&daemon.http);
     let (state_dir, listen) = (daemon.store.state_dir(), daemon.http.listen);
+    // Several daemons may share a PostgreSQL store: appservice events for an account
+    // another daemon runs wait for it in the relay.
+    let relay = match store::sqlite_path(&daemon.store.url, &state_dir) {
+        Some(_) => None,
+        None => Some(
+            store::relay::PgRelay::open(&daemon.store.url)
+                .await
+                .context("the appservice event relay (store.url)")?
+                .with_metrics(&metrics),
+        ),
+    };
     let manager = crate::accounts::Manager::new(daemon, metrics.clone(), sup.tasks().clone()).await?;
+    if let Some(relay) = relay {
+        manager.shared().set_relay(Arc::new(relay));
+        let (shared, token) = (manager.shared().clone(), sup.token());
+        sup.spawn("appservice-relay", async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = shared.run_relay() => {}
+            }
+            Ok(())
+        });
+    }
     // The accounts that run without a lease start now, so a bad one fails the start.
     manager.start_unleased().await?;
     let state = http::Http { metrics: metrics.clone(), accounts: manager.running() };

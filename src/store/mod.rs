@@ -18,6 +18,7 @@ pub mod migrate;
 pub mod nodes;
 pub mod portals;
 pub mod postgres;
+pub mod relay;
 pub mod retention;
 pub mod sqlite;
 

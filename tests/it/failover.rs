@@ -4,6 +4,8 @@
 //! daemon that takes transactions for an account it does not hold yet would have to keep
 //! them durably for the holder (not built yet; see docs/OPERATIONS.md "Many accounts, several daemons").
 
+mod relay;
+
 use std::path::Path;
 use std::time::Duration;
 

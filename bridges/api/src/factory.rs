@@ -12,10 +12,11 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
 
+use crate::relay::{DRAIN_EVERY, Drain, EventRelay, PRUNE_EVERY, RELAY_TTL};
 use crate::{Bridge, BridgeId, BridgeState, Hub};
 
 /// One bridge kind, as the core's registry lists it.
@@ -60,10 +61,16 @@ pub struct Environment<'a> {
 /// HTTP listener serves once for all of them (the Matrix appservice endpoint of one
 /// registration). The daemon makes one and hands it to every account's build; a bridge
 /// crate keeps its shared parts under keys it prefixes with its kind.
+///
+/// With several daemons on one store it also carries the [`EventRelay`] (set once, before
+/// the first build) and runs the periodic drain of every endpoint ([`SharedRoutes::run_relay`]).
 #[derive(Clone)]
 pub struct SharedRoutes {
     slots: Arc<Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>>,
     unrouted: Arc<dyn Fn() + Send + Sync>,
+    relay: Arc<OnceLock<Arc<dyn EventRelay>>>,
+    drains: Arc<Mutex<Vec<Weak<dyn Drain>>>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Default for SharedRoutes {
@@ -83,7 +90,87 @@ impl SharedRoutes {
     /// `unrouted` counts an event a shared endpoint took that belongs to none of its
     /// bridges (the daemon's metric).
     pub fn new(unrouted: impl Fn() + Send + Sync + 'static) -> Self {
-        Self { slots: Arc::default(), unrouted: Arc::new(unrouted) }
+        Self {
+            slots: Arc::default(),
+            unrouted: Arc::new(unrouted),
+            relay: Arc::default(),
+            drains: Arc::default(),
+            wake: Arc::default(),
+        }
+    }
+
+    /// These shared routes with `relay` (see [`SharedRoutes::set_relay`]).
+    pub fn with_relay(self, relay: Arc<dyn EventRelay>) -> Self {
+        self.set_relay(relay);
+        self
+    }
+
+    /// Endpoints made from now on keep the events none of their bridges has in `relay`
+    /// (several daemons on one store). Once per daemon; a second relay is ignored.
+    pub fn set_relay(&self, relay: Arc<dyn EventRelay>) {
+        if self.relay.set(relay).is_err() {
+            tracing::error!("a second event relay for one daemon; the first is kept");
+        }
+    }
+
+    /// The relay, if the daemon has one.
+    pub fn relay(&self) -> Option<Arc<dyn EventRelay>> {
+        self.relay.get().cloned()
+    }
+
+    /// `drain` takes relayed events out for its bridges at every round of
+    /// [`SharedRoutes::run_relay`], for as long as it lives.
+    pub fn add_drain(&self, drain: Weak<dyn Drain>) {
+        self.drains.lock().unwrap_or_else(|e| e.into_inner()).push(drain);
+    }
+
+    /// Starts a drain round now (an endpoint gained a bridge).
+    pub fn drain_soon(&self) {
+        self.wake.notify_one();
+    }
+
+    /// [`SharedRoutes::drain_soon`] for an endpoint to keep (it holds nothing else of these
+    /// shared routes, so no cycle through the slots).
+    pub fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let wake = self.wake.clone();
+        Arc::new(move || wake.notify_one())
+    }
+
+    /// The daemon's relay task, until the future is dropped (the daemon selects it against
+    /// its shutdown token): every [`DRAIN_EVERY`] (or at once when woken) each endpoint
+    /// drains; every [`PRUNE_EVERY`] events older than [`RELAY_TTL`] are pruned, logged and
+    /// counted as unrouted. Without a relay it waits forever, doing nothing.
+    pub async fn run_relay(&self) {
+        let Some(relay) = self.relay() else { return std::future::pending().await };
+        let mut next_prune = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+                match relay.prune(RELAY_TTL).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(
+                            events = n,
+                            ttl_secs = RELAY_TTL.as_secs(),
+                            "relayed appservice events no daemon's bridge took in time; dropped"
+                        );
+                        for _ in 0..n {
+                            (self.unrouted)();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot prune the appservice relay; next time"),
+                }
+            }
+            let drains: Vec<Arc<dyn Drain>> = {
+                let mut list = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+                list.retain(|d| d.strong_count() > 0);
+                list.iter().filter_map(Weak::upgrade).collect()
+            };
+            for d in drains {
+                d.drain().await;
+            }
+            let _ = tokio::time::timeout(DRAIN_EVERY, self.wake.notified()).await;
+        }
     }
 
     /// The counter of events no bridge of a shared endpoint has.

@@ -17,10 +17,12 @@
 
 pub mod deadletter;
 pub mod factory;
+pub mod relay;
 pub mod testing;
 
 pub use deadletter::{DeadLetter, DeadLetterKind, Failure};
 pub use factory::{BridgeFactory, BridgeSection, Built, CoreHandles, Environment, SharedRoutes};
+pub use relay::{Drain, EventRelay, Relayed};
 
 use std::fmt;
 use std::sync::Arc;

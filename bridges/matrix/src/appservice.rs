@@ -1,4 +1,10 @@
 //! The appservice HTTP endpoint: the homeserver pushes transactions here. `hs_token` is checked in constant time (before the body is read); one endpoint serves every bridge built from one registration (one per account), each event going to the bridge(s) whose room it is; each transaction is processed once per bridge, across restarts.
+//!
+//! With several daemons on one store the endpoint has an event relay ([`relay`]): an event
+//! none of this daemon's bridges has is kept there for the daemon that has its room, not
+//! dropped, and this daemon takes out what its own bridges' rooms have waiting.
+
+mod relay;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +101,8 @@ pub struct Appservice {
     /// starts another retry loop), and events of a later one handled beside an earlier one
     /// would reach COI first.
     one_at_a_time: tokio::sync::Mutex<()>,
+    /// Where events of rooms no bridge here has wait for another daemon (PostgreSQL).
+    relay: Option<relay::Relay>,
 }
 
 /// A transaction's events by bridge (see [`Appservice::route`]).
@@ -117,6 +125,8 @@ impl Membership {
     pub fn fill(&self, portals: Vec<String>, bot_rooms: Vec<String>) {
         self.app.lock().fill(self.id, portals, bot_rooms);
         self.app.ready.notify_waiters();
+        // Its rooms may have relayed events waiting (an account taken over).
+        self.app.gained();
     }
 
     /// `room` is a portal of this bridge (it opened it or delivered to it).
@@ -170,6 +180,7 @@ impl Appservice {
             ready: tokio::sync::Notify::new(),
             unrouted,
             one_at_a_time: tokio::sync::Mutex::new(()),
+            relay: None,
         }
     }
 
@@ -247,11 +258,18 @@ impl Appservice {
     /// A transaction, routed: each bridge's events through its sink, once per bridge.
     async fn handle(&self, txn_id: &str, digest: &str, events: Vec<Value>) -> Result<(), (StatusCode, String)> {
         let unavailable = |e: String| (StatusCode::SERVICE_UNAVAILABLE, e);
+        // What waits in the relay for these bridges goes before their newer events.
+        self.drain_locked().await.map_err(unavailable)?;
         let deadline = tokio::time::Instant::now() + READY_WAIT;
         let (plan, nobody) = loop {
             // Registered before routing, so a bridge becoming ready in between is seen.
             let ready = self.ready.notified();
             let Some(Routed { plan, nobody, all_ready }) = self.route(&events) else {
+                if self.relay.is_some() {
+                    // Another daemon may hold the accounts: they find the events there.
+                    let all = (0..events.len()).collect::<Vec<_>>();
+                    return self.relay_events(txn_id, &events, &all).await.map_err(unavailable);
+                }
                 // Every account of this registration stopped (or none started yet): the
                 // homeserver keeps the transaction until one runs here again.
                 return Err(unavailable("no bridge serves this registration right now".into()));
@@ -262,6 +280,9 @@ impl Appservice {
             // A bridge still reads its rooms: the event may be one of them.
             let _ = tokio::time::timeout_at(deadline, ready).await;
         };
+        // With a relay they are kept after the bridges here took theirs (below): a failure
+        // then makes the homeserver retry, and the bridges here skip what they processed.
+        let (nobody, relayed) = if self.relay.is_some() { (Vec::new(), nobody) } else { (nobody, Vec::new()) };
         for i in nobody {
             let ev = &events[i];
             tracing::debug!(
@@ -296,6 +317,9 @@ impl Appservice {
                 // Processed but not remembered: a retry is deduplicated by the hub's id map.
                 tracing::warn!(txn_id, bridge = %member.id, error = %e, "could not record the transaction id");
             }
+        }
+        if !relayed.is_empty() {
+            self.relay_events(txn_id, &events, &relayed).await.map_err(unavailable)?;
         }
         Ok(())
     }

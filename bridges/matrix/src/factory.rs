@@ -38,8 +38,18 @@ fn registration(cfg: &MatrixConfig, env: &Environment<'_>) -> Result<Registratio
 fn endpoint(shared: &SharedRoutes, hs_token: &str, file: &std::path::Path) -> (Arc<Appservice>, bool) {
     // The token itself is no key: keys may be logged.
     let key = format!("matrix/appservice/{:016x}", appservice::fnv1a(hs_token.as_bytes()));
-    let (app, made) = shared
-        .get_or_make(&key, || Arc::new(Appservice::new(hs_token, &file.display().to_string(), shared.unrouted())));
+    let (app, made) = shared.get_or_make(&key, || {
+        let app = Appservice::new(hs_token, &file.display().to_string(), shared.unrouted());
+        // Several daemons on one store: what no bridge here has waits for another daemon.
+        Arc::new(match shared.relay() {
+            Some(relay) => app.with_relay(relay, shared.waker()),
+            None => app,
+        })
+    });
+    if made {
+        let drain: Arc<dyn coi_bridge_api::Drain> = Arc::clone(&*app) as _;
+        shared.add_drain(Arc::downgrade(&drain));
+    }
     (Arc::clone(&app), made)
 }
 

@@ -31,11 +31,14 @@ pub struct Index<T> {
     bots: HashMap<String, MemberId>,
     /// Room → the bridges that have it (a portal of theirs, or their bot is in it).
     rooms: HashMap<String, Vec<MemberId>>,
+    /// A lone bridge gets every event (one account, one daemon). Off where another daemon
+    /// may have the room (the endpoint relays what its bridges do not have).
+    pub one_takes_all: bool,
 }
 
 impl<T> Default for Index<T> {
     fn default() -> Self {
-        Self { next: 1, members: BTreeMap::new(), bots: HashMap::new(), rooms: HashMap::new() }
+        Self { next: 1, members: BTreeMap::new(), bots: HashMap::new(), rooms: HashMap::new(), one_takes_all: true }
     }
 }
 
@@ -71,6 +74,16 @@ impl<T> Index<T> {
 
     pub fn get(&self, id: MemberId) -> Option<&T> {
         self.members.get(&id).map(|e| &e.value)
+    }
+
+    /// Every room some bridge has.
+    pub fn rooms(&self) -> Vec<String> {
+        self.rooms.keys().cloned().collect()
+    }
+
+    /// Every bridge's bot.
+    pub fn bots(&self) -> Vec<String> {
+        self.bots.keys().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
@@ -169,7 +182,7 @@ impl<T> Index<T> {
                 _ => {}
             }
         }
-        if self.members.len() == 1 {
+        if self.one_takes_all && self.members.len() == 1 {
             return self.members.keys().copied().collect();
         }
         out
