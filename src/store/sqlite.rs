@@ -29,7 +29,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 
 pub struct SqliteStore {
+    /// The working connections: opened on demand, closed when idle (see [`pool::options`]).
     pool: SqlitePool,
+    /// The one connection kept open, for the idle path's reads (see [`pool::keeper`]).
+    keeper: SqlitePool,
 }
 
 fn now() -> i64 {
@@ -70,6 +73,11 @@ impl SqliteStore {
     }
 
     async fn open_with(path: &Path, create: bool) -> anyhow::Result<Self> {
+        Self::open_tuned(path, create, pool::IDLE_CLOSE).await
+    }
+
+    /// As [`Self::open_with`], closing working connections after `idle_close` unused.
+    async fn open_tuned(path: &Path, create: bool, idle_close: Duration) -> anyhow::Result<Self> {
         if create {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 use std::os::unix::fs::DirBuilderExt as _;
@@ -92,11 +100,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = pool::options(4)
-            .connect_with(opts)
+        let pool = pool::options(4, idle_close)
+            .connect_with(opts.clone())
             .await
             .with_context(|| format!("store: cannot open SQLite database {}", path.display()))?;
-        let store = Self { pool };
+        let keeper = pool::keeper()
+            .connect_with(opts.pragma("cache_size", format!("-{}", pool::KEEPER_CACHE_KIB)))
+            .await
+            .with_context(|| format!("store: cannot open SQLite database {}", path.display()))?;
+        let store = Self { pool, keeper };
         store.migrate().await.with_context(|| format!("store: migrating {}", path.display()))?;
         Ok(store)
     }
@@ -282,7 +294,7 @@ impl Store for SqliteStore {
         .bind(target)
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.keeper)
         .await
         .map_err(err)?;
         rows.into_iter()
@@ -309,7 +321,7 @@ impl Store for SqliteStore {
     async fn next_outbox_due(&self, target: &str) -> StoreResult<Option<i64>> {
         let row = sqlx::query("SELECT MIN(next_attempt_at) FROM outbox WHERE target = ? AND state = 'pending'")
             .bind(target)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.keeper)
             .await
             .map_err(err)?;
         Ok(row.get(0))

@@ -12,6 +12,8 @@
 //! back to the pool inside a transaction is closed instead (SQLite rolls back what is
 //! open), so the next user gets a clean one.
 
+use std::time::Duration;
+
 use sqlx::sqlite::{SqliteConnection, SqlitePoolOptions};
 
 /// True while SQLite has a transaction open on `conn` (its autocommit mode is off).
@@ -24,11 +26,31 @@ async fn in_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error
     Ok(autocommit == 0)
 }
 
-/// The store's pool options: at most `max` connections, and none handed back into the
-/// pool inside a transaction. At least one stays open for the pool's life (none is
-/// reaped when idle): the open file is how `migrate-store` tells that the daemon runs.
-pub(super) fn options(max: u32) -> SqlitePoolOptions {
-    SqlitePoolOptions::new().max_connections(max).min_connections(1).idle_timeout(None).max_lifetime(None).after_release(|conn, _| {
+/// How long a working connection may sit idle before it is closed (checked as often):
+/// an idle account keeps only its [`keeper`] connection, not the up to four connections
+/// (four `sqlx-sqlite-worker` threads, four page caches) a burst of work opened.
+pub(super) const IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// The page cache of the kept connection, in KiB: it only answers the idle path's small
+/// reads (what is due in the outbox, released mail), so it never needs SQLite's 2 MB default.
+pub(super) const KEEPER_CACHE_KIB: i64 = 256;
+
+/// The store's working pool: at most `max` connections, each closed after `idle_close`
+/// unused, and none handed back into the pool inside a transaction. It may shrink to
+/// none: the [`keeper`] holds the file open meanwhile.
+pub(super) fn options(max: u32, idle_close: Duration) -> SqlitePoolOptions {
+    guarded(SqlitePoolOptions::new().max_connections(max).min_connections(0).idle_timeout(Some(idle_close)))
+}
+
+/// One connection kept open for the store's life (never reaped when idle): the open file
+/// is how `migrate-store` tells that the daemon runs, and the workers' idle-path reads
+/// (what is due next) go through it, so an idle account opens no working connection.
+pub(super) fn keeper() -> SqlitePoolOptions {
+    guarded(SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None))
+}
+
+fn guarded(options: SqlitePoolOptions) -> SqlitePoolOptions {
+    options.max_lifetime(None).after_release(|conn, _| {
         Box::pin(async move {
             if in_transaction(conn).await? {
                 tracing::error!(
@@ -59,7 +81,7 @@ mod tests {
             .filename(dir.path().join("t.db"))
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal);
-        let pool = options(1).connect_with(opts.clone()).await.expect("pool");
+        let pool = options(1, IDLE_CLOSE).connect_with(opts.clone()).await.expect("pool");
         sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY)").execute(&pool).await.expect("create");
 
         let mut tx = pool.begin().await.expect("begin");

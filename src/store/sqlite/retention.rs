@@ -129,7 +129,7 @@ impl RetentionStore for SqliteStore {
                 .bind(RELEASED_FROM)
                 .bind(RELEASED_TO)
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.keeper)
                 .await
                 .map_err(err)?;
         Ok(rows

@@ -172,3 +172,48 @@ fn shipped_migrations_are_frozen() {
         assert_eq!(&got, hash, "migration {version:04} was edited after it shipped");
     }
 }
+
+/// An idle store closes the working connections a burst opened (each is an OS thread
+/// and a page cache: four per account made 1,000 accounts hold 4,000 threads), answers
+/// the workers' idle-path reads without opening one, and keeps the file open all along,
+/// so `migrate-store` still sees the daemon running.
+#[tokio::test]
+async fn an_idle_store_closes_its_working_connections_and_keeps_the_file_open() {
+    use crate::store::retention::RetentionStore as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open_tuned(&path, true, Duration::from_millis(100)).await.expect("open");
+    // A burst: three transactions at once, on three working connections.
+    let (a, b, c) = (s.pool.begin().await, s.pool.begin().await, s.pool.begin().await);
+    assert!(s.pool.size() >= 3, "the burst opened {} working connections", s.pool.size());
+    drop((a, b, c));
+    let mut waited = 0;
+    while s.pool.size() > 0 {
+        assert!(waited < 600, "{} working connections still open", s.pool.size());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    // What the idle workers read (the outbox, its next due time, released mail).
+    assert!(s.due_outbox(crate::store::SMTP_TARGET, now(), 64).await.expect("due").is_empty());
+    assert_eq!(s.next_outbox_due("telegram").await.expect("next"), None);
+    assert!(s.released(10).await.expect("released").is_empty());
+    assert_eq!(s.pool.size(), 0, "the idle path's reads opened a working connection");
+    assert_eq!(s.keeper.size(), 1, "one connection stays open");
+    // What migrate-store does to tell a running daemon: the lock cannot be had.
+    let exclusive = || async {
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .locking_mode(sqlx::sqlite::SqliteLockingMode::Exclusive)
+            .busy_timeout(Duration::ZERO);
+        let mut conn = sqlx::ConnectOptions::connect(&opts).await.expect("connect");
+        sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut conn).await.is_ok()
+    };
+    assert!(!exclusive().await, "the store's file is not held open while it idles");
+    // Writes still work after the working connections were closed.
+    let cursor = ImapCursor { uid_validity: 1, last_uid: 2 };
+    s.record_inbound("INBOX", cursor, &[], &[]).await.expect("write");
+    assert_eq!(s.imap_cursor("INBOX").await.expect("read").map(|c| c.last_uid), Some(2));
+    s.pool.close().await;
+    s.keeper.close().await;
+    assert!(exclusive().await, "the store, closed, still holds the file");
+}
