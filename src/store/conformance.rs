@@ -267,7 +267,7 @@ pub async fn inbound_targets_are_queued_once_for_a_new_message_only(b: &dyn Back
 
 pub async fn outbox_keeps_order_per_chat_and_runs_chats_side_by_side(b: &dyn Backend) {
     let s = b.store();
-    for (id, chat) in [("a1", "a@x.org"), ("b1", "b@x.org"), ("a2", "a@x.org"), ("b2", "b@x.org")] {
+    for (id, chat) in [("a1", "a@x.org"), ("b1", "b@x.org"), ("a2", "a@x.org"), ("b2", "b@x.org"), ("a3", "a@x.org")] {
         s.queue_outbound(&outbound(id, chat)).await.expect("queue");
     }
     let now = now();
@@ -299,6 +299,12 @@ pub async fn outbox_keeps_order_per_chat_and_runs_chats_side_by_side(b: &dyn Bac
     );
     assert_eq!(heads(s.as_ref(), SMTP_TARGET).await, ["a2", "b2"]);
     assert_eq!(s.outbox_state(SMTP_TARGET, "zz").await.expect("state"), None);
+    // Both heads wait: the next due time is the earlier head's, not that of a3 (due by its
+    // own time, but behind a2), or an idle worker would wake for nothing until a2 is done.
+    for (item, at) in s.due_outbox(SMTP_TARGET, now, 10).await.expect("due").into_iter().zip([now + 100, now + 200]) {
+        s.outbox_retry(item.id, at, "421 try later").await.expect("retry");
+    }
+    assert_eq!(s.next_outbox_due(SMTP_TARGET).await.expect("next"), Some(now + 100));
 }
 
 pub async fn outbox_rows_report_state_stats_and_recipients(b: &dyn Backend) {

@@ -288,7 +288,8 @@ pub trait Store:
     /// seconds). Later items of a chat wait behind its head, which keeps per-chat order.
     async fn due_outbox(&self, target: &str, now: i64, limit: u32) -> StoreResult<Vec<OutboxItem>>;
 
-    /// The earliest `next_attempt_at` of any pending item for `target`.
+    /// The earliest `next_attempt_at` of a chat's head pending for `target`: when the next
+    /// item comes due (one behind its chat's head waits for the head, whatever its own time).
     async fn next_outbox_due(&self, target: &str) -> StoreResult<Option<i64>>;
 
     async fn outbox_done(&self, id: i64) -> StoreResult<()>;

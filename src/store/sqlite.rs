@@ -319,11 +319,18 @@ impl Store for SqliteStore {
     }
 
     async fn next_outbox_due(&self, target: &str) -> StoreResult<Option<i64>> {
-        let row = sqlx::query("SELECT MIN(next_attempt_at) FROM outbox WHERE target = ? AND state = 'pending'")
-            .bind(target)
-            .fetch_one(&self.keeper)
-            .await
-            .map_err(err)?;
+        // Chats' heads only: a row behind its chat's head is not due before the head is
+        // done (and the worker looks again then), whatever its own time says.
+        let row = sqlx::query(
+            "SELECT MIN(o.next_attempt_at) FROM outbox o
+             WHERE o.target = ? AND o.state = 'pending'
+               AND o.id = (SELECT MIN(h.id) FROM outbox h
+                           WHERE h.target = o.target AND h.chat_id = o.chat_id AND h.state = 'pending')",
+        )
+        .bind(target)
+        .fetch_one(&self.keeper)
+        .await
+        .map_err(err)?;
         Ok(row.get(0))
     }
 

@@ -175,11 +175,16 @@ impl Store for PgStore {
     }
 
     async fn next_outbox_due(&self, target: &str) -> StoreResult<Option<i64>> {
-        let row = sqlx::query("SELECT MIN(next_attempt_at) FROM outbox WHERE target = $1 AND state = 'pending'")
-            .bind(target)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err)?;
+        let row = sqlx::query(
+            "SELECT MIN(o.next_attempt_at) FROM outbox o
+             WHERE o.target = $1 AND o.state = 'pending'
+               AND o.id = (SELECT MIN(h.id) FROM outbox h
+                           WHERE h.target = o.target AND h.chat_id = o.chat_id AND h.state = 'pending')",
+        )
+        .bind(target)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)?;
         Ok(row.get(0))
     }
 
