@@ -150,11 +150,12 @@ fn environment<'a>(loaded: &'a Loaded, state_dir: &'a std::path::Path, shared: &
 
 /// The daemon's one registry of shared endpoints, for every account's [`build_shared`].
 /// Registers `coi_bridge_appservice_unrouted_events_total` (events a shared endpoint took
-/// that belong to no account's bridge, dropped) in `metrics`; call it once per daemon.
+/// that belong to no account's bridge, dropped; on PostgreSQL, relayed events no daemon
+/// took within `coi_bridge_api::relay::RELAY_TTL`, pruned) in `metrics`; call it once per daemon.
 pub fn shared_routes(metrics: &crate::metrics::Metrics) -> SharedRoutes {
     let counter = prometheus::IntCounter::new(
         "appservice_unrouted_events_total",
-        "Events a shared appservice endpoint took that belong to no account's bridge (dropped)",
+        "Events a shared appservice endpoint took that belong to no account's bridge (dropped; with several daemons: pruned from the relay unclaimed)",
     );
     let counter = match counter {
         Ok(c) => c,

@@ -1,9 +1,11 @@
 //! Two daemons on one PostgreSQL with real Dovecot + Postfix and the Bot API double: one holds the account under its lease, the other stands by; the holder is SIGKILLed mid-burst, the other takes over within 30 s, and every message arrives exactly once on each side.
 //!
-//! Matrix is not in this test: an appservice registration has one URL, and a standby
-//! daemon that takes transactions for an account it does not hold yet would have to keep
-//! them durably for the holder (not built yet; see docs/OPERATIONS.md "Many accounts, several daemons").
+//! Matrix is in [`matrix`]: the same with a real Synapse in appservice mode, whose
+//! registration's one URL is a TCP forwarder in front of both daemons; the events a daemon
+//! takes for an account it does not hold wait in the PostgreSQL event relay ([`relay`])
+//! for the daemon that holds it.
 
+mod matrix;
 mod relay;
 
 use std::path::Path;

@@ -6,6 +6,7 @@
 
 pub mod bridged;
 pub mod deltachat;
+pub mod forward;
 pub mod postgres;
 pub mod synapse;
 pub mod telegram;
