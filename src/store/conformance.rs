@@ -24,7 +24,9 @@ use super::{
 };
 use crate::coi::{ChatMessage, Group, GroupChange, Kind, Mailbox};
 
+mod migration;
 mod more;
+pub use migration::*;
 pub use more::*;
 
 /// The Message-ID [`Backend::poison`] makes unwritable.
@@ -69,6 +71,13 @@ macro_rules! store_conformance_tests {
             dead_letters_are_kept_once_per_event_with_the_latest_reason,
             release_marks_drop_deletes_and_a_released_mail_set_apart_again_is_kept,
             pruning_takes_unverified_chats_and_set_apart_mail_only,
+            remote_people_are_noted_joined_posted_and_left,
+            remote_people_noted_at_once_are_all_kept,
+            a_moved_chat_takes_its_people_invites_samples_and_announcements_along,
+            pairings_are_kept_per_bridge_replaced_and_removed,
+            personal_invites_are_bound_to_one_remote_user,
+            migration_samples_are_kept_per_portal_oldest_first,
+            announcements_are_made_once_even_by_callers_at_once,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

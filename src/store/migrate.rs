@@ -45,6 +45,11 @@ pub const TABLES: &[&str] = &[
     "contact_avatar",
     "dead_letter",
     "send_journal",
+    "remote_person",
+    "pairing",
+    "personal_invite",
+    "migration_sample",
+    "announcement",
 ];
 
 /// Rows per INSERT (PostgreSQL allows 65535 parameters: 500 rows of up to 14 columns).

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod kind;
 pub mod lease;
 pub mod migrate;
+pub mod migration;
 pub mod nodes;
 pub mod portals;
 pub mod postgres;
@@ -260,7 +261,14 @@ pub enum OutboxState {
 /// What the daemon needs from a store backend.
 #[async_trait]
 pub trait Store:
-    keys::KeyStore + portals::PortalStore + deadletter::DeadLetterStore + retention::RetentionStore + Send + Sync + 'static
+    keys::KeyStore
+    + portals::PortalStore
+    + deadletter::DeadLetterStore
+    + retention::RetentionStore
+    + migration::MigrationStore
+    + Send
+    + Sync
+    + 'static
 {
     // --- inbound ---------------------------------------------------------------------
     async fn imap_cursor(&self, folder: &str) -> StoreResult<Option<ImapCursor>>;

@@ -33,6 +33,7 @@ mod deadletter;
 mod fence;
 mod keys;
 mod messages;
+mod migration;
 mod portals;
 mod retention;
 mod store;
@@ -46,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("postgres/migrations/0005_outbox_queued_ms.sql")),
     (6, include_str!("postgres/migrations/0006_dead_letters.sql")),
     (7, include_str!("postgres/migrations/0007_send_journal.sql")),
+    (8, include_str!("postgres/migrations/0008_migration.sql")),
 ];
 
 /// The advisory lock migrations of the default namespace run under: "coi-brdg" in ASCII.

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_outbox_queued_ms.sql")),
     (6, include_str!("migrations/0006_dead_letters.sql")),
     (7, include_str!("migrations/0007_send_journal.sql")),
+    (8, include_str!("migrations/0008_migration.sql")),
 ];
 
 pub struct SqliteStore {
@@ -524,6 +525,7 @@ impl Store for SqliteStore {
 mod deadletter;
 mod keys;
 mod messages;
+mod migration;
 mod portals;
 mod private;
 mod retention;

@@ -283,10 +283,10 @@ async fn daemons_opening_one_account_at_once_migrate_its_schema_once() {
     let opts = OpenOptions { schema: Some(account_schema(ACCT)), ..OpenOptions::default() };
     let opened = futures::future::join_all((0..4).map(|_| PgStore::open_in(&url, &opts))).await;
     for store in opened {
-        assert_eq!(store.expect("every daemon opens the store").schema_version().await.expect("version"), 7);
+        assert_eq!(store.expect("every daemon opens the store").schema_version().await.expect("version"), 8);
     }
     let schema = account_schema(ACCT);
-    assert_eq!(pg.psql(&url, &format!("SELECT COUNT(*) || ' ' || MAX(version) FROM {schema}.coi_schema")), "7 7");
+    assert_eq!(pg.psql(&url, &format!("SELECT COUNT(*) || ' ' || MAX(version) FROM {schema}.coi_schema")), "8 8");
     assert_eq!(pg.psql(&url, "SELECT to_regclass('public.coi_schema') IS NULL"), "t", "nothing in public");
     let e = match PgStore::open_in(
         &url,

@@ -8,6 +8,7 @@ use coi_bridge::coi::{ChatMessage, Group, GroupChange, Kind, Mailbox};
 use coi_bridge::store::deadletter::DeadLetterRow;
 use coi_bridge::store::keys::{AccountKeyRow, InviteRow, JoinRow, KeySource};
 use coi_bridge::store::migrate::TABLES;
+use coi_bridge::store::migration::{MigrationSample, PairedVia, PairingRow, PersonalInviteRow, Seen};
 use coi_bridge::store::portals::RemoteCopy;
 use coi_bridge::store::postgres::PgStore;
 use coi_bridge::store::sqlite::SqliteStore;
@@ -264,6 +265,38 @@ async fn fill(s: &dyn Store) {
         let row = s.add_join(&join).await.expect("join");
         s.set_join_state(row.id, state).await.expect("state");
     }
+
+    // Migration visibility: people seen, pairings, a personal invite, samples, an
+    // announcement.
+    for (user, seen, at) in [("42", Seen::Posted, 100), ("7", Seen::Joined, 110), ("9", Seen::Left, 120)] {
+        s.note_remote_person("telegram", "-100", user, "Someone", seen, at).await.expect("person");
+    }
+    s.note_remote_person("matrix", "!room:hs", "@ann:hs", "Ann", Seen::Posted, 130).await.expect("person");
+    for (bridge, user, via) in [("telegram", "42", PairedVia::Invite), ("matrix", "@ann:hs", PairedVia::Admin)] {
+        let row =
+            PairingRow { bridge: bridge.into(), remote_user: user.into(), address: PEER.into(), via, paired_at: 140 };
+        s.pair(&row).await.expect("pairing");
+    }
+    let invite = PersonalInviteRow {
+        auth: "auth-n1".into(),
+        bridge: "telegram".into(),
+        remote_user: "7".into(),
+        remote_chat: Some("-100".into()),
+        created_at: 150,
+    };
+    s.add_personal_invite(&invite).await.expect("personal invite");
+    for at in [160, 170] {
+        let sample = MigrationSample {
+            bridge: "telegram".into(),
+            remote_chat: "-100".into(),
+            at,
+            remote_members: 3,
+            coi_members: 2,
+            moved: at - 159,
+        };
+        s.record_migration_sample(&sample).await.expect("sample");
+    }
+    assert!(s.announce_once("telegram", "-100", "closable", 180).await.expect("announce"));
 }
 
 /// What the store answers to every read, as text (two stores with the same rows answer the same).
@@ -318,7 +351,16 @@ async fn answers(s: &dyn Store) -> Vec<String> {
     push("joins", format!("{:?}", s.joins_of_group("grp").await.expect("joins")));
     for bridge in ["matrix", "telegram"] {
         push("dead", format!("{:?}", s.dead_letters(bridge).await.expect("dead letters")));
+        push("pairings", format!("{:?}", s.pairings(bridge).await.expect("pairings")));
+        push("paired", format!("{:?}", s.pairings_of_address(bridge, PEER).await.expect("pairings")));
     }
+    for (bridge, chat) in [("telegram", "-100"), ("matrix", "!room:hs")] {
+        push("people", format!("{:?}", s.remote_people(bridge, chat).await.expect("people")));
+        push("samples", format!("{:?}", s.migration_samples(bridge, chat).await.expect("samples")));
+    }
+    push("personal", format!("{:?}", s.personal_invite("auth-n1").await.expect("personal invite")));
+    // The announcement came along: made once already.
+    push("announced", format!("{:?}", s.announce_once("telegram", "-100", "closable", 190).await.expect("announce")));
     out
 }
 

@@ -141,11 +141,11 @@ async fn daemons_opening_one_database_at_once_migrate_it_once() {
     let opened = futures::future::join_all((0..4).map(|_| PgStore::open(&url))).await;
     for store in opened {
         let store = store.expect("every daemon opens the store");
-        assert_eq!(store.schema_version().await.expect("version"), 7);
+        assert_eq!(store.schema_version().await.expect("version"), 8);
     }
     let pg = PgServer::shared().expect("server");
     let applied = pg.psql(&url, "SELECT COUNT(*) || ' ' || MAX(version) FROM coi_schema");
-    assert_eq!(applied, "7 7", "each migration applied once");
+    assert_eq!(applied, "8 8", "each migration applied once");
     // Opening again applies nothing and keeps the data.
     let store = open(&url).await;
     store.set_bridge_state("matrix", "since", "s1").await.expect("write");

@@ -164,6 +164,7 @@ fn shipped_migrations_are_frozen() {
         (5, "3f96cd197923fbe9e1e8cd9d5bc0a6ef6c38ad69e103c8bafdd7cab25f7cc5fa"),
         (6, "8265fef40015061b79e270803827494c130526c374e2877e1862d6c4ac048055"),
         (7, "c61cde0096f41dcd600abfaa472fcae13c4189cdcf8ed5962fa71ac74e15dea9"),
+        (8, "a0a53aaa14357a39ad7e53dcafc6a8f92f55b27f871b1d80f0e63de2da92bb50"),
     ];
     assert_eq!(MIGRATIONS.len(), SHIPPED.len(), "a new migration: add its hash here once it ships");
     for ((version, sql), (v, hash)) in MIGRATIONS.iter().zip(SHIPPED) {
