@@ -26,7 +26,10 @@ use crate::store::{
 use crate::transport::smtp::RetryPolicy;
 
 const PARALLEL: usize = 4;
-const IDLE_POLL: Duration = Duration::from_secs(2);
+/// How long an idle worker sleeps when nothing wakes it: rows queued in this process wake
+/// it (the outbox notifier) and a retry wakes it when it comes due, so this look only
+/// finds rows another process queued (the CLI).
+pub const SAFETY_POLL: Duration = Duration::from_secs(60);
 
 /// The COI message an edit, delete or reaction is about, and its copy here by part.
 struct Target {
@@ -46,6 +49,8 @@ pub struct BridgeDelivery {
     metrics: Arc<Metrics>,
     /// Told when the bridge reports its network reachable again (see [`Self::back_online`]).
     back: Arc<tokio::sync::Notify>,
+    /// See [`SAFETY_POLL`].
+    safety_poll: Duration,
 }
 
 /// How many tries a pre-message waits for its file before its text goes alone
@@ -73,7 +78,29 @@ impl BridgeDelivery {
         policy: RetryPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { id, label: label.to_owned(), bridge, store, outbound, policy, metrics, back: Arc::default() }
+        let back = Arc::default();
+        Self { id, label: label.to_owned(), bridge, store, outbound, policy, metrics, back, safety_poll: SAFETY_POLL }
+    }
+
+    /// Another [`SAFETY_POLL`] (tests make it long, to see nothing depends on it).
+    pub fn with_safety_poll(mut self, every: Duration) -> Self {
+        self.safety_poll = every;
+        self
+    }
+
+    /// How long an idle worker may sleep: until the next retry comes due, at most
+    /// [`Self::safety_poll`]. A store error is a short pause, not a long one.
+    async fn idle_pause(&self, now: i64) -> Duration {
+        match self.store.next_outbox_due(self.id.as_str()).await {
+            Ok(Some(at)) => Duration::from_secs(at.saturating_sub(now).max(0) as u64)
+                .min(self.safety_poll)
+                .max(Duration::from_millis(50)),
+            Ok(None) => self.safety_poll,
+            Err(e) => {
+                tracing::warn!(bridge = %self.id, error = %e, "bridge outbox: cannot read the next due time");
+                Duration::from_secs(1)
+            }
+        }
     }
 
     /// Notify it when the bridge's network is reachable again after it was not: the
@@ -102,18 +129,19 @@ impl BridgeDelivery {
     /// Runs until `shutdown`; a delivery in flight is finished first.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut store_backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        // New rows wake the worker at once; the poll catches retries coming due.
+        // New rows wake the worker at once; it sleeps until the next retry comes due.
         let wake = self.outbound.notifier().clone();
         while !shutdown.is_cancelled() {
             let now = chrono::Utc::now().timestamp();
             match self.store.due_outbox(self.id.as_str(), now, 64).await {
                 Ok(due) if due.is_empty() => {
                     store_backoff.reset();
+                    let pause = self.idle_pause(now).await;
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = wake.wait(self.id.as_str()) => {}
                         () = self.back.notified() => self.retry_now().await,
-                        () = tokio::time::sleep(IDLE_POLL) => {}
+                        () = tokio::time::sleep(pause) => {}
                     }
                 }
                 Ok(due) => {
@@ -449,6 +477,8 @@ mod parts;
 mod tests;
 #[cfg(test)]
 mod tests_back;
+#[cfg(test)]
+mod tests_idle;
 #[cfg(test)]
 mod tests_journal;
 #[cfg(test)]

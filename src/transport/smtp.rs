@@ -24,8 +24,10 @@ use crate::store::{OutboxItem, SMTP_TARGET, Store};
 
 /// Deliveries run at once (each for a different chat).
 const PARALLEL: usize = 4;
-/// How often an idle worker looks at the outbox for rows other processes queued.
-const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How long an idle worker sleeps when nothing wakes it: rows queued in this process
+/// wake it (the outbox notifier) and a retry when it comes due, so this look only finds
+/// rows another process queued (the CLI).
+const SAFETY_POLL: Duration = crate::hub::delivery::SAFETY_POLL;
 
 /// A message the outbox gave up on, handed to whoever must tell the origin side.
 #[derive(Debug, Clone)]
@@ -90,6 +92,8 @@ pub struct SmtpWorker {
     /// The last attempt found no SMTP server answering (not a 4xx/5xx reply): while rows
     /// wait, the worker probes it every [`PROBE`] and sends them as soon as it answers.
     unreachable: std::sync::atomic::AtomicBool,
+    /// See [`SAFETY_POLL`].
+    safety_poll: Duration,
 }
 
 /// How often an unreachable SMTP server is probed while mails wait for it.
@@ -123,7 +127,23 @@ impl SmtpWorker {
         // a backoff grown over an outage (before a crash or restart) go as soon as the
         // first probe gets an answer, not when that backoff runs out.
         let unreachable = std::sync::atomic::AtomicBool::new(true);
-        Self { transport, store, policy, wake, on_failure, metrics, health: None, unreachable }
+        Self {
+            transport,
+            store,
+            policy,
+            wake,
+            on_failure,
+            metrics,
+            health: None,
+            unreachable,
+            safety_poll: SAFETY_POLL,
+        }
+    }
+
+    /// Another [`SAFETY_POLL`] (tests make it long, to see nothing depends on it).
+    pub fn with_safety_poll(mut self, every: Duration) -> Self {
+        self.safety_poll = every;
+        self
     }
 
     /// Runs until `shutdown`. A delivery in flight is finished first.
@@ -147,17 +167,20 @@ impl SmtpWorker {
                 }
             };
             if due.is_empty() {
-                let pause = match self.store.next_outbox_due(SMTP_TARGET).await {
-                    Ok(Some(at)) => Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64).min(IDLE_POLL),
+                let (pause, waiting) = match self.store.next_outbox_due(SMTP_TARGET).await {
+                    Ok(Some(at)) => {
+                        (Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64).min(self.safety_poll), true)
+                    }
                     // Nothing queued: `queue` wakes us in-process; other processes (the
-                    // CLI) are noticed by the next look.
-                    Ok(None) => IDLE_POLL,
+                    // CLI) are noticed by the safety poll.
+                    Ok(None) => (self.safety_poll, false),
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox: cannot read the next due time");
-                        store_backoff.next_delay()
+                        (store_backoff.next_delay(), false)
                     }
                 };
-                let unreachable = self.unreachable.load(std::sync::atomic::Ordering::SeqCst);
+                // An unreachable server is probed only while mails wait for it.
+                let unreachable = waiting && self.unreachable.load(std::sync::atomic::Ordering::SeqCst);
                 let pause = if unreachable { pause.min(PROBE) } else { pause };
                 self.pause(&shutdown, pause.max(Duration::from_millis(50))).await;
                 if unreachable && self.transport.test_connection().await.unwrap_or(false) {
@@ -199,7 +222,15 @@ impl SmtpWorker {
             Ok(e) => e,
             Err(e) => return self.fail(&item, format!("bad envelope: {e}")).await,
         };
-        match self.transport.send_raw(&envelope, &item.payload).await {
+        let sent = self.transport.send_raw(&envelope, &item.payload).await;
+        // Any reply (even a refusal) is a server answering: no probe needed before the
+        // next attempt, which goes when it comes due.
+        let answered = match &sent {
+            Ok(_) => true,
+            Err(e) => e.is_permanent() || e.is_transient(),
+        };
+        self.unreachable.store(!answered, std::sync::atomic::Ordering::SeqCst);
+        match sent {
             Ok(_) => {
                 if let Err(e) = backoff::until_ok(backoff::RECORD_FOR, || self.store.outbox_done(item.id)).await {
                     // Sent but not marked: it will be sent again; receivers dedupe by Message-ID.
@@ -219,10 +250,8 @@ impl SmtpWorker {
                 if let Some(h) = &self.health {
                     h.smtp_failed(format!("SMTP: {e}"));
                 }
-                // No reply at all (refused, reset, timed out): probe until it answers.
-                if !e.is_transient() {
-                    self.unreachable.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
+                // No reply at all (refused, reset, timed out): `unreachable` is set above,
+                // and the server is probed until it answers.
                 self.retry(&item, &e.to_string()).await
             }
         }
@@ -353,5 +382,7 @@ fn envelope(from: &str, to: &[String]) -> anyhow::Result<LettreEnvelope> {
     Ok(LettreEnvelope::new(Some(from), to)?)
 }
 
+#[cfg(test)]
+mod tests_idle;
 #[cfg(test)]
 mod tests_probe;

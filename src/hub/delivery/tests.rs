@@ -78,7 +78,7 @@ pub(super) struct Rig {
     pub(super) _dir: tempfile::TempDir,
     identity: Arc<Identity>,
     pub(super) store: Arc<dyn Store>,
-    outbound: Arc<Outbound>,
+    pub(super) outbound: Arc<Outbound>,
     pub(super) metrics: Arc<Metrics>,
 }
 
