@@ -15,8 +15,10 @@ use crate::client::{AsClient, MatrixError, seg};
 use crate::config::MatrixConfig;
 use crate::registration::Registration;
 
-/// How often a connected appservice checks that the homeserver still answers.
-const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often a connected appservice checks that the homeserver still answers. Only
+/// `/ready` learns from it (deliveries notice an outage by themselves, and a failed
+/// check is retried after [`HEALTH_RETRY`]): one `whoami` a minute per account.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// How soon it checks again after a failure.
 const HEALTH_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often it asks the homeserver to retry refused transactions at once, until one
