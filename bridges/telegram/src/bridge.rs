@@ -18,8 +18,29 @@ use crate::config::TelegramConfig;
 pub mod send;
 mod updates;
 
-/// Seconds one `getUpdates` long-polls (below teloxide's HTTP timeout).
-const LONG_POLL: u32 = 10;
+/// Seconds one `getUpdates` long-polls: Telegram's most, so an idle bot makes one HTTP
+/// round trip in 50 s (1,000 bots at 10 s each were 100 a second).
+const LONG_POLL: u32 = 50;
+
+/// Seconds any Bot API request may take (teloxide's own default is 17 s, too short
+/// for a 50-s long poll). Connecting still times out after 5 s.
+const HTTP_TIMEOUT_SECS: u64 = 65;
+const _: () = assert!(LONG_POLL as u64 + 10 <= HTTP_TIMEOUT_SECS, "a long poll ends before its HTTP request times out");
+
+/// A bot for `token` on the process's one HTTP client: every bot (one per account in a
+/// directory of accounts) shares its connection pool and TLS setup instead of parsing the
+/// root store and keeping a pool of its own.
+fn bot_on_shared_client(token: &str) -> Result<Bot, String> {
+    static CLIENT: std::sync::OnceLock<Result<Bot, String>> = std::sync::OnceLock::new();
+    let proto = CLIENT.get_or_init(|| {
+        teloxide::net::default_reqwest_settings()
+            .timeout(Duration::from_secs(HTTP_TIMEOUT_SECS))
+            .build()
+            .map(|client| Bot::with_client("", client))
+            .map_err(|e| format!("the Telegram HTTP client: {e}"))
+    });
+    Ok(Bot::with_client(token, proto.as_ref().map_err(Clone::clone)?.client().clone()))
+}
 
 pub struct TelegramBridge {
     cfg: TelegramConfig,
@@ -90,7 +111,7 @@ impl TelegramBridge {
     /// No network I/O; `run` connects.
     pub fn new(cfg: TelegramConfig, token: &str, coi_address: &str, coi_name: &str) -> Result<Self, String> {
         let url = url::Url::parse(&cfg.api_url).map_err(|e| format!("api_url {:?}: {e}", cfg.api_url))?;
-        let bot = Bot::new(token).set_api_url(url);
+        let bot = bot_on_shared_client(token)?.set_api_url(url);
         Ok(Self {
             cfg,
             bot,
