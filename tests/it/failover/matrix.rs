@@ -161,6 +161,8 @@ async fn with_synapse_the_standby_takes_over_a_killed_holder_and_no_matrix_event
             .then_some(())
     })
     .await;
+    let relayed = a.metric("coi_bridge_appservice_relayed_events_total{step=\"written\"}").await;
+    assert!(relayed.is_some_and(|n| n >= 1.0), "A relayed the invitation: {relayed:?}");
 
     let mut killed_at = None;
     for i in 0..BURST {
