@@ -293,3 +293,75 @@ async fn the_daemon_on_postgres_commits_whole_batches_with_their_cursor_across_a
     assert!(all.iter().all(|m| m.attachments.len() == 1 && m.attachments[0].data == payload));
     d.stop();
 }
+
+/// Migration 0008's tables (people seen, pairings, personal invites, samples,
+/// announcements) are fenced like the others: once the account's lease is gone, every
+/// write of the `MigrationStore` fails as fenced, and none of them lands.
+#[tokio::test]
+async fn migration_rows_are_written_under_the_lease_fence() {
+    use coi_bridge::store::lease::Leases;
+    use coi_bridge::store::migration::{MigrationSample, PairedVia, PairingRow, PersonalInviteRow, Seen};
+    use coi_bridge::store::{OpenOptions, StoreError, StoreResult, account_schema};
+
+    const ACCT: &str = "moving@example.org";
+    let url = pg_database!();
+    let pg = PgServer::shared().expect("server");
+    let leases = Leases::open(&url).await.expect("leases");
+    let fence = leases.try_acquire(ACCT, "node-a", Duration::from_secs(3600)).await.expect("acquire").expect("free");
+    let options = OpenOptions { schema: Some(account_schema(ACCT)), fence: Some(fence), sqlite_path: None };
+    let s = coi_bridge::store::open_with(&url, std::path::Path::new("/nonexistent"), &options).await.expect("open");
+    let pairing = |user: &str| PairingRow {
+        bridge: "telegram".into(),
+        remote_user: user.into(),
+        address: "a@x.org".into(),
+        via: PairedVia::Invite,
+        paired_at: 1,
+    };
+    let invite = |auth: &str| PersonalInviteRow {
+        auth: auth.into(),
+        bridge: "telegram".into(),
+        remote_user: "42".into(),
+        remote_chat: None,
+        created_at: 1,
+    };
+    let sample = |at: i64| MigrationSample {
+        bridge: "telegram".into(),
+        remote_chat: "-100".into(),
+        at,
+        remote_members: 2,
+        coi_members: 1,
+        moved: 1,
+    };
+    // Under the live lease every write goes through.
+    s.note_remote_person("telegram", "-100", "42", "Ann", Seen::Posted, 1).await.expect("note");
+    s.pair(&pairing("42")).await.expect("pair");
+    s.add_personal_invite(&invite("a1")).await.expect("invite");
+    s.record_migration_sample(&sample(1)).await.expect("sample");
+    assert!(s.announce_once("telegram", "-100", "closable", 1).await.expect("announce"));
+
+    pg.psql(
+        &url,
+        &format!("UPDATE coi_lease SET expires_at = clock_timestamp() - interval '1 second' WHERE account = '{ACCT}'"),
+    );
+    let fenced = |what: &str, r: StoreResult<()>| match r {
+        Err(StoreError::Fenced(_)) => {}
+        other => panic!("{what}: {other:?}, not fenced"),
+    };
+    fenced("note", s.note_remote_person("telegram", "-100", "7", "Bob", Seen::Joined, 2).await);
+    fenced("move", s.move_remote_people("telegram", "-100", "-1001").await);
+    fenced("pair", s.pair(&pairing("7")).await);
+    fenced("unpair", s.unpair("telegram", "42").await.map(drop));
+    fenced("invite", s.add_personal_invite(&invite("a2")).await);
+    fenced("sample", s.record_migration_sample(&sample(2)).await);
+    fenced("announce", s.announce_once("telegram", "-100", "other", 2).await.map(drop));
+    fenced("clear", s.clear_announcement("telegram", "-100", "closable").await);
+
+    // Nothing landed (reads need no lease).
+    assert_eq!(s.remote_people("telegram", "-100").await.expect("people").len(), 1);
+    assert_eq!(s.pairings("telegram").await.expect("pairings"), [pairing("42")]);
+    assert_eq!(s.personal_invite("a2").await.expect("invite"), None);
+    assert_eq!(s.migration_samples("telegram", "-100").await.expect("samples"), [sample(1)]);
+    let schema = account_schema(ACCT);
+    let announced = pg.psql(&url, &format!("SELECT string_agg(what, ',') FROM {schema}.announcement"));
+    assert_eq!(announced, "closable");
+}
