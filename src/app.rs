@@ -86,8 +86,10 @@ impl Core {
         let me = Mailbox::new(&cfg.account.address, Some(&cfg.account.display_name));
         let outbound =
             Arc::new(Outbound::new(store.clone(), me, identity.clone(), cfg.account.encryption, wake.clone()));
-        let securejoin =
-            Arc::new(SecureJoin::new(store.clone(), identity.clone(), outbound.clone(), &cfg.account.display_name));
+        let securejoin = Arc::new(
+            SecureJoin::new(store.clone(), identity.clone(), outbound.clone(), &cfg.account.display_name)
+                .with_labels(crate::bridges::labels(&cfg.bridge)),
+        );
         let ingest = Arc::new(
             Ingest::new(
                 store.clone(),

@@ -292,6 +292,22 @@ pub async fn portals(loaded: &Loaded) -> anyhow::Result<String> {
     Ok(table(&rows))
 }
 
+/// `migration [PORTAL] [--html FILE]`: who has moved, per portal; with `--html`, the
+/// one-page report written to FILE (0644: it holds names and addresses, no secret).
+pub async fn migration(loaded: &Loaded, portal: Option<&str>, html: Option<&Path>) -> anyhow::Result<String> {
+    let store = existing_store(loaded).await?;
+    let labels = crate::bridges::labels(&loaded.config.bridge);
+    let reports = crate::report::gather(store.as_ref(), &labels, portal).await?;
+    match html {
+        None => Ok(crate::report::text(&reports)),
+        Some(file) => {
+            let page = crate::report::html(&reports, chrono::Utc::now().timestamp());
+            std::fs::write(file, page).with_context(|| format!("cannot write {}", file.display()))?;
+            Ok(format!("wrote {} ({} portals)\n", file.display(), reports.len()))
+        }
+    }
+}
+
 /// `unlink BRIDGE REMOTE_CHAT`: removes one portal.
 pub async fn unlink(loaded: &Loaded, bridge: &str, remote_chat: &str) -> anyhow::Result<String> {
     let store = existing_store(loaded).await?;

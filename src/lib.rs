@@ -29,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod qr;
+pub mod report;
 pub mod retention;
 pub mod store;
 pub mod supervisor;

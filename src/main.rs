@@ -84,6 +84,15 @@ enum Command {
     },
     /// List the portals: which COI chat is linked to which Matrix room or Telegram chat.
     Portals,
+    /// Who has moved to COI, per portal (as `/coi_status` and `!coi status` say it), or a
+    /// one-page HTML report with a chart of both sides over time.
+    Migration {
+        /// Only this portal: its remote chat id or its COI chat's name.
+        portal: Option<String>,
+        /// Write the report as HTML to FILE (self-contained: nothing loaded from the network).
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
     /// Remove a portal (as `!coi unlink` / `/coi_unlink` do in the chat): nothing is
     /// bridged between that remote chat and its COI chat any more.
     Unlink {
@@ -276,6 +285,9 @@ fn main() -> ExitCode {
                 print_or_fail(commands::contact_import(&loaded, &file).await)
             }
             Command::Portals => print_or_fail(commands::portals(&loaded).await),
+            Command::Migration { portal, html } => {
+                print_or_fail(commands::migration(&loaded, portal.as_deref(), html.as_deref()).await)
+            }
             Command::Quarantine { action } => print_or_fail(match action {
                 None | Some(QuarantineAction::List) => commands::quarantine_list(&loaded).await,
                 Some(QuarantineAction::Release { id }) => commands::quarantine_release(&loaded, id).await,

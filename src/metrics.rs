@@ -72,6 +72,12 @@ pub struct Metrics {
     pub cluster_nodes: IntGauge,
     /// Accounts this daemon handed to another to spread the accounts evenly.
     pub accounts_handed_over: IntCounter,
+    /// Per portal: people on the remote side (seen, not gone) and members of the COI chat.
+    pub migration_members: IntGaugeVec,
+    /// Per portal: remote people who are also on COI.
+    pub migration_moved: IntGaugeVec,
+    /// Per portal: remote people active in the last 30 days who have not moved.
+    pub migration_active_not_moved: IntGaugeVec,
 }
 
 impl Metrics {
@@ -165,6 +171,21 @@ impl Metrics {
             accounts_handed_over: counter(
                 "accounts_handed_over_total",
                 "Accounts handed to another daemon to spread the accounts evenly",
+            ),
+            migration_members: gauges(
+                "migration_members",
+                "People on each side of a portal (side = remote: seen there and not gone; coi: COI chat members)",
+                &["account", "bridge", "remote_chat", "side"],
+            ),
+            migration_moved: gauges(
+                "migration_moved",
+                "Remote people of a portal who are also on COI",
+                &["account", "bridge", "remote_chat"],
+            ),
+            migration_active_not_moved: gauges(
+                "migration_active_not_moved",
+                "Remote people of a portal active in the last 30 days who have not moved",
+                &["account", "bridge", "remote_chat"],
             ),
             registry,
         };

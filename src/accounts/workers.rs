@@ -1,4 +1,4 @@
-//! One account's workers: its bridges (each with its delivery queue), IMAP, SMTP and retention, spawned in the account's own task set.
+//! One account's workers: its bridges (each with its delivery queue), IMAP, SMTP, retention and the migration sampler, spawned in the account's own task set.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +82,16 @@ pub fn spawn_workers(core: &Arc<Core>, bridges: Vec<crate::bridges::Running>, ta
         task.run(token).await;
     });
     keep_running(tasks, "smtp", core, |c, token| async move { c.smtp.run(token).await });
+    keep_running(tasks, "migration", core, |c, token| async move {
+        let sampler = crate::hub::migration::Sampler {
+            store: c.store.clone(),
+            outbound: c.outbound.clone(),
+            metrics: c.metrics.clone(),
+            account: c.identity.addr.clone(),
+            labels: c.securejoin.labels().clone(),
+        };
+        sampler.run(token).await;
+    });
 }
 
 /// Runs one of the account's workers in `tasks`, started again if it panics.

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod e2ee;
 pub mod groups;
 pub mod ingest;
+pub mod migration;
 pub mod outbound;
 pub mod resolve;
 pub mod route;

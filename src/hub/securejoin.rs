@@ -21,6 +21,7 @@ use crate::coi::{ChatMessage, Group, GroupChange, Mailbox, crypto};
 use crate::hub::e2ee::{Identity, Opened, Trust};
 use crate::hub::outbound::{Outbound, QueueError};
 use crate::store::keys::{InviteRow, JoinRow, KeySource};
+use crate::store::migration::{PairedVia, PairingRow};
 use crate::store::{ChatKind, ChatRef, Store};
 
 /// What became of an inbound SecureJoin step.
@@ -37,6 +38,8 @@ pub struct SecureJoin {
     identity: Arc<Identity>,
     outbound: Arc<Outbound>,
     display_name: String,
+    /// Bridge id → its network's name, for the migration announcement.
+    labels: std::collections::HashMap<String, String>,
 }
 
 fn random_token(bytes: usize) -> String {
@@ -55,7 +58,36 @@ fn reply_id(request_id: &str, step: &str) -> String {
 
 impl SecureJoin {
     pub fn new(store: Arc<dyn Store>, identity: Arc<Identity>, outbound: Arc<Outbound>, display_name: &str) -> Self {
-        Self { store, identity, outbound, display_name: display_name.to_owned() }
+        Self { store, identity, outbound, display_name: display_name.to_owned(), labels: Default::default() }
+    }
+
+    /// Bridge id → its network's name.
+    pub fn labels(&self) -> &std::collections::HashMap<String, String> {
+        &self.labels
+    }
+
+    /// Names each bridge's network ("Telegram") in what it posts about migration.
+    pub fn with_labels(mut self, labels: std::collections::HashMap<String, String>) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// A group join just completed through the invite whose auth secret is `auth`: if it
+    /// was someone's personal invite, that remote person is `joiner` from now on, and the
+    /// portals of the group may have become closable.
+    async fn pair_by_invite(&self, auth: &str, joiner: &str, group_id: &str) -> Result<(), QueueError> {
+        let Some(invite) = self.store.personal_invite(auth).await? else { return Ok(()) };
+        let row = PairingRow {
+            bridge: invite.bridge.clone(),
+            remote_user: invite.remote_user.clone(),
+            address: joiner.to_lowercase(),
+            via: PairedVia::Invite,
+            paired_at: chrono::Utc::now().timestamp(),
+        };
+        self.store.pair(&row).await?;
+        tracing::info!(bridge = %invite.bridge, user = %invite.remote_user, joiner, "migration: paired through a personal invite");
+        let Some(chat) = self.store.find_chat(ChatKind::Group, group_id).await? else { return Ok(()) };
+        crate::hub::migration::announce_if_closable(self.store.as_ref(), &self.outbound, &chat, &self.labels).await
     }
 
     /// A new invite link: to a 1:1 chat with the bridge, or to a group (created here if
@@ -147,7 +179,10 @@ impl SecureJoin {
                 let joiner_gossip =
                     AutocryptHeader { addr: joiner.clone(), prefer_mutual: false, keydata: key.public_key.clone() };
                 match (step, invite.group_id) {
-                    ("vg-request-with-auth", Some(group_id)) => self.add_to_group(msg, &group_id, &joiner).await?,
+                    ("vg-request-with-auth", Some(group_id)) => {
+                        self.add_to_group(msg, &group_id, &joiner).await?;
+                        self.pair_by_invite(auth, &joiner, &group_id).await?;
+                    }
                     _ => {
                         let chat = ChatRef {
                             kind: ChatKind::Single,

@@ -4,14 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use coi_bridge_api::{BridgeId, Command, CommandReply, Hub, RemoteChatId, RemoteEvent, SubmitError};
+use coi_bridge_api::{BridgeId, Command, CommandReply, Hub, Person, RemoteChatId, RemoteEvent, SubmitError};
 
 use crate::coi::securejoin_link::Invite;
 use crate::coi::securejoin_link::InviteGroup;
 use crate::coi::{ChatMessage, Kind, Mailbox};
 use crate::hub::e2ee::Identity;
+use crate::hub::migration;
 use crate::hub::outbound::{Outbound, QueueError};
 use crate::hub::securejoin::{JoinError, create_group, invite_for, start_join};
+use crate::store::migration::{PairedVia, PairingRow, PersonalInviteRow, Seen};
 use crate::store::portals::RemoteCopy;
 use crate::store::{ChatKind, ChatRef, Direction, Origin, Store, StoreError};
 
@@ -88,6 +90,18 @@ impl CoreHub {
         let Some(c) = self.store.find_chat(chat.kind, &chat.key).await.map_err(store_err)? else { return Ok(None) };
         let portals = self.store.portals_of_chat(c.id).await.map_err(store_err)?;
         Ok(portals.into_iter().find(|p| p.bridge == bridge.as_str()).map(|p| p.remote_chat))
+    }
+
+    /// The COI chat of the portal of `chat` on `bridge`, if it has one.
+    async fn portal_chat(
+        &self,
+        bridge: &BridgeId,
+        chat: &RemoteChatId,
+    ) -> Result<Option<crate::store::Chat>, SubmitError> {
+        match self.store.portal_by_remote(bridge.as_str(), chat.as_str()).await.map_err(store_err)? {
+            Some(p) => self.store.chat(p.chat_id).await.map_err(store_err),
+            None => Ok(None),
+        }
     }
 
     async fn target(&self, bridge: &BridgeId, chat: &str, remote: &str) -> Result<String, SubmitError> {
@@ -222,13 +236,137 @@ impl Hub for CoreHub {
             }
             (Command::Status, Some(c)) => {
                 let members = if c.members.is_empty() { "nobody yet".to_owned() } else { c.members.join(", ") };
-                reply(format!("Bridged to the COI group \"{}\"; on COI: {members}.", c.name), None)
+                let mut text = format!("Bridged to the COI group \"{}\"; on COI: {members}.", c.name);
+                if let Some(p) = &portal {
+                    let status = migration::portal_status(self.store.as_ref(), p, &c).await.map_err(store_err)?;
+                    text.push('\n');
+                    text.push_str(&status.render(self.label(from)));
+                }
+                reply(text, None)
             }
             (Command::Unlink, Some(c)) => {
                 self.store.delete_portal(from.as_str(), chat.as_str()).await.map_err(store_err)?;
                 reply(format!("Unlinked from the COI group \"{}\"; nothing is bridged here any more.", c.name), None)
             }
         }
+    }
+
+    async fn person_seen(
+        &self,
+        from: &BridgeId,
+        chat: &RemoteChatId,
+        person: &Person,
+        joined: bool,
+    ) -> Result<(), SubmitError> {
+        let seen = if joined { Seen::Joined } else { Seen::Left };
+        let now = chrono::Utc::now().timestamp();
+        self.store
+            .note_remote_person(from.as_str(), chat.as_str(), person.id.as_str(), &person.display_name, seen, now)
+            .await
+            .map_err(store_err)?;
+        // Someone active who had not moved may have left: the rest may now all be on COI.
+        if !joined && let Some(c) = self.portal_chat(from, chat).await? {
+            migration::announce_if_closable(self.store.as_ref(), &self.outbound, &c, &self.labels)
+                .await
+                .map_err(retry_or_reject)?;
+        }
+        Ok(())
+    }
+
+    async fn personal_invite(
+        &self,
+        from: &BridgeId,
+        chat: &RemoteChatId,
+        person: &Person,
+    ) -> Result<CommandReply, SubmitError> {
+        let Some(c) = self.portal_chat(from, chat).await? else {
+            return Err(SubmitError::Rejected("that chat is not bridged to COI".into()));
+        };
+        if c.kind != ChatKind::Group {
+            return Err(SubmitError::Rejected("that chat is a 1:1 portal, not a group".into()));
+        }
+        let now = chrono::Utc::now().timestamp();
+        self.store
+            .note_remote_person(
+                from.as_str(),
+                chat.as_str(),
+                person.id.as_str(),
+                &person.display_name,
+                Seen::Joined,
+                now,
+            )
+            .await
+            .map_err(store_err)?;
+        let group = InviteGroup { id: c.key.clone(), name: c.name.clone() };
+        let invite = invite_for(self.store.as_ref(), &self.identity, &self.display_name, Some(group))
+            .await
+            .map_err(retry_or_reject)?;
+        let row = PersonalInviteRow {
+            auth: invite.auth.clone(),
+            bridge: from.as_str().to_owned(),
+            remote_user: person.id.as_str().to_owned(),
+            remote_chat: Some(chat.as_str().to_owned()),
+            created_at: now,
+        };
+        self.store.add_personal_invite(&row).await.map_err(store_err)?;
+        let link = invite.render();
+        tracing::info!(bridge = %from, chat = %chat, user = %person.id, "personal invite handed out");
+        let qr_png = crate::qr::png(&link).map_err(|e| tracing::warn!(error = %e, "no QR code for the invite")).ok();
+        Ok(CommandReply {
+            text: format!(
+                "Your personal invite to the COI group \"{}\", {}. Open it in Delta Chat (or scan the QR code); \
+                 once you have joined, the group sees that you moved. It is yours: do not pass it on.\n{link}",
+                c.name, person.display_name
+            ),
+            link: Some(link),
+            qr_png,
+        })
+    }
+
+    async fn pair(
+        &self,
+        from: &BridgeId,
+        chat: &RemoteChatId,
+        person: &Person,
+        address: &str,
+    ) -> Result<CommandReply, SubmitError> {
+        let address = address.trim().trim_start_matches("mailto:").to_lowercase();
+        if self.store.contact_key(&address).await.map_err(store_err)?.is_none() {
+            return Err(SubmitError::Rejected(format!(
+                "the bridge has no key for {address}; they join the group (or send the bridge their invite link) first"
+            )));
+        }
+        let now = chrono::Utc::now().timestamp();
+        self.store
+            .note_remote_person(
+                from.as_str(),
+                chat.as_str(),
+                person.id.as_str(),
+                &person.display_name,
+                Seen::Joined,
+                now,
+            )
+            .await
+            .map_err(store_err)?;
+        let row = PairingRow {
+            bridge: from.as_str().to_owned(),
+            remote_user: person.id.as_str().to_owned(),
+            address: address.clone(),
+            via: PairedVia::Admin,
+            paired_at: now,
+        };
+        self.store.pair(&row).await.map_err(store_err)?;
+        tracing::info!(bridge = %from, user = %person.id, %address, "paired by an admin");
+        if let Some(c) = self.portal_chat(from, chat).await? {
+            migration::announce_if_closable(self.store.as_ref(), &self.outbound, &c, &self.labels)
+                .await
+                .map_err(retry_or_reject)?;
+        }
+        Ok(CommandReply {
+            text: format!("{} is {address} on COI from now on.", person.display_name),
+            link: None,
+            qr_png: None,
+        })
     }
 
     async fn dead_letter(&self, from: &BridgeId, letter: coi_bridge_api::DeadLetter) -> Result<(), SubmitError> {
@@ -266,6 +404,20 @@ impl Hub for CoreHub {
             .await
             .map_err(store_err)?
             .ok_or_else(|| SubmitError::Rejected(format!("the chat of portal {} is gone", portal.id)))?;
+        if let RemoteEvent::Message { sender, .. } = &event {
+            // Who posts here counts as a member, and as active (the migration status).
+            self.store
+                .note_remote_person(
+                    from.as_str(),
+                    &remote_chat,
+                    sender.id.as_str(),
+                    &sender.display_name,
+                    Seen::Posted,
+                    chrono::Utc::now().timestamp(),
+                )
+                .await
+                .map_err(store_err)?;
+        }
         let relayed = |name: &str| Mailbox::new(&self.me, Some(&format!("{name} ({})", self.label(from))));
         let (origin, msg) = match event {
             RemoteEvent::Message { id, sender, text, attachments, reply_to, .. } => {

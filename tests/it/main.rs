@@ -23,5 +23,6 @@ mod matrix_bot;
 mod migrate_store;
 mod ops;
 mod replies;
+mod report;
 mod store_postgres;
 mod telegram;

@@ -1,6 +1,7 @@
 //! The Telegram bridge end to end, through the daemon: the fake Bot API (tests/support/telegram.rs), real Dovecot + Postfix and a real Delta Chat core.
 
 mod degrade;
+mod migration;
 
 use crate::support;
 

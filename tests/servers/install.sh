@@ -91,6 +91,12 @@ if [[ -z "${COI_INSTALL_SKIP_LINT:-}" ]]; then
 fi
 
 # ---------------------------------------------------------------------------
+# The migration report (tests/it/report.rs): Debian's headless Chromium renders the HTML
+# report to a PNG, and tesseract reads the portal's name and counts back from the pixels.
+# ---------------------------------------------------------------------------
+ensure_debs chromium tesseract-ocr tesseract-ocr-eng fonts-dejavu-core
+
+# ---------------------------------------------------------------------------
 # PostgreSQL: Debian's server for the store tests against PostgreSQL (tests/servers/postgres.sh,
 # tests/support/postgres.rs start private clusters under /tmp, as the `postgres` user the
 # package creates). Nothing starts the package's own cluster (policy-rc.d above; no systemd).

@@ -45,6 +45,8 @@ struct Inner {
     /// first, code, description, retry_after).
     failures: VecDeque<(String, usize, u16, String, Option<u64>)>,
     admins: HashMap<i64, Vec<i64>>,
+    /// Members of each chat besides its admins (getChatMember), by user id, with names.
+    members: HashMap<i64, HashMap<i64, String>>,
     titles: HashMap<i64, String>,
     files: HashMap<String, Vec<u8>>,
     /// The highest `offset` getUpdates was asked with: every update below it is confirmed.
@@ -324,6 +326,39 @@ impl FakeTelegram {
                 "old_reaction": [], "new_reaction": [{"type": "emoji", "emoji": emoji}],
             }),
         );
+    }
+
+    /// `user` is a member of `chat` (getChatMember says so), with no service message.
+    pub fn set_member(&self, chat: i64, user: (i64, &str)) {
+        self.lock().members.entry(chat).or_default().insert(user.0, user.1.to_owned());
+    }
+
+    /// `user` joins `chat`: a member from now on, and the `new_chat_members` service message.
+    pub fn user_joins(&self, chat: i64, user: (i64, &str)) -> i64 {
+        self.set_member(chat, user);
+        let id = self.new_message_id(chat);
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        let u = json!({"id": user.0, "is_bot": false, "first_name": user.1});
+        self.push_update(
+            "message",
+            json!({"message_id": id, "chat": chat_json(chat, &title), "from": u, "new_chat_members": [u]}),
+        );
+        id
+    }
+
+    /// `user` leaves `chat`: no member any more, and the `left_chat_member` service message.
+    pub fn user_leaves(&self, chat: i64, user: (i64, &str)) -> i64 {
+        if let Some(m) = self.lock().members.get_mut(&chat) {
+            m.remove(&user.0);
+        }
+        let id = self.new_message_id(chat);
+        let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
+        let u = json!({"id": user.0, "is_bot": false, "first_name": user.1});
+        self.push_update(
+            "message",
+            json!({"message_id": id, "chat": chat_json(chat, &title), "from": u, "left_chat_member": u}),
+        );
+        id
     }
 
     /// Someone adds the bot to a chat (`my_chat_member`).

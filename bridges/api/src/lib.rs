@@ -476,6 +476,44 @@ pub trait Hub: Send + Sync + 'static {
         command: Command,
     ) -> Result<CommandReply, SubmitError>;
 
+    /// A remote person joined (`true`) or left (`false`) the remote chat `chat`, for the
+    /// migration status (the sender of a submitted message is noted by `submit`). The
+    /// default (for hubs without a store) ignores it.
+    async fn person_seen(
+        &self,
+        _from: &BridgeId,
+        _chat: &RemoteChatId,
+        _person: &Person,
+        _joined: bool,
+    ) -> Result<(), SubmitError> {
+        Ok(())
+    }
+
+    /// A personal invite for `person`, a member of the remote chat `chat` (the bridge has
+    /// checked that): a link to the COI chat of `chat`'s portal whose completion through
+    /// SecureJoin pairs `person` with the joiner's address, so the status names them as
+    /// moved.
+    async fn personal_invite(
+        &self,
+        _from: &BridgeId,
+        _chat: &RemoteChatId,
+        _person: &Person,
+    ) -> Result<CommandReply, SubmitError> {
+        Err(SubmitError::Rejected("personal invites are not available here".into()))
+    }
+
+    /// An admin of the remote chat `chat` pairs `person` with the COI `address` (whose key
+    /// the bridge must have).
+    async fn pair(
+        &self,
+        _from: &BridgeId,
+        _chat: &RemoteChatId,
+        _person: &Person,
+        _address: &str,
+    ) -> Result<CommandReply, SubmitError> {
+        Err(SubmitError::Rejected("pairing is not available here".into()))
+    }
+
     /// Sets aside an event the bridge could not handle, so it never blocks the ones behind
     /// it: the core keeps it with its reason and counts it. `Err(Retry)` only when it could
     /// not be recorded now. The default (for hubs without a store) only logs it.

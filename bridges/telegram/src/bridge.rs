@@ -10,11 +10,12 @@ use coi_bridge_api::{
 use teloxide::net::Download as _;
 use teloxide::payloads::GetUpdatesSetters as _;
 use teloxide::prelude::Requester as _;
-use teloxide::types::{AllowedUpdate, ChatId, InputFile, Message, MessageId, ReactionType, Update, UpdateKind, UserId};
+use teloxide::types::{AllowedUpdate, ChatId, Message, MessageId, ReactionType, Update, UpdateKind, UserId};
 use teloxide::{ApiError, Bot, RequestError};
 
 use crate::config::TelegramConfig;
 
+mod migration;
 pub mod send;
 mod updates;
 
@@ -59,6 +60,8 @@ pub struct TelegramBridge {
     /// The parts of a multi-part delivery already sent, by delivery key, while its
     /// later parts wait for a retry.
     partial: std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<RemoteMsgId>>>>,
+    /// The bot's username (from `getMe`), for links that open a private chat with it.
+    username: std::sync::OnceLock<String>,
 }
 
 /// Telegram's limits, kept before Telegram has to answer 429.
@@ -121,6 +124,7 @@ impl TelegramBridge {
             cx: std::sync::RwLock::default(),
             moved: std::sync::Mutex::default(),
             partial: std::sync::Mutex::default(),
+            username: std::sync::OnceLock::new(),
         })
     }
 
@@ -240,17 +244,26 @@ impl TelegramBridge {
 
     async fn command(&self, cx: &BridgeContext, m: &Message, text: &str) -> Result<(), SubmitError> {
         let Some(from) = m.from.as_ref() else { return Ok(()) };
+        // "/coi_bridge@SomeBot arg" → "bridge arg"
+        let mut words = text.trim_start_matches('/').splitn(2, char::is_whitespace);
+        let verb = words.next().unwrap_or_default().split('@').next().unwrap_or_default();
+        let verb = verb.strip_prefix("coi_").unwrap_or(verb);
+        let args = words.next().unwrap_or_default();
         if !self.is_admin(m.chat.id, from.id).await {
+            if verb == "invite" && !m.chat.is_private() {
+                // A member asks to move: their personal invite waits in a private chat.
+                self.invite_hint(m.chat.id, from).await;
+                return Ok(());
+            }
             tracing::warn!(chat = m.chat.id.0, user = from.id.0, "/coi command from a non-admin; refused");
             let who = from.full_name();
             self.say(m.chat.id, &format!("Sorry {who}, only this chat's admins can use the /coi commands.")).await;
             return Ok(());
         }
-        // "/coi_bridge@SomeBot arg" → "bridge arg"
-        let mut words = text.trim_start_matches('/').splitn(2, char::is_whitespace);
-        let verb = words.next().unwrap_or_default().split('@').next().unwrap_or_default();
-        let verb = verb.strip_prefix("coi_").unwrap_or(verb);
-        let command = match Command::parse(&format!("{verb} {}", words.next().unwrap_or_default())) {
+        if verb == "pair" {
+            return self.pair_command(cx, m, args).await;
+        }
+        let command = match Command::parse(&format!("{verb} {args}")) {
             Ok(c) => c,
             Err(e) => {
                 self.say(m.chat.id, &e).await;
@@ -260,19 +273,21 @@ impl TelegramBridge {
         let title = m.chat.title().unwrap_or("Telegram chat").to_owned();
         let chat = RemoteChatId(m.chat.id.0.to_string());
         let status = command == Command::Status;
+        let invite = matches!(command, Command::Invite | Command::Bridge);
         match cx.hub.command(&cx.id, &chat, &title, command).await {
             Ok(mut reply) => {
                 // The migration in numbers: how big the Telegram side still is.
                 if status && let Ok(n) = self.bot.get_chat_member_count(m.chat.id).await {
                     reply.text.push_str(&format!("\nThis Telegram group has {n} members (the bot included)."));
                 }
-                self.say(m.chat.id, &reply.text).await;
-                if let Some(png) = reply.qr_png
-                    && let Err(e) =
-                        self.bot.send_photo(m.chat.id, InputFile::memory(png).file_name("invite-qr.png")).await
+                if invite
+                    && reply.link.is_some()
+                    && !m.chat.is_private()
+                    && let Some(line) = self.personal_invite_line(m.chat.id)
                 {
-                    tracing::warn!(error = %e, "could not post the QR code");
+                    reply.text.push_str(&line);
                 }
+                self.answer(m.chat.id, reply).await;
                 Ok(())
             }
             Err(SubmitError::Rejected(e)) => {
@@ -344,7 +359,13 @@ impl TelegramBridge {
             self.refuse_chat(m.chat.id).await;
             return Ok(());
         }
+        if self.membership(cx, &m, me).await? {
+            return Ok(());
+        }
         let text = m.text().or(m.caption()).unwrap_or_default().to_owned();
+        if !edited && m.chat.is_private() && self.private_invite(cx, &m, &text).await? {
+            return Ok(());
+        }
         if !edited && text.starts_with("/coi") {
             return self.command(cx, &m, &text).await;
         }
@@ -435,6 +456,9 @@ impl Bridge for TelegramBridge {
             },
         };
         tracing::info!(bridge = %cx.id, bot = %me.user.full_name(), "Telegram bot connected");
+        if let Some(name) = &me.user.username {
+            let _ = self.username.set(name.clone());
+        }
         *self.cx.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.clone());
         cx.status.connected();
         let mut offset: i32 = match cx.state.get("offset").await {

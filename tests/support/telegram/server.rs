@@ -70,6 +70,7 @@ pub(super) async fn handle(
         "getWebhookInfo",
         "getChat",
         "getChatMemberCount",
+        "getChatMember",
         "getChatAdministrators",
         "leaveChat",
         "setMessageReaction",
@@ -206,7 +207,38 @@ pub(super) async fn handle(
         "deleteWebhook" => (json!(true), None),
         "getWebhookInfo" => (json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0}), None),
         "getChat" => (chat_json(chat.unwrap_or_default(), &title), None),
-        "getChatMemberCount" => (json!(i.admins.get(&chat.unwrap_or_default()).map_or(1, |a| a.len() + 1)), None),
+        "getChatMemberCount" => {
+            let c = chat.unwrap_or_default();
+            let admins = i.admins.get(&c).map_or(0, Vec::len);
+            let others = i
+                .members
+                .get(&c)
+                .map_or(0, |m| m.keys().filter(|u| !i.admins.get(&c).is_some_and(|a| a.contains(u))).count());
+            (json!(admins + others + 1), None)
+        }
+        "getChatMember" => {
+            let c = chat.unwrap_or_default();
+            let Some(user) =
+                params["user_id"].as_i64().or_else(|| params["user_id"].as_str().and_then(|s| s.parse().ok()))
+            else {
+                return err(400, "Bad Request: user_id is empty", None);
+            };
+            let admin = i.admins.get(&c).is_some_and(|a| a.contains(&user));
+            let name = i.members.get(&c).and_then(|m| m.get(&user).cloned());
+            let status = if admin {
+                "creator"
+            } else if name.is_some() {
+                "member"
+            } else {
+                "left"
+            };
+            let first_name = name.unwrap_or_else(|| format!("user{user}"));
+            let mut member = json!({"status": status, "user": {"id": user, "is_bot": false, "first_name": first_name}});
+            if admin {
+                member["is_anonymous"] = json!(false);
+            }
+            (member, None)
+        }
         "getChatAdministrators" => {
             let admins = i.admins.get(&chat.unwrap_or_default()).cloned().unwrap_or_default();
             let list: Vec<Value> = admins

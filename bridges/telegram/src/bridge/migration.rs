@@ -1,0 +1,167 @@
+//! Moving people off Telegram: members joining and leaving reach the core's migration status, `/coi_invite` in a private chat with the bot gives a member their personal invite, a non-admin's `/coi_invite` in the group points them there, and an admin's `/coi_pair` pairs someone by hand.
+
+use coi_bridge_api::{BridgeContext, CommandReply, Person, RemoteChatId, SubmitError};
+use teloxide::prelude::Requester as _;
+use teloxide::types::{ChatId, InputFile, Message, User, UserId};
+
+use super::TelegramBridge;
+
+/// The `/start` payload of the deep link that asks for a personal invite to a group:
+/// `invite_<chat id>` (Telegram allows `A-Za-z0-9_-`, up to 64 characters).
+const START_INVITE: &str = "invite_";
+
+fn person_of(u: &User) -> Person {
+    Person { id: u.id.0.to_string().into(), display_name: u.full_name() }
+}
+
+impl TelegramBridge {
+    /// Service messages about members joining or leaving a group, passed to the core;
+    /// `true` when `m` was one (it carries nothing else to bridge).
+    pub(super) async fn membership(&self, cx: &BridgeContext, m: &Message, me: UserId) -> Result<bool, SubmitError> {
+        let chat = RemoteChatId(m.chat.id.0.to_string());
+        if let Some(users) = m.new_chat_members() {
+            for u in users.iter().filter(|u| !u.is_bot && u.id != me) {
+                cx.hub.person_seen(&cx.id, &chat, &person_of(u), true).await?;
+            }
+            return Ok(true);
+        }
+        if let Some(u) = m.left_chat_member() {
+            if !u.is_bot && u.id != me {
+                cx.hub.person_seen(&cx.id, &chat, &person_of(u), false).await?;
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The link that opens a private chat with the bot asking for a personal invite to
+    /// `chat`, once the bot's username is known.
+    fn invite_deep_link(&self, chat: ChatId) -> Option<String> {
+        let name = self.username.get()?;
+        Some(format!("https://t.me/{name}?start={START_INVITE}{}", chat.0))
+    }
+
+    /// In a group: what a member who is not an admin gets for `/coi_invite`: the way to
+    /// their personal invite, in a private chat with the bot.
+    pub(super) async fn invite_hint(&self, chat: ChatId, who: &User) {
+        let text = match self.invite_deep_link(chat) {
+            Some(link) => format!(
+                "{}, your personal invite to this group's COI side is one tap away, in a private chat with me: {link}",
+                who.full_name()
+            ),
+            None => "Write /coi_invite to me in a private chat for your personal invite.".to_owned(),
+        };
+        self.say(chat, &text).await;
+    }
+
+    /// Appended to an admin's `/coi_invite` in a group: members can get a personal invite.
+    pub(super) fn personal_invite_line(&self, chat: ChatId) -> Option<String> {
+        self.invite_deep_link(chat)
+            .map(|link| format!("\nMembers: open {link} for your personal invite, so the group can see who has moved."))
+    }
+
+    /// A private message to the bot that asks for a personal invite: `/start invite_<chat>`
+    /// from the deep link, or `/coi_invite` (every bridged group the person is a member of).
+    /// `false` when the text is no such request.
+    pub(super) async fn private_invite(
+        &self,
+        cx: &BridgeContext,
+        m: &Message,
+        text: &str,
+    ) -> Result<bool, SubmitError> {
+        let Some(from) = m.from.as_ref() else { return Ok(false) };
+        let mut words = text.split_whitespace();
+        let verb = words.next().unwrap_or_default().split('@').next().unwrap_or_default();
+        let wanted: Option<i64> = match verb {
+            "/start" => match words.next().and_then(|p| p.strip_prefix(START_INVITE)) {
+                Some(chat) => {
+                    Some(chat.parse().map_err(|_| SubmitError::Rejected(format!("bad invite payload {chat:?}")))?)
+                }
+                None => return Ok(false),
+            },
+            "/coi_invite" => None,
+            _ => return Ok(false),
+        };
+        let chats: Vec<i64> = match wanted {
+            Some(c) => vec![c],
+            None => cx.state.remote_chats().await?.iter().filter_map(|c| c.as_str().parse().ok()).collect(),
+        };
+        let mut given = 0;
+        for chat in chats {
+            // Only a member gets one: the invite pairs whoever completes it with this user.
+            let member = match self.bot.get_chat_member(ChatId(chat), from.id).await {
+                Ok(cm) => cm.kind.is_present(),
+                Err(e) => {
+                    tracing::info!(chat, user = from.id.0, error = %e, "cannot tell whether the user is a member");
+                    false
+                }
+            };
+            if !member {
+                continue;
+            }
+            let remote = RemoteChatId(chat.to_string());
+            match cx.hub.personal_invite(&cx.id, &remote, &person_of(from)).await {
+                Ok(reply) => {
+                    self.answer(m.chat.id, reply).await;
+                    given += 1;
+                }
+                Err(SubmitError::Rejected(e)) => {
+                    tracing::info!(chat, user = from.id.0, reason = %e, "no personal invite");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if given == 0 {
+            self.say(
+                m.chat.id,
+                "I found no bridged group of yours. Ask in the group with /coi_invite, then open the link I post there.",
+            )
+            .await;
+        }
+        Ok(true)
+    }
+
+    /// An admin's `/coi_pair ADDRESS` as a reply to the person's message, or
+    /// `/coi_pair USER_ID ADDRESS`.
+    pub(super) async fn pair_command(&self, cx: &BridgeContext, m: &Message, args: &str) -> Result<(), SubmitError> {
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let target: Option<Person> = match words.as_slice() {
+            [_address] => m.reply_to_message().and_then(|r| r.from.as_ref()).filter(|u| !u.is_bot).map(person_of),
+            [id, _] => {
+                id.parse::<u64>().ok().map(|id| Person { id: id.to_string().into(), display_name: id.to_string() })
+            }
+            _ => None,
+        };
+        let address = words.last().copied().filter(|a| a.contains('@'));
+        let (Some(person), Some(address)) = (target, address) else {
+            self.say(
+                m.chat.id,
+                "Usage: reply to the person's message with /coi_pair ADDRESS, or /coi_pair TELEGRAM_USER_ID ADDRESS.",
+            )
+            .await;
+            return Ok(());
+        };
+        let chat = RemoteChatId(m.chat.id.0.to_string());
+        match cx.hub.pair(&cx.id, &chat, &person, address).await {
+            Ok(reply) => {
+                self.answer(m.chat.id, reply).await;
+                Ok(())
+            }
+            Err(SubmitError::Rejected(e)) => {
+                self.say(m.chat.id, &format!("That did not work: {e}")).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Posts a command's reply, with its QR code if it has one.
+    pub(super) async fn answer(&self, chat: ChatId, reply: CommandReply) {
+        self.say(chat, &reply.text).await;
+        if let Some(png) = reply.qr_png
+            && let Err(e) = self.bot.send_photo(chat, InputFile::memory(png).file_name("invite-qr.png")).await
+        {
+            tracing::warn!(error = %e, "could not post the QR code");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Who has moved: a portal's migration status from the people its bridge has seen, the pairings and the COI chat's members, and the "this group can be closed" announcement, made once.
+//!
+//! - **Moved**: a remote person paired with a COI address that is a member of the portal's
+//!   COI chat (or, for a 1:1 portal, is the chat's peer).
+//! - **Only on the remote side**: seen there, not gone, not moved.
+//! - **Left since moving**: moved, and gone from the remote chat since.
+//! - **Active, not moved**: posted in the remote chat in the last [`ACTIVE_DAYS`] days, not
+//!   gone, not moved: the people the group still waits for.
+//! - **Closable**: at least one person active in the last [`ACTIVE_DAYS`] days, and every
+//!   one of them has moved. The bridge then says so once, in the COI chat and through it in
+//!   every portal ([`announce_if_closable`]).
+
+use crate::coi::ChatMessage;
+use crate::hub::outbound::{Outbound, QueueError};
+use crate::store::migration::{MigrationSample, PairingRow, RemotePersonRow};
+use crate::store::portals::Portal;
+use crate::store::{Chat, ChatKind, Origin, Store, StoreResult};
+
+/// How recent a post must be for its author to count as active.
+pub const ACTIVE_DAYS: i64 = 30;
+
+/// The announcement's key in the store (announced once per portal).
+const CLOSABLE: &str = "closable";
+
+/// One remote person as the status names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    pub remote_user: String,
+    pub name: String,
+    /// Their COI address, when paired.
+    pub address: Option<String>,
+}
+
+/// A portal's migration status at one time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortalStatus {
+    pub moved: Vec<Named>,
+    pub only_remote: Vec<Named>,
+    pub left_since_moving: Vec<Named>,
+    pub active_not_moved: Vec<Named>,
+    /// People seen in the remote chat and not gone.
+    pub remote_seen: usize,
+    /// Members of the COI chat (the bridge not counted).
+    pub coi_members: usize,
+    /// Someone was active in the last [`ACTIVE_DAYS`] days, and all of them moved.
+    pub closable: bool,
+}
+
+/// The status from the rows (no I/O): `people` seen in the remote chat, the bridge's
+/// `pairings`, the COI chat's member addresses, at `now` (unix seconds).
+pub fn status(people: &[RemotePersonRow], pairings: &[PairingRow], coi: &[String], now: i64) -> PortalStatus {
+    let active_since = now - ACTIVE_DAYS * 86_400;
+    let mut s = PortalStatus { coi_members: coi.len(), ..PortalStatus::default() };
+    let mut active = 0usize;
+    for p in people {
+        let address = pairings.iter().find(|r| r.remote_user == p.remote_user).map(|r| r.address.clone());
+        let on_coi = address.as_ref().is_some_and(|a| coi.iter().any(|m| m.eq_ignore_ascii_case(a)));
+        let named = Named {
+            remote_user: p.remote_user.clone(),
+            name: p.display_name.clone(),
+            address: address.filter(|_| on_coi),
+        };
+        let gone = p.left_at.is_some();
+        let is_active = !gone && p.last_posted.is_some_and(|t| t >= active_since);
+        if is_active {
+            active += 1;
+        }
+        match (on_coi, gone) {
+            (true, true) => s.left_since_moving.push(named),
+            (true, false) => {
+                s.remote_seen += 1;
+                s.moved.push(named);
+            }
+            (false, true) => {}
+            (false, false) => {
+                s.remote_seen += 1;
+                if is_active {
+                    s.active_not_moved.push(named.clone());
+                }
+                s.only_remote.push(named);
+            }
+        }
+    }
+    s.closable = active > 0 && s.active_not_moved.is_empty();
+    s
+}
+
+fn names(list: &[Named]) -> String {
+    list.iter()
+        .map(|n| match &n.address {
+            Some(a) => format!("{} ({a})", n.name),
+            None => n.name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl PortalStatus {
+    /// The status as a chat reply, `label` naming the remote network ("Telegram").
+    pub fn render(&self, label: &str) -> String {
+        let mut out = format!(
+            "Moved to COI: {} of the {} people seen here{}",
+            self.moved.len(),
+            self.remote_seen,
+            if self.moved.is_empty() { ".".to_owned() } else { format!(": {}.", names(&self.moved)) }
+        );
+        if !self.only_remote.is_empty() {
+            out.push_str(&format!("\nOnly on {label}: {}.", names(&self.only_remote)));
+        }
+        if !self.active_not_moved.is_empty() {
+            out.push_str(&format!(
+                "\nActive in the last {ACTIVE_DAYS} days and not moved yet: {}.",
+                names(&self.active_not_moved)
+            ));
+        }
+        if !self.left_since_moving.is_empty() {
+            out.push_str(&format!("\nLeft {label} since moving: {}.", names(&self.left_since_moving)));
+        }
+        if self.closable {
+            out.push_str(&format!("\nEveryone active here is also on COI; this {label} group can be closed."));
+        }
+        out
+    }
+}
+
+/// The status of `portal`, whose COI chat is `chat`, now.
+pub async fn portal_status(store: &dyn Store, portal: &Portal, chat: &Chat) -> StoreResult<PortalStatus> {
+    let people = store.remote_people(&portal.bridge, &portal.remote_chat).await?;
+    let pairings = store.pairings(&portal.bridge).await?;
+    let coi = coi_members(chat);
+    Ok(status(&people, &pairings, &coi, chrono::Utc::now().timestamp()))
+}
+
+/// The COI side of a chat: a group's members, or a 1:1 chat's peer.
+fn coi_members(chat: &Chat) -> Vec<String> {
+    match chat.kind {
+        ChatKind::Group => chat.members.clone(),
+        ChatKind::Single => vec![chat.key.clone()],
+    }
+}
+
+/// Records a sample of `portal` for the report's chart.
+pub async fn sample(
+    store: &dyn Store,
+    portal: &Portal,
+    s: &PortalStatus,
+    remote_count: Option<i64>,
+) -> StoreResult<()> {
+    let row = MigrationSample {
+        bridge: portal.bridge.clone(),
+        remote_chat: portal.remote_chat.clone(),
+        at: chrono::Utc::now().timestamp(),
+        remote_members: remote_count.unwrap_or(s.remote_seen as i64),
+        coi_members: s.coi_members as i64,
+        moved: s.moved.len() as i64,
+    };
+    store.record_migration_sample(&row).await
+}
+
+/// For each portal of `chat` (the COI chat someone just moved into, or whose remote side
+/// changed): when it is closable and was never announced, says so once in the COI chat,
+/// which carries it to every portal. `labels` names each portal's network by bridge id.
+pub async fn announce_if_closable(
+    store: &dyn Store,
+    outbound: &Outbound,
+    chat: &Chat,
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<(), QueueError> {
+    for portal in store.portals_of_chat(chat.id).await? {
+        let s = portal_status(store, &portal, chat).await?;
+        // Every change of who moved is a point of the report's chart.
+        sample(store, &portal, &s, None).await?;
+        if !s.closable {
+            continue;
+        }
+        let now = chrono::Utc::now().timestamp();
+        if !store.announce_once(&portal.bridge, &portal.remote_chat, CLOSABLE, now).await? {
+            continue;
+        }
+        let network = labels.get(&portal.bridge).map_or(portal.bridge.as_str(), String::as_str);
+        let text = format!(
+            "Everyone active here in the last {ACTIVE_DAYS} days is also on COI ({}); this {network} group can be \
+             closed.",
+            names(&s.moved)
+        );
+        tracing::info!(bridge = %portal.bridge, remote_chat = %portal.remote_chat, moved = s.moved.len(), "migration: the remote group can be closed");
+        let msg = ChatMessage { text, ..ChatMessage::default() };
+        outbound.queue_to_chat(Origin::Local, chat, msg).await?;
+    }
+    Ok(())
+}
+
+/// How often each account samples its portals: the report's chart and the metrics, and
+/// a group that became closable because someone's activity aged past [`ACTIVE_DAYS`].
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// One account's migration sampler (a worker of its own, at start and every
+/// [`SAMPLE_EVERY`]).
+pub struct Sampler {
+    pub store: std::sync::Arc<dyn Store>,
+    pub outbound: std::sync::Arc<Outbound>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The account's address (the metrics' `account` label).
+    pub account: String,
+    pub labels: std::collections::HashMap<String, String>,
+}
+
+impl Sampler {
+    pub async fn run(&self, token: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Err(e) = self.once().await {
+                tracing::warn!(account = %self.account, error = %e, "migration: sampling the portals failed; next time");
+            }
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(SAMPLE_EVERY) => {}
+            }
+        }
+    }
+
+    /// Samples every portal once, sets its gauges, and announces a group that became closable.
+    pub async fn once(&self) -> Result<(), QueueError> {
+        let mut chats = Vec::new();
+        for portal in self.store.portals().await? {
+            let Some(chat) = self.store.chat(portal.chat_id).await? else { continue };
+            let s = portal_status(self.store.as_ref(), &portal, &chat).await?;
+            sample(self.store.as_ref(), &portal, &s, None).await?;
+            let labels = [self.account.as_str(), portal.bridge.as_str(), portal.remote_chat.as_str()];
+            for (side, n) in [("remote", s.remote_seen), ("coi", s.coi_members)] {
+                let by_side = [labels[0], labels[1], labels[2], side];
+                self.metrics.migration_members.with_label_values(&by_side).set(n as i64);
+            }
+            self.metrics.migration_moved.with_label_values(&labels).set(s.moved.len() as i64);
+            self.metrics.migration_active_not_moved.with_label_values(&labels).set(s.active_not_moved.len() as i64);
+            if !chats.iter().any(|c: &Chat| c.id == chat.id) {
+                chats.push(chat);
+            }
+        }
+        for chat in &chats {
+            announce_if_closable(self.store.as_ref(), &self.outbound, chat, &self.labels).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::migration::PairedVia;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn person(user: &str, name: &str, posted_days_ago: Option<i64>, left: bool) -> RemotePersonRow {
+        RemotePersonRow {
+            bridge: "telegram".into(),
+            remote_chat: "-100".into(),
+            remote_user: user.into(),
+            display_name: name.into(),
+            first_seen: NOW - 90 * 86_400,
+            last_posted: posted_days_ago.map(|d| NOW - d * 86_400),
+            left_at: left.then_some(NOW - 86_400),
+        }
+    }
+
+    fn paired(user: &str, address: &str) -> PairingRow {
+        PairingRow {
+            bridge: "telegram".into(),
+            remote_user: user.into(),
+            address: address.into(),
+            via: PairedVia::Invite,
+            paired_at: NOW,
+        }
+    }
+
+    #[test]
+    fn people_fall_into_moved_only_remote_active_and_left() {
+        let people = [
+            person("1", "Ann", Some(2), false),
+            person("2", "Bob", Some(3), false),
+            person("3", "Cy", Some(40), false),
+            person("4", "Di", None, true),
+            person("5", "Ed", Some(1), false),
+        ];
+        // Ed paired, but his address is not in the COI group (yet): not moved.
+        let pairings = [paired("1", "ann@x"), paired("4", "di@x"), paired("5", "ed@x")];
+        let coi = ["ann@x".to_owned(), "di@x".to_owned(), "zoe@x".to_owned()];
+        let s = status(&people, &pairings, &coi, NOW);
+        let users = |l: &[Named]| l.iter().map(|n| n.remote_user.clone()).collect::<Vec<_>>();
+        assert_eq!(users(&s.moved), ["1"]);
+        assert_eq!(s.moved[0].address.as_deref(), Some("ann@x"));
+        assert_eq!(users(&s.only_remote), ["2", "3", "5"]);
+        assert_eq!(users(&s.active_not_moved), ["2", "5"], "Cy posted 40 days ago: not active");
+        assert_eq!(users(&s.left_since_moving), ["4"]);
+        assert_eq!((s.remote_seen, s.coi_members), (4, 3));
+        assert!(!s.closable);
+        let text = s.render("Telegram");
+        assert!(text.contains("Moved to COI: 1 of the 4 people seen here: Ann (ann@x)."), "{text}");
+        assert!(text.contains("Active in the last 30 days and not moved yet: Bob, Ed."), "{text}");
+        assert!(text.contains("Left Telegram since moving: Di (di@x)."), "{text}");
+    }
+
+    #[test]
+    fn closable_when_every_active_person_moved_and_someone_was_active() {
+        let people = [person("1", "Ann", Some(2), false), person("3", "Cy", Some(40), false)];
+        let coi = ["ann@x".to_owned()];
+        assert!(status(&people, &[paired("1", "ann@x")], &coi, NOW).closable, "Cy is not active");
+        assert!(!status(&people, &[], &coi, NOW).closable, "Ann is active and not moved");
+        let quiet = [person("3", "Cy", Some(40), false)];
+        assert!(!status(&quiet, &[], &coi, NOW).closable, "nobody active: nothing to say");
+        let s = status(&people, &[paired("1", "ANN@x")], &coi, NOW);
+        assert!(s.closable, "addresses compare without case");
+        assert!(s.render("Telegram").contains("this Telegram group can be closed"));
+    }
+}
