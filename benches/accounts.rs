@@ -686,7 +686,7 @@ async fn run(o: Opts, nofile: u64) {
         r,
         "Machine: {} cores ({}), {} MB RAM; load average before: {load_before}, after: {}. {}, {}, {}. \
          Open-file limit {nofile}. {} to Dovecot {}; one Telegram portal per account (the Bot API double, \
-         a bot and token each, 10 s long polls). Stores: SQLite, one per account. RUST_LOG={}.\n",
+         a bot and token each, 50 s long polls). Stores: SQLite, one per account. RUST_LOG={}.\n",
         sh("nproc"),
         sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'"),
         sh("awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo"),
