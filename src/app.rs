@@ -168,7 +168,7 @@ pub async fn run(daemon: crate::config::Daemon) -> anyhow::Result<Stop> {
     }
     // The accounts that run without a lease start now, so a bad one fails the start.
     manager.start_unleased().await?;
-    let state = http::Http { metrics: metrics.clone(), accounts: manager.running() };
+    let state = http::Http::new(metrics.clone(), manager.running());
     let notify_state = state.clone();
     let routes = manager.routes();
     let token = sup.token();

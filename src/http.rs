@@ -1,4 +1,4 @@
-//! The daemon's HTTP endpoint: /metrics (Prometheus text), /health (process up), /ready (JSON, a reason per part), plus the bridges' routes.
+//! The daemon's HTTP endpoint: /metrics (Prometheus text), /health (process up), /ready (JSON, a reason per part), POST /wake (another process queued outbox rows), plus the bridges' routes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +19,24 @@ use crate::metrics::Metrics;
 /// How long `/ready` waits for the store before calling it not ready.
 const STORE_PING: Duration = Duration::from_secs(2);
 
+/// `POST /wake` is honoured at most this often; more often is 429 (a wake-up costs each
+/// outbox worker of every account one store query, and the listener may be public).
+const WAKE_EVERY: Duration = Duration::from_millis(100);
+
 /// What the handlers read.
 #[derive(Clone)]
 pub struct Http {
     pub metrics: Arc<Metrics>,
     /// The accounts this daemon runs (their health, stores and outbox targets).
     pub accounts: Arc<Running>,
+    /// When `POST /wake` was last honoured.
+    last_wake: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl Http {
+    pub fn new(metrics: Arc<Metrics>, accounts: Arc<Running>) -> Self {
+        Self { metrics, accounts, last_wake: Arc::default() }
+    }
 }
 
 pub fn router(state: Http) -> Router {
@@ -32,7 +44,47 @@ pub fn router(state: Http) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/health", get(|| async { axum::Json(json!({"status": "alive"})) }))
         .route("/ready", get(ready))
+        .route("/wake", axum::routing::post(wake))
         .with_state(state)
+}
+
+/// `POST /wake[?account=ADDRESS]`: a command beside the daemon (`join`, `quarantine
+/// release`) queued rows in the store; the outbox workers of that account (or of every
+/// account) look now instead of at their next safety poll. It only makes workers look at
+/// what the store already holds, so it needs no credentials; it is rate-limited.
+async fn wake(
+    State(h): State<Http>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> StatusCode {
+    {
+        let mut last = h.last_wake.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|t| now < t + WAKE_EVERY) {
+            return StatusCode::TOO_MANY_REQUESTS;
+        }
+        *last = Some(now);
+    }
+    let want = q.get("account").map(|a| a.to_lowercase());
+    let mut woken = 0;
+    for a in h.accounts.list().into_iter().filter(|a| want.as_ref().is_none_or(|w| *w == a.key)) {
+        a.outbox.queued(a.targets.iter().map(String::as_str));
+        woken += 1;
+    }
+    tracing::debug!(account = ?want, woken, "outbox workers woken (POST /wake)");
+    if woken == 0 { StatusCode::NOT_FOUND } else { StatusCode::ACCEPTED }
+}
+
+/// The loopback address to reach a daemon listening on `listen` from the same machine
+/// (a wildcard address is asked on loopback).
+pub fn local_addr(mut listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    if listen.ip().is_unspecified() {
+        listen.set_ip(if listen.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    listen
 }
 
 async fn metrics_handler(State(h): State<Http>) -> impl IntoResponse {
@@ -211,13 +263,23 @@ pub async fn serve(
 /// The status code of a plain-HTTP GET to `url` (`http://host:port/path`), for
 /// `coi-bridge health` in images without curl.
 pub async fn get_status(url: &str, within: Duration) -> anyhow::Result<u16> {
+    request_status("GET", url, within).await
+}
+
+/// `POST url` (no body), the status code of the answer.
+pub async fn post_status(url: &str, within: Duration) -> anyhow::Result<u16> {
+    request_status("POST", url, within).await
+}
+
+async fn request_status(method: &str, url: &str, within: Duration) -> anyhow::Result<u16> {
     use anyhow::Context as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let rest = url.strip_prefix("http://").context("only http:// URLs are supported")?;
     let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
     let ask = async {
         let mut stream = tokio::net::TcpStream::connect(authority).await.context("connect")?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("{method} {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         // The status line, however the answer is split into reads (at most 1 KiB).
         let mut head = Vec::with_capacity(256);
@@ -245,26 +307,60 @@ mod tests {
 
     /// A listener on a free loopback port, serving `extra` besides the daemon's routes.
     async fn start(extra: Router, timeouts: Timeouts) -> (std::net::SocketAddr, Arc<Metrics>, CancellationToken) {
+        let (addr, metrics, token, _) = start_with(extra, timeouts).await;
+        (addr, metrics, token)
+    }
+
+    /// [`start`], with the account's outbox notifier (its targets: smtp and telegram).
+    async fn start_with(
+        extra: Router,
+        timeouts: Timeouts,
+    ) -> (std::net::SocketAddr, Arc<Metrics>, CancellationToken, Arc<crate::hub::wake::OutboxNotifier>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).await.expect("store");
         std::mem::forget(dir);
         let metrics = Arc::new(Metrics::new());
-        let state = Http {
-            metrics: metrics.clone(),
-            accounts: Running::single(crate::accounts::AccountView {
+        let outbox = crate::hub::wake::OutboxNotifier::new();
+        let state = Http::new(
+            metrics.clone(),
+            Running::single(crate::accounts::AccountView {
                 key: "bridge@example.org".into(),
                 main: true,
                 health: crate::health::Health::new(metrics.clone()),
                 store: Arc::new(store),
-                targets: vec![],
+                targets: vec!["smtp".into(), "telegram".into()],
                 epoch: None,
+                outbox: outbox.clone(),
             }),
-        };
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let token = CancellationToken::new();
         tokio::spawn(serve(listener, state, extra, token.clone(), timeouts));
-        (addr, metrics, token)
+        (addr, metrics, token, outbox)
+    }
+
+    /// Rows another process queued: `POST /wake` wakes every outbox worker of the account
+    /// named (none of another), and a flood of wake-ups is refused.
+    #[tokio::test]
+    async fn post_wake_wakes_the_accounts_outbox_workers_and_is_rate_limited() {
+        let (addr, _, token, outbox) = start_with(Router::new(), SLOW).await;
+        let woken = |target: &'static str| {
+            let outbox = outbox.clone();
+            async move { tokio::time::timeout(Duration::from_millis(200), outbox.wait(target)).await.is_ok() }
+        };
+        assert!(!woken("smtp").await, "nothing before");
+        let url = format!("http://{addr}/wake?account=Bridge@Example.org");
+        assert_eq!(post_status(&url, Duration::from_secs(5)).await.expect("answer"), 202);
+        assert!(woken("smtp").await && woken("telegram").await, "every target of the account");
+        // At once again: refused, nothing woken.
+        assert_eq!(post_status(&format!("http://{addr}/wake"), Duration::from_secs(5)).await.expect("answer"), 429);
+        assert!(!woken("smtp").await);
+        tokio::time::sleep(WAKE_EVERY).await;
+        let url = format!("http://{addr}/wake?account=nobody@example.org");
+        assert_eq!(post_status(&url, Duration::from_secs(5)).await.expect("answer"), 404, "no such account here");
+        assert!(!woken("smtp").await);
+        token.cancel();
     }
 
     /// The whole answer to a plain request.

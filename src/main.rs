@@ -302,15 +302,7 @@ fn main() -> ExitCode {
             }
             Command::MigrateStore { to } => print_or_fail(commands::migrate_store(&loaded, &to).await),
             Command::Health { .. } => {
-                // A wildcard listen address is asked on loopback.
-                let mut addr = loaded.config.http.listen;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(if addr.is_ipv4() {
-                        std::net::Ipv4Addr::LOCALHOST.into()
-                    } else {
-                        std::net::Ipv6Addr::LOCALHOST.into()
-                    });
-                }
+                let addr = coi_bridge::http::local_addr(loaded.config.http.listen);
                 health(&format!("http://{addr}/health")).await
             }
             Command::Completions { .. } | Command::Man { .. } | Command::Run => {

@@ -240,6 +240,7 @@ impl Manager {
             store: core.store.clone(),
             targets,
             epoch: fence.as_ref().map(|f| f.epoch),
+            outbox: core.outbound.notifier().clone(),
         });
         self.started.lock().await.insert(w.key.clone(), Started { wanted: w.clone(), tasks, fence });
         self.failed.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.key);

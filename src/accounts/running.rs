@@ -19,6 +19,8 @@ pub struct AccountView {
     pub targets: Vec<String>,
     /// The epoch of the lease it runs under (PostgreSQL).
     pub epoch: Option<i64>,
+    /// Wakes its outbox workers (`POST /wake`: rows another process queued).
+    pub outbox: Arc<crate::hub::wake::OutboxNotifier>,
 }
 
 /// The accounts of this daemon.

@@ -389,6 +389,8 @@ impl Hub for CoreHub {
             if moved {
                 tracing::info!(bridge = %from, old = %chat, new = %new_chat, "the remote chat moved; its portal follows");
             }
+            // The people seen there, their invites and the report's history follow too.
+            self.store.move_remote_people(from.as_str(), chat.as_str(), new_chat.as_str()).await.map_err(store_err)?;
             return Ok(());
         }
         let remote_chat = event.chat().as_str().to_owned();

@@ -576,9 +576,26 @@ async fn the_bridge_joins_delta_chat_invite_links_and_takes_part_in_their_group(
     dc.call("accept_chat", json!([bob, bob_group])).await;
 
     let state = tempfile::tempdir().expect("tempdir");
-    let config = support::write_config_with(&server, state.path(), Link::Plain, "", support::free_port(), "required");
+    let http_port = support::free_port();
+    let config = support::write_config_with(&server, state.path(), Link::Plain, "", http_port, "required");
     let core = core_for(&config).await;
     let token = CancellationToken::new();
+    // The daemon's HTTP listener in front of this core: `join` (another process) queues its
+    // request in the store and wakes the SMTP worker through POST /wake, as it does a
+    // running daemon's (the worker's own look at the store comes only every 60 s).
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await.expect("bind the HTTP port");
+    let view = coi_bridge::accounts::AccountView {
+        key: "bridge@example.org".into(),
+        main: true,
+        health: core.health.clone(),
+        store: core.store.clone(),
+        targets: vec!["smtp".into()],
+        epoch: None,
+        outbox: core.outbound.notifier().clone(),
+    };
+    let http = coi_bridge::http::Http::new(core.metrics.clone(), coi_bridge::accounts::Running::single(view));
+    let timeouts = coi_bridge::http::Timeouts { header: Duration::from_secs(10), body: Duration::from_secs(10) };
+    let serve = coi_bridge::http::serve(listener, http, axum::Router::new(), token.clone(), timeouts);
     let body = async {
         // 1:1: the bridge joins Alice's own link.
         let link = dc.call("get_chat_securejoin_qr_code", json!([alice, null])).await;
@@ -623,5 +640,6 @@ async fn the_bridge_joins_delta_chat_invite_links_and_takes_part_in_their_group(
         }
         token.cancel();
     };
-    tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
+    let (_, _, (), served) = tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body, serve);
+    served.expect("the HTTP listener");
 }
