@@ -34,46 +34,10 @@ pub struct Retention {
     pub metrics: Arc<Metrics>,
 }
 
-/// How often the process hands the heap pages malloc holds unused back to the system.
-pub const TRIM_EVERY: Duration = Duration::from_secs(60);
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-unsafe extern "C" {
-    /// glibc's: releases free memory at the top of every arena and the free pages inside them.
-    fn malloc_trim(pad: usize) -> std::ffi::c_int;
-}
-
-/// Gives the system back what glibc's malloc holds free. glibc trims only the top of the
-/// main heap by itself; memory freed in its per-thread arenas (the SQLite worker threads',
-/// the start's key generation, TLS handshakes and migrations) stays resident: 0.8 MB per
-/// account, measured with 30 accounts (64 MB RSS, 40 MB after one trim).
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers and may be called from any thread at any time.
-    unsafe {
-        malloc_trim(0);
-    }
-}
-
-/// Starts the process's one heap trimmer (every [`TRIM_EVERY`]) on the current runtime;
-/// later calls do nothing. It runs as long as the runtime does.
-pub fn start_heap_trimmer() {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        tokio::spawn(async {
-            loop {
-                tokio::time::sleep(TRIM_EVERY).await;
-                trim_heap();
-            }
-        });
-    });
-}
-
 impl Retention {
     /// Until `token` is cancelled. Store errors are logged and tried again on the next
     /// pass; nothing here stops the daemon.
     pub async fn run(&self, token: CancellationToken) {
-        start_heap_trimmer();
         let every = Duration::from_secs(self.config.prune_interval_secs);
         let mut next_prune = tokio::time::Instant::now();
         loop {
@@ -174,43 +138,5 @@ impl Retention {
             }
         }
         taken
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// Resident pages of this process, in bytes.
-    fn rss() -> u64 {
-        let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-        let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("resident");
-        pages * 4096
-    }
-
-    /// Memory freed in a thread's arena (below a block still in use, so glibc cannot
-    /// trim it by itself) goes back to the system when the heap is trimmed.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn a_trim_gives_back_what_a_thread_freed_in_its_arena() {
-        const MB: usize = 1 << 20;
-        let (before, after) = std::thread::spawn(|| {
-            // 192 MB in 1-kB blocks (below the mmap threshold: they live in the arena),
-            // each written so its page is resident, then all freed but the last.
-            let mut blocks: Vec<Vec<u8>> = (0..192 * 1024).map(|i| vec![(i % 251) as u8; 1024]).collect();
-            let last = blocks.pop();
-            drop(blocks);
-            let before = rss();
-            super::trim_heap();
-            let after = rss();
-            drop(last);
-            (before, after)
-        })
-        .join()
-        .expect("thread");
-        assert!(
-            before > after + 96 * MB as u64,
-            "RSS {} MB before the trim, {} MB after",
-            before / MB as u64,
-            after / MB as u64
-        );
     }
 }
