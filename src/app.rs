@@ -48,6 +48,9 @@ pub struct Core {
     pub smtp: SmtpWorker,
     /// The caps on what is set apart, for the retention task.
     pub retention: crate::config::RetentionConfig,
+    /// Wakes the retention task's look for released mail (`POST /wake`: a `quarantine
+    /// release` beside the daemon).
+    pub released: Arc<tokio::sync::Notify>,
 }
 
 impl Core {
@@ -127,6 +130,7 @@ impl Core {
             ingest,
             smtp,
             retention: cfg.retention,
+            released: Arc::new(tokio::sync::Notify::new()),
         })
     }
 }

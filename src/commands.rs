@@ -447,11 +447,14 @@ pub async fn quarantine_release(loaded: &Loaded, id: i64) -> anyhow::Result<Stri
     use crate::store::retention::Release;
     let store = existing_store(loaded).await?;
     match store.release_rejected(id).await? {
-        Release::Released => Ok(format!(
-            "released {id}: the running daemon takes it through ingest within {} s; if it is still refused it is set \
-             apart again with its reason\n",
-            crate::retention::RELEASE_POLL.as_secs()
-        )),
+        Release::Released => {
+            wake_daemon(loaded).await;
+            Ok(format!(
+                "released {id}: the running daemon takes it through ingest now (at the latest within {} s); if it is \
+                 still refused it is set apart again with its reason\n",
+                crate::retention::RELEASE_POLL.as_secs()
+            ))
+        }
         Release::AlreadyReleased => Ok(format!("{id} is already released; the running daemon takes it\n")),
         Release::NoCopy => anyhow::bail!(
             "{id} has no copy to release: it was too large to fetch and is still on the mail server (raise \

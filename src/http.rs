@@ -68,6 +68,7 @@ async fn wake(
     let mut woken = 0;
     for a in h.accounts.list().into_iter().filter(|a| want.as_ref().is_none_or(|w| *w == a.key)) {
         a.outbox.queued(a.targets.iter().map(String::as_str));
+        a.released.notify_one();
         woken += 1;
     }
     tracing::debug!(account = ?want, woken, "outbox workers woken (POST /wake)");
@@ -331,6 +332,7 @@ mod tests {
                 targets: vec!["smtp".into(), "telegram".into()],
                 epoch: None,
                 outbox: outbox.clone(),
+                released: Arc::new(tokio::sync::Notify::new()),
             }),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

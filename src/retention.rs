@@ -32,6 +32,8 @@ pub struct Retention {
     pub ingest: Arc<Ingest>,
     pub config: RetentionConfig,
     pub metrics: Arc<Metrics>,
+    /// Released mail to look at now (another process released it and said so).
+    pub released: Arc<tokio::sync::Notify>,
 }
 
 impl Retention {
@@ -52,6 +54,7 @@ impl Retention {
             tokio::select! {
                 () = token.cancelled() => return,
                 () = tokio::time::sleep(RELEASE_POLL) => {}
+                () = self.released.notified() => {}
             }
         }
     }

@@ -241,6 +241,7 @@ impl Manager {
             targets,
             epoch: fence.as_ref().map(|f| f.epoch),
             outbox: core.outbound.notifier().clone(),
+            released: core.released.clone(),
         });
         self.started.lock().await.insert(w.key.clone(), Started { wanted: w.clone(), tasks, fence });
         self.failed.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.key);

@@ -21,6 +21,8 @@ pub struct AccountView {
     pub epoch: Option<i64>,
     /// Wakes its outbox workers (`POST /wake`: rows another process queued).
     pub outbox: Arc<crate::hub::wake::OutboxNotifier>,
+    /// Wakes its look for released mail (`POST /wake` after `quarantine release`).
+    pub released: Arc<tokio::sync::Notify>,
 }
 
 /// The accounts of this daemon.

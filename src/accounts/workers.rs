@@ -78,6 +78,7 @@ pub fn spawn_workers(core: &Arc<Core>, bridges: Vec<crate::bridges::Running>, ta
             ingest: c.ingest.clone(),
             config: c.retention,
             metrics: c.metrics.clone(),
+            released: c.released.clone(),
         };
         task.run(token).await;
     });

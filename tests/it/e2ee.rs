@@ -592,6 +592,7 @@ async fn the_bridge_joins_delta_chat_invite_links_and_takes_part_in_their_group(
         targets: vec!["smtp".into()],
         epoch: None,
         outbox: core.outbound.notifier().clone(),
+        released: core.released.clone(),
     };
     let http = coi_bridge::http::Http::new(core.metrics.clone(), coi_bridge::accounts::Running::single(view));
     let timeouts = coi_bridge::http::Timeouts { header: Duration::from_secs(10), body: Duration::from_secs(10) };
