@@ -53,14 +53,22 @@ pub type Transport = AsyncSmtpTransport<Tokio1Executor>;
 /// Builds the lettre transport from the config (no I/O).
 pub fn transport(loaded: &Loaded) -> anyhow::Result<Transport> {
     let c = &loaded.config.smtp;
-    let mut tls = TlsParameters::builder(c.host.clone());
-    if let Some(ca) = &c.ca_file {
-        let pem = std::fs::read(ca).with_context(|| format!("smtp.ca_file: cannot read {}", ca.display()))?;
-        let cert = Certificate::from_pem(&pem)
-            .with_context(|| format!("smtp.ca_file: {} is not a PEM certificate", ca.display()))?;
-        tls = tls.add_root_certificate(cert);
-    }
-    let tls = tls.build_rustls().context("smtp: TLS setup")?;
+    // One TLS setup per server and CA file for the whole process (see tls::client_config).
+    static PARAMS: super::tls::Cache<(String, Option<[u8; 32]>), TlsParameters> = std::sync::OnceLock::new();
+    let digest = match &c.ca_file {
+        Some(ca) => Some(super::tls::ca_digest(ca).context("smtp.ca_file")?),
+        None => None,
+    };
+    let tls = super::tls::shared(&PARAMS, (c.host.clone(), digest), || {
+        let mut tls = TlsParameters::builder(c.host.clone());
+        if let Some(ca) = &c.ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("smtp.ca_file: cannot read {}", ca.display()))?;
+            let cert = Certificate::from_pem(&pem)
+                .with_context(|| format!("smtp.ca_file: {} is not a PEM certificate", ca.display()))?;
+            tls = tls.add_root_certificate(cert);
+        }
+        tls.build_rustls().context("smtp: TLS setup")
+    })?;
     let domain = loaded.config.account.address.rsplit('@').next().unwrap_or("localhost").to_owned();
     let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host)
         .port(c.port())
