@@ -92,6 +92,15 @@ impl CoreHub {
         Ok(portals.into_iter().find(|p| p.bridge == bridge.as_str()).map(|p| p.remote_chat))
     }
 
+    /// Records that `person` was seen in the remote chat `chat` now (the migration status).
+    async fn note(&self, from: &BridgeId, chat: &str, person: &Person, seen: Seen) -> Result<(), SubmitError> {
+        let now = chrono::Utc::now().timestamp();
+        self.store
+            .note_remote_person(from.as_str(), chat, person.id.as_str(), &person.display_name, seen, now)
+            .await
+            .map_err(store_err)
+    }
+
     /// The COI chat of the portal of `chat` on `bridge`, if it has one.
     async fn portal_chat(
         &self,
@@ -258,14 +267,11 @@ impl Hub for CoreHub {
         person: &Person,
         joined: bool,
     ) -> Result<(), SubmitError> {
-        let seen = if joined { Seen::Joined } else { Seen::Left };
-        let now = chrono::Utc::now().timestamp();
-        self.store
-            .note_remote_person(from.as_str(), chat.as_str(), person.id.as_str(), &person.display_name, seen, now)
-            .await
-            .map_err(store_err)?;
+        // Only portals' people count (a DM with the bot, a room not bridged: nothing).
+        let Some(c) = self.portal_chat(from, chat).await? else { return Ok(()) };
+        self.note(from, chat.as_str(), person, if joined { Seen::Joined } else { Seen::Left }).await?;
         // Someone active who had not moved may have left: the rest may now all be on COI.
-        if !joined && let Some(c) = self.portal_chat(from, chat).await? {
+        if !joined {
             migration::announce_if_closable(self.store.as_ref(), &self.outbound, &c, &self.labels)
                 .await
                 .map_err(retry_or_reject)?;
@@ -285,18 +291,8 @@ impl Hub for CoreHub {
         if c.kind != ChatKind::Group {
             return Err(SubmitError::Rejected("that chat is a 1:1 portal, not a group".into()));
         }
+        self.note(from, chat.as_str(), person, Seen::Joined).await?;
         let now = chrono::Utc::now().timestamp();
-        self.store
-            .note_remote_person(
-                from.as_str(),
-                chat.as_str(),
-                person.id.as_str(),
-                &person.display_name,
-                Seen::Joined,
-                now,
-            )
-            .await
-            .map_err(store_err)?;
         let group = InviteGroup { id: c.key.clone(), name: c.name.clone() };
         let invite = invite_for(self.store.as_ref(), &self.identity, &self.display_name, Some(group))
             .await
@@ -336,18 +332,8 @@ impl Hub for CoreHub {
                 "the bridge has no key for {address}; they join the group (or send the bridge their invite link) first"
             )));
         }
+        self.note(from, chat.as_str(), person, Seen::Joined).await?;
         let now = chrono::Utc::now().timestamp();
-        self.store
-            .note_remote_person(
-                from.as_str(),
-                chat.as_str(),
-                person.id.as_str(),
-                &person.display_name,
-                Seen::Joined,
-                now,
-            )
-            .await
-            .map_err(store_err)?;
         let row = PairingRow {
             bridge: from.as_str().to_owned(),
             remote_user: person.id.as_str().to_owned(),
@@ -408,17 +394,7 @@ impl Hub for CoreHub {
             .ok_or_else(|| SubmitError::Rejected(format!("the chat of portal {} is gone", portal.id)))?;
         if let RemoteEvent::Message { sender, .. } = &event {
             // Who posts here counts as a member, and as active (the migration status).
-            self.store
-                .note_remote_person(
-                    from.as_str(),
-                    &remote_chat,
-                    sender.id.as_str(),
-                    &sender.display_name,
-                    Seen::Posted,
-                    chrono::Utc::now().timestamp(),
-                )
-                .await
-                .map_err(store_err)?;
+            self.note(from, &remote_chat, sender, Seen::Posted).await?;
         }
         let relayed = |name: &str| Mailbox::new(&self.me, Some(&format!("{name} ({})", self.label(from))));
         let (origin, msg) = match event {

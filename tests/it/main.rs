@@ -20,6 +20,7 @@ mod mail;
 mod matrix;
 mod matrix_accounts;
 mod matrix_bot;
+mod matrix_migration;
 mod migrate_store;
 mod ops;
 mod replies;

@@ -21,6 +21,9 @@ pub async fn handle(
     if ev["type"] == "m.room.message" && !sender.is_empty() && !hs.is_ours(sender) && is_command(body) {
         return command(hs, hub, id, cfg, ev, body).await;
     }
+    if ev["type"] == "m.room.member" {
+        membership(hs, hub, id, ev).await?;
+    }
     for remote in translate(hs, cfg, ev).await? {
         if let Verdict::Forbidden(reason) = verdict(hs, &remote).await? {
             return Err(Failure::Permanent(DeadLetterKind::Forbidden, reason));
@@ -52,6 +55,9 @@ async fn command(
     };
     let key = format!("cmd-{event_id}");
     if !cfg.is_admin(sender) {
+        if Command::parse(body.trim_start_matches(PREFIX)) == Ok(Command::Invite) {
+            return personal_invite(hs, hub, id, room, sender, &key).await;
+        }
         tracing::warn!(sender, room, "!coi command from a non-admin; refused");
         let text = format!("Sorry {sender}, only the bridge's admins can use {PREFIX} commands.");
         return hs.notice(room, &key, &text).await;
@@ -76,6 +82,52 @@ async fn command(
         }
         Err(SubmitError::Retry(e)) => Err(Failure::Unavailable(e)),
         Err(SubmitError::Rejected(e)) => hs.notice(room, &key, &format!("That did not work: {e}")).await,
+    }
+}
+
+/// A member's `!coi invite` (no admin): their personal invite to the room's COI group, sent
+/// to them alone in a direct room (whoever completes it is paired with them), and a word
+/// in the room that it is there.
+async fn personal_invite(
+    hs: &dyn Homeserver,
+    hub: &dyn Hub,
+    id: &BridgeId,
+    room: &str,
+    sender: &str,
+    key: &str,
+) -> Result<(), Failure> {
+    let person = hs.person(room, sender).await;
+    match hub.personal_invite(id, &RemoteChatId(room.to_owned()), &person).await {
+        Ok(reply) => {
+            hs.tell_privately(sender, key, &reply.text, reply.qr_png).await?;
+            let text = format!("{}, your personal invite is in a direct chat with me.", person.display_name);
+            hs.notice(room, &format!("{key}-hint"), &text).await
+        }
+        Err(SubmitError::Retry(e)) => Err(Failure::Unavailable(e)),
+        Err(SubmitError::Rejected(e)) => hs.notice(room, key, &format!("That did not work: {e}")).await,
+    }
+}
+
+/// A person (not the bridge's own account) joined or left a room: the migration status
+/// counts them (the hub ignores rooms that are no portal).
+async fn membership(hs: &dyn Homeserver, hub: &dyn Hub, id: &BridgeId, ev: &Value) -> Result<(), Failure> {
+    let (Some(room), Some(user)) = (ev["room_id"].as_str(), ev["state_key"].as_str()) else { return Ok(()) };
+    let joined = match ev["content"]["membership"].as_str() {
+        Some("join") => true,
+        Some("leave" | "ban") => false,
+        _ => return Ok(()),
+    };
+    if user.is_empty() || hs.is_ours(user) {
+        return Ok(());
+    }
+    let person = hs.person(room, user).await;
+    match hub.person_seen(id, &RemoteChatId(room.to_owned()), &person, joined).await {
+        Ok(()) => Ok(()),
+        Err(SubmitError::Retry(e)) => Err(Failure::Unavailable(e)),
+        Err(SubmitError::Rejected(e)) => {
+            tracing::info!(bridge = %id, room, user, reason = %e, "membership not noted");
+            Ok(())
+        }
     }
 }
 

@@ -132,6 +132,16 @@ impl Homeserver for MatrixInbound {
         v["name"].as_str().map(str::to_owned)
     }
 
+    /// A new direct room of the bot with `user`, then the text and the QR code in it.
+    async fn tell_privately(&self, user: &str, key: &str, text: &str, png: Option<Vec<u8>>) -> Result<(), Failure> {
+        let room = self.client.create_dm("COI invite", &[user.to_owned()]).await.map_err(failure)?;
+        self.notice(&room, key, text).await?;
+        match png {
+            Some(png) => self.image(&room, &format!("{key}-qr"), "invite-qr.png", png).await,
+            None => Ok(()),
+        }
+    }
+
     async fn matrix_people(&self, room: &str) -> Option<Vec<String>> {
         let path = format!("/_matrix/client/v3/rooms/{}/joined_members", seg(room));
         let v = self.client.call(reqwest::Method::GET, &path, None, None).await.ok()?;

@@ -110,6 +110,27 @@ impl Homeserver for BotRoom<'_> {
         self.room.name()
     }
 
+    /// A new direct room of the bot's account with `user`, then the text and the QR code.
+    async fn tell_privately(&self, user: &str, key: &str, text: &str, png: Option<Vec<u8>>) -> Result<(), Failure> {
+        use matrix_sdk::ruma::api::client::room::create_room::v3::{Request, RoomPreset};
+        let uid = UserId::parse(user).map_err(|e| Failure::Permanent(DeadLetterKind::Failed, e.to_string()))?;
+        let mut request = Request::new();
+        request.name = Some("COI invite".into());
+        request.is_direct = true;
+        request.invite = vec![uid];
+        request.preset = Some(RoomPreset::TrustedPrivateChat);
+        let room = self.client.create_room(request).await.map_err(sdk_failure)?;
+        let content = json!({ "msgtype": "m.notice", "body": text });
+        let txn = OwnedTransactionId::from(key);
+        room.send_raw("m.room.message", content).with_transaction_id(&txn).await.map_err(sdk_failure)?;
+        if let Some(png) = png {
+            let config =
+                matrix_sdk::attachment::AttachmentConfig::new().txn_id(OwnedTransactionId::from(format!("{key}-qr")));
+            room.send_attachment("invite-qr.png", &mime::IMAGE_PNG, png, config).await.map_err(sdk_failure)?;
+        }
+        Ok(())
+    }
+
     async fn matrix_people(&self, _room: &str) -> Option<Vec<String>> {
         let members = self.room.members(RoomMemberships::JOIN).await.ok()?;
         let mut names: Vec<String> = members

@@ -40,6 +40,9 @@ pub trait Homeserver: Send + Sync {
     /// The room's joined people that are not the bridge's own accounts, shown as
     /// "Name (@mxid)"; `None` when the homeserver does not say.
     async fn matrix_people(&self, room: &str) -> Option<Vec<String>>;
+    /// Sends `text` (and `png`, a QR code) to `user` alone, in a new direct room of the
+    /// bridge's account with them (a personal invite).
+    async fn tell_privately(&self, user: &str, key: &str, text: &str, png: Option<Vec<u8>>) -> Result<(), Failure>;
 }
 
 /// Drops the quoted fallback (`> <@user> text` lines and the blank line after them) that
@@ -293,6 +296,16 @@ mod tests {
         }
         async fn matrix_people(&self, _room: &str) -> Option<Vec<String>> {
             None
+        }
+        async fn tell_privately(
+            &self,
+            _user: &str,
+            _key: &str,
+            text: &str,
+            _png: Option<Vec<u8>>,
+        ) -> Result<(), Failure> {
+            self.notices.lock().expect("lock").push(text.to_owned());
+            Ok(())
         }
     }
 
