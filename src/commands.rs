@@ -150,23 +150,33 @@ pub async fn join(loaded: &Loaded, link: &str) -> anyhow::Result<String> {
         crate::hub::wake::OutboxNotifier::new(),
     );
     let join = crate::hub::securejoin::start_join(store.as_ref(), &id, &outbound, link).await?;
-    wake_daemon(loaded).await;
+    let daemon = if wake_daemon(loaded).await {
+        "told the running daemon, which completes it"
+    } else {
+        "no daemon answered on [http] listen; the daemon completes it when it runs (within 60 s if it runs elsewhere)"
+    };
     Ok(match &join.group_name {
-        Some(g) => format!("joining group {g:?} of {}; the running daemon completes it\n", join.inviter_addr),
-        None => format!("joining {}; the running daemon completes it\n", join.inviter_addr),
+        Some(g) => format!("joining group {g:?} of {}; {daemon}\n", join.inviter_addr),
+        None => format!("joining {}; {daemon}\n", join.inviter_addr),
     })
 }
 
 /// Tells a running daemon that this process queued rows for `loaded`'s account
 /// (`POST /wake`), so it sends them now rather than at its next safety poll. Best effort:
-/// a daemon that is not running finds the rows when it starts.
-async fn wake_daemon(loaded: &Loaded) {
+/// a daemon that is not running finds the rows when it starts. `true` when it took it.
+async fn wake_daemon(loaded: &Loaded) -> bool {
     let addr = crate::http::local_addr(loaded.config.http.listen);
     let url = format!("http://{addr}/wake?account={}", loaded.key());
-    match crate::http::post_status(&url, std::time::Duration::from_secs(2)).await {
-        Ok(202) => tracing::debug!(%url, "the running daemon was told"),
-        Ok(code) => tracing::debug!(%url, code, "the daemon did not take the wake-up; it finds the rows by itself"),
-        Err(e) => tracing::debug!(%url, error = %e, "no daemon answered; it finds the rows when it runs"),
+    match crate::http::post_status(&url, std::time::Duration::from_secs(5)).await {
+        Ok(202) => true,
+        Ok(code) => {
+            tracing::debug!(%url, code, "the daemon did not take the wake-up; it finds the rows by itself");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(%url, error = %e, "no daemon answered; it finds the rows when it runs");
+            false
+        }
     }
 }
 

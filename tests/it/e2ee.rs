@@ -596,12 +596,14 @@ async fn the_bridge_joins_delta_chat_invite_links_and_takes_part_in_their_group(
     };
     let http = coi_bridge::http::Http::new(core.metrics.clone(), coi_bridge::accounts::Running::single(view));
     let timeouts = coi_bridge::http::Timeouts { header: Duration::from_secs(10), body: Duration::from_secs(10) };
-    let serve = coi_bridge::http::serve(listener, http, axum::Router::new(), token.clone(), timeouts);
+    // Its own task: the body below blocks its thread while the CLI runs, and the CLI waits
+    // for the listener's answer.
+    let serve = tokio::spawn(coi_bridge::http::serve(listener, http, axum::Router::new(), token.clone(), timeouts));
     let body = async {
         // 1:1: the bridge joins Alice's own link.
         let link = dc.call("get_chat_securejoin_qr_code", json!([alice, null])).await;
         let out = cli(&config, &["join", link.as_str().expect("link")]);
-        assert!(out.contains("joining alice@example.org"), "{out}");
+        assert!(out.contains("joining alice@example.org") && out.contains("told the running daemon"), "{out}");
         dc.wait_event(alice, "SecurejoinInviterProgress 1000", WAIT, |e| {
             e["kind"] == "SecurejoinInviterProgress" && e["progress"].as_u64() == Some(1000)
         })
@@ -614,7 +616,7 @@ async fn the_bridge_joins_delta_chat_invite_links_and_takes_part_in_their_group(
         // The group: the bridge joins through Alice's group link.
         let glink = dc.call("get_chat_securejoin_qr_code", json!([alice, group])).await;
         let out = cli(&config, &["join", glink.as_str().expect("link")]);
-        assert!(out.contains("Alice's Group"), "{out}");
+        assert!(out.contains("Alice's Group") && out.contains("told the running daemon"), "{out}");
         let chat = eventually(WAIT, "the bridge is in Alice's group", || async {
             core.store
                 .chats()
@@ -641,6 +643,6 @@ async fn the_bridge_joins_delta_chat_invite_links_and_takes_part_in_their_group(
         }
         token.cancel();
     };
-    let (_, _, (), served) = tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body, serve);
-    served.expect("the HTTP listener");
+    tokio::join!(core.imap.run(token.clone()), core.smtp.run(token.clone()), body);
+    serve.await.expect("the HTTP listener's task").expect("the HTTP listener");
 }
