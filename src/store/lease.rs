@@ -21,15 +21,13 @@
 //! after the new epoch began. Renewals only update the row (no key change), so they never wait
 //! for the holder's own writes.
 
-use std::str::FromStr as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row as _};
 
 use super::StoreResult;
-use super::postgres::{describe, err, tls_by_default};
+use super::postgres::{cluster_pool, err};
 
 /// The SQLSTATE of a write refused because the store's lease is no longer current.
 pub const FENCED_SQLSTATE: &str = "CB001";
@@ -77,21 +75,8 @@ impl Leases {
     /// Connects to the database at `url` (the daemons' shared `store.url`) and makes the lease
     /// table if it is missing.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let opts = tls_by_default(
-            url,
-            PgConnectOptions::from_str(url)
-                .map_err(|e| anyhow::anyhow!("store.url: not a usable PostgreSQL URL ({e})"))?
-                .application_name("coi-bridge-lease")
-                .options([("lock_timeout", LOCK_TIMEOUT)]),
-        );
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .min_connections(0)
-            .idle_timeout(Duration::from_secs(60))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts.clone())
-            .await
-            .with_context(|| format!("leases: cannot connect to PostgreSQL at {} (store.url)", describe(&opts)))?;
+        let (pool, at) =
+            cluster_pool(url, "coi-bridge-lease", MAX_CONNECTIONS, "leases", &[("lock_timeout", LOCK_TIMEOUT)]).await?;
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LEASE_LOCK).execute(&mut *tx).await?;
         sqlx::raw_sql(
@@ -104,7 +89,7 @@ impl Leases {
         )
         .execute(&mut *tx)
         .await
-        .with_context(|| format!("leases: making public.coi_lease in {}", describe(&opts)))?;
+        .with_context(|| format!("leases: making public.coi_lease in {at}"))?;
         tx.commit().await?;
         Ok(Self { pool })
     }

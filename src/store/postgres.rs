@@ -303,6 +303,37 @@ impl PgStore {
     }
 }
 
+/// A small pool on the shared database for a daemon-wide table beside the account stores
+/// (the leases, the appservice relay): `store.url` with TLS by default, connections opened
+/// on demand and closed after a minute idle. `what` names the user in errors; `options`
+/// are session settings. Also returns where it connected, for later errors.
+pub(crate) async fn cluster_pool(
+    url: &str,
+    application: &str,
+    max: u32,
+    what: &str,
+    options: &[(&str, &str)],
+) -> anyhow::Result<(sqlx::PgPool, String)> {
+    use anyhow::Context as _;
+    use std::str::FromStr as _;
+    let opts = tls_by_default(
+        url,
+        sqlx::postgres::PgConnectOptions::from_str(url)
+            .map_err(|e| anyhow::anyhow!("store.url: not a usable PostgreSQL URL ({e})"))?
+            .application_name(application)
+            .options(options.iter().copied()),
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .min_connections(0)
+        .idle_timeout(std::time::Duration::from_secs(60))
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(opts.clone())
+        .await
+        .with_context(|| format!("{what}: cannot connect to PostgreSQL at {} (store.url)", describe(&opts)))?;
+    Ok((pool, describe(&opts)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

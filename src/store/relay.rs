@@ -7,17 +7,15 @@
 //! `state_key` is kept so an invitation of a bot finds the daemon of that bot's bridge.
 //! Times are the database's clock.
 
-use std::str::FromStr as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use coi_bridge_api::{EventRelay, Relayed};
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row as _};
 
-use super::postgres::{describe, tls_by_default};
+use super::postgres::cluster_pool;
 
 /// The advisory lock the relay table is made under: "coi-rela" in ASCII.
 const RELAY_LOCK: i64 = 0x636f_692d_7265_6c61;
@@ -37,20 +35,7 @@ impl PgRelay {
     /// Connects to the database at `url` (the daemons' shared `store.url`) and makes the
     /// relay table if it is missing.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let opts = tls_by_default(
-            url,
-            PgConnectOptions::from_str(url)
-                .map_err(|e| anyhow::anyhow!("store.url: not a usable PostgreSQL URL ({e})"))?
-                .application_name("coi-bridge-relay"),
-        );
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .min_connections(0)
-            .idle_timeout(Duration::from_secs(60))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts.clone())
-            .await
-            .with_context(|| format!("event relay: cannot connect to PostgreSQL at {} (store.url)", describe(&opts)))?;
+        let (pool, at) = cluster_pool(url, "coi-bridge-relay", MAX_CONNECTIONS, "event relay", &[]).await?;
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RELAY_LOCK).execute(&mut *tx).await?;
         sqlx::raw_sql(
@@ -68,7 +53,7 @@ impl PgRelay {
         )
         .execute(&mut *tx)
         .await
-        .with_context(|| format!("event relay: making public.coi_appservice_relay in {}", describe(&opts)))?;
+        .with_context(|| format!("event relay: making public.coi_appservice_relay in {at}"))?;
         tx.commit().await?;
         Ok(Self { pool, counts: None })
     }
