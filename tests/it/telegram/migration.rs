@@ -70,6 +70,10 @@ async fn personal_invites_show_who_moved_and_the_group_is_closable_once() {
     assert!(!st.contains("can be closed"), "Ben is active and has not moved: {st}");
     assert!(!s.tg.sent_texts(GROUP).iter().any(|(_, t)| t.contains(ANNOUNCED)), "nothing announced yet");
 
+    // A forged deep-link payload gets an answer, not a failed update.
+    s.tg.user_says(9998, (9998, "Mal"), "/start invite_<script>", None);
+    bot_says(&s, 9998, "not one of mine").await;
+
     // A stranger asking privately gets nothing: the bot only invites members.
     s.tg.user_says(9999, (9999, "Eve"), "/coi_invite", None);
     bot_says(&s, 9999, "no bridged group of yours").await;

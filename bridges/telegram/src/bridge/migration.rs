@@ -74,9 +74,15 @@ impl TelegramBridge {
         let verb = words.next().unwrap_or_default().split('@').next().unwrap_or_default();
         let wanted: Option<i64> = match verb {
             "/start" => match words.next().and_then(|p| p.strip_prefix(START_INVITE)) {
-                Some(chat) => {
-                    Some(chat.parse().map_err(|_| SubmitError::Rejected(format!("bad invite payload {chat:?}")))?)
-                }
+                Some(chat) => match chat.parse() {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        // Anyone can send any payload: answer, never fail the update.
+                        tracing::info!(user = from.id.0, payload = chat, "a /start invite payload that is no chat id");
+                        self.say(m.chat.id, "That link is not one of mine; ask in your group with /coi_invite.").await;
+                        return Ok(true);
+                    }
+                },
                 None => return Ok(false),
             },
             "/coi_invite" => None,
