@@ -78,6 +78,8 @@ pub struct Metrics {
     pub migration_moved: IntGaugeVec,
     /// Per portal: remote people active in the last 30 days who have not moved.
     pub migration_active_not_moved: IntGaugeVec,
+    /// Personal invites refused because the person asked too often lately, by bridge.
+    pub personal_invites_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -186,6 +188,11 @@ impl Metrics {
                 "migration_active_not_moved",
                 "Remote people of a portal active in the last 30 days who have not moved",
                 &["account", "bridge", "remote_chat"],
+            ),
+            personal_invites_refused: vec(
+                "personal_invites_refused_total",
+                "Personal invites refused because the person asked too often lately, by bridge",
+                &["bridge"],
             ),
             registry,
         };

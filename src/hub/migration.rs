@@ -12,6 +12,7 @@
 
 use crate::coi::ChatMessage;
 use crate::hub::outbound::{Outbound, QueueError};
+use crate::metrics::Metrics;
 use crate::store::migration::{MigrationSample, PairingRow, RemotePersonRow};
 use crate::store::portals::Portal;
 use crate::store::{Chat, ChatKind, Origin, Store, StoreResult};
@@ -218,22 +219,25 @@ impl Sampler {
         }
     }
 
-    /// Samples every portal once, sets its gauges, and announces a group that became closable.
+    /// Samples every portal once, sets its gauges, drops the gauges of portals that are
+    /// gone (unlinked, moved to a new chat id), and announces a group that became closable.
     pub async fn once(&self) -> Result<(), QueueError> {
         let mut chats = Vec::new();
+        let mut sampled = Vec::new();
         for portal in self.store.portals().await? {
             let Some(chat) = self.store.chat(portal.chat_id).await? else { continue };
             let s = portal_status(self.store.as_ref(), &portal, &chat).await?;
             sample(self.store.as_ref(), &portal, &s, None).await?;
-            let labels = [self.account.as_str(), portal.bridge.as_str(), portal.remote_chat.as_str()];
-            for (side, n) in [("remote", s.remote_seen), ("coi", s.coi_members)] {
-                let by_side = [labels[0], labels[1], labels[2], side];
-                self.metrics.migration_members.with_label_values(&by_side).set(n as i64);
-            }
-            self.metrics.migration_moved.with_label_values(&labels).set(s.moved.len() as i64);
-            self.metrics.migration_active_not_moved.with_label_values(&labels).set(s.active_not_moved.len() as i64);
+            set_gauges(&self.metrics, &self.account, &portal, &s);
+            sampled.push((portal.bridge.clone(), portal.remote_chat.clone()));
             if !chats.iter().any(|c: &Chat| c.id == chat.id) {
                 chats.push(chat);
+            }
+        }
+        for (bridge, remote_chat) in gauged(&self.metrics, &self.account) {
+            if !sampled.iter().any(|(b, r)| *b == bridge && *r == remote_chat) {
+                tracing::info!(account = %self.account, %bridge, %remote_chat, "migration: the portal is gone; its gauges go too");
+                drop_gauges(&self.metrics, &self.account, &bridge, &remote_chat);
             }
         }
         for chat in &chats {
@@ -243,10 +247,60 @@ impl Sampler {
     }
 }
 
+/// The sides of `migration_members`.
+const SIDES: [&str; 2] = ["remote", "coi"];
+
+/// Sets the migration gauges of `portal` (an account's, `account` its address) from `s`.
+pub fn set_gauges(metrics: &Metrics, account: &str, portal: &Portal, s: &PortalStatus) {
+    let labels = [account, portal.bridge.as_str(), portal.remote_chat.as_str()];
+    for (side, n) in SIDES.into_iter().zip([s.remote_seen, s.coi_members]) {
+        metrics.migration_members.with_label_values(&[labels[0], labels[1], labels[2], side]).set(n as i64);
+    }
+    metrics.migration_moved.with_label_values(&labels).set(s.moved.len() as i64);
+    metrics.migration_active_not_moved.with_label_values(&labels).set(s.active_not_moved.len() as i64);
+}
+
+/// Removes the migration gauges of the portal of `account` on `bridge` in `remote_chat`,
+/// so a portal that is gone is not exported with its last numbers for ever.
+pub fn drop_gauges(metrics: &Metrics, account: &str, bridge: &str, remote_chat: &str) {
+    let labels = [account, bridge, remote_chat];
+    for side in SIDES {
+        // Absent already is fine: the series is gone either way.
+        let _ = metrics.migration_members.remove_label_values(&[account, bridge, remote_chat, side]);
+    }
+    let _ = metrics.migration_moved.remove_label_values(&labels);
+    let _ = metrics.migration_active_not_moved.remove_label_values(&labels);
+}
+
+/// The portals (bridge, remote chat) of `account` that have migration gauges now.
+fn gauged(metrics: &Metrics, account: &str) -> Vec<(String, String)> {
+    use prometheus::core::Collector as _;
+    let mut out: Vec<(String, String)> = Vec::new();
+    let families = [
+        metrics.migration_members.collect(),
+        metrics.migration_moved.collect(),
+        metrics.migration_active_not_moved.collect(),
+    ];
+    for family in families.iter().flatten() {
+        for m in family.get_metric() {
+            let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value());
+            let (Some(a), Some(b), Some(r)) = (label("account"), label("bridge"), label("remote_chat")) else {
+                continue;
+            };
+            if a == account && !out.iter().any(|(ob, or)| ob == b && or == r) {
+                out.push((b.to_owned(), r.to_owned()));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::migration::PairedVia;
+    use crate::store::migration::{PairedVia, Seen};
+    use std::collections::HashMap;
+    use std::sync::Arc;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -297,6 +351,70 @@ mod tests {
         assert!(text.contains("Moved to COI: 1 of the 4 people seen here: Ann (ann@x)."), "{text}");
         assert!(text.contains("Active in the last 30 days and not moved yet: Bob, Ed."), "{text}");
         assert!(text.contains("Left Telegram since moving: Di (di@x)."), "{text}");
+    }
+
+    /// The `/metrics` lines of the migration gauges that name `remote_chat`.
+    fn series(metrics: &Metrics, remote_chat: &str) -> Vec<String> {
+        let chat = format!("remote_chat=\"{remote_chat}\"");
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("coi_bridge_migration_") && l.contains(&chat))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_gauges_of_an_unlinked_portal_go_at_the_next_sample() {
+        use crate::coi::Mailbox;
+        use crate::store::ChatRef;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).await.expect("store"));
+        let identity = Arc::new(
+            crate::hub::e2ee::Identity::load_or_create(store.as_ref(), "bridge@x.org", None).await.expect("identity"),
+        );
+        let outbound = Arc::new(Outbound::new(
+            store.clone(),
+            Mailbox::new("bridge@x.org", Some("Bridge")),
+            identity,
+            crate::config::EncryptionPolicy::Opportunistic,
+            crate::hub::wake::OutboxNotifier::new(),
+        ));
+        let chat = ChatRef { kind: ChatKind::Group, key: "grp_abcdefghij".into(), name: "Room".into() };
+        let chat_id = store.ensure_chat(&chat).await.expect("chat");
+        store.update_members(chat_id, &["ann@x".into()], &[]).await.expect("members");
+        store.create_portal(chat_id, "matrix", "!room:hs").await.expect("portal");
+        store.create_portal(chat_id, "telegram", "-100").await.expect("portal");
+        store.note_remote_person("telegram", "-100", "1", "Ann", Seen::Posted, NOW).await.expect("seen");
+        store.pair(&paired("1", "ann@x")).await.expect("paired");
+        let metrics = Arc::new(Metrics::new());
+        // Another account's portal with the same remote chat id is not this sampler's.
+        metrics.migration_moved.with_label_values(&["other@x.org", "telegram", "-100"]).set(7);
+        let sampler = Sampler {
+            store: store.clone(),
+            outbound,
+            metrics: metrics.clone(),
+            account: "bridge@x.org".into(),
+            labels: HashMap::new(),
+        };
+        sampler.once().await.expect("sampled");
+        let tg = series(&metrics, "-100");
+        assert!(
+            tg.iter().any(|l| l.contains("migration_moved{account=\"bridge@x.org\"") && l.ends_with(" 1")),
+            "{tg:?}"
+        );
+        assert_eq!(tg.len(), 5, "members (two sides), moved, active-not-moved, and the other account's: {tg:?}");
+        assert_eq!(series(&metrics, "!room:hs").len(), 4);
+
+        assert!(store.delete_portal("telegram", "-100").await.expect("unlinked"));
+        sampler.once().await.expect("sampled");
+        assert_eq!(
+            series(&metrics, "-100"),
+            ["coi_bridge_migration_moved{account=\"other@x.org\",bridge=\"telegram\",remote_chat=\"-100\"} 7"],
+            "only the other account's series is left"
+        );
+        assert_eq!(series(&metrics, "!room:hs").len(), 4, "the portal still linked keeps its gauges");
     }
 
     #[test]

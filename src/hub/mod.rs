@@ -7,6 +7,7 @@
 //! - [`securejoin`]: invite links and SecureJoin both ways; [`groups`]: renames, removals.
 //! - [`submit`]: remote → COI, the `Hub` bridges submit to; [`delivery`]: COI → remote, per bridge.
 //! - [`deadletter`]: remote events a bridge set aside, kept with their reason and counted.
+//! - [`migration`]: who has moved; [`invites`]: how often one person may ask for a personal invite.
 //! - [`degrade`]: what a side cannot carry, turned into what it can (reactions, long texts).
 //! - [`route`]: who gets a copy of a message (the store only writes the rows it is given);
 //!   [`wake`]: the one outbox notifier that wakes SMTP and every bridge's worker.
@@ -17,6 +18,7 @@ pub mod delivery;
 pub mod e2ee;
 pub mod groups;
 pub mod ingest;
+pub mod invites;
 pub mod migration;
 pub mod outbound;
 pub mod resolve;

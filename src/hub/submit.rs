@@ -10,10 +10,11 @@ use crate::coi::securejoin_link::Invite;
 use crate::coi::securejoin_link::InviteGroup;
 use crate::coi::{ChatMessage, Kind, Mailbox};
 use crate::hub::e2ee::Identity;
+use crate::hub::invites::{InviteLimiter, Verdict, hand_out, refusal_text};
 use crate::hub::migration;
 use crate::hub::outbound::{Outbound, QueueError};
 use crate::hub::securejoin::{JoinError, create_group, invite_for, start_join};
-use crate::store::migration::{PairedVia, PairingRow, PersonalInviteRow, Seen};
+use crate::store::migration::{PairedVia, PairingRow, Seen};
 use crate::store::portals::RemoteCopy;
 use crate::store::{ChatKind, ChatRef, Direction, Origin, Store, StoreError};
 
@@ -28,9 +29,11 @@ pub struct CoreHub {
     /// Bridge id → the network's name shown after relayed names ("Alice (Matrix)").
     labels: HashMap<String, String>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// How often each person may ask for a personal invite.
+    invites: InviteLimiter,
 }
 
-fn retry_or_reject(e: QueueError) -> SubmitError {
+pub(super) fn retry_or_reject(e: QueueError) -> SubmitError {
     match e {
         QueueError::Store(StoreError::Retry(m)) => SubmitError::Retry(m),
         QueueError::Store(StoreError::Fatal(m)) => SubmitError::Rejected(format!("store: {m}")),
@@ -42,7 +45,7 @@ fn retry_or_reject(e: QueueError) -> SubmitError {
 /// A store that cannot write now (busy, disk full) is the core being unavailable: the
 /// bridge submits again for as long as that lasts. A write the store refuses for good
 /// (a constraint this event breaks) rejects the event, so it is set aside.
-fn store_err(e: StoreError) -> SubmitError {
+pub(super) fn store_err(e: StoreError) -> SubmitError {
     match e {
         StoreError::Retry(m) => SubmitError::Retry(m),
         StoreError::Fatal(m) => SubmitError::Rejected(format!("store: {m}")),
@@ -61,7 +64,8 @@ impl CoreHub {
     ) -> Self {
         let me = identity.addr.clone();
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        Self { store, outbound, identity, display_name: display_name.to_owned(), me, labels, metrics }
+        let invites = InviteLimiter::default();
+        Self { store, outbound, identity, display_name: display_name.to_owned(), me, labels, metrics, invites }
     }
 
     /// Counts queued messages in the daemon's metrics (a private registry otherwise).
@@ -248,6 +252,7 @@ impl Hub for CoreHub {
                 let mut text = format!("Bridged to the COI group \"{}\"; on COI: {members}.", c.name);
                 if let Some(p) = &portal {
                     let status = migration::portal_status(self.store.as_ref(), p, &c).await.map_err(store_err)?;
+                    migration::set_gauges(&self.metrics, &self.me, p, &status);
                     text.push('\n');
                     text.push_str(&status.render(self.label(from)));
                 }
@@ -255,6 +260,7 @@ impl Hub for CoreHub {
             }
             (Command::Unlink, Some(c)) => {
                 self.store.delete_portal(from.as_str(), chat.as_str()).await.map_err(store_err)?;
+                migration::drop_gauges(&self.metrics, &self.me, from.as_str(), chat.as_str());
                 reply(format!("Unlinked from the COI group \"{}\"; nothing is bridged here any more.", c.name), None)
             }
         }
@@ -291,32 +297,19 @@ impl Hub for CoreHub {
         if c.kind != ChatKind::Group {
             return Err(SubmitError::Rejected("that chat is a 1:1 portal, not a group".into()));
         }
-        self.note(from, chat.as_str(), person, Seen::Joined).await?;
-        let now = chrono::Utc::now().timestamp();
-        let group = InviteGroup { id: c.key.clone(), name: c.name.clone() };
-        let invite = invite_for(self.store.as_ref(), &self.identity, &self.display_name, Some(group))
-            .await
-            .map_err(retry_or_reject)?;
-        let row = PersonalInviteRow {
-            auth: invite.auth.clone(),
-            bridge: from.as_str().to_owned(),
-            remote_user: person.id.as_str().to_owned(),
-            remote_chat: Some(chat.as_str().to_owned()),
-            created_at: now,
-        };
-        self.store.add_personal_invite(&row).await.map_err(store_err)?;
-        let link = invite.render();
-        tracing::info!(bridge = %from, chat = %chat, user = %person.id, "personal invite handed out");
-        let qr_png = crate::qr::png(&link).map_err(|e| tracing::warn!(error = %e, "no QR code for the invite")).ok();
-        Ok(CommandReply {
-            text: format!(
-                "Your personal invite to the COI group \"{}\", {}. Open it in Delta Chat (or scan the QR code); \
-                 once you have joined, the group sees that you moved. It is yours: do not pass it on.\n{link}",
-                c.name, person.display_name
-            ),
-            link: Some(link),
-            qr_png,
-        })
+        // Each invite costs a store write and a QR code, and anyone in a portal may ask.
+        let asked = std::time::Instant::now();
+        if let Verdict::Refused { again_in } = self.invites.ask(from.as_str(), person.id.as_str(), asked) {
+            self.metrics.personal_invites_refused.with_label_values(&[from.as_str()]).inc();
+            tracing::info!(bridge = %from, chat = %chat, user = %person.id, again_in_s = again_in.as_secs(), "personal invite refused: asked too often");
+            return Ok(CommandReply { text: refusal_text(again_in), link: None, qr_png: None });
+        }
+        let made = hand_out(self.store.as_ref(), &self.identity, &self.display_name, from, chat, person, &c).await;
+        if made.is_err() {
+            // Not handed out: the bridge asks again, and that is no second request.
+            self.invites.give_back(from.as_str(), person.id.as_str(), asked);
+        }
+        made
     }
 
     async fn pair(
@@ -332,7 +325,11 @@ impl Hub for CoreHub {
                 "the bridge has no key for {address}; they join the group (or send the bridge their invite link) first"
             )));
         }
-        self.note(from, chat.as_str(), person, Seen::Joined).await?;
+        let portal_chat = self.portal_chat(from, chat).await?;
+        // Pairings hold for the whole bridge; only a portal's people are counted.
+        if portal_chat.is_some() {
+            self.note(from, chat.as_str(), person, Seen::Joined).await?;
+        }
         let now = chrono::Utc::now().timestamp();
         let row = PairingRow {
             bridge: from.as_str().to_owned(),
@@ -343,7 +340,7 @@ impl Hub for CoreHub {
         };
         self.store.pair(&row).await.map_err(store_err)?;
         tracing::info!(bridge = %from, user = %person.id, %address, "paired by an admin");
-        if let Some(c) = self.portal_chat(from, chat).await? {
+        if let Some(c) = portal_chat {
             migration::announce_if_closable(self.store.as_ref(), &self.outbound, &c, &self.labels)
                 .await
                 .map_err(retry_or_reject)?;
