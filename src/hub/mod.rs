@@ -7,6 +7,7 @@
 //! - [`securejoin`]: invite links and SecureJoin both ways; [`groups`]: renames, removals.
 //! - [`submit`]: remote → COI, the `Hub` bridges submit to; [`delivery`]: COI → remote, per bridge.
 //! - [`deadletter`]: remote events a bridge set aside, kept with their reason and counted.
+//! - [`private`]: a private chat with a bridge's bot, opened as a COI group with its people.
 //! - [`migration`]: who has moved; [`invites`]: how often one person may ask for a personal invite.
 //! - [`degrade`]: what a side cannot carry, turned into what it can (reactions, long texts).
 //! - [`route`]: who gets a copy of a message (the store only writes the rows it is given);
@@ -21,6 +22,7 @@ pub mod ingest;
 pub mod invites;
 pub mod migration;
 pub mod outbound;
+pub mod private;
 pub mod resolve;
 pub mod route;
 pub mod securejoin;

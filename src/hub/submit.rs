@@ -31,6 +31,8 @@ pub struct CoreHub {
     metrics: Arc<crate::metrics::Metrics>,
     /// How often each person may ask for a personal invite.
     invites: InviteLimiter,
+    /// When each bridge opened its latest private chats.
+    private_chats: crate::hub::private::NewChats,
 }
 
 pub(super) fn retry_or_reject(e: QueueError) -> SubmitError {
@@ -65,7 +67,18 @@ impl CoreHub {
         let me = identity.addr.clone();
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let invites = InviteLimiter::default();
-        Self { store, outbound, identity, display_name: display_name.to_owned(), me, labels, metrics, invites }
+        let private_chats = Default::default();
+        Self {
+            store,
+            outbound,
+            identity,
+            display_name: display_name.to_owned(),
+            me,
+            labels,
+            metrics,
+            invites,
+            private_chats,
+        }
     }
 
     /// Counts queued messages in the daemon's metrics (a private registry otherwise).
@@ -350,6 +363,18 @@ impl Hub for CoreHub {
             link: None,
             qr_png: None,
         })
+    }
+
+    async fn private_chat(
+        &self,
+        from: &BridgeId,
+        chat: &RemoteChatId,
+        person: &Person,
+        to: &coi_bridge_api::PrivateTo,
+    ) -> Result<coi_bridge_api::PrivateChat, SubmitError> {
+        let (store, metrics, new_chats) = (self.store.as_ref(), self.metrics.as_ref(), &self.private_chats);
+        let private = crate::hub::private::Private { store, metrics, new_chats, me: &self.me, label: self.label(from) };
+        private.open(from, chat, person, to).await
     }
 
     async fn dead_letter(&self, from: &BridgeId, letter: coi_bridge_api::DeadLetter) -> Result<(), SubmitError> {

@@ -2,6 +2,7 @@
 
 mod degrade;
 mod migration;
+mod private;
 
 use crate::support;
 

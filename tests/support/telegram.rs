@@ -51,6 +51,8 @@ struct Inner {
     files: HashMap<String, Vec<u8>>,
     /// The highest `offset` getUpdates was asked with: every update below it is confirmed.
     offset: i64,
+    /// Users' @usernames (without the @), sent in `from` of what they say or do.
+    usernames: HashMap<i64, String>,
 }
 
 /// The fake server; stopped on drop.
@@ -169,7 +171,7 @@ impl FakeTelegram {
         let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
         let mut m = json!({
             "message_id": id, "chat": chat_json(chat, &title),
-            "from": {"id": user.0, "is_bot": false, "first_name": user.1}, "text": text,
+            "from": self.user_json(user), "text": text,
         });
         if text.starts_with('/') {
             let len = text.split_whitespace().next().unwrap_or_default().encode_utf16().count();
@@ -333,12 +335,26 @@ impl FakeTelegram {
         self.lock().members.entry(chat).or_default().insert(user.0, user.1.to_owned());
     }
 
+    /// `user` has the @username `name` (without the @) from now on.
+    pub fn set_username(&self, user: i64, name: &str) {
+        self.lock().usernames.insert(user, name.to_owned());
+    }
+
+    /// A `User` object for `user`, with their @username if they have one.
+    fn user_json(&self, user: (i64, &str)) -> Value {
+        let mut u = json!({"id": user.0, "is_bot": false, "first_name": user.1});
+        if let Some(name) = self.lock().usernames.get(&user.0) {
+            u["username"] = json!(name);
+        }
+        u
+    }
+
     /// `user` joins `chat`: a member from now on, and the `new_chat_members` service message.
     pub fn user_joins(&self, chat: i64, user: (i64, &str)) -> i64 {
         self.set_member(chat, user);
         let id = self.new_message_id(chat);
         let title = self.lock().titles.get(&chat).cloned().unwrap_or_else(|| "Chat".into());
-        let u = json!({"id": user.0, "is_bot": false, "first_name": user.1});
+        let u = self.user_json(user);
         self.push_update(
             "message",
             json!({"message_id": id, "chat": chat_json(chat, &title), "from": u, "new_chat_members": [u]}),

@@ -461,6 +461,31 @@ pub struct CommandReply {
     pub qr_png: Option<Vec<u8>>,
 }
 
+/// Whom a private chat with a bridge's bot reaches on COI ([`Hub::private_chat`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrivateTo {
+    /// The bridge's owners: these COI addresses (none: the bridge takes no private messages).
+    Owners(Vec<String>),
+    /// The COI address this remote user of the bridge is paired with (a person who moved).
+    Paired(RemoteUserId),
+}
+
+/// What [`Hub::private_chat`] found or made. Only `Ready` lets the bridge submit the
+/// private chat's messages; the others are for the bridge to tell the person why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrivateChat {
+    /// The remote chat has its portal; `opened` when it was made just now.
+    Ready { opened: bool },
+    /// `PrivateTo::Owners` with no owners: nobody takes private messages here.
+    NoOwners,
+    /// `PrivateTo::Paired` names a remote user who is paired with nobody.
+    NotPaired,
+    /// The bridge has no encryption key for anyone it would reach yet.
+    NoKey,
+    /// Too many new private chats lately; the person may try again in a minute.
+    Busy,
+}
+
 /// The core as a bridge sees it.
 #[async_trait]
 pub trait Hub: Send + Sync + 'static {
@@ -512,6 +537,20 @@ pub trait Hub: Send + Sync + 'static {
         _address: &str,
     ) -> Result<CommandReply, SubmitError> {
         Err(SubmitError::Rejected("pairing is not available here".into()))
+    }
+
+    /// A person wrote to the bot in a private chat: makes sure the remote chat `chat` (the
+    /// bridge's id for that private chat and whom it reaches) has a portal to a COI chat of
+    /// its own with `to`, made once (a retry finds it). `person` names it. The default (for
+    /// hubs without a store) has nobody to reach.
+    async fn private_chat(
+        &self,
+        _from: &BridgeId,
+        _chat: &RemoteChatId,
+        _person: &Person,
+        _to: &PrivateTo,
+    ) -> Result<PrivateChat, SubmitError> {
+        Ok(PrivateChat::NoOwners)
     }
 
     /// Sets aside an event the bridge could not handle, so it never blocks the ones behind

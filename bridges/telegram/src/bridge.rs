@@ -16,6 +16,7 @@ use teloxide::{ApiError, Bot, RequestError};
 use crate::config::TelegramConfig;
 
 mod migration;
+mod private;
 pub mod send;
 mod updates;
 
@@ -62,6 +63,8 @@ pub struct TelegramBridge {
     partial: std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<RemoteMsgId>>>>,
     /// The bot's username (from `getMe`), for links that open a private chat with it.
     username: std::sync::OnceLock<String>,
+    /// @handles (lower-cased) already in the bridge state, with the id and name written.
+    handles: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Telegram's limits, kept before Telegram has to answer 429.
@@ -96,8 +99,11 @@ fn lowered(e: RequestError) -> DeliverError {
     }
 }
 
+/// The Telegram chat of a portal's remote id: "4242", or "4242/5101" for a private chat
+/// that reaches a moved person ([`private`]).
 fn chat_id(to: &RemoteChatId) -> Result<ChatId, DeliverError> {
-    to.as_str().parse().map(ChatId).map_err(|_| DeliverError::Permanent(format!("{to} is not a Telegram chat id")))
+    let chat = to.as_str().split(private::TO).next().unwrap_or_default();
+    chat.parse().map(ChatId).map_err(|_| DeliverError::Permanent(format!("{to} is not a Telegram chat id")))
 }
 
 fn message_id(m: &RemoteMsgId) -> Result<MessageId, DeliverError> {
@@ -125,6 +131,7 @@ impl TelegramBridge {
             moved: std::sync::Mutex::default(),
             partial: std::sync::Mutex::default(),
             username: std::sync::OnceLock::new(),
+            handles: std::sync::Mutex::default(),
         })
     }
 
@@ -321,8 +328,13 @@ impl TelegramBridge {
                         _ => None,
                     })
                     .unwrap_or_default();
+                let chat = if r.chat.is_private() {
+                    self.private_target(cx, r.chat.id).await?.0
+                } else {
+                    RemoteChatId(r.chat.id.0.to_string())
+                };
                 let event = RemoteEvent::Reaction {
-                    chat: RemoteChatId(r.chat.id.0.to_string()),
+                    chat,
                     id: RemoteMsgId(format!("{}-react-{}-{}", r.message_id.0, user.id.0, r.date.timestamp())),
                     target: RemoteMsgId(r.message_id.0.to_string()),
                     sender: Person { id: user.id.0.to_string().into(), display_name: user.full_name() },
@@ -359,18 +371,33 @@ impl TelegramBridge {
             self.refuse_chat(m.chat.id).await;
             return Ok(());
         }
+        if let Some(from) = m.from.as_ref() {
+            self.remember_handle(cx, from).await?;
+        }
         if self.membership(cx, &m, me).await? {
             return Ok(());
         }
         let text = m.text().or(m.caption()).unwrap_or_default().to_owned();
-        if !edited && m.chat.is_private() && self.private_invite(cx, &m, &text).await? {
+        let private = m.chat.is_private();
+        if !edited
+            && private
+            && (self.private_invite(cx, &m, &text).await? || self.private_command(cx, &m, &text).await?)
+        {
             return Ok(());
         }
         if !edited && text.starts_with("/coi") {
             return self.command(cx, &m, &text).await;
         }
         let Some(sender) = person(&m) else { return Ok(()) };
-        let chat = RemoteChatId(m.chat.id.0.to_string());
+        let chat = if private {
+            // Reaches the owners (or the moved person chosen with /coi_to) on COI.
+            match self.private_route(cx, &m, edited).await? {
+                Some(chat) => chat,
+                None => return Ok(()),
+            }
+        } else {
+            RemoteChatId(m.chat.id.0.to_string())
+        };
         let event = if edited {
             let at = m.edit_date().map(|d| d.timestamp()).unwrap_or_default();
             RemoteEvent::Edit {

@@ -34,6 +34,12 @@ pub struct TelegramConfig {
     /// Files larger than this (bytes) are not bridged; the sender is told.
     #[serde(default = "default_max_file")]
     pub max_file_bytes: u64,
+    /// The COI addresses a private message to the bot reaches: each Telegram user's private
+    /// chat becomes a COI group "Name (Telegram)" with these people, and their answers go
+    /// back. Empty: the bot answers that it takes no private messages (besides `/start`,
+    /// `/coi_invite` and `/coi_to @handle`, which writes to someone who moved to COI).
+    #[serde(default)]
+    pub owners: Vec<String>,
 }
 
 fn default_api_url() -> String {
@@ -58,11 +64,35 @@ impl TelegramConfig {
         if url::Url::parse(&self.api_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
             return Err(format!("bridge {:?}: api_url {:?} is not an http(s) URL", self.id, self.api_url));
         }
+        if let Some(o) = self.owners.iter().find(|o| !is_address(o)) {
+            return Err(format!("bridge {:?}: owners entry {o:?} is not a mail address (name@domain)", self.id));
+        }
         Ok(())
+    }
+
+    /// `owners`, lower-cased.
+    pub fn owner_list(&self) -> Vec<String> {
+        self.owners.iter().map(|o| o.trim().to_lowercase()).collect()
     }
 
     pub fn is_allowed(&self, chat: i64) -> bool {
         self.allowed_chats.contains(&chat)
+    }
+}
+
+/// `name@domain`, one `@`, no spaces or angle brackets: what a COI address looks like.
+fn is_address(s: &str) -> bool {
+    let s = s.trim();
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+        }
+        None => false,
     }
 }
 
@@ -81,5 +111,19 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("api_url"));
         let unknown = serde_json::from_value::<TelegramConfig>(serde_json::json!({"id": "tg", "tokn_file": "x"}));
         assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn owners_are_addresses() {
+        let with = |owners: serde_json::Value| {
+            serde_json::from_value::<TelegramConfig>(serde_json::json!({"id": "tg", "owners": owners})).expect("parses")
+        };
+        let ok = with(serde_json::json!(["Alice@Example.org", "bob@x.example.org"]));
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.owner_list(), ["alice@example.org", "bob@x.example.org"]);
+        for bad in ["alice", "@example.org", "alice@", "alice@localhost", "a@b@c.org", "a b@c.org", "<a@b.org>"] {
+            let e = with(serde_json::json!([bad])).validate().unwrap_err();
+            assert!(e.contains("owners"), "{bad}: {e}");
+        }
     }
 }

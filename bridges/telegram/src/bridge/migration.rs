@@ -21,6 +21,7 @@ impl TelegramBridge {
         let chat = RemoteChatId(m.chat.id.0.to_string());
         if let Some(users) = m.new_chat_members() {
             for u in users.iter().filter(|u| !u.is_bot && u.id != me) {
+                self.remember_handle(cx, u).await?;
                 cx.hub.person_seen(&cx.id, &chat, &person_of(u), true).await?;
             }
             return Ok(true);
@@ -90,7 +91,11 @@ impl TelegramBridge {
         };
         let chats: Vec<i64> = match wanted {
             Some(c) => vec![c],
-            None => cx.state.remote_chats().await?.iter().filter_map(|c| c.as_str().parse().ok()).collect(),
+            // Groups only (negative ids): a private chat's portal is no group to invite to.
+            None => {
+                let chats = cx.state.remote_chats().await?;
+                chats.iter().filter_map(|c| c.as_str().parse().ok()).filter(|c: &i64| *c < 0).collect()
+            }
         };
         let mut given = 0;
         for chat in chats {
@@ -128,11 +133,22 @@ impl TelegramBridge {
     }
 
     /// An admin's `/coi_pair ADDRESS` as a reply to the person's message, or
-    /// `/coi_pair USER_ID ADDRESS`.
+    /// `/coi_pair USER_ID ADDRESS`, or `/coi_pair @username ADDRESS` (a handle the bot has seen).
     pub(super) async fn pair_command(&self, cx: &BridgeContext, m: &Message, args: &str) -> Result<(), SubmitError> {
         let words: Vec<&str> = args.split_whitespace().collect();
         let target: Option<Person> = match words.as_slice() {
             [_address] => m.reply_to_message().and_then(|r| r.from.as_ref()).filter(|u| !u.is_bot).map(person_of),
+            [handle, _] if handle.starts_with('@') => match self.person_by_handle(cx, handle).await? {
+                Some(p) => Some(p),
+                None => {
+                    let text = format!(
+                        "I do not know {handle} yet: I learn handles from what people write where I am. Reply to \
+                         their message with /coi_pair ADDRESS instead."
+                    );
+                    self.say(m.chat.id, &text).await;
+                    return Ok(());
+                }
+            },
             [id, _] => {
                 id.parse::<u64>().ok().map(|id| Person { id: id.to_string().into(), display_name: id.to_string() })
             }
@@ -142,7 +158,8 @@ impl TelegramBridge {
         let (Some(person), Some(address)) = (target, address) else {
             self.say(
                 m.chat.id,
-                "Usage: reply to the person's message with /coi_pair ADDRESS, or /coi_pair TELEGRAM_USER_ID ADDRESS.",
+                "Usage: reply to the person's message with /coi_pair ADDRESS, or /coi_pair @username ADDRESS, or \
+                 /coi_pair TELEGRAM_USER_ID ADDRESS.",
             )
             .await;
             return Ok(());
