@@ -1,4 +1,4 @@
-//! Who may change a bridged message: an edit (`m.replace`) only from the target's sender, a redaction from the target's sender or someone with the room's redact power.
+//! Who may change a bridged message: an edit (`m.replace`) only from the target's sender, a redaction from the target's sender or someone with the room's redact power; and who is an admin of a room (for `!coi pair`).
 //!
 //! The homeserver does not enforce either: any member can send an `m.replace` for any
 //! event (clients are expected to ignore it), and a redaction of someone else's event
@@ -25,25 +25,58 @@ fn creators_are_privileged(room_version: &str) -> bool {
     room_version.parse::<u32>().is_ok_and(|v| v >= 12) || room_version.starts_with("org.matrix.hydra")
 }
 
+/// What the room's creation alone decides for `user`: everything for the creators of a
+/// version 12 room; without power levels, a creator has 100 and everyone else 0. `None`:
+/// the power levels decide.
+fn by_creation(power_levels: Option<&Value>, create: Option<&Value>, user: &str) -> Option<bool> {
+    let create = create?;
+    let version = create["content"]["room_version"].as_str().unwrap_or("1");
+    let is_creator = create["sender"] == user
+        || create["content"]["additional_creators"].as_array().is_some_and(|a| a.iter().any(|c| c == user));
+    if is_creator && creators_are_privileged(version) {
+        return Some(true);
+    }
+    power_levels.is_none().then_some(is_creator)
+}
+
+/// `user`'s level in the power levels `pl`.
+fn level_of(pl: &Value, user: &str) -> i64 {
+    pl["users"].get(user).and_then(level).or_else(|| level(&pl["users_default"])).unwrap_or(0)
+}
+
 /// Whether `user` may redact other people's events, from the room's `m.room.power_levels`
 /// content (`None`: the room has none) and its full `m.room.create` event.
 pub fn may_redact_others(power_levels: Option<&Value>, create: Option<&Value>, user: &str) -> bool {
-    if let Some(create) = create {
-        let version = create["content"]["room_version"].as_str().unwrap_or("1");
-        let is_creator = create["sender"] == user
-            || create["content"]["additional_creators"].as_array().is_some_and(|a| a.iter().any(|c| c == user));
-        if is_creator && creators_are_privileged(version) {
-            return true;
-        }
-        if power_levels.is_none() {
-            // Without power levels the creator has 100 and everyone else 0.
-            return is_creator;
-        }
+    if let Some(decided) = by_creation(power_levels, create, user) {
+        return decided;
     }
     let Some(pl) = power_levels else { return false };
-    let mine = pl["users"].get(user).and_then(level).or_else(|| level(&pl["users_default"])).unwrap_or(0);
-    let needed = level(&pl["redact"]).unwrap_or(DEFAULT_REDACT_LEVEL);
-    mine >= needed
+    level_of(pl, user) >= level(&pl["redact"]).unwrap_or(DEFAULT_REDACT_LEVEL)
+}
+
+/// The power level sending state events has when the room's power levels do not say.
+pub const DEFAULT_STATE_LEVEL: i64 = 50;
+
+/// Whether `user` is an admin of the room: may change its `m.room.power_levels` (who is
+/// admin), from that content (`None`: the room has none) and the full `m.room.create` event.
+pub fn may_change_power_levels(power_levels: Option<&Value>, create: Option<&Value>, user: &str) -> bool {
+    if let Some(decided) = by_creation(power_levels, create, user) {
+        return decided;
+    }
+    let Some(pl) = power_levels else { return false };
+    let needed = pl["events"]
+        .get("m.room.power_levels")
+        .and_then(level)
+        .or_else(|| level(&pl["state_default"]))
+        .unwrap_or(DEFAULT_STATE_LEVEL);
+    level_of(pl, user) >= needed
+}
+
+/// [`may_change_power_levels`] from the room's state as the appservice's bot reads it.
+pub async fn may_change_power_levels_in(client: &AsClient, room: &str, user: &str) -> Result<bool, MatrixError> {
+    let power_levels = state_event(client, room, "m.room.power_levels").await?;
+    let create = state_event(client, room, "m.room.create").await?;
+    Ok(may_change_power_levels(power_levels.as_ref().map(|e| &e["content"]), create.as_ref(), user))
 }
 
 /// What an edit or a redaction may do.
@@ -131,6 +164,23 @@ mod tests {
         assert!(!may_redact_others(Some(&strict), None, "@mod:hs"));
         let lax = json!({"users_default": 60});
         assert!(may_redact_others(Some(&lax), None, "@anyone:hs"));
+    }
+
+    #[test]
+    fn room_admins_are_who_may_change_the_power_levels() {
+        let pl = json!({"users": {"@mod:hs": 50, "@admin:hs": 100}, "events": {"m.room.power_levels": 100}});
+        let create = json!({"sender": "@admin:hs", "content": {"room_version": "10"}});
+        assert!(may_change_power_levels(Some(&pl), Some(&create), "@admin:hs"));
+        assert!(!may_change_power_levels(Some(&pl), Some(&create), "@mod:hs"), "a moderator is no admin");
+        assert!(!may_change_power_levels(Some(&pl), Some(&create), "@nobody:hs"));
+        // Without an entry for the power levels, state_default says (50 when absent).
+        assert!(may_change_power_levels(Some(&json!({"users": {"@mod:hs": 50}})), None, "@mod:hs"));
+        let strict = json!({"users": {"@mod:hs": 50}, "state_default": 75});
+        assert!(!may_change_power_levels(Some(&strict), None, "@mod:hs"));
+        // Version 12: the creators, who are not listed.
+        let v12 = json!({"sender": "@owner:hs", "content": {"room_version": "12"}});
+        assert!(may_change_power_levels(Some(&pl), Some(&v12), "@owner:hs"));
+        assert!(!may_change_power_levels(None, None, "@owner:hs"));
     }
 
     #[test]

@@ -241,6 +241,7 @@ impl Bridge for BotBridge {
             id: cx.id.clone(),
             hub: cx.hub.clone(),
             cfg: self.cfg.clone(),
+            state: cx.state.clone(),
             shutdown: cx.shutdown.clone(),
         });
         let l = listener.clone();

@@ -108,7 +108,8 @@ impl BridgeSection for MatrixConfig {
             .map_err(|e| format!("bridge {:?} ({}): {e}", self.id, env.config_file.display()))?;
         // The homeserver pushes transactions to the daemon's listener; they reach the hub
         // through the same handling as bot mode's sync.
-        let inbound = Arc::new(MatrixInbound::new(core.id.clone(), bridge.client().clone(), core.hub, self));
+        let inbound =
+            Arc::new(MatrixInbound::new(core.id.clone(), bridge.client().clone(), core.hub, core.state.clone(), self));
         let (app, made) = endpoint(env.shared, &reg.hs_token, &env.resolve(&self.registration));
         let member = Member {
             id: core.id,

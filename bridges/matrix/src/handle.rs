@@ -1,25 +1,36 @@
 //! One Matrix event handled the same way in both modes: `!coi` commands, the shared translation, the edit/redact authority, submitting to the hub, and setting aside what fails.
+//!
+//! Who may say what: the configured admins every command; anyone `!coi invite` (their
+//! personal invite, in the direct room the bridge keeps with them); the configured admins
+//! and the room's own admins `!coi pair @user:server ADDRESS`.
 
-use coi_bridge_api::{BridgeId, Command, DeadLetter, DeadLetterKind, Failure, Hub, RemoteChatId, SubmitError};
+use coi_bridge_api::{
+    BridgeId, BridgeState, Command, DeadLetter, DeadLetterKind, Failure, Hub, RemoteChatId, SubmitError,
+};
 use serde_json::Value;
 
 use crate::authority::{Verdict, verdict};
 use crate::config::MatrixConfig;
 use crate::translate::{Homeserver, PREFIX, is_command, translate};
 
+/// What handling an event needs from the bridge: the hub, its id, config and state.
+#[derive(Clone, Copy)]
+pub struct Parts<'a> {
+    pub hub: &'a dyn Hub,
+    pub id: &'a BridgeId,
+    pub cfg: &'a MatrixConfig,
+    /// Where the direct rooms with people are remembered.
+    pub state: &'a dyn BridgeState,
+}
+
 /// One event, durably: `Ok` once everything it means is queued in the hub (or refused by
 /// it for good); `Transient` to try it again, `Permanent` to set it aside.
-pub async fn handle(
-    hs: &dyn Homeserver,
-    hub: &dyn Hub,
-    id: &BridgeId,
-    cfg: &MatrixConfig,
-    ev: &Value,
-) -> Result<(), Failure> {
+pub async fn handle(hs: &dyn Homeserver, parts: Parts<'_>, ev: &Value) -> Result<(), Failure> {
+    let Parts { hub, id, cfg, .. } = parts;
     let sender = ev["sender"].as_str().unwrap_or_default();
     let body = ev["content"]["body"].as_str().unwrap_or_default();
     if ev["type"] == "m.room.message" && !sender.is_empty() && !hs.is_ours(sender) && is_command(body) {
-        return command(hs, hub, id, cfg, ev, body).await;
+        return command(hs, parts, ev, body).await;
     }
     if ev["type"] == "m.room.member" {
         membership(hs, hub, id, ev).await?;
@@ -40,23 +51,21 @@ pub async fn handle(
 }
 
 /// `!coi …` from a person: admins' commands go to the hub, others get a refusal.
-async fn command(
-    hs: &dyn Homeserver,
-    hub: &dyn Hub,
-    id: &BridgeId,
-    cfg: &MatrixConfig,
-    ev: &Value,
-    body: &str,
-) -> Result<(), Failure> {
+async fn command(hs: &dyn Homeserver, parts: Parts<'_>, ev: &Value, body: &str) -> Result<(), Failure> {
+    let Parts { hub, id, cfg, .. } = parts;
     let (Some(sender), Some(room), Some(event_id)) =
         (ev["sender"].as_str(), ev["room_id"].as_str(), ev["event_id"].as_str())
     else {
         return Ok(());
     };
     let key = format!("cmd-{event_id}");
+    let words = body.trim_start_matches(PREFIX);
+    if words.split_whitespace().next() == Some("pair") {
+        return pair(hs, parts, room, sender, &key, words).await;
+    }
     if !cfg.is_admin(sender) {
-        if Command::parse(body.trim_start_matches(PREFIX)) == Ok(Command::Invite) {
-            return personal_invite(hs, hub, id, room, sender, &key).await;
+        if Command::parse(words) == Ok(Command::Invite) {
+            return personal_invite(hs, parts, room, sender, &key).await;
         }
         tracing::warn!(sender, room, "!coi command from a non-admin; refused");
         let text = format!("Sorry {sender}, only the bridge's admins can use {PREFIX} commands.");
@@ -87,25 +96,106 @@ async fn command(
 
 /// A member's `!coi invite` (no admin): their personal invite to the room's COI group, sent
 /// to them alone in a direct room (whoever completes it is paired with them), and a word
-/// in the room that it is there.
+/// in the room that it is there. A refusal for asking too often goes to the direct room
+/// only, so asking again and again does not fill the group's room.
 async fn personal_invite(
     hs: &dyn Homeserver,
-    hub: &dyn Hub,
-    id: &BridgeId,
+    parts: Parts<'_>,
     room: &str,
     sender: &str,
     key: &str,
 ) -> Result<(), Failure> {
     let person = hs.person(room, sender).await;
-    match hub.personal_invite(id, &RemoteChatId(room.to_owned()), &person).await {
+    match parts.hub.personal_invite(parts.id, &RemoteChatId(room.to_owned()), &person).await {
         Ok(reply) => {
-            hs.tell_privately(sender, key, &reply.text, reply.qr_png).await?;
+            tell_privately(hs, parts.state, sender, key, &reply.text, reply.qr_png).await?;
+            if reply.link.is_none() {
+                return Ok(());
+            }
             let text = format!("{}, your personal invite is in a direct chat with me.", person.display_name);
             hs.notice(room, &format!("{key}-hint"), &text).await
         }
         Err(SubmitError::Retry(e)) => Err(Failure::Unavailable(e)),
         Err(SubmitError::Rejected(e)) => hs.notice(room, key, &format!("That did not work: {e}")).await,
     }
+}
+
+/// The [`BridgeState`] key of the direct room the bridge keeps with `user`.
+fn direct_key(user: &str) -> String {
+    format!("direct/{user}")
+}
+
+fn state_failure(e: SubmitError) -> Failure {
+    match e {
+        SubmitError::Retry(e) => Failure::Unavailable(e),
+        SubmitError::Rejected(e) => Failure::Permanent(DeadLetterKind::Failed, e),
+    }
+}
+
+/// Sends `text` (and `png`, a QR code) to `user` alone, in the direct room the bridge keeps
+/// with them: made the first time and remembered at once, so an attempt that made the room
+/// and then failed to post in it, tried again, posts in that room instead of making another.
+pub async fn tell_privately(
+    hs: &dyn Homeserver,
+    state: &dyn BridgeState,
+    user: &str,
+    key: &str,
+    text: &str,
+    png: Option<Vec<u8>>,
+) -> Result<(), Failure> {
+    let slot = direct_key(user);
+    let room = match state.get(&slot).await.map_err(state_failure)? {
+        Some(room) if hs.reopen_direct(&room, user).await? => room,
+        earlier => {
+            if let Some(gone) = earlier {
+                tracing::info!(user, room = %gone, "the direct room with this user is gone; opening another");
+            }
+            let room = hs.open_direct(user).await?;
+            state.set(&slot, &room).await.map_err(state_failure)?;
+            room
+        }
+    };
+    hs.notice(&room, key, text).await?;
+    match png {
+        Some(png) => hs.image(&room, &format!("{key}-qr"), "invite-qr.png", png).await,
+        None => Ok(()),
+    }
+}
+
+/// `!coi pair @user:server ADDRESS` (`words` without the prefix): a configured admin or an
+/// admin of the room says that this Matrix user is that COI address.
+async fn pair(
+    hs: &dyn Homeserver,
+    parts: Parts<'_>,
+    room: &str,
+    sender: &str,
+    key: &str,
+    words: &str,
+) -> Result<(), Failure> {
+    if !parts.cfg.is_admin(sender) && !hs.room_admin(room, sender).await? {
+        tracing::warn!(sender, room, "!coi pair from someone who is no admin here; refused");
+        let text = format!("Sorry {sender}, only the bridge's admins and this room's admins can pair people.");
+        return hs.notice(room, key, &text).await;
+    }
+    let (user, address) = match words.split_whitespace().collect::<Vec<_>>()[..] {
+        [_, user, address] if is_user_id(user) && address.contains('@') && !address.starts_with('@') => (user, address),
+        _ => {
+            let usage =
+                format!("Usage: {PREFIX} pair @user:server ADDRESS (the person's Matrix id, then their COI address).");
+            return hs.notice(room, key, &usage).await;
+        }
+    };
+    let person = hs.person(room, user).await;
+    match parts.hub.pair(parts.id, &RemoteChatId(room.to_owned()), &person, address).await {
+        Ok(reply) => hs.notice(room, key, &reply.text).await,
+        Err(SubmitError::Retry(e)) => Err(Failure::Unavailable(e)),
+        Err(SubmitError::Rejected(e)) => hs.notice(room, key, &format!("That did not work: {e}")).await,
+    }
+}
+
+/// `@localpart:server`, roughly (the homeserver has the last word).
+fn is_user_id(s: &str) -> bool {
+    s.strip_prefix('@').and_then(|r| r.split_once(':')).is_some_and(|(l, server)| !l.is_empty() && !server.is_empty())
 }
 
 /// A person (not the bridge's own account) joined or left a room: the migration status
@@ -163,4 +253,129 @@ pub async fn set_aside(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use coi_bridge_api::Person;
+    use coi_bridge_api::testing::{FakeHub, MemoryState};
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// A homeserver recording the direct rooms it opens and what it posts where; the
+    /// first `fail_posts` posts fail for now.
+    #[derive(Default)]
+    struct Hs {
+        opened: Mutex<Vec<String>>,
+        posts: Mutex<Vec<(String, String)>>,
+        fail_posts: Mutex<usize>,
+        /// Direct rooms the bot has left.
+        gone: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Homeserver for Hs {
+        fn is_ours(&self, mxid: &str) -> bool {
+            mxid == "@bot:hs"
+        }
+        async fn person(&self, _room: &str, mxid: &str) -> Person {
+            Person { id: mxid.into(), display_name: mxid.trim_start_matches('@').into() }
+        }
+        async fn fetch(&self, _content: &Value, _max: u64) -> Result<Vec<u8>, Failure> {
+            Ok(Vec::new())
+        }
+        async fn sender_of(&self, _room: &str, _event_id: &str) -> Result<Option<String>, Failure> {
+            Ok(None)
+        }
+        async fn may_redact_others(&self, _room: &str, _user: &str) -> Result<bool, Failure> {
+            Ok(false)
+        }
+        async fn notice(&self, room: &str, _key: &str, text: &str) -> Result<(), Failure> {
+            let mut fail = self.fail_posts.lock().expect("lock");
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(Failure::Transient("502 from the homeserver".into()));
+            }
+            self.posts.lock().expect("lock").push((room.to_owned(), text.to_owned()));
+            Ok(())
+        }
+        async fn image(&self, room: &str, _key: &str, name: &str, _png: Vec<u8>) -> Result<(), Failure> {
+            self.posts.lock().expect("lock").push((room.to_owned(), name.to_owned()));
+            Ok(())
+        }
+        async fn room_name(&self, _room: &str) -> Option<String> {
+            None
+        }
+        async fn matrix_people(&self, _room: &str) -> Option<Vec<String>> {
+            None
+        }
+        async fn room_admin(&self, _room: &str, user: &str) -> Result<bool, Failure> {
+            Ok(user == "@roomadmin:hs")
+        }
+        async fn open_direct(&self, user: &str) -> Result<String, Failure> {
+            let mut opened = self.opened.lock().expect("lock");
+            opened.push(user.to_owned());
+            Ok(format!("!dm{}", opened.len()))
+        }
+        async fn reopen_direct(&self, room: &str, _user: &str) -> Result<bool, Failure> {
+            Ok(!self.gone.lock().expect("lock").iter().any(|g| g == room))
+        }
+    }
+
+    impl Hs {
+        fn posts(&self) -> Vec<(String, String)> {
+            self.posts.lock().expect("lock").clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_word_in_private_made_its_room_and_failed_goes_to_that_room_when_tried_again() {
+        let (hs, state) = (Hs::default(), MemoryState::default());
+        *hs.fail_posts.lock().expect("lock") = 1;
+        let first = tell_privately(&hs, &state, "@nina:hs", "cmd-$1", "your invite", Some(vec![1])).await;
+        assert!(matches!(first, Err(Failure::Transient(_))), "{first:?}");
+        tell_privately(&hs, &state, "@nina:hs", "cmd-$1", "your invite", Some(vec![1])).await.expect("again");
+        tell_privately(&hs, &state, "@nina:hs", "cmd-$2", "another", None).await.expect("a second request");
+        assert_eq!(*hs.opened.lock().expect("lock"), ["@nina:hs"], "one direct room for Nina");
+        let rooms: Vec<String> = hs.posts().into_iter().map(|(r, _)| r).collect();
+        assert_eq!(rooms, ["!dm1", "!dm1", "!dm1"], "the text, the QR code, the second text");
+        // Someone else gets a room of their own; a room the bot is no longer in is replaced.
+        tell_privately(&hs, &state, "@olga:hs", "cmd-$3", "yours", None).await.expect("olga");
+        hs.gone.lock().expect("lock").push("!dm1".into());
+        tell_privately(&hs, &state, "@nina:hs", "cmd-$4", "again", None).await.expect("a new room");
+        assert_eq!(hs.posts().last(), Some(&("!dm3".to_owned(), "again".to_owned())));
+        assert_eq!(state.get("direct/@nina:hs").await.expect("state").as_deref(), Some("!dm3"));
+    }
+
+    fn cfg() -> MatrixConfig {
+        serde_json::from_value(json!({
+            "id": "matrix", "homeserver": "http://127.0.0.1:9", "server_name": "hs", "admins": ["@admin:hs"]
+        }))
+        .expect("config")
+    }
+
+    async fn say(hs: &Hs, sender: &str, body: &str) -> String {
+        let (hub, state, cfg, id) = (FakeHub::new(), MemoryState::default(), cfg(), BridgeId::from("matrix"));
+        let parts = Parts { hub: &hub, id: &id, cfg: &cfg, state: &state };
+        let ev = json!({"type": "m.room.message", "room_id": "!r", "event_id": "$p", "sender": sender,
+                        "content": {"msgtype": "m.text", "body": body}});
+        handle(hs, parts, &ev).await.expect("handled");
+        hs.posts().last().map(|(_, t)| t.clone()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn pairing_is_for_the_bridges_admins_and_the_rooms_admins() {
+        let hs = Hs::default();
+        let pair = "!coi pair @nina:hs nina@example.org";
+        assert!(say(&hs, "@nina:hs", pair).await.starts_with("Sorry @nina:hs, only the bridge's admins"));
+        // The fake hub cannot pair: the answer shows the command reached it.
+        let reached = "That did not work: pairing is not available here";
+        assert_eq!(say(&hs, "@admin:hs", pair).await, reached);
+        assert_eq!(say(&hs, "@roomadmin:hs", pair).await, reached);
+        for bad in ["!coi pair nina nina@example.org", "!coi pair @nina:hs", "!coi pair @nina:hs @x:hs"] {
+            assert!(say(&hs, "@admin:hs", bad).await.starts_with("Usage: !coi pair @user:server ADDRESS"), "{bad}");
+        }
+    }
 }

@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use coi_bridge_api::deadletter::{Attempts, MAX_ATTEMPTS, catch_panic};
-use coi_bridge_api::{BridgeId, DeadLetterKind, Failure, Hub, Person};
+use coi_bridge_api::{BridgeId, BridgeState, DeadLetterKind, Failure, Hub, Person};
 use serde_json::Value;
 
 use crate::appservice::TransactionSink;
 use crate::authority;
 use crate::client::{AsClient, MatrixError, seg};
 use crate::config::MatrixConfig;
-use crate::handle::{handle, set_aside};
+use crate::handle::{Parts, handle, set_aside};
 use crate::translate::Homeserver;
 pub use crate::translate::{PREFIX, strip_reply_fallback, text_of};
 
@@ -27,6 +27,8 @@ pub struct MatrixInbound {
     client: AsClient,
     hub: Arc<dyn Hub>,
     cfg: MatrixConfig,
+    /// The bridge's state (the direct rooms it keeps with people).
+    state: Arc<dyn BridgeState>,
     names: Mutex<HashMap<String, String>>,
     attempts: Attempts,
 }
@@ -40,8 +42,14 @@ fn failure(e: MatrixError) -> Failure {
 }
 
 impl MatrixInbound {
-    pub fn new(id: BridgeId, client: AsClient, hub: Arc<dyn Hub>, cfg: &MatrixConfig) -> Self {
-        Self { id, client, hub, cfg: cfg.clone(), names: Mutex::default(), attempts: Attempts::default() }
+    pub fn new(
+        id: BridgeId,
+        client: AsClient,
+        hub: Arc<dyn Hub>,
+        state: Arc<dyn BridgeState>,
+        cfg: &MatrixConfig,
+    ) -> Self {
+        Self { id, client, hub, cfg: cfg.clone(), state, names: Mutex::default(), attempts: Attempts::default() }
     }
 
     /// One event of a transaction, handled durably.
@@ -59,7 +67,8 @@ impl MatrixInbound {
             }
             return Ok(());
         }
-        handle(self, &*self.hub, &self.id, &self.cfg, ev).await
+        let parts = Parts { hub: &*self.hub, id: &self.id, cfg: &self.cfg, state: &*self.state };
+        handle(self, parts, ev).await
     }
 }
 
@@ -132,13 +141,24 @@ impl Homeserver for MatrixInbound {
         v["name"].as_str().map(str::to_owned)
     }
 
-    /// A new direct room of the bot with `user`, then the text and the QR code in it.
-    async fn tell_privately(&self, user: &str, key: &str, text: &str, png: Option<Vec<u8>>) -> Result<(), Failure> {
-        let room = self.client.create_dm("COI invite", &[user.to_owned()]).await.map_err(failure)?;
-        self.notice(&room, key, text).await?;
-        match png {
-            Some(png) => self.image(&room, &format!("{key}-qr"), "invite-qr.png", png).await,
-            None => Ok(()),
+    async fn room_admin(&self, room: &str, user: &str) -> Result<bool, Failure> {
+        authority::may_change_power_levels_in(&self.client, room, user).await.map_err(failure)
+    }
+
+    async fn open_direct(&self, user: &str) -> Result<String, Failure> {
+        self.client.create_dm("COI invite", &[user.to_owned()]).await.map_err(failure)
+    }
+
+    /// Invites `user` again (a no-op for someone in the room or invited already); refused
+    /// means the bot is not in the room any more.
+    async fn reopen_direct(&self, room: &str, user: &str) -> Result<bool, Failure> {
+        match self.client.invite(room, user).await {
+            Ok(()) => Ok(true),
+            Err(MatrixError::Retry { reason, .. }) => Err(Failure::Transient(reason)),
+            Err(refused @ MatrixError::Refused { .. }) => {
+                tracing::info!(room, user, error = %refused, "the direct room cannot be used any more");
+                Ok(false)
+            }
         }
     }
 
@@ -214,7 +234,8 @@ mod tests {
                 .expect("config");
         let client = AsClient::new("http://127.0.0.1:9", "as-token", "@coibot:hs").expect("client");
         let hub = Arc::new(FakeHub::new());
-        let inbound = MatrixInbound::new("matrix".into(), client, hub.clone(), &cfg);
+        let state = Arc::new(coi_bridge_api::testing::MemoryState::default());
+        let inbound = MatrixInbound::new("matrix".into(), client, hub.clone(), state, &cfg);
         (hub, inbound)
     }
 

@@ -10,16 +10,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coi_bridge_api::deadletter::{MAX_ATTEMPTS, catch_panic};
-use coi_bridge_api::{BridgeId, DeadLetterKind, Failure, Hub, Person};
+use coi_bridge_api::{BridgeId, BridgeState, DeadLetterKind, Failure, Hub, Person};
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+use matrix_sdk::ruma::events::StateEventType;
 use matrix_sdk::ruma::events::room::MediaSource;
-use matrix_sdk::ruma::{EventId, OwnedTransactionId, UserId};
-use matrix_sdk::{Client, Room, RoomMemberships};
+use matrix_sdk::ruma::events::room::member::MembershipState;
+use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId, UserId};
+use matrix_sdk::{Client, Room, RoomMemberships, RoomState};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MatrixConfig;
-use crate::handle::{handle, set_aside};
+use crate::handle::{Parts, handle, set_aside};
 use crate::translate::Homeserver;
 
 /// The longest pause between two attempts at one event.
@@ -30,6 +32,8 @@ pub struct Listener {
     pub id: BridgeId,
     pub hub: Arc<dyn Hub>,
     pub cfg: MatrixConfig,
+    /// The bridge's state (the direct rooms it keeps with people).
+    pub state: Arc<dyn BridgeState>,
     pub shutdown: CancellationToken,
 }
 
@@ -51,6 +55,17 @@ fn sdk_failure(e: matrix_sdk::Error) -> Failure {
     match &e {
         matrix_sdk::Error::Http(h) => http_failure(h),
         _ => Failure::Permanent(DeadLetterKind::Failed, e.to_string()),
+    }
+}
+
+impl BotRoom<'_> {
+    /// The room `room`: the one the event is in, or another the bot knows (a direct room).
+    fn target(&self, room: &str) -> Result<Room, Failure> {
+        if self.room.room_id().as_str() == room {
+            return Ok(self.room.clone());
+        }
+        let id = RoomId::parse(room).map_err(|e| Failure::Permanent(DeadLetterKind::Failed, format!("{room}: {e}")))?;
+        self.client.get_room(&id).ok_or_else(|| Failure::Transient(format!("room {room} is not known to the bot yet")))
     }
 }
 
@@ -95,23 +110,30 @@ impl Homeserver for BotRoom<'_> {
         Ok(self.room.power_levels_or_default().await.user_can_redact_event_of_other(&uid))
     }
 
-    async fn notice(&self, _room: &str, key: &str, text: &str) -> Result<(), Failure> {
+    async fn notice(&self, room: &str, key: &str, text: &str) -> Result<(), Failure> {
         let content = json!({ "msgtype": "m.notice", "body": text });
         let txn = OwnedTransactionId::from(key);
-        self.room.send_raw("m.room.message", content).with_transaction_id(&txn).await.map(|_| ()).map_err(sdk_failure)
+        let room = self.target(room)?;
+        room.send_raw("m.room.message", content).with_transaction_id(&txn).await.map(|_| ()).map_err(sdk_failure)
     }
 
-    async fn image(&self, _room: &str, key: &str, name: &str, png: Vec<u8>) -> Result<(), Failure> {
+    async fn image(&self, room: &str, key: &str, name: &str, png: Vec<u8>) -> Result<(), Failure> {
         let config = matrix_sdk::attachment::AttachmentConfig::new().txn_id(OwnedTransactionId::from(key));
-        self.room.send_attachment(name, &mime::IMAGE_PNG, png, config).await.map(|_| ()).map_err(sdk_failure)
+        let room = self.target(room)?;
+        room.send_attachment(name, &mime::IMAGE_PNG, png, config).await.map(|_| ()).map_err(sdk_failure)
     }
 
     async fn room_name(&self, _room: &str) -> Option<String> {
         self.room.name()
     }
 
-    /// A new direct room of the bot's account with `user`, then the text and the QR code.
-    async fn tell_privately(&self, user: &str, key: &str, text: &str, png: Option<Vec<u8>>) -> Result<(), Failure> {
+    async fn room_admin(&self, room: &str, user: &str) -> Result<bool, Failure> {
+        let Ok(uid) = UserId::parse(user) else { return Ok(false) };
+        let levels = self.target(room)?.power_levels_or_default().await;
+        Ok(levels.user_can_send_state(&uid, StateEventType::RoomPowerLevels))
+    }
+
+    async fn open_direct(&self, user: &str) -> Result<String, Failure> {
         use matrix_sdk::ruma::api::client::room::create_room::v3::{Request, RoomPreset};
         let uid = UserId::parse(user).map_err(|e| Failure::Permanent(DeadLetterKind::Failed, e.to_string()))?;
         let mut request = Request::new();
@@ -120,15 +142,30 @@ impl Homeserver for BotRoom<'_> {
         request.invite = vec![uid];
         request.preset = Some(RoomPreset::TrustedPrivateChat);
         let room = self.client.create_room(request).await.map_err(sdk_failure)?;
-        let content = json!({ "msgtype": "m.notice", "body": text });
-        let txn = OwnedTransactionId::from(key);
-        room.send_raw("m.room.message", content).with_transaction_id(&txn).await.map_err(sdk_failure)?;
-        if let Some(png) = png {
-            let config =
-                matrix_sdk::attachment::AttachmentConfig::new().txn_id(OwnedTransactionId::from(format!("{key}-qr")));
-            room.send_attachment("invite-qr.png", &mime::IMAGE_PNG, png, config).await.map_err(sdk_failure)?;
+        Ok(room.room_id().to_string())
+    }
+
+    /// The bot is still in the room: `user` is invited again unless they are in it or
+    /// invited already.
+    async fn reopen_direct(&self, room: &str, user: &str) -> Result<bool, Failure> {
+        let (Ok(id), Ok(uid)) = (RoomId::parse(room), UserId::parse(user)) else { return Ok(false) };
+        let Some(room) = self.client.get_room(&id).filter(|r| r.state() == RoomState::Joined) else { return Ok(false) };
+        if let Ok(Some(member)) = room.get_member_no_sync(&uid).await
+            && matches!(member.membership(), MembershipState::Join | MembershipState::Invite)
+        {
+            return Ok(true);
         }
-        Ok(())
+        match room.invite_user_by_id(&uid).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.to_string().contains("already in the room") => Ok(true),
+            Err(e) => match sdk_failure(e) {
+                Failure::Transient(why) => Err(Failure::Transient(why)),
+                refused => {
+                    tracing::info!(room = %id, user, error = ?refused, "the direct room cannot be used any more");
+                    Ok(false)
+                }
+            },
+        }
     }
 
     async fn matrix_people(&self, _room: &str) -> Option<Vec<String>> {
@@ -155,7 +192,8 @@ impl Listener {
         let mut pause = Duration::from_secs(1);
         let mut attempts = 0;
         let (kind, reason) = loop {
-            let outcome = catch_panic(handle(&hs, &*self.hub, &self.id, &self.cfg, &ev))
+            let parts = Parts { hub: &*self.hub, id: &self.id, cfg: &self.cfg, state: &*self.state };
+            let outcome = catch_panic(handle(&hs, parts, &ev))
                 .await
                 .unwrap_or_else(|panic| Err(Failure::Permanent(DeadLetterKind::Panicked, panic)));
             match outcome {

@@ -40,9 +40,14 @@ pub trait Homeserver: Send + Sync {
     /// The room's joined people that are not the bridge's own accounts, shown as
     /// "Name (@mxid)"; `None` when the homeserver does not say.
     async fn matrix_people(&self, room: &str) -> Option<Vec<String>>;
-    /// Sends `text` (and `png`, a QR code) to `user` alone, in a new direct room of the
-    /// bridge's account with them (a personal invite).
-    async fn tell_privately(&self, user: &str, key: &str, text: &str, png: Option<Vec<u8>>) -> Result<(), Failure>;
+    /// Whether `user` is an admin of `room`: may change its power levels.
+    async fn room_admin(&self, room: &str, user: &str) -> Result<bool, Failure>;
+    /// A new direct room of the bridge's account with `user` (invited); its id.
+    async fn open_direct(&self, user: &str) -> Result<String, Failure>;
+    /// Whether the direct room `room` with `user`, opened before, can still carry a word to
+    /// them, inviting them again when they left it; `false` when the bridge's account is
+    /// not in it any more (a new one is needed).
+    async fn reopen_direct(&self, room: &str, user: &str) -> Result<bool, Failure>;
 }
 
 /// Drops the quoted fallback (`> <@user> text` lines and the blank line after them) that
@@ -297,15 +302,14 @@ mod tests {
         async fn matrix_people(&self, _room: &str) -> Option<Vec<String>> {
             None
         }
-        async fn tell_privately(
-            &self,
-            _user: &str,
-            _key: &str,
-            text: &str,
-            _png: Option<Vec<u8>>,
-        ) -> Result<(), Failure> {
-            self.notices.lock().expect("lock").push(text.to_owned());
-            Ok(())
+        async fn room_admin(&self, _room: &str, user: &str) -> Result<bool, Failure> {
+            Ok(user == "@admin:hs")
+        }
+        async fn open_direct(&self, user: &str) -> Result<String, Failure> {
+            Ok(format!("!dm-{user}"))
+        }
+        async fn reopen_direct(&self, _room: &str, _user: &str) -> Result<bool, Failure> {
+            Ok(true)
         }
     }
 

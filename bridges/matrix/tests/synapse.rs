@@ -188,7 +188,13 @@ async fn synapse_transactions_become_hub_events_without_echoes() {
         "id": "matrix", "homeserver": hs.url(), "server_name": "localhost", "admins": ["@alice:localhost"], "max_file_bytes": 1_000_000
     }))
     .expect("cfg");
-    let inbound = Arc::new(MatrixInbound::new("matrix".into(), client.clone(), hub.clone(), &cfg));
+    let inbound = Arc::new(MatrixInbound::new(
+        "matrix".into(),
+        client.clone(),
+        hub.clone(),
+        Arc::new(MemoryState::default()),
+        &cfg,
+    ));
     let (app, _member) =
         Appservice::for_one("coi-hs-token", Arc::new(MemoryState::default()), inbound, Refusals::default());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
@@ -360,7 +366,13 @@ async fn bot_mode_and_appservice_mode_make_the_same_hub_events() {
     let as_hub = Arc::new(FakeHub::new());
     let client = AsClient::new(&hs.url(), "coi-as-token", "@coibot:localhost").expect("client");
     let cfg = serde_json::from_value(base.clone()).expect("cfg");
-    let inbound = Arc::new(MatrixInbound::new("matrix".into(), client.clone(), as_hub.clone(), &cfg));
+    let inbound = Arc::new(MatrixInbound::new(
+        "matrix".into(),
+        client.clone(),
+        as_hub.clone(),
+        Arc::new(MemoryState::default()),
+        &cfg,
+    ));
     let (app, _member) =
         Appservice::for_one("coi-hs-token", Arc::new(MemoryState::default()), inbound, Refusals::default());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
@@ -592,7 +604,13 @@ async fn transactions_refused_while_the_store_is_down_are_sent_again_as_soon_as_
         MatrixBridge::new(cfg.clone(), synapse::registration(as_port), "bridge@example.org", "COI Bridge")
             .expect("bridge"),
     );
-    let inbound = Arc::new(MatrixInbound::new("matrix".into(), bridge.client().clone(), hub.clone(), &cfg));
+    let inbound = Arc::new(MatrixInbound::new(
+        "matrix".into(),
+        bridge.client().clone(),
+        hub.clone(),
+        Arc::new(MemoryState::default()),
+        &cfg,
+    ));
     let (app, _member) =
         Appservice::for_one("coi-hs-token", Arc::new(MemoryState::default()), inbound, bridge.refusals());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", as_port)).await.expect("bind the appservice port");
