@@ -90,7 +90,7 @@ async fn coi_to_a_handle_reaches_the_paired_persons_own_address() {
     s.tg.user_says(PAT.0, PAT, "/coi_to @Ann_TG", None);
     bot_says(&s, PAT.0, "Your messages here now go to Ann on COI").await;
     s.tg.user_says(PAT.0, PAT, "hello Ann, Pat here", None);
-    answer(&s, ann_dc, "hello Ann, Pat here", "Pat (Telegram)", "hi Pat, from Ann's own COI").await;
+    let ann_chat = answer(&s, ann_dc, "hello Ann, Pat here", "Pat (Telegram)", "hi Pat, from Ann's own COI").await;
     let back = bot_says(&s, PAT.0, "hi Pat, from Ann's own COI").await;
     assert!(back.contains("Ann"), "{back}");
     assert!(!all_texts(&s, s.alice).await.iter().any(|t| t == "hello Ann, Pat here"), "not to the owners");
@@ -103,6 +103,8 @@ async fn coi_to_a_handle_reaches_the_paired_persons_own_address() {
     answer(&s, s.alice, "back to the owners", "Pat (Telegram)", "welcome back, Pat").await;
     bot_says(&s, PAT.0, "welcome back, Pat").await;
     assert!(!all_texts(&s, ann_dc).await.iter().any(|t| t == "back to the owners"), "not to Ann");
+    s.dc.call("misc_send_text_message", json!([ann_dc, ann_chat, "Ann again"])).await;
+    bot_says(&s, PAT.0, "Ann again").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
