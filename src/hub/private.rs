@@ -107,6 +107,11 @@ impl Private<'_> {
                 Some(c) => c.members,
                 None => Vec::new(),
             };
+            if members.is_empty() {
+                // Everyone left the COI chat: say so rather than queue mail for nobody (and
+                // a chat they left is not made again behind their back).
+                return Ok(PrivateChat::Nobody);
+            }
             // A person paired with another address since: their new one gets a chat of its own.
             let moved_on = matches!(to, PrivateTo::Paired(_)) && !wanted.iter().all(|a| members.contains(a));
             if !moved_on {

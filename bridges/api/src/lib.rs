@@ -484,6 +484,8 @@ pub enum PrivateChat {
     NoKey,
     /// Too many new private chats lately; the person may try again in a minute.
     Busy,
+    /// The portal's COI chat has no members left (they left it): nobody would read it.
+    Nobody,
 }
 
 /// The core as a bridge sees it.

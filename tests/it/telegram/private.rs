@@ -60,6 +60,25 @@ async fn a_private_message_reaches_the_owners_and_their_answer_returns() {
     let told = s.tg.sent_texts(PAT.0).into_iter().filter(|(_, t)| t.contains("Your message went")).count();
     assert_eq!(told, 1, "told once, when the chat was opened");
     assert!(!s.tg.sent_texts(PAT.0).iter().any(|(_, t)| t.contains("alice@example.org")), "no owner's address");
+
+    // Alice leaves the chat: Pat is told nobody reads it, and no new chat is made for her.
+    s.dc.call("leave_group", json!([s.alice, chat])).await;
+    eventually(WAIT, "the bridge sees Alice leave", || async {
+        use coi_bridge::store::Store as _;
+        use coi_bridge::store::portals::PortalStore as _;
+        let store = s.daemon.store().await;
+        let portal = store.portal_by_remote("telegram", &PAT.0.to_string()).await.expect("read")?;
+        let members = store.chat(portal.chat_id).await.expect("read")?.members;
+        members.is_empty().then_some(())
+    })
+    .await;
+    s.tg.user_says(PAT.0, PAT, "anyone?", None);
+    bot_says(&s, PAT.0, "Nobody on COI reads this conversation now").await;
+    let chats = s.dc.call("get_chatlist_entries", json!([s.alice, null, null, null])).await;
+    for c in chats.as_array().cloned().unwrap_or_default() {
+        let info = s.dc.call("get_full_chat_by_id", json!([s.alice, c])).await;
+        assert!(c == chat || info["name"] != json!("Pat (Telegram)"), "a second chat for Pat: {info}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

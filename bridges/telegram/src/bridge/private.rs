@@ -155,6 +155,7 @@ impl TelegramBridge {
             PrivateChat::NotPaired | PrivateChat::NoOwners => {
                 format!("{name} has not moved to COI through this bridge, so I cannot pass messages on to them.")
             }
+            PrivateChat::Nobody => format!("{name} left your conversation on COI, so I cannot pass messages on."),
             PrivateChat::NoKey => format!("I cannot reach {name} on COI yet; please try again later."),
             PrivateChat::Busy => BUSY.to_owned(),
         };
@@ -191,6 +192,13 @@ impl TelegramBridge {
             PrivateChat::NoOwners => {
                 tracing::info!(bridge = %cx.id, user = from.id.0, "a private message, and no owners take them");
                 self.say(m.chat.id, NO_PRIVATE).await;
+                return Ok(None);
+            }
+            PrivateChat::Nobody => {
+                tracing::info!(bridge = %cx.id, user = from.id.0, remote = %remote, "a private message, and everyone left its COI chat");
+                let text = "Nobody on COI reads this conversation now (they left it), so your message was not passed \
+                            on.";
+                self.say(m.chat.id, text).await;
                 return Ok(None);
             }
             PrivateChat::NotPaired => {
