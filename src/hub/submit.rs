@@ -166,6 +166,7 @@ impl Hub for CoreHub {
                 "Commands: bridge (link this room to a new COI group and show its invite), link LINK (join a Delta \
                  Chat group or contact invite link and link it here), start ADDRESS (a 1:1 portal with a COI contact \
                  whose key the bridge has), invite (show the invite again), status (the portal and its members), \
+                 pair PERSON ADDRESS (that person is that COI address; for the bridge's and this chat's admins), \
                  unlink (remove the portal), help."
                     .into(),
                 None,
