@@ -141,9 +141,11 @@ impl TelegramBridge {
             [handle, _] if handle.starts_with('@') => match self.person_by_handle(cx, handle).await? {
                 Some(p) => Some(p),
                 None => {
+                    let h = handle.trim_start_matches('@');
+                    let who = if super::private::valid_handle(h) { format!("@{h}") } else { "that handle".to_owned() };
                     let text = format!(
-                        "I do not know {handle} yet: I learn handles from what people write where I am. Reply to \
-                         their message with /coi_pair ADDRESS instead."
+                        "I do not know {who} yet: I learn handles from what people write where I am. Reply to their \
+                         message with /coi_pair ADDRESS instead."
                     );
                     self.say(m.chat.id, &text).await;
                     return Ok(());

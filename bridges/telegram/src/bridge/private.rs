@@ -24,7 +24,7 @@ const BUSY: &str = "Too many people are starting chats with me right now. Your m
                     send it again in a minute.";
 
 /// A Telegram username as Telegram spells them: up to 32 of `A-Za-z0-9_`.
-fn valid_handle(h: &str) -> bool {
+pub(super) fn valid_handle(h: &str) -> bool {
     (1..=32).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -157,7 +157,9 @@ impl TelegramBridge {
             }
             PrivateChat::Nobody => format!("{name} left your conversation on COI, so I cannot pass messages on."),
             PrivateChat::NoKey => format!("I cannot reach {name} on COI yet; please try again later."),
-            PrivateChat::Busy => BUSY.to_owned(),
+            PrivateChat::Busy => {
+                "Too many people are starting chats with me right now; please try /coi_to again in a minute.".to_owned()
+            }
         };
         self.say(m.chat.id, &text).await;
         Ok(())
