@@ -32,6 +32,9 @@ pub async fn gather(
     let mut out = Vec::new();
     for portal in store.portals().await? {
         let Some(chat) = store.chat(portal.chat_id).await? else { continue };
+        if crate::hub::private::is_private_chat(store, &portal, &chat).await? {
+            continue; // a private chat with the bot, not a group that moves
+        }
         let name = if chat.name.is_empty() { chat.key.clone() } else { chat.name.clone() };
         if only.is_some_and(|o| o != portal.remote_chat && o != name) {
             continue;

@@ -168,6 +168,9 @@ pub async fn announce_if_closable(
     labels: &std::collections::HashMap<String, String>,
 ) -> Result<(), QueueError> {
     for portal in store.portals_of_chat(chat.id).await? {
+        if crate::hub::private::is_private_chat(store, &portal, chat).await? {
+            continue; // a private chat with the bot: no group to close
+        }
         let s = portal_status(store, &portal, chat).await?;
         // Every change of who moved is a point of the report's chart.
         sample(store, &portal, &s, None).await?;
@@ -226,6 +229,9 @@ impl Sampler {
         let mut sampled = Vec::new();
         for portal in self.store.portals().await? {
             let Some(chat) = self.store.chat(portal.chat_id).await? else { continue };
+            if crate::hub::private::is_private_chat(self.store.as_ref(), &portal, &chat).await? {
+                continue; // a private chat with the bot: no migration to watch, no gauges
+            }
             let s = portal_status(self.store.as_ref(), &portal, &chat).await?;
             sample(self.store.as_ref(), &portal, &s, None).await?;
             set_gauges(&self.metrics, &self.account, &portal, &s);

@@ -14,7 +14,8 @@ use coi_bridge_api::{BridgeId, Person, PrivateChat, PrivateTo, RemoteChatId, Sub
 use rand::RngCore as _;
 
 use crate::metrics::Metrics;
-use crate::store::{ChatKind, ChatRef, Store, StoreError};
+use crate::store::portals::Portal;
+use crate::store::{Chat, ChatKind, ChatRef, Store, StoreError, StoreResult};
 
 /// The most new private chats (new COI groups) one bridge instance opens a minute. A person
 /// opens one per target, so this is far above real use; a flood of new accounts writing to
@@ -71,6 +72,18 @@ fn new_group_id() -> String {
     let mut buf = [0u8; 12];
     rand::rng().fill_bytes(&mut buf);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// The bridge-state key that holds the COI group of the private chat `remote_chat`.
+fn marker(remote_chat: &str) -> String {
+    format!("private-group:{remote_chat}")
+}
+
+/// Whether `portal` is a private chat with a bridge's bot opened here (its COI group is
+/// the one made for it): no group whose migration is watched.
+pub async fn is_private_chat(store: &dyn Store, portal: &Portal, chat: &Chat) -> StoreResult<bool> {
+    let kept = store.bridge_state(&portal.bridge, &marker(&portal.remote_chat)).await?;
+    Ok(chat.kind == ChatKind::Group && kept.as_deref() == Some(chat.key.as_str()))
 }
 
 /// "Tom (Telegram)": the person's name without control characters, cut to a length
@@ -142,9 +155,17 @@ impl Private<'_> {
             return Ok(PrivateChat::Busy);
         }
         // The group's id is kept before the group is made: a retry after a crash in
-        // between makes the same group, never a second one.
-        let key = format!("private-group:{chat}:{}", keyed.join(","));
-        let id = match self.store.bridge_state(bridge, &key).await.map_err(store_err)? {
+        // between makes the same group, never a second one. A kept group whose members are
+        // others (the paired person's old address) is not reused.
+        let key = marker(chat.as_str());
+        let kept = match self.store.bridge_state(bridge, &key).await.map_err(store_err)?.filter(|id| !id.is_empty()) {
+            Some(id) => match self.store.find_chat(ChatKind::Group, &id).await.map_err(store_err)? {
+                Some(c) if !c.members.is_empty() && !keyed.iter().all(|a| c.members.contains(a)) => None,
+                _ => Some(id),
+            },
+            None => None,
+        };
+        let id = match kept {
             Some(id) => id,
             None => {
                 let id = new_group_id();

@@ -61,6 +61,16 @@ async fn a_private_message_reaches_the_owners_and_their_answer_returns() {
     assert_eq!(told, 1, "told once, when the chat was opened");
     assert!(!s.tg.sent_texts(PAT.0).iter().any(|(_, t)| t.contains("alice@example.org")), "no owner's address");
 
+    // A private chat is no group that moves: `coi-bridge migration` lists the group only.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coi-bridge"))
+        .args(["migration", "--config"])
+        .arg(&s.daemon.config)
+        .output()
+        .expect("run");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("Book Club") && !report.contains("Pat (Telegram)"), "{report}");
+
     // Alice leaves the chat: Pat is told nobody reads it, and no new chat is made for her.
     s.dc.call("leave_group", json!([s.alice, chat])).await;
     eventually(WAIT, "the bridge sees Alice leave", || async {
