@@ -179,6 +179,11 @@ pub async fn run(daemon: crate::config::Daemon) -> anyhow::Result<Stop> {
     sup.spawn("http", async move { http::serve(listener, state, routes, token, timeouts).await });
     let token = sup.token();
     sup.spawn("accounts", async move { manager.run(token).await });
+    let (token, trims) = (sup.token(), metrics.heap_trims.clone());
+    sup.spawn("heap", async move {
+        crate::heap::run(token, trims).await;
+        Ok(())
+    });
 
     // systemd (Type=notify): ready once every worker runs, stopping on the signal, and a
     // watchdog ping that only a live runtime sends.

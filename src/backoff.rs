@@ -1,4 +1,4 @@
-//! Exponential backoff with jitter, for reconnects and delivery retries; never a busy loop.
+//! Exponential backoff with jitter, for reconnects and delivery retries, and the spread of periodic work; never a busy loop.
 
 use std::time::Duration;
 
@@ -104,6 +104,14 @@ pub async fn pause_until_reachable(pause: Duration, host: &str, port: u16) {
     }
 }
 
+/// The pause of a periodic look or renewal: between half and all of `every`, at random,
+/// so that the accounts of one daemon, which start together, do not act together (1,000
+/// accounts renewing IDLE and looking at their stores in the same second made half of
+/// them reconnect, #12).
+pub fn spread(every: Duration) -> Duration {
+    every.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +165,14 @@ mod tests {
     #[test]
     fn never_zero() {
         assert!(delay(Duration::ZERO, Duration::from_secs(1), 0) >= Duration::from_millis(80));
+    }
+
+    #[test]
+    fn spread_stays_within_half_and_all_and_varies() {
+        let every = Duration::from_secs(600);
+        let pauses: Vec<_> = (0..200).map(|_| spread(every)).collect();
+        assert!(pauses.iter().all(|p| *p >= every / 2 && *p <= every), "{pauses:?}");
+        let distinct: std::collections::HashSet<_> = pauses.iter().map(|p| p.as_millis()).collect();
+        assert!(distinct.len() > 100, "pauses spread over the range: {} distinct of 200", distinct.len());
     }
 }

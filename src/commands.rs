@@ -151,9 +151,13 @@ pub async fn join(loaded: &Loaded, link: &str) -> anyhow::Result<String> {
     );
     let join = crate::hub::securejoin::start_join(store.as_ref(), &id, &outbound, link).await?;
     let daemon = if wake_daemon(loaded).await {
-        "told the running daemon, which completes it"
+        "told the running daemon, which completes it".to_owned()
     } else {
-        "no daemon answered on [http] listen; the daemon completes it when it runs (within 60 s if it runs elsewhere)"
+        format!(
+            "no daemon answered on [http] listen; the daemon completes it when it runs (within {} s if it runs \
+             elsewhere)",
+            crate::hub::delivery::SAFETY_POLL.as_secs()
+        )
     };
     Ok(match &join.group_name {
         Some(g) => format!("joining group {g:?} of {}; {daemon}\n", join.inviter_addr),

@@ -195,7 +195,8 @@ pub struct ImapConfig {
     /// The folder to watch.
     #[serde(default = "default_folder")]
     pub folder: String,
-    /// IDLE is refreshed after this many seconds (RFC 2177 asks for under 29 minutes).
+    /// IDLE is refreshed after at most this many seconds (RFC 2177 asks for under 29
+    /// minutes); each time after a random half to all of it, so accounts spread out.
     #[serde(default = "default_idle_secs")]
     pub idle_timeout_secs: u64,
     /// Mails fetched and recorded per transaction.

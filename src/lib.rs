@@ -23,6 +23,7 @@ pub mod coi;
 pub mod commands;
 pub mod config;
 pub mod health;
+pub mod heap;
 pub mod http;
 pub mod hub;
 pub mod logging;

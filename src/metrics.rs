@@ -72,6 +72,8 @@ pub struct Metrics {
     pub cluster_nodes: IntGauge,
     /// Accounts this daemon handed to another to spread the accounts evenly.
     pub accounts_handed_over: IntCounter,
+    /// Times the allocator gave freed memory back to the system (`src/heap.rs`).
+    pub heap_trims: IntCounter,
     /// Per portal: people on the remote side (seen, not gone) and members of the COI chat.
     pub migration_members: IntGaugeVec,
     /// Per portal: remote people who are also on COI.
@@ -173,6 +175,10 @@ impl Metrics {
             accounts_handed_over: counter(
                 "accounts_handed_over_total",
                 "Accounts handed to another daemon to spread the accounts evenly",
+            ),
+            heap_trims: counter(
+                "heap_trims_total",
+                "Times the allocator gave memory freed after a burst back to the system",
             ),
             migration_members: gauges(
                 "migration_members",

@@ -11,10 +11,11 @@ use crate::metrics::Metrics;
 use crate::store::retention::Caps;
 use crate::store::{ImapCursor, Store};
 
-/// How often released mail is looked for. Only `coi-bridge quarantine release`, another
-/// process, releases mail, so nothing in the daemon could wake the loop sooner; a minute
-/// keeps an idle account's store quiet (with 1,000 accounts a 5-s look was 200 queries a second).
-pub const RELEASE_POLL: Duration = Duration::from_secs(60);
+/// How often released mail is looked for when nothing says so. Only `coi-bridge
+/// quarantine release`, another process, releases mail, and it wakes the loop through
+/// `POST /wake`; this look catches a release whose wake-up did not reach the daemon. As
+/// rare as the outbox's [`crate::hub::delivery::SAFETY_POLL`], for the same reason.
+pub const RELEASE_POLL: Duration = crate::hub::delivery::SAFETY_POLL;
 
 /// The cursor folder released mail is recorded under: never an IMAP folder's, so taking
 /// a released mail through ingest never moves the real cursor.
@@ -44,16 +45,17 @@ impl Retention {
         let mut next_prune = tokio::time::Instant::now();
         loop {
             if tokio::time::Instant::now() >= next_prune {
-                self.prune().await;
+                Box::pin(self.prune()).await;
                 next_prune = tokio::time::Instant::now() + every;
             }
-            if self.release().await == RELEASE_BATCH {
+            // Boxed: the task waits between looks holding only its small waiting state.
+            if Box::pin(self.release()).await == RELEASE_BATCH {
                 // A full batch: more may wait.
                 continue;
             }
             tokio::select! {
                 () = token.cancelled() => return,
-                () = tokio::time::sleep(RELEASE_POLL) => {}
+                () = tokio::time::sleep(crate::backoff::spread(RELEASE_POLL)) => {}
                 () = self.released.notified() => {}
             }
         }

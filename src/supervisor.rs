@@ -217,6 +217,9 @@ impl Tasks {
         let on_fatal = self.on_fatal.clone();
         let panics = self.panics.clone();
         let set = self.name.clone();
+        // Boxed: an async block that awaits a future it captured holds it twice (the
+        // capture and the await), which doubled every worker's memory (#12).
+        let fut = Box::pin(fut);
         self.spawn_tracked(async move {
             let result = match AssertUnwindSafe(fut).catch_unwind().await {
                 Ok(r) => r,
@@ -251,6 +254,9 @@ impl Tasks {
         let token = self.token.clone();
         let panics = self.panics.clone();
         let (first, max) = self.backoff;
+        // What one run of the task holds for its life, however long it waits (#12 sized
+        // the workers by it: a worker boxes its rare, large steps so that waiting is small).
+        tracing::debug!(task = name, future_bytes = std::mem::size_of::<Fut>(), "task spawned");
         self.spawn(name, async move {
             let mut backoff = Backoff::new(first, max);
             loop {

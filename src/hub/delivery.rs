@@ -28,8 +28,11 @@ use crate::transport::smtp::RetryPolicy;
 const PARALLEL: usize = 4;
 /// How long an idle worker sleeps when nothing wakes it: rows queued in this process wake
 /// it (the outbox notifier) and a retry wakes it when it comes due, so this look only
-/// finds rows another process queued (the CLI).
-pub const SAFETY_POLL: Duration = Duration::from_secs(60);
+/// finds rows another process queued (the CLI) whose wake-up (`POST /wake`) did not
+/// reach the daemon. Each look opens a store connection for a moment (an idle account
+/// holds none), so it is rare and [`crate::backoff::spread`]: 1,000 accounts that started together and
+/// looked every 5 minutes opened 1,000 connections in the same second (#12).
+pub const SAFETY_POLL: Duration = Duration::from_secs(600);
 
 /// The COI message an edit, delete or reaction is about, and its copy here by part.
 struct Target {
@@ -93,9 +96,9 @@ impl BridgeDelivery {
     async fn idle_pause(&self, now: i64) -> Duration {
         match self.store.next_outbox_due(self.id.as_str()).await {
             Ok(Some(at)) => Duration::from_secs(at.saturating_sub(now).max(0) as u64)
-                .min(self.safety_poll)
+                .min(crate::backoff::spread(self.safety_poll))
                 .max(Duration::from_millis(50)),
-            Ok(None) => self.safety_poll,
+            Ok(None) => crate::backoff::spread(self.safety_poll),
             Err(e) => {
                 tracing::warn!(bridge = %self.id, error = %e, "bridge outbox: cannot read the next due time");
                 Duration::from_secs(1)

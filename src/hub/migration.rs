@@ -212,7 +212,8 @@ pub struct Sampler {
 impl Sampler {
     pub async fn run(&self, token: tokio_util::sync::CancellationToken) {
         loop {
-            if let Err(e) = self.once().await {
+            // Boxed: the hour between samples holds only the wait (#12's memory budget).
+            if let Err(e) = Box::pin(self.once()).await {
                 tracing::warn!(account = %self.account, error = %e, "migration: sampling the portals failed; next time");
             }
             tokio::select! {

@@ -1,9 +1,11 @@
 //! `coi-bridge migrate-store`: copies a stopped daemon's SQLite store into an empty PostgreSQL store, every table in one PostgreSQL transaction with its ids, then counts each table on both sides.
 //!
-//! The SQLite file is opened in exclusive locking mode with `BEGIN EXCLUSIVE` held for the
-//! whole copy: a running daemon keeps its pool's connections open, so the lock cannot be
-//! had while it runs (that is how "the daemon is running" is told), and nothing can write
-//! to the file until the copy is over. The copy is one PostgreSQL transaction: a copy cut
+//! The SQLite file is locked twice for the whole copy: exclusively with `flock`, which
+//! every process that opens the store holds shared for as long as it has it open (a
+//! running daemon holds it even while its idle accounts have no connection open: that is
+//! how "the daemon is running" is told, and no daemon can start on the store meanwhile),
+//! and in SQLite's exclusive locking mode with `BEGIN EXCLUSIVE` (nothing else that opens
+//! the file can write to it until the copy is over). The copy is one PostgreSQL transaction: a copy cut
 //! off (a lost connection, a full disk, a mismatch in the counts) leaves the target as
 //! empty as it was, so the command can simply be run again; an empty target is the one
 //! thing it asks for. Rows are streamed in batches of at most [`BATCH_ROWS`] rows or
@@ -131,7 +133,9 @@ struct Column {
 }
 
 /// Opens the SQLite store for the copy, exclusively; an error that says who holds it.
-async fn lock_sqlite(path: &Path) -> anyhow::Result<SqliteConnection> {
+/// Both locks last as long as the returned file and connection.
+async fn lock_sqlite(path: &Path) -> anyhow::Result<(SqliteConnection, std::fs::File)> {
+    let held = super::sqlite::lock_exclusive(path)?;
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
@@ -145,14 +149,15 @@ async fn lock_sqlite(path: &Path) -> anyhow::Result<SqliteConnection> {
             matches!(&e, sqlx::Error::Database(db) if db.message().contains("locked") || db.message().contains("busy"));
         if busy {
             bail!(
-                "the SQLite store {} is in use (its lock is held): the daemon is running, or another coi-bridge \
-                 command has it open. Stop the daemon first (systemctl stop coi-bridge), then migrate",
-                path.display()
+                "the SQLite store {} {} (its SQLite lock is held). Stop the daemon first (systemctl stop \
+                 coi-bridge), then migrate",
+                path.display(),
+                super::sqlite::IN_USE
             );
         }
         return Err(e).with_context(|| format!("cannot lock the SQLite store {}", path.display()));
     }
-    Ok(conn)
+    Ok((conn, held))
 }
 
 async fn sqlite_count(conn: &mut SqliteConnection, table: &str) -> anyhow::Result<u64> {
@@ -303,7 +308,7 @@ pub async fn migrate(sqlite: &Path, pg_url: &str, mut progress: impl FnMut(Progr
     // The backend's TLS rule: over TCP without `sslmode` in the URL, verify-full.
     let opts = super::postgres::tls_by_default(pg_url, opts);
     let target = describe(&opts);
-    let mut lite = lock_sqlite(sqlite).await?;
+    let (mut lite, _held) = lock_sqlite(sqlite).await?;
     let source_version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut lite).await?;
     let tables = sqlite_tables(&mut lite).await?;
     if let Some(t) = tables.iter().find(|t| !TABLES.contains(&t.as_str())) {

@@ -30,10 +30,51 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 
 pub struct SqliteStore {
-    /// The working connections: opened on demand, closed when idle (see [`pool::options`]).
+    /// The connections: opened on demand, closed when idle (see [`pool::options`]).
     pool: SqlitePool,
-    /// The one connection kept open, for the idle path's reads (see [`pool::keeper`]).
-    keeper: SqlitePool,
+    /// How a connection is opened: the pool's, and the idle path's own (see [`pool::Look`]).
+    opts: SqliteConnectOptions,
+    /// The store file, opened with a shared `flock` for the store's life: the pool may
+    /// hold no connection, and `migrate-store` takes this lock exclusively to tell that
+    /// nothing has the store open (see [`lock_shared`]).
+    _lock: std::fs::File,
+}
+
+/// What `migrate-store` reports when it cannot have the store to itself.
+pub const IN_USE: &str = "is in use: the daemon is running, or another coi-bridge command has it open";
+
+/// Opens `path` and takes a shared lock on it (`flock`, which SQLite's own `fcntl`
+/// locks do not touch): any number of processes may use the store at once, except
+/// `migrate-store`, which takes it exclusively for its copy.
+fn lock_shared(path: &Path) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::File::open(path).with_context(|| format!("store: cannot open {}", path.display()))?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "store: {} is being copied by coi-bridge migrate-store (it holds the store's lock); wait until it \
+             ends, then point store.url at the new store",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("store: cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Takes `path` exclusively for `migrate-store`: fails at once if any process has the
+/// store open through [`SqliteStore`]. The lock lasts as long as the returned file.
+pub fn lock_exclusive(path: &Path) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the SQLite store {} {IN_USE}. Stop the daemon first (systemctl stop coi-bridge), then migrate",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock the SQLite store {}", path.display()))
+        }
+    }
 }
 
 fn now() -> i64 {
@@ -93,6 +134,8 @@ impl SqliteStore {
             return Err(super::Uninitialized::NoStore { path: path.to_path_buf(), hint: String::new() }.into());
         }
         private::tighten(path);
+        let lock = lock_shared(path)?;
+        process::configure();
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .context("store: sqlite options")?
             .filename(path)
@@ -105,11 +148,7 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .with_context(|| format!("store: cannot open SQLite database {}", path.display()))?;
-        let keeper = pool::keeper()
-            .connect_with(opts.pragma("cache_size", format!("-{}", pool::KEEPER_CACHE_KIB)))
-            .await
-            .with_context(|| format!("store: cannot open SQLite database {}", path.display()))?;
-        let store = Self { pool, keeper };
+        let store = Self { pool, opts, _lock: lock };
         store.migrate().await.with_context(|| format!("store: migrating {}", path.display()))?;
         Ok(store)
     }
@@ -283,6 +322,8 @@ impl Store for SqliteStore {
     }
 
     async fn due_outbox(&self, target: &str, now: i64, limit: u32) -> StoreResult<Vec<OutboxItem>> {
+        // The idle path's look (and the busy path's, through the pool): see pool::Look.
+        let mut look = pool::Look::open(&self.pool, &self.opts).await.map_err(err)?;
         let rows = sqlx::query(
             "SELECT o.id, o.target, o.chat_id, o.message_id, o.payload, o.envelope, o.attempts,
                     COALESCE(o.queued_at_ms, o.created_at * 1000) AS queued_at_ms
@@ -295,9 +336,10 @@ impl Store for SqliteStore {
         .bind(target)
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.keeper)
-        .await
-        .map_err(err)?;
+        .fetch_all(&mut *look)
+        .await;
+        look.done().await;
+        let rows = rows.map_err(err)?;
         rows.into_iter()
             .map(|r| {
                 let envelope: Option<String> = r.get("envelope");
@@ -322,6 +364,7 @@ impl Store for SqliteStore {
     async fn next_outbox_due(&self, target: &str) -> StoreResult<Option<i64>> {
         // Chats' heads only: a row behind its chat's head is not due before the head is
         // done (and the worker looks again then), whatever its own time says.
+        let mut look = pool::Look::open(&self.pool, &self.opts).await.map_err(err)?;
         let row = sqlx::query(
             "SELECT MIN(o.next_attempt_at) FROM outbox o
              WHERE o.target = ? AND o.state = 'pending'
@@ -329,9 +372,10 @@ impl Store for SqliteStore {
                            WHERE h.target = o.target AND h.chat_id = o.chat_id AND h.state = 'pending')",
         )
         .bind(target)
-        .fetch_one(&self.keeper)
-        .await
-        .map_err(err)?;
+        .fetch_one(&mut *look)
+        .await;
+        look.done().await;
+        let row = row.map_err(err)?;
         Ok(row.get(0))
     }
 
@@ -528,6 +572,7 @@ mod messages;
 mod migration;
 mod portals;
 mod private;
+mod process;
 mod retention;
 
 mod pool;

@@ -176,12 +176,14 @@ impl SmtpWorker {
             };
             if due.is_empty() {
                 let (pause, waiting) = match self.store.next_outbox_due(SMTP_TARGET).await {
-                    Ok(Some(at)) => {
-                        (Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64).min(self.safety_poll), true)
-                    }
+                    Ok(Some(at)) => (
+                        Duration::from_secs(at.saturating_sub(now).clamp(0, 3600) as u64)
+                            .min(crate::backoff::spread(self.safety_poll)),
+                        true,
+                    ),
                     // Nothing queued: `queue` wakes us in-process; other processes (the
                     // CLI) are noticed by the safety poll.
-                    Ok(None) => (self.safety_poll, false),
+                    Ok(None) => (crate::backoff::spread(self.safety_poll), false),
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox: cannot read the next due time");
                         (store_backoff.next_delay(), false)
@@ -197,11 +199,7 @@ impl SmtpWorker {
                     self.unreachable.store(false, std::sync::atomic::Ordering::SeqCst);
                     if let Ok(heads) = self.store.due_outbox(SMTP_TARGET, i64::MAX, 64).await {
                         tracing::info!(mails = heads.len(), "the SMTP server answers again; sending what waits now");
-                        let _: Vec<Outcome> = futures::stream::iter(heads)
-                            .map(|item| self.deliver(item))
-                            .buffer_unordered(PARALLEL)
-                            .collect()
-                            .await;
+                        Box::pin(self.send_all(heads)).await;
                     }
                 }
                 continue;
@@ -209,9 +207,15 @@ impl SmtpWorker {
             // Heads of different chats go out in parallel; each chat's next item waits for
             // its head, so order per chat holds.
             // Retried rows get a later next_attempt_at, so the next round does not spin.
-            let _: Vec<Outcome> =
-                futures::stream::iter(due).map(|item| self.deliver(item)).buffer_unordered(PARALLEL).collect().await;
+            Box::pin(self.send_all(due)).await;
         }
+    }
+
+    /// Sends `items`, up to PARALLEL at once. Boxed by its callers: the worker waits for
+    /// hours holding only its waiting state, and the sends' state only while they run.
+    async fn send_all(&self, items: Vec<OutboxItem>) {
+        let _: Vec<Outcome> =
+            futures::stream::iter(items).map(|item| self.deliver(item)).buffer_unordered(PARALLEL).collect().await;
     }
 
     async fn pause(&self, shutdown: &CancellationToken, d: Duration) {

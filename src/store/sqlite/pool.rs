@@ -14,7 +14,9 @@
 
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnection, SqlitePoolOptions};
+use sqlx::Connection as _;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
 
 /// True while SQLite has a transaction open on `conn` (its autocommit mode is off).
 async fn in_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
@@ -26,27 +28,21 @@ async fn in_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error
     Ok(autocommit == 0)
 }
 
-/// How long a working connection may sit idle before it is closed (checked as often):
-/// an idle account keeps only its [`keeper`] connection, not the up to four connections
-/// (four `sqlx-sqlite-worker` threads, four page caches) a burst of work opened.
-pub(super) const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// How long a connection may sit unused before it is closed (checked as often). An idle
+/// account holds no connection at all: each is an OS thread (`sqlx-sqlite-worker`) with
+/// its own schema copy, page cache and, through glibc, a thread cache of freed memory
+/// (about 235 KiB when full), which made 1,000 idle accounts with one kept connection
+/// each hold some 700 MB (#12). Work comes in bursts (a mail, its copies, their
+/// delivery); a connection outlives the burst by this much, and the idle path's looks
+/// (every [`crate::hub::delivery::SAFETY_POLL`]) open one for a moment.
+pub(super) const IDLE_CLOSE: Duration = Duration::from_secs(10);
 
-/// The page cache of the kept connection, in KiB: it only answers the idle path's small
-/// reads (what is due in the outbox, released mail), so it never needs SQLite's 2 MB default.
-pub(super) const KEEPER_CACHE_KIB: i64 = 256;
-
-/// The store's working pool: at most `max` connections, each closed after `idle_close`
-/// unused, and none handed back into the pool inside a transaction. It may shrink to
-/// none: the [`keeper`] holds the file open meanwhile.
+/// The store's pool: at most `max` connections, each closed after `idle_close` unused,
+/// and none handed back into the pool inside a transaction. It shrinks to none while
+/// the account idles; the store's file lock (see `SqliteStore`) tells `migrate-store`
+/// that the daemon runs.
 pub(super) fn options(max: u32, idle_close: Duration) -> SqlitePoolOptions {
     guarded(SqlitePoolOptions::new().max_connections(max).min_connections(0).idle_timeout(Some(idle_close)))
-}
-
-/// One connection kept open for the store's life (never reaped when idle): the open file
-/// is how `migrate-store` tells that the daemon runs, and the workers' idle-path reads
-/// (what is due next) go through it, so an idle account opens no working connection.
-pub(super) fn keeper() -> SqlitePoolOptions {
-    guarded(SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None))
 }
 
 fn guarded(options: SqlitePoolOptions) -> SqlitePoolOptions {
@@ -61,6 +57,52 @@ fn guarded(options: SqlitePoolOptions) -> SqlitePoolOptions {
             Ok(true)
         })
     })
+}
+
+/// The connection for one of the idle path's looks (what is due, released mail): the
+/// pool's while it has connections open (the account is busy), else one of its own,
+/// closed as soon as the look is over ([`Look::done`]), so that an idle account's look
+/// leaves no connection behind for [`IDLE_CLOSE`].
+pub(super) enum Look {
+    Pooled(PoolConnection<Sqlite>),
+    Own(SqliteConnection),
+}
+
+impl Look {
+    pub(super) async fn open(pool: &sqlx::SqlitePool, opts: &SqliteConnectOptions) -> Result<Self, sqlx::Error> {
+        if pool.size() > 0 {
+            return Ok(Self::Pooled(pool.acquire().await?));
+        }
+        Ok(Self::Own(SqliteConnection::connect_with(opts).await?))
+    }
+
+    /// Ends the look: the pool's connection goes back, its own is closed.
+    pub(super) async fn done(self) {
+        if let Self::Own(conn) = self
+            && let Err(e) = conn.close().await
+        {
+            tracing::debug!(error = %e, "store: closing a look's connection failed");
+        }
+    }
+}
+
+impl std::ops::Deref for Look {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            Self::Pooled(c) => c,
+            Self::Own(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Look {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Pooled(c) => c,
+            Self::Own(c) => c,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -124,14 +124,17 @@ impl RetentionStore for SqliteStore {
     }
 
     async fn released(&self, limit: u32) -> StoreResult<Vec<Released>> {
+        // An idle path's look: it leaves no connection open behind it.
+        let mut look = super::pool::Look::open(&self.pool, &self.opts).await.map_err(err)?;
         let rows =
             sqlx::query("SELECT id, uid, raw FROM rejected WHERE digest >= ? AND digest < ? ORDER BY id LIMIT ?")
                 .bind(RELEASED_FROM)
                 .bind(RELEASED_TO)
                 .bind(i64::from(limit))
-                .fetch_all(&self.keeper)
-                .await
-                .map_err(err)?;
+                .fetch_all(&mut *look)
+                .await;
+        look.done().await;
+        let rows = rows.map_err(err)?;
         Ok(rows
             .into_iter()
             .map(|r| Released {
