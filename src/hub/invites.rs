@@ -148,6 +148,30 @@ pub async fn hand_out(
     })
 }
 
+/// The group portals of bridge `from` that `person` is in (seen joining or posting there,
+/// and not gone since), for a personal invite asked for outside them (in a direct room with
+/// the bot). A private chat's portal (`Name (Telegram)`) is no group they could join.
+pub async fn groups_of(
+    store: &dyn Store,
+    from: &BridgeId,
+    person: &Person,
+) -> crate::store::StoreResult<Vec<(RemoteChatId, Chat)>> {
+    let mut found = Vec::new();
+    for portal in store.portals().await?.into_iter().filter(|p| p.bridge == from.as_str()) {
+        let Some(chat) = store.chat(portal.chat_id).await? else { continue };
+        if chat.kind != crate::store::ChatKind::Group
+            || crate::hub::private::is_private_chat(store, &portal, &chat).await?
+        {
+            continue;
+        }
+        let people = store.remote_people(from.as_str(), &portal.remote_chat).await?;
+        if people.iter().any(|p| p.remote_user == person.id.as_str() && p.left_at.is_none()) {
+            found.push((RemoteChatId(portal.remote_chat), chat));
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,40 @@ impl CoreHub {
         }
     }
 
+    /// A personal invite asked for outside any portal (a direct room with the bot): one to
+    /// each group the person is in, in one answer (the first one's QR code), counted as one
+    /// request.
+    async fn personal_invites_elsewhere(&self, from: &BridgeId, person: &Person) -> Result<CommandReply, SubmitError> {
+        let groups = crate::hub::invites::groups_of(self.store.as_ref(), from, person).await.map_err(store_err)?;
+        if groups.is_empty() {
+            return Err(SubmitError::Rejected(
+                "I know of no bridged group you are in; ask in the group's room instead".into(),
+            ));
+        }
+        let asked = std::time::Instant::now();
+        if let Verdict::Refused { again_in } = self.invites.ask(from.as_str(), person.id.as_str(), asked) {
+            self.metrics.personal_invites_refused.with_label_values(&[from.as_str()]).inc();
+            return Ok(CommandReply { text: refusal_text(again_in), link: None, qr_png: None });
+        }
+        let mut replies = Vec::new();
+        for (chat, c) in &groups {
+            match hand_out(self.store.as_ref(), &self.identity, &self.display_name, from, chat, person, c).await {
+                Ok(r) => replies.push(r),
+                Err(e) => {
+                    self.invites.give_back(from.as_str(), person.id.as_str(), asked);
+                    return Err(e);
+                }
+            }
+        }
+        let text = replies.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join("\n\n");
+        let first = replies.into_iter().next();
+        Ok(CommandReply {
+            text,
+            link: first.as_ref().and_then(|r| r.link.clone()),
+            qr_png: first.and_then(|r| r.qr_png),
+        })
+    }
+
     async fn target(&self, bridge: &BridgeId, chat: &str, remote: &str) -> Result<String, SubmitError> {
         self.coi_id(bridge, chat, remote)
             .await?
@@ -306,7 +340,8 @@ impl Hub for CoreHub {
         person: &Person,
     ) -> Result<CommandReply, SubmitError> {
         let Some(c) = self.portal_chat(from, chat).await? else {
-            return Err(SubmitError::Rejected("that chat is not bridged to COI".into()));
+            // Asked outside any portal (in a direct room with the bot): the groups they are in.
+            return self.personal_invites_elsewhere(from, person).await;
         };
         if c.kind != ChatKind::Group {
             return Err(SubmitError::Rejected("that chat is a 1:1 portal, not a group".into()));

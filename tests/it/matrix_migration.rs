@@ -1,4 +1,4 @@
-//! Migration you can see, through Matrix (appservice mode, real Synapse and Delta Chat): a member who is no admin says `!coi invite` in the portal room, gets a personal invite in a direct room with the bot (the same room every time, and no more than 3 in 10 minutes), joins through it, and `!coi status` names them as moved; an admin of the room pairs a member by hand, and an unlinked portal's gauges leave `/metrics`.
+//! Migration you can see, through Matrix (appservice mode, real Synapse and Delta Chat): a member who is no admin says `!coi invite` in the portal room (or in the direct room), gets a personal invite in a direct room with the bot (the same room every time, and no more than 3 in 10 minutes), joins through it, and `!coi status` names them as moved; an admin of the room pairs a member by hand, and an unlinked portal's gauges leave `/metrics`.
 
 use serde_json::json;
 
@@ -63,13 +63,16 @@ async fn a_matrix_member_moves_with_a_personal_invite_and_the_status_names_them(
     let link = text.split_whitespace().find(|w| w.starts_with("https://i.delta.chat/#")).expect("link").to_owned();
     assert_ne!(link, s.link, "her own link, not the room's public one");
 
-    // She asks again: the new invite comes in the same direct room, not in a new one.
-    send_as(&s.hs, &nina, &s.room, "m.room.message", "n3", json!({"msgtype": "m.text", "body": "!coi invite"})).await;
+    // She asks again, in the direct room itself (no portal): the invite to the group she
+    // is in comes there, with no pointer to where it is.
+    send_as(&s.hs, &nina, &dm, "m.room.message", "n3", json!({"msgtype": "m.text", "body": "!coi invite"})).await;
     let two = eventually(WAIT, "the second invite in the same direct room", || async {
         Some(links(&s.hs, &nina, &dm).await).filter(|l| l.len() >= 2)
     })
     .await;
     assert_ne!(two[0], two[1], "a fresh invite each time");
+    let said = bodies(&s.hs, &nina, &dm).await;
+    assert!(!said.iter().any(|b| b.contains("is in a direct chat") || b.contains("did not work")), "{said:?}");
     // A third is fine; a fourth within ten minutes is refused, in the direct room, counted.
     for txn in ["n4", "n5"] {
         send_as(&s.hs, &nina, &s.room, "m.room.message", txn, json!({"msgtype": "m.text", "body": "!coi invite"}))

@@ -96,7 +96,8 @@ async fn command(hs: &dyn Homeserver, parts: Parts<'_>, ev: &Value, body: &str) 
 
 /// A member's `!coi invite` (no admin): their personal invite to the room's COI group, sent
 /// to them alone in a direct room (whoever completes it is paired with them), and a word
-/// in the room that it is there. A refusal for asking too often goes to the direct room
+/// in the room that it is there. Said in the direct room (no portal), it brings one to
+/// each bridged group they are in. A refusal for asking too often goes to the direct room
 /// only, so asking again and again does not fill the group's room.
 async fn personal_invite(
     hs: &dyn Homeserver,
@@ -109,7 +110,9 @@ async fn personal_invite(
     match parts.hub.personal_invite(parts.id, &RemoteChatId(room.to_owned()), &person).await {
         Ok(reply) => {
             tell_privately(hs, parts.state, sender, key, &reply.text, reply.qr_png).await?;
-            if reply.link.is_none() {
+            // Asked in the direct room itself (for every group they are in): it is there.
+            let direct = parts.state.get(&direct_key(sender)).await.map_err(state_failure)?;
+            if reply.link.is_none() || direct.as_deref() == Some(room) {
                 return Ok(());
             }
             let text = format!("{}, your personal invite is in a direct chat with me.", person.display_name);
