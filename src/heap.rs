@@ -143,24 +143,12 @@ mod tests {
         assert!(should_trim(at(400, 300), floor), "50 MB more slack than after the last trim");
     }
 
-    /// Set in the child process that runs the check alone.
-    const CHILD: &str = "COI_BRIDGE_HEAP_CHILD";
-
     /// Memory freed by many threads stays resident until a trim, and `trim` gives it
     /// back. Runs alone in a child process (this test binary, filtered to it): other
     /// tests allocating meanwhile would blur the figures.
     #[test]
     fn a_trim_returns_what_threads_freed() {
-        if std::env::var_os(CHILD).is_none() {
-            let exe = std::env::current_exe().expect("test binary");
-            let out = std::process::Command::new(exe)
-                .args(["--exact", "heap::tests::a_trim_returns_what_threads_freed", "--test-threads", "1"])
-                .arg("--nocapture")
-                .env(CHILD, "1")
-                .output()
-                .expect("run the child");
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success() && text.contains("1 passed"), "the child run failed:\n{text}");
+        if !crate::testing::alone("heap::tests::a_trim_returns_what_threads_freed") {
             return;
         }
         let base = usage().expect("glibc reports its usage");

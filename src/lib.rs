@@ -34,6 +34,8 @@ pub mod report;
 pub mod retention;
 pub mod store;
 pub mod supervisor;
+#[cfg(test)]
+mod testing;
 pub mod transport;
 
 /// Installs rustls' process-wide crypto provider (ring). Both ring and aws-lc-rs are

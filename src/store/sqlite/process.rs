@@ -42,28 +42,14 @@ pub(super) fn configure() {
 
 #[cfg(test)]
 mod tests {
-    /// Set in the child process that runs the check alone.
-    const CHILD: &str = "COI_BRIDGE_SQLITE_PROCESS_CHILD";
-
     /// The settings apply in a fresh process: a connection opened afterwards has no
     /// lookaside slab (SQLITE_DBSTATUS_LOOKASIDE_USED and its highwater stay 0 after
     /// work that would use it). Other tests of this binary open SQLite first, so the
     /// check runs in a child process of its own (this test binary, filtered to it).
     #[test]
     fn a_connection_opened_after_configure_has_no_lookaside() {
-        if std::env::var_os(CHILD).is_none() {
-            let exe = std::env::current_exe().expect("test binary");
-            let out = std::process::Command::new(exe)
-                .args([
-                    "--exact",
-                    "store::sqlite::process::tests::a_connection_opened_after_configure_has_no_lookaside",
-                ])
-                .args(["--test-threads", "1", "--nocapture"])
-                .env(CHILD, "1")
-                .output()
-                .expect("run the child");
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success() && text.contains("1 passed"), "the child run failed:\n{text}");
+        if !crate::testing::alone("store::sqlite::process::tests::a_connection_opened_after_configure_has_no_lookaside")
+        {
             return;
         }
         super::configure();
