@@ -130,6 +130,17 @@ impl CoreHub {
         }
     }
 
+    /// Counts a personal-invite request of `person` (at `asked`); the answer to give instead
+    /// of an invite when they asked too often lately.
+    fn asked_too_often(&self, from: &BridgeId, person: &Person, asked: std::time::Instant) -> Option<CommandReply> {
+        let Verdict::Refused { again_in } = self.invites.ask(from.as_str(), person.id.as_str(), asked) else {
+            return None;
+        };
+        self.metrics.personal_invites_refused.with_label_values(&[from.as_str()]).inc();
+        tracing::info!(bridge = %from, user = %person.id, again_in_s = again_in.as_secs(), "personal invite refused: asked too often");
+        Some(CommandReply { text: refusal_text(again_in), link: None, qr_png: None })
+    }
+
     /// A personal invite asked for outside any portal (a direct room with the bot): one to
     /// each group the person is in, in one answer (the first one's QR code), counted as one
     /// request.
@@ -141,9 +152,8 @@ impl CoreHub {
             ));
         }
         let asked = std::time::Instant::now();
-        if let Verdict::Refused { again_in } = self.invites.ask(from.as_str(), person.id.as_str(), asked) {
-            self.metrics.personal_invites_refused.with_label_values(&[from.as_str()]).inc();
-            return Ok(CommandReply { text: refusal_text(again_in), link: None, qr_png: None });
+        if let Some(refused) = self.asked_too_often(from, person, asked) {
+            return Ok(refused);
         }
         let mut replies = Vec::new();
         for (chat, c) in &groups {
@@ -348,10 +358,8 @@ impl Hub for CoreHub {
         }
         // Each invite costs a store write and a QR code, and anyone in a portal may ask.
         let asked = std::time::Instant::now();
-        if let Verdict::Refused { again_in } = self.invites.ask(from.as_str(), person.id.as_str(), asked) {
-            self.metrics.personal_invites_refused.with_label_values(&[from.as_str()]).inc();
-            tracing::info!(bridge = %from, chat = %chat, user = %person.id, again_in_s = again_in.as_secs(), "personal invite refused: asked too often");
-            return Ok(CommandReply { text: refusal_text(again_in), link: None, qr_png: None });
+        if let Some(refused) = self.asked_too_often(from, person, asked) {
+            return Ok(refused);
         }
         let made = hand_out(self.store.as_ref(), &self.identity, &self.display_name, from, chat, person, &c).await;
         if made.is_err() {
