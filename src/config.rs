@@ -37,6 +37,7 @@ impl fmt::Debug for Secret {
 }
 
 mod accounts;
+mod push;
 pub use accounts::{AccountsConfig, ClusterConfig, Daemon, StoreNamespace, load_daemon};
 
 /// One account's configuration: the main file's `[account]`, `[imap]`, `[smtp]` and
@@ -205,6 +206,17 @@ pub struct ImapConfig {
     /// Mails larger than this (bytes) are kept aside unparsed.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: u64,
+    /// Take the mail server's push events (Dovecot's push_notification plugin, OX driver):
+    /// `PUT /push/dovecot` on `[http] listen` fetches new mail at once; IDLE stays on.
+    #[serde(default)]
+    pub push: bool,
+    /// A file (mode 0600) holding the shared secret Dovecot sends as the password of its
+    /// push URL (`http://coi:SECRET@127.0.0.1:9187/push/dovecot`); needed with `push = true`.
+    #[serde(default)]
+    pub push_secret_file: Option<PathBuf>,
+    /// The secret itself; only from env `COI_BRIDGE__IMAP__PUSH_SECRET`, never the file.
+    #[serde(default)]
+    pub push_secret: Option<Secret>,
 }
 
 impl ImapConfig {
@@ -358,6 +370,8 @@ pub struct Loaded {
     password: Result<Secret, String>,
     /// Unlocks the bridge's secret key, if it is protected.
     pub key_passphrase: Option<Secret>,
+    /// What Dovecot's push events must carry (`[imap] push = true` only).
+    pub push_secret: Option<Secret>,
     /// The file the account was read from (the main file, or its account file).
     pub source: PathBuf,
     /// Where the account's rows live in the store.
@@ -402,6 +416,7 @@ fn read_toml_env<T: for<'de> Deserialize<'de>>(path: &Path, with_env: bool, acco
     for (key, file_key, env) in [
         ("account.password", "account.password_file", "ACCOUNT__PASSWORD"),
         ("account.key_passphrase", "account.key_passphrase_file", "ACCOUNT__KEY_PASSPHRASE"),
+        ("imap.push_secret", "imap.push_secret_file", "IMAP__PUSH_SECRET"),
     ] {
         if let Some(meta) = figment.find_metadata(key)
             && !meta.name.to_lowercase().contains("env")
@@ -430,7 +445,8 @@ impl Loaded {
             (None, Some(file)) => Some(read_secret_file("account.key_passphrase_file", file)?),
             (None, None) => None,
         };
-        Ok(Loaded { config, password, key_passphrase, source: source.to_path_buf(), namespace })
+        let push_secret = if config.imap.push { Some(push::resolve_secret(&config.imap)?) } else { None };
+        Ok(Loaded { config, password, key_passphrase, push_secret, source: source.to_path_buf(), namespace })
     }
 
     /// Where this account's rows are, besides `store.url`: a directory account's own schema

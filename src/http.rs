@@ -1,4 +1,4 @@
-//! The daemon's HTTP endpoint: /metrics (Prometheus text), /health (process up), /ready (JSON, a reason per part), POST /wake (another process queued outbox rows), plus the bridges' routes.
+//! The daemon's HTTP endpoint: /metrics (Prometheus text), /health (process up), /ready (JSON, a reason per part), POST /wake (another process queued outbox rows), PUT /push/dovecot (Dovecot's new-mail events), plus the bridges' routes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,10 @@ pub fn router(state: Http) -> Router {
         .route("/health", get(|| async { axum::Json(json!({"status": "alive"})) }))
         .route("/ready", get(ready))
         .route("/wake", axum::routing::post(wake))
+        .route(
+            crate::transport::push::PATH,
+            axum::routing::put(crate::transport::push::dovecot).post(crate::transport::push::dovecot),
+        )
         .with_state(state)
 }
 

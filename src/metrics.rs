@@ -20,6 +20,13 @@ pub struct Metrics {
     /// Tolerated defects in recorded mails, by kind.
     pub inbound_problems: IntCounterVec,
     pub imap_reconnects: IntCounter,
+    /// Dovecot push events by result (accepted, ignored, bad_secret, no_secret,
+    /// unknown_user, malformed, too_large).
+    pub push_events: IntCounterVec,
+    /// Fetches an IMAP worker started because a push event woke it.
+    pub push_fetches: IntCounter,
+    /// Push events that came while a fetch was already pending (one fetch for all).
+    pub push_coalesced: IntCounter,
     pub imap_uidvalidity_changes: IntCounter,
     /// 1 while an IMAP session is logged in.
     pub imap_connected: IntGauge,
@@ -40,6 +47,8 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     /// Seconds from queueing in the durable outbox to the target accepting it.
     pub delivery_latency: HistogramVec,
+    /// Seconds spent in each hop of a message's way through the bridge (see `Metrics::hop`).
+    pub hop_seconds: HistogramVec,
     /// Encrypted mails that could not be decrypted.
     pub decrypt_failures: IntCounter,
     /// Mails whose signature was missing, unknown or wrong, by reason.
@@ -121,6 +130,18 @@ impl Metrics {
         )
         .expect("static metric definition");
         registry.register(Box::new(delivery_latency.clone())).expect("metric registered once");
+        let hop_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "hop_seconds",
+                "Seconds a message spends in one hop through the bridge: submit (a remote event translated, \
+                 sealed and in the outbox), outbox_wait (in the outbox until a worker takes it), smtp_connect (a new \
+                 SMTP connection up to AUTH), smtp_send (one mail until the server's 250)",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
+            &["hop"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(hop_seconds.clone())).expect("metric registered once");
         let store_up = IntGauge::new("store_up", "1 when the last scrape could read the store").expect("static");
         registry.register(Box::new(store_up.clone())).expect("metric registered once");
         let build_info = IntGaugeVec::new(Opts::new("build_info", "The running version (always 1)"), &["version"])
@@ -133,6 +154,9 @@ impl Metrics {
             inbound_rejected: vec("inbound_rejected_total", "Mails kept aside unparsed", &["reason"]),
             inbound_problems: vec("inbound_problems_total", "Tolerated defects in recorded mails", &["problem"]),
             imap_reconnects: counter("imap_reconnects_total", "IMAP reconnects after an error"),
+            push_events: vec("push_events_total", "Dovecot push events, by result", &["result"]),
+            push_fetches: counter("imap_push_fetches_total", "IMAP fetches started by a push event"),
+            push_coalesced: counter("push_wakes_coalesced_total", "Push events folded into a pending fetch"),
             imap_uidvalidity_changes: counter("imap_uidvalidity_changes_total", "Mailboxes found recreated"),
             imap_connected,
             outbox: vec("outbox_deliveries_total", "Outbox delivery attempts", &["target", "result"]),
@@ -146,6 +170,7 @@ impl Metrics {
             messages: vec("messages_total", "Messages by network and direction (in, out)", &["bridge", "direction"]),
             failures: vec("failures_total", "Failures by part and kind", &["part", "kind"]),
             delivery_latency,
+            hop_seconds,
             decrypt_failures: counter("decrypt_failures_total", "Encrypted mails that could not be decrypted"),
             signature_failures: vec("signature_failures_total", "Mails without a valid known signature", &["reason"]),
             bridge_state: gauges("bridge_state", "1 for the bridge instance's current state", &["bridge", "state"]),
@@ -206,6 +231,9 @@ impl Metrics {
         for reason in ["unsigned", "unknown_or_wrong_key"] {
             m.signature_failures.with_label_values(&[reason]).inc_by(0);
         }
+        for result in ["accepted", "bad_secret"] {
+            m.push_events.with_label_values(&[result]).inc_by(0);
+        }
         m
     }
 
@@ -219,6 +247,11 @@ impl Metrics {
         }
         let waited = (chrono::Utc::now().timestamp_millis() - queued_at_ms).max(0) as f64 / 1000.0;
         self.delivery_latency.with_label_values(&[target]).observe(waited);
+    }
+
+    /// A message spent `took` in `hop` (one of the names `hop_seconds` documents).
+    pub fn hop(&self, hop: &str, took: std::time::Duration) {
+        self.hop_seconds.with_label_values(&[hop]).observe(took.as_secs_f64());
     }
 
     /// A delivery to `target` failed for now; it is tried again.

@@ -243,6 +243,9 @@ impl Manager {
             outbox: core.outbound.notifier().clone(),
             released: core.released.clone(),
         });
+        if let Some(push) = core.imap.push() {
+            self.running.insert_push(push);
+        }
         self.started.lock().await.insert(w.key.clone(), Started { wanted: w.clone(), tasks, fence });
         self.failed.lock().unwrap_or_else(|e| e.into_inner()).remove(&w.key);
         self.metrics.accounts_held.set(self.running.len() as i64);

@@ -32,11 +32,13 @@ pub struct Running {
     broken: Mutex<BTreeMap<String, String>>,
     /// This daemon's lease holder name (PostgreSQL).
     pub node: Option<String>,
+    /// The running accounts that take Dovecot's push events, by key.
+    push: RwLock<BTreeMap<String, Arc<crate::transport::push::PushAccount>>>,
 }
 
 impl Running {
     pub fn new(node: Option<String>) -> Self {
-        Self { accounts: RwLock::default(), broken: Mutex::default(), node }
+        Self { accounts: RwLock::default(), broken: Mutex::default(), node, push: RwLock::default() }
     }
 
     /// A registry of one account (tests, tools).
@@ -53,6 +55,17 @@ impl Running {
 
     pub fn remove(&self, key: &str) {
         self.accounts.write().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.push.write().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// An account takes push events (`[imap] push = true`) until removed.
+    pub fn insert_push(&self, account: Arc<crate::transport::push::PushAccount>) {
+        self.push.write().unwrap_or_else(|e| e.into_inner()).insert(account.key.clone(), account);
+    }
+
+    /// The accounts that take push events.
+    pub fn push_accounts(&self) -> Vec<Arc<crate::transport::push::PushAccount>> {
+        self.push.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     pub fn len(&self) -> usize {

@@ -15,6 +15,7 @@ use crate::config::{Loaded, Secret, Security};
 use crate::hub::ingest::{Fetched, Ingest};
 use crate::metrics::Metrics;
 use crate::store::ImapCursor;
+use crate::transport::push::PushAccount;
 
 /// Any byte stream async-imap can run on (plain TCP or TLS).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Debug {}
@@ -42,22 +43,35 @@ pub struct ImapSettings {
     pub idle_timeout: Duration,
     pub batch_size: u32,
     pub max_message_bytes: u64,
+    /// Set with `[imap] push = true`: Dovecot's push events wake the worker through it.
+    pub push: Option<Arc<PushAccount>>,
 }
 
 impl ImapSettings {
     pub fn from_config(loaded: &Loaded) -> anyhow::Result<Self> {
         let c = &loaded.config.imap;
+        let login = loaded.config.account.login().to_owned();
+        let push = loaded.push_secret.as_ref().map(|secret| {
+            Arc::new(PushAccount {
+                key: loaded.key(),
+                login: login.to_lowercase(),
+                folder: c.folder.clone(),
+                secret: secret.clone(),
+                wake: Arc::default(),
+            })
+        });
         Ok(Self {
             host: c.host.clone(),
             port: c.port(),
             security: c.security,
             tls: super::tls::client_config(c.ca_file.as_deref()).context("imap.ca_file")?,
-            login: loaded.config.account.login().to_owned(),
+            login,
             password: loaded.password()?.clone(),
             folder: c.folder.clone(),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             batch_size: c.batch_size,
             max_message_bytes: c.max_message_bytes,
+            push,
         })
     }
 }
@@ -125,6 +139,12 @@ impl ImapWorker {
         Self { settings, ingest, metrics, health }
     }
 
+    /// What push events for this account must carry, and the worker's wake-up
+    /// (`[imap] push = true`).
+    pub fn push(&self) -> Option<Arc<PushAccount>> {
+        self.settings.push.clone()
+    }
+
     /// Runs until `shutdown`; every error leads to a reconnect after a growing, jittered pause.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
@@ -172,8 +192,18 @@ impl ImapWorker {
         // renewal of IDLE need not read the store (with 1,000 accounts, each renewal
         // opened a store connection for that one read, #12). A new session reads it.
         let mut known = None;
+        // Push events: a wake-up that ends IDLE at once (see [`crate::transport::push`]).
+        let wake = s.push.as_ref().map(|p| p.wake.clone());
         loop {
+            if let Some(w) = &wake {
+                w.take();
+            }
             Box::pin(self.sync(&mut session, uid_validity, &mut known)).await?;
+            // Events during that fetch: one more fetch for all of them, before IDLE.
+            if wake.as_ref().is_some_and(|w| w.pending()) {
+                self.metrics.push_fetches.inc();
+                continue;
+            }
             while session.unsolicited_responses.try_recv().is_ok() {}
             let mut idle = session.idle();
             timed(idle.init()).await?.context("IDLE")?;
@@ -182,8 +212,19 @@ impl ImapWorker {
                 // which start together, do not all renew in the same second.
                 let renew = crate::backoff::spread(s.idle_timeout);
                 let (wait, _stop) = idle.wait_with_timeout(renew);
+                let pushed = async {
+                    match &wake {
+                        Some(w) => w.wait().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
+                    // Dovecot announced new mail: fetch now, not at IDLE's (batched) news.
+                    () = pushed => {
+                        self.metrics.push_fetches.inc();
+                        tracing::debug!("push event: leaving IDLE to fetch");
+                    }
                     // Our own deadline: async-imap's restarts at every response, and
                     // Dovecot says "* OK Still here" every 2 minutes, so it never ended an
                     // IDLE, and every account reconnected at the 6-minute guard this

@@ -178,9 +178,45 @@ service anvil {
     mode = 0
   }
 }
+# Server metadata per user (the push notification OX driver reads its switch there).
+mail_attribute_dict = file:%h/dovecot-attributes
+# Push events (notify + push_notification, OX driver) once push.sh wrote this file.
+!include_try $DIR/push.conf
 EOF
 # A socket left from an older config would make auth retry it for 5 s and then log an error.
 rm -f "$DIR/run/anvil-auth-penalty"
+
+# --- push.sh: Dovecot's push events (the push_notification plugin's OX driver: an HTTP PUT
+#     of JSON for each mail LMTP delivers into a user's INBOX), off until it is run ---
+cat > "$DIR/push.sh" <<'EOF'
+#!/usr/bin/env bash
+# Dovecot's push events: push.sh URL USER... (on, to URL, for each USER) | push.sh off
+# Takes effect for LMTP sessions after a Dovecot restart (or doveadm reload).
+set -euo pipefail
+DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+[[ $# -ge 1 ]] || { echo "usage: $0 URL USER... | $0 off" >&2; exit 1; }
+if [[ "$1" == off ]]; then
+    rm -f "$DIR/push.conf"
+    exit 0
+fi
+[[ "$1" =~ ^http://[^[:space:]]+$ ]] || { echo "$0: URL must be http://..., got '$1'" >&2; exit 1; }
+url=$1
+shift
+{
+    echo 'protocol lmtp {'
+    echo '  mail_plugins = $mail_plugins notify push_notification'
+    echo '}'
+    echo 'plugin {'
+    echo "  push_notification_driver = ox:url=$url timeout_msecs=2000 max_retries=0"
+    echo '}'
+} > "$DIR/push.conf.new"
+mv "$DIR/push.conf.new" "$DIR/push.conf"
+# The OX driver posts only for users with this server metadata (user= is the event's "user").
+for u in "$@"; do
+    doveadm -c "$DIR/dovecot.conf" mailbox metadata set -u "$u" -s "" /private/vendor/vendor.dovecot/http-notify "user=$u"
+done
+EOF
+chmod 755 "$DIR/push.sh"
 
 # --- Postfix main.cf ---
 cat > "$DIR/postfix/main.cf" <<EOF
