@@ -70,8 +70,8 @@ pub async fn check(loaded: &Loaded) -> bool {
     let smtp_target = format!("{}:{} ({:?})", cfg.smtp.host, cfg.smtp.port(), cfg.smtp.security);
     let smtp_result = async {
         let transport = smtp::transport(loaded)?;
-        let ok = transport.test_connection().await?;
-        anyhow::ensure!(ok, "the server did not answer NOOP");
+        transport.check().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        transport.close_idle(std::time::Duration::ZERO).await;
         anyhow::Ok(())
     }
     .await;

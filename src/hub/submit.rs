@@ -426,6 +426,19 @@ impl Hub for CoreHub {
     }
 
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
+        // The first hop of a remote message's way to COI (translated, sealed, in the outbox).
+        let started = std::time::Instant::now();
+        let message = matches!(event, RemoteEvent::Message { .. });
+        let handled = self.handle(from, event).await;
+        if message && handled.is_ok() {
+            self.metrics.hop("submit", started.elapsed());
+        }
+        handled
+    }
+}
+
+impl CoreHub {
+    async fn handle(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
         if let RemoteEvent::Migrated { chat, new_chat } = &event {
             if chat != new_chat
                 && self.store.portal_by_remote(from.as_str(), new_chat.as_str()).await.map_err(store_err)?.is_some()

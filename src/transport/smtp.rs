@@ -11,9 +11,8 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use lettre::address::Envelope as LettreEnvelope;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff;
@@ -48,9 +47,11 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
 }
 
-pub type Transport = AsyncSmtpTransport<Tokio1Executor>;
+pub mod client;
 
-/// Builds the lettre transport from the config (no I/O).
+pub use client::{Client as Transport, SendError};
+
+/// Builds the SMTP client from the config (no I/O; connections open on the first mail).
 pub fn transport(loaded: &Loaded) -> anyhow::Result<Transport> {
     let c = &loaded.config.smtp;
     // One TLS setup per server and CA file for the whole process (see tls::client_config).
@@ -59,33 +60,39 @@ pub fn transport(loaded: &Loaded) -> anyhow::Result<Transport> {
         Some(ca) => Some(super::tls::ca_digest(ca).context("smtp.ca_file")?),
         None => None,
     };
-    let tls = super::tls::shared(&PARAMS, (c.host.clone(), digest), || {
-        let mut tls = TlsParameters::builder(c.host.clone());
-        if let Some(ca) = &c.ca_file {
-            let pem = std::fs::read(ca).with_context(|| format!("smtp.ca_file: cannot read {}", ca.display()))?;
-            let cert = Certificate::from_pem(&pem)
-                .with_context(|| format!("smtp.ca_file: {} is not a PEM certificate", ca.display()))?;
-            tls = tls.add_root_certificate(cert);
+    let (starttls, rustls) = match c.security {
+        Security::Starttls => {
+            let params = super::tls::shared(&PARAMS, (c.host.clone(), digest), || {
+                let mut tls = TlsParameters::builder(c.host.clone());
+                if let Some(ca) = &c.ca_file {
+                    let pem =
+                        std::fs::read(ca).with_context(|| format!("smtp.ca_file: cannot read {}", ca.display()))?;
+                    let cert = Certificate::from_pem(&pem)
+                        .with_context(|| format!("smtp.ca_file: {} is not a PEM certificate", ca.display()))?;
+                    tls = tls.add_root_certificate(cert);
+                }
+                tls.build_rustls().context("smtp: TLS setup")
+            })?;
+            (Some(params), None)
         }
-        tls.build_rustls().context("smtp: TLS setup")
-    })?;
+        Security::Tls => (None, Some(super::tls::client_config(c.ca_file.as_deref()).context("smtp: TLS setup")?)),
+        Security::Plain => (None, None),
+    };
     let domain = loaded.config.account.address.rsplit('@').next().unwrap_or("localhost").to_owned();
-    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host)
-        .port(c.port())
-        .hello_name(ClientId::Domain(domain))
-        .timeout(Some(Duration::from_secs(60)))
-        .tls(match c.security {
-            Security::Tls => Tls::Wrapper(tls),
-            Security::Starttls => Tls::Required(tls),
-            Security::Plain => Tls::None,
-        });
-    if c.auth {
-        b = b.credentials(Credentials::new(
-            loaded.config.account.login().to_owned(),
-            loaded.password()?.expose().to_owned(),
-        ));
-    }
-    Ok(b.build())
+    let credentials = if c.auth {
+        Some(Credentials::new(loaded.config.account.login().to_owned(), loaded.password()?.expose().to_owned()))
+    } else {
+        None
+    };
+    Ok(Transport::new(client::Server {
+        host: c.host.clone(),
+        port: c.port(),
+        security: c.security,
+        starttls,
+        rustls,
+        hello: ClientId::Domain(domain),
+        credentials,
+    }))
 }
 
 /// Drains the `smtp` outbox.
@@ -136,7 +143,7 @@ impl SmtpWorker {
         // first probe gets an answer, not when that backoff runs out.
         let unreachable = std::sync::atomic::AtomicBool::new(true);
         Self {
-            transport,
+            transport: transport.with_metrics(metrics.clone()),
             store,
             policy,
             wake,
@@ -159,6 +166,8 @@ impl SmtpWorker {
         let mut store_backoff = backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             if shutdown.is_cancelled() {
+                // QUIT on the kept connections: the server logs a clean end, not a lost client.
+                self.transport.close_idle(Duration::ZERO).await;
                 return;
             }
             let now = chrono::Utc::now().timestamp();
@@ -193,7 +202,7 @@ impl SmtpWorker {
                 let unreachable = waiting && self.unreachable.load(std::sync::atomic::Ordering::SeqCst);
                 let pause = if unreachable { pause.min(PROBE) } else { pause };
                 self.pause(&shutdown, pause.max(Duration::from_millis(50))).await;
-                if unreachable && self.transport.test_connection().await.unwrap_or(false) {
+                if unreachable && self.transport.test_connection().await {
                     // The server is back: every chat's head goes now, not when a backoff
                     // grown over the outage runs out (their attempts count as usual).
                     self.unreachable.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -218,11 +227,22 @@ impl SmtpWorker {
             futures::stream::iter(items).map(|item| self.deliver(item)).buffer_unordered(PARALLEL).collect().await;
     }
 
+    /// Waits `d`, or less when woken. Kept connections are closed once unused for
+    /// [`client::IDLE_CLOSE`], and all of them at shutdown (in `run`).
     async fn pause(&self, shutdown: &CancellationToken, d: Duration) {
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = self.wake.wait(SMTP_TARGET) => {}
-            () = tokio::time::sleep(d) => {}
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let step = if self.transport.keeps_any() { left.min(client::IDLE_CLOSE) } else { left };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.wait(SMTP_TARGET) => return,
+                () = tokio::time::sleep(step) => {}
+            }
+            self.transport.close_idle(client::IDLE_CLOSE).await;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
         }
     }
 
@@ -234,7 +254,15 @@ impl SmtpWorker {
             Ok(e) => e,
             Err(e) => return self.fail(&item, format!("bad envelope: {e}")).await,
         };
+        if item.attempts == 0 {
+            let waited = chrono::Utc::now().timestamp_millis().saturating_sub(item.queued_at_ms).max(0);
+            self.metrics.hop("outbox_wait", Duration::from_millis(waited as u64));
+        }
+        let started = std::time::Instant::now();
         let sent = self.transport.send_raw(&envelope, &item.payload).await;
+        if sent.is_ok() {
+            self.metrics.hop("smtp_send", started.elapsed());
+        }
         // Any reply (even a refusal) is a server answering: no probe needed before the
         // next attempt, which goes when it comes due.
         let answered = match &sent {

@@ -77,7 +77,7 @@ async fn a_mail_queued_while_the_worker_sleeps_and_its_retry_coming_due_go_witho
     // A 4xx is retried 2 s later; the safety poll is an hour: what goes below was not found by it.
     let policy = RetryPolicy { base: Duration::from_secs(2), max_delay: Duration::from_secs(2), max_attempts: 5 };
     let worker = SmtpWorker::new(
-        Transport::builder_dangerous("127.0.0.1").port(port).build(),
+        Transport::plain("127.0.0.1", port),
         store.clone(),
         policy,
         wake.clone(),

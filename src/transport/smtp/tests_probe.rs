@@ -75,7 +75,7 @@ async fn one_queued_mail(mid: &str, body: &str) -> (tempfile::TempDir, Arc<dyn S
 async fn mail_for_an_unreachable_server_goes_once_it_answers() {
     let (_dir, store, port) = one_queued_mail("waits@x.org", "hello").await;
     // Nothing listens yet; after the first failure the next attempt is an hour away.
-    let transport = Transport::builder_dangerous("127.0.0.1").port(port).build();
+    let transport = Transport::plain("127.0.0.1", port);
     let policy =
         RetryPolicy { base: Duration::from_secs(3600), max_delay: Duration::from_secs(3600), max_attempts: 30 };
     let worker = SmtpWorker::new(
@@ -125,7 +125,7 @@ async fn a_restarted_worker_sends_mail_left_in_a_long_backoff_as_soon_as_the_ser
         RetryPolicy { base: Duration::from_secs(3600), max_delay: Duration::from_secs(3600), max_attempts: 30 };
     let worker = || {
         SmtpWorker::new(
-            Transport::builder_dangerous("127.0.0.1").port(port).build(),
+            Transport::plain("127.0.0.1", port),
             store.clone(),
             policy,
             OutboxNotifier::new(),
