@@ -378,8 +378,12 @@ pub fn write_config_with(
 
 impl Daemon {
     /// The built `coi-bridge`: cargo names it for tests and benches; the demo (an
-    /// example, in target/*/examples/) finds it one folder up.
+    /// example, in target/*/examples/) finds it one folder up. `COI_TEST_DAEMON` names
+    /// another build (the benchmarks run the release binary this way).
     pub fn bin() -> PathBuf {
+        if let Some(p) = std::env::var_os("COI_TEST_DAEMON") {
+            return PathBuf::from(p);
+        }
         match option_env!("CARGO_BIN_EXE_coi-bridge") {
             Some(p) => PathBuf::from(p),
             None => {

@@ -1,0 +1,546 @@
+//! Catch-up throughput of the daemon after a stop: thousands of encrypted Delta Chat messages waiting in its mailbox go to Matrix, and thousands of Matrix messages held by Synapse go out through SMTP; timed, with nothing lost, nothing duplicated and each chat's order kept (asserted).
+//!
+//! Run: `bash tests/servers/install.sh && cargo bench --bench catchup` (release build of
+//! everything), or a debug harness against the release daemon:
+//! `cargo test --bench catchup -- --bench` (it runs `target/release/coi-bridge` when that
+//! exists, else the debug build, and says which). Quick tries: `-- --bench --messages 200
+//! --chats 5`. Options: `--messages N` (2000), `--chats C` (20), `--senders S` (4),
+//! `--phase both|coi|matrix`, `--daemon PATH`, `--out FILE` (also write the Markdown
+//! there). Under `cargo test` without `--bench` it only says how to run it.
+//!
+//! Setup, all on loopback (tests/support's Stack: Dovecot + Postfix, Synapse, one Delta Chat
+//! core, the daemon): C rooms of Mara, each bridged with `!coi bridge` to its own COI group;
+//! S sender accounts (`sender0@` …, bot accounts so Delta Chat core does not pace their
+//! sends) on the same core; chat c is joined through its invite link by sender c mod S. One
+//! warm-up message each way per chat (ghosts, keys, connections).
+//!
+//! - **COI → Matrix.** SIGTERM to the daemon (it waits for the exit); the senders send N
+//!   messages `c{chat}-{n}`, N/C per chat, each chat in order; the harness waits until
+//!   Dovecot holds all N in the bridge's INBOX, then starts the daemon and times until its
+//!   `delivery_latency_seconds_count{target="matrix"}` reaches N, then reads every room
+//!   (`/messages`) as Mara: each message once, in order.
+//! - **Matrix → COI.** Daemon stopped; Mara posts N messages `m{chat}-{n}` across the rooms
+//!   (Synapse holds the appservice transactions); the daemon starts and the clock runs until
+//!   `delivery_latency_seconds_count{target="smtp"}` reaches N (Postfix accepted them all);
+//!   then until each sender's Delta Chat shows every message of its chats once and in order
+//!   (display order), which is reported too.
+//!
+//! Per phase: msg/s, the daemon's CPU time per message (utime + stime of the new process
+//! from its start to the clock's end, divided by N: start-up included), RSS idle before the
+//! phase and VmRSS/VmHWM after. It asserts correctness only, never time.
+
+// It uses a part of the tests' support; tests/it uses all of it, where the compiler finds
+// what is dead.
+#[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+use support::bridged::{BOT, Stack, WAIT, bridge_room_as, create_room};
+use support::synapse::{send_as, timeline};
+
+const USAGE: &str = "usage: catchup [--messages N] [--chats C] [--senders S] [--phase both|coi|matrix] \
+                     [--daemon PATH] [--out FILE]";
+/// How long any one wait of a phase may take before the harness gives up.
+const PATIENCE: Duration = Duration::from_secs(1200);
+
+struct Opts {
+    messages: usize,
+    chats: usize,
+    senders: usize,
+    coi: bool,
+    matrix: bool,
+    daemon: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let mut o = Self { messages: 2000, chats: 20, senders: 4, coi: true, matrix: true, daemon: None, out: None };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
+            let num = |v: String| v.parse::<usize>().map_err(|e| format!("{a} {v}: {e}"));
+            match a.as_str() {
+                "--bench" => {}
+                "--messages" => o.messages = num(val()?)?,
+                "--chats" => o.chats = num(val()?)?,
+                "--senders" => o.senders = num(val()?)?,
+                "--phase" => match val()?.as_str() {
+                    "both" => (o.coi, o.matrix) = (true, true),
+                    "coi" => (o.coi, o.matrix) = (true, false),
+                    "matrix" => (o.coi, o.matrix) = (false, true),
+                    other => return Err(format!("--phase {other}: both, coi or matrix")),
+                },
+                "--daemon" => o.daemon = Some(PathBuf::from(val()?)),
+                "--out" => o.out = Some(PathBuf::from(val()?)),
+                other => return Err(format!("unknown argument {other}\n{USAGE}")),
+            }
+        }
+        if o.chats == 0 || o.senders == 0 || o.messages == 0 || !o.messages.is_multiple_of(o.chats) {
+            return Err(format!("--chats, --senders >= 1, --messages a multiple of --chats\n{USAGE}"));
+        }
+        Ok(o)
+    }
+
+    fn per_chat(&self) -> usize {
+        self.messages / self.chats
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("catchup: a catch-up harness; run it with `cargo bench --bench catchup` (see its doc comment)");
+        return;
+    }
+    let mut opts = Opts::parse(&args).unwrap_or_else(|e| {
+        eprintln!("catchup: {e}");
+        std::process::exit(2)
+    });
+    let daemon = common::choose_daemon(opts.daemon.take());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(run(opts, daemon));
+}
+
+/// One bridged chat: Mara's room, and the sender account in it with its chat id.
+struct Chat {
+    room: String,
+    sender: u64,
+    chat: Value,
+}
+
+/// The numbers `n` of the texts `{prefix}{n}` in `texts`, in the order given.
+fn numbers(texts: &[String], prefix: &str) -> Vec<usize> {
+    texts.iter().filter_map(|t| t.strip_prefix(prefix)?.parse().ok()).collect()
+}
+
+/// The numbers sorted.
+fn sorted(v: &[usize]) -> Vec<usize> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v
+}
+
+/// Checks a chat's messages: each of 0..n once, in order. Returns what is wrong.
+fn check(where_: &str, got: &[usize], n: usize) -> Result<(), String> {
+    let mut seen = vec![0u32; n];
+    for &k in got {
+        if k < n {
+            seen[k] += 1;
+        }
+    }
+    let lost: Vec<usize> = (0..n).filter(|&k| seen[k] == 0).collect();
+    let dup: Vec<usize> = (0..n).filter(|&k| seen[k] > 1).collect();
+    let out_of_order = got.windows(2).filter(|w| w[1] <= w[0]).count();
+    if lost.is_empty() && dup.is_empty() && out_of_order == 0 && got.len() == n {
+        return Ok(());
+    }
+    Err(format!(
+        "{where_}: {} of {n} there, lost {:?}, duplicated {:?}, {out_of_order} out of order",
+        got.len(),
+        &lost[..lost.len().min(10)],
+        &dup[..dup.len().min(10)]
+    ))
+}
+
+/// The texts of a Delta Chat chat in the order Delta Chat shows them.
+async fn shown_texts(s: &Stack, acc: u64, chat: &Value) -> Vec<String> {
+    let ids = s.dc.call("get_message_ids", json!([acc, chat, false, false])).await;
+    let msgs = s.dc.call("get_messages", json!([acc, ids])).await;
+    ids.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| msgs[id.to_string()]["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The bodies of a room's timeline as Mara reads it, oldest first.
+async fn room_bodies(s: &Stack, room: &str) -> Vec<String> {
+    timeline(&s.hs, &s.mara, room)
+        .await
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Mails in the bridge's INBOX.
+async fn inbox_count(s: &Stack) -> u32 {
+    let mut imap = s.mail.imap("bridge").await;
+    let mb = imap.examine("INBOX").await.expect("EXAMINE");
+    imap.logout().await.ok();
+    mb.exists
+}
+
+/// (From address, Date as a Unix time) of the bridge's mails with a UID of `from_uid` or
+/// more, in UID order: the order Dovecot put them in the mailbox.
+async fn mailbox_order(s: &Stack, from_uid: u32) -> Vec<(String, i64)> {
+    use futures::TryStreamExt as _;
+    let mut imap = s.mail.imap("bridge").await;
+    imap.examine("INBOX").await.expect("EXAMINE");
+    let mut fetched: Vec<_> = imap
+        .uid_fetch(format!("{from_uid}:*"), "(UID BODY.PEEK[HEADER])")
+        .await
+        .expect("UID FETCH")
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("fetch stream");
+    fetched.sort_by_key(|f| f.uid);
+    let out = fetched
+        .iter()
+        .filter(|f| f.uid.is_some_and(|u| u >= from_uid))
+        .filter_map(|f| {
+            let m = mail_parser::MessageParser::default().parse_headers(f.header()?)?;
+            let from = m.from()?.first()?.address()?.to_lowercase();
+            Some((from, m.date()?.to_timestamp()))
+        })
+        .collect();
+    drop(fetched);
+    imap.logout().await.ok();
+    out
+}
+
+/// Each chat's message numbers in the order the mailbox holds them, found through the
+/// sender's own record of each message's time (Delta Chat gives an account's messages
+/// distinct, rising times, and puts that time in the Date header).
+async fn mailbox_numbers(s: &Stack, o: &Opts, chats: &[Chat], from_uid: u32) -> Vec<Vec<usize>> {
+    let mut by_time = std::collections::HashMap::new();
+    for (c, ch) in chats.iter().enumerate() {
+        let addr = format!("sender{}@{}", c % o.senders, support::DOMAIN);
+        let ids = s.dc.call("get_message_ids", json!([ch.sender, ch.chat, false, false])).await;
+        let msgs = s.dc.call("get_messages", json!([ch.sender, ids])).await;
+        for m in msgs.as_object().into_iter().flat_map(|m| m.values()) {
+            let n = m["text"].as_str().and_then(|t| t.strip_prefix(&format!("c{c}-"))?.parse::<usize>().ok());
+            if let (Some(n), Some(ts)) = (n, m["timestamp"].as_i64()) {
+                by_time.insert((addr.clone(), ts), (c, n));
+            }
+        }
+    }
+    let mut out = vec![Vec::new(); chats.len()];
+    for key in mailbox_order(s, from_uid).await {
+        if let Some(&(c, n)) = by_time.get(&key) {
+            out[c].push(n);
+        }
+    }
+    out
+}
+
+async fn metric(s: &Stack, sample: &str) -> f64 {
+    s.daemon.metric(sample).await.unwrap_or(0.0)
+}
+
+/// Polls the daemon's metric `sample` until it reaches `n`; the time from `t0`.
+async fn until_metric(s: &Stack, sample: &str, n: usize, t0: Instant) -> Duration {
+    loop {
+        if metric(s, sample).await >= n as f64 {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < PATIENCE, "{sample} stayed below {n} for {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Senders, rooms, portals, joins and a warm-up each way.
+async fn setup(s: &Stack, o: &Opts) -> Vec<Chat> {
+    let mut senders = Vec::new();
+    for k in 0..o.senders {
+        let user = format!("sender{k}");
+        let st = std::process::Command::new("bash")
+            .arg(s.mail.dir.join("add-user.sh"))
+            .args([&user, &format!("{user}-secret")])
+            .status()
+            .expect("add-user.sh");
+        assert!(st.success(), "add-user.sh {user}");
+        let acc = s.dc.account(&s.mail, &user, &format!("Sender {k}")).await;
+        s.dc.call("set_config", json!([acc, "bot", "1"])).await;
+        senders.push(acc);
+    }
+    let mut rooms = Vec::new();
+    for c in 0..o.chats {
+        let room = create_room(
+            &s.hs,
+            &s.mara,
+            json!({"name": format!("Catch-up {c}"), "invite": [BOT], "power_level_content_override": {"users": {BOT: 50}}}),
+        )
+        .await;
+        rooms.push(room);
+    }
+    // The bot joins each room on its invitation; then each room is bridged.
+    let links = join_all(rooms.iter().map(|room| async move {
+        support::eventually(WAIT, "the bot joins", || async {
+            timeline(&s.hs, &s.mara, room)
+                .await
+                .into_iter()
+                .find(|e| e["type"] == "m.room.member" && e["state_key"] == BOT && e["content"]["membership"] == "join")
+        })
+        .await;
+        bridge_room_as(&s.hs, &s.mara, room).await
+    }))
+    .await;
+    let chats: Vec<Value> =
+        join_all(links.iter().enumerate().map(|(c, link)| s.join(senders[c % o.senders], link))).await;
+    let chats: Vec<Chat> = rooms
+        .into_iter()
+        .zip(chats)
+        .enumerate()
+        .map(|(c, (room, chat))| Chat { room, sender: senders[c % o.senders], chat })
+        .collect();
+    for (c, ch) in chats.iter().enumerate() {
+        s.dc.call("misc_send_text_message", json!([ch.sender, ch.chat, format!("warm-up {c}")])).await;
+        send_as(
+            &s.hs,
+            &s.mara,
+            &ch.room,
+            "m.room.message",
+            "warm",
+            json!({"msgtype": "m.text", "body": format!("warm-up from Matrix {c}")}),
+        )
+        .await;
+    }
+    for (c, ch) in chats.iter().enumerate() {
+        let body = format!("warm-up {c}");
+        s.event_in(&ch.room, &format!("{body:?} in Matrix"), |e| e["content"]["body"] == body.as_str()).await;
+        let body = format!("warm-up from Matrix {c}");
+        support::eventually(WAIT, &format!("{body:?} at the sender"), || async {
+            shown_texts(s, ch.sender, &ch.chat).await.contains(&body).then_some(())
+        })
+        .await;
+    }
+    chats
+}
+
+/// What a phase measured.
+struct Phase {
+    took: Duration,
+    /// Until the far side showed everything (the Delta Chat side of Matrix → COI).
+    shown: Option<Duration>,
+    cpu_per_msg_ms: f64,
+    rss_idle: f64,
+    rss_after: f64,
+    hwm_after: f64,
+    prepare: Duration,
+    /// How each chat's order was kept (COI → Matrix).
+    order: String,
+}
+
+fn rss(s: &mut Stack) -> f64 {
+    common::status_mb(s.daemon.pid(), "VmRSS")
+}
+
+/// Stopped daemon, N Delta Chat messages in its INBOX, start, until all are in Matrix.
+async fn coi_to_matrix(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_idle = rss(s);
+    s.daemon.stop();
+    let base = inbox_count(s).await;
+    let first_uid = {
+        let mut imap = s.mail.imap("bridge").await;
+        let mb = imap.examine("INBOX").await.expect("EXAMINE");
+        imap.logout().await.ok();
+        mb.uid_next.expect("UIDNEXT")
+    };
+    let t_send = Instant::now();
+    // Each sender sends its chats' messages, chat by chat interleaved, each chat in order.
+    let dc = &s.dc;
+    join_all((0..o.senders).map(|k| async move {
+        for n in 0..o.per_chat() {
+            for (c, ch) in chats.iter().enumerate().filter(|(c, _)| c % o.senders == k) {
+                dc.call("misc_send_text_message", json!([ch.sender, &ch.chat, format!("c{c}-{n}")])).await;
+            }
+        }
+    }))
+    .await;
+    loop {
+        let have = inbox_count(s).await;
+        if have >= base + o.messages as u32 {
+            break;
+        }
+        assert!(t_send.elapsed() < PATIENCE, "the bridge's INBOX has {} of {} new mails", have - base, o.messages);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let prepare = t_send.elapsed();
+
+    let t0 = Instant::now();
+    s.daemon.restart();
+    let pid = s.daemon.pid();
+    let took = until_metric(s, "coi_bridge_delivery_latency_seconds_count{target=\"matrix\"}", o.messages, t0).await;
+    let cpu = common::cpu_secs(pid);
+    let (rss_after, hwm_after) = (common::status_mb(pid, "VmRSS"), common::status_mb(pid, "VmHWM"));
+    // Every room as Mara reads it: each message once, in order. Postfix delivers several
+    // mails at once, so the mailbox may hold a chat's mails out of the order they were
+    // sent: a room in either order counts as kept (the bridge is given the mailbox's).
+    let in_mailbox = mailbox_numbers(s, o, chats, first_uid).await;
+    let mut wrong = Vec::new();
+    let mut orders = [0usize; 2];
+    for (c, ch) in chats.iter().enumerate() {
+        let got = numbers(&room_bodies(s, &ch.room).await, &format!("c{c}-"));
+        match check(&format!("room {c} ({})", ch.room), &got, o.per_chat()) {
+            Ok(()) => orders[0] += 1,
+            Err(_) if got == in_mailbox[c] && check("", &sorted(&got), o.per_chat()).is_ok() => orders[1] += 1,
+            Err(e) => wrong.push(format!("{e}; the mailbox's order: {:?}", in_mailbox[c])),
+        }
+    }
+    assert!(wrong.is_empty(), "COI → Matrix:\n{}", wrong.join("\n"));
+    let swapped: usize = in_mailbox.iter().map(|v| v.windows(2).filter(|w| w[1] <= w[0]).count()).sum();
+    let mapped: usize = in_mailbox.iter().map(Vec::len).sum();
+    let order = format!(
+        "{} rooms in the order sent, {} in the mailbox's order; the mailbox held {swapped} of the chats' mails \
+         right after a later one of the same chat ({mapped} of {} mails matched to their chat by sender and Date)",
+        orders[0], orders[1], o.messages
+    );
+    Phase {
+        took,
+        shown: None,
+        cpu_per_msg_ms: cpu * 1000.0 / o.messages as f64,
+        rss_idle,
+        rss_after,
+        hwm_after,
+        prepare,
+        order,
+    }
+}
+
+/// Stopped daemon, N Matrix messages held by Synapse, start, until Postfix took them all;
+/// then until Delta Chat shows them all.
+async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_idle = rss(s);
+    s.daemon.stop();
+    let t_send = Instant::now();
+    // Rooms in parallel, each room's messages in order.
+    let hs = &s.hs;
+    let mara = &s.mara;
+    join_all(chats.iter().enumerate().map(|(c, ch)| async move {
+        for n in 0..o.per_chat() {
+            let body = format!("m{c}-{n}");
+            send_as(
+                hs,
+                mara,
+                &ch.room,
+                "m.room.message",
+                &format!("cu-{c}-{n}"),
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await;
+        }
+    }))
+    .await;
+    let prepare = t_send.elapsed();
+
+    let t0 = Instant::now();
+    s.daemon.restart();
+    let pid = s.daemon.pid();
+    let took = until_metric(s, "coi_bridge_delivery_latency_seconds_count{target=\"smtp\"}", o.messages, t0).await;
+    let cpu = common::cpu_secs(pid);
+    let (rss_after, hwm_after) = (common::status_mb(pid, "VmRSS"), common::status_mb(pid, "VmHWM"));
+    // Each sender's Delta Chat: every message once, in the order shown.
+    let mut last = Vec::new();
+    let shown = loop {
+        let mut wrong = Vec::new();
+        let mut complete = true;
+        for (c, ch) in chats.iter().enumerate() {
+            let got = numbers(&shown_texts(s, ch.sender, &ch.chat).await, &format!("m{c}-"));
+            complete &= got.len() >= o.per_chat();
+            if let Err(e) = check(&format!("chat {c} at account {}", ch.sender), &got, o.per_chat()) {
+                wrong.push(e);
+            }
+        }
+        if complete || t0.elapsed() > PATIENCE {
+            last = wrong;
+            break t0.elapsed();
+        }
+        last.clear();
+        last.extend(wrong);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(last.is_empty(), "Matrix → COI, at Delta Chat after {shown:?}:\n{}", last.join("\n"));
+    Phase {
+        took,
+        shown: Some(shown),
+        cpu_per_msg_ms: cpu * 1000.0 / o.messages as f64,
+        rss_idle,
+        rss_after,
+        hwm_after,
+        prepare,
+        order: String::new(),
+    }
+}
+
+async fn run(o: Opts, daemon: String) {
+    let Some(mut s) = Stack::new().await else {
+        eprintln!("catchup: the test servers are not installed; run `bash tests/servers/install.sh`");
+        std::process::exit(1);
+    };
+    let core =
+        s.dc.call("get_system_info", json!([])).await["deltachat_core_version"].as_str().unwrap_or("?").to_owned();
+    let t = Instant::now();
+    let chats = setup(&s, &o).await;
+    eprintln!("catchup: {} chats bridged and warm in {:.0} s", chats.len(), t.elapsed().as_secs_f64());
+    let coi = if o.coi { Some(coi_to_matrix(&mut s, &o, &chats).await) } else { None };
+    let matrix = if o.matrix { Some(matrix_to_coi(&mut s, &o, &chats).await) } else { None };
+
+    let mut md = String::new();
+    let mut line = |l: &str| {
+        println!("{l}");
+        md.push_str(l);
+        md.push('\n');
+    };
+    line(&common::facts(&core));
+    line(&format!("- {daemon}"));
+    line(&format!(
+        "- {} messages over {} chats ({} each), {} Delta Chat sender accounts (bots)",
+        o.messages,
+        o.chats,
+        o.per_chat(),
+        o.senders
+    ));
+    line("- asserted: 0 lost, 0 duplicated, each chat's order kept");
+    line("");
+    line("| phase | messages | time s | msg/s | CPU ms/msg | RSS idle MB | RSS after MB | peak (VmHWM) MB |");
+    line("|---|---|---|---|---|---|---|---|");
+    for (name, p) in
+        [("COI → Matrix (start → all posted)", &coi), ("Matrix → COI (start → Postfix accepted all)", &matrix)]
+    {
+        let Some(p) = p else { continue };
+        line(&format!(
+            "| {name} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} |",
+            o.messages,
+            p.took.as_secs_f64(),
+            o.messages as f64 / p.took.as_secs_f64(),
+            p.cpu_per_msg_ms,
+            p.rss_idle,
+            p.rss_after,
+            p.hwm_after
+        ));
+    }
+    line("");
+    if let Some(p) = &coi {
+        line(&format!(
+            "COI → Matrix: the senders' {} mails took {:.1} s to be all in the bridge's INBOX (daemon stopped). \
+             Order: {}.",
+            o.messages,
+            p.prepare.as_secs_f64(),
+            p.order
+        ));
+    }
+    if let Some(p) = &matrix {
+        let shown = p.shown.unwrap_or_default().as_secs_f64();
+        line(&format!(
+            "Matrix → COI: posting the {} Matrix messages took {:.1} s (daemon stopped); from the start, Delta Chat \
+             showed them all after {shown:.1} s ({:.0} msg/s end to end).",
+            o.messages,
+            p.prepare.as_secs_f64(),
+            o.messages as f64 / shown
+        ));
+    }
+    if let Some(out) = &o.out {
+        std::fs::write(out, md).expect("write --out");
+    }
+}

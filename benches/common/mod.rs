@@ -1,0 +1,188 @@
+//! What the end-to-end harnesses (latency, catchup) share: which daemon binary runs, the run's facts (date, commit, versions, machine), percentiles, /proc readings and /metrics histograms.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+/// The environment variable tests/support's `Daemon::bin()` honours.
+pub const DAEMON_ENV: &str = "COI_TEST_DAEMON";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Picks the daemon binary: `--daemon PATH` if given, else `target/release/coi-bridge` if
+/// it exists, else the build cargo made for this harness. Exports the choice for
+/// tests/support and returns a line saying what runs (and whether it may be stale).
+///
+/// Call it before any thread starts (it sets an environment variable).
+pub fn choose_daemon(explicit: Option<PathBuf>) -> String {
+    let release = repo().join("target/release/coi-bridge");
+    let (path, kind) = match explicit {
+        Some(p) => (p, "given with --daemon"),
+        None if release.is_file() => (release, "release build"),
+        None => (PathBuf::from(env!("CARGO_BIN_EXE_coi-bridge")), "the build cargo made for this harness"),
+    };
+    // SAFETY: called from main before the runtime or any other thread exists.
+    unsafe { std::env::set_var(DAEMON_ENV, &path) };
+    let debug = path.to_string_lossy().contains("/debug/");
+    let built = mtime(&path);
+    let newest_src = newest_under(&repo().join("src")).max(newest_under(&repo().join("bridges")));
+    let stale = match (built, newest_src) {
+        (Some(b), Some(s)) if s > b => " — OLDER than the newest source file: rebuild it to measure this tree",
+        _ => "",
+    };
+    format!(
+        "daemon: {} ({kind}{}), built {}{stale}",
+        path.display(),
+        if debug { ", DEBUG: slower than release" } else { "" },
+        built.map(utc).unwrap_or_else(|| "?".into())
+    )
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn newest_under(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let t = if p.is_dir() {
+            if p.ends_with("target") { None } else { newest_under(&p) }
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            mtime(&p)
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+fn utc(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    chrono::DateTime::from_timestamp(secs as i64, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .current_dir("/")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Date, commit, versions of the servers and of Delta Chat core, machine: one Markdown
+/// list for the results.
+pub fn facts(dc_core: &str) -> String {
+    let now = utc(SystemTime::now());
+    let commit = output("git", &["-C", &repo().display().to_string(), "rev-parse", "--short", "HEAD"]);
+    let dirty = !output("git", &["-C", &repo().display().to_string(), "status", "--porcelain", "--untracked-files=no"])
+        .is_empty();
+    let dovecot = output("dovecot", &["--version"]);
+    let postfix = output("postconf", &["-d", "-h", "mail_version"]);
+    let py = repo().join("target/synapse-venv/bin/python");
+    let synapse = output(&py.display().to_string(), &["-c", "import synapse; print(synapse.__version__)"]);
+    let synapse = synapse.split_whitespace().next().unwrap_or("?").to_owned();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let os = std::fs::read_to_string("/etc/debian_version").map(|v| format!("Debian {}", v.trim())).unwrap_or_default();
+    format!(
+        "- date: {now}\n- commit: {commit}{}\n- versions: Dovecot {dovecot}, Postfix {postfix}, Synapse {synapse}, \
+         deltachat-rpc-server (core) {dc_core}\n- machine: {cores} cores ({cpu}), {:.1} GB RAM, {os}, loopback only",
+        if dirty { " (with uncommitted changes in the tree)" } else { "" },
+        mem as f64 / 1_048_576.0
+    )
+}
+
+/// The value at quantile `q` (nearest rank) of sorted `samples`.
+pub fn pick(samples: &[Duration], q: f64) -> Duration {
+    samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// --- /proc -----------------------------------------------------------------------------
+
+unsafe extern "C" {
+    fn sysconf(name: i32) -> i64;
+}
+const SC_CLK_TCK: i32 = 2;
+
+/// utime + stime of a process, in seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some((_, rest)) = s.rsplit_once(") ") else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime.
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf only reads a constant.
+    let tck = unsafe { sysconf(SC_CLK_TCK) };
+    (num(11) + num(12)) as f64 / if tck > 0 { tck as f64 } else { 100.0 }
+}
+
+/// A `kB` field of /proc/PID/status (VmRSS, VmHWM), in MB.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(str::to_owned))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0) as f64
+        / 1024.0
+}
+
+// --- /metrics ------------------------------------------------------------------------------
+
+/// Every `*_seconds_sum` and `*_seconds_count` sample of a /metrics page, by its full
+/// name with labels.
+pub type Histograms = BTreeMap<String, f64>;
+
+pub fn histograms(page: &str) -> Histograms {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            let base = name.split('{').next()?;
+            (base.ends_with("_seconds_sum") || base.ends_with("_seconds_count"))
+                .then(|| Some((name.to_owned(), v.parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// The mean of every histogram that moved between two pages: "name{labels}: X ms over N".
+pub fn histogram_means(before: &Histograms, after: &Histograms) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, sum) in after {
+        let Some(count_name) = name.split_once("_sum").map(|(a, b)| format!("{a}_count{b}")) else { continue };
+        if !name.contains("_seconds_sum") {
+            continue;
+        }
+        let n = after.get(&count_name).copied().unwrap_or(0.0) - before.get(&count_name).copied().unwrap_or(0.0);
+        if n > 0.0 {
+            let s = sum - before.get(name).copied().unwrap_or(0.0);
+            out.push(format!("{}: {:.1} ms mean over {n}", name.replacen("_sum", "", 1), s / n * 1000.0));
+        }
+    }
+    out
+}
