@@ -1,6 +1,8 @@
-//! `coi-bridge check`: validates the config, opens the store, logs in to IMAP (and IDLE) and SMTP, and asks every bridge's server; a table with one row per item and a remedy for each failure.
+//! `coi-bridge check`: validates the config, opens the store, logs in to IMAP (and IDLE) and SMTP, waits for a push event (`[imap] push`), and asks every bridge's server; a table with one row per item and a remedy for each failure.
 
 use std::fmt::Display;
+
+mod push;
 
 use crate::config::Loaded;
 use crate::store;
@@ -81,6 +83,10 @@ pub async fn check(loaded: &Loaded) -> bool {
             .map(|()| smtp_target.clone())
             .map_err(|e| (format!("{smtp_target}: {e:#}"), remedy("smtp", &e))),
     });
+
+    if cfg.imap.push {
+        rows.push(Row { item: "imap push".into(), outcome: push::row(loaded).await });
+    }
 
     for b in &cfg.bridge {
         let (item, outcome) = crate::bridges::check(loaded, b).await;

@@ -23,6 +23,7 @@ mod matrix_bot;
 mod matrix_migration;
 mod migrate_store;
 mod ops;
+mod push;
 mod replies;
 mod report;
 mod store_postgres;
