@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 
 use crate::coi::Kind;
 use crate::config::EncryptionPolicy;
@@ -28,6 +28,33 @@ pub struct Fetched {
     pub raw: Vec<u8>,
     /// Set (with the size) when the mail was over the size limit and not downloaded.
     pub oversize: Option<u64>,
+}
+
+/// One mail's opening: its result, or the panic it caught.
+type Opening = std::thread::Result<Result<e2ee::Opened, OpenError>>;
+/// A fetched mail's bytes, shared with its opening.
+type Raw = Arc<Vec<u8>>;
+/// A fetched mail and, unless it was over the size limit, its bytes and opening.
+type Slot = (Fetched, Option<(Raw, Opening)>);
+/// A mail opened, by its place in the batch.
+type Done = (usize, Raw, Opening);
+
+/// Senders whose mail is opened at once: the blocking pool decrypts on every core, and
+/// the store reads between the steps overlap too. At least 2, at most 8.
+fn open_parallel() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+}
+
+/// The outer `From` header's value, lowercased, as a lane key (not parsed, not trusted:
+/// it only keeps one sender's mails in their order). Mail without one shares a lane.
+fn outer_from(raw: &[u8]) -> String {
+    let head = &raw[..raw.len().min(64 * 1024)];
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(head.len());
+    head[..end]
+        .split(|&b| b == b'\n')
+        .find(|line| line.len() > 5 && line[..5].eq_ignore_ascii_case(b"from:"))
+        .map(|line| String::from_utf8_lossy(&line[5..]).trim().to_lowercase())
+        .unwrap_or_default()
 }
 
 /// Records fetched mail.
@@ -91,19 +118,16 @@ impl Ingest {
         // Mail that is handled but not recorded as a chat message (key-exchange steps,
         // reports): it still counts as mail in.
         let mut not_recorded = 0u64;
-        for f in fetched {
-            if let Some(size) = f.oversize {
+        for (f, opened) in self.open_all(fetched).await {
+            let Some((raw, opened)) = opened else {
+                let size = f.oversize.unwrap_or_default();
                 let reason = format!(
                     "too_large: {size} bytes is over imap.max_message_bytes (uid {} uidvalidity {}); left on the server",
                     f.uid, cursor.uid_validity
                 );
                 self.reject(folder, f.uid, "too_large", reason, Vec::new(), &mut rejected);
                 continue;
-            }
-            let raw = Arc::new(f.raw);
-            let opened = AssertUnwindSafe(e2ee::open(raw.clone(), &self.identity, self.store.as_ref(), &self.budget))
-                .catch_unwind()
-                .await;
+            };
             let raw = || Arc::try_unwrap(raw.clone()).unwrap_or_else(|shared| shared.as_ref().clone());
             let opened = match opened {
                 Ok(Ok(o)) => o,
@@ -279,6 +303,46 @@ impl Ingest {
         Ok(outcome)
     }
 
+    /// Opens (decrypts, verifies, parses) a batch's mails, several at once: each sender's
+    /// mails in turn (a first mail's Autocrypt key is learned before the next one is
+    /// checked against it), different senders' side by side on the blocking pool. The
+    /// results come back in the batch's (UID) order; an oversize mail has none.
+    async fn open_all(&self, fetched: Vec<Fetched>) -> Vec<Slot> {
+        let mut slots: Vec<Slot> = Vec::with_capacity(fetched.len());
+        // (sender, its mails by place in the batch)
+        let mut lanes: Vec<(String, Vec<(usize, Raw)>)> = Vec::new();
+        for mut f in fetched {
+            if f.oversize.is_none() {
+                let raw = Arc::new(std::mem::take(&mut f.raw));
+                let sender = outer_from(&raw);
+                match lanes.iter_mut().find(|(s, _)| *s == sender) {
+                    Some((_, lane)) => lane.push((slots.len(), raw)),
+                    None => lanes.push((sender, vec![(slots.len(), raw)])),
+                }
+            }
+            slots.push((f, None));
+        }
+        let opened: Vec<Vec<Done>> = futures::stream::iter(lanes)
+            .map(|(_, lane)| async move {
+                let mut out = Vec::with_capacity(lane.len());
+                for (i, raw) in lane {
+                    let opening =
+                        AssertUnwindSafe(e2ee::open(raw.clone(), &self.identity, self.store.as_ref(), &self.budget))
+                            .catch_unwind()
+                            .await;
+                    out.push((i, raw, opening));
+                }
+                out
+            })
+            .buffer_unordered(open_parallel())
+            .collect()
+            .await;
+        for (i, raw, opening) in opened.into_iter().flatten() {
+            slots[i].1 = Some((raw, opening));
+        }
+        slots
+    }
+
     /// Whether `from`, signing with the key `trust` names, is the inviter of a SecureJoin
     /// we made into group `group_id`: a completed join makes its inviter (and whom the
     /// inviter lists) members, even when the group was known before (a portal made with
@@ -293,5 +357,18 @@ impl Ingest {
         self.metrics.inbound_rejected.with_label_values(&[label]).inc();
         tracing::warn!(folder, uid, reason = %reason, bytes = raw.len(), "mail kept aside: not a usable chat mail");
         out.push(Rejected { uid, reason, raw });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outer_from;
+
+    #[test]
+    fn the_lane_of_a_mail_is_its_outer_from_header_only() {
+        let mail = b"Subject: x\r\nFROM:  Alice <ALICE@x.org>\r\nTo: b@x.org\r\n\r\nFrom: mallory@x.org\r\n";
+        assert_eq!(outer_from(mail), "alice <alice@x.org>");
+        assert_eq!(outer_from(b"Subject: no sender\r\n\r\nFrom: body@x.org\r\n"), "", "the body is not a header");
+        assert_eq!(outer_from(b""), "");
     }
 }
