@@ -179,9 +179,9 @@ async fn inbox_count(s: &Stack) -> u32 {
     mb.exists
 }
 
-/// (From address, Date as a Unix time) of the bridge's mails with a UID of `from_uid` or
-/// more, in UID order: the order Dovecot put them in the mailbox.
-async fn mailbox_order(s: &Stack, from_uid: u32) -> Vec<(String, i64)> {
+/// The Message-IDs of the bridge's mails with a UID of `from_uid` or more, in UID order:
+/// the order Dovecot put them in the mailbox.
+async fn mailbox_order(s: &Stack, from_uid: u32) -> Vec<String> {
     use futures::TryStreamExt as _;
     let mut imap = s.mail.imap("bridge").await;
     imap.examine("INBOX").await.expect("EXAMINE");
@@ -198,8 +198,7 @@ async fn mailbox_order(s: &Stack, from_uid: u32) -> Vec<(String, i64)> {
         .filter(|f| f.uid.is_some_and(|u| u >= from_uid))
         .filter_map(|f| {
             let m = mail_parser::MessageParser::default().parse_headers(f.header()?)?;
-            let from = m.from()?.first()?.address()?.to_lowercase();
-            Some((from, m.date()?.to_timestamp()))
+            Some(m.message_id()?.to_owned())
         })
         .collect();
     drop(fetched);
@@ -208,24 +207,30 @@ async fn mailbox_order(s: &Stack, from_uid: u32) -> Vec<(String, i64)> {
 }
 
 /// Each chat's message numbers in the order the mailbox holds them, found through the
-/// sender's own record of each message's time (Delta Chat gives an account's messages
-/// distinct, rising times, and puts that time in the Date header).
-async fn mailbox_numbers(s: &Stack, o: &Opts, chats: &[Chat], from_uid: u32) -> Vec<Vec<usize>> {
-    let mut by_time = std::collections::HashMap::new();
+/// Message-ID the sender's Delta Chat gave each (its message info names it; the outer
+/// Date header of an encrypted Delta Chat mail is no use: core puts a random time there).
+async fn mailbox_numbers(s: &Stack, chats: &[Chat], from_uid: u32) -> Vec<Vec<usize>> {
+    let mut by_mid = std::collections::HashMap::new();
     for (c, ch) in chats.iter().enumerate() {
-        let addr = format!("sender{}@{}", c % o.senders, support::DOMAIN);
         let ids = s.dc.call("get_message_ids", json!([ch.sender, ch.chat, false, false])).await;
         let msgs = s.dc.call("get_messages", json!([ch.sender, ids])).await;
         for m in msgs.as_object().into_iter().flat_map(|m| m.values()) {
             let n = m["text"].as_str().and_then(|t| t.strip_prefix(&format!("c{c}-"))?.parse::<usize>().ok());
-            if let (Some(n), Some(ts)) = (n, m["timestamp"].as_i64()) {
-                by_time.insert((addr.clone(), ts), (c, n));
+            let Some(n) = n else { continue };
+            let info = s.dc.call("get_message_info", json!([ch.sender, m["id"]])).await;
+            let mid = info.as_str().and_then(|i| i.lines().find_map(|l| l.strip_prefix("Message-ID: ")));
+            if let Some(mid) = mid {
+                by_mid.insert(mid.trim_matches(['<', '>']).to_owned(), (c, n));
             }
         }
     }
     let mut out = vec![Vec::new(); chats.len()];
-    for key in mailbox_order(s, from_uid).await {
-        if let Some(&(c, n)) = by_time.get(&key) {
+    let order = mailbox_order(s, from_uid).await;
+    if std::env::var_os("CATCHUP_DEBUG").is_some() {
+        eprintln!("mailbox: {:?}\nsent: {:?}", &order[..order.len().min(5)], by_mid.keys().take(5).collect::<Vec<_>>());
+    }
+    for key in order {
+        if let Some(&(c, n)) = by_mid.get(&key) {
             out[c].push(n);
         }
     }
@@ -328,6 +333,8 @@ struct Phase {
     prepare: Duration,
     /// How each chat's order was kept (COI → Matrix).
     order: String,
+    /// What was lost, duplicated or out of order: the run fails after its report.
+    problems: Vec<String>,
 }
 
 fn rss(s: &mut Stack) -> f64 {
@@ -376,7 +383,7 @@ async fn coi_to_matrix(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
     // Every room as Mara reads it: each message once, in order. Postfix delivers several
     // mails at once, so the mailbox may hold a chat's mails out of the order they were
     // sent: a room in either order counts as kept (the bridge is given the mailbox's).
-    let in_mailbox = mailbox_numbers(s, o, chats, first_uid).await;
+    let in_mailbox = mailbox_numbers(s, chats, first_uid).await;
     let mut wrong = Vec::new();
     let mut orders = [0usize; 2];
     for (c, ch) in chats.iter().enumerate() {
@@ -387,12 +394,12 @@ async fn coi_to_matrix(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
             Err(e) => wrong.push(format!("{e}; the mailbox's order: {:?}", in_mailbox[c])),
         }
     }
-    assert!(wrong.is_empty(), "COI → Matrix:\n{}", wrong.join("\n"));
+    let problems = wrong.into_iter().map(|w| format!("COI → Matrix: {w}")).collect();
     let swapped: usize = in_mailbox.iter().map(|v| v.windows(2).filter(|w| w[1] <= w[0]).count()).sum();
     let mapped: usize = in_mailbox.iter().map(Vec::len).sum();
     let order = format!(
         "{} rooms in the order sent, {} in the mailbox's order; the mailbox held {swapped} of the chats' mails \
-         right after a later one of the same chat ({mapped} of {} mails matched to their chat by sender and Date)",
+         right after a later one of the same chat ({mapped} of {} mails matched to their chat by Message-ID)",
         orders[0], orders[1], o.messages
     );
     Phase {
@@ -404,6 +411,7 @@ async fn coi_to_matrix(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
         hwm_after,
         prepare,
         order,
+        problems,
     }
 }
 
@@ -460,7 +468,7 @@ async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
         last.extend(wrong);
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert!(last.is_empty(), "Matrix → COI, at Delta Chat after {shown:?}:\n{}", last.join("\n"));
+    let problems = last.into_iter().map(|w| format!("Matrix → COI, at Delta Chat after {shown:?}: {w}")).collect();
     Phase {
         took,
         shown: Some(shown),
@@ -470,6 +478,7 @@ async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
         hwm_after,
         prepare,
         order: String::new(),
+        problems,
     }
 }
 
@@ -540,7 +549,18 @@ async fn run(o: Opts, daemon: String) {
             o.messages as f64 / shown
         ));
     }
+    let problems: Vec<&String> = coi.iter().chain(&matrix).flat_map(|p| &p.problems).collect();
+    line("");
+    if problems.is_empty() {
+        line("Correctness: every message once, each chat in order (asserted).");
+    } else {
+        line(&format!("**Correctness FAILED** ({} chats):", problems.len()));
+        for p in &problems {
+            line(&format!("- {p}"));
+        }
+    }
     if let Some(out) = &o.out {
         std::fs::write(out, md).expect("write --out");
     }
+    assert!(problems.is_empty(), "catch-up lost, duplicated or reordered messages (see above)");
 }
