@@ -94,7 +94,7 @@ fn bench_text_2k(c: &mut Criterion) {
     let me = crypto::generate("bridge@example.org", None).expect("key");
     let alice = crypto::generate("alice@example.org", None).expect("key");
     let keys = [crypto::public(&alice), crypto::public(&me)];
-    let text: String = "Two kilobytes of chat, the size of a long message. ".repeat(40);
+    let text: String = "Two kilobytes of chat, the size of a long message. ".repeat(50);
     let msg = ChatMessage { text: text[..2048].to_owned(), ..plain() };
     let date = 1_795_000_000;
     let inner = pgpmime::inner_part(&msg, date);
