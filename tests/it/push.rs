@@ -4,6 +4,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::support::bridged::{Stack, WAIT};
 use crate::support::{self, BRIDGE, Daemon, Link, MailServer, eventually};
 
@@ -20,11 +22,13 @@ fn push_keys(state: &Path) -> String {
     format!("push = true\npush_secret_file = \"{}\"", file.display())
 }
 
-/// Turns push on in an existing config (under its `[imap]`).
+/// Turns push on in an existing config (under its `[imap]`). IDLE is renewed only after
+/// 10 to 20 minutes, so a renewal's fetch cannot stand in for IDLE's news or push events.
 fn enable_push(config: &Path) {
     let state = config.parent().expect("the config's folder");
     let text = std::fs::read_to_string(config).expect("config");
     let text = text.replacen("[imap]\n", &format!("[imap]\n{}\n", push_keys(state)), 1);
+    let text = text.replacen("idle_timeout_secs = 60\n", "idle_timeout_secs = 1200\n", 1);
     std::fs::write(config, text).expect("config");
 }
 
@@ -34,8 +38,9 @@ fn url(port: u16, secret: &str) -> String {
 }
 
 /// Points `mail`'s Dovecot's push events for the bridge at `url` (`None`: off), and
-/// reloads it so that the next LMTP delivery uses that.
-fn dovecot_push(mail: &MailServer, url: Option<&str>) {
+/// restarts Dovecot so that every LMTP delivery from now on uses that (a reload leaves
+/// LMTP processes of the old config serving a while).
+fn dovecot_push(mail: &mut MailServer, url: Option<&str>) {
     let mut push = Command::new(mail.dir.join("push.sh"));
     match url {
         Some(u) => push.args([u, BRIDGE]),
@@ -43,15 +48,8 @@ fn dovecot_push(mail: &MailServer, url: Option<&str>) {
     };
     let out = push.output().expect("push.sh");
     assert!(out.status.success(), "push.sh: {}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new("doveadm")
-        .arg("-c")
-        .arg(mail.dir.join("dovecot.conf"))
-        .arg("reload")
-        .output()
-        .expect("doveadm reload");
-    assert!(out.status.success(), "doveadm reload: {}", String::from_utf8_lossy(&out.stderr));
-    // The master answers SIGHUP by starting new LMTP processes on the new config.
-    std::thread::sleep(Duration::from_millis(500));
+    mail.stop_dovecot();
+    mail.start_dovecot();
 }
 
 async fn metric(d: &Daemon, sample: &str) -> f64 {
@@ -62,23 +60,29 @@ const ACCEPTED: &str = "coi_bridge_push_events_total{result=\"accepted\"}";
 const BAD_SECRET: &str = "coi_bridge_push_events_total{result=\"bad_secret\"}";
 const FETCHES: &str = "coi_bridge_imap_push_fetches_total";
 
-/// A bridged room whose daemon takes push events; Dovecot not yet told.
-async fn push_stack() -> Option<Stack> {
+/// A bridged room whose daemon takes push events; Dovecot sends them to `url` (given the
+/// daemon's port).
+async fn push_stack(url: impl Fn(u16) -> String) -> Option<Stack> {
     let mut s = Stack::new().await?;
     s.daemon.stop();
+    dovecot_push(&mut s.mail, Some(&url(s.as_port)));
     enable_push(&s.daemon.config);
     s.daemon.restart();
     s.daemon.wait_ready().await;
     Some(s)
 }
 
-/// Alice writes `texts` in turn; each must show in the room once, all in order.
+/// Alice writes `texts` in turn; each must show in the room once, all in the order the
+/// bridge's mailbox holds them (Postfix delivers mails sent back to back in parallel, so
+/// that order may differ from the sending order; the bridge's is the mailbox's).
 async fn each_once_in_order(s: &Stack, texts: &[String]) {
+    let mut mids = Vec::new();
     for t in texts {
-        s.alice_says(t).await;
+        let id = s.dc.call("misc_send_text_message", json!([s.alice, s.group, t])).await;
+        let info = s.dc.call("get_message_info", json!([s.alice, id])).await;
+        let mid = info.as_str().and_then(|i| i.lines().find_map(|l| l.strip_prefix("Message-ID: ")));
+        mids.push((mid.expect("a Message-ID in the message info").trim_matches(['<', '>']).to_owned(), t.clone()));
     }
-    let last = texts.last().expect("texts");
-    s.body(last).await;
     let bodies: Vec<String> = eventually(WAIT, "every message in the room", || async {
         let all: Vec<String> = support::synapse::timeline(&s.hs, &s.mara, &s.room)
             .await
@@ -89,14 +93,45 @@ async fn each_once_in_order(s: &Stack, texts: &[String]) {
         (texts.iter().all(|t| all.contains(t))).then_some(all)
     })
     .await;
-    assert_eq!(&bodies, texts, "each message once, in the order sent");
+    let order = mailbox_order(&s.mail).await;
+    let mut expected: Vec<(usize, String)> = mids
+        .into_iter()
+        .map(|(mid, t)| (order.iter().position(|m| *m == mid).expect("the mail in the bridge's INBOX"), t))
+        .collect();
+    expected.sort();
+    let expected: Vec<String> = expected.into_iter().map(|(_, t)| t).collect();
+    assert_eq!(bodies, expected, "each message once, in the mailbox's order");
+}
+
+/// The Message-IDs in the bridge's INBOX, in UID order.
+async fn mailbox_order(mail: &MailServer) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let mut imap = mail.imap("bridge").await;
+    imap.select("INBOX").await.expect("select");
+    let mut fetched: Vec<_> = imap
+        .uid_fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        .await
+        .expect("fetch")
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("fetch stream");
+    fetched.sort_by_key(|f| f.uid);
+    let out = fetched
+        .iter()
+        .filter_map(|f| {
+            let m = mail_parser::MessageParser::default().parse_headers(f.header()?)?;
+            Some(m.message_id()?.to_owned())
+        })
+        .collect();
+    drop(fetched);
+    imap.logout().await.ok();
+    out
 }
 
 #[tokio::test]
 async fn with_push_on_messages_arrive_once_each_in_order_fetched_on_the_event() {
     coi_bridge::init_crypto();
-    let Some(s) = push_stack().await else { return };
-    dovecot_push(&s.mail, Some(&url(s.as_port, SECRET)));
+    let Some(s) = push_stack(|port| url(port, SECRET)).await else { return };
     let before = metric(&s.daemon, FETCHES).await;
     let texts: Vec<String> = (1..=5).map(|i| format!("pushed {i}")).collect();
     each_once_in_order(&s, &texts).await;
@@ -109,13 +144,13 @@ async fn with_push_on_messages_arrive_once_each_in_order_fetched_on_the_event() 
 #[tokio::test]
 async fn with_events_lost_or_refused_idle_still_delivers_everything() {
     coi_bridge::init_crypto();
-    let Some(s) = push_stack().await else { return };
-    // Events to a dead port: lost.
-    dovecot_push(&s.mail, Some(&url(support::free_port(), SECRET)));
+    // Events to a port nothing listens on (1, below what tests draw): lost.
+    let Some(mut s) = push_stack(|_| url(1, SECRET)).await else { return };
     let lost: Vec<String> = (1..=3).map(|i| format!("lost event {i}")).collect();
     each_once_in_order(&s, &lost).await;
     // Events with a wrong secret: refused.
-    dovecot_push(&s.mail, Some(&url(s.as_port, "not-the-secret-0123456789")));
+    dovecot_push(&mut s.mail, Some(&url(s.as_port, "not-the-secret-0123456789")));
+    s.daemon.wait_ready().await;
     let refused: Vec<String> = (1..=3).map(|i| format!("refused event {i}")).collect();
     each_once_in_order(&s, &refused).await;
     assert!(metric(&s.daemon, BAD_SECRET).await >= 3.0, "Dovecot's events were refused");
@@ -191,11 +226,11 @@ fn check(config: &Path) -> (Option<i32>, String) {
 #[tokio::test]
 async fn check_says_whether_push_events_arrive() {
     coi_bridge::init_crypto();
-    let server = mail_server!();
+    let mut server = mail_server!();
     let state = tempfile::tempdir().expect("tempdir");
     let port = support::free_port();
     let config = support::write_config(&server, state.path(), Link::Plain, &push_keys(state.path()), port);
-    dovecot_push(&server, Some(&url(port, SECRET)));
+    dovecot_push(&mut server, Some(&url(port, SECRET)));
 
     // Nothing listens on [http] listen: check does, for the event.
     let (code, out) = check(&config);
@@ -211,7 +246,7 @@ async fn check_says_whether_push_events_arrive() {
     d.stop();
 
     // Dovecot sends no events: a clear failure with where to look.
-    dovecot_push(&server, None);
+    dovecot_push(&mut server, None);
     let (code, out) = check(&config);
     assert_eq!(support::check_row(&out, "imap push"), Some("FAIL"), "{out}");
     assert!(out.contains("no event within 5s") && out.contains("docs/OPERATIONS.md"), "{out}");
