@@ -101,6 +101,21 @@ struct Event {
     uid: Option<u32>,
 }
 
+/// Whether a refusal may be logged now (one a second); if so, how many were not since.
+fn log_slot() -> Option<u64> {
+    use std::sync::atomic::AtomicU64;
+    static LAST_SEC: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST_SEC.load(Ordering::Relaxed);
+    if now != last && LAST_SEC.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        Some(SUPPRESSED.swap(0, Ordering::Relaxed))
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// Compares two secrets in time independent of where they differ (and of their lengths).
 pub fn same_secret(given: &[u8], expected: &str) -> bool {
     let (a, b) = (Sha256::digest(given), Sha256::digest(expected.as_bytes()));
@@ -129,7 +144,10 @@ fn presented_secret(headers: &HeaderMap) -> Option<Vec<u8>> {
 pub async fn dovecot(State(h): State<Http>, headers: HeaderMap, body: axum::body::Body) -> StatusCode {
     let refused = |reason: &'static str, code: StatusCode, user: Option<&str>| {
         h.metrics.push_events.with_label_values(&[reason]).inc();
-        tracing::warn!(reason, user, status = code.as_u16(), "push event refused; nothing fetched");
+        // A flood of forged events is counted in full but logged once a second at most.
+        if let Some(suppressed) = log_slot() {
+            tracing::warn!(reason, user, status = code.as_u16(), suppressed, "push event refused; nothing fetched");
+        }
         code
     };
     let Some(secret) = presented_secret(&headers) else {
