@@ -212,6 +212,19 @@ mod tests {
         assert_eq!(presented_secret(&h), None);
     }
 
+    #[test]
+    fn the_user_is_the_accounts_login_or_address_in_any_case() {
+        let a = PushAccount {
+            key: "bridge@example.org".into(),
+            login: "bridge-login".into(),
+            folder: "INBOX".into(),
+            secret: Secret::new("0123456789abcdef"),
+            wake: Arc::default(),
+        };
+        assert!(a.is_user("Bridge@Example.org") && a.is_user("BRIDGE-LOGIN"));
+        assert!(!a.is_user("other@example.org") && !a.is_user(""));
+    }
+
     /// A burst while the worker fetches is one more fetch, not one per event; a wake-up
     /// before the worker waits is not lost.
     #[tokio::test]
