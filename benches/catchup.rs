@@ -335,6 +335,8 @@ struct Phase {
     order: String,
     /// What was lost, duplicated or out of order: the run fails after its report.
     problems: Vec<String>,
+    /// Where the machine's CPU went while the clock ran.
+    split: String,
 }
 
 fn rss(s: &mut Stack) -> f64 {
@@ -374,11 +376,14 @@ async fn coi_to_matrix(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
     }
     let prepare = t_send.elapsed();
 
+    let (kinds0, busy0) = (common::cpu_by_kind(), common::machine_busy_secs());
     let t0 = Instant::now();
     s.daemon.restart();
     let pid = s.daemon.pid();
     let took = until_metric(s, "coi_bridge_delivery_latency_seconds_count{target=\"matrix\"}", o.messages, t0).await;
     let cpu = common::cpu_secs(pid);
+    let split =
+        common::cpu_split(&kinds0, &common::cpu_by_kind(), common::machine_busy_secs() - busy0, took.as_secs_f64());
     let (rss_after, hwm_after) = (common::status_mb(pid, "VmRSS"), common::status_mb(pid, "VmHWM"));
     // Every room as Mara reads it: each message once, in order. Postfix delivers several
     // mails at once, so the mailbox may hold a chat's mails out of the order they were
@@ -412,6 +417,7 @@ async fn coi_to_matrix(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
         prepare,
         order,
         problems,
+        split,
     }
 }
 
@@ -442,11 +448,14 @@ async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
     .await;
     let prepare = t_send.elapsed();
 
+    let (kinds0, busy0) = (common::cpu_by_kind(), common::machine_busy_secs());
     let t0 = Instant::now();
     s.daemon.restart();
     let pid = s.daemon.pid();
     let took = until_metric(s, "coi_bridge_delivery_latency_seconds_count{target=\"smtp\"}", o.messages, t0).await;
     let cpu = common::cpu_secs(pid);
+    let split =
+        common::cpu_split(&kinds0, &common::cpu_by_kind(), common::machine_busy_secs() - busy0, took.as_secs_f64());
     let (rss_after, hwm_after) = (common::status_mb(pid, "VmRSS"), common::status_mb(pid, "VmHWM"));
     // Each sender's Delta Chat: every message once, in the order shown.
     let mut last = Vec::new();
@@ -479,6 +488,7 @@ async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
         prepare,
         order: String::new(),
         problems,
+        split,
     }
 }
 
@@ -548,6 +558,11 @@ async fn run(o: Opts, daemon: String) {
             p.prepare.as_secs_f64(),
             o.messages as f64 / shown
         ));
+    }
+    for (name, p) in [("COI → Matrix", &coi), ("Matrix → COI", &matrix)] {
+        if let Some(p) = p {
+            line(&format!("CPU while {name}'s clock ran: {}.", p.split));
+        }
     }
     let problems: Vec<&String> = coi.iter().chain(&matrix).flat_map(|p| &p.problems).collect();
     line("");

@@ -186,3 +186,74 @@ pub fn histogram_means(before: &Histograms, after: &Histograms) -> Vec<String> {
     }
     out
 }
+
+/// Busy CPU seconds of the whole machine so far (every core; /proc/stat's first line:
+/// user, nice, system, irq, softirq, steal).
+pub fn machine_busy_secs() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else { return 0.0 };
+    let f: Vec<u64> =
+        s.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    // SAFETY: sysconf only reads a constant.
+    let tck = unsafe { sysconf(SC_CLK_TCK) };
+    busy as f64 / if tck > 0 { tck as f64 } else { 100.0 }
+}
+
+/// CPU seconds so far by kind of process (the daemon, Synapse, Postfix, Dovecot, Delta
+/// Chat core, this harness): utime + stime of the live processes plus what they reaped
+/// from children that ended (cutime + cstime), so short-lived server workers count too.
+pub fn cpu_by_kind() -> BTreeMap<&'static str, f64> {
+    // SAFETY: sysconf only reads a constant.
+    let tck = unsafe { sysconf(SC_CLK_TCK) };
+    let tck = if tck > 0 { tck as f64 } else { 100.0 };
+    let me = std::process::id().to_string();
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{name}/cmdline")).map(|c| String::from_utf8_lossy(&c).into_owned());
+        let Ok(cmd) = cmd else { continue };
+        let kind = if name == me {
+            "harness"
+        } else if cmd.contains("coi-bridge") {
+            "daemon"
+        } else if cmd.contains("synapse") {
+            "Synapse"
+        } else if cmd.contains("postfix") || cmd.starts_with("smtpd") || cmd.starts_with("cleanup") {
+            "Postfix"
+        } else if cmd.contains("dovecot") {
+            "Dovecot"
+        } else if cmd.contains("deltachat-rpc-server") {
+            "Delta Chat core"
+        } else {
+            continue;
+        };
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{name}/stat")) else { continue };
+        let Some((_, rest)) = s.rsplit_once(") ") else { continue };
+        let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+        let ticks: u64 = (11..=14).filter_map(|i| f.get(i)).sum();
+        *out.entry(kind).or_insert(0.0) += ticks as f64 / tck;
+    }
+    out
+}
+
+/// "kind X s" for each kind whose CPU time grew, most first, and the machine's share.
+pub fn cpu_split(
+    before: &BTreeMap<&'static str, f64>,
+    after: &BTreeMap<&'static str, f64>,
+    busy: f64,
+    wall: f64,
+) -> String {
+    let mut d: Vec<(&str, f64)> = after.iter().map(|(k, v)| (*k, v - before.get(k).copied().unwrap_or(0.0))).collect();
+    d.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let parts: Vec<String> = d.iter().filter(|(_, v)| *v > 0.0).map(|(k, v)| format!("{k} {v:.1} s")).collect();
+    format!(
+        "machine busy {busy:.1} of {:.1} CPU-s ({:.0} %): {}",
+        wall * cores,
+        busy / (wall * cores) * 100.0,
+        parts.join(", ")
+    )
+}
