@@ -36,7 +36,7 @@ pub struct Outbound {
     policy: EncryptionPolicy,
     wake: Arc<OutboxNotifier>,
     /// Dates of their own for mail created in the same second.
-    clock: smear::SmearedClock,
+    clock: smear::ChatClocks,
 }
 
 impl Outbound {
@@ -49,7 +49,7 @@ impl Outbound {
         policy: EncryptionPolicy,
         wake: Arc<OutboxNotifier>,
     ) -> Self {
-        Self { store, me, identity, policy, wake, clock: smear::SmearedClock::default() }
+        Self { store, me, identity, policy, wake, clock: smear::ChatClocks::default() }
     }
 
     /// The daemon's outbox notifier (the one this queues with).
@@ -83,7 +83,7 @@ impl Outbound {
         if recipients.is_empty() {
             return Err(QueueError::NoRecipients);
         }
-        self.prepare(recipients, &mut msg);
+        self.prepare(&chat.key, recipients, &mut msg);
         let raw = match recipient_keys(self.store.as_ref(), recipients).await? {
             Ok(keys) => {
                 if chat.kind == ChatKind::Group && msg.group.is_some() && msg.member_fprs.is_empty() {
@@ -178,7 +178,7 @@ impl Outbound {
         password: &str,
     ) -> Result<String, QueueError> {
         let recipients = [recipient.to_owned()];
-        self.prepare(&recipients, &mut msg);
+        self.prepare(&chat.key, &recipients, &mut msg);
         let first_step = msg.secure_join_header("Secure-Join") == Some("vc-request-pubkey");
         if first_step {
             msg.autocrypt = None;
@@ -241,7 +241,7 @@ impl Outbound {
         self.queue_from(origin, chat_ref, &recipients, msg).await
     }
 
-    fn prepare(&self, recipients: &[String], msg: &mut ChatMessage) {
+    fn prepare(&self, chat: &str, recipients: &[String], msg: &mut ChatMessage) {
         if msg.message_id.is_empty() {
             msg.message_id = new_message_id();
         }
@@ -250,7 +250,7 @@ impl Outbound {
         if relayed_name.is_some() {
             msg.sender = Some(self.me.clone());
         }
-        msg.date.get_or_insert_with(|| self.clock.next(chrono::Utc::now().timestamp()));
+        msg.date.get_or_insert_with(|| self.clock.next(chat, chrono::Utc::now().timestamp()));
         // The password-encrypted SecureJoin steps are not chat messages; all else is.
         msg.is_chat = !matches!(msg.secure_join_header("Secure-Join"), Some("vc-request-pubkey" | "vc-pubkey"));
         if msg.to.is_empty() && (!msg.is_chat || !msg.past_members.is_empty()) {
