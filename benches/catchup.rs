@@ -435,6 +435,39 @@ async fn coi_to_matrix(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
     }
 }
 
+/// How the Dates the bridge gave a chat's mails relate to the order Delta Chat shows:
+/// Delta Chat sorts by the Date's second, then by arrival.
+async fn date_evidence(s: &Stack, chats: &[Chat]) -> String {
+    let (mut pairs, mut same, mut swaps, mut swaps_same) = (0, 0, 0, 0);
+    for (c, ch) in chats.iter().enumerate() {
+        let ids = s.dc.call("get_message_ids", json!([ch.sender, ch.chat, false, false])).await;
+        let msgs = s.dc.call("get_messages", json!([ch.sender, ids])).await;
+        let shown: Vec<(usize, i64)> = ids
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| {
+                let m = &msgs[id.to_string()];
+                let n = m["text"].as_str()?.strip_prefix(&format!("m{c}-"))?.parse().ok()?;
+                Some((n, m["timestamp"].as_i64()?))
+            })
+            .collect();
+        let mut sent = shown.clone();
+        sent.sort_unstable();
+        pairs += sent.len().saturating_sub(1);
+        same += sent.windows(2).filter(|w| w[0].1 == w[1].1).count();
+        for w in shown.windows(2).filter(|w| w[1].0 < w[0].0) {
+            swaps += 1;
+            swaps_same += usize::from(w[0].1 == w[1].1);
+        }
+    }
+    format!(
+        "{same} of {pairs} messages had the same Date second as the one sent before them in their chat; \
+         {swaps_same} of the {swaps} neighbours shown swapped had the same Date second"
+    )
+}
+
 /// Stopped daemon, N Matrix messages held by Synapse, start, until Postfix took them all;
 /// then until Delta Chat shows them all.
 async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
@@ -501,6 +534,7 @@ async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let problems = last.into_iter().map(|w| format!("Matrix → COI, at Delta Chat after {shown:?}: {w}")).collect();
+    let order = date_evidence(s, chats).await;
     Phase {
         took,
         shown: Some(shown),
@@ -509,7 +543,7 @@ async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
         rss_after,
         hwm_after,
         prepare,
-        order: String::new(),
+        order,
         problems,
         split,
     }
@@ -581,10 +615,11 @@ async fn run(o: Opts, daemon: String) {
         let shown = p.shown.unwrap_or_default().as_secs_f64();
         line(&format!(
             "Matrix → COI: posting the {} Matrix messages took {:.1} s (daemon stopped); from the start, Delta Chat \
-             showed them all after {shown:.1} s ({:.0} msg/s end to end).",
+             showed them all after {shown:.1} s ({:.0} msg/s end to end). Dates: {}.",
             o.messages,
             p.prepare.as_secs_f64(),
-            o.messages as f64 / shown
+            o.messages as f64 / shown,
+            p.order
         ));
     }
     for (name, p) in [("COI → Matrix", &coi), ("Matrix → COI", &matrix)] {
