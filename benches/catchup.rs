@@ -390,14 +390,18 @@ async fn coi_to_matrix(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
     }
     let prepare = t_send.elapsed();
 
-    let (kinds0, busy0) = (common::cpu_by_kind(), common::machine_busy_secs());
+    let (kinds0, busy0) = (common::cpu_by_kind(&s.hs.dir.path().display().to_string()), common::machine_busy_secs());
     let t0 = Instant::now();
     s.daemon.restart();
     let pid = s.daemon.pid();
     let took = until_metric(s, "coi_bridge_delivery_latency_seconds_count{target=\"matrix\"}", o.messages, t0).await;
     let cpu = common::cpu_secs(pid);
-    let split =
-        common::cpu_split(&kinds0, &common::cpu_by_kind(), common::machine_busy_secs() - busy0, took.as_secs_f64());
+    let split = common::cpu_split(
+        &kinds0,
+        &common::cpu_by_kind(&s.hs.dir.path().display().to_string()),
+        common::machine_busy_secs() - busy0,
+        took.as_secs_f64(),
+    );
     let (rss_after, hwm_after) = (common::status_mb(pid, "VmRSS"), common::status_mb(pid, "VmHWM"));
     // Every room as Mara reads it: each message once, in order. Postfix delivers several
     // mails at once, so the mailbox may hold a chat's mails out of the order they were
@@ -501,14 +505,18 @@ async fn matrix_to_coi(s: &mut Stack, o: &Opts, chats: &[Chat]) -> Phase {
     if !o.dc_live {
         s.dc.call("stop_io_for_all_accounts", json!([])).await;
     }
-    let (kinds0, busy0) = (common::cpu_by_kind(), common::machine_busy_secs());
+    let (kinds0, busy0) = (common::cpu_by_kind(&s.hs.dir.path().display().to_string()), common::machine_busy_secs());
     let t0 = Instant::now();
     s.daemon.restart();
     let pid = s.daemon.pid();
     let took = until_metric(s, "coi_bridge_delivery_latency_seconds_count{target=\"smtp\"}", o.messages, t0).await;
     let cpu = common::cpu_secs(pid);
-    let split =
-        common::cpu_split(&kinds0, &common::cpu_by_kind(), common::machine_busy_secs() - busy0, took.as_secs_f64());
+    let split = common::cpu_split(
+        &kinds0,
+        &common::cpu_by_kind(&s.hs.dir.path().display().to_string()),
+        common::machine_busy_secs() - busy0,
+        took.as_secs_f64(),
+    );
     let (rss_after, hwm_after) = (common::status_mb(pid, "VmRSS"), common::status_mb(pid, "VmHWM"));
     if !o.dc_live {
         s.dc.call("start_io_for_all_accounts", json!([])).await;

@@ -202,11 +202,30 @@ pub fn machine_busy_secs() -> f64 {
 /// CPU seconds so far by kind of process (the daemon, Synapse, Postfix, Dovecot, Delta
 /// Chat core, this harness): utime + stime of the live processes plus what they reaped
 /// from children that ended (cutime + cstime), so short-lived server workers count too.
-pub fn cpu_by_kind() -> BTreeMap<&'static str, f64> {
+/// Only this harness's own stack counts: its descendants, and processes whose command
+/// line names `own_dir` (Synapse, which detaches); other tests on the machine do not.
+pub fn cpu_by_kind(own_dir: &str) -> BTreeMap<&'static str, f64> {
     // SAFETY: sysconf only reads a constant.
     let tck = unsafe { sysconf(SC_CLK_TCK) };
     let tck = if tck > 0 { tck as f64 } else { 100.0 };
     let me = std::process::id().to_string();
+    let ppid = |pid: &str| -> Option<String> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(s.rsplit_once(") ")?.1.split_whitespace().nth(1)?.to_owned())
+    };
+    let mine = |pid: &str| {
+        let mut p = pid.to_owned();
+        for _ in 0..16 {
+            if p == me {
+                return true;
+            }
+            match ppid(&p) {
+                Some(up) if up != "0" && up != p => p = up,
+                _ => return false,
+            }
+        }
+        false
+    };
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -215,6 +234,9 @@ pub fn cpu_by_kind() -> BTreeMap<&'static str, f64> {
         }
         let cmd = std::fs::read(format!("/proc/{name}/cmdline")).map(|c| String::from_utf8_lossy(&c).into_owned());
         let Ok(cmd) = cmd else { continue };
+        if !(mine(&name) || (!own_dir.is_empty() && cmd.contains(own_dir))) {
+            continue;
+        }
         let kind = if name == me {
             "harness"
         } else if cmd.contains("coi-bridge") {
