@@ -180,10 +180,6 @@ suppress_key_server_warning: true
 federation_domain_whitelist: []
 url_preview_enabled: false
 max_upload_size: 50M
-# No test reads presence, and every ghost's post would update it (a presence write and
-# stream notification per event): off, as large homeservers run it.
-presence:
-  enabled: false
 app_service_config_files:
   - $DIR/appservice-coi.yaml
 rc_message: $rc
