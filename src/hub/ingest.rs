@@ -184,7 +184,11 @@ impl Ingest {
             let attributed = match &opened.trust {
                 Trust::Verified { .. } => true,
                 Trust::Invite { signer, .. } => signer.is_some(),
-                Trust::Plain | Trust::Unverified => self.policy == EncryptionPolicy::Opportunistic && !sender_has_key,
+                // Our own address is only ever spoken for by our own signature (e2ee::open),
+                // never by the absence of a key on record.
+                Trust::Plain | Trust::Unverified => {
+                    self.policy == EncryptionPolicy::Opportunistic && !sender_has_key && msg.from.addr != me
+                }
             };
             let security = match &opened.trust {
                 Trust::Plain => "plain",

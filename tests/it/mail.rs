@@ -185,6 +185,26 @@ async fn outbox_round_trip_reaches_another_mailbox_and_parses_back_the_same() {
     assert!(failures.lock().expect("lock").is_empty());
 }
 
+/// Under `encryption = "opportunistic"` unsigned mail from a contact without a key is
+/// theirs; never so for our own address, which only our own signature speaks for (`check`'s
+/// push row, for one, sends a plain test mail from the account to itself).
+#[tokio::test]
+async fn an_unsigned_mail_from_our_own_address_is_not_attributed_to_us() {
+    coi_bridge::init_crypto();
+    let server = mail_server!();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(&server, state.path(), Link::Tls, "");
+    d.wait_ready().await;
+    let own = chat_mail(BRIDGE, BRIDGE, "own-plain@localhost", "plain, from our own address");
+    server.deliver(BRIDGE, &[BRIDGE], &own).await;
+    let recorded = wait_recorded(&d, 1).await;
+    let store = d.store().await;
+    let m = recorded.iter().find(|m| m.message_id == "own-plain@localhost").expect("recorded");
+    let chat = store.chat(m.chat_id).await.expect("chat").expect("exists");
+    assert!(chat.key.starts_with("unverified:"), "an unsigned mail from us went to chat {:?}", chat.key);
+    d.stop();
+}
+
 #[tokio::test]
 async fn postfix_outage_keeps_the_outbox_and_delivers_in_order_when_it_returns() {
     let mut server = mail_server!();
