@@ -26,10 +26,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{ms, pick};
+use common::{initial_since, ms, pick, sync_until_body};
 use serde_json::{Value, json};
 use support::bridged::{Stack, WAIT};
-use support::synapse::{Synapse, seg};
 
 const USAGE: &str = "usage: push [--samples N] [--pace-ms MS] [--daemon PATH] [--out FILE]";
 const SECRET: &str = "push-bench-secret-0123456789";
@@ -89,40 +88,6 @@ fn row(name: &str, mut samples: Vec<Duration>) -> (String, f64) {
         ms(samples[samples.len() - 1])
     );
     (line, p50)
-}
-
-/// Long-polls `/sync` as `token` from `since` until an event in `room` has `body`.
-async fn sync_until_body(hs: &Synapse, token: &str, room: &str, since: &mut String, body: &str) {
-    let http = reqwest::Client::new();
-    loop {
-        let v: Value = http
-            .get(format!("{}/_matrix/client/v3/sync?timeout=30000&since={}", hs.url(), seg(since)))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("sync")
-            .json()
-            .await
-            .expect("json");
-        *since = v["next_batch"].as_str().expect("next_batch").to_owned();
-        let events = v["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
-        if events.iter().any(|e| e["content"]["body"] == body) {
-            return;
-        }
-    }
-}
-
-async fn initial_since(hs: &Synapse, token: &str) -> String {
-    let v: Value = reqwest::Client::new()
-        .get(support::synapse::fresh_sync_url(hs))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sync")
-        .json()
-        .await
-        .expect("json");
-    v["next_batch"].as_str().expect("next_batch").to_owned()
 }
 
 /// Delta Chat sends; the event reaches Mara's /sync through the bridge.

@@ -279,3 +279,48 @@ pub fn cpu_split(
         parts.join(", ")
     )
 }
+
+/// Long-polls `/sync` as `token` from `since` until an event in `room` has `body`.
+pub async fn sync_until_body(
+    hs: &crate::support::synapse::Synapse,
+    token: &str,
+    room: &str,
+    since: &mut String,
+    body: &str,
+) {
+    let http = reqwest::Client::new();
+    loop {
+        let v: serde_json::Value = http
+            .get(format!(
+                "{}/_matrix/client/v3/sync?timeout=30000&since={}",
+                hs.url(),
+                crate::support::synapse::seg(since)
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sync")
+            .json()
+            .await
+            .expect("json");
+        *since = v["next_batch"].as_str().expect("next_batch").to_owned();
+        let events = v["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(|e| e["content"]["body"] == body) {
+            return;
+        }
+    }
+}
+
+/// The `next_batch` of a fresh `/sync` as `token`: where a series starts listening.
+pub async fn initial_since(hs: &crate::support::synapse::Synapse, token: &str) -> String {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(crate::support::synapse::fresh_sync_url(hs))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sync")
+        .json()
+        .await
+        .expect("json");
+    v["next_batch"].as_str().expect("next_batch").to_owned()
+}
