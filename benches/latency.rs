@@ -39,9 +39,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{initial_since, ms, pick, sync_until_body};
+use common::{bob, initial_since, ms, pick, sync_until_body};
 use serde_json::{Value, json};
-use support::bridged::{Stack, WAIT};
+use support::bridged::Stack;
 use support::synapse::send_as;
 
 const USAGE: &str = "usage: latency [--samples N] [--pace-ms MS] [--burst N] [--daemon PATH] [--out FILE]";
@@ -249,21 +249,6 @@ async fn throughput(s: &Stack, n: usize) -> (f64, f64) {
 
 async fn metrics(s: &Stack) -> common::Histograms {
     common::histograms(&s.daemon.http_get("/metrics").await.map(|(_, b)| b).unwrap_or_default())
-}
-
-/// Bob: a second account on the same core, a bot, in a verified 1:1 chat with Alice
-/// (he joins her contact link); returns his account and his chat with her.
-async fn bob(s: &Stack) -> (u64, Value) {
-    let bob = s.dc.account(&s.mail, "bob", "Bob").await;
-    s.dc.call("set_config", json!([bob, "bot", "1"])).await;
-    let qr = s.dc.call("get_chat_securejoin_qr_code", json!([s.alice, null])).await;
-    let mark = s.dc.mark();
-    let chat = s.dc.call("secure_join", json!([bob, qr])).await;
-    s.dc.wait_event_since(mark, bob, "Bob joined Alice's contact", WAIT, |e| {
-        e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
-    })
-    .await;
-    (bob, chat)
 }
 
 async fn run(o: Opts, daemon: String) {

@@ -26,9 +26,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{initial_since, ms, pick, sync_until_body};
+use common::{bob, initial_since, ms, pick, sync_until_body};
 use serde_json::{Value, json};
-use support::bridged::{Stack, WAIT};
+use support::bridged::Stack;
 
 const USAGE: &str = "usage: push [--samples N] [--pace-ms MS] [--daemon PATH] [--out FILE]";
 const SECRET: &str = "push-bench-secret-0123456789";
@@ -126,19 +126,6 @@ async fn alice_receives(s: &Stack, mark: usize, body: &str) {
             .await;
     let m = s.dc.call("get_message", json!([s.alice, ev["msgId"]])).await;
     assert_eq!(m["text"], json!(body), "the message measured is the one sent");
-}
-
-async fn bob(s: &Stack) -> (u64, Value) {
-    let bob = s.dc.account(&s.mail, "bob", "Bob").await;
-    s.dc.call("set_config", json!([bob, "bot", "1"])).await;
-    let qr = s.dc.call("get_chat_securejoin_qr_code", json!([s.alice, null])).await;
-    let mark = s.dc.mark();
-    let chat = s.dc.call("secure_join", json!([bob, qr])).await;
-    s.dc.wait_event_since(mark, bob, "Bob joined Alice's contact", WAIT, |e| {
-        e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
-    })
-    .await;
-    (bob, chat)
 }
 
 /// Points Dovecot's push events for the bridge at the daemon, restarts Dovecot, and

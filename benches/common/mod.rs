@@ -324,3 +324,19 @@ pub async fn initial_since(hs: &crate::support::synapse::Synapse, token: &str) -
         .expect("json");
     v["next_batch"].as_str().expect("next_batch").to_owned()
 }
+
+/// Bob: a second account on the same core, a bot, in a verified 1:1 chat with Alice
+/// (he joins her contact link); returns his account and his chat with her.
+pub async fn bob(s: &crate::support::bridged::Stack) -> (u64, serde_json::Value) {
+    use serde_json::json;
+    let bob = s.dc.account(&s.mail, "bob", "Bob").await;
+    s.dc.call("set_config", json!([bob, "bot", "1"])).await;
+    let qr = s.dc.call("get_chat_securejoin_qr_code", json!([s.alice, null])).await;
+    let mark = s.dc.mark();
+    let chat = s.dc.call("secure_join", json!([bob, qr])).await;
+    s.dc.wait_event_since(mark, bob, "Bob joined Alice's contact", crate::support::bridged::WAIT, |e| {
+        e["kind"] == "SecurejoinJoinerProgress" && e["progress"].as_u64() == Some(1000)
+    })
+    .await;
+    (bob, chat)
+}
