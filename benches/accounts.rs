@@ -23,6 +23,8 @@
 // It uses a part of the tests' support; tests/it uses all of it, where the compiler finds
 // what is dead.
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -227,32 +229,6 @@ fn group_usage(pgrp: i32) -> (u64, u64, usize) {
         }
     }
     (ticks, rss, n)
-}
-
-/// The RSS (kB) of a process by kind of mapping: thread stacks (anonymous 2 MiB mappings,
-/// Rust's default), the rest of anonymous memory (malloc's heap and arenas), and files.
-fn rss_split(pid: i32) -> (u64, u64, u64) {
-    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return (0, 0, 0) };
-    let (mut stacks, mut anon, mut file) = (0, 0, 0);
-    let (mut size, mut named) = (0u64, false);
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or_default();
-        if let Some((a, b)) = first.split_once('-')
-            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
-        {
-            size = b - a;
-            named = words.nth(4).is_some_and(|n| !n.starts_with('['));
-        } else if first == "Rss:" {
-            let kb: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            match (named, size == 2 << 20) {
-                (true, _) => file += kb,
-                (false, true) => stacks += kb,
-                (false, false) => anon += kb,
-            }
-        }
-    }
-    (stacks, anon, file)
 }
 
 /// "name × count" of the process's threads, most first.
@@ -633,7 +609,7 @@ async fn run(o: Opts, nofile: u64) {
     let own = proc_stat(std::process::id() as i32).map_or(0, |s| s.2).saturating_sub(own0) as f64 / tick;
     let rss = proc_status(pid, "VmRSS");
     let hwm = proc_status(pid, "VmHWM");
-    let (stacks, heap, files) = rss_split(pid);
+    let (stacks, heap, files) = common::rss_split(pid.unsigned_abs());
     let names = thread_names(pid);
     let threads = proc_status(pid, "Threads");
     let fds = open_fds(pid);

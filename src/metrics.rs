@@ -135,7 +135,8 @@ impl Metrics {
                 "hop_seconds",
                 "Seconds a message spends in one hop through the bridge: submit (a remote event translated, \
                  sealed and in the outbox), outbox_wait (in the outbox until a worker takes it), smtp_connect (a new \
-                 SMTP connection up to AUTH), smtp_send (one mail until the server's 250)",
+                 SMTP connection up to AUTH), smtp_send (one mail until the server's 250), homeserver_push (a Matrix message from its \
+                 origin_server_ts until its appservice transaction reached the bridge)",
             )
             .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
             &["hop"],

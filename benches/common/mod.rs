@@ -152,6 +152,32 @@ pub fn status_mb(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
+/// The RSS (kB) of a process by kind of mapping: thread stacks (anonymous 2 MiB mappings,
+/// Rust's default), the rest of anonymous memory (malloc's heap and arenas), and files.
+pub fn rss_split(pid: u32) -> (u64, u64, u64) {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return (0, 0, 0) };
+    let (mut stacks, mut anon, mut file) = (0, 0, 0);
+    let (mut size, mut named) = (0u64, false);
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            size = b - a;
+            named = words.nth(4).is_some_and(|n| !n.starts_with('['));
+        } else if first == "Rss:" {
+            let kb: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match (named, size == 2 << 20) {
+                (true, _) => file += kb,
+                (false, true) => stacks += kb,
+                (false, false) => anon += kb,
+            }
+        }
+    }
+    (stacks, anon, file)
+}
+
 // --- /metrics ------------------------------------------------------------------------------
 
 /// Every `*_seconds_sum` and `*_seconds_count` sample of a /metrics page, by its full

@@ -425,6 +425,10 @@ impl Hub for CoreHub {
         crate::hub::deadletter::set_aside(self.store.as_ref(), &self.metrics, from, letter).await
     }
 
+    fn hop(&self, hop: &str, took: std::time::Duration) {
+        self.metrics.hop(hop, took);
+    }
+
     async fn submit(&self, from: &BridgeId, event: RemoteEvent) -> Result<(), SubmitError> {
         // The first hop of a remote message's way to COI (translated, sealed, in the outbox).
         let started = std::time::Instant::now();

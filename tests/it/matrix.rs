@@ -41,6 +41,11 @@ async fn a_bridged_room_carries_messages_and_replies_both_ways() {
     assert_eq!(m["overrideSenderName"], json!("mara (Matrix)"), "{m}");
     assert_eq!(m["quote"]["text"], json!("hello from Delta Chat"), "a reply to Alice's message: {m}");
     assert_eq!(m["showPadlock"], json!(true));
+    // Each hop of Mara's message was timed, the homeserver's push to the bridge included.
+    for hop in ["homeserver_push", "submit", "smtp_send"] {
+        let n = s.daemon.metric(&format!("coi_bridge_hop_seconds_count{{hop=\"{hop}\"}}")).await;
+        assert!(n.is_some_and(|n| n >= 1.0), "hop {hop} timed: {n:?}");
+    }
 
     // Security: a transaction with a wrong hs_token is refused and not processed.
     let forged = json!({"events": [{

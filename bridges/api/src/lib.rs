@@ -555,6 +555,11 @@ pub trait Hub: Send + Sync + 'static {
         Ok(PrivateChat::NoOwners)
     }
 
+    /// A remote message spent `took` in `hop` before it reached the bridge (the hops a
+    /// bridge can see and the core cannot: `homeserver_push` for Matrix). The core counts it
+    /// in `hop_seconds`; the default (for hubs without metrics) ignores it.
+    fn hop(&self, _hop: &str, _took: std::time::Duration) {}
+
     /// Sets aside an event the bridge could not handle, so it never blocks the ones behind
     /// it: the core keeps it with its reason and counts it. `Err(Retry)` only when it could
     /// not be recorded now. The default (for hubs without a store) only logs it.

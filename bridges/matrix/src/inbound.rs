@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use coi_bridge_api::deadletter::{Attempts, MAX_ATTEMPTS, catch_panic};
@@ -179,6 +180,16 @@ impl Homeserver for MatrixInbound {
     }
 }
 
+/// How long a message event took from the homeserver's stamp (`origin_server_ts`) until
+/// `now`; `None` for other events, a missing stamp or a stamp ahead of `now` (skew).
+fn push_lag(ev: &Value, now: SystemTime) -> Option<Duration> {
+    if ev["type"] != "m.room.message" {
+        return None;
+    }
+    let stamp = UNIX_EPOCH + Duration::from_millis(ev["origin_server_ts"].as_u64()?);
+    now.duration_since(stamp).ok()
+}
+
 #[async_trait]
 impl TransactionSink for MatrixInbound {
     async fn events(&self, txn_id: &str, events: Vec<Value>) -> Result<(), String> {
@@ -187,6 +198,12 @@ impl TransactionSink for MatrixInbound {
             let key = ev["event_id"].as_str().map_or_else(|| format!("{txn_id}/{i}"), str::to_owned);
             if self.attempts.is_done(&key) {
                 continue; // handled when the homeserver sent this transaction before
+            }
+            if let Some(lag) = push_lag(ev, SystemTime::now())
+                && self.attempts.failures(&key) == 0
+                && !ev["sender"].as_str().is_some_and(|s| self.is_ours(s))
+            {
+                self.hub.hop("homeserver_push", lag);
             }
             let outcome = catch_panic(self.handle(ev))
                 .await
@@ -219,7 +236,7 @@ impl TransactionSink for MatrixInbound {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_ATTEMPTS, MatrixInbound, TransactionSink as _};
+    use super::{MAX_ATTEMPTS, MatrixInbound, TransactionSink as _, push_lag};
     use crate::client::AsClient;
     use coi_bridge_api::testing::FakeHub;
     use coi_bridge_api::{DeadLetterKind, RemoteEvent};
@@ -287,5 +304,16 @@ mod tests {
         inbound.events("t1", events).await.expect("the store is back");
         assert!(hub.dead_letters().is_empty(), "{:?}", hub.dead_letters());
         assert!(matches!(&hub.events()[..], [(_, RemoteEvent::Message { text, .. })] if text == "through the outage"));
+    }
+
+    #[test]
+    fn the_homeserver_push_lag_is_the_time_since_the_message_was_stamped() {
+        let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let msg = json!({"type": "m.room.message", "origin_server_ts": 1_000_000_u64});
+        assert_eq!(push_lag(&msg, at(1_000_035)), Some(std::time::Duration::from_millis(35)));
+        assert_eq!(push_lag(&msg, at(999_000)), None, "a stamp ahead of our clock is skew, not a lag");
+        let state = json!({"type": "m.room.member", "origin_server_ts": 1_000_000_u64});
+        assert_eq!(push_lag(&state, at(1_000_035)), None, "only messages");
+        assert_eq!(push_lag(&json!({"type": "m.room.message"}), at(1)), None, "no stamp");
     }
 }
