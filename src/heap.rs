@@ -1,4 +1,4 @@
-//! Gives the system back memory that glibc's allocator keeps after a burst: every 30 s it compares what the process holds with what is in use, and trims only when the difference grew.
+//! Gives the system back memory that glibc's allocator keeps after a burst: every 30 s it compares what the process holds with what is in use, and trims only when the difference grew by a quarter of the heap (8 to 32 MB).
 //!
 //! glibc keeps freed memory resident in its arenas for reuse; only `malloc_trim` returns
 //! the free pages inside a heap. A daemon starting 1,000 accounts frees hundreds of
@@ -7,8 +7,10 @@
 //! process's life: 1,000 idle accounts held about 1 GB of which 20 % was in use (#12).
 //! A trim walks every free chunk of every arena and costs up to seconds of CPU on a
 //! large, fragmented heap (a trim every minute measured 2.2 s each at 1,000 accounts),
-//! so it runs only when the free-but-resident memory grew by [`GROWTH`] since the last
-//! one, on a blocking thread, never on an async worker. An idle daemon trims once after
+//! so it runs only when the free-but-resident memory grew by [`growth`] since the last
+//! one (a quarter of the heap in use, between 8 and 32 MB: a small daemon's cheap trim
+//! after a warm-up, a large one's walk only for 32 MB), on a blocking thread, never on an
+//! async worker. An idle daemon trims once after
 //! its start and then not again until traffic leaves more behind.
 
 use std::time::Duration;
@@ -19,8 +21,19 @@ use tokio_util::sync::CancellationToken;
 /// walk of the allocator's free lists).
 pub const CHECK_EVERY: Duration = Duration::from_secs(30);
 
-/// How much the memory held but not in use must grow after a trim before the next one.
+/// How much the memory held but not in use must grow after a trim before the next one,
+/// at most: a large heap (1,000 accounts) is walked only for this much.
 pub const GROWTH: u64 = 32 * 1024 * 1024;
+
+/// ... and at least: a small daemon (one account, a few portals) trims after a burst
+/// that left this much behind; its heap is walked in well under a millisecond.
+pub const MIN_GROWTH: u64 = 8 * 1024 * 1024;
+
+/// The growth worth a trim for a heap with `in_use` bytes in use: a quarter of it,
+/// between [`MIN_GROWTH`] and [`GROWTH`] (a trim's cost grows with the heap).
+pub fn growth(in_use: u64) -> u64 {
+    (in_use / 4).clamp(MIN_GROWTH, GROWTH)
+}
 
 /// What the process holds and what its allocator has in use, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,12 +52,13 @@ impl Usage {
     }
 }
 
-/// Trims when the slack grew by more than [`GROWTH`] over the slack right after the last
+/// Trims when the slack grew by more than [`growth`] over the slack right after the last
 /// trim (`floor`), or when there was none yet (`None`: the start's frees).
 pub fn should_trim(now: Usage, floor: Option<u64>) -> bool {
+    let growth = growth(now.in_use);
     match floor {
-        None => now.slack() > GROWTH,
-        Some(f) => now.slack() > f.saturating_add(GROWTH),
+        None => now.slack() > growth,
+        Some(f) => now.slack() > f.saturating_add(growth),
     }
 }
 
@@ -135,12 +149,23 @@ mod tests {
 
     #[test]
     fn trims_after_the_start_then_only_when_the_slack_grows() {
-        assert!(!should_trim(at(60, 40), None), "20 MB of slack at start: too little to bother");
+        assert!(!should_trim(at(190, 160), None), "30 MB of slack at start, a 160 MB heap: not worth a walk");
         assert!(should_trim(at(1000, 300), None), "the start freed 700 MB");
         let floor = Some(at(350, 300).slack());
         assert!(!should_trim(at(360, 300), floor), "10 MB more: not worth a walk of the heap");
         assert!(should_trim(at(340, 250), floor), "less in use, the same resident: 40 MB more slack");
         assert!(should_trim(at(400, 300), floor), "50 MB more slack than after the last trim");
+    }
+
+    #[test]
+    fn a_small_daemon_trims_after_a_small_burst() {
+        // One account with a few portals: ~5 MB in use, ~25 MB of it the binary's pages.
+        let floor = Some(at(30, 5).slack());
+        assert!(!should_trim(at(34, 5), floor), "4 MB more: below the least growth");
+        assert!(should_trim(at(39, 5), floor), "a warm-up left 9 MB behind: a cheap trim gives it back");
+        assert_eq!(growth(5 * MB), MIN_GROWTH);
+        assert_eq!(growth(100 * MB), 25 * MB);
+        assert_eq!(growth(1000 * MB), GROWTH, "a large heap waits for as much as before");
     }
 
     /// Memory freed by many threads stays resident until a trim, and `trim` gives it
