@@ -171,7 +171,7 @@ pub async fn join(loaded: &Loaded, link: &str) -> anyhow::Result<String> {
 async fn wake_daemon(loaded: &Loaded) -> bool {
     let addr = crate::http::local_addr(loaded.config.http.listen);
     let url = format!("http://{addr}/wake?account={}", loaded.key());
-    match crate::http::post_status(&url, std::time::Duration::from_secs(5)).await {
+    match crate::http::post_wake(&url, std::time::Duration::from_secs(5)).await {
         Ok(202) => true,
         Ok(code) => {
             tracing::debug!(%url, code, "the daemon did not take the wake-up; it finds the rows by itself");

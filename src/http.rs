@@ -276,6 +276,21 @@ pub async fn post_status(url: &str, within: Duration) -> anyhow::Result<u16> {
     request_status("POST", url, within).await
 }
 
+/// `POST /wake` at `url` as the CLI sends it: a 429 (another wake-up less than
+/// [`WAKE_EVERY`] ago, e.g. two `quarantine release` in a row) is asked again after that
+/// long, a few times, so a wake-up is not lost to the rate limit. The last status.
+pub async fn post_wake(url: &str, within: Duration) -> anyhow::Result<u16> {
+    let mut status = post_status(url, within).await?;
+    for _ in 0..5 {
+        if status != 429 {
+            break;
+        }
+        tokio::time::sleep(WAKE_EVERY).await;
+        status = post_status(url, within).await?;
+    }
+    Ok(status)
+}
+
 async fn request_status(method: &str, url: &str, within: Duration) -> anyhow::Result<u16> {
     use anyhow::Context as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -366,6 +381,19 @@ mod tests {
         let url = format!("http://{addr}/wake?account=nobody@example.org");
         assert_eq!(post_status(&url, Duration::from_secs(5)).await.expect("answer"), 404, "no such account here");
         assert!(!woken("smtp").await);
+        token.cancel();
+    }
+
+    /// Two CLI commands in a row (`quarantine release`, twice): the second wake-up comes
+    /// inside the rate limit, is asked again, and still wakes the workers.
+    #[tokio::test]
+    async fn a_wake_up_inside_the_rate_limit_is_asked_again_not_lost() {
+        let (addr, _, token, outbox) = start_with(Router::new(), SLOW).await;
+        let url = format!("http://{addr}/wake");
+        assert_eq!(post_wake(&url, Duration::from_secs(5)).await.expect("answer"), 202);
+        tokio::time::timeout(Duration::from_secs(1), outbox.wait("smtp")).await.expect("the first woke");
+        assert_eq!(post_wake(&url, Duration::from_secs(5)).await.expect("answer"), 202, "taken on a later try");
+        tokio::time::timeout(Duration::from_secs(1), outbox.wait("smtp")).await.expect("the second woke too");
         token.cancel();
     }
 
