@@ -426,22 +426,13 @@ fn rss_kinds(s: &mut Stack) -> String {
     let mb = |kb: u64| kb as f64 / 1024.0;
     // The file pages by mapping: the daemon's own code (r-xp), its read-only data (r--p:
     // constants, unwind tables), and everything else (libc, the loader, ...).
-    let (mut code, mut rodata) = (0u64, 0u64);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-    let mut current = None;
-    for line in std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default().lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first().is_some_and(|w| w.contains('-') && !w.ends_with(':')) {
-            let ours = words.get(5).is_some_and(|p| std::path::Path::new(p) == exe);
-            current = ours.then(|| words.get(1).copied().unwrap_or_default().to_owned());
-        } else if words.first() == Some(&"Rss:")
-            && let Some(perms) = &current
-        {
-            let kb: u64 = words.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-            match perms.as_str() {
-                "r-xp" => code += kb,
-                _ => rodata += kb,
-            }
+    let (mut code, mut rodata) = (0u64, 0u64);
+    for m in common::mappings(pid).iter().filter(|m| m.file.as_deref().is_some_and(|f| std::path::Path::new(f) == exe))
+    {
+        match m.perms.as_str() {
+            "r-xp" => code += m.rss_kb,
+            _ => rodata += m.rss_kb,
         }
     }
     format!(

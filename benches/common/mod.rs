@@ -152,27 +152,48 @@ pub fn status_mb(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
-/// The RSS (kB) of a process by kind of mapping: thread stacks (anonymous 2 MiB mappings,
-/// Rust's default), the rest of anonymous memory (malloc's heap and arenas), and files.
-pub fn rss_split(pid: u32) -> (u64, u64, u64) {
-    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return (0, 0, 0) };
-    let (mut stacks, mut anon, mut file) = (0, 0, 0);
-    let (mut size, mut named) = (0u64, false);
-    for line in smaps.lines() {
+/// One mapping of a process, as /proc/PID/smaps lists it.
+pub struct Mapping {
+    /// Its size in bytes.
+    pub size: u64,
+    /// `r-xp` and the like.
+    pub perms: String,
+    /// The file behind it; `None` for anonymous memory (`[heap]`, `[stack]` included).
+    pub file: Option<String>,
+    /// Its resident part, kB.
+    pub rss_kb: u64,
+}
+
+/// The mappings of process `pid` (empty once it is gone).
+pub fn mappings(pid: u32) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default().lines() {
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
         if let Some((a, b)) = first.split_once('-')
             && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
         {
-            size = b - a;
-            named = words.nth(4).is_some_and(|n| !n.starts_with('['));
-        } else if first == "Rss:" {
-            let kb: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            match (named, size == 2 << 20) {
-                (true, _) => file += kb,
-                (false, true) => stacks += kb,
-                (false, false) => anon += kb,
-            }
+            let perms = words.next().unwrap_or_default().to_owned();
+            let file = words.nth(3).filter(|n| !n.starts_with('[')).map(str::to_owned);
+            out.push(Mapping { size: b - a, perms, file, rss_kb: 0 });
+        } else if first == "Rss:"
+            && let Some(m) = out.last_mut()
+        {
+            m.rss_kb = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// The RSS (kB) of a process by kind of mapping: thread stacks (anonymous 2 MiB mappings,
+/// Rust's default), the rest of anonymous memory (malloc's heap and arenas), and files.
+pub fn rss_split(pid: u32) -> (u64, u64, u64) {
+    let (mut stacks, mut anon, mut file) = (0, 0, 0);
+    for m in mappings(pid) {
+        match (m.file.is_some(), m.size == 2 << 20) {
+            (true, _) => file += m.rss_kb,
+            (false, true) => stacks += m.rss_kb,
+            (false, false) => anon += m.rss_kb,
         }
     }
     (stacks, anon, file)
@@ -314,21 +335,10 @@ pub async fn sync_until_body(
     since: &mut String,
     body: &str,
 ) {
-    let http = reqwest::Client::new();
+    use crate::support::synapse::{get_json, seg};
     loop {
-        let v: serde_json::Value = http
-            .get(format!(
-                "{}/_matrix/client/v3/sync?timeout=30000&since={}",
-                hs.url(),
-                crate::support::synapse::seg(since)
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("sync")
-            .json()
-            .await
-            .expect("json");
+        let url = format!("{}/_matrix/client/v3/sync?timeout=30000&since={}", hs.url(), seg(since));
+        let v = get_json(&url, token, "sync").await;
         *since = v["next_batch"].as_str().expect("next_batch").to_owned();
         let events = v["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
         if events.iter().any(|e| e["content"]["body"] == body) {
@@ -339,15 +349,7 @@ pub async fn sync_until_body(
 
 /// The `next_batch` of a fresh `/sync` as `token`: where a series starts listening.
 pub async fn initial_since(hs: &crate::support::synapse::Synapse, token: &str) -> String {
-    let v: serde_json::Value = reqwest::Client::new()
-        .get(crate::support::synapse::fresh_sync_url(hs))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sync")
-        .json()
-        .await
-        .expect("json");
+    let v = crate::support::synapse::get_json(&crate::support::synapse::fresh_sync_url(hs), token, "sync").await;
     v["next_batch"].as_str().expect("next_batch").to_owned()
 }
 

@@ -159,6 +159,19 @@ pub async fn timeline(hs: &Synapse, token: &str, room: &str) -> Vec<Value> {
     timeline_at(&hs.url(), token, room).await
 }
 
+/// GETs `url` as `token` and reads the JSON answer (`what` names the request in a panic).
+pub async fn get_json(url: &str, token: &str, what: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{what}, its JSON: {e}"))
+}
+
 /// [`timeline`] on the homeserver at `base` (one this process did not start).
 pub async fn timeline_at(base: &str, token: &str, room: &str) -> Vec<Value> {
     let mut out = Vec::new();
@@ -168,15 +181,7 @@ pub async fn timeline_at(base: &str, token: &str, room: &str) -> Vec<Value> {
         if let Some(f) = &from {
             url.push_str(&format!("&from={}", seg(f)));
         }
-        let v: Value = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("messages")
-            .json()
-            .await
-            .expect("json");
+        let v = get_json(&url, token, "messages").await;
         let chunk = v["chunk"].as_array().cloned().unwrap_or_default();
         if chunk.is_empty() {
             return out;
@@ -216,15 +221,8 @@ pub fn registration(as_port: u16) -> coi_bridge_matrix::registration::Registrati
 
 /// A user's display name, as another user reads it.
 pub async fn displayname(hs: &Synapse, token: &str, mxid: &str) -> Value {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{}/_matrix/client/v3/profile/{}/displayname", hs.url(), seg(mxid)))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("profile")
-        .json()
-        .await
-        .expect("json");
+    let url = format!("{}/_matrix/client/v3/profile/{}/displayname", hs.url(), seg(mxid));
+    let v = get_json(&url, token, "profile").await;
     v["displayname"].clone()
 }
 
@@ -271,15 +269,7 @@ pub async fn read_receipt_as(hs: &Synapse, token: &str, room: &str, event: &str)
 
 /// The room's `m.receipt` content as a user's /sync shows it: event id → receipt type → user → data.
 pub async fn receipts(hs: &Synapse, token: &str, room: &str) -> Value {
-    let v: Value = reqwest::Client::new()
-        .get(fresh_sync_url(hs))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sync")
-        .json()
-        .await
-        .expect("json");
+    let v = get_json(&fresh_sync_url(hs), token, "sync").await;
     let mut out = serde_json::Map::new();
     for ev in v["rooms"]["join"][room]["ephemeral"]["events"].as_array().cloned().unwrap_or_default() {
         if ev["type"] == "m.receipt"
@@ -293,14 +283,6 @@ pub async fn receipts(hs: &Synapse, token: &str, room: &str) -> Value {
 
 /// The rooms a user is invited to and has not joined yet.
 pub async fn invites(hs: &Synapse, token: &str) -> Vec<String> {
-    let v: Value = reqwest::Client::new()
-        .get(fresh_sync_url(hs))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sync")
-        .json()
-        .await
-        .expect("json");
+    let v = get_json(&fresh_sync_url(hs), token, "sync").await;
     v["rooms"]["invite"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
 }
