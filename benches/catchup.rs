@@ -260,8 +260,7 @@ async fn message_ids(s: &Stack, chats: &[Chat], prefix: char) -> HashMap<String,
     by_mid
 }
 
-/// The lines of one of the mail server's logs (`postfix.log`, `dovecot.log`) from byte
-/// `from` on.
+/// The lines of one of the mail server's logs (`postfix.log`) from byte `from` on.
 fn log_from(s: &Stack, name: &str, from: u64) -> Vec<String> {
     let raw = std::fs::read(s.mail.dir.join("log").join(name)).unwrap_or_default();
     let from = usize::try_from(from).unwrap_or(usize::MAX).min(raw.len());
@@ -272,15 +271,15 @@ fn log_len(s: &Stack, name: &str) -> u64 {
     std::fs::metadata(s.mail.dir.join("log").join(name)).map(|m| m.len()).unwrap_or(0)
 }
 
-/// The Message-IDs in `lines` after `marker` (`message-id=<` in Postfix's cleanup lines,
-/// logged as it takes a mail in, before it answers 250; `msgid=<` in Dovecot's LMTP
-/// "saved mail" lines, logged as it files one), in log order.
-fn logged_ids(lines: &[String], marker: &str, must: &str) -> Vec<String> {
+/// The Message-IDs Postfix's cleanup logged in `lines` (`cleanup[…]: QID: message-id=<…>`,
+/// written as it takes a mail in, before it answers 250), in log order.
+fn accepted_ids(lines: &[String]) -> Vec<String> {
+    const MARK: &str = "message-id=<";
     lines
         .iter()
-        .filter(|l| l.contains(must))
+        .filter(|l| l.contains("/cleanup["))
         .filter_map(|l| {
-            let rest = &l[l.find(marker)? + marker.len()..];
+            let rest = &l[l.find(MARK)? + MARK.len()..];
             Some(rest[..rest.find('>')?].to_owned())
         })
         .collect()
@@ -548,7 +547,7 @@ async fn matrix_order(
     postfix_log: u64,
 ) -> (String, Vec<String>) {
     let by_mid = message_ids(s, chats, 'm').await;
-    let accepted = logged_ids(&log_from(s, "postfix.log", postfix_log), "message-id=<", "/cleanup[");
+    let accepted = accepted_ids(&log_from(s, "postfix.log", postfix_log));
     // Where each mail landed in its receiver's INBOX (read before Delta Chat fetched).
     let mut filed_at = HashMap::new();
     for (i, id) in filed.iter().flatten().enumerate() {

@@ -186,7 +186,8 @@ fn push_lag(ev: &Value, now: SystemTime) -> Option<Duration> {
     if ev["type"] != "m.room.message" {
         return None;
     }
-    let stamp = UNIX_EPOCH + Duration::from_millis(ev["origin_server_ts"].as_u64()?);
+    // The event's fields are the sender's homeserver's say: any value, never a panic.
+    let stamp = UNIX_EPOCH.checked_add(Duration::from_millis(ev["origin_server_ts"].as_u64()?))?;
     now.duration_since(stamp).ok()
 }
 
@@ -315,5 +316,9 @@ mod tests {
         let state = json!({"type": "m.room.member", "origin_server_ts": 1_000_000_u64});
         assert_eq!(push_lag(&state, at(1_000_035)), None, "only messages");
         assert_eq!(push_lag(&json!({"type": "m.room.message"}), at(1)), None, "no stamp");
+        let hostile = json!({"type": "m.room.message", "origin_server_ts": u64::MAX});
+        assert_eq!(push_lag(&hostile, at(1)), None, "a stamp at the end of time: no lag, no panic");
+        let text = json!({"type": "m.room.message", "origin_server_ts": "soon"});
+        assert_eq!(push_lag(&text, at(1)), None, "not a number");
     }
 }
