@@ -40,6 +40,14 @@ pub struct SqliteStore {
     _lock: std::fs::File,
 }
 
+/// How a transaction that reads before it writes begins: with the write lock. A deferred
+/// one (`BEGIN`) takes a read snapshot at its first SELECT and asks for the write lock at
+/// its first write; under WAL, if another connection holds that lock or has committed
+/// since the snapshot, SQLite fails the write at once with SQLITE_BUSY ("database is
+/// locked"), without asking the busy handler (`busy_timeout` does not apply). A
+/// transaction whose first statement writes needs none of this: it waits for the lock.
+const WRITE: &str = "BEGIN IMMEDIATE";
+
 /// What `migrate-store` reports when it cannot have the store to itself.
 pub const IN_USE: &str = "is in use: the daemon is running, or another coi-bridge command has it open";
 
@@ -164,7 +172,7 @@ impl SqliteStore {
     async fn migrate(&self) -> anyhow::Result<()> {
         let latest = MIGRATIONS.last().map_or(0, |m| m.0);
         let mut conn = self.pool.acquire().await?;
-        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::raw_sql(WRITE).execute(&mut *conn).await?;
         let result = async {
             let current: i64 = sqlx::query("PRAGMA user_version").fetch_one(&mut *conn).await?.try_get(0)?;
             if current > latest {

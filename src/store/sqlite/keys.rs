@@ -116,7 +116,8 @@ impl KeyStore for SqliteStore {
     ) -> StoreResult<KeyLearned> {
         let addr = addr.to_lowercase();
         let ts = now();
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        // Reads the key on record, then writes: the write lock first (see super::WRITE).
+        let mut tx = self.pool.begin_with(super::WRITE).await.map_err(err)?;
         let existing = sqlx::query("SELECT fingerprint FROM contact_key WHERE addr = ?")
             .bind(&addr)
             .fetch_optional(&mut *tx)
@@ -200,7 +201,8 @@ impl KeyStore for SqliteStore {
     async fn accept_key_change(&self, addr: &str, new_fingerprint: &str) -> StoreResult<bool> {
         let addr = addr.to_lowercase();
         let new_fingerprint = new_fingerprint.to_ascii_uppercase();
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        // Reads the change, then writes: the write lock first (see super::WRITE).
+        let mut tx = self.pool.begin_with(super::WRITE).await.map_err(err)?;
         let row = sqlx::query("SELECT new_key FROM key_change WHERE addr = ? AND new_fingerprint = ?")
             .bind(&addr)
             .bind(&new_fingerprint)

@@ -157,7 +157,11 @@ impl RetentionStore for SqliteStore {
     }
 
     async fn prune(&self, caps: Caps) -> StoreResult<Pruned> {
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        // IMMEDIATE: it reads, then deletes. A deferred transaction would ask for the write
+        // lock only at its first DELETE, and under WAL that fails at once ("database is
+        // locked", busy_timeout not asked) if another connection writes meanwhile, as the
+        // account's other workers do at start (#12); this one waits for the lock instead.
+        let mut tx = self.pool.begin_with(super::WRITE).await.map_err(err)?;
         // Every prunable item, newest first. Released mail waits for ingest and is not
         // weighed.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -1,4 +1,4 @@
-//! The SQLite backend: the store conformance suite (`crate::store::conformance`, the contract every backend keeps) instantiated for SQLite, and what only SQLite has: migrations from every older schema, the pool.
+//! The SQLite backend: the store conformance suite (`crate::store::conformance`, the contract every backend keeps) instantiated for SQLite, and what only SQLite has: migrations from every older schema, the pool, the write lock taken before a read that a write follows.
 
 use std::sync::Arc;
 
@@ -217,4 +217,117 @@ async fn an_idle_store_holds_no_connection_and_keeps_its_lock() {
     assert!(format!("{refused:#}").contains("migrate-store"), "{refused:#}");
     drop(held);
     SqliteStore::open_existing(&path).await.expect("opens once migrate-store is done");
+}
+
+/// Tells the test of a connection's first wait for a lock, then waits as `busy_timeout`
+/// would (1 ms at a time, up to 10 s). `arg` is the test's [`tokio::sync::Notify`].
+unsafe extern "C" fn busy_signal(arg: *mut std::ffi::c_void, waited: std::ffi::c_int) -> std::ffi::c_int {
+    // SAFETY: `arg` is the leaked, never freed Notify of `signalling`.
+    let busy = unsafe { &*(arg as *const tokio::sync::Notify) };
+    if waited == 0 {
+        busy.notify_one();
+    }
+    if waited >= 10_000 {
+        return 0;
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    1
+}
+
+/// A second store on `path` whose connections signal `busy` when they first wait for a
+/// lock (SQLite asks the busy handler), instead of waiting silently.
+async fn signalling(path: &Path, opts: &SqliteConnectOptions) -> (SqliteStore, &'static tokio::sync::Notify) {
+    let busy: &'static tokio::sync::Notify = Box::leak(Box::new(tokio::sync::Notify::new()));
+    let arg = busy as *const tokio::sync::Notify as usize;
+    let pool = pool::options(4, pool::IDLE_CLOSE)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let mut handle = conn.lock_handle().await?;
+                // SAFETY: the handle is locked for us; the handler and its argument live
+                // as long as the process.
+                unsafe {
+                    rusqlite::ffi::sqlite3_busy_handler(
+                        handle.as_raw_handle().as_ptr(),
+                        Some(busy_signal),
+                        arg as *mut std::ffi::c_void,
+                    )
+                };
+                Ok(())
+            })
+        })
+        .connect_with(opts.clone())
+        .await
+        .expect("pool");
+    (SqliteStore { pool, opts: opts.clone(), _lock: super::lock_shared(path).expect("lock") }, busy)
+}
+
+/// Runs `op` while another connection holds the write lock with a write of its own, and
+/// commits that write once `op` waits for the lock. `op` must wait and then succeed: a
+/// transaction that reads, then asks for the write lock, fails at once instead, with
+/// "database is locked" (WAL does not ask the busy handler there).
+async fn while_another_writes<T: std::fmt::Debug>(
+    s: &SqliteStore,
+    busy: &tokio::sync::Notify,
+    op: impl std::future::Future<Output = StoreResult<T>>,
+) -> T {
+    use sqlx::Connection as _;
+    let mut other = sqlx::sqlite::SqliteConnection::connect_with(&s.opts).await.expect("another connection");
+    sqlx::raw_sql("BEGIN IMMEDIATE; INSERT INTO imap_cursor (folder, uid_validity, last_uid) VALUES ('other', 1, 1)")
+        .execute(&mut other)
+        .await
+        .expect("the other write");
+    let mut op = std::pin::pin!(op);
+    tokio::select! {
+        biased;
+        r = &mut op => panic!("ended without waiting for the other connection's write lock: {r:?}"),
+        () = busy.notified() => {}
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.expect("commit the other write");
+    let out = op.await.expect("once the other write is committed");
+    let kept: i64 = sqlx::query("SELECT COUNT(*) FROM imap_cursor WHERE folder = 'other'")
+        .fetch_one(&s.pool)
+        .await
+        .expect("read")
+        .get(0);
+    assert_eq!(kept, 1, "the other write is there too");
+    out
+}
+
+/// Pruning reads what is set apart, then deletes: at a many-account start it met the
+/// account's other writers and failed with "database is locked" (#12). It takes the write
+/// lock first, waiting for another writer as busy_timeout says; so do the key writes that
+/// read first.
+#[tokio::test]
+async fn transactions_that_read_before_they_write_wait_for_another_writer() {
+    use crate::store::keys::{KeySource, KeyStore as _};
+    use crate::store::retention::{Caps, RetentionStore as _};
+    let (dir, plain) = fresh().await;
+    let path = dir.path().join("s.db");
+    // A store of its own for each call, so that no wait of an earlier one is taken for its.
+    let (s, busy) = signalling(&path, &plain.opts).await;
+    let rejected = [
+        Rejected { uid: 1, reason: "old".into(), raw: vec![1; 100] },
+        Rejected { uid: 2, reason: "new".into(), raw: vec![2; 100] },
+    ];
+    s.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: 2 }, &[], &rejected).await.expect("record");
+    sqlx::query("UPDATE rejected SET recorded_at = recorded_at - 40 * 86400 WHERE reason = 'old'")
+        .execute(&s.pool)
+        .await
+        .expect("age");
+    let caps = Caps { older_than: now() - 30 * 86_400, max_bytes: u64::MAX };
+    let pruned = while_another_writes(&s, busy, s.prune(caps)).await;
+    assert_eq!(pruned.rejected, 1, "{pruned:?}");
+    assert_eq!(s.rejected_count().await.expect("count"), 1);
+    sqlx::query("DELETE FROM imap_cursor WHERE folder = 'other'").execute(&s.pool).await.expect("reset");
+
+    let (s, busy) = signalling(&path, &plain.opts).await;
+    let learn = s.learn_contact_key("a@x.org", "F1", b"k1", KeySource::Autocrypt, false);
+    assert_eq!(while_another_writes(&s, busy, learn).await, crate::store::keys::KeyLearned::New);
+    s.learn_contact_key("a@x.org", "F2", b"k2", KeySource::Gossip, false).await.expect("a change");
+    sqlx::query("DELETE FROM imap_cursor WHERE folder = 'other'").execute(&s.pool).await.expect("reset");
+
+    let (s, busy) = signalling(&path, &plain.opts).await;
+    assert!(while_another_writes(&s, busy, s.accept_key_change("a@x.org", "F2")).await, "the change was there");
+    let key = s.contact_key("a@x.org").await.expect("read").expect("a key");
+    assert_eq!((key.fingerprint.as_str(), key.public_key.as_slice()), ("F2", b"k2".as_slice()));
 }
