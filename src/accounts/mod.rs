@@ -5,10 +5,10 @@
 //!   its account, a removed one stops it, a changed one restarts it.
 //! - **SQLite**: this daemon runs every account (the files are its own).
 //! - **PostgreSQL**: several daemons may share the store. An account runs only under its
-//!   lease ([`crate::store::lease`]); the loop here renews what this daemon holds every
-//!   third of `cluster.lease_secs`, takes free or expired leases, and stops an account at
-//!   once when its lease is lost (the store refuses its writes from then on anyway: the
-//!   fence). A clean stop releases the leases, so another daemon takes over at once.
+//!   lease ([`crate::store::lease`]). A renewal loop renews what this daemon holds every
+//!   third of `cluster.lease_secs`, beside (not between) the starts, and stops an account at once when its lease
+//!   is lost (the store refuses its writes from then on anyway: the fence); the account
+//!   loop takes free or expired leases. A clean stop releases the leases, so another daemon takes over at once.
 //!   Daemons spread the accounts: each announces itself in the node table
 //!   ([`crate::store::nodes`]), takes free accounts only up to its fair share and hands
 //!   over what it holds beyond it.
@@ -41,8 +41,8 @@ use crate::transport::smtp::{FailedDelivery, FailureHook};
 /// tried again (SIGHUP tries at once).
 const RETRY_FAILED: Duration = Duration::from_secs(60);
 
-/// At most this many accounts are handed to other daemons per lease tick: each is stopped
-/// cleanly, and the lease loop must come round to renew the others in time.
+/// At most this many accounts are handed to other daemons per tick: each is stopped
+/// cleanly, which takes a while, and a daemon hands over a little at a time.
 const HAND_OVER_PER_TICK: usize = 10;
 
 /// One account this daemon should run, as the config says.
@@ -84,6 +84,8 @@ pub struct Manager {
     /// A daemon of the main account only, on SQLite: a failure stops the daemon (today's
     /// behaviour, which systemd's restart relies on).
     single: bool,
+    /// The last lease renewal succeeded: new leases are taken only then.
+    renewed: std::sync::atomic::AtomicBool,
 }
 
 impl Manager {
@@ -119,6 +121,7 @@ impl Manager {
             nodes,
             node,
             single,
+            renewed: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -293,24 +296,27 @@ impl Manager {
         let every = self.tick();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_renewed = tokio::time::Instant::now();
         let mut fatal = self.fatal_rx.lock().await;
-        loop {
-            tokio::select! {
-                () = token.cancelled() => break,
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reading the accounts again");
-                    self.failed.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    self.running.clear_broken();
-                    self.reconcile(&mut last_renewed).await;
+        let accounts = async {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reading the accounts again");
+                        self.failed.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        self.running.clear_broken();
+                        self.reconcile().await;
+                    }
+                    Some((key, why)) = fatal.recv() => {
+                        self.stop(&key, &why).await;
+                        self.account_failed(&key, &why);
+                    }
+                    _ = tick.tick() => self.reconcile().await,
                 }
-                Some((key, why)) = fatal.recv() => {
-                    self.stop(&key, &why).await;
-                    self.account_failed(&key, &why);
-                }
-                _ = tick.tick() => self.reconcile(&mut last_renewed).await,
             }
-        }
+        };
+        // Both run in this one task: the renewals go on while a start or a stop waits.
+        tokio::join!(accounts, self.renew_leases(&token));
         let keys: Vec<String> = self.started.lock().await.keys().cloned().collect();
         for key in keys {
             self.stop(&key, "the daemon stops").await;
@@ -362,16 +368,34 @@ impl Manager {
         }
     }
 
-    /// Brings what runs in line with the config and the leases.
-    async fn reconcile(&self, last_renewed: &mut tokio::time::Instant) {
-        let wanted = self.wanted();
+    /// Renews every lease this daemon holds, on its own clock beside [`Self::reconcile`]:
+    /// starting many accounts (each opening its store, and on PostgreSQL migrating its
+    /// schema) can take longer than a lease, and a renewal that waited for the starts would
+    /// let the first accounts' leases expire under them. An account whose lease is lost stops
+    /// at once; past two thirds of the lease without a renewal, every account stops, since
+    /// this daemon can no longer be sure it holds them.
+    async fn renew_leases(&self, token: &CancellationToken) {
+        let Some(leases) = &self.leases else { return token.cancelled().await };
         let ttl = Duration::from_secs(self.daemon.cluster.lease_secs);
-        if let Some(leases) = &self.leases {
+        let mut tick = tokio::time::interval(self.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                _ = tick.tick() => {}
+            }
             let fences: Vec<Fence> = self.started.lock().await.values().filter_map(|s| s.fence.clone()).collect();
             match leases.renew(&self.node, &fences, ttl).await {
                 Ok(held) => {
-                    *last_renewed = tokio::time::Instant::now();
+                    last_renewed = tokio::time::Instant::now();
+                    self.renewed.store(true, std::sync::atomic::Ordering::Release);
                     for f in fences.iter().filter(|f| !held.contains(&f.account)) {
+                        // A hand-over or a reload may have stopped it (and released its
+                        // lease) since the fences were read: that is no loss.
+                        if !self.holds(f).await {
+                            continue;
+                        }
                         tracing::warn!(account = %f.account, epoch = f.epoch, "lease lost to another daemon; stopping the account");
                         self.metrics.leases_lost.inc();
                         self.stop(&f.account, "lease lost").await;
@@ -379,17 +403,33 @@ impl Manager {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the leases");
-                    // Past two thirds of the lease without a renewal, this daemon can no
-                    // longer be sure it holds them: stop before another may take over.
+                    self.renewed.store(false, std::sync::atomic::Ordering::Release);
                     if last_renewed.elapsed() >= ttl * 2 / 3 {
                         for f in &fences {
+                            if !self.holds(f).await {
+                                continue;
+                            }
                             self.metrics.leases_lost.inc();
                             self.stop(&f.account, "lease not renewed in time").await;
                         }
                     }
-                    return;
                 }
             }
+        }
+    }
+
+    /// This daemon still runs the account under this very lease.
+    async fn holds(&self, fence: &Fence) -> bool {
+        self.started.lock().await.get(&fence.account).and_then(|s| s.fence.as_ref()) == Some(fence)
+    }
+
+    /// Brings what runs in line with the config and the leases.
+    async fn reconcile(&self) {
+        let wanted = self.wanted();
+        let ttl = Duration::from_secs(self.daemon.cluster.lease_secs);
+        // While the leases cannot be renewed, take no new ones.
+        if self.leases.is_some() && !self.renewed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
         }
         let share = self.share(wanted.len(), ttl).await;
         let wanted_keys: Vec<&str> = wanted.iter().map(|w| w.key.as_str()).collect();

@@ -148,7 +148,8 @@ fn check_schema(schema: &str) -> anyhow::Result<()> {
 
 /// The advisory lock the migrations of `schema` run under: the default namespace keeps the
 /// lock older versions take; a named schema gets one of its own (from its name's SHA-256).
-fn migration_lock(schema: Option<&str>) -> i64 {
+/// Public so that a test can hold an account's migrations (and with them its start).
+pub fn migration_lock(schema: Option<&str>) -> i64 {
     use sha2::Digest as _;
     match schema {
         None => MIGRATION_LOCK,

@@ -1,4 +1,4 @@
-//! Two daemons on one PostgreSQL spread four accounts of an accounts dir between them (real Dovecot): a second daemon started beside a busy one ends up with half, and a clean stop of either gives the other all of them.
+//! Two daemons on one PostgreSQL spread four accounts of an accounts dir between them (real Dovecot): a second daemon started beside a busy one ends up with half, a clean stop of either gives the other all of them, and a slow start costs no other account its lease.
 
 use std::path::Path;
 use std::time::Duration;
@@ -90,4 +90,51 @@ async fn two_daemons_spread_the_accounts_and_a_clean_stop_hands_all_to_the_other
     .await;
     assert_eq!(b.metric("coi_bridge_cluster_nodes").await, Some(1.0));
     assert!(b.is_running());
+}
+
+/// The epoch of `account`'s lease, as the lease table has it.
+fn epoch(pg: &PgServer, url: &str, account: &str) -> String {
+    pg.psql(url, &format!("SELECT epoch FROM public.coi_lease WHERE account = '{account}'")).trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_slow_account_start_does_not_cost_the_started_accounts_their_leases() {
+    use sqlx::Connection as _;
+    let mail = mail_server!();
+    let Some(pg) = PgServer::shared() else { return };
+    let url = pg.database();
+    let root = tempfile::tempdir().expect("tempdir");
+    let sa = root.path().join("a");
+    let pa = free_port();
+
+    // Bob's schema cannot be migrated while this connection holds its migration lock, so his
+    // start (the second in the accounts dir's order) waits, well past two leases of 6 s.
+    let mut hold = sqlx::PgConnection::connect(&url).await.expect("connect to PostgreSQL");
+    let bob = coi_bridge::store::lease::account_schema("bob@example.org");
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(coi_bridge::store::postgres::migration_lock(Some(&bob)))
+        .execute(&mut hold)
+        .await
+        .expect("hold bob's migration lock");
+
+    let a = Daemon::with_config(&sa, config(&sa, &mail, &url, "node-a", pa), pa);
+    eventually(WAIT, "alice runs while bob's start waits", || async {
+        held(&a).await.filter(|h| h == &["alice@example.org".to_owned()])
+    })
+    .await;
+    let first = epoch(pg, &url, "alice@example.org");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(held(&a).await, Some(vec!["alice@example.org".to_owned()]), "bob's start still waits");
+    drop(hold);
+
+    eventually(WAIT, "every account runs once bob's schema is free", || async {
+        held(&a).await.filter(|h| h.len() == USERS.len())
+    })
+    .await;
+    // Two more renewals (every 2 s): a lease that had expired under the wait would be found
+    // lost here and taken again with the next epoch.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(a.metric("coi_bridge_leases_lost_total").await, Some(0.0), "no lease lost while bob started");
+    assert_eq!(epoch(pg, &url, "alice@example.org"), first, "alice kept her lease (same epoch)");
+    assert_eq!(held(&a).await.map(|h| h.len()), Some(USERS.len()));
 }
