@@ -98,6 +98,9 @@ async fn the_standby_takes_over_a_killed_holder_within_30_s_and_nothing_is_lost_
     assert!(a.is_running());
 
     let mut killed_at = None;
+    // When B was first seen holding the account: looked at after each step following the
+    // kill, so the bound below holds however long the rest of the burst takes.
+    let mut taken_at = None;
     for i in 0..BURST {
         if i == KILL_AFTER {
             a.kill();
@@ -108,14 +111,23 @@ async fn the_standby_takes_over_a_killed_holder_within_30_s_and_nothing_is_lost_
         mail.deliver(CAROL, &[BRIDGE], &raw).await;
         tg.user_says(GROUP, TOM, &format!("tom to carol {i:02}"), None);
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if killed_at.is_some() && taken_at.is_none() && holds(&b).await {
+            taken_at = Some(tokio::time::Instant::now());
+        }
     }
     let killed_at = killed_at.expect("killed mid-burst");
     // The bound: another daemon takes over within 30 s of the kill.
-    let within = Duration::from_secs(30).saturating_sub(killed_at.elapsed());
-    eventually(within.max(Duration::from_secs(1)), "daemon B took over within 30 s of the kill", || async {
-        holds(&b).await.then_some(())
-    })
-    .await;
+    let taken_at = match taken_at {
+        Some(at) => at,
+        None => {
+            let left = Duration::from_secs(30).saturating_sub(killed_at.elapsed());
+            eventually(left, "daemon B took over within 30 s of the kill", || async { holds(&b).await.then_some(()) })
+                .await;
+            tokio::time::Instant::now()
+        }
+    };
+    let took = taken_at - killed_at;
+    assert!(took <= Duration::from_secs(30), "daemon B took over {took:?} after the kill (bound: 30 s)");
 
     // Every message once on each side.
     eventually(WAIT, "every Carol message in the Telegram group", || async {
