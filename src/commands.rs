@@ -523,24 +523,104 @@ fn printable(s: &str, max: usize) -> String {
     if clean.chars().count() > max { clean.chars().take(max.saturating_sub(1)).chain(['…']).collect() } else { clean }
 }
 
-/// `migrate-store --to URL`: copies the config's SQLite store (the daemon stopped) into an
-/// empty PostgreSQL store, progress on stderr, then a table of row counts on both sides;
-/// an error if any differs (the copy is then rolled back).
-pub async fn migrate_store(loaded: &Loaded, to: &str) -> anyhow::Result<String> {
-    use std::io::{IsTerminal as _, Write as _};
-    let cfg = &loaded.config;
-    let Some(src) = store::sqlite_path(&cfg.store.url, &cfg.store.state_dir()) else {
-        anyhow::bail!(
-            "store.url = {:?} is not a SQLite store: migrate-store copies a SQLite store into PostgreSQL",
-            store::redact_url(&cfg.store.url)
-        );
-    };
-    if !src.exists() {
-        return Err(store::Uninitialized::NoStore { path: src, hint: fix_hint(loaded) }.into());
+/// `migrate-store --to URL`: copies the SQLite store of each of `accounts` (the daemon
+/// stopped) into the empty PostgreSQL store where the daemon looks for that account once
+/// `store.url` is URL: the main `[account]`'s into the URL's default schema, a directory
+/// account's into its own ([`migrate_schema`]). Per account: progress on stderr, then a
+/// table of row counts on both sides on stdout; an error if any differs (that account's
+/// copy is rolled back). Several accounts are copied in turn, each verified before the
+/// next; one that has no store yet (the daemon never ran it) is left to the daemon.
+pub async fn migrate_store(accounts: &[Loaded], to: &str) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let several = accounts.len() > 1;
+    let mut sources = Vec::with_capacity(accounts.len());
+    let mut no_store = Vec::new();
+    for loaded in accounts {
+        let cfg = &loaded.config;
+        let Some(src) = store::sqlite_path(&cfg.store.url, &cfg.store.state_dir()) else {
+            anyhow::bail!(
+                "store.url = {:?} is not a SQLite store: migrate-store copies a SQLite store into PostgreSQL",
+                store::redact_url(&cfg.store.url)
+            );
+        };
+        if src.exists() {
+            sources.push((loaded, src));
+        } else if several {
+            no_store.push(loaded);
+        } else {
+            return Err(store::Uninitialized::NoStore { path: src, hint: fix_hint(loaded) }.into());
+        }
     }
+    if sources.is_empty()
+        && let Some(first) = no_store.first()
+    {
+        // Not one account has a store: the state dir is more likely wrong than every account new.
+        let cfg = &first.config;
+        let path = store::sqlite_path(&cfg.store.url, &cfg.store.state_dir()).unwrap_or_default();
+        return Err(store::Uninitialized::NoStore { path, hint: fix_hint(first) }.into());
+    }
+    let mut copied: Vec<String> = Vec::new();
+    for (loaded, src) in &sources {
+        let address = &loaded.config.account.address;
+        let schema = migrate_schema(loaded);
+        let into = schema.as_deref().map_or_else(|| "the default schema".to_owned(), |s| format!("schema {s}"));
+        if several {
+            eprintln!("account {address}: copying {} into {into}", src.display());
+        }
+        let done = migrate_account(src, to, schema.as_deref()).await;
+        let done = match done {
+            Ok(done) => done,
+            Err(e) if several => {
+                let before = if copied.is_empty() {
+                    "no account was copied before it".to_owned()
+                } else {
+                    format!(
+                        "{} copied before it (their stores are in PostgreSQL now: copy the others one at a \
+                         time with --account ADDRESS)",
+                        copied.join(", ")
+                    )
+                };
+                return Err(e.context(format!("account {address} ({into}): {before}")));
+            }
+            Err(e) => return Err(e),
+        };
+        let header = if several || schema.is_some() { format!("account {address} ({into}):\n") } else { String::new() };
+        print!("{header}{done}");
+        let _ = std::io::stdout().flush();
+        copied.push(address.clone());
+    }
+    let mut out = String::new();
+    for loaded in &no_store {
+        out.push_str(&format!(
+            "account {}: no store yet (the daemon never ran it), nothing to copy; the daemon makes its store in \
+             PostgreSQL on its first start\n",
+            loaded.config.account.address
+        ));
+    }
+    if several {
+        out.push_str(&format!("{} accounts copied, every count matches. ", copied.len()));
+    }
+    out.push_str("Set store.url to the PostgreSQL URL before starting the daemon again\n");
+    Ok(out)
+}
+
+/// The PostgreSQL schema the daemon opens `loaded`'s store in once `store.url` is a
+/// PostgreSQL URL (as [`Loaded::store_options`] says it then): a directory account's own,
+/// `None` (the URL's default) for the main `[account]`.
+pub fn migrate_schema(loaded: &Loaded) -> Option<String> {
+    match &loaded.namespace {
+        crate::config::StoreNamespace::Account(key) => Some(store::account_schema(key)),
+        crate::config::StoreNamespace::Main => None,
+    }
+}
+
+/// One account's copy: progress on stderr; its count table and summary, or an error
+/// holding the table if a count differs (the copy was then rolled back).
+async fn migrate_account(src: &Path, to: &str, schema: Option<&str>) -> anyhow::Result<String> {
+    use std::io::{IsTerminal as _, Write as _};
     let tty = std::io::stderr().is_terminal();
     let mut last_percent = None;
-    let report = store::migrate::migrate(&src, to, |p| {
+    let report = store::migrate::migrate(src, to, schema, |p| {
         let percent = (p.copied * 100).checked_div(p.total).unwrap_or(100);
         // On a terminal one line per table redrawn; in a log a line per 10 % and one at the end.
         if tty {
@@ -570,8 +650,7 @@ pub async fn migrate_store(loaded: &Loaded, to: &str) -> anyhow::Result<String> 
     }
     let total: u64 = report.tables.iter().map(|t| t.postgres).sum();
     Ok(format!(
-        "{table}copied {total} rows of {} tables at schema {} from {}; every count matches. Set store.url to the \
-         PostgreSQL URL before starting the daemon again\n",
+        "{table}copied {total} rows of {} tables at schema version {} from {}; every count matches.\n",
         report.tables.len(),
         report.schema_version,
         src.display()

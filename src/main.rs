@@ -109,6 +109,7 @@ enum Command {
     },
     /// Copy the SQLite store into an empty PostgreSQL store, with the daemon stopped
     /// (progress on stderr, then each table's row count on both sides; exit 1 if one differs).
+    /// Every account in turn, each into the schema the daemon will use, unless --account names one.
     MigrateStore {
         /// The PostgreSQL store's URL (postgres://USER@HOST/DB); made or migrated to this
         /// version's schema first, and it must hold no row.
@@ -239,6 +240,16 @@ fn main() -> ExitCode {
                 }
             };
         }
+        // Every account's store moves: without --account, all of them, each into its schema.
+        if let (Command::MigrateStore { to }, None) = (&cli.command, &cli.account) {
+            return match config::load_daemon(path).and_then(config::Daemon::all_accounts) {
+                Ok(all) => print_or_fail(commands::migrate_store(&all, to).await),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    exit::CONFIG
+                }
+            };
+        }
         let loaded = match config::load_for(path, cli.account.as_deref()) {
             Ok(l) => l,
             Err(e) => {
@@ -300,7 +311,9 @@ fn main() -> ExitCode {
                 let result = tokio::task::spawn_blocking(move || commands::backup(&loaded, &file)).await;
                 print_or_fail(result.unwrap_or_else(|e| Err(anyhow::anyhow!("the backup task failed: {e}"))))
             }
-            Command::MigrateStore { to } => print_or_fail(commands::migrate_store(&loaded, &to).await),
+            Command::MigrateStore { to } => {
+                print_or_fail(commands::migrate_store(std::slice::from_ref(&loaded), &to).await)
+            }
             Command::Health { .. } => {
                 let addr = coi_bridge::http::local_addr(loaded.config.http.listen);
                 health(&format!("http://{addr}/health")).await

@@ -1,4 +1,4 @@
-//! `coi-bridge migrate-store`: copies a stopped daemon's SQLite store into an empty PostgreSQL store, every table in one PostgreSQL transaction with its ids, then counts each table on both sides.
+//! `coi-bridge migrate-store`: copies one account's SQLite store (its daemon stopped) into an empty PostgreSQL store in the account's schema, every table in one PostgreSQL transaction with its ids, then counts each table on both sides.
 //!
 //! The SQLite file is locked twice for the whole copy: exclusively with `flock`, which
 //! every process that opens the store holds shared for as long as it has it open (a
@@ -298,16 +298,32 @@ async fn copy_table(
     Ok(copied)
 }
 
-/// Copies the SQLite store at `sqlite` into the PostgreSQL store at `pg_url` (made or
-/// migrated to this coi-bridge's schema first; it must hold no row). `progress` is called
-/// before each table and after each batch.
-pub async fn migrate(sqlite: &Path, pg_url: &str, mut progress: impl FnMut(Progress<'_>)) -> anyhow::Result<Report> {
+/// Copies the SQLite store at `sqlite` into the PostgreSQL store at `pg_url`, in `schema`
+/// (a directory account's, [`super::account_schema`]; made if missing) or the URL's default
+/// one (`None`, the main account's): where the daemon opens the account's store. The
+/// target is made or migrated to this coi-bridge's schema first and must hold no row.
+/// `progress` is called before each table and after each batch.
+pub async fn migrate(
+    sqlite: &Path,
+    pg_url: &str,
+    schema: Option<&str>,
+    mut progress: impl FnMut(Progress<'_>),
+) -> anyhow::Result<Report> {
     let opts = PgConnectOptions::from_str(pg_url)
         .map_err(|e| anyhow::anyhow!("--to: not a usable PostgreSQL URL ({e})"))?
         .application_name("coi-bridge migrate-store");
     // The backend's TLS rule: over TCP without `sslmode` in the URL, verify-full.
     let opts = super::postgres::tls_by_default(pg_url, opts);
-    let target = describe(&opts);
+    let target = match schema {
+        Some(s) => format!("{} schema {s}", describe(&opts)),
+        None => describe(&opts),
+    };
+    // Every statement of the copy in the account's schema, as the daemon's store has it
+    // (PgStore::open_in checks the name before the copy connects).
+    let opts = match schema {
+        Some(s) => opts.options([("search_path", s)]),
+        None => opts,
+    };
     let (mut lite, _held) = lock_sqlite(sqlite).await?;
     let source_version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut lite).await?;
     let tables = sqlite_tables(&mut lite).await?;
@@ -325,7 +341,9 @@ pub async fn migrate(sqlite: &Path, pg_url: &str, mut progress: impl FnMut(Progr
     }
 
     // The target at this coi-bridge's schema (made if new), then the same version on both.
-    let pg_version = PgStore::open(pg_url).await.with_context(|| format!("--to {target}"))?.schema_version().await?;
+    let where_ = super::OpenOptions { schema: schema.map(str::to_owned), ..Default::default() };
+    let pg_version =
+        PgStore::open_in(pg_url, &where_).await.with_context(|| format!("--to {target}"))?.schema_version().await?;
     if pg_version != source_version {
         bail!(
             "the SQLite store {} is at schema version {source_version}, the PostgreSQL store {target} at \

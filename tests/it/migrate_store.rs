@@ -1,4 +1,4 @@
-//! `coi-bridge migrate-store` against Debian's PostgreSQL (tests/support/postgres.rs): a SQLite store with every kind of row, copied by the real binary, reads back the same through the Store trait; a store in use, a target with rows and a non-SQLite source are refused.
+//! `coi-bridge migrate-store` against Debian's PostgreSQL (tests/support/postgres.rs): a SQLite store with every kind of row, copied by the real binary, reads back the same through the Store trait; every account of an accounts dir lands in its own schema; a store in use, a target with rows and a non-SQLite source are refused.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -523,4 +523,159 @@ async fn a_running_daemon_s_store_is_refused_and_copied_once_it_stops() {
     assert!(out.status.success(), "{}", text(&out));
     let copied: Arc<dyn Store> = Arc::new(PgStore::open_existing(&url).await.expect("postgres"));
     assert!(copied.account_key().await.expect("key").is_some(), "the daemon's key came along");
+}
+
+/// A daemon's main file with store `url` under `dir`: the main `[account]` (bridge@) if
+/// `main`, and `[accounts] dir` holding one file per name of `accounts` (NAME@example.org).
+fn daemon_config(dir: &Path, file: &str, url: &str, main: bool, accounts: &[&str]) -> PathBuf {
+    let pw = dir.join("pw");
+    let servers = "[imap]\nhost = \"127.0.0.1\"\nport = 1\nsecurity = \"plain\"\n\n\
+                   [smtp]\nhost = \"127.0.0.1\"\nport = 1\nsecurity = \"plain\"\n\n";
+    let account =
+        |name: &str| format!("[account]\naddress = \"{name}@example.org\"\npassword_file = \"{}\"\n\n", pw.display());
+    let mut text = if main { format!("{}{servers}", account("bridge")) } else { String::new() };
+    text.push_str(&format!(
+        "[store]\nurl = \"{url}\"\nstate_dir = \"{state}\"\n\n[accounts]\ndir = \"accounts.d\"\n",
+        state = dir.display()
+    ));
+    let path = dir.join(file);
+    std::fs::write(&path, text).expect("main file");
+    std::fs::create_dir_all(dir.join("accounts.d")).expect("accounts.d");
+    for name in accounts {
+        std::fs::write(dir.join("accounts.d").join(format!("{name}.toml")), format!("{}{servers}", account(name)))
+            .expect("account file");
+    }
+    path
+}
+
+/// Where the daemon keeps a directory account's SQLite store.
+fn account_store(state: &Path, name: &str) -> PathBuf {
+    state.join("accounts").join(format!("{name}@example.org")).join("store.sqlite")
+}
+
+/// A store with a key of its own (`FP-NAME`) and `n` messages, closed again.
+async fn small_store(db: &Path, name: &str, n: u32) {
+    {
+        let s: Arc<dyn Store> = Arc::new(SqliteStore::open(db).await.expect("sqlite"));
+        let key = AccountKeyRow {
+            fingerprint: format!("FP-{name}"),
+            public_key: vec![1; 30],
+            secret_key: vec![2; 60],
+            protected: false,
+            created_at: 1_700_000_000,
+        };
+        s.init_account_key(&key).await.expect("account key");
+        let batch: Vec<InboundMessage> = (0..n)
+            .map(|i| inbound(i + 1, chat(ChatKind::Single, PEER, "Peer"), message(&format!("{name}{i}@x"), "hi"), &[]))
+            .collect();
+        s.record_inbound("INBOX", ImapCursor { uid_validity: 1, last_uid: n }, &batch, &[]).await.expect("record");
+    }
+    closed(db).await;
+}
+
+/// Each account of the PostgreSQL config `cfg`, opened as the daemon opens it (in its
+/// schema, made if missing): its key's fingerprint and how many messages it has.
+async fn as_the_daemon_sees(cfg: &Path) -> Vec<(String, String, usize)> {
+    let accounts = coi_bridge::config::load_daemon(cfg).and_then(|d| d.all_accounts()).expect("the config");
+    let mut out = Vec::new();
+    for l in accounts {
+        let store = coi_bridge::store::open_with(&l.config.store.url, &l.config.store.state_dir(), &l.store_options())
+            .await
+            .expect("the account's store");
+        let key = store.account_key().await.expect("key").map(|k| k.fingerprint).unwrap_or_default();
+        let messages = store.messages(Direction::In).await.expect("messages").len();
+        out.push((l.key(), key, messages));
+    }
+    out
+}
+
+/// A daemon with an accounts dir: without --account every account's SQLite store is
+/// copied, each into the schema the daemon opens it in on PostgreSQL (the main account's
+/// into the default one), and an account the daemon never ran is left to it.
+#[tokio::test]
+async fn every_account_of_an_accounts_dir_is_copied_into_its_own_schema() {
+    use coi_bridge::store::account_schema;
+    let Some(pg) = PgServer::shared() else { return };
+    let url = pg.database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path();
+    std::fs::write(state.join("pw"), "secret\n").expect("pw");
+    let cfg = daemon_config(state, "c.toml", "sqlite://bridge.db", true, &["alice", "bob", "carol"]);
+    small_store(&state.join("bridge.db"), "bridge", 2).await;
+    small_store(&account_store(state, "alice"), "alice", 3).await;
+    small_store(&account_store(state, "bob"), "bob", 5).await;
+
+    let out = migrate(&cfg, &url);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in ["alice", "bob"] {
+        let schema = account_schema(&format!("{name}@example.org"));
+        assert!(stdout.contains(&format!("account {name}@example.org (schema {schema}):")), "{stdout}");
+        assert!(stderr.contains(&format!("account {name}@example.org: copying")), "{stderr}");
+    }
+    assert!(stdout.contains("account carol@example.org: no store yet"), "{stdout}");
+    assert!(stdout.contains("account bridge@example.org (the default schema):"), "{stdout}");
+    assert!(stdout.contains("3 accounts copied, every count matches"), "{stdout}");
+
+    // The rows are in each account's schema on the server, the main account's in the default one.
+    for (name, schema, messages) in [
+        ("bridge", "public".to_owned(), 2),
+        ("alice", account_schema("alice@example.org"), 3),
+        ("bob", account_schema("bob@example.org"), 5),
+    ] {
+        let count = |table: &str| pg.psql(&url, &format!("SELECT count(*) FROM {schema}.{table}"));
+        assert_eq!(count("message"), messages.to_string(), "{name} in {schema}");
+        assert_eq!(
+            pg.psql(&url, &format!("SELECT fingerprint FROM {schema}.account_key")),
+            format!("FP-{name}"),
+            "{name}'s key in {schema}"
+        );
+    }
+
+    // The daemon on PostgreSQL finds each account's own store (carol's is new and empty).
+    let pg_cfg = daemon_config(state, "pg.toml", &url, true, &["alice", "bob", "carol"]);
+    let seen = as_the_daemon_sees(&pg_cfg).await;
+    let want = |name: &str, key: &str, n| (format!("{name}@example.org"), key.to_owned(), n);
+    assert_eq!(
+        seen,
+        vec![
+            want("bridge", "FP-bridge", 2),
+            want("alice", "FP-alice", 3),
+            want("bob", "FP-bob", 5),
+            want("carol", "", 0)
+        ]
+    );
+}
+
+/// `--account ADDRESS` copies that directory account's store into its schema only.
+#[tokio::test]
+async fn one_directory_account_is_copied_into_its_schema() {
+    use coi_bridge::store::account_schema;
+    let Some(pg) = PgServer::shared() else { return };
+    let url = pg.database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path();
+    std::fs::write(state.join("pw"), "secret\n").expect("pw");
+    let cfg = daemon_config(state, "c.toml", "sqlite://bridge.db", false, &["alice", "bob"]);
+    small_store(&account_store(state, "alice"), "alice", 3).await;
+    small_store(&account_store(state, "bob"), "bob", 5).await;
+
+    let out = bin()
+        .args(["migrate-store", "--config"])
+        .arg(&cfg)
+        .args(["--account", "Alice@example.org", "--to", &url])
+        .output()
+        .expect("run coi-bridge");
+    assert!(out.status.success(), "{}", text(&out));
+    let schema = account_schema("alice@example.org");
+    assert_eq!(pg.psql(&url, &format!("SELECT count(*) FROM {schema}.message")), "3");
+    assert_eq!(pg.psql(&url, "SELECT to_regclass('public.message') IS NULL"), "t", "nothing in the default schema");
+    let bob = account_schema("bob@example.org");
+    assert_eq!(pg.psql(&url, &format!("SELECT to_regclass('{bob}.message') IS NULL")), "t", "bob's was not asked for");
+
+    // The daemon finds alice's store, and bob's still to be made.
+    let pg_cfg = daemon_config(state, "pg.toml", &url, false, &["alice", "bob"]);
+    let want = |name: &str, key: &str, n| (format!("{name}@example.org"), key.to_owned(), n);
+    assert_eq!(as_the_daemon_sees(&pg_cfg).await, vec![want("alice", "FP-alice", 3), want("bob", "", 0)]);
 }
