@@ -1,4 +1,4 @@
-//! Many accounts in one daemon through real Dovecot + Postfix and the Bot API double: an accounts dir, each account with its own store, IDLE connection and portal; SIGHUP adds, removes and reports broken files.
+//! Many accounts in one daemon through real Dovecot + Postfix and the Bot API double: an accounts dir, each account with its own store, IDLE connection and portal; SIGHUP adds, restarts (changed), removes and reports broken files.
 
 use std::path::Path;
 use std::time::Duration;
@@ -114,6 +114,28 @@ async fn accounts_in_a_directory_run_side_by_side_and_sighup_adds_and_removes_th
     let to_bob = carol_writes(&mail, "bob", "hello bob's bridge").await;
     wait_in_group(&tg, "bob", &to_bob).await;
     assert!(!tg.sent_texts(group("alice")).iter().any(|(_, t)| t.contains(&to_bob)), "each account its own portal");
+
+    // Bob's file changes (a longer IDLE timeout): SIGHUP restarts his account with it, once,
+    // and his mail still flows, over one connection.
+    let bob_file = state.path().join("accounts.d").join("bob.toml");
+    let text = std::fs::read_to_string(&bob_file).expect("bob's file");
+    std::fs::write(&bob_file, text.replace("idle_timeout_secs = 60", "idle_timeout_secs = 90")).expect("bob's file");
+    hup(&d);
+    eventually(WAIT, "bob's account restarted for its changed file", || async {
+        let log = d.log_text();
+        (log.contains("its file changed") && log.matches("account running").count() >= 3).then_some(())
+    })
+    .await;
+    eventually(WAIT, "bob's restarted account connected", || async {
+        let (code, r) = ready(&d).await;
+        (code == 200 && r["parts"]["bob@example.org imap"]["state"] == "connected").then_some(())
+    })
+    .await;
+    let after = carol_writes(&mail, "bob", "bob's bridge after its file changed").await;
+    wait_in_group(&tg, "bob", &after).await;
+    assert_eq!(d.metric("coi_bridge_imap_connected").await, Some(2.0), "the old connection closed");
+    assert_eq!(d.metric("coi_bridge_accounts_held").await, Some(2.0));
+    assert_eq!(d.log_text().matches("its file changed").count(), 1, "restarted once");
 
     // Alice's file goes, and a broken one comes: alice stops, the broken file is named,
     // bob goes on.
