@@ -1,4 +1,4 @@
-//! The daemon's retention task: prunes what is set apart by `[retention]`'s caps (at start and periodically) and takes released mail through ingest again.
+//! The daemon's retention task: prunes what is set apart by `[retention]`'s caps (soon after the start and periodically) and takes released mail through ingest again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,18 @@ pub const SEND_JOURNAL_DAYS: i64 = 30;
 /// Released mails taken through ingest per pass.
 const RELEASE_BATCH: u32 = 10;
 
+/// The first pruning pass comes at a random moment this long after the start at most: the
+/// accounts of one daemon start together, each with its IMAP catch-up writing to its
+/// store, and 1,000 of them pruning in the same second as well is a burst of I/O for
+/// nothing (#12).
+pub const FIRST_PRUNE_WITHIN: Duration = Duration::from_secs(10);
+
+/// When the first pruning pass comes, after the start: anywhere in [`FIRST_PRUNE_WITHIN`].
+fn first_prune() -> Duration {
+    use rand::Rng as _;
+    FIRST_PRUNE_WITHIN.mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
 pub struct Retention {
     pub store: Arc<dyn Store>,
     pub ingest: Arc<Ingest>,
@@ -42,7 +54,7 @@ impl Retention {
     /// pass; nothing here stops the daemon.
     pub async fn run(&self, token: CancellationToken) {
         let every = Duration::from_secs(self.config.prune_interval_secs);
-        let mut next_prune = tokio::time::Instant::now();
+        let mut next_prune = tokio::time::Instant::now() + first_prune();
         loop {
             if tokio::time::Instant::now() >= next_prune {
                 Box::pin(self.prune()).await;
@@ -53,9 +65,12 @@ impl Retention {
                 // A full batch: more may wait.
                 continue;
             }
+            // Until the next look for released mail or the next pruning pass, whichever
+            // comes first.
+            let wake = next_prune.min(tokio::time::Instant::now() + crate::backoff::spread(RELEASE_POLL));
             tokio::select! {
                 () = token.cancelled() => return,
-                () = tokio::time::sleep(crate::backoff::spread(RELEASE_POLL)) => {}
+                () = tokio::time::sleep_until(wake) => {}
                 () = self.released.notified() => {}
             }
         }
