@@ -75,7 +75,8 @@ pub struct Config {
 /// `[retention]`: the caps on what is set apart. Anyone can write to the bridge's address,
 /// so rejected mail, the 1:1 chats of mail not signed by its sender's key, and bridge
 /// events set aside as dead letters are pruned: first by age, then the oldest until the
-/// rest fits the size cap. Pruning runs at start and every `prune_interval_secs`.
+/// rest fits the size cap. Pruning runs within 10 s of the start (at a random moment, so
+/// many accounts do not prune at once) and every `prune_interval_secs`.
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
