@@ -91,7 +91,8 @@ impl Core {
             Arc::new(Outbound::new(store.clone(), me, identity.clone(), cfg.account.encryption, wake.clone()));
         let securejoin = Arc::new(
             SecureJoin::new(store.clone(), identity.clone(), outbound.clone(), &cfg.account.display_name)
-                .with_labels(crate::bridges::labels(&cfg.bridge)),
+                .with_labels(crate::bridges::labels(&cfg.bridge))
+                .with_metrics(metrics.clone()),
         );
         let ingest = Arc::new(
             Ingest::new(

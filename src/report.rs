@@ -178,7 +178,7 @@ pub fn html(reports: &[PortalReport], now: i64) -> String {
             esc(&r.remote_chat),
             esc(&r.bridge),
             s.moved.len(),
-            s.remote_seen,
+            s.remote_members(),
             s.coi_members,
             s.active_not_moved.len(),
         );
@@ -197,7 +197,16 @@ pub fn html(reports: &[PortalReport], now: i64) -> String {
             migration::ACTIVE_DAYS,
             people(&s.active_not_moved, &r.pairings)
         );
-        let _ = write!(out, "<h3>Only on {}</h3>{}", esc(&r.label), people(&s.only_remote, &r.pairings));
+        // The unseen are counted by the network; the bridge cannot name them.
+        let only = match (s.only_remote.is_empty(), s.unseen()) {
+            (_, 0) => people(&s.only_remote, &r.pairings),
+            (true, n) => format!("<p>{n} the bridge has not seen join or post</p>"),
+            (false, n) => format!(
+                "{}<p class=\"sub\">and {n} more the bridge has not seen join or post</p>",
+                people(&s.only_remote, &r.pairings)
+            ),
+        };
+        let _ = write!(out, "<h3>Only on {}</h3>{only}", esc(&r.label));
         let _ =
             write!(out, "<h3>Left {} since moving</h3>{}", esc(&r.label), people(&s.left_since_moving, &r.pairings));
         let _ = write!(out, "<h3>Members over time</h3>{}</section>", chart(&r.samples, &r.label));
@@ -250,6 +259,18 @@ mod tests {
         assert!(page.contains("1 of 2 moved &middot; 3 on COI &middot; 1 active, not moved"));
         assert!(page.contains("<polyline class=\"remote\""), "a chart from three samples");
         assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src="), "nothing loaded");
+    }
+
+    #[test]
+    fn a_counted_remote_side_is_the_total_and_the_unseen_are_counted() {
+        let mut r = report("Book Club");
+        r.status.remote_count = Some(4);
+        let page = html(std::slice::from_ref(&r), 1_800_000_000);
+        assert!(page.contains("1 of 4 moved &middot; 3 on COI"), "{page}");
+        assert!(page.contains("<li>Bob</li></ul><p class=\"sub\">and 2 more the bridge has not seen join or post</p>"));
+        r.status.only_remote.clear();
+        let page = html(&[r], 1_800_000_000);
+        assert!(page.contains("<h3>Only on Telegram</h3><p>2 the bridge has not seen join or post</p>"), "{page}");
     }
 
     #[test]

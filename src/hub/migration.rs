@@ -6,6 +6,9 @@
 //! - **Left since moving**: moved, and gone from the remote chat since.
 //! - **Active, not moved**: posted in the remote chat in the last [`ACTIVE_DAYS`] days, not
 //!   gone, not moved: the people the group still waits for.
+//! - **Remote members**: how many people the remote chat has as its network counts them,
+//!   when the bridge can count ([`coi_bridge_api::member_count_key`]), else the people seen;
+//!   only the people seen are named.
 //! - **Closable**: at least one person active in the last [`ACTIVE_DAYS`] days, and every
 //!   one of them has moved. The bridge then says so once, in the COI chat and through it in
 //!   every portal ([`announce_if_closable`]).
@@ -41,6 +44,9 @@ pub struct PortalStatus {
     pub active_not_moved: Vec<Named>,
     /// People seen in the remote chat and not gone.
     pub remote_seen: usize,
+    /// How many people the remote chat has as its network counts them (the bridge's bot
+    /// not counted), when the bridge could count them ([`coi_bridge_api::member_count_key`]).
+    pub remote_count: Option<usize>,
     /// Members of the COI chat (the bridge not counted).
     pub coi_members: usize,
     /// Someone was active in the last [`ACTIVE_DAYS`] days, and all of them moved.
@@ -97,16 +103,38 @@ fn names(list: &[Named]) -> String {
 }
 
 impl PortalStatus {
+    /// The size of the remote side: the network's count, or the people seen without one.
+    /// Never fewer than seen: a count can be older than the last person who came.
+    pub fn remote_members(&self) -> usize {
+        self.remote_count.map_or(self.remote_seen, |n| n.max(self.remote_seen))
+    }
+
+    /// Remote members the bridge has not seen join or post: counted, not named.
+    pub fn unseen(&self) -> usize {
+        self.remote_members() - self.remote_seen
+    }
+
     /// The status as a chat reply, `label` naming the remote network ("Telegram").
     pub fn render(&self, label: &str) -> String {
+        let of = match self.remote_count {
+            Some(_) => format!("{} members here", self.remote_members()),
+            None => format!("{} people seen here", self.remote_seen),
+        };
         let mut out = format!(
-            "Moved to COI: {} of the {} people seen here{}",
+            "Moved to COI: {} of the {of}{}",
             self.moved.len(),
-            self.remote_seen,
             if self.moved.is_empty() { ".".to_owned() } else { format!(": {}.", names(&self.moved)) }
         );
-        if !self.only_remote.is_empty() {
-            out.push_str(&format!("\nOnly on {label}: {}.", names(&self.only_remote)));
+        let mut only = names(&self.only_remote);
+        let unseen = self.unseen();
+        if unseen > 0 {
+            let people = if unseen == 1 { "person" } else { "people" };
+            let and = if only.is_empty() { String::new() } else { format!("{only} and ") };
+            let more = if only.is_empty() { "" } else { " more" };
+            only = format!("{and}{unseen}{more} {people} the bridge has not seen join or post");
+        }
+        if !only.is_empty() {
+            out.push_str(&format!("\nOnly on {label}: {only}."));
         }
         if !self.active_not_moved.is_empty() {
             out.push_str(&format!(
@@ -129,7 +157,16 @@ pub async fn portal_status(store: &dyn Store, portal: &Portal, chat: &Chat) -> S
     let people = store.remote_people(&portal.bridge, &portal.remote_chat).await?;
     let pairings = store.pairings(&portal.bridge).await?;
     let coi = coi_members(chat);
-    Ok(status(&people, &pairings, &coi, chrono::Utc::now().timestamp()))
+    let mut s = status(&people, &pairings, &coi, chrono::Utc::now().timestamp());
+    s.remote_count = remote_count(store, portal).await?;
+    Ok(s)
+}
+
+/// How many people the remote chat of `portal` has, as its bridge last counted them.
+async fn remote_count(store: &dyn Store, portal: &Portal) -> StoreResult<Option<usize>> {
+    let key = coi_bridge_api::member_count_key(&portal.remote_chat.as_str().into());
+    let value = store.bridge_state(&portal.bridge, &key).await?;
+    Ok(value.and_then(|v| v.trim().parse().ok()))
 }
 
 /// The COI side of a chat: a group's members, or a 1:1 chat's peer.
@@ -141,39 +178,47 @@ fn coi_members(chat: &Chat) -> Vec<String> {
 }
 
 /// Records a sample of `portal` for the report's chart.
-pub async fn sample(
-    store: &dyn Store,
-    portal: &Portal,
-    s: &PortalStatus,
-    remote_count: Option<i64>,
-) -> StoreResult<()> {
+pub async fn sample(store: &dyn Store, portal: &Portal, s: &PortalStatus) -> StoreResult<()> {
     let row = MigrationSample {
         bridge: portal.bridge.clone(),
         remote_chat: portal.remote_chat.clone(),
         at: chrono::Utc::now().timestamp(),
-        remote_members: remote_count.unwrap_or(s.remote_seen as i64),
+        remote_members: s.remote_members() as i64,
         coi_members: s.coi_members as i64,
         moved: s.moved.len() as i64,
     };
     store.record_migration_sample(&row).await
 }
 
+/// Where a portal's migration gauges go: the daemon's metrics, and the account's address
+/// (their `account` label).
+#[derive(Clone, Copy)]
+pub struct Gauges<'a> {
+    pub metrics: &'a Metrics,
+    pub account: &'a str,
+}
+
 /// For each portal of `chat` (the COI chat someone just moved into, or whose remote side
-/// changed): when it is closable and was never announced, says so once in the COI chat,
-/// which carries it to every portal. `labels` names each portal's network by bridge id.
+/// changed): a sample for the report's chart, its gauges set (with `gauges`), and when it
+/// is closable and was never announced, says so once in the COI chat, which carries it to
+/// every portal. `labels` names each portal's network by bridge id.
 pub async fn announce_if_closable(
     store: &dyn Store,
     outbound: &Outbound,
     chat: &Chat,
     labels: &std::collections::HashMap<String, String>,
+    gauges: Option<Gauges<'_>>,
 ) -> Result<(), QueueError> {
     for portal in store.portals_of_chat(chat.id).await? {
         if crate::hub::private::is_private_chat(store, &portal, chat).await? {
             continue; // a private chat with the bot: no group to close
         }
         let s = portal_status(store, &portal, chat).await?;
-        // Every change of who moved is a point of the report's chart.
-        sample(store, &portal, &s, None).await?;
+        // Every change of who moved is a point of the report's chart, and shows in /metrics.
+        sample(store, &portal, &s).await?;
+        if let Some(g) = gauges {
+            set_gauges(g.metrics, g.account, &portal, &s);
+        }
         if !s.closable {
             continue;
         }
@@ -223,8 +268,9 @@ impl Sampler {
         }
     }
 
-    /// Samples every portal once, sets its gauges, drops the gauges of portals that are
-    /// gone (unlinked, moved to a new chat id), and announces a group that became closable.
+    /// Samples every portal once and sets its gauges, announces a group that became
+    /// closable, and drops the gauges of portals that are gone (unlinked, moved to a new
+    /// chat id).
     pub async fn once(&self) -> Result<(), QueueError> {
         let mut chats = Vec::new();
         let mut sampled = Vec::new();
@@ -233,22 +279,21 @@ impl Sampler {
             if crate::hub::private::is_private_chat(self.store.as_ref(), &portal, &chat).await? {
                 continue; // a private chat with the bot: no migration to watch, no gauges
             }
-            let s = portal_status(self.store.as_ref(), &portal, &chat).await?;
-            sample(self.store.as_ref(), &portal, &s, None).await?;
-            set_gauges(&self.metrics, &self.account, &portal, &s);
             sampled.push((portal.bridge.clone(), portal.remote_chat.clone()));
             if !chats.iter().any(|c: &Chat| c.id == chat.id) {
                 chats.push(chat);
             }
+        }
+        let gauges = Gauges { metrics: &self.metrics, account: &self.account };
+        for chat in &chats {
+            // Each portal of the chat: sampled, its gauges set, announced when closable.
+            announce_if_closable(self.store.as_ref(), &self.outbound, chat, &self.labels, Some(gauges)).await?;
         }
         for (bridge, remote_chat) in gauged(&self.metrics, &self.account) {
             if !sampled.iter().any(|(b, r)| *b == bridge && *r == remote_chat) {
                 tracing::info!(account = %self.account, %bridge, %remote_chat, "migration: the portal is gone; its gauges go too");
                 drop_gauges(&self.metrics, &self.account, &bridge, &remote_chat);
             }
-        }
-        for chat in &chats {
-            announce_if_closable(self.store.as_ref(), &self.outbound, chat, &self.labels).await?;
         }
         Ok(())
     }
@@ -260,7 +305,7 @@ const SIDES: [&str; 2] = ["remote", "coi"];
 /// Sets the migration gauges of `portal` (an account's, `account` its address) from `s`.
 pub fn set_gauges(metrics: &Metrics, account: &str, portal: &Portal, s: &PortalStatus) {
     let labels = [account, portal.bridge.as_str(), portal.remote_chat.as_str()];
-    for (side, n) in SIDES.into_iter().zip([s.remote_seen, s.coi_members]) {
+    for (side, n) in SIDES.into_iter().zip([s.remote_members(), s.coi_members]) {
         metrics.migration_members.with_label_values(&[labels[0], labels[1], labels[2], side]).set(n as i64);
     }
     metrics.migration_moved.with_label_values(&labels).set(s.moved.len() as i64);
@@ -395,6 +440,8 @@ mod tests {
         store.create_portal(chat_id, "telegram", "-100").await.expect("portal");
         store.note_remote_person("telegram", "-100", "1", "Ann", Seen::Posted, NOW).await.expect("seen");
         store.pair(&paired("1", "ann@x")).await.expect("paired");
+        // Telegram counts 7 people in the group; the bridge has seen one.
+        store.set_bridge_state("telegram", "member_count:-100", "7").await.expect("count");
         let metrics = Arc::new(Metrics::new());
         // Another account's portal with the same remote chat id is not this sampler's.
         metrics.migration_moved.with_label_values(&["other@x.org", "telegram", "-100"]).set(7);
@@ -412,6 +459,18 @@ mod tests {
             "{tg:?}"
         );
         assert_eq!(tg.len(), 5, "members (two sides), moved, active-not-moved, and the other account's: {tg:?}");
+        assert!(tg.iter().any(|l| l.contains("side=\"remote\"") && l.ends_with(" 7")), "the count: {tg:?}");
+        let samples = store.migration_samples("telegram", "-100").await.expect("samples");
+        assert_eq!(
+            samples.iter().map(|s| s.remote_members).collect::<Vec<_>>(),
+            [7],
+            "one sample, counted: {samples:?}"
+        );
+        let room = series(&metrics, "!room:hs");
+        assert!(
+            room.iter().any(|l| l.contains("side=\"remote\"") && l.ends_with(" 0")),
+            "no count, nobody seen: {room:?}"
+        );
         assert_eq!(series(&metrics, "!room:hs").len(), 4);
 
         assert!(store.delete_portal("telegram", "-100").await.expect("unlinked"));
@@ -422,6 +481,31 @@ mod tests {
             "only the other account's series is left"
         );
         assert_eq!(series(&metrics, "!room:hs").len(), 4, "the portal still linked keeps its gauges");
+    }
+
+    #[test]
+    fn a_counted_remote_side_names_the_people_seen_and_counts_the_rest() {
+        let people = [person("1", "Ann", Some(2), false), person("2", "Bob", Some(3), false)];
+        let coi = ["ann@x".to_owned()];
+        let mut s = status(&people, &[paired("1", "ann@x")], &coi, NOW);
+        s.remote_count = Some(5);
+        assert_eq!((s.remote_members(), s.unseen()), (5, 3));
+        let text = s.render("Telegram");
+        assert!(text.contains("Moved to COI: 1 of the 5 members here: Ann (ann@x)."), "{text}");
+        assert!(
+            text.contains("Only on Telegram: Bob and 3 more people the bridge has not seen join or post."),
+            "{text}"
+        );
+        s.remote_count = Some(1);
+        assert_eq!((s.remote_members(), s.unseen()), (2, 0), "never fewer than seen (an older count)");
+        assert!(s.render("Telegram").contains("\nOnly on Telegram: Bob.\n"), "{}", s.render("Telegram"));
+        let quiet = status(&[person("1", "Ann", Some(2), false)], &[paired("1", "ann@x")], &coi, NOW);
+        let one_more = PortalStatus { remote_count: Some(2), ..quiet };
+        assert!(
+            one_more.render("Telegram").contains("Only on Telegram: 1 person the bridge has not seen join or post."),
+            "{}",
+            one_more.render("Telegram")
+        );
     }
 
     #[test]

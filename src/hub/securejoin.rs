@@ -40,6 +40,8 @@ pub struct SecureJoin {
     display_name: String,
     /// Bridge id → its network's name, for the migration announcement.
     labels: std::collections::HashMap<String, String>,
+    /// The daemon's metrics, for the migration gauges of a group someone moved into.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn random_token(bytes: usize) -> String {
@@ -58,7 +60,20 @@ fn reply_id(request_id: &str, step: &str) -> String {
 
 impl SecureJoin {
     pub fn new(store: Arc<dyn Store>, identity: Arc<Identity>, outbound: Arc<Outbound>, display_name: &str) -> Self {
-        Self { store, identity, outbound, display_name: display_name.to_owned(), labels: Default::default() }
+        Self {
+            store,
+            identity,
+            outbound,
+            display_name: display_name.to_owned(),
+            labels: Default::default(),
+            metrics: None,
+        }
+    }
+
+    /// Sets the migration gauges in `metrics` when someone moves (without: at the next sample).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Bridge id → its network's name.
@@ -87,7 +102,12 @@ impl SecureJoin {
         self.store.pair(&row).await?;
         tracing::info!(bridge = %invite.bridge, user = %invite.remote_user, joiner, "migration: paired through a personal invite");
         let Some(chat) = self.store.find_chat(ChatKind::Group, group_id).await? else { return Ok(()) };
-        crate::hub::migration::announce_if_closable(self.store.as_ref(), &self.outbound, &chat, &self.labels).await
+        let gauges = self
+            .metrics
+            .as_deref()
+            .map(|metrics| crate::hub::migration::Gauges { metrics, account: &self.identity.addr });
+        crate::hub::migration::announce_if_closable(self.store.as_ref(), &self.outbound, &chat, &self.labels, gauges)
+            .await
     }
 
     /// A new invite link: to a 1:1 chat with the bridge, or to a group (created here if

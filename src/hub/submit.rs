@@ -94,6 +94,11 @@ impl CoreHub {
         Ok(invite_for(self.store.as_ref(), &self.identity, &self.display_name, group).await?.render())
     }
 
+    /// Where this account's migration gauges go.
+    fn gauges(&self) -> migration::Gauges<'_> {
+        migration::Gauges { metrics: &self.metrics, account: &self.me }
+    }
+
     fn label<'a>(&'a self, bridge: &'a BridgeId) -> &'a str {
         self.labels.get(bridge.as_str()).map_or(bridge.as_str(), String::as_str)
     }
@@ -336,7 +341,7 @@ impl Hub for CoreHub {
         self.note(from, chat.as_str(), person, if joined { Seen::Joined } else { Seen::Left }).await?;
         // Someone active who had not moved may have left: the rest may now all be on COI.
         if !joined {
-            migration::announce_if_closable(self.store.as_ref(), &self.outbound, &c, &self.labels)
+            migration::announce_if_closable(self.store.as_ref(), &self.outbound, &c, &self.labels, Some(self.gauges()))
                 .await
                 .map_err(retry_or_reject)?;
         }
@@ -398,7 +403,7 @@ impl Hub for CoreHub {
         self.store.pair(&row).await.map_err(store_err)?;
         tracing::info!(bridge = %from, user = %person.id, %address, "paired by an admin");
         if let Some(c) = portal_chat {
-            migration::announce_if_closable(self.store.as_ref(), &self.outbound, &c, &self.labels)
+            migration::announce_if_closable(self.store.as_ref(), &self.outbound, &c, &self.labels, Some(self.gauges()))
                 .await
                 .map_err(retry_or_reject)?;
         }

@@ -1,4 +1,4 @@
-//! The migration report (`coi-bridge migration`, `--html FILE`) from a store with a Telegram portal, its people, pairings and samples: the text names who moved; the HTML page, rendered by Debian's headless Chromium, shows the portal's name and counts in the screenshot (read back by tesseract).
+//! The migration report (`coi-bridge migration`, `--html FILE`) from a store with a Telegram portal, its people, pairings and samples: the text names who moved; the HTML page, rendered by Debian's headless Chromium, shows the portal's name and counts in the screenshot (read back by tesseract) and refers to nothing on the network.
 
 use std::path::Path;
 use std::process::Command;
@@ -23,8 +23,9 @@ fn tools() -> bool {
     false
 }
 
-/// A config whose store holds the portal "Book Club" with 3 Telegram people: Ann moved
-/// (paired, in the COI group), Ben active and not moved, Cy quiet; and 4 samples.
+/// A config whose store holds the portal "Book Club" with 5 Telegram members, 3 of them
+/// seen: Ann moved (paired, in the COI group), Ben active and not moved, Cy quiet; and 4
+/// samples.
 async fn setup(dir: &Path) -> std::path::PathBuf {
     let pw = dir.join("pw");
     std::fs::write(&pw, "secret\n").expect("pw");
@@ -60,6 +61,8 @@ async fn setup(dir: &Path) -> std::path::PathBuf {
         paired_at: now - DAY,
     };
     store.pair(&ann).await.expect("pair");
+    // Telegram counts 5 people in the group (the bot not counted); the bridge has seen 3.
+    store.set_bridge_state("telegram", &format!("member_count:{GROUP}"), "5").await.expect("count");
     for (i, (remote, coi, moved)) in [(9, 1, 0), (8, 1, 0), (6, 2, 1), (3, 2, 1)].into_iter().enumerate() {
         let sample = MigrationSample {
             bridge: "telegram".into(),
@@ -93,7 +96,8 @@ async fn the_migration_report_reads_in_text_and_in_a_browser() {
 
     let text = run(&config, &[]);
     assert!(text.contains(&format!("Book Club (Telegram {GROUP} on telegram)")), "{text}");
-    assert!(text.contains("Moved to COI: 1 of the 3 people seen here: Ann (ann@example.org)."), "{text}");
+    assert!(text.contains("Moved to COI: 1 of the 5 members here: Ann (ann@example.org)."), "{text}");
+    assert!(text.contains("Only on Telegram: Cy, Ben and 2 more people the bridge has not seen"), "{text}");
     assert!(text.contains("Active in the last 30 days and not moved yet: Ben."), "{text}");
     assert!(text.contains("On COI: 2 members."), "{text}");
     assert_eq!(run(&config, &["Book Club"]), text, "one portal by its COI chat's name");
@@ -106,6 +110,19 @@ async fn the_migration_report_reads_in_text_and_in_a_browser() {
     assert!(said.contains("1 portals"), "{said}");
     let html = std::fs::read_to_string(&page).expect("the page");
     assert!(html.contains("<polyline class=\"moved\""), "the chart is drawn from the samples");
+    // Nothing the page refers to is on the network (the CSP would block it; a reader
+    // offline would miss it).
+    let lower = html.to_ascii_lowercase();
+    for attr in ["src=", "href="] {
+        for (at, _) in lower.match_indices(attr) {
+            let value = lower[at + attr.len()..].trim_start_matches(['"', '\'']);
+            assert!(
+                !["http:", "https:", "//"].iter().any(|p| value.starts_with(p)),
+                "a network URL in {}",
+                &html[at..(at + 80).min(html.len())]
+            );
+        }
+    }
 
     // Headless Chromium with nothing from the network, as a user opening the file.
     let shot = dir.path().join("report.png");
@@ -132,6 +149,7 @@ async fn the_migration_report_reads_in_text_and_in_a_browser() {
     let ocr = Command::new("tesseract").arg(&shot).arg("-").output().expect("run tesseract");
     let read = String::from_utf8_lossy(&ocr.stdout);
     assert!(read.contains("Book Club"), "the portal's name on screen: {read}");
-    assert!(read.contains("1 of 3 moved"), "the counts on screen: {read}");
+    assert!(read.contains("1 of 5 moved"), "the counts on screen: {read}");
     assert!(read.contains("2 on COI"), "{read}");
+    assert!(read.contains("1 active, not moved"), "{read}");
 }

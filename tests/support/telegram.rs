@@ -55,6 +55,15 @@ struct Inner {
     usernames: HashMap<i64, String>,
 }
 
+impl Inner {
+    /// What `getChatMemberCount` answers for `chat`: its admins, its other members and the bot.
+    fn member_count(&self, chat: i64) -> usize {
+        let admins = self.admins.get(&chat).map_or(&[][..], Vec::as_slice);
+        let others = self.members.get(&chat).map_or(0, |m| m.keys().filter(|u| !admins.contains(u)).count());
+        admins.len() + others + 1
+    }
+}
+
 /// The fake server; stopped on drop.
 pub struct FakeTelegram {
     pub port: u16,
@@ -328,6 +337,11 @@ impl FakeTelegram {
                 "old_reaction": [], "new_reaction": [{"type": "emoji", "emoji": emoji}],
             }),
         );
+    }
+
+    /// What `getChatMemberCount` answers for `chat` now (the bot included, as Telegram counts).
+    pub fn member_count(&self, chat: i64) -> usize {
+        self.lock().member_count(chat)
     }
 
     /// `user` is a member of `chat` (getChatMember says so), with no service message.

@@ -581,6 +581,14 @@ pub trait BridgeState: Send + Sync + 'static {
     }
 }
 
+/// The [`BridgeState`] key of how many people the remote chat `chat` has, as its network
+/// counts them (the bridge's own bot and puppets not counted), in decimal. A bridge that can
+/// count sets it whenever it learns the number; the core's migration status takes it as the
+/// size of the remote side, since a bridge can name only the people it has seen.
+pub fn member_count_key(chat: &RemoteChatId) -> String {
+    format!("member_count:{chat}")
+}
+
 /// Everything a running bridge is handed by the core.
 #[derive(Clone)]
 pub struct BridgeContext {

@@ -33,7 +33,7 @@ pub async fn handle(hs: &dyn Homeserver, parts: Parts<'_>, ev: &Value) -> Result
         return command(hs, parts, ev, body).await;
     }
     if ev["type"] == "m.room.member" {
-        membership(hs, hub, id, ev).await?;
+        membership(hs, parts, ev).await?;
     }
     for remote in translate(hs, cfg, ev).await? {
         if let Verdict::Forbidden(reason) = verdict(hs, &remote).await? {
@@ -77,9 +77,11 @@ async fn command(hs: &dyn Homeserver, parts: Parts<'_>, ev: &Value, body: &str) 
     };
     let title = hs.room_name(room).await.unwrap_or_else(|| room.to_owned());
     let status = command == Command::Status;
+    // Counted before the core's status reads the count.
+    let people = if status { count_people(hs, parts.state, room).await } else { None };
     match hub.command(id, &RemoteChatId(room.to_owned()), &title, command).await {
         Ok(mut reply) => {
-            if status && let Some(people) = hs.matrix_people(room).await {
+            if let Some(people) = people {
                 let only = if people.is_empty() { "nobody".to_owned() } else { people.join(", ") };
                 reply.text.push_str(&format!("\nOnly on Matrix: {only}."));
             }
@@ -201,9 +203,23 @@ fn is_user_id(s: &str) -> bool {
     s.strip_prefix('@').and_then(|r| r.split_once(':')).is_some_and(|(l, server)| !l.is_empty() && !server.is_empty())
 }
 
+/// The joined people of `room` that are not the bridge's own accounts, as
+/// [`Homeserver::matrix_people`] names them; their number kept where the core's migration
+/// status reads it. `None` when the homeserver did not say.
+async fn count_people(hs: &dyn Homeserver, state: &dyn BridgeState, room: &str) -> Option<Vec<String>> {
+    let people = hs.matrix_people(room).await?;
+    let key = coi_bridge_api::member_count_key(&RemoteChatId(room.to_owned()));
+    // Only a number the status shows: a failed write waits for the next count.
+    if let Err(e) = state.set(&key, &people.len().to_string()).await {
+        tracing::warn!(room, error = %e, "could not keep the room's member count");
+    }
+    Some(people)
+}
+
 /// A person (not the bridge's own account) joined or left a room: the migration status
-/// counts them (the hub ignores rooms that are no portal).
-async fn membership(hs: &dyn Homeserver, hub: &dyn Hub, id: &BridgeId, ev: &Value) -> Result<(), Failure> {
+/// counts them (the hub ignores rooms that are no portal), and a portal's people again.
+async fn membership(hs: &dyn Homeserver, parts: Parts<'_>, ev: &Value) -> Result<(), Failure> {
+    let Parts { hub, id, state, .. } = parts;
     let (Some(room), Some(user)) = (ev["room_id"].as_str(), ev["state_key"].as_str()) else { return Ok(()) };
     let joined = match ev["content"]["membership"].as_str() {
         Some("join") => true,
@@ -213,8 +229,14 @@ async fn membership(hs: &dyn Homeserver, hub: &dyn Hub, id: &BridgeId, ev: &Valu
     if user.is_empty() || hs.is_ours(user) {
         return Ok(());
     }
+    // Counted first, so the status after a departure has the new number; portals only
+    // (the direct rooms with people are no group to count).
+    let chat = RemoteChatId(room.to_owned());
+    if state.remote_chats().await.is_ok_and(|portals| portals.contains(&chat)) {
+        count_people(hs, state, room).await;
+    }
     let person = hs.person(room, user).await;
-    match hub.person_seen(id, &RemoteChatId(room.to_owned()), &person, joined).await {
+    match hub.person_seen(id, &chat, &person, joined).await {
         Ok(()) => Ok(()),
         Err(SubmitError::Retry(e)) => Err(Failure::Unavailable(e)),
         Err(SubmitError::Rejected(e)) => {
@@ -276,6 +298,8 @@ mod tests {
         fail_posts: Mutex<usize>,
         /// Direct rooms the bot has left.
         gone: Mutex<Vec<String>>,
+        /// What `matrix_people` answers (every room the same).
+        people: Mutex<Option<Vec<String>>>,
     }
 
     #[async_trait]
@@ -312,7 +336,7 @@ mod tests {
             None
         }
         async fn matrix_people(&self, _room: &str) -> Option<Vec<String>> {
-            None
+            self.people.lock().expect("lock").clone()
         }
         async fn room_admin(&self, _room: &str, user: &str) -> Result<bool, Failure> {
             Ok(user == "@roomadmin:hs")
@@ -366,6 +390,50 @@ mod tests {
                         "content": {"msgtype": "m.text", "body": body}});
         handle(hs, parts, &ev).await.expect("handled");
         hs.posts().last().map(|(_, t)| t.clone()).unwrap_or_default()
+    }
+
+    /// A state whose portals are `!portal`.
+    #[derive(Default)]
+    struct PortalState(MemoryState);
+
+    #[async_trait]
+    impl BridgeState for PortalState {
+        async fn get(&self, key: &str) -> Result<Option<String>, SubmitError> {
+            self.0.get(key).await
+        }
+        async fn set(&self, key: &str, value: &str) -> Result<(), SubmitError> {
+            self.0.set(key, value).await
+        }
+        async fn remote_chats(&self) -> Result<Vec<RemoteChatId>, SubmitError> {
+            Ok(vec!["!portal".into()])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_portals_people_are_counted_when_someone_joins_or_leaves_and_at_status() {
+        let (hs, hub, state, cfg, id) = (Hs::default(), FakeHub::new(), PortalState::default(), cfg(), "matrix".into());
+        let parts = Parts { hub: &hub, id: &id, cfg: &cfg, state: &state };
+        let count = |room: &str| coi_bridge_api::member_count_key(&RemoteChatId(room.to_owned()));
+        *hs.people.lock().expect("lock") = Some(vec!["Nina (@nina:hs)".into(), "Olga (@olga:hs)".into()]);
+        for room in ["!portal", "!dm"] {
+            let ev = json!({"type": "m.room.member", "room_id": room, "event_id": "$j", "sender": "@olga:hs",
+                            "state_key": "@olga:hs", "content": {"membership": "join"}});
+            handle(&hs, parts, &ev).await.expect("handled");
+        }
+        assert_eq!(state.get(&count("!portal")).await.expect("state").as_deref(), Some("2"));
+        assert_eq!(state.get(&count("!dm")).await.expect("state"), None, "a direct room is no group to count");
+        // Olga leaves: counted again.
+        hs.people.lock().expect("lock").as_mut().expect("people").pop();
+        let ev = json!({"type": "m.room.member", "room_id": "!portal", "event_id": "$l", "sender": "@olga:hs",
+                        "state_key": "@olga:hs", "content": {"membership": "leave"}});
+        handle(&hs, parts, &ev).await.expect("handled");
+        assert_eq!(state.get(&count("!portal")).await.expect("state").as_deref(), Some("1"));
+        // An admin's status counts too (the people who were there before the bot).
+        *hs.people.lock().expect("lock") = Some((0..5).map(|i| format!("@p{i}:hs")).collect());
+        let ev = json!({"type": "m.room.message", "room_id": "!portal", "event_id": "$s", "sender": "@admin:hs",
+                        "content": {"msgtype": "m.text", "body": "!coi status"}});
+        handle(&hs, parts, &ev).await.expect("handled");
+        assert_eq!(state.get(&count("!portal")).await.expect("state").as_deref(), Some("5"));
     }
 
     #[tokio::test]

@@ -65,6 +65,8 @@ pub struct TelegramBridge {
     username: std::sync::OnceLock<String>,
     /// @handles (lower-cased) already in the bridge state, with the id and name written.
     handles: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// When each group's members were last counted ([`migration`]).
+    counted: std::sync::Mutex<std::collections::HashMap<i64, tokio::time::Instant>>,
 }
 
 /// Telegram's limits, kept before Telegram has to answer 429.
@@ -132,6 +134,7 @@ impl TelegramBridge {
             partial: std::sync::Mutex::default(),
             username: std::sync::OnceLock::new(),
             handles: std::sync::Mutex::default(),
+            counted: std::sync::Mutex::default(),
         })
     }
 
@@ -281,10 +284,12 @@ impl TelegramBridge {
         let chat = RemoteChatId(m.chat.id.0.to_string());
         let status = command == Command::Status;
         let invite = matches!(command, Command::Invite | Command::Bridge);
+        // The migration in numbers: how big the Telegram side is now, counted before the
+        // core's status reads it.
+        let counted = if status && !m.chat.is_private() { self.count_members(cx, m.chat.id).await } else { None };
         match cx.hub.command(&cx.id, &chat, &title, command).await {
             Ok(mut reply) => {
-                // The migration in numbers: how big the Telegram side still is.
-                if status && let Ok(n) = self.bot.get_chat_member_count(m.chat.id).await {
+                if let Some(n) = counted {
                     reply.text.push_str(&format!("\nThis Telegram group has {n} members (the bot included)."));
                 }
                 if invite
@@ -376,6 +381,10 @@ impl TelegramBridge {
         }
         if self.membership(cx, &m, me).await? {
             return Ok(());
+        }
+        if !m.chat.is_private() {
+            // Members come and go without a word too: an active group is counted hourly.
+            self.count_members_if_due(cx, m.chat.id).await;
         }
         let text = m.text().or(m.caption()).unwrap_or_default().to_owned();
         let private = m.chat.is_private();

@@ -45,8 +45,11 @@ async fn personal_invites_show_who_moved_and_the_group_is_closable_once() {
         s.tg.user_says(GROUP, who, text, None);
         s.dc.message_with_text(s.alice, text).await;
     }
+    // Telegram counts Tom (the admin), Ann, Ben and the bot; the bridge has seen two of them.
     let st = status(&s).await;
-    assert!(st.contains("Moved to COI: 0 of the 2 people seen here."), "{st}");
+    assert_eq!(s.tg.member_count(GROUP), 4);
+    assert!(st.contains("Moved to COI: 0 of the 3 members here."), "{st}");
+    assert!(st.contains("Only on Telegram: Ann, Ben and 1 more person the bridge has not seen join or post."), "{st}");
     assert!(st.contains("Active in the last 30 days and not moved yet: Ann, Ben."), "{st}");
 
     // Ann asks in the group (she is no admin): the bot points her to a private chat…
@@ -61,9 +64,22 @@ async fn personal_invites_show_who_moved_and_the_group_is_closable_once() {
     assert!(s.tg.sent("sendPhoto", ANN.0).len() == 1, "with its QR code");
     s.dc.join(ann_dc, &personal, WAIT).await;
 
+    // Her move shows in /metrics at once, not at the next hourly sample: one moved, Ben
+    // active and not moved, and the Telegram side as big as Telegram counts it (the bot not
+    // counted), not only the two people the bridge has seen.
+    let portal = format!("account=\"{}\",bridge=\"telegram\",remote_chat=\"{GROUP}\"", crate::support::BRIDGE);
+    let gauge = |name: &str, side: &str| format!("coi_bridge_migration_{name}{{{portal}{side}}}");
+    eventually(WAIT, "Ann counted as moved in /metrics", || async {
+        (s.daemon.metric(&gauge("moved", "")).await? == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(s.daemon.metric(&gauge("active_not_moved", "")).await, Some(1.0), "Ben");
+    let remote = s.daemon.metric(&gauge("members", ",side=\"remote\"")).await;
+    assert_eq!(remote, Some(s.tg.member_count(GROUP) as f64 - 1.0), "Tom, Ann and Ben");
+
     let st = eventually(WAIT, "Ann named as moved", || async {
         let st = status(&s).await;
-        st.contains("Moved to COI: 1 of the 2 people seen here: Ann (bob@example.org).").then_some(st)
+        st.contains("Moved to COI: 1 of the 3 members here: Ann (bob@example.org).").then_some(st)
     })
     .await;
     assert!(st.contains("Active in the last 30 days and not moved yet: Ben."), "{st}");

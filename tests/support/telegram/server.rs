@@ -207,15 +207,7 @@ pub(super) async fn handle(
         "deleteWebhook" => (json!(true), None),
         "getWebhookInfo" => (json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0}), None),
         "getChat" => (chat_json(chat.unwrap_or_default(), &title), None),
-        "getChatMemberCount" => {
-            let c = chat.unwrap_or_default();
-            let admins = i.admins.get(&c).map_or(0, Vec::len);
-            let others = i
-                .members
-                .get(&c)
-                .map_or(0, |m| m.keys().filter(|u| !i.admins.get(&c).is_some_and(|a| a.contains(u))).count());
-            (json!(admins + others + 1), None)
-        }
+        "getChatMemberCount" => (json!(i.member_count(chat.unwrap_or_default())), None),
         "getChatMember" => {
             let c = chat.unwrap_or_default();
             let Some(user) =

@@ -1,4 +1,4 @@
-//! Moving people off Telegram: members joining and leaving reach the core's migration status, `/coi_invite` in a private chat with the bot gives a member their personal invite, a non-admin's `/coi_invite` in the group points them there, and an admin's `/coi_pair` pairs someone by hand.
+//! Moving people off Telegram: members joining and leaving reach the core's migration status (and the group's member count, which the Bot API gives where it cannot list the members), `/coi_invite` in a private chat with the bot gives a member their personal invite, a non-admin's `/coi_invite` in the group points them there, and an admin's `/coi_pair` pairs someone by hand.
 
 use coi_bridge_api::{BridgeContext, CommandReply, Person, RemoteChatId, SubmitError};
 use teloxide::prelude::Requester as _;
@@ -10,6 +10,10 @@ use super::TelegramBridge;
 /// `invite_<chat id>` (Telegram allows `A-Za-z0-9_-`, up to 64 characters).
 const START_INVITE: &str = "invite_";
 
+/// How old a group's member count may grow before a message there counts it again (the
+/// core samples the portals hourly).
+const RECOUNT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn person_of(u: &User) -> Person {
     Person { id: u.id.0.to_string().into(), display_name: u.full_name() }
 }
@@ -19,6 +23,10 @@ impl TelegramBridge {
     /// `true` when `m` was one (it carries nothing else to bridge).
     pub(super) async fn membership(&self, cx: &BridgeContext, m: &Message, me: UserId) -> Result<bool, SubmitError> {
         let chat = RemoteChatId(m.chat.id.0.to_string());
+        if m.new_chat_members().is_some() || m.left_chat_member().is_some() {
+            // Counted first: the core's status after a departure uses the new number.
+            self.count_members(cx, m.chat.id).await;
+        }
         if let Some(users) = m.new_chat_members() {
             for u in users.iter().filter(|u| !u.is_bot && u.id != me) {
                 self.remember_handle(cx, u).await?;
@@ -33,6 +41,40 @@ impl TelegramBridge {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Counts the members of `chat` (`getChatMemberCount`: the Bot API cannot list them)
+    /// and keeps the number, the bot not counted, where the core's migration status reads
+    /// it. The number as Telegram gives it (the bot included), or `None` when it did not.
+    pub(super) async fn count_members(&self, cx: &BridgeContext, chat: ChatId) -> Option<u32> {
+        let n = match self.bot.get_chat_member_count(chat).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::info!(bridge = %cx.id, chat = chat.0, error = %e, "could not count the chat's members");
+                return None;
+            }
+        };
+        self.counted_at().insert(chat.0, tokio::time::Instant::now());
+        let key = coi_bridge_api::member_count_key(&RemoteChatId(chat.0.to_string()));
+        // Only a number the status shows: a failed write waits for the next count.
+        if let Err(e) = cx.state.set(&key, &n.saturating_sub(1).to_string()).await {
+            tracing::warn!(bridge = %cx.id, chat = chat.0, error = %e, "could not keep the chat's member count");
+        }
+        Some(n)
+    }
+
+    /// Counts `chat`'s members again when they were not counted in the last [`RECOUNT`]
+    /// (nor since the start): a group's size follows it without a join or leave message
+    /// (which a big group or an admin may hide), at most one request an hour per group.
+    pub(super) async fn count_members_if_due(&self, cx: &BridgeContext, chat: ChatId) {
+        let due = self.counted_at().get(&chat.0).is_none_or(|at| at.elapsed() >= RECOUNT);
+        if due {
+            self.count_members(cx, chat).await;
+        }
+    }
+
+    fn counted_at(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, tokio::time::Instant>> {
+        self.counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The link that opens a private chat with the bot asking for a personal invite to
