@@ -91,33 +91,52 @@ pub struct Metrics {
     pub migration_active_not_moved: IntGaugeVec,
     /// Personal invites refused because the person asked too often lately, by bridge.
     pub personal_invites_refused: IntCounterVec,
+    /// The names of the metrics above, as registered.
+    names: Vec<String>,
+}
+
+/// The registry while [`Metrics::new`] fills it, noting every metric's name: a labelled
+/// metric without a series yet is registered but not exported, and still has to be known.
+struct Registering {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl Registering {
+    fn add(&self, c: Box<dyn prometheus::core::Collector>) {
+        self.names.borrow_mut().extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        self.registry.register(c).expect("metric registered once");
+    }
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("coi_bridge".into()), None).expect("static prefix is valid");
+        let reg = Registering {
+            registry: Registry::new_custom(Some("coi_bridge".into()), None).expect("static prefix is valid"),
+            names: std::cell::RefCell::default(),
+        };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
+            reg.add(Box::new(c.clone()));
             c
         };
         let vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
+            reg.add(Box::new(c.clone()));
             c
         };
         let outbox_depth =
             IntGaugeVec::new(Opts::new("outbox_depth", "Outbox rows waiting, by target"), &["target"]).expect("static");
-        registry.register(Box::new(outbox_depth.clone())).expect("metric registered once");
+        reg.add(Box::new(outbox_depth.clone()));
         let imap_connected = IntGauge::new(
             "imap_connected",
             "IMAP sessions logged in (one per account of this daemon that is connected)",
         )
         .expect("static");
-        registry.register(Box::new(imap_connected.clone())).expect("metric registered once");
+        reg.add(Box::new(imap_connected.clone()));
         let gauges = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(g.clone())).expect("metric registered once");
+            reg.add(Box::new(g.clone()));
             g
         };
         let delivery_latency = HistogramVec::new(
@@ -129,7 +148,7 @@ impl Metrics {
             &["target"],
         )
         .expect("static metric definition");
-        registry.register(Box::new(delivery_latency.clone())).expect("metric registered once");
+        reg.add(Box::new(delivery_latency.clone()));
         let hop_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "hop_seconds",
@@ -142,12 +161,12 @@ impl Metrics {
             &["hop"],
         )
         .expect("static metric definition");
-        registry.register(Box::new(hop_seconds.clone())).expect("metric registered once");
+        reg.add(Box::new(hop_seconds.clone()));
         let store_up = IntGauge::new("store_up", "1 when the last scrape could read the store").expect("static");
-        registry.register(Box::new(store_up.clone())).expect("metric registered once");
+        reg.add(Box::new(store_up.clone()));
         let build_info = IntGaugeVec::new(Opts::new("build_info", "The running version (always 1)"), &["version"])
             .expect("static metric definition");
-        registry.register(Box::new(build_info.clone())).expect("metric registered once");
+        reg.add(Box::new(build_info.clone()));
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let m = Self {
             inbound_recorded: counter("inbound_recorded_total", "Chat mails recorded from IMAP"),
@@ -183,7 +202,7 @@ impl Metrics {
             accounts_held: {
                 let g = IntGauge::new("accounts_held", "Accounts this daemon runs (on PostgreSQL: leases held)")
                     .expect("static");
-                registry.register(Box::new(g.clone())).expect("metric registered once");
+                reg.add(Box::new(g.clone()));
                 g
             },
             account_held: gauges("account_held", "1 for each account this daemon runs", &["account"]),
@@ -195,7 +214,7 @@ impl Metrics {
             leases_lost: counter("leases_lost_total", "Account leases this daemon lost"),
             cluster_nodes: {
                 let g = IntGauge::new("cluster_nodes", "Daemons live on the shared PostgreSQL store").expect("static");
-                registry.register(Box::new(g.clone())).expect("metric registered once");
+                reg.add(Box::new(g.clone()));
                 g
             },
             accounts_handed_over: counter(
@@ -226,7 +245,8 @@ impl Metrics {
                 "Personal invites refused because the person asked too often lately, by bridge",
                 &["bridge"],
             ),
-            registry,
+            names: reg.names.take(),
+            registry: reg.registry,
         };
         // Series that alerts watch exist from the start, at 0.
         for reason in ["unsigned", "unknown_or_wrong_key"] {
@@ -280,6 +300,12 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric [`Metrics::new`] registers, without the `coi_bridge_`
+    /// prefix, whether or not it has a series yet (`/metrics` shows only those that have).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The text exposition format for /metrics.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -304,5 +330,18 @@ mod tests {
         m.inbound_rejected.with_label_values(&["not_mime"]).inc();
         let text = m.render();
         assert!(text.contains("coi_bridge_inbound_rejected_total{reason=\"not_mime\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn every_registered_metric_has_its_name_even_without_a_series() {
+        let m = super::Metrics::new();
+        let names = m.names();
+        assert!(!m.render().contains("personal_invites_refused_total"), "no series yet");
+        for name in ["personal_invites_refused_total", "messages_total", "hop_seconds", "store_up", "build_info"] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "each once: {names:?}");
+        assert!(names.len() >= 35, "{names:?}");
     }
 }

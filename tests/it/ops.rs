@@ -551,6 +551,14 @@ async fn every_mail_in_the_mailbox_counts_once_and_every_metric_is_documented() 
         let registered = source.contains(&format!("\"{name}\""));
         assert!(exported || registered, "docs/OPERATIONS.md documents {name}, which the daemon does not have");
     }
+    // Every metric the daemon registers, also one with no series yet (a labelled one
+    // before its first event), which the scrape does not show.
+    for name in coi_bridge::metrics::Metrics::new().names() {
+        assert!(
+            documented.contains(name),
+            "the daemon registers coi_bridge_{name}, which docs/OPERATIONS.md does not document"
+        );
+    }
     for line in scrape.lines().filter_map(|l| l.strip_prefix("# TYPE coi_bridge_")) {
         let name = line.split(' ').next().unwrap_or_default();
         assert!(
