@@ -108,10 +108,14 @@ async fn coi_to_a_handle_reaches_the_paired_persons_own_address() {
     s.tg.user_says(PAT.0, PAT, "/coi_to @nobody_here", None);
     bot_says(&s, PAT.0, "I do not know @nobody_here").await;
 
-    // Tom, the group's admin, pairs her by her handle (one the bot never saw: a clear answer);
-    // the status names her as moved.
+    // Tom, the group's admin, pairs her by her handle (one the bot never saw, or an address
+    // without a key: a clear answer); the status names her as moved.
     s.tg.user_says(GROUP, TOM, "/coi_pair @ghost_user bob@example.org", None);
     bot_says(&s, GROUP, "I do not know @ghost_user yet").await;
+    // An address whose key the bridge does not have is refused: nobody could read her chats.
+    s.tg.user_says(GROUP, TOM, "/coi_pair @ann_tg stranger@example.org", None);
+    let refused = bot_says(&s, GROUP, "the bridge has no key for stranger@example.org").await;
+    assert!(refused.starts_with("That did not work:"), "{refused}");
     s.tg.user_says(GROUP, TOM, "/coi_pair @ann_tg bob@example.org", None);
     bot_says(&s, GROUP, "Ann is bob@example.org on COI from now on").await;
     s.tg.user_says(GROUP, TOM, "/coi_status", None);
