@@ -83,7 +83,8 @@ pub struct Metrics {
     pub accounts_handed_over: IntCounter,
     /// Times the allocator gave freed memory back to the system (`src/heap.rs`).
     pub heap_trims: IntCounter,
-    /// Per portal: people on the remote side (seen, not gone) and members of the COI chat.
+    /// Per portal: people on the remote side (as its network counts them, else those seen
+    /// and not gone) and members of the COI chat.
     pub migration_members: IntGaugeVec,
     /// Per portal: remote people who are also on COI.
     pub migration_moved: IntGaugeVec,
@@ -227,7 +228,7 @@ impl Metrics {
             ),
             migration_members: gauges(
                 "migration_members",
-                "People on each side of a portal (side = remote: seen there and not gone; coi: COI chat members)",
+                "People on each side of a portal (side = remote: as its network counts them, else those seen there and not gone; coi: COI chat members)",
                 &["account", "bridge", "remote_chat", "side"],
             ),
             migration_moved: gauges(
