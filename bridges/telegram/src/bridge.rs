@@ -284,14 +284,13 @@ impl TelegramBridge {
         let chat = RemoteChatId(m.chat.id.0.to_string());
         let status = command == Command::Status;
         let invite = matches!(command, Command::Invite | Command::Bridge);
-        // The migration in numbers: how big the Telegram side is now, counted before the
-        // core's status reads it.
-        let counted = if status && !m.chat.is_private() { self.count_members(cx, m.chat.id).await } else { None };
+        // The migration in numbers: how big the Telegram side is now, counted (and kept)
+        // before the core's status reads it; the status says it ("of the N members here").
+        if status && !m.chat.is_private() {
+            self.count_members(cx, m.chat.id).await;
+        }
         match cx.hub.command(&cx.id, &chat, &title, command).await {
             Ok(mut reply) => {
-                if let Some(n) = counted {
-                    reply.text.push_str(&format!("\nThis Telegram group has {n} members (the bot included)."));
-                }
                 if invite
                     && reply.link.is_some()
                     && !m.chat.is_private()

@@ -45,13 +45,13 @@ impl TelegramBridge {
 
     /// Counts the members of `chat` (`getChatMemberCount`: the Bot API cannot list them)
     /// and keeps the number, the bot not counted, where the core's migration status reads
-    /// it. The number as Telegram gives it (the bot included), or `None` when it did not.
-    pub(super) async fn count_members(&self, cx: &BridgeContext, chat: ChatId) -> Option<u32> {
+    /// it. A failed count leaves the last one (or the people seen) in place.
+    pub(super) async fn count_members(&self, cx: &BridgeContext, chat: ChatId) {
         let n = match self.bot.get_chat_member_count(chat).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::info!(bridge = %cx.id, chat = chat.0, error = %e, "could not count the chat's members");
-                return None;
+                return;
             }
         };
         self.counted_at().insert(chat.0, tokio::time::Instant::now());
@@ -60,7 +60,6 @@ impl TelegramBridge {
         if let Err(e) = cx.state.set(&key, &n.saturating_sub(1).to_string()).await {
             tracing::warn!(bridge = %cx.id, chat = chat.0, error = %e, "could not keep the chat's member count");
         }
-        Some(n)
     }
 
     /// Counts `chat`'s members again when they were not counted in the last [`RECOUNT`]
