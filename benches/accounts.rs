@@ -595,15 +595,23 @@ async fn run(o: Opts, nofile: u64) {
     let own0 = proc_stat(std::process::id() as i32).map_or(0, |s| s.2);
     let w0 = Instant::now();
     let (mut rss_min, mut rss_max) = (u64::MAX, 0);
+    // Every sample (seconds into the window, kB), to say how long the window sat above the
+    // 300 MB target and not only that it did.
+    let mut rss_series = Vec::new();
     while w0.elapsed() < Duration::from_secs(o.idle_secs) {
         d.check_running();
         let rss = proc_status(pid, "VmRSS");
         rss_min = rss_min.min(rss);
         rss_max = rss_max.max(rss);
+        rss_series.push((w0.elapsed().as_secs(), rss));
         let left = Duration::from_secs(o.idle_secs).saturating_sub(w0.elapsed());
         tokio::time::sleep(left.min(Duration::from_secs(5))).await;
     }
     let wall = w0.elapsed().as_secs_f64();
+    const TARGET_KB: u64 = 300 * 1024;
+    let over: Vec<u64> = rss_series.iter().filter(|(_, kb)| *kb > TARGET_KB).map(|(t, _)| *t).collect();
+    let series: Vec<String> = rss_series.iter().map(|(t, kb)| format!("{t}:{}", kb / 1024)).collect();
+    eprintln!("accounts: RSS over the window (s:MB): {}", series.join(" "));
     let cpu = proc_stat(pid).map_or(0, |s| s.2).saturating_sub(cpu0) as f64 / tick;
     let (dove1, dove_rss, dove_procs) = group_usage(master);
     let own = proc_stat(std::process::id() as i32).map_or(0, |s| s.2).saturating_sub(own0) as f64 / tick;
@@ -685,11 +693,14 @@ async fn run(o: Opts, nofile: u64) {
     );
     let _ = writeln!(
         r,
-        "| RSS idle (VmRSS, over the window) | {:.0} MB (min {:.0}, max {:.0}; {:.0} MB when all idled) |",
+        "| RSS idle (VmRSS, over the window) | {:.0} MB (min {:.0}, max {:.0}; {:.0} MB when all idled; {} of {} samples over 300 MB{}) |",
         mb(rss),
         mb(rss_min),
         mb(rss_max),
-        mb(rss_started)
+        mb(rss_started),
+        over.len(),
+        rss_series.len(),
+        over.last().map_or(String::new(), |t| format!(", the last {t} s into the window"))
     );
     let _ = writeln!(
         r,

@@ -171,6 +171,13 @@ pub async fn run(daemon: crate::config::Daemon) -> anyhow::Result<Stop> {
             Ok(())
         });
     }
+    // The heap trimmer runs from before the accounts start: starting 1,000 of them takes
+    // about 12 s and frees hundreds of megabytes, which go back at its first looks.
+    let (token, trims) = (sup.token(), metrics.heap_trims.clone());
+    sup.spawn("heap", async move {
+        crate::heap::run(token, trims).await;
+        Ok(())
+    });
     // The accounts that run without a lease start now, so a bad one fails the start.
     manager.start_unleased().await?;
     let state = http::Http::new(metrics.clone(), manager.running());
@@ -180,11 +187,6 @@ pub async fn run(daemon: crate::config::Daemon) -> anyhow::Result<Stop> {
     sup.spawn("http", async move { http::serve(listener, state, routes, token, timeouts).await });
     let token = sup.token();
     sup.spawn("accounts", async move { manager.run(token).await });
-    let (token, trims) = (sup.token(), metrics.heap_trims.clone());
-    sup.spawn("heap", async move {
-        crate::heap::run(token, trims).await;
-        Ok(())
-    });
 
     // systemd (Type=notify): ready once every worker runs, stopping on the signal, and a
     // watchdog ping that only a live runtime sends.
