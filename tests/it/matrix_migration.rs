@@ -1,11 +1,11 @@
-//! Migration you can see, through Matrix (appservice mode, real Synapse and Delta Chat): a member who is no admin says `!coi invite` in the portal room (or in the direct room), gets a personal invite in a direct room with the bot (the same room every time, and no more than 3 in 10 minutes), joins through it, and `!coi status` names them as moved; an admin of the room pairs a member by hand, and an unlinked portal's gauges leave `/metrics`.
+//! Migration you can see, through Matrix (appservice mode, real Synapse and Delta Chat): a member who is no admin says `!coi invite` in the portal room (or in the direct room, or in a direct chat they open with the bot), gets a personal invite in a direct room with the bot (the same room every time, and no more than 3 in 10 minutes), joins through it, and `!coi status` names them as moved; someone in no portal cannot open a direct chat with the bot; an admin of the room pairs a member by hand, and an unlinked portal's gauges leave `/metrics`.
 
 use serde_json::json;
 
 use crate::support;
-use support::bridged::{Stack, WAIT};
+use support::bridged::{BOT, Stack, WAIT, create_room};
 use support::eventually;
-use support::synapse::{Synapse, invite_as, invites, join_as, seg, send_as, timeline};
+use support::synapse::{Synapse, invite_as, invite_direct_as, invites, join_as, membership, seg, send_as, timeline};
 
 /// The bodies of `room`'s messages as the user of `token` sees them, oldest first.
 async fn bodies(hs: &Synapse, token: &str, room: &str) -> Vec<String> {
@@ -89,7 +89,14 @@ async fn a_matrix_member_moves_with_a_personal_invite_and_the_status_names_them(
     let nina_dc = s.dc.account(&s.mail, "bob", "Nina").await;
     s.dc.join(nina_dc, &link, WAIT).await;
 
-    let st = eventually(WAIT, "Nina named as moved", || async {
+    let st = moved(&s).await;
+    assert!(st.contains("(bob@example.org)"), "{st}");
+    assert!(!st.contains("not moved yet"), "Nina was the one active person: {st}");
+}
+
+/// Mara asks `!coi status` until it names one person as moved; that status.
+async fn moved(s: &Stack) -> String {
+    eventually(WAIT, "someone named as moved", || async {
         let txn = format!("st-{}", uuid::Uuid::new_v4());
         let body = json!({"msgtype": "m.text", "body": "!coi status"});
         send_as(&s.hs, &s.mara, &s.room, "m.room.message", &txn, body).await;
@@ -101,9 +108,74 @@ async fn a_matrix_member_moves_with_a_personal_invite_and_the_status_names_them(
             .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
             .find(|b| b.contains("Moved to COI: 1 of"))
     })
+    .await
+}
+
+/// A direct chat the user of `token` opens with the bot, as clients make one ("start chat").
+async fn direct_chat_with_the_bot(hs: &Synapse, token: &str) -> String {
+    create_room(hs, token, json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [BOT]})).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_opens_a_direct_chat_with_the_bot_and_gets_the_invite_there_but_a_stranger_cannot() {
+    let Some(s) = Stack::new().await else { return };
+    let nina = s.hs.user("nina").await;
+    let olga = s.hs.user("olga").await;
+    invite_as(&s.hs, &s.mara, &s.room, "@nina:localhost").await;
+    join_as(&s.hs, &nina, &s.room).await;
+
+    // Olga is in no bridged room; her direct chat comes to the bot before Nina's.
+    let olgas = direct_chat_with_the_bot(&s.hs, &olga).await;
+    // Nina (no admin, in the portal) opens a direct chat with the bot: it joins and greets.
+    let dm = direct_chat_with_the_bot(&s.hs, &nina).await;
+    eventually(WAIT, "the bot joins Nina's direct chat", || async {
+        membership(&s.hs, &nina, &dm, BOT).await.filter(|m| m == "join")
+    })
     .await;
+    // The homeserver hands the bot its invitations in order: Olga's was answered already.
+    assert_eq!(membership(&s.hs, &olga, &olgas, BOT).await.as_deref(), Some("leave"), "declined");
+    eventually(WAIT, "the greeting", || async {
+        bodies(&s.hs, &nina, &dm).await.into_iter().find(|b| b.starts_with("Hello! Say \"!coi invite\" here"))
+    })
+    .await;
+
+    send_as(&s.hs, &nina, &dm, "m.room.message", "d1", json!({"msgtype": "m.text", "body": "!coi invite"})).await;
+    let link = eventually(WAIT, "the personal invite in Nina's own direct chat", || async {
+        links(&s.hs, &nina, &dm).await.into_iter().next()
+    })
+    .await;
+    assert_ne!(link, s.link, "her own link, not the room's public one");
+    eventually(WAIT, "its QR code there too", || async {
+        timeline(&s.hs, &nina, &dm).await.into_iter().find(|e| {
+            e["sender"] == BOT && e["content"]["msgtype"] == "m.image" && e["content"]["body"] == "invite-qr.png"
+        })
+    })
+    .await;
+    let said = bodies(&s.hs, &nina, &dm).await;
+    assert!(!said.iter().any(|b| b.contains("is in a direct chat") || b.contains("did not work")), "{said:?}");
+    assert_eq!(invites(&s.hs, &nina).await, Vec::<String>::new(), "no room of the bot's own for Nina");
+
+    // A chat she made earlier and invites the bot to as a direct chat now: what she said
+    // there before the bot came is answered (once); her invites stay in her first chat.
+    let earlier = create_room(&s.hs, &nina, json!({"preset": "trusted_private_chat", "is_direct": true})).await;
+    send_as(&s.hs, &nina, &earlier, "m.room.message", "e1", json!({"msgtype": "m.text", "body": "!coi invite"})).await;
+    invite_direct_as(&s.hs, &nina, &earlier, BOT).await;
+    eventually(WAIT, "the pointer to her first direct chat", || async {
+        bodies(&s.hs, &nina, &earlier)
+            .await
+            .into_iter()
+            .find(|b| b.contains("your personal invite is in a direct chat"))
+    })
+    .await;
+    let two = links(&s.hs, &nina, &dm).await;
+    assert_eq!(two.len(), 2, "{two:?}");
+    let there = bodies(&s.hs, &nina, &earlier).await;
+    assert!(!there.iter().any(|b| b.starts_with("Hello!")), "asked already: no greeting: {there:?}");
+
+    let nina_dc = s.dc.account(&s.mail, "bob", "Nina").await;
+    s.dc.join(nina_dc, &link, WAIT).await;
+    let st = moved(&s).await;
     assert!(st.contains("(bob@example.org)"), "{st}");
-    assert!(!st.contains("not moved yet"), "Nina was the one active person: {st}");
 }
 
 /// The user of `token` (the room's creator) gives `mxid` the power `level` in `room`.

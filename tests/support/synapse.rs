@@ -286,3 +286,23 @@ pub async fn invites(hs: &Synapse, token: &str) -> Vec<String> {
     let v = get_json(&fresh_sync_url(hs), token, "sync").await;
     v["rooms"]["invite"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
 }
+
+/// `mxid`'s membership of `room` ("join", "invite", "leave", …) as the user of `token` sees it.
+pub async fn membership(hs: &Synapse, token: &str, room: &str, mxid: &str) -> Option<String> {
+    let url = format!("{}/_matrix/client/v3/rooms/{}/state/m.room.member/{}", hs.url(), seg(room), seg(mxid));
+    get_json(&url, token, "membership").await["membership"].as_str().map(str::to_owned)
+}
+
+/// Invites `mxid` into `room` as a normal user, marked as a direct chat (`is_direct`), as a
+/// client does when a room made earlier becomes a DM.
+pub async fn invite_direct_as(hs: &Synapse, token: &str, room: &str, mxid: &str) {
+    let url = format!("{}/_matrix/client/v3/rooms/{}/state/m.room.member/{}", hs.url(), seg(room), seg(mxid));
+    let r = reqwest::Client::new()
+        .put(url)
+        .bearer_auth(token)
+        .json(&json!({ "membership": "invite", "is_direct": true }))
+        .send()
+        .await
+        .expect("invite");
+    assert!(r.status().is_success(), "direct invite: {:?}", r.text().await);
+}

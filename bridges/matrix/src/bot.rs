@@ -11,17 +11,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coi_bridge_api::{
-    Bridge, BridgeContext, BridgeError, Capabilities, DeliverError, DeliveryKey, Outgoing, Person, RemoteChatId,
-    RemoteMsgId,
+    Bridge, BridgeContext, BridgeError, BridgeState, Capabilities, DeliverError, DeliveryKey, Outgoing, Person,
+    RemoteChatId, RemoteMsgId,
 };
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::event_handler::RawEvent;
-use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::{AnySyncEphemeralRoomEvent, AnySyncTimelineEvent};
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId, UserId};
 use matrix_sdk::store::RoomLoadSettings;
-use matrix_sdk::{Client, Room};
+use matrix_sdk::{Client, Room, RoomState};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -180,6 +180,86 @@ impl BotBridge {
     }
 }
 
+/// The bot follows admins' invitations into rooms, and a direct chat's from someone in one
+/// of the bridge's portals (it becomes the direct room the bridge keeps with them); anyone
+/// else's direct chat it declines, other rooms it ignores. What was said in the direct chat
+/// before the join comes with the room's first sync.
+async fn invitation(
+    client: &Client,
+    cfg: &MatrixConfig,
+    state: &dyn BridgeState,
+    ev: &StrippedRoomMemberEvent,
+    room: &Room,
+) {
+    let (id, sender) = (room.room_id(), &ev.sender);
+    if cfg.is_admin(sender.as_str()) {
+        if let Err(e) = room.join().await {
+            tracing::warn!(room = %id, error = %e, "could not accept the invitation");
+        }
+        return;
+    }
+    if ev.content.is_direct != Some(true) {
+        tracing::warn!(room = %id, %sender, "invitation from a non-admin ignored");
+        return;
+    }
+    let portals = match state.remote_chats().await {
+        Ok(portals) => portals,
+        Err(e) => {
+            tracing::warn!(room = %id, %sender, error = %e, "the portals are not readable; the direct chat is left unanswered");
+            return;
+        }
+    };
+    if !in_a_portal(client, &portals, sender).await {
+        tracing::info!(room = %id, %sender, "direct chat from someone in no bridged room declined");
+        if let Err(e) = room.leave().await {
+            tracing::info!(room = %id, error = %e, "could not decline the invitation");
+        }
+        return;
+    }
+    if let Err(e) = room.join().await {
+        tracing::warn!(room = %id, %sender, error = %e, "could not accept the direct chat");
+        return;
+    }
+    let slot = crate::handle::direct_key(sender.as_str());
+    let adopt = match state.get(&slot).await {
+        Ok(Some(kept)) => kept != id.as_str() && !joined_with(client, &kept, sender).await,
+        Ok(None) => true,
+        Err(e) => {
+            tracing::warn!(room = %id, %sender, error = %e, "the direct room kept with them is not readable");
+            false
+        }
+    };
+    if adopt {
+        match state.set(&slot, id.as_str()).await {
+            Ok(()) => {
+                tracing::info!(room = %id, %sender, "a member's direct chat is the direct room with them from now on")
+            }
+            Err(e) => tracing::warn!(room = %id, %sender, error = %e, "could not keep the direct chat"),
+        }
+    }
+}
+
+/// The most portals the bot looks at for one direct-chat invitation: anyone may send one.
+const PORTALS_LOOKED_AT: usize = 50;
+
+/// Whether `user` is in one of the bridge's `portals` (the first [`PORTALS_LOOKED_AT`]), as
+/// the bot's store has their members.
+async fn in_a_portal(client: &Client, portals: &[RemoteChatId], user: &UserId) -> bool {
+    for portal in portals.iter().take(PORTALS_LOOKED_AT) {
+        if joined_with(client, portal.as_str(), user).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the bot and `user` are both in `room`.
+async fn joined_with(client: &Client, room: &str, user: &UserId) -> bool {
+    let Some(room) = RoomId::parse(room).ok().and_then(|id| client.get_room(&id)) else { return false };
+    room.state() == RoomState::Joined
+        && matches!(room.get_member_no_sync(user).await, Ok(Some(m)) if *m.membership() == MembershipState::Join)
+}
+
 /// Writes a file only its owner may read (the session holds an access token); an older
 /// file's wider mode is tightened too.
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
@@ -268,17 +348,12 @@ impl Bridge for BotBridge {
                 }
             },
         );
-        let cfg = self.cfg.clone();
+        let (cfg, state) = (self.cfg.clone(), cx.state.clone());
         let invites = client.add_event_handler(move |ev: StrippedRoomMemberEvent, room: Room, client: Client| {
-            let cfg = cfg.clone();
+            let (cfg, state) = (cfg.clone(), state.clone());
             async move {
-                let invited_me = client.user_id().is_some_and(|me| me == ev.state_key);
-                if invited_me && cfg.is_admin(ev.sender.as_str()) {
-                    if let Err(e) = room.join().await {
-                        tracing::warn!(room = %room.room_id(), error = %e, "could not accept the invitation");
-                    }
-                } else if invited_me {
-                    tracing::warn!(room = %room.room_id(), sender = %ev.sender, "invitation from a non-admin ignored");
+                if client.user_id().is_some_and(|me| me == ev.state_key) {
+                    invitation(&client, &cfg, &*state, &ev, &room).await;
                 }
             }
         });

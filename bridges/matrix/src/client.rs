@@ -190,6 +190,17 @@ impl AsClient {
         }
     }
 
+    /// `user`'s membership of `room` ("join", "invite", "leave", …) as the bot sees it;
+    /// `None` when they never had one. Refused when the bot cannot see the room (not in it).
+    pub async fn membership(&self, room: &str, user: &str) -> Result<Option<String>, MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", seg(room), seg(user));
+        match self.call(reqwest::Method::GET, &path, None, None).await {
+            Ok(v) => Ok(v["membership"].as_str().map(str::to_owned)),
+            Err(MatrixError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn join(&self, room: &str, mxid: &str) -> Result<(), MatrixError> {
         let path = format!("/_matrix/client/v3/join/{}", seg(room));
         self.call(reqwest::Method::POST, &path, Some(mxid), Some(&json!({}))).await.map(|_| ())

@@ -126,7 +126,7 @@ async fn personal_invite(
 }
 
 /// The [`BridgeState`] key of the direct room the bridge keeps with `user`.
-fn direct_key(user: &str) -> String {
+pub(crate) fn direct_key(user: &str) -> String {
     format!("direct/{user}")
 }
 

@@ -1,4 +1,4 @@
-//! Appservice mode's side of the one translation: the events of a transaction go through [`crate::handle`] with the appservice's view of the homeserver; the bridge's own ghosts and bot are ignored (no echo loops).
+//! Appservice mode's side of the one translation: the events of a transaction go through [`crate::handle`] with the appservice's view of the homeserver; the bridge's own ghosts and bot are ignored (no echo loops), and its bot's invitations answered (admins', and direct chats of people in its portals).
 //!
 //! One event never blocks the others: an event whose handling fails for good (a refused
 //! notice, a panic, another user's edit) is set aside as a dead letter with its reason, and
@@ -11,14 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use coi_bridge_api::deadletter::{Attempts, MAX_ATTEMPTS, catch_panic};
-use coi_bridge_api::{BridgeId, BridgeState, DeadLetterKind, Failure, Hub, Person};
+use coi_bridge_api::{BridgeId, BridgeState, DeadLetterKind, Failure, Hub, Person, SubmitError};
 use serde_json::Value;
 
 use crate::appservice::TransactionSink;
 use crate::authority;
 use crate::client::{AsClient, MatrixError, seg};
 use crate::config::MatrixConfig;
-use crate::handle::{Parts, handle, set_aside};
+use crate::handle::{Parts, direct_key, handle, set_aside};
 use crate::translate::Homeserver;
 pub use crate::translate::{PREFIX, strip_reply_fallback, text_of};
 
@@ -32,6 +32,42 @@ pub struct MatrixInbound {
     state: Arc<dyn BridgeState>,
     names: Mutex<HashMap<String, String>>,
     attempts: Attempts,
+}
+
+/// The most portals the bot asks the homeserver about for one direct-chat invitation:
+/// anyone may send one, so what it costs is bounded.
+const PORTALS_LOOKED_AT: usize = 50;
+
+/// How many of a direct chat's latest events the bot reads when it joins, for what was
+/// said before.
+const BACKLOG: usize = 20;
+
+fn state_failure(e: SubmitError) -> Failure {
+    match e {
+        SubmitError::Retry(e) => Failure::Unavailable(e),
+        SubmitError::Rejected(e) => Failure::Permanent(DeadLetterKind::Failed, e),
+    }
+}
+
+/// The `!coi` commands of `user` in `chunk` (a room's events, newest first) from before the
+/// latest join of `bot` and after its membership before that (an invitation aside), oldest
+/// first: what came after the join comes in a transaction anyway.
+fn said_before_join(chunk: &[Value], bot: &str, user: &str) -> Vec<Value> {
+    let is_bots = |e: &Value| e["type"] == "m.room.member" && e["state_key"] == bot;
+    let mut said: Vec<Value> = chunk
+        .iter()
+        .skip_while(|e| !(is_bots(e) && e["content"]["membership"] == "join"))
+        .skip(1)
+        .take_while(|e| !is_bots(e) || e["content"]["membership"] == "invite")
+        .filter(|e| {
+            e["type"] == "m.room.message"
+                && e["sender"] == user
+                && e["content"]["body"].as_str().is_some_and(crate::translate::is_command)
+        })
+        .cloned()
+        .collect();
+    said.reverse();
+    said
 }
 
 /// A homeserver error while handling an event: 4xx is for good, the rest may pass.
@@ -55,21 +91,133 @@ impl MatrixInbound {
 
     /// One event of a transaction, handled durably.
     async fn handle(&self, ev: &Value) -> Result<(), Failure> {
-        // The bot follows admins' invitations into rooms.
         if ev["type"] == "m.room.member"
             && ev["state_key"].as_str() == Some(&self.client.bot)
             && ev["content"]["membership"] == "invite"
         {
-            let sender = ev["sender"].as_str().unwrap_or_default();
-            if let Some(room) = ev["room_id"].as_str().filter(|_| self.cfg.is_admin(sender))
-                && let Err(e) = self.client.join(room, &self.client.bot).await
-            {
+            return self.invitation(ev).await;
+        }
+        let parts = Parts { hub: &*self.hub, id: &self.id, cfg: &self.cfg, state: &*self.state };
+        handle(self, parts, ev).await
+    }
+
+    /// The bot follows admins' invitations into rooms, and a direct chat's from someone in
+    /// one of the bridge's portals (it becomes the direct room the bridge keeps with them);
+    /// anyone else's direct chat it declines, other rooms it ignores.
+    async fn invitation(&self, ev: &Value) -> Result<(), Failure> {
+        let (Some(room), Some(sender)) = (ev["room_id"].as_str(), ev["sender"].as_str()) else { return Ok(()) };
+        let bot = &self.client.bot;
+        if self.cfg.is_admin(sender) {
+            if let Err(e) = self.client.join(room, bot).await {
                 tracing::warn!(room, error = %e, "could not accept the invitation");
             }
             return Ok(());
         }
+        if ev["content"]["is_direct"] != true {
+            tracing::info!(room, sender, "invitation from a non-admin ignored");
+            return Ok(());
+        }
+        if !self.in_a_portal(sender).await? {
+            tracing::info!(room, sender, "direct chat from someone in no bridged room declined");
+            if let Err(e) = self.client.leave(room, bot).await {
+                tracing::info!(room, error = %e, "could not decline the invitation");
+            }
+            return Ok(());
+        }
+        match self.client.join(room, bot).await {
+            Ok(()) => {}
+            Err(MatrixError::Retry { reason, .. }) => return Err(Failure::Transient(reason)),
+            Err(refused @ MatrixError::Refused { .. }) => {
+                tracing::warn!(room, sender, error = %refused, "could not accept the direct chat");
+                return Ok(());
+            }
+        }
+        // Tried again after a failure below, the join is a no-op.
+        let slot = direct_key(sender);
+        let adopt = match self.state.get(&slot).await.map_err(state_failure)? {
+            Some(kept) if kept == room => false,
+            Some(kept) => self.direct_gone(&kept, sender).await?,
+            None => true,
+        };
+        if adopt {
+            self.state.set(&slot, room).await.map_err(state_failure)?;
+            tracing::info!(room, sender, "a member's direct chat is the direct room with them from now on");
+        }
+        // What they said before the bot was in the room never came in a transaction.
+        let said = self.said_before_the_join(room, sender).await;
         let parts = Parts { hub: &*self.hub, id: &self.id, cfg: &self.cfg, state: &*self.state };
-        handle(self, parts, ev).await
+        for said in &said {
+            // Each once, also when the invitation is tried again after a later one failed.
+            let key = said["event_id"].as_str().unwrap_or_default();
+            if self.attempts.is_done(key) {
+                continue;
+            }
+            match handle(self, parts, said).await {
+                Ok(()) => {}
+                Err(Failure::Permanent(kind, reason)) => {
+                    set_aside(self, &*self.hub, &self.id, said, key, kind, &reason)
+                        .await
+                        .map_err(Failure::Unavailable)?;
+                }
+                Err(e) => return Err(e),
+            }
+            self.attempts.done(key);
+        }
+        if said.is_empty() {
+            let hello =
+                format!("Hello! Say \"{PREFIX} invite\" here for your personal invite to the COI groups you are in.");
+            let key = format!("hello-{}", ev["event_id"].as_str().unwrap_or(room));
+            if let Err(e) = self.notice(room, &key, &hello).await {
+                tracing::info!(room, error = ?e, "no greeting in the direct chat");
+            }
+        }
+        Ok(())
+    }
+
+    /// The `!coi` commands `user` said in `room` before the bot's latest join (since its
+    /// membership before that, among the last [`BACKLOG`] events), oldest first: the
+    /// homeserver sends an appservice only what happens in rooms its users are in.
+    async fn said_before_the_join(&self, room: &str, user: &str) -> Vec<Value> {
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit={BACKLOG}", seg(room));
+        let page = match self.client.call(reqwest::Method::GET, &path, None, None).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::info!(room, error = %e, "what was said before the bot joined is not readable");
+                return Vec::new();
+            }
+        };
+        let mut said = said_before_join(page["chunk"].as_array().map_or(&[], Vec::as_slice), &self.client.bot, user);
+        for ev in &mut said {
+            ev["room_id"] = Value::from(room);
+        }
+        said
+    }
+
+    /// Whether `user` is in one of the bridge's portals (the first [`PORTALS_LOOKED_AT`]),
+    /// as the homeserver says. One small request per portal (the member's own state
+    /// event, not the room's member list): anyone may invite the bot.
+    async fn in_a_portal(&self, user: &str) -> Result<bool, Failure> {
+        let portals = self.state.remote_chats().await.map_err(state_failure)?;
+        for portal in portals.iter().take(PORTALS_LOOKED_AT) {
+            match self.client.membership(portal.as_str(), user).await {
+                Ok(Some(m)) if m == "join" => return Ok(true),
+                Ok(_) => {}
+                // The bot is no longer in that portal: it cannot say.
+                Err(MatrixError::Refused { .. }) => {}
+                Err(MatrixError::Retry { reason, .. }) => return Err(Failure::Transient(reason)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether the direct room kept with `user` can no longer reach them: they or the bot
+    /// have left it.
+    async fn direct_gone(&self, room: &str, user: &str) -> Result<bool, Failure> {
+        match self.client.membership(room, user).await {
+            Ok(m) => Ok(m.as_deref() != Some("join")),
+            Err(MatrixError::Refused { .. }) => Ok(true),
+            Err(MatrixError::Retry { reason, .. }) => Err(Failure::Transient(reason)),
+        }
     }
 }
 
@@ -305,6 +453,29 @@ mod tests {
         inbound.events("t1", events).await.expect("the store is back");
         assert!(hub.dead_letters().is_empty(), "{:?}", hub.dead_letters());
         assert!(matches!(&hub.events()[..], [(_, RemoteEvent::Message { text, .. })] if text == "through the outage"));
+    }
+
+    #[test]
+    fn what_the_inviter_said_before_the_bot_joined_is_answered_and_nothing_else() {
+        let msg =
+            |sender: &str, body: &str| json!({"type": "m.room.message", "sender": sender, "content": {"body": body}});
+        let bot = |m: &str| json!({"type": "m.room.member", "state_key": "@bot:hs", "content": {"membership": m}});
+        // Newest first, as `/messages?dir=b` gives them.
+        let chunk = [
+            msg("@nina:hs", "!coi invite after"),
+            bot("join"),
+            msg("@nina:hs", "!coi invite"),
+            msg("@olga:hs", "!coi invite"),
+            msg("@nina:hs", "hello"),
+            bot("invite"),
+            msg("@nina:hs", "!coi status"),
+            bot("leave"),
+            msg("@nina:hs", "!coi long ago"),
+        ];
+        let said = super::said_before_join(&chunk, "@bot:hs", "@nina:hs");
+        let said: Vec<&str> = said.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+        assert_eq!(said, ["!coi status", "!coi invite"], "oldest first, since the bot's last leave");
+        assert!(super::said_before_join(&chunk[2..], "@bot:hs", "@nina:hs").is_empty(), "no join seen: nothing");
     }
 
     #[test]
