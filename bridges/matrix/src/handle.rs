@@ -130,7 +130,7 @@ pub(crate) fn direct_key(user: &str) -> String {
     format!("direct/{user}")
 }
 
-fn state_failure(e: SubmitError) -> Failure {
+pub(crate) fn state_failure(e: SubmitError) -> Failure {
     match e {
         SubmitError::Retry(e) => Failure::Unavailable(e),
         SubmitError::Rejected(e) => Failure::Permanent(DeadLetterKind::Failed, e),

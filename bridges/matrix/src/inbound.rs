@@ -11,14 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use coi_bridge_api::deadletter::{Attempts, MAX_ATTEMPTS, catch_panic};
-use coi_bridge_api::{BridgeId, BridgeState, DeadLetterKind, Failure, Hub, Person, SubmitError};
+use coi_bridge_api::{BridgeId, BridgeState, DeadLetterKind, Failure, Hub, Person};
 use serde_json::Value;
 
 use crate::appservice::TransactionSink;
 use crate::authority;
 use crate::client::{AsClient, MatrixError, seg};
 use crate::config::MatrixConfig;
-use crate::handle::{Parts, direct_key, handle, set_aside};
+use crate::handle::{Parts, direct_key, handle, set_aside, state_failure};
 use crate::translate::Homeserver;
 pub use crate::translate::{PREFIX, strip_reply_fallback, text_of};
 
@@ -41,13 +41,6 @@ const PORTALS_LOOKED_AT: usize = 50;
 /// How many of a direct chat's latest events the bot reads when it joins, for what was
 /// said before.
 const BACKLOG: usize = 20;
-
-fn state_failure(e: SubmitError) -> Failure {
-    match e {
-        SubmitError::Retry(e) => Failure::Unavailable(e),
-        SubmitError::Rejected(e) => Failure::Permanent(DeadLetterKind::Failed, e),
-    }
-}
 
 /// The `!coi` commands of `user` in `chunk` (a room's events, newest first) from before the
 /// latest join of `bot` and after its membership before that (an invitation aside), oldest
